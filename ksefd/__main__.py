@@ -1,0 +1,3 @@
+from ksefd.cli import main
+
+raise SystemExit(main())

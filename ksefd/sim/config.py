@@ -1,0 +1,30 @@
+"""Settings of one simulator instance (`ksefd sim` options; tests build it directly)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class SimConfig:
+    host: str = "127.0.0.1"
+    port: int = 0                         # 0: pick a free port
+    state_path: Path | None = None        # SQLite file; None keeps state in memory
+    # Lifetimes (PROTOCOL.md §3.5): read by clients from validUntil/exp, never hard-coded there.
+    challenge_ttl_s: int = 600
+    authentication_token_ttl_s: int = 2700
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 7 * 24 * 3600
+    online_session_ttl_s: int = 12 * 3600
+    # Seconds an invoice spends in 100 and 150 before its verdict (0: as fast as possible).
+    processing_delay_s: float = 0.0
+    # Name of the environment as the UPO spells it ("TE" adds the test suffix, "PRD" none).
+    environment: str = "TE"
+    # Rate-limit profile: "test" and "production" (both the PRD numbers since 2.5.0) or "off".
+    limits_profile: str = "test"
+    # Fault switches, e.g. "5xx=0.1,latency=0.2" (see faults.py); empty: no faults.
+    faults: str = ""
+    # How far permanentStorageHwmDate trails "now" (PROTOCOL.md §6.1).
+    hwm_lag_s: float = 5.0
+    extra: dict[str, str] = field(default_factory=dict)
