@@ -17,6 +17,10 @@ class SimConfig:
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 7 * 24 * 3600
     online_session_ttl_s: int = 12 * 3600
+    # Seconds an auth operation stays in 100 before its verdict (PROTOCOL.md §3.4; 0: at the first look).
+    auth_processing_delay_s: float = 0.0
+    # Seconds a KSeF token stays Pending (and Revoking) unless read first (PROTOCOL.md §9.1, tokens.py).
+    token_activation_delay_s: float = 1.0
     # Seconds an invoice spends in 100 and 150 before its verdict (0: as fast as possible).
     processing_delay_s: float = 0.0
     # Name of the environment as the UPO spells it ("TE" adds the test suffix, "PRD" none).

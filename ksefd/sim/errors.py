@@ -98,7 +98,7 @@ class KsefException(ApiError):
                     {"exceptionCode": c, "exceptionDescription": d, "details": det or None}
                     for c, d, det in self.errors
                 ],
-                "referenceNumber": None,
+                # referenceNumber is omitted: openapi-core rejects null next to allOf (ExceptionInfo).
                 "serviceCode": f"00-{trace}-{secrets.token_hex(8)}-00",
                 "serviceCtx": "srvKSEFSIM",
                 "serviceName": request.path,

@@ -57,8 +57,10 @@ class TokenIssuer:
     def verify(self, token: str, token_type: str) -> dict[str, Any]:
         """Decode and check signature, type and expiry against the simulator's clock."""
         try:
-            payload: dict[str, Any] = jwt.decode(token, self._secret, algorithms=["HS256"], audience=ISSUER,
-                                                 options={"verify_exp": False})
+            # Times are checked against the simulator's clock below, never the wall clock (ManualClock tests).
+            payload: dict[str, Any] = jwt.decode(
+                token, self._secret, algorithms=["HS256"], audience=ISSUER,
+                options={"verify_exp": False, "verify_iat": False, "verify_nbf": False})
         except jwt.PyJWTError as exc:
             raise Unauthorized("Nieprawidłowy token.") from exc
         if payload.get("token-type") != token_type:

@@ -58,9 +58,28 @@ def request_schema_name(op: dict[str, Any]) -> str | None:
     return None
 
 
+def _inline_request_schema(op: dict[str, Any]) -> str | None:
+    """Every request body of openapi.json is an inline `{required, allOf: [$ref]}`, not a bare $ref: its JSON
+    text with the component references made absolute (cache key of `_inline_validator`)."""
+    content = op.get("requestBody", {}).get("content", {})
+    for media in ("application/json", "application/*+json", "text/json"):
+        schema = content.get(media, {}).get("schema")
+        if schema:
+            return json.dumps(schema).replace('"#/components/', '"urn:ksef-openapi#/components/')
+    return None
+
+
+@functools.cache
+def _inline_validator(schema_json: str) -> OAS30Validator:
+    return OAS30Validator(json.loads(schema_json), registry=_registry())
+
+
 def validate(schema_name: str, body: Any) -> None:
     """Raise 21405 with the validator's message when `body` breaks the named schema."""
-    errors = list(validator(schema_name).iter_errors(body))
+    _report(list(validator(schema_name).iter_errors(body)))
+
+
+def _report(errors: list[Any]) -> None:
     if errors:
         worst = best_match(errors)
         where = "/".join(str(p) for p in worst.absolute_path) or "(body)"
@@ -74,11 +93,16 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw.decode("utf-8")) if raw else None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise KsefException(21405, [f"Treść żądania nie jest poprawnym JSON: {exc}"]) from exc
-    name = request_schema_name(operation(request))
-    if name is not None:
+    op = operation(request)
+    name = request_schema_name(op)
+    inline = None if name is not None else _inline_request_schema(op)
+    if name is not None or inline is not None:
         if body is None:
             raise KsefException(21405, ["Brak treści żądania."])
-        validate(name, body)
+        if name is not None:
+            validate(name, body)
+        else:
+            _report(list(_inline_validator(str(inline)).iter_errors(body)))
     if not isinstance(body, dict):
         raise KsefException(21405, ["Treść żądania musi być obiektem JSON."])
     return body

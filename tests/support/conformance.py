@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
-from openapi_core import OpenAPI
+from openapi_core import Config, OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
 SPEC_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "ksef" / "openapi.json"
@@ -22,7 +22,21 @@ SPEC_HOST = "https://api-test.ksef.mf.gov.pl"
 def openapi() -> OpenAPI:
     # The reference copy in ../shared, not the package's copy: the simulator is checked against the spec.
     path = SPEC_PATH if SPEC_PATH.exists() else Path(__file__).resolve().parents[2] / "ksefd/data/spec/openapi.json"
-    return OpenAPI.from_dict(json.loads(path.read_text("utf-8")))
+    # The spec types the XML body of POST /auth/xades-signature as `type: string`; openapi-core's default XML
+    # deserializer turns it into an Element (and needs bytes), so XML bodies are checked as text.
+    # application/problem+json (401/403/410 and problem-details 400/429) is JSON too; openapi-core 0.23 only
+    # knows application/json and would check the raw bytes against `type: object`.
+    config = Config(extra_media_type_deserializers={"application/xml": _xml_as_text,
+                                                    "application/problem+json": _json_loads})
+    return OpenAPI.from_dict(json.loads(path.read_text("utf-8")), config=config)
+
+
+def _json_loads(value: bytes | str, **parameters: str) -> object:
+    return json.loads(value)
+
+
+def _xml_as_text(value: bytes | str, **parameters: str) -> str:
+    return value.decode(parameters.get("charset", "utf-8"), "replace") if isinstance(value, bytes) else value
 
 
 @dataclass

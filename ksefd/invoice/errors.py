@@ -1,0 +1,81 @@
+"""Why a local check refused an invoice: a stable code, a message, details and a hint a person can act on.
+
+The codes are a public contract: they go into `rejected/NAME.error.json` and ERPs may match on them,
+so a code is never renamed or reused for another meaning (add a new one instead).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+STAGE = "local-check"   # the `stage` of error.json: refused before any KSeF quota was spent (issue #5 item 3)
+
+_REEXPORT = "Re-export the invoice from the ERP as UTF-8 without BOM and drop it into the outbox again."
+
+
+class Code(StrEnum):
+    BOM = "bom"                                     # UTF-8 byte order mark at the start (PROTOCOL.md §4.2)
+    ENCODING_UTF16 = "encoding-utf-16"              # UTF-16 file (BOM or NUL bytes)
+    ENCODING_WINDOWS_1250 = "encoding-windows-1250"  # windows-1250 / ISO-8859-2, declared or detected
+    ENCODING_DECLARATION = "encoding-declaration"   # UTF-8 bytes, but the prolog names another encoding
+    NOT_UTF8 = "not-utf8"                           # bytes that are not UTF-8, in no recognisable encoding
+    PROCESSING_INSTRUCTION = "processing-instruction"
+    XML_CHAR = "xml-char"                           # a character XML 1.0 forbids (control characters, U+FFFE/F)
+    DISCOURAGED_CHAR = "discouraged-char"           # a W3C "discouraged" character KSeF refuses
+    TOO_LARGE = "too-large"
+    NOT_WELL_FORMED = "not-well-formed"
+    DOCTYPE = "doctype"                             # a DOCTYPE (entities could change what KSeF reads)
+    NOT_FA3 = "not-fa3"                             # another document type or form version (FA(2), PEF, ...)
+    XSD = "xsd"
+    SELLER_NIP = "seller-nip"
+    P1_FUTURE = "p1-future"
+
+
+HINTS: dict[Code, str] = {
+    Code.BOM: "Save the file as UTF-8 without BOM (in the ERP's export settings, or in the editor: "
+              "'UTF-8' rather than 'UTF-8 with BOM').",
+    Code.ENCODING_UTF16: _REEXPORT,
+    Code.ENCODING_WINDOWS_1250: _REEXPORT,
+    Code.ENCODING_DECLARATION: "Set the XML declaration to <?xml version=\"1.0\" encoding=\"UTF-8\"?> and make "
+                               "sure the bytes really are UTF-8. " + _REEXPORT,
+    Code.NOT_UTF8: _REEXPORT,
+    Code.PROCESSING_INSTRUCTION: "Remove the processing instruction (<?...?>) from the file; KSeF allows only "
+                                 "the XML declaration at the very start.",
+    Code.XML_CHAR: "Remove the character at the given line and column; it is not allowed in XML 1.0 "
+                   "(often a stray control character pasted into a description).",
+    Code.DISCOURAGED_CHAR: "Remove or replace the character at the given line and column; KSeF refuses W3C "
+                           "'discouraged' characters (often a windows-1250 dash or quote converted wrongly).",
+    Code.TOO_LARGE: "Split the invoice or shrink it: KSeF accepts at most 1 MB per invoice (3 MB with "
+                    "attachments, which only batch sessions accept).",
+    Code.NOT_WELL_FORMED: "Fix the XML at the given line; the file is not well-formed XML, so the ERP export is "
+                          "broken or the file was edited by hand.",
+    Code.DOCTYPE: "Remove the <!DOCTYPE ...> declaration; an FA(3) invoice needs none.",
+    Code.NOT_FA3: "Export the invoice in the FA(3) structure (namespace http://crd.gov.pl/wzor/2025/06/25/13775/); "
+                  "DEMO and production KSeF accept no other FA version.",
+    Code.XSD: "Correct the element named in the message (see the line number) so the invoice is valid against "
+              "the FA(3) schema, then drop it again.",
+    Code.SELLER_NIP: "Drop the invoice into the outbox of the company whose NIP is the seller's (Podmiot1), or "
+                     "correct the seller NIP in the ERP.",
+    Code.P1_FUTURE: "Correct the issue date (P_1): KSeF refuses an invoice dated after the day it is sent. "
+                    "Drop it again on or after its issue date.",
+}
+
+
+class InvoiceRejected(Exception):
+    """A local check failed. `details` is JSON-compatible (line/column, values found and expected)."""
+
+    stage = STAGE
+
+    def __init__(self, code: Code, message: str, details: dict[str, Any] | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+        self.hint = hint if hint is not None else HINTS[code]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The body of `rejected/NAME.error.json` (DESIGN.md folder contract)."""
+        return {"stage": self.stage, "code": str(self.code), "message": self.message,
+                "details": self.details, "hint": self.hint}

@@ -1,0 +1,100 @@
+"""The facts the daemon needs from a schema-valid FA(3) invoice, read from the parsed tree (the bytes
+are never re-serialised), and the business checks KSeF makes on them (PROTOCOL.md §4.2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+
+from lxml import etree
+
+from .errors import Code, InvoiceRejected
+from .models import Buyer
+from .schema import FA3_NS
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    seller_nip: str
+    issue_date: dt.date
+    invoice_number: str
+    invoice_type: str
+    buyer: Buyer
+    gross_total: Decimal
+    currency: str
+    has_attachment: bool
+    p1_line: int
+
+
+def _q(name: str) -> str:
+    return f"{{{FA3_NS}}}{name}"
+
+
+def _find(node: etree._Element | None, *path: str) -> etree._Element | None:
+    for name in path:
+        if node is None:
+            return None
+        node = node.find(_q(name))
+    return node
+
+
+def _text(node: etree._Element | None, *path: str) -> str | None:
+    found = _find(node, *path)
+    if found is None or found.text is None:
+        return None
+    return found.text.strip()
+
+
+def _required(root: etree._Element, *path: str) -> str:
+    value = _text(root, *path)
+    if value is None:   # the XSD makes each of these mandatory; guard against a schema change
+        raise InvoiceRejected(Code.XSD, f"Element {'/'.join(path)} is missing.", {"element": "/".join(path)})
+    return value
+
+
+def read_facts(root: etree._Element) -> Facts:
+    """Expects a document valid against the FA(3) schema."""
+    p1 = _find(root, "Fa", "P_1")
+    return Facts(
+        seller_nip=_required(root, "Podmiot1", "DaneIdentyfikacyjne", "NIP"),
+        issue_date=dt.date.fromisoformat(_required(root, "Fa", "P_1")),
+        invoice_number=_required(root, "Fa", "P_2"),
+        invoice_type=_required(root, "Fa", "RodzajFaktury"),
+        buyer=_buyer(_find(root, "Podmiot2", "DaneIdentyfikacyjne")),
+        gross_total=Decimal(_required(root, "Fa", "P_15")),
+        currency=_required(root, "Fa", "KodWaluty"),
+        has_attachment=_find(root, "Zalacznik") is not None,
+        p1_line=(p1.sourceline or 0) if p1 is not None else 0,
+    )
+
+
+def _buyer(ids: etree._Element | None) -> Buyer:
+    """Podmiot2's identifier as KSeF's metadata types it (openapi.json BuyerIdentifier)."""
+    name = _text(ids, "Nazwa")
+    if (nip := _text(ids, "NIP")) is not None:
+        return Buyer("Nip", nip, name)
+    if (vat_ue := _text(ids, "NrVatUE")) is not None:
+        return Buyer("VatUe", f"{_text(ids, 'KodUE') or ''}{vat_ue}", name)
+    if (other := _text(ids, "NrID")) is not None:
+        return Buyer("Other", other, name)
+    return Buyer("None", None, name)
+
+
+def check_seller(facts: Facts, company_nip: str) -> None:
+    """Podmiot1 must be the company whose outbox the file came from: the context's NIP."""
+    if facts.seller_nip != company_nip:
+        raise InvoiceRejected(Code.SELLER_NIP, f"The seller NIP (Podmiot1) is {facts.seller_nip}, but this outbox "
+                                               f"belongs to the company with NIP {company_nip}.",
+                              {"sellerNip": facts.seller_nip, "companyNip": company_nip})
+
+
+def check_issue_date(facts: Facts, today: dt.date) -> None:
+    """P_1 must not be later than the day KSeF accepts the invoice (PROTOCOL.md §4.2); `today` is the
+    Europe/Warsaw calendar day, as KSeF compares days in Polish time (PROTOCOL.md §8.3)."""
+    if facts.issue_date > today:
+        raise InvoiceRejected(Code.P1_FUTURE, f"The issue date P_1 is {facts.issue_date.isoformat()}, after today "
+                                              f"({today.isoformat()}, Polish time); KSeF refuses invoices dated in "
+                                              "the future.",
+                              {"line": facts.p1_line, "issueDate": facts.issue_date.isoformat(),
+                               "today": today.isoformat()})

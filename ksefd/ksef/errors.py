@@ -1,0 +1,239 @@
+"""One typed hierarchy for everything that can go wrong talking to KSeF (issue #4 item 8).
+
+    KsefError                      base; `retryable` says whether trying again later can help
+    ├── CredentialsError           bad token text, unreadable certificate or key, wrong password (before any request)
+    ├── TransportError             connection reset/refused, timeout, 5xx incl. HTML or empty bodies (retryable)
+    │   ├── ServerError            an HTTP 5xx answer (status, excerpt of the body)
+    │   └── OutcomeUnknown         a non-replayable request (invoice send) may or may not have been processed
+    ├── RateLimited                429; `retry_after` seconds (PROTOCOL.md §7)
+    ├── ApiError                   any other HTTP error answer (status, detail)
+    │   ├── KsefException          400 with exception codes (PROTOCOL.md §10.1/10.2)
+    │   ├── Unauthorized           401 problem+json
+    │   ├── Forbidden              403 problem+json (`reasonCode`, `security`; `timestamp` optional, §14.2)
+    │   └── Gone                   410 (expired async status)
+    ├── ProtocolError              a 2xx answer we cannot read (not JSON, wrong shape, bad UPO hash)
+    ├── AuthenticationFailed       the auth operation ended with status >= 400 (PROTOCOL.md §3.4)
+    ├── AuthenticationPending      still status 100 when polling gave up (retryable)
+    └── InvoiceSendError           reserved for the online/batch layers' invoice-level failures
+
+Messages are written for a person: they name the failing thing and, where possible, the fix.
+No message ever contains a token, key, password or access token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# 400 exception codes after which the same request may succeed later or after a client-side fix that the
+# client library applies itself (re-fetch keys, open another session): PROTOCOL.md §6.2, §6.3, §2.1, §14.3.
+RETRYABLE_CODES = frozenset({21165, 21182, 21184, 21470})
+
+# Human hints for the codes a daemon meets most (PROTOCOL.md §10.2).
+CODE_HINTS: dict[int, str] = {
+    21111: "the auth challenge was wrong, used or older than 10 minutes; start a new authentication",
+    21155: "the session reached its invoice limit; open a new session",
+    21165: "the invoice is processed but not yet available; try again later",
+    21173: "no session with that reference number in this context",
+    21178: "the UPO is not available (yet); try again later",
+    21180: "the session is closed or expired; open a new session",
+    21182: "too many exports are running in this context; wait for one to finish",
+    21184: "the session is temporarily unavailable; open a new session and send the invoice there",
+    21301: "the tokens were already redeemed, or the KSeF token was revoked; authenticate again",
+    21402: "invoiceSize or encryptedInvoiceSize does not match the content",
+    21403: "invoiceHash or encryptedInvoiceHash does not match the content",
+    21405: "the request failed KSeF's input validation (see details)",
+    21418: "the continuation token is malformed; restart the listing",
+    21470: "the public key id is unknown or withdrawn; re-fetch /security/public-key-certificates",
+}
+
+
+class KsefError(Exception):
+    """Base of every error raised by ksefd.ksef."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class CredentialsError(KsefError, ValueError):
+    """The credentials cannot be used (bad token text, unreadable file, wrong password). Nothing was sent."""
+
+
+class TransportError(KsefError):
+    """The request did not get a usable answer: connection failure, timeout, 5xx. Retrying later can help."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+
+
+class ServerError(TransportError):
+    """HTTP 5xx; `excerpt` is the start of the body as text (an HTML page from a proxy, or empty)."""
+
+    def __init__(self, status: int, excerpt: str, *, method: str = "", url: str = "") -> None:
+        shown = excerpt or "empty body"
+        super().__init__(f"KSeF answered {method} {url} with HTTP {status} ({shown})", method=method, url=url)
+        self.status = status
+        self.excerpt = excerpt
+
+
+class OutcomeUnknown(TransportError):
+    """A request that must not be replayed blindly (an invoice send) failed after it may have reached KSeF.
+
+    The invoice may or may not be in KSeF. Resolve it by status (session invoice list, matching
+    `invoice_hash`) or by sending again and treating a 440 duplicate of the same hash as success
+    (DESIGN.md "in_doubt").
+    """
+
+    def __init__(self, message: str, *, method: str = "", url: str = "", session_reference: str | None = None,
+                 invoice_hash: str | None = None) -> None:
+        super().__init__(message, method=method, url=url)
+        self.session_reference = session_reference
+        self.invoice_hash = invoice_hash
+
+
+class RateLimited(KsefError):
+    """HTTP 429: honour `retry_after` seconds before calling the same group again (PROTOCOL.md §7)."""
+
+    retryable = True
+
+    def __init__(self, retry_after: float, *, group: str = "", context: str = "", details: list[str] | None = None
+                 ) -> None:
+        where = f" for {group}" + (f" in context {context}" if context else "") if group else ""
+        super().__init__(f"KSeF rate limit reached{where}; retry after {retry_after:g} s"
+                         + (f" ({'; '.join(details)})" if details else ""))
+        self.retry_after = retry_after
+        self.group = group
+        self.context = context
+        self.details = list(details or [])
+
+
+class ApiError(KsefError):
+    """An HTTP error answer other than 400/401/403/410/429/5xx (e.g. 404 from a wrong base URL)."""
+
+    def __init__(self, status: int, detail: str, *, method: str = "", url: str = "") -> None:
+        super().__init__(f"KSeF answered {method} {url} with HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.method = method
+        self.url = url
+
+
+@dataclass(frozen=True)
+class ExceptionDetail:
+    code: int
+    description: str
+    details: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        hint = CODE_HINTS.get(self.code)
+        extra = f" [{'; '.join(self.details)}]" if self.details else ""
+        return f"{self.code} {self.description}{extra}" + (f" ({hint})" if hint else "")
+
+
+class KsefException(ApiError):
+    """HTTP 400 with one or more KSeF exception codes (ExceptionResponse or problem+json `errors`)."""
+
+    def __init__(self, errors: list[ExceptionDetail], *, method: str = "", url: str = "") -> None:
+        if not errors:
+            errors = [ExceptionDetail(0, "Bad Request without exception details")]
+        super().__init__(400, "; ".join(e.text() for e in errors), method=method, url=url)
+        self.errors = errors
+        self.retryable = any(e.code in RETRYABLE_CODES for e in errors)
+
+    @property
+    def code(self) -> int:
+        return self.errors[0].code
+
+    @property
+    def codes(self) -> list[int]:
+        return [e.code for e in self.errors]
+
+    @property
+    def description(self) -> str:
+        return self.errors[0].description
+
+    @property
+    def details(self) -> list[str]:
+        return [d for e in self.errors for d in e.details]
+
+
+class Unauthorized(ApiError):
+    """HTTP 401: the access token is missing, expired or no longer accepted; authenticate again."""
+
+
+class Forbidden(ApiError):
+    """HTTP 403 with `reasonCode` and the `security` payload (PROTOCOL.md §10.1)."""
+
+    def __init__(self, detail: str, reason_code: str, security: dict[str, Any] | None, *, method: str = "",
+                 url: str = "") -> None:
+        self.reason_code = reason_code
+        self.security = dict(security or {})
+        super().__init__(403, _forbidden_text(detail, reason_code, self.security), method=method, url=url)
+
+    @property
+    def required_permissions(self) -> list[str]:
+        return [str(p) for p in self.security.get("requiredAnyOfPermissions") or []]
+
+    @property
+    def present_permissions(self) -> list[str]:
+        return [str(p) for p in self.security.get("presentPermissions") or []]
+
+
+def _forbidden_text(detail: str, reason: str, security: dict[str, Any]) -> str:
+    if reason == "missing-permissions":
+        required = ", ".join(security.get("requiredAnyOfPermissions") or []) or "(not stated)"
+        present = ", ".join(security.get("presentPermissions") or []) or "none"
+        return (f"missing permissions: the operation needs one of {required}; the credentials hold {present}. "
+                f"Grant the permission in this context (or create a KSeF token that has it). KSeF: {detail}")
+    if reason == "ip-not-allowed":
+        return (f"the authorisation policy does not allow calls from IP {security.get('clientIp', '?')}; "
+                f"KSeF: {detail}")
+    if reason == "auth-method-not-allowed":
+        return (f"this operation is not allowed for authentication method "
+                f"{security.get('authenticationMethodCategory', '?')} (e.g. it needs a XAdES login); KSeF: {detail}")
+    if reason == "context-type-not-allowed":
+        return f"not allowed in a {security.get('contextIdentifierType', '?')} context; KSeF: {detail}"
+    if reason == "security-service-blocked":
+        return (f"blocked by KSeF's security service (incident {security.get('incidentId', '?')}, IP "
+                f"{security.get('clientIp', '?')}); KSeF: {detail}")
+    return f"{reason or 'forbidden'}: {detail}"
+
+
+class Gone(ApiError):
+    """HTTP 410: the async status expired (auth and exports after 7 days, PROTOCOL.md §10.1)."""
+
+
+class ProtocolError(KsefError):
+    """KSeF answered with something we cannot read (wrong content type, shape, or a hash mismatch)."""
+
+
+class AuthenticationFailed(KsefError):
+    """The authentication operation ended with status.code >= 400 (PROTOCOL.md §3.4). `message` says what to do."""
+
+    def __init__(self, message: str, *, code: int, description: str, details: list[str], context: str,
+                 reference_number: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.description = description
+        self.details = list(details)
+        self.context = context
+        self.reference_number = reference_number
+        self.retryable = code in (500, 550)     # "unknown" and "cancelled by the system; retry"
+
+
+class AuthenticationPending(KsefError):
+    """The authentication operation was still in progress (status 100) when polling gave up; retry later.
+    Normal for qualified certificates on DEMO/PROD while OCSP/CRL answers (PROTOCOL.md §3.3)."""
+
+    retryable = True
+
+
+class InvoiceSendError(KsefError):
+    """Reserved for invoice-level failures that the session layers raise."""

@@ -1,0 +1,436 @@
+"""HTTP transport for the KSeF client: one aiohttp session, JSON helpers, error mapping, safe retries,
+and the rate-limiter hook.
+
+Use it like this (the other ksefd.ksef modules do)::
+
+    transport = Transport(environment.api_url, gate=limiter)           # gate: optional RequestGate
+    response = await transport.request("GET", "/sessions/{ref}", params={"ref": ref},
+                                       bearer=access_token, context="Nip:5265877635")
+    status = response.decode(SessionStatus)                            # msgspec struct, or .json()
+    part = await transport.presigned("PUT", url, body=data, headers=upload_headers)  # no Bearer, no gate
+    await transport.close()
+
+`template` is the path as openapi.json writes it (placeholders in braces); `params` fill the placeholders
+(URL-quoted). The template, not the filled path, picks the KSeF rate-limit group (`rate_limit_group`), so
+the limiter sees "invoiceSend" rather than a reference number.
+
+Retries (DESIGN.md convention 4, issue #4 item 8):
+
+* Every error answer becomes a typed exception from `errors.py` (400 ExceptionResponse or problem+json ->
+  KsefException, 401 Unauthorized, 403 Forbidden, 410 Gone, 429 RateLimited, 5xx ServerError even for HTML or
+  empty bodies, anything else ApiError).
+* A request marked `replay_safe` (default: GET and DELETE) is retried inside the call on connection failures,
+  timeouts and 5xx, with capped exponential backoff, at most `RetryPolicy.attempts` times.
+* A 429 means KSeF refused the request without processing it, so any request is retried after Retry-After,
+  as long as the wait is at most `RetryPolicy.max_retry_after`; otherwise RateLimited is raised.
+* A request that is not replay-safe (an invoice send) is never re-sent after it may have reached KSeF:
+  a reset, timeout or 5xx raises OutcomeUnknown. Such requests go over a fresh connection, so a keep-alive
+  connection that the server had already closed cannot turn into a false "outcome unknown". A connection
+  that could not be opened at all is retried (nothing was sent).
+
+Rate limiting: if a `RequestGate` is given, `acquire(context, group)` runs before every attempt and
+`penalise(context, group, retry_after)` after every 429; the gate is then responsible for the wait (its
+next `acquire` for that context and group must not return before the penalty ends). Without a gate the
+transport sleeps Retry-After itself. `context` is the context identifier ("Nip:5265877635") of the access
+token used, or "" for unauthenticated calls (group "anonymous", counted per IP by KSeF).
+
+Logging: method, path template, status, attempt and elapsed time only; never headers, bodies, query strings
+of pre-signed URLs, or tokens.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import random
+import re
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import msgspec
+import structlog
+
+from .clock import Sleep, real_sleep
+from .errors import (
+    ApiError,
+    ExceptionDetail,
+    Forbidden,
+    Gone,
+    KsefException,
+    OutcomeUnknown,
+    ProtocolError,
+    RateLimited,
+    ServerError,
+    TransportError,
+    Unauthorized,
+)
+
+log = structlog.get_logger("ksefd.ksef")
+T = TypeVar("T")
+USER_AGENT = "ksefd/0.1"
+_STREAM_ABOVE = 512 * 1024
+
+
+class RequestGate(Protocol):
+    """Client-side rate limiter hook (implemented in ratelimit.py). Called once per HTTP attempt."""
+
+    async def acquire(self, context: str, group: str) -> None:
+        """Wait until one more request of `group` in `context` fits every window (and any 429 penalty)."""
+        ...
+
+    def penalise(self, context: str, group: str, retry_after: float) -> None:
+        """KSeF answered 429 with Retry-After: block `group` in `context` for `retry_after` seconds."""
+        ...
+
+
+# KSeF rate-limit groups (PROTOCOL.md §7 and §14.3/§14.5), keyed by (method, template with "{}" placeholders).
+_GROUPS: dict[tuple[str, str], str] = {
+    ("POST", "/sessions/online"): "onlineSession",
+    ("POST", "/sessions/online/{}/close"): "onlineSessionClose",
+    ("POST", "/sessions/online/{}/invoices"): "invoiceSend",
+    ("POST", "/sessions/batch"): "batchSession",
+    ("POST", "/sessions/batch/{}/close"): "batchSessionClose",
+    ("GET", "/sessions"): "sessionList",
+    ("GET", "/sessions/{}/invoices"): "sessionInvoiceList",
+    ("GET", "/sessions/{}/invoices/failed"): "sessionInvoiceList",
+    ("GET", "/sessions/{}/invoices/{}"): "invoiceStatus",
+    ("POST", "/invoices/query/metadata"): "invoiceMetadata",
+    ("POST", "/invoices/exports"): "invoiceExport",
+    ("GET", "/invoices/exports/{}"): "invoiceExportStatus",
+    ("GET", "/invoices/ksef/{}"): "invoiceDownload",
+    # Public operations: 60 req/s per IP only (OA x-rate-limits; `anonymous` in GET /rate-limits, §14.5).
+    ("POST", "/auth/challenge"): "anonymous",
+    ("POST", "/auth/ksef-token"): "anonymous",
+    ("POST", "/auth/xades-signature"): "anonymous",
+    ("GET", "/auth/{}"): "anonymous",
+    ("POST", "/auth/token/redeem"): "anonymous",
+    ("POST", "/auth/token/refresh"): "anonymous",
+    ("GET", "/security/public-key-certificates"): "anonymous",
+    ("GET", "/peppol/query"): "anonymous",
+}
+_ANONYMOUS_PREFIXES = ("/testdata/subject", "/testdata/person", "/testdata/permissions", "/testdata/attachment")
+_PLACEHOLDER = re.compile(r"\{[^/{}]*\}")
+
+
+def rate_limit_group(method: str, template: str) -> str:
+    """The KSeF rate-limit group of an operation, e.g. ("POST", "/sessions/online/{ref}/invoices") -> "invoiceSend".
+
+    Groups: onlineSession, onlineSessionClose, invoiceSend, batchSession, batchSessionClose, invoiceStatus,
+    sessionList, sessionInvoiceList, sessionMisc, invoiceMetadata, invoiceExport, invoiceExportStatus,
+    invoiceDownload, collectiveIdentifier, anonymous, other.
+    """
+    method = method.upper()
+    path = _PLACEHOLDER.sub("{}", template.split("?", 1)[0]).rstrip("/") or "/"
+    found = _GROUPS.get((method, path))
+    if found:
+        return found
+    if method == "GET" and path.startswith("/sessions/"):
+        return "sessionMisc"        # session status and the three UPO endpoints
+    if path.startswith("/collective-identifiers"):
+        return "collectiveIdentifier"
+    if method == "POST" and path.startswith(_ANONYMOUS_PREFIXES):
+        return "anonymous"
+    return "other"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4               # tries in total for one call
+    base_delay: float = 0.5         # first backoff; doubles each time, with jitter
+    max_delay: float = 8.0
+    max_retry_after: float = 120.0  # a longer 429 wait is raised as RateLimited for the caller to schedule
+
+    def backoff(self, attempt: int) -> float:
+        delay: float = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return delay * (0.5 + random.random() / 2)
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    content_type: str = ""
+
+    def json(self) -> Any:
+        try:
+            return msgspec.json.decode(self.body)
+        except msgspec.DecodeError as exc:
+            raise ProtocolError(f"KSeF answered HTTP {self.status} with a body that is not JSON "
+                                f"({excerpt(self.body, self.content_type)!r})") from exc
+
+    def decode(self, kind: type[T]) -> T:
+        """The body as a msgspec struct (unknown fields ignored, CHG 2.1.2)."""
+        try:
+            return msgspec.json.decode(self.body, type=kind)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ProtocolError(f"KSeF's answer does not fit {kind.__name__}: {exc}") from exc
+
+
+class Transport:
+    def __init__(self, base_url: str, *, gate: RequestGate | None = None, retry: RetryPolicy | None = None,
+                 timeout: float = 60.0, sleep: Sleep = real_sleep, headers: Mapping[str, str] | None = None,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.gate = gate
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.sleep = sleep
+        self.extra_headers = dict(headers or {})
+        self._session = session
+        self._owns_session = session is None
+        self._fresh: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        if self._fresh is not None:
+            await self._fresh.close()
+        self._session = self._fresh = None
+
+    async def __aenter__(self) -> Transport:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def _pooled(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+        return self._session
+
+    def _fresh_connection(self) -> aiohttp.ClientSession:
+        if self._fresh is None:
+            self._fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                                headers={"User-Agent": USER_AGENT})
+        return self._fresh
+
+    def url(self, template: str, params: Mapping[str, str] | None = None) -> str:
+        path = template
+        for name, value in (params or {}).items():
+            path = path.replace("{" + name + "}", quote(str(value), safe=""))
+        if _PLACEHOLDER.search(path):
+            raise ValueError(f"unfilled placeholder in {template!r}")
+        return self.base_url + path
+
+    async def request(self, method: str, template: str, *, params: Mapping[str, str] | None = None,
+                      query: Mapping[str, str] | list[tuple[str, str]] | None = None, json: Any = None,
+                      body: bytes | None = None, content_type: str | None = None, bearer: str | None = None,
+                      context: str = "", headers: Mapping[str, str] | None = None,
+                      replay_safe: bool | None = None, expect: Collection[int] = (200, 201, 202, 204),
+                      retry: RetryPolicy | None = None, time_limit: float | None = None) -> Response:
+        """Send one KSeF API call (see the module docstring); raises a KsefError subclass on failure."""
+        method = method.upper()
+        group = rate_limit_group(method, template)
+        url = self.url(template, params)
+        send_headers = {**self.extra_headers, **(headers or {})}
+        if bearer:
+            send_headers["Authorization"] = f"Bearer {bearer}"
+        data = body
+        if json is not None:
+            data = msgspec.json.encode(json)
+            content_type = "application/json"
+        if content_type:
+            send_headers["Content-Type"] = content_type
+        safe = method in ("GET", "DELETE", "HEAD") if replay_safe is None else replay_safe
+        return await self._with_retries(_Call(method, url, template, group, context, send_headers, data, query,
+                                              safe, frozenset(expect), time_limit or self.timeout),
+                                        retry or self.retry)
+
+    async def presigned(self, method: str, url: str, *, body: bytes | None = None,
+                        headers: Mapping[str, str] | None = None, expect: Collection[int] = (200, 201),
+                        retry: RetryPolicy | None = None, time_limit: float = 600.0) -> Response:
+        """A call to a pre-signed storage URL (UPO, batch part upload, export part): never a Bearer header,
+        not rate limited (PROTOCOL.md §1, §7), replay-safe (the same bytes to the same URL)."""
+        host = urlsplit(url).netloc
+        call = _Call(method.upper(), url, f"presigned:{host}", "", "", dict(headers or {}), body, None, True,
+                     frozenset(expect), time_limit)
+        return await self._with_retries(call, retry or self.retry)
+
+    async def _with_retries(self, call: _Call, policy: RetryPolicy) -> Response:
+        attempt = 0
+        while True:
+            attempt += 1
+            last = attempt >= policy.attempts
+            if self.gate is not None and call.group:
+                await self.gate.acquire(call.context, call.group)
+            try:
+                response = await self._send_once(call, attempt)
+            except _NotSent as exc:
+                if last:
+                    raise exc.error from exc.__cause__
+                await self.sleep(policy.backoff(attempt))
+                continue
+            except _MaybeSent as exc:
+                if not call.replay_safe:
+                    raise OutcomeUnknown(f"{call.method} {call.template}: {exc.reason}; KSeF may or may not have "
+                                         f"processed it", method=call.method, url=call.template) from exc.__cause__
+                if last:
+                    raise TransportError(f"{call.method} {call.template} failed: {exc.reason}",
+                                         method=call.method, url=call.template) from exc.__cause__
+                await self.sleep(policy.backoff(attempt))
+                continue
+            if response.status in call.expect:
+                return response
+            error = error_from_response(response, call.method, call.template, call.group, call.context)
+            if isinstance(error, RateLimited):
+                if self.gate is not None and call.group:
+                    self.gate.penalise(call.context, call.group, error.retry_after)
+                if last or error.retry_after > policy.max_retry_after:
+                    raise error
+                log.info("ksef.rate_limited", path=call.template, group=call.group, retry_after=error.retry_after)
+                if self.gate is None or not call.group:
+                    await self.sleep(error.retry_after)
+                continue
+            if isinstance(error, ServerError):
+                if not call.replay_safe:
+                    raise OutcomeUnknown(f"{error.message}; KSeF may or may not have processed it",
+                                         method=call.method, url=call.template) from error
+                if not last:
+                    await self.sleep(policy.backoff(attempt))
+                    continue
+            raise error
+
+    async def _send_once(self, call: _Call, attempt: int) -> Response:
+        session = self._pooled() if call.replay_safe else self._fresh_connection()
+        started = time.monotonic()
+        # aiohttp warns that big raw bytes bodies block the loop; a fresh BytesIO per attempt streams them.
+        data: bytes | io.BytesIO | None = call.body
+        if call.body is not None and len(call.body) > _STREAM_ABOVE:
+            data = io.BytesIO(call.body)
+        try:
+            async with session.request(call.method, call.url, data=data, headers=call.headers,
+                                       params=call.query, allow_redirects=False,
+                                       timeout=aiohttp.ClientTimeout(total=call.timeout, connect=15)) as resp:
+                body = await resp.read()
+                result = Response(resp.status, {k: v for k, v in resp.headers.items()}, body, resp.content_type)
+        except aiohttp.ClientConnectorError as exc:
+            log.warning("ksef.connect_failed", path=call.template, attempt=attempt, error=type(exc).__name__)
+            raise _NotSent(TransportError(f"cannot connect for {call.method} {call.template}: {exc}",
+                                          method=call.method, url=call.template)) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            log.warning("ksef.request_failed", path=call.template, attempt=attempt, reason=reason)
+            raise _MaybeSent(reason) from exc
+        log.debug("ksef.response", method=call.method, path=call.template, status=result.status, attempt=attempt,
+                  ms=round((time.monotonic() - started) * 1000, 1))
+        return result
+
+
+@dataclass(frozen=True)
+class _Call:
+    method: str
+    url: str
+    template: str
+    group: str
+    context: str
+    headers: dict[str, str]
+    body: bytes | None
+    query: Mapping[str, str] | list[tuple[str, str]] | None
+    replay_safe: bool
+    expect: frozenset[int]
+    timeout: float
+
+
+class _NotSent(Exception):
+    def __init__(self, error: TransportError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _MaybeSent(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_TAGS = re.compile(r"<(script|style)[^>]*>.*?</\1>|<[^>]+>", re.S | re.I)
+
+
+def excerpt(body: bytes, content_type: str = "", limit: int = 200) -> str:
+    """A short, single-line, tag-free text of a response body (HTML error pages from proxies included)."""
+    text = body[:4000].decode("utf-8", "replace")
+    if "html" in content_type or text.lstrip().startswith("<"):
+        text = _TAGS.sub(" ", text)
+    text = " ".join(text.split())
+    return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def retry_after_seconds(value: str | None, default: float = 1.0) -> float:
+    """Retry-After is seconds in KSeF (PROTOCOL.md §1); an HTTP date is accepted too."""
+    if not value:
+        return default
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return default
+        return max(0.0, when.timestamp() - time.time())
+
+
+def _json_or_none(response: Response) -> Any:
+    if not response.body.strip():
+        return None
+    try:
+        return msgspec.json.decode(response.body)
+    except msgspec.DecodeError:
+        return None
+
+
+def _exception_details(data: Any) -> list[ExceptionDetail]:
+    """Both 400 shapes: ExceptionResponse.exception.exceptionDetailList and problem+json `errors` (§10.1)."""
+    found: list[ExceptionDetail] = []
+    if not isinstance(data, dict):
+        return found
+    exception = data.get("exception")
+    items = exception.get("exceptionDetailList") if isinstance(exception, dict) else data.get("errors")
+    for item in items or []:
+        if not isinstance(item, dict):
+            continue
+        code = item.get("exceptionCode", item.get("code", 0))
+        description = item.get("exceptionDescription", item.get("description")) or ""
+        details = [str(d) for d in item.get("details") or []]
+        found.append(ExceptionDetail(int(code) if isinstance(code, int | str) and str(code).isdigit() else 0,
+                                     str(description), details))
+    return found
+
+
+def error_from_response(response: Response, method: str, template: str, group: str = "", context: str = ""
+                        ) -> Exception:
+    """Map an HTTP error answer to the typed hierarchy of errors.py."""
+    status = response.status
+    data = _json_or_none(response)
+    fields = data if isinstance(data, dict) else {}
+    detail = str(fields.get("detail") or fields.get("title") or excerpt(response.body, response.content_type)
+                 or f"HTTP {status}")
+    if status == 429:
+        status_obj = fields.get("status")
+        listed = status_obj.get("details") if isinstance(status_obj, dict) else None
+        details = [str(d) for d in listed or []] or ([str(fields["detail"])] if fields.get("detail") else [])
+        return RateLimited(retry_after_seconds(response.headers.get("Retry-After")), group=group, context=context,
+                           details=details)
+    if status >= 500:
+        return ServerError(status, excerpt(response.body, response.content_type), method=method, url=template)
+    if status == 400:
+        errors = _exception_details(data)
+        if not errors:
+            errors = [ExceptionDetail(0, f"Bad Request: {excerpt(response.body, response.content_type)}")]
+        return KsefException(errors, method=method, url=template)
+    if status == 401:
+        return Unauthorized(401, detail, method=method, url=template)
+    if status == 403:
+        security = fields.get("security")
+        return Forbidden(detail, str(fields.get("reasonCode") or ""), security if isinstance(security, dict) else None,
+                         method=method, url=template)
+    if status == 410:
+        return Gone(410, detail, method=method, url=template)
+    return ApiError(status, detail, method=method, url=template)

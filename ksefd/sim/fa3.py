@@ -1,0 +1,199 @@
+"""The FA(3) invoice schema (package data `ksefd/data/xsd/FA3`) and the facts the simulator reads
+from a valid invoice: seller, buyer, P_1, P_2, RodzajFaktury, amounts, currency, attachment.
+
+The XSD is loaded offline through `importlib.resources` with an lxml resolver, so it works from a
+wheel as well as from a source tree. `facts(root)` expects a document already valid against the
+schema (verification.py runs the XSD first) and returns plain JSON-able values.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
+from importlib.resources import files
+from typing import Any, cast
+
+from lxml import etree
+
+NS = "http://crd.gov.pl/wzor/2025/06/25/13775/"
+XSD_DIR = "data/xsd/FA3"
+XSD_MAIN = "schemat_FA(3)_v1-0E.xsd"
+_SCHEME = "ksefd-xsd:/"
+
+# formCode of the session -> the logical structure the UPO names (PROTOCOL.md §4.6).
+STRUCTURE_NAME = "Schemat_FA(3)_v1-0E.xsd"
+SYSTEM_CODE = "FA (3)"
+
+# RodzajFaktury -> InvoiceMetadata.invoiceType (openapi.json InvoiceType).
+INVOICE_TYPES = {"VAT": "Vat", "ZAL": "Zal", "KOR": "Kor", "ROZ": "Roz", "UPR": "Upr",
+                 "KOR_ZAL": "KorZal", "KOR_ROZ": "KorRoz"}
+
+_NET_FIELDS = ("P_13_1", "P_13_2", "P_13_3", "P_13_4", "P_13_5", "P_13_6_1", "P_13_6_2", "P_13_6_3",
+               "P_13_7", "P_13_8", "P_13_9", "P_13_10", "P_13_11")
+_VAT_FIELDS = ("P_14_1", "P_14_2", "P_14_3", "P_14_4", "P_14_5")
+
+
+class _PackageResolver(etree.Resolver):
+    """Serves `xsd:include`/`xsd:import` of the FA(3) schema from the package, never the network."""
+
+    def resolve(self, system_url: str, public_id: str, context: Any = None) -> Any:
+        if system_url and system_url.startswith(_SCHEME):
+            relative = system_url[len(_SCHEME):]
+            data = files("ksefd").joinpath(XSD_DIR, *relative.split("/")).read_bytes()
+            return self.resolve_string(data, context, base_url=system_url)
+        return None
+
+
+_lock = threading.Lock()
+
+
+@functools.cache
+def _schema() -> etree.XMLSchema:
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+    parser.resolvers.add(_PackageResolver())
+    main = files("ksefd").joinpath(XSD_DIR, XSD_MAIN).read_bytes()
+    doc = etree.fromstring(main, parser, base_url=_SCHEME + XSD_MAIN)
+    return etree.XMLSchema(etree.ElementTree(doc))
+
+
+def schema() -> etree.XMLSchema:
+    """The compiled FA(3) schema (built once; lxml schemas are not safe to build concurrently)."""
+    with _lock:
+        return _schema()
+
+
+def validation_errors(root: etree._Element, limit: int = 5) -> list[str]:
+    """XSD errors as `line N: message`, at most `limit` of them; empty when the document is valid."""
+    xsd = schema()
+    with _lock:   # XMLSchema keeps its error_log on the object: validate one document at a time
+        if xsd.validate(root):
+            return []
+        errors = list(cast(Iterable[Any], xsd.error_log))[:limit]   # lxml-stubs omit __iter__
+    return [f"Linia {e.line}: {e.message}" for e in errors]
+
+
+# facts ---------------------------------------------------------------------------------------
+
+def _q(name: str) -> str:
+    return f"{{{NS}}}{name}"
+
+
+def _text(node: etree._Element | None, *path: str) -> str | None:
+    for name in path:
+        if node is None:
+            return None
+        node = node.find(_q(name))
+    if node is None or node.text is None:
+        return None
+    return node.text.strip()
+
+
+def _amount(fa: etree._Element, names: tuple[str, ...], pln_suffix: str = "") -> float:
+    total = Decimal(0)
+    for name in names:
+        value = _text(fa, name + pln_suffix) if pln_suffix else None
+        value = value if value is not None else _text(fa, name)
+        if value:
+            try:
+                total += Decimal(value)
+            except InvalidOperation:
+                continue
+    return float(total)
+
+
+def _buyer(podmiot2: etree._Element | None) -> dict[str, Any]:
+    ids = podmiot2.find(_q("DaneIdentyfikacyjne")) if podmiot2 is not None else None
+    name = _text(ids, "Nazwa")
+    if ids is None:
+        return {"identifier": {"type": "None"}, "name": name}
+    if (nip := _text(ids, "NIP")) is not None:
+        identifier: dict[str, Any] = {"type": "Nip", "value": nip}
+    elif (vat_ue := _text(ids, "NrVatUE")) is not None:
+        identifier = {"type": "VatUe", "value": f"{_text(ids, 'KodUE') or ''}{vat_ue}"}
+    elif (other := _text(ids, "NrID")) is not None:
+        identifier = {"type": "Other", "value": other}
+    else:
+        identifier = {"type": "None"}
+    return {"identifier": identifier, "name": name}
+
+
+def _third_subjects(root: etree._Element) -> list[dict[str, Any]]:
+    subjects = []
+    for node in root.findall(_q("Podmiot3")):
+        ids = node.find(_q("DaneIdentyfikacyjne"))
+        if (nip := _text(ids, "NIP")) is not None:
+            identifier: dict[str, Any] = {"type": "Nip", "value": nip}
+        elif (internal := _text(ids, "IDWew")) is not None:
+            identifier = {"type": "InternalId", "value": internal}
+        elif (vat_ue := _text(ids, "NrVatUE")) is not None:
+            identifier = {"type": "VatUe", "value": f"{_text(ids, 'KodUE') or ''}{vat_ue}"}
+        elif (other := _text(ids, "NrID")) is not None:
+            identifier = {"type": "Other", "value": other}
+        else:
+            identifier = {"type": "None"}
+        role = _text(node, "Rola")
+        subjects.append({"identifier": identifier, "name": _text(ids, "Nazwa"),
+                         "role": int(role) if role and role.isdigit() else 0})
+    return subjects
+
+
+def _authorized_subject(root: etree._Element) -> dict[str, Any] | None:
+    node = root.find(_q("PodmiotUpowazniony"))
+    if node is None:
+        return None
+    role = _text(node, "RolaPU")
+    return {"nip": _text(node, "DaneIdentyfikacyjne", "NIP"), "name": _text(node, "DaneIdentyfikacyjne", "Nazwa"),
+            "role": int(role) if role and role.isdigit() else 0}
+
+
+def facts(root: etree._Element) -> dict[str, Any]:
+    """What KSeF reads from a schema-valid FA(3) document (InvoiceMetadata, UPO, duplicate key)."""
+    fa = root.find(_q("Fa"))
+    assert fa is not None, "facts() needs a schema-valid FA(3) document"
+    currency = _text(fa, "KodWaluty") or "PLN"
+    rodzaj = _text(fa, "RodzajFaktury") or ""
+    return {
+        "sellerNip": _text(root, "Podmiot1", "DaneIdentyfikacyjne", "NIP"),
+        "sellerName": _text(root, "Podmiot1", "DaneIdentyfikacyjne", "Nazwa"),
+        "buyer": _buyer(root.find(_q("Podmiot2"))),
+        "thirdSubjects": _third_subjects(root),
+        "authorizedSubject": _authorized_subject(root),
+        "issueDate": _text(fa, "P_1"),
+        "invoiceNumber": _text(fa, "P_2"),
+        "rodzajFaktury": rodzaj,
+        "invoiceType": INVOICE_TYPES.get(rodzaj, "Vat"),
+        "currency": currency,
+        "netAmount": _amount(fa, _NET_FIELDS),
+        "grossAmount": _amount(fa, ("P_15",)),
+        # InvoiceMetadata.vatAmount is in PLN: P_14_xW carries the PLN value of a foreign-currency VAT.
+        "vatAmount": _amount(fa, _VAT_FIELDS, "W" if currency != "PLN" else ""),
+        "isSelfInvoicing": _text(fa, "Adnotacje", "P_17") == "1",
+        "hasAttachment": root.find(_q("Zalacznik")) is not None,
+        "formCode": {"systemCode": SYSTEM_CODE, "schemaVersion": "1-0E", "value": "FA"},
+    }
+
+
+def subject_nips(root: etree._Element) -> list[tuple[str, str]]:
+    """(where, NIP) of every subject whose NIP KSeF checksums under `subject-identifier-validation`
+    (PROTOCOL.md §14.3): Podmiot1/2/3, PodmiotUpowazniony and the NIP inside a Podmiot3 IDWew."""
+    found: list[tuple[str, str]] = []
+    for where in ("Podmiot1", "Podmiot2", "PodmiotUpowazniony"):
+        for node in root.findall(_q(where)):
+            if (nip := _text(node, "DaneIdentyfikacyjne", "NIP")) is not None:
+                found.append((f"{where}/DaneIdentyfikacyjne/NIP", nip))
+    for i, node in enumerate(root.findall(_q("Podmiot3")), start=1):
+        if (nip := _text(node, "DaneIdentyfikacyjne", "NIP")) is not None:
+            found.append((f"Podmiot3[{i}]/DaneIdentyfikacyjne/NIP", nip))
+        if (internal := _text(node, "DaneIdentyfikacyjne", "IDWew")) is not None:
+            found.append((f"Podmiot3[{i}]/DaneIdentyfikacyjne/IDWew", internal.split("-")[0]))
+    return found
+
+
+def nip_checksum_ok(nip: str) -> bool:
+    """NIP check digit: weights 6,5,7,2,3,4,5,6,7, sum mod 11 equals the 10th digit (10 never valid)."""
+    if len(nip) != 10 or not nip.isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(nip[:9], (6, 5, 7, 2, 3, 4, 5, 6, 7), strict=True)) % 11
+    return total != 10 and total == int(nip[9])

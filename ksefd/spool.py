@@ -1,0 +1,262 @@
+"""Files the ERP and ksefd exchange (DESIGN.md, folder contract): which dropped files count, when a
+file is finished, claiming by rename, and writes that are atomic and never clobber.
+
+Every write goes to a temporary file in the destination directory (a dot-file ending `.ksefd.tmp`,
+so no scanner ever picks it up), is flushed and fsynced, then renamed into place, and the directory
+is fsynced, so after a crash a reader sees either the old state or the whole new file.
+
+Clobbering: ksefd never replaces a different file that an ERP may already have read. `write_new`
+refuses (`SpoolConflict`) and `unique_stem` picks `NAME-2`, `NAME-3`, ... for the next invoice that
+reuses a name, so `sent/NAME.xml` and its companions always describe one invoice. Writing the same
+bytes again is a no-op, which makes every result write safe to repeat after a crash. Files ksefd
+owns and rewrites (state files, the `.ksef.json` of a stem it chose) use `write_atomic`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+_TEMP_SUFFIX = ".ksefd.tmp"
+_TEMP_NAME = re.compile(r"^\..*\.[0-9a-f]{16}\.ksefd\.tmp$")
+
+
+class SpoolConflict(FileExistsError):
+    """The destination exists with different content; ksefd never overwrites it."""
+
+
+# --- what counts as a dropped invoice ---------------------------------------------------------------
+
+def is_candidate(name: str) -> bool:
+    """Only `*.xml` (any case); never temporary names: `*.tmp`, dot-files, Office lock files `~$*`."""
+    return (name.lower().endswith(".xml") and not name.startswith((".", "~$"))
+            and not name.lower().endswith(".tmp"))
+
+
+def scan(directory: Path) -> list[Path]:
+    """Candidate regular files (symlinks and folders skipped), oldest modification first."""
+    found: list[tuple[int, str, Path]] = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not is_candidate(entry.name):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name, Path(entry.path)))
+            except FileNotFoundError:
+                continue   # removed between listing and stat
+    return [path for _, _, path in sorted(found)]
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """`FV 1.XML` -> (`FV 1`, `.XML`): the stem names the companions (`FV 1.ksef.json`)."""
+    stem, dot, suffix = name.rpartition(".")
+    return (stem, dot + suffix) if dot and stem else (name, "")
+
+
+class _Clock(Protocol):
+    def now(self) -> dt.datetime: ...
+
+
+@dataclass
+class _Look:
+    size: int
+    mtime_ns: int
+    since: dt.datetime
+
+
+class StabilityTracker:
+    """A file is finished when its size and mtime are unchanged across two looks `settle_seconds`
+    apart: an ERP that writes in place (no temp name + rename) is never read half-written."""
+
+    def __init__(self, clock: _Clock, settle_seconds: float = 2.0) -> None:
+        self._clock = clock
+        self._settle = dt.timedelta(seconds=settle_seconds)
+        self._looks: dict[Path, _Look] = {}
+
+    def is_stable(self, path: Path) -> bool:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            self.forget(path)
+            return False
+        return self.observe(path, info.st_size, info.st_mtime_ns)
+
+    def observe(self, path: Path, size: int, mtime_ns: int) -> bool:
+        now = self._clock.now()
+        look = self._looks.get(path)
+        if look is None or (look.size, look.mtime_ns) != (size, mtime_ns):
+            self._looks[path] = _Look(size, mtime_ns, now)
+            return False
+        return now - look.since >= self._settle
+
+    def forget(self, path: Path) -> None:
+        self._looks.pop(path, None)
+
+    def retain(self, paths: Iterable[Path]) -> None:
+        """Drop what is remembered about files no longer present (call after each scan)."""
+        keep = set(paths)
+        for path in [p for p in self._looks if p not in keep]:
+            del self._looks[path]
+
+
+# --- atomic writes ----------------------------------------------------------------------------------
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename durable. Windows cannot open a directory; NTFS journals renames itself."""
+    if os.name == "nt":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_temp(directory: Path, name: str, data: bytes) -> Path:
+    temp = directory / f".{name}.{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return temp
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Create or replace `path` atomically (for files ksefd owns)."""
+    temp = _write_temp(path.parent, path.name, data)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    return path
+
+
+def same_content(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except FileNotFoundError:
+        return False
+
+
+def write_new(path: Path, data: bytes) -> bool:
+    """Create `path` atomically without ever replacing another file. True if written, False if the
+    same bytes were already there; `SpoolConflict` if different bytes are."""
+    temp = _write_temp(path.parent, path.name, data)
+    try:
+        try:
+            os.link(temp, path)   # atomic create-if-absent
+        except FileExistsError:
+            if same_content(path, data):
+                return False
+            raise SpoolConflict(f"{path} exists with different content; ksefd never overwrites it") from None
+        except OSError:
+            _place_without_link(temp, path, data)   # file systems without hard links (FAT, some shares)
+    finally:
+        temp.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+    return True
+
+
+def _place_without_link(temp: Path, path: Path, data: bytes) -> None:
+    if path.exists():
+        if same_content(path, data):
+            return
+        raise SpoolConflict(f"{path} exists with different content; ksefd never overwrites it")
+    if os.name == "nt":
+        os.rename(temp, path)   # refuses an existing target on Windows
+    else:
+        os.replace(temp, path)  # a narrow race with another writer remains; only ksefd writes here
+
+
+def unique_stem(directory: Path, stem: str, suffix: str, data: bytes,
+                companions: Iterable[str] = (".ksef.json", ".upo.xml", ".error.json")) -> str:
+    """`stem`, or `stem-2`, `stem-3`, ... : the first whose `stem+suffix` is absent (or holds these
+    very bytes: a repeat after a crash) and that has no companion file of an earlier invoice."""
+    companions = tuple(companions)
+    number = 1
+    while True:
+        candidate = stem if number == 1 else f"{stem}-{number}"
+        primary = directory / (candidate + suffix)
+        if primary.exists():
+            if same_content(primary, data):
+                return candidate
+        elif not any((directory / (candidate + c)).exists() for c in companions):
+            return candidate
+        number += 1
+
+
+def write_unique(directory: Path, name: str, data: bytes,
+                 companions: Iterable[str] = (".ksef.json", ".upo.xml", ".error.json")) -> Path:
+    """Write `data` as `directory/name`, or as `NAME-2.xml`... if that name holds another invoice."""
+    stem, suffix = split_name(name)
+    companions = tuple(companions)
+    while True:
+        path = directory / (unique_stem(directory, stem, suffix, data, companions) + suffix)
+        with contextlib.suppress(SpoolConflict):   # someone took the name meanwhile: pick again
+            write_new(path, data)
+            return path
+
+
+def remove_stale_temps(directory: Path) -> int:
+    """Delete temporary files a crash left behind (only ksefd's own names). Returns how many."""
+    removed = 0
+    for entry in directory.iterdir():
+        if _TEMP_NAME.match(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+# --- claim by rename ------------------------------------------------------------------------------
+
+def claim(source: Path, destination: Path) -> bool:
+    """Move a dropped file to ksefd's working place (same file system) in one rename. False when the
+    file is gone (the ERP took it back) or still locked by its writer (Windows); never overwrites."""
+    if destination.exists():
+        raise SpoolConflict(f"{destination} exists; claim into a fresh name")
+    try:
+        os.rename(source, destination)
+    except (FileNotFoundError, PermissionError):
+        return False
+    fsync_directory(destination.parent)
+    if source.parent != destination.parent:
+        fsync_directory(source.parent)
+    return True
+
+
+# --- JSON -----------------------------------------------------------------------------------------
+
+def _enc_hook(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def json_bytes(obj: Any) -> bytes:
+    """UTF-8 (not \\u-escaped), 2-space indent, keys sorted, final newline: identical input gives
+    identical bytes, so rewriting a result after a crash changes nothing."""
+    compact = msgspec.json.encode(obj, enc_hook=_enc_hook, order="sorted")
+    return msgspec.json.format(compact, indent=2) + b"\n"
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return write_atomic(path, json_bytes(obj))

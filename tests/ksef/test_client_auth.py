@@ -1,0 +1,212 @@
+"""The client's authentication against the simulator over HTTP (issue #4 item 3)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ksefd.ksef.auth import AuthOptions, ContextIdentifier, Tokens
+from ksefd.ksef.client import KsefClient
+from ksefd.ksef.credentials import CertificateCredentials, KsefToken
+from ksefd.ksef.environments import PROD
+from ksefd.ksef.errors import AuthenticationFailed, Forbidden
+from ksefd.sim.clock import ManualClock
+from ksefd.sim.config import SimConfig
+from tests.support.ksef_auth import create_ksef_token, self_signed_certificate
+
+NIP = "5265877635"
+OTHER_NIP = "7010002137"
+FAST = AuthOptions(poll_first=0.01, poll_max=0.05, poll_budget=10)
+
+
+@pytest.fixture
+async def client_factory(sim: Any) -> AsyncIterator[Callable[..., KsefClient]]:
+    made: list[KsefClient] = []
+
+    def make(base_url: str | None = None, **kwargs: Any) -> KsefClient:
+        kwargs.setdefault("auth_options", FAST)
+        env = kwargs.pop("env", "test")
+        client = KsefClient(env, base_url=base_url or sim.base_url, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+async def _identity(ctx: Any) -> dict[str, Any]:
+    """What the simulator thinks of our access token: GET /tokens needs a valid ContextToken."""
+    response = await ctx.request("GET", "/tokens", query={"pageSize": "10"}, expect=(200,))
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def test_token_with_trailing_space_and_zero_width_character_authenticates(
+        sim: Any, http: aiohttp.ClientSession, client_factory: Callable[..., KsefClient]) -> None:
+    token = await create_ksef_token(http, sim.base_url, NIP, ["InvoiceWrite", "InvoiceRead"])
+    pasted = "\ufeff" + token[:20] + "\u200b" + token[20:] + " \u00a0\n"
+    client = client_factory()
+    ctx = client.context(ContextIdentifier.nip(NIP), KsefToken.parse(pasted))
+    await ctx.authenticate()
+    assert ctx.auth.tokens is not None
+    await _identity(ctx)
+
+
+async def test_rsa_and_ec_certificates_authenticate(sim: Any, client_factory: Callable[..., KsefClient]) -> None:
+    client = client_factory()
+    for key_type in ("rsa", "ec"):
+        cert, key = self_signed_certificate(nip=NIP, key_type=key_type)
+        ctx = client.context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key))
+        await ctx.authenticate()
+        await _identity(ctx)
+
+
+async def test_one_certificate_into_two_company_contexts(
+        sim: Any, http: aiohttp.ClientSession, client_factory: Callable[..., KsefClient]) -> None:
+    cert, key = self_signed_certificate(nip=NIP)
+    person = CertificateCredentials(cert, key)
+    # The person (NIP owner) gets a permission in a second company's context (ZAW-FA, PROTOCOL.md §11).
+    async with http.post(f"{sim.base_url}/testdata/permissions", json={
+        "contextIdentifier": {"type": "Nip", "value": OTHER_NIP},
+        "authorizedIdentifier": {"type": "Nip", "value": NIP},
+        "permissions": [{"permissionType": "InvoiceWrite", "description": "ksefd test grant"}]}) as resp:
+        assert resp.status == 200, await resp.text()
+    client = client_factory()
+    own = client.context(ContextIdentifier.nip(NIP), person)
+    other = client.context(ContextIdentifier.nip(OTHER_NIP), person)
+    await own.authenticate()
+    await other.authenticate()
+    assert own is not other and own.auth.tokens and other.auth.tokens
+    assert own.auth.tokens.access_token != other.auth.tokens.access_token
+    assert own.auth.tokens.reference_number != other.auth.tokens.reference_number
+
+
+async def test_access_token_expiry_mid_run_is_refreshed_transparently(
+        sim_factory: Callable[..., Any], http: aiohttp.ClientSession,
+        client_factory: Callable[..., KsefClient]) -> None:
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    sim = await sim_factory(config=SimConfig(), clock=clock)
+    cert, key = self_signed_certificate(nip=NIP)
+    client = client_factory(sim.base_url, clock=clock)
+    ctx = client.context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key))
+    await _identity(ctx)
+    first = ctx.auth.tokens
+    assert first is not None
+    clock.advance((first.access_valid_until - clock.now()).total_seconds() + 1)   # the access token has expired
+    await _identity(ctx)
+    second = ctx.auth.tokens
+    assert second is not None
+    assert second.access_token != first.access_token
+    assert second.reference_number == first.reference_number          # refreshed, not a new authentication
+    assert second.refresh_token == first.refresh_token                 # refresh tokens are not rotated
+    clock.advance((first.refresh_valid_until - clock.now()).total_seconds() + 1)  # the refresh token ended too
+    await _identity(ctx)
+    third = ctx.auth.tokens
+    assert third is not None and third.reference_number != first.reference_number   # full re-authentication
+
+
+async def test_401_leads_to_full_reauthentication(sim: Any, client_factory: Callable[..., KsefClient]) -> None:
+    cert, key = self_signed_certificate(nip=NIP)
+    client = client_factory()
+    ctx = client.context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key))
+    await _identity(ctx)
+    first = ctx.auth.tokens
+    assert first is not None
+    # An access token KSeF no longer accepts (PROTOCOL.md §3.5: it may reject early): 401 -> authenticate again.
+    broken = Tokens("not-a-valid-jwt", first.access_valid_until, first.refresh_token, first.refresh_valid_until,
+                    first.reference_number)
+    ctx.auth._tokens = broken
+    await _identity(ctx)
+    assert ctx.auth.tokens is not None and ctx.auth.tokens.reference_number != first.reference_number
+
+
+async def test_recovers_from_21470_after_token_key_rotation(
+        sim: Any, http: aiohttp.ClientSession, client_factory: Callable[..., KsefClient]) -> None:
+    token = await create_ksef_token(http, sim.base_url, NIP, ["InvoiceWrite"])
+    client = client_factory()
+    await client.public_keys.refresh()                                   # keys cached before the rotation
+    old = (await client.public_keys.get("KsefTokenEncryption")).public_key_id
+    new = sim.world.keys.rotate("KsefTokenEncryption")                  # emergency rotation: old id withdrawn
+    assert new != old
+    ctx = client.context(ContextIdentifier.nip(NIP), KsefToken.parse(token))
+    await ctx.authenticate()
+    assert (await client.public_keys.get("KsefTokenEncryption")).public_key_id == new
+
+
+async def test_missing_permissions_403_lists_required_and_present(
+        sim: Any, http: aiohttp.ClientSession, client_factory: Callable[..., KsefClient]) -> None:
+    token = await create_ksef_token(http, sim.base_url, NIP, ["InvoiceRead"])
+    client = client_factory()
+    ctx = client.context(ContextIdentifier.nip(NIP), KsefToken.parse(token))
+    with pytest.raises(Forbidden) as caught:
+        await ctx.online().open()
+    error = caught.value
+    assert error.reason_code == "missing-permissions"
+    assert "InvoiceWrite" in error.required_permissions and error.present_permissions == ["InvoiceRead"]
+    assert "needs one of" in str(error) and "InvoiceWrite" in str(error) and "hold InvoiceRead" in str(error)
+
+
+async def test_415_no_permission_in_context(sim: Any, client_factory: Callable[..., KsefClient]) -> None:
+    cert, key = self_signed_certificate(nip=NIP)
+    client = client_factory()
+    ctx = client.context(ContextIdentifier.nip(OTHER_NIP), CertificateCredentials(cert, key))
+    with pytest.raises(AuthenticationFailed) as caught:
+        await ctx.authenticate()
+    assert caught.value.code == 415
+    assert f"no permission in context Nip {OTHER_NIP}" in str(caught.value)
+
+
+async def test_450_wrong_token_mentions_environments(sim: Any, client_factory: Callable[..., KsefClient]) -> None:
+    fake = f"20251010-EC-1DCE3E3000-12ECB5B36E-45|nip-{NIP}|" + "ab" * 32
+    client = client_factory()
+    ctx = client.context(ContextIdentifier.nip(NIP), KsefToken.parse(fake))
+    with pytest.raises(AuthenticationFailed) as caught:
+        await ctx.authenticate()
+    assert caught.value.code == 450
+    assert "tokens from DEMO or TEST do not work on PROD" in str(caught.value)
+    prod = client_factory(env=PROD)          # PROD's wording, the simulator's URL
+    assert prod.environment.is_production and prod.environment.api_url == sim.base_url
+    with pytest.raises(AuthenticationFailed) as on_prod:
+        await prod.context(ContextIdentifier.nip(NIP), KsefToken.parse(fake)).authenticate()
+    assert "DEMO and TEST tokens do not work on PROD" in str(on_prod.value)
+
+
+async def test_450_revoked_token(sim: Any, http: aiohttp.ClientSession,
+                                 client_factory: Callable[..., KsefClient]) -> None:
+    token = await create_ksef_token(http, sim.base_url, NIP, ["InvoiceWrite"])
+    client = client_factory()
+    ctx = client.context(ContextIdentifier.nip(NIP), KsefToken.parse(token))
+    await ctx.request("DELETE", "/tokens/{referenceNumber}",
+                      params={"referenceNumber": KsefToken.parse(token).reference_number}, expect=(204,))
+    for _ in range(3):   # Revoking -> Revoked once read (the simulator's deterministic status machine)
+        await ctx.request("GET", "/tokens/{referenceNumber}",
+                          params={"referenceNumber": KsefToken.parse(token).reference_number}, expect=(200,))
+    fresh = client_factory().context(ContextIdentifier.nip(NIP), KsefToken.parse(token))
+    with pytest.raises(AuthenticationFailed) as caught:
+        await fresh.authenticate()
+    assert caught.value.code == 450 and "revoked" in str(caught.value)
+
+
+async def test_450_token_from_another_context(sim: Any, http: aiohttp.ClientSession,
+                                              client_factory: Callable[..., KsefClient]) -> None:
+    token = await create_ksef_token(http, sim.base_url, NIP, ["InvoiceWrite"])
+    client = client_factory()
+    ctx = client.context(ContextIdentifier.nip(OTHER_NIP), KsefToken.parse(token))
+    with pytest.raises(AuthenticationFailed) as caught:
+        await ctx.authenticate()
+    assert caught.value.code == 450
+    assert f"cannot be used in context Nip {OTHER_NIP}" in str(caught.value) and f"nip-{NIP}" in str(caught.value)
+
+
+async def test_460_certificate_chain_not_trusted(sim: Any, client_factory: Callable[..., KsefClient]) -> None:
+    cert, key = self_signed_certificate(nip=NIP)
+    client = client_factory(auth_options=AuthOptions(poll_first=0.01, poll_max=0.05, verify_certificate_chain=True))
+    with pytest.raises(AuthenticationFailed) as caught:
+        await client.context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key)).authenticate()
+    assert caught.value.code == 460
+    assert "chain" in str(caught.value) and "KSeF certificate" in str(caught.value)

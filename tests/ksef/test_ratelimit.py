@@ -1,0 +1,241 @@
+"""The client-side limiter (issue #4 item 7): sliding windows per (context, group), shared 429 blocks,
+state that survives a restart. Driven by virtual time: no test really sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from ksefd.ksef.ratelimit import (
+    PRODUCTION_LIMITS,
+    GroupLimits,
+    LimiterSnapshot,
+    RateLimiter,
+    parse_rate_limits,
+)
+from tests.ksef.virtual_time import VirtualClock
+
+
+def assert_windows_respected(stamps: list[float], limits: GroupLimits, what: str) -> None:
+    """No half-open window (t - L, t] of any length L holds more than its limit."""
+    stamps = sorted(stamps)
+    for length, limit in limits.windows():
+        for j in range(limit, len(stamps)):
+            gap = stamps[j] - stamps[j - limit]
+            assert gap >= length, f"{what}: {limit + 1} requests within {gap:.4f} s (window {length} s)"
+
+
+def limiter_on(clock: VirtualClock, **kwargs: object) -> RateLimiter:
+    return RateLimiter(now=clock.now, sleep=clock.sleep, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_burst_is_spread_over_the_second_minute_and_hour_windows() -> None:
+    clock = VirtualClock()
+    limiter = limiter_on(clock, margin=0.0)
+    start = clock.now()
+    granted: list[float] = []
+
+    async def burst() -> None:
+        for _ in range(35):
+            await limiter.acquire("5265877635", "onlineSession")       # 10/s, 30/min, 120/h
+            granted.append(clock.now() - start)
+
+    await clock.drive(burst())
+    assert granted[:10] == [0.0] * 10
+    assert granted[10:20] == [1.0] * 10
+    assert granted[20:30] == [2.0] * 10
+    assert granted[30:] == [60.0] * 5                                  # the minute window is full
+    assert_windows_respected([start + g for g in granted], PRODUCTION_LIMITS["onlineSession"], "burst")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_bursts_from_many_callers_never_exceed_any_window(seed: int) -> None:
+    rng = random.Random(seed)
+    clock = VirtualClock()
+    limiter = limiter_on(clock, margin=0.0)
+    contexts = ["1111111111", "2222222222"]
+    groups = ["invoiceSend", "invoiceMetadata", "sessionMisc", "batchSession", "batchSessionClose"]
+    granted: dict[tuple[str, str], list[float]] = {}
+
+    async def caller() -> None:
+        context, group = rng.choice(contexts), rng.choice(groups)
+        for _ in range(rng.randint(5, 40)):
+            if rng.random() < 0.3:
+                await clock.sleep(rng.choice([0.0, 0.01, 0.3, 2.0, 45.0]))
+            await limiter.acquire(context, group)
+            granted.setdefault((context, group), []).append(clock.now())
+
+    async def everyone() -> None:
+        await asyncio.gather(*(caller() for _ in range(60)))
+
+    await clock.drive(everyone())
+    assert sum(len(v) for v in granted.values()) > 600
+    for (context, group), stamps in granted.items():
+        assert_windows_respected(stamps, PRODUCTION_LIMITS[group], f"{context}/{group}")
+
+
+async def test_contexts_and_groups_have_separate_buckets_and_close_does_not_use_the_open_budget() -> None:
+    clock = VirtualClock()
+    limiter = limiter_on(clock)
+    for _ in range(10):
+        await limiter.acquire("1111111111", "batchSession")
+    assert limiter.delay("1111111111", "batchSession") > 0.9
+    assert limiter.delay("2222222222", "batchSession") == 0          # another context (§7)
+    assert limiter.delay("1111111111", "batchSessionClose") == 0     # separate close bucket (§14.3)
+    assert limiter.delay("1111111111", "invoiceSend") == 0
+
+
+async def test_the_margin_widens_every_window() -> None:
+    clock = VirtualClock()
+    limiter = limiter_on(clock, margin=0.25)
+    for _ in range(8):
+        await limiter.acquire("c", "invoiceDownload")                # 8/s
+    assert limiter.delay("c", "invoiceDownload") == pytest.approx(1.25)
+
+
+async def test_a_429_blocks_every_caller_in_the_context_until_retry_after() -> None:
+    clock = VirtualClock()
+    limiter = limiter_on(clock)
+    start = clock.now()
+    limiter.penalise("1111111111", "invoiceSend", 30.0)
+    done: dict[str, float] = {}
+
+    async def call(group: str) -> None:
+        await limiter.acquire("1111111111", group)
+        done[group] = clock.now() - start
+
+    async def other_context() -> None:
+        await limiter.acquire("2222222222", "invoiceSend")
+        done["other"] = clock.now() - start
+
+    await clock.drive(asyncio.gather(call("invoiceSend"), call("sessionMisc"), other_context()))
+    assert done == {"invoiceSend": 30.0, "sessionMisc": 30.0, "other": 0.0}
+    limiter.penalise("1111111111", "invoiceSend", 5.0)               # a shorter block never shortens one
+    limiter.penalise("1111111111", "invoiceSend", 60.0)
+    assert limiter.delay("1111111111", "invoiceSend") == pytest.approx(60.0)
+
+
+async def test_a_cancelled_waiter_does_not_consume_budget() -> None:
+    clock = VirtualClock()
+    limiter = limiter_on(clock)
+
+    async def spend() -> None:
+        for _ in range(20):
+            await limiter.acquire("c", "invoiceExport")              # 8/s, 16/min, 20/h
+
+    await clock.drive(spend())
+    waiter = asyncio.ensure_future(limiter.acquire("c", "invoiceExport"))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert len(limiter.granted("c", "invoiceExport")) == 20
+
+
+def test_rate_limits_body_all_17_groups_unknown_ignored_minus_one_is_unlimited() -> None:
+    body = {group: {"perSecond": v.to_json()[0], "perMinute": v.to_json()[1], "perHour": v.to_json()[2]}
+            for group, v in PRODUCTION_LIMITS.items()}
+    body["invoiceSend"] = {"perSecond": 100, "perMinute": 300, "perHour": 1800}
+    body["someFutureGroup"] = {"perSecond": 1, "perMinute": 1, "perHour": 1}
+    body["sessionList"] = {"perSecond": "five"}                     # malformed: keep the default
+    parsed = parse_rate_limits(body)
+    assert len(PRODUCTION_LIMITS) == 17 and set(parsed) == set(PRODUCTION_LIMITS)
+    assert parsed["invoiceSend"] == GroupLimits(100, 300, 1800)
+    assert parsed["anonymous"] == GroupLimits(60, None, None)
+    assert parsed["global"].windows() == ()
+    assert parsed["sessionList"] == PRODUCTION_LIMITS["sessionList"]
+
+
+async def test_limits_from_the_server_apply_per_context() -> None:
+    clock = VirtualClock()
+    limiter = limiter_on(clock)
+    body = {"invoiceSend": {"perSecond": 2, "perMinute": 3, "perHour": 4}}
+    limiter.apply_rate_limits_body("1111111111", body)
+
+    async def spend() -> None:
+        for _ in range(3):
+            await limiter.acquire("1111111111", "invoiceSend")
+
+    await clock.drive(spend())
+    assert limiter.delay("1111111111", "invoiceSend") == pytest.approx(60.1 - 1.1)
+    assert limiter.limits_for("2222222222", "invoiceSend") == PRODUCTION_LIMITS["invoiceSend"]
+    assert limiter.limits_for("1111111111", "unknownGroup") == PRODUCTION_LIMITS["other"]
+
+
+async def test_a_positive_global_limit_applies_across_contexts() -> None:
+    clock = VirtualClock()
+    limiter = limiter_on(clock, margin=0.0)
+    table = dict(PRODUCTION_LIMITS)
+    table["global"] = GroupLimits(3, None, None)
+    limiter.set_limits("1111111111", table)
+    stamps: list[float] = []
+
+    async def call(context: str) -> None:
+        await limiter.acquire(context, "sessionMisc")
+        stamps.append(clock.now())
+
+    await clock.drive(asyncio.gather(*(call(c) for c in ["1111111111", "2222222222", "3333333333"] * 3)))
+    assert_windows_respected(stamps, table["global"], "global")
+    assert max(stamps) - min(stamps) == pytest.approx(2.0)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.text: str | None = None
+        self.saves = 0
+
+    async def load(self) -> LimiterSnapshot | None:
+        return None if self.text is None else LimiterSnapshot.from_json(self.text)
+
+    async def save(self, snapshot: LimiterSnapshot) -> None:
+        self.text = snapshot.to_json()     # through JSON, as a database row would hold it
+        self.saves += 1
+
+
+async def test_a_restarted_limiter_does_not_retrip_the_hour_window() -> None:
+    clock = VirtualClock()
+    store = MemoryStore()
+    first = limiter_on(clock, store=store, margin=0.0)
+    first.apply_rate_limits_body("1111111111", {"invoiceMetadata": {"perSecond": 8, "perMinute": 16,
+                                                                    "perHour": 5}})
+    for _ in range(5):
+        await first.acquire("1111111111", "invoiceMetadata")
+    first.penalise("2222222222", "invoiceExport", 600)
+    await first.save()
+
+    clock.t += 120                                                   # the daemon restarts two minutes later
+    second = limiter_on(clock, store=store, margin=0.0)
+    await second.load()
+    assert second.limits_for("1111111111", "invoiceMetadata").per_hour == 5
+    assert second.delay("1111111111", "invoiceMetadata") == pytest.approx(3600 - 120)
+    assert second.delay("2222222222", "invoiceExport") == pytest.approx(600 - 120)
+    fresh = limiter_on(clock, margin=0.0)                            # without the store it would send at once
+    assert fresh.delay("1111111111", "invoiceMetadata") == 0
+
+
+async def test_autosave_saves_only_after_a_change() -> None:
+    clock = VirtualClock()
+    store = MemoryStore()
+    limiter = limiter_on(clock, store=store)
+
+    async def scenario() -> None:
+        saver = asyncio.ensure_future(limiter.autosave(5.0))
+        await clock.sleep(12)
+        assert store.saves == 0
+        await limiter.acquire("c", "other")
+        await clock.sleep(6)
+        assert store.saves == 1
+        await clock.sleep(20)
+        assert store.saves == 1
+        saver.cancel()
+
+    await clock.drive(scenario())
+    snapshot = LimiterSnapshot.from_json(store.text or "")
+    assert list(snapshot.requests) == [("c", "other")]
+
+
+def test_a_snapshot_of_another_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="version"):
+        LimiterSnapshot.from_json('{"version": 99}')

@@ -1,0 +1,156 @@
+"""ksefd.spool on real folders: candidates, stability, atomic no-clobber writes, claims, JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ksefd import spool
+from ksefd.clock import ManualClock
+from ksefd.spool import SpoolConflict
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("FV1.xml", True), ("FV 2026-01.XML", True), ("faktura.Xml", True),
+    ("FV1.xml.tmp", False), ("FV1.tmp", False), (".FV1.xml", False), ("~$FV1.xml", False),
+    ("FV1.json", False), ("FV1.xml.part", False), ("xml", False),
+])
+def test_candidates(name: str, expected: bool) -> None:
+    assert spool.is_candidate(name) is expected
+
+
+def test_scan_lists_candidates_oldest_first(tmp_path: Path) -> None:
+    for i, name in enumerate(["b.xml", "a.xml", "c.XML", ".hidden.xml", "x.xml.tmp", "~$lock.xml", "note.txt"]):
+        path = tmp_path / name
+        path.write_bytes(b"<x/>")
+        os.utime(path, ns=(1_700_000_000_000_000_000 - i * 1_000_000_000,) * 2)
+    (tmp_path / "dir.xml").mkdir()
+    (tmp_path / "link.xml").symlink_to(tmp_path / "a.xml")
+    assert [p.name for p in spool.scan(tmp_path)] == ["c.XML", "a.xml", "b.xml"]
+
+
+def test_split_name() -> None:
+    assert spool.split_name("FV 1.XML") == ("FV 1", ".XML")
+    assert spool.split_name("a.b.xml") == ("a.b", ".xml")
+    assert spool.split_name("noext") == ("noext", "")
+
+
+def test_stability_needs_two_equal_looks_apart(tmp_path: Path) -> None:
+    clock = ManualClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    tracker = spool.StabilityTracker(clock, settle_seconds=2)
+    path = tmp_path / "FV.xml"
+    path.write_bytes(b"<Faktura>")
+    assert not tracker.is_stable(path)           # first look
+    clock.advance(1)
+    assert not tracker.is_stable(path)           # unchanged, but not long enough
+    with path.open("ab") as f:                   # the ERP writes more
+        f.write(b"</Faktura>")
+    clock.advance(5)
+    assert not tracker.is_stable(path)           # changed: the wait starts again
+    clock.advance(2)
+    assert tracker.is_stable(path)
+    path.unlink()
+    assert not tracker.is_stable(path)
+
+
+def test_stability_notices_mtime_change_without_size_change(tmp_path: Path) -> None:
+    clock = ManualClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    tracker = spool.StabilityTracker(clock, settle_seconds=2)
+    path = tmp_path / "FV.xml"
+    assert not tracker.observe(path, 10, 1)
+    clock.advance(3)
+    assert not tracker.observe(path, 10, 2)
+    clock.advance(3)
+    assert tracker.observe(path, 10, 2)
+    tracker.retain([])
+    assert not tracker.observe(path, 10, 2)      # forgotten: starts over
+
+
+def test_write_atomic_creates_and_replaces_without_leftovers(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    spool.write_atomic(target, b"one")
+    spool.write_atomic(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_write_new_never_clobbers(tmp_path: Path) -> None:
+    target = tmp_path / "FV.xml"
+    assert spool.write_new(target, b"first") is True
+    assert spool.write_new(target, b"first") is False       # the same bytes again: a no-op
+    with pytest.raises(SpoolConflict):
+        spool.write_new(target, b"second")
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FV.xml"]
+
+
+def test_write_new_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(src: object, dst: object) -> None:
+        raise PermissionError(1, "Operation not permitted")   # what FAT or some SMB shares answer
+
+    monkeypatch.setattr(os, "link", no_links)
+    target = tmp_path / "FV.xml"
+    assert spool.write_new(target, b"first") is True
+    assert spool.write_new(target, b"first") is True         # already there with the same bytes
+    with pytest.raises(SpoolConflict):
+        spool.write_new(target, b"second")
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FV.xml"]
+
+
+def test_unique_stem_and_write_unique(tmp_path: Path) -> None:
+    first = spool.write_unique(tmp_path, "FV.xml", b"one")
+    assert first.name == "FV.xml"
+    (tmp_path / "FV.ksef.json").write_bytes(b"{}")
+    second = spool.write_unique(tmp_path, "FV.xml", b"two")
+    assert second.name == "FV-2.xml"
+    assert spool.write_unique(tmp_path, "FV.xml", b"two").name == "FV-2.xml"   # a repeat is recognised
+    assert spool.write_unique(tmp_path, "FV.xml", b"one").name == "FV.xml"
+    # a companion left by an earlier invoice (its XML moved away by the ERP) also blocks a stem
+    (tmp_path / "FV-3.error.json").write_bytes(b"{}")
+    assert spool.unique_stem(tmp_path, "FV", ".xml", b"three") == "FV-4"
+    assert (tmp_path / "FV.xml").read_bytes() == b"one"
+
+
+def test_claim_by_rename(tmp_path: Path) -> None:
+    outbox, work = tmp_path / "outbox", tmp_path / "outbox" / ".ksefd"
+    work.mkdir(parents=True)
+    dropped = outbox / "FV.xml"
+    dropped.write_bytes(b"<x/>")
+    assert spool.claim(dropped, work / "1-FV.xml") is True
+    assert not dropped.exists() and (work / "1-FV.xml").read_bytes() == b"<x/>"
+    assert spool.claim(dropped, work / "2-FV.xml") is False       # gone: nothing to claim
+    dropped.write_bytes(b"<y/>")
+    with pytest.raises(SpoolConflict):
+        spool.claim(dropped, work / "1-FV.xml")
+    assert dropped.exists() and (work / "1-FV.xml").read_bytes() == b"<x/>"
+
+
+def test_stale_temps_are_ignored_and_removed(tmp_path: Path) -> None:
+    leftover = spool._write_temp(tmp_path, "FV.xml", b"half")   # as a crash before the rename leaves it
+    (tmp_path / ".erp-own.tmp").write_bytes(b"")
+    assert spool.scan(tmp_path) == []
+    assert spool.remove_stale_temps(tmp_path) == 1
+    assert not leftover.exists() and (tmp_path / ".erp-own.tmp").exists()
+
+
+def test_json_is_stable_utf8_and_sorted(tmp_path: Path) -> None:
+    value = {"zeta": 1, "alpha": {"ż": "Łódź", "b": [Decimal("12.50")]},
+             "when": dt.datetime(2026, 2, 15, 10, 0, tzinfo=dt.UTC), "day": dt.date(2026, 2, 15),
+             "path": Path("/srv/x")}
+    data = spool.json_bytes(value)
+    assert data == spool.json_bytes(dict(reversed(list(value.items()))))
+    text = data.decode("utf-8")
+    assert "Łódź" in text and text.endswith("\n") and text.index('"alpha"') < text.index('"zeta"')
+    assert json.loads(text)["alpha"]["b"] == ["12.50"]
+    assert json.loads(text)["when"] == "2026-02-15T10:00:00Z"
+    assert '\n  "alpha": {\n    "b": [' in text
+    path = spool.write_json(tmp_path / "FV.ksef.json", value)
+    assert path.read_bytes() == data
+    with pytest.raises(TypeError):
+        spool.json_bytes({"x": object()})
