@@ -65,4 +65,5 @@ def _check_referenced_characters(root: etree._Element) -> None:
         for value in values:
             char = hygiene.find_bad_character(value) if value else None
             if char is not None:
-                raise hygiene.bad_character(char, {"line": element.sourceline or 0})
+                line = element.sourceline
+                raise hygiene.bad_character(char, {"line": line if isinstance(line, int) else 0})

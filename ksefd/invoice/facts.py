@@ -65,8 +65,13 @@ def read_facts(root: etree._Element) -> Facts:
         gross_total=Decimal(_required(root, "Fa", "P_15")),
         currency=_required(root, "Fa", "KodWaluty"),
         has_attachment=_find(root, "Zalacznik") is not None,
-        p1_line=(p1.sourceline or 0) if p1 is not None else 0,
+        p1_line=_line(p1),
     )
+
+
+def _line(node: etree._Element | None) -> int:
+    line = node.sourceline if node is not None else None
+    return line if isinstance(line, int) else 0
 
 
 def _buyer(ids: etree._Element | None) -> Buyer:

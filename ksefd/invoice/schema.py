@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from collections.abc import Iterable
 from importlib.resources import files
 from typing import Any
 
@@ -36,7 +37,7 @@ MAX_XSD_ERRORS = 10
 
 
 class _PackageResolver(etree.Resolver):
-    def resolve(self, system_url: str | None, public_id: str | None, context: Any) -> Any:
+    def resolve(self, system_url: str | None, public_id: str | None, context: Any) -> Any:  # type: ignore[override]
         if system_url and system_url.startswith(_SCHEME):
             relative = system_url[len(_SCHEME):]
             data = files("ksefd").joinpath(_XSD_DIR, *relative.split("/")).read_bytes()
@@ -86,7 +87,7 @@ def parse(data: bytes) -> etree._Element:
         raise InvoiceRejected(Code.NOT_WELL_FORMED,
                               f"The file is not well-formed XML: {error.msg} (line {line}, column {column}).",
                               {"line": line, "column": column, "error": error.msg}) from None
-    doctype = root.getroottree().docinfo.doctype
+    doctype: str = getattr(root.getroottree().docinfo, "doctype", "")   # missing from lxml-stubs
     if doctype:
         raise InvoiceRejected(Code.DOCTYPE, f"The file has a document type declaration ({doctype}); an FA(3) "
                                             "invoice must not have one.", {"doctype": doctype})
@@ -113,7 +114,8 @@ def validate(root: etree._Element) -> None:
     with _schema_lock:
         if schema.validate(root):
             return
-        errors = [(e.line, _readable(e.message)) for e in list(schema.error_log)[:MAX_XSD_ERRORS]]
+        log: Iterable[Any] = schema.error_log   # type: ignore[assignment]  # iterable; stubs disagree
+        errors = [(int(e.line), _readable(str(e.message))) for e in list(log)[:MAX_XSD_ERRORS]]
     line, first = errors[0]
     raise InvoiceRejected(Code.XSD, f"The invoice is not valid against the FA(3) schema: line {line}: {first}",
                           {"line": line, "errors": [f"line {n}: {m}" for n, m in errors]})

@@ -14,16 +14,22 @@ authorised calls and `KsefClient.transport` for pre-signed URLs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .auth import Authenticator, AuthOptions, AuthSession, ContextIdentifier, Credentials, TokenStore, credential_id
 from .clock import Clock, Sleep, SystemClock, real_sleep
+from .credentials import KsefToken
 from .crypto import PublicKeys
 from .environments import Environment, custom, environment
 from .models import ContextLimits
 from .online import FA3, FormCode, OnlineOptions, OnlineSender
 from .sessions import SessionQueries
 from .transport import RequestGate, Response, RetryPolicy, Transport
+
+if TYPE_CHECKING:       # imported lazily below: those modules belong to the batch/receiving layer of this package
+    from .batch import BatchOptions, BatchSender
+    from .export import Exporter, ExportOptions
+    from .receiving import Receiver
 
 
 class KsefContext:
@@ -46,6 +52,21 @@ class KsefContext:
                                                    clock=self.client.clock,
                                                    options=options or self.client.online_options)
         return self._online[form_code]
+
+    def batch(self, form_code: FormCode = FA3, options: BatchOptions | None = None) -> BatchSender:
+        """A batch sender in this context (batch.py)."""
+        from .batch import BatchSender
+        return BatchSender(self.auth, self.client.public_keys, form_code, sleep=self.client.sleep, options=options)
+
+    def exporter(self, options: ExportOptions | None = None) -> Exporter:
+        """Invoice exports in this context (export.py)."""
+        from .export import Exporter
+        return Exporter(self.auth, self.client.public_keys, sleep=self.client.sleep, options=options)
+
+    def receiver(self) -> Receiver:
+        """Metadata queries and single downloads in this context (receiving.py)."""
+        from .receiving import Receiver
+        return Receiver(self.auth)
 
     async def authenticate(self) -> None:
         """Authenticate now (otherwise the first call does it); raises AuthenticationFailed with the reason."""
@@ -77,6 +98,7 @@ class KsefClient:
         else:
             self.environment = env
         self.clock = clock or SystemClock()
+        self.sleep = sleep
         self.token_store = token_store
         self.online_options = online_options or OnlineOptions()
         self.transport = Transport(self.environment.api_url, gate=gate, retry=retry, timeout=timeout, sleep=sleep)
@@ -85,9 +107,12 @@ class KsefClient:
                                            sleep=sleep, options=auth_options)
         self._contexts: dict[str, KsefContext] = {}
 
-    def context(self, context: ContextIdentifier | str, credentials: Credentials) -> KsefContext:
-        """The KsefContext for this context and credentials (the same object on every call)."""
+    def context(self, context: ContextIdentifier | str, credentials: Credentials | str) -> KsefContext:
+        """The KsefContext for this context and credentials (the same object on every call). A str is a KSeF
+        token as pasted: cleaned and checked at once (CredentialsError before any request)."""
         ctx = context if isinstance(context, ContextIdentifier) else ContextIdentifier.parse(context)
+        if isinstance(credentials, str):
+            credentials = KsefToken.parse(credentials)
         key = f"{ctx.key}|{credential_id(credentials)}"
         if key not in self._contexts:
             auth = AuthSession(self.authenticator, ctx, credentials, store=self.token_store)

@@ -31,6 +31,10 @@ RETRYABLE_CODES = frozenset({21165, 21182, 21184, 21470})
 
 # Human hints for the codes a daemon meets most (PROTOCOL.md §10.2).
 CODE_HINTS: dict[int, str] = {
+    9105: "the XAdES signature does not verify; check that the key belongs to the certificate",
+    21115: "KSeF rejected the certificate (expired, wrong type, or not accepted in this environment)",
+    21117: "the certificate's identifier does not fit the context type",
+    21401: "the signed AuthTokenRequest does not match its XSD",
     21111: "the auth challenge was wrong, used or older than 10 minutes; start a new authentication",
     21155: "the session reached its invoice limit; open a new session",
     21165: "the invoice is processed but not yet available; try again later",

@@ -19,9 +19,14 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
+
+from .errors import ProtocolError
+
+if TYPE_CHECKING:
+    from .auth import AuthSession
 
 log = structlog.get_logger("ksefd.ksef.ratelimit")
 
@@ -132,6 +137,16 @@ class LimiterSnapshot:
             blocks={str(c): float(t) for c, t in raw["blocks"].items()},
             limits={ctx: {g: GroupLimits.of(*v) for g, v in table.items()} for ctx, table in raw["limits"].items()},
         )
+
+
+async def adopt_server_limits(limiter: RateLimiter, auth: AuthSession) -> dict[str, GroupLimits]:
+    """GET /rate-limits in `auth`'s context and adopt the answer (§7: the effective values; on TEST they can
+    differ from PRD). Call it once per context after authenticating; the request itself is in group `other`."""
+    response = await auth.request("GET", "/rate-limits", expect=(200,))
+    body = response.json()
+    if not isinstance(body, Mapping):
+        raise ProtocolError("GET /rate-limits answered with something other than a JSON object")
+    return limiter.apply_rate_limits_body(auth.context.key, body)
 
 
 class LimiterStore(Protocol):

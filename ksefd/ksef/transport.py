@@ -53,6 +53,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import msgspec
 import structlog
+from multidict import CIMultiDict
 
 from .clock import Sleep, real_sleep
 from .errors import (
@@ -155,7 +156,7 @@ NO_RETRY = RetryPolicy(attempts=1)
 @dataclass(frozen=True)
 class Response:
     status: int
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]        # case-insensitive for answers from the network (HTTP/2 lowercases names)
     body: bytes
     content_type: str = ""
 
@@ -310,7 +311,7 @@ class Transport:
                                        params=call.query, allow_redirects=False,
                                        timeout=aiohttp.ClientTimeout(total=call.timeout, connect=15)) as resp:
                 body = await resp.read()
-                result = Response(resp.status, {k: v for k, v in resp.headers.items()}, body, resp.content_type)
+                result = Response(resp.status, CIMultiDict(resp.headers), body, resp.content_type)
         except aiohttp.ClientConnectorError as exc:
             log.warning("ksef.connect_failed", path=call.template, attempt=attempt, error=type(exc).__name__)
             raise _NotSent(TransportError(f"cannot connect for {call.method} {call.template}: {exc}",

@@ -217,6 +217,7 @@ async def invoice_status(request: web.Request) -> web.Response:
     reference = request.match_info["invoiceReferenceNumber"]
     record = _session_invoice(world, session, reference)
     if record is None:
+        # [INFER] The spec lists only 21405 here; "not found" is a 400 with a code (§4.5), and 21164 says it.
         raise KsefException(21164, [f"Faktura o numerze referencyjnym {reference} nie została znaleziona w sesji "
                                     f"{session['referenceNumber']}."])
     return web.json_response(invoice_view(world, request, record))

@@ -12,6 +12,7 @@ from . import spec
 from .clock import Clock
 from .config import SimConfig
 from .errors import Unauthorized
+from .ippolicy import check_client_ip
 from .keys import KeyRing
 from .security import Caller, TokenIssuer, bearer, caller_from, require_permissions
 from .store import Store
@@ -50,6 +51,7 @@ class World:
         if session is None:
             raise Unauthorized("Sesja uwierzytelnienia nie istnieje.")
         caller = caller_from(payload, request)
+        check_client_ip(payload.get("allowed-ips"), caller.client_ip)
         require_permissions(caller, spec.required_permissions(request) if any_of is None else any_of)
         return caller
 

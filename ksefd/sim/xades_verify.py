@@ -72,8 +72,14 @@ class _Verifier(XAdESVerifier):
 
 @functools.cache
 def _schema(namespace: str) -> etree.XMLSchema:
-    data = files("ksefd").joinpath(f"data/xsd/auth/{XSD_FILES[namespace]}").read_bytes()
-    return etree.XMLSchema(etree.fromstring(data))
+    document = etree.fromstring(files("ksefd").joinpath(f"data/xsd/auth/{XSD_FILES[namespace]}").read_bytes())
+    # The TNipVatUE and TPeppolId patterns are written as anchored regexes (`^…$`). In XSD regex syntax `^` and
+    # `$` are literal characters, so libxml2 would refuse the official sample with <NipVatUe> and every
+    # PeppolId; [INFER] KSeF's own validator treats them as anchors (its samples pass), and so do we.
+    for pattern in document.iter("{http://www.w3.org/2001/XMLSchema}pattern"):
+        value = pattern.get("value", "")
+        pattern.set("value", value.removeprefix("^").removesuffix("$"))
+    return etree.XMLSchema(document)
 
 
 def _parse(body: bytes) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -10,13 +11,14 @@ import aiohttp
 import pytest
 
 from ksefd.ksef.auth import AuthOptions, ContextIdentifier, Tokens
+from ksefd.ksef.auth_messages import explain
 from ksefd.ksef.client import KsefClient
 from ksefd.ksef.credentials import CertificateCredentials, KsefToken
-from ksefd.ksef.environments import PROD
-from ksefd.ksef.errors import AuthenticationFailed, Forbidden
+from ksefd.ksef.environments import DEMO, PROD, TEST
+from ksefd.ksef.errors import AuthenticationFailed, CredentialsError, Forbidden, KsefError
 from ksefd.sim.clock import ManualClock
 from ksefd.sim.config import SimConfig
-from tests.support.ksef_auth import create_ksef_token, self_signed_certificate
+from tests.support.ksef_auth import create_ksef_token, owner_login, self_signed_certificate
 
 NIP = "5265877635"
 OTHER_NIP = "7010002137"
@@ -210,3 +212,108 @@ async def test_460_certificate_chain_not_trusted(sim: Any, client_factory: Calla
         await client.context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key)).authenticate()
     assert caught.value.code == 460
     assert "chain" in str(caught.value) and "KSeF certificate" in str(caught.value)
+
+
+async def test_certificate_without_identifiers_authenticates_by_fingerprint(
+        sim: Any, http: aiohttp.ClientSession, client_factory: Callable[..., KsefClient]) -> None:
+    cert, key = self_signed_certificate()                     # no TINPL/PNOPL/VATPL: certificateFingerprint
+    creds = CertificateCredentials(cert, key)
+    async with http.post(f"{sim.base_url}/testdata/permissions", json={
+        "contextIdentifier": {"type": "Nip", "value": NIP},
+        "authorizedIdentifier": {"type": "Fingerprint", "value": creds.fingerprint},
+        "permissions": [{"permissionType": "InvoiceRead", "description": "ksefd fingerprint grant"}]}) as resp:
+        assert resp.status == 200, await resp.text()
+    ctx = client_factory().context(ContextIdentifier.nip(NIP), creds)
+    await ctx.authenticate()
+
+
+class MemoryTokenStore:
+    def __init__(self) -> None:
+        self.saved: dict[str, Tokens] = {}
+
+    async def load(self, key: str) -> Tokens | None:
+        return self.saved.get(key)
+
+    async def save(self, key: str, tokens: Tokens) -> None:
+        self.saved[key] = tokens
+
+    async def clear(self, key: str) -> None:
+        self.saved.pop(key, None)
+
+
+async def test_token_store_lets_a_restarted_client_reuse_its_tokens(
+        sim: Any, client_factory: Callable[..., KsefClient]) -> None:
+    cert, key = self_signed_certificate(nip=NIP)
+    store = MemoryTokenStore()
+    first = client_factory(token_store=store).context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key))
+    await _identity(first)
+    assert list(store.saved) == [f"Nip:{NIP}|cert:{CertificateCredentials(cert, key).fingerprint}"]
+    saved = next(iter(store.saved.values()))
+    assert "eyJ" not in repr(saved)                                  # tokens never show in repr/logs
+    second = client_factory(token_store=store).context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key))
+    await _identity(second)
+    assert second.auth.tokens is saved                               # no new authentication
+
+
+def test_context_identifier_validation() -> None:
+    assert ContextIdentifier.parse("Nip:5265877635") == ContextIdentifier.nip("5265877635")
+    assert ContextIdentifier.parse("5265877635").key == "Nip:5265877635"
+    assert ContextIdentifier("InternalId", "5265877635-12345").as_json() == {"type": "InternalId",
+                                                                              "value": "5265877635-12345"}
+    with pytest.raises(KsefError, match="Nip context '526587763' is malformed: expected 10 digits"):
+        ContextIdentifier.nip("526587763")
+    with pytest.raises(KsefError, match="context type 'Pesel' is unknown"):
+        ContextIdentifier("Pesel", "12345678901")
+
+
+async def test_expired_certificate_is_refused_before_any_request(client_factory: Callable[..., KsefClient]) -> None:
+    cert, key = self_signed_certificate(nip=NIP, valid_from=dt.datetime(2020, 1, 1, tzinfo=dt.UTC), valid_days=30)
+    client = client_factory("http://127.0.0.1:1/v2")                # nothing listens there: no request may be made
+    with pytest.raises(CredentialsError, match="expired on 2020-01-31"):
+        await client.context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key)).authenticate()
+
+
+async def test_450_inactive_token(sim_factory: Callable[..., Any], http: aiohttp.ClientSession,
+                                  client_factory: Callable[..., KsefClient]) -> None:
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    sim = await sim_factory(config=SimConfig(), clock=clock)
+    owner = await owner_login(http, sim.base_url, NIP)
+    async with http.post(f"{sim.base_url}/tokens", json={"permissions": ["InvoiceWrite"], "description": "pending"},
+                         headers={"Authorization": f"Bearer {owner.access_token}"}) as resp:
+        assert resp.status == 202
+        created = await resp.json()
+    client = client_factory(sim.base_url, clock=clock)
+    with pytest.raises(AuthenticationFailed) as caught:        # still Pending: nobody read it, no time passed
+        await client.context(ContextIdentifier.nip(NIP), KsefToken.parse(created["token"])).authenticate()
+    assert caught.value.code == 450 and "not active" in str(caught.value)
+
+
+@pytest.mark.parametrize(("code", "details", "env", "expected"), [
+    (415, ["Brak przypisanych uprawnień"], TEST, "no permission in context Nip 5265877635"),
+    (450, ["Nieprawidłowy token"], TEST, "tokens from DEMO or TEST do not work on PROD"),
+    (450, ["Nieprawidłowy token"], PROD, "DEMO and TEST tokens do not work on PROD"),
+    (450, ["Token unieważniony"], TEST, "the KSeF token was revoked"),
+    (450, ["Token nieaktywny"], TEST, "the KSeF token is not active"),
+    (450, ["Token nie może być użyty w kontekście 5265877635"], TEST, "cannot be used in context Nip 5265877635"),
+    (450, ["Nieprawidłowe wyzwanie autoryzacyjne"], TEST, "challenge was rejected"),
+    (450, ["Nieprawidłowy czas tokena"], TEST, "check that this machine's clock is right"),
+    (450, ["Nieprawidłowe szyfrowanie tokena"], TEST, "could not be read by KSeF"),
+    (460, ["Niezaufany łańcuch certyfikatów"], DEMO, "self-signed certificates are accepted only on TEST"),
+    (460, ["Certyfikat unieważniony"], TEST, "revoked or suspended"),
+    (460, ["Nieważny certyfikat"], TEST, "check its validity dates"),
+    (470, [], TEST, "deceased"),
+    (480, [], TEST, "contact the Ministry of Finance"),
+    (550, [], TEST, "it will be retried"),
+])
+def test_auth_failure_messages(code: int, details: list[str], env: Any, expected: str) -> None:
+    text = explain(code, "Opis KSeF", details, context="Nip 5265877635", identity="Nip 5265877635", environment=env)
+    assert expected in text
+    assert f"[KSeF {code}: Opis KSeF" in text                          # KSeF's own words are kept
+
+
+def test_a_pasted_token_string_is_checked_before_any_request() -> None:
+    client = KsefClient("test", base_url="http://127.0.0.1:1/v2")
+    with pytest.raises(CredentialsError, match=re.escape("the token has 2 parts separated by '|', expected 3")):
+        client.context("Nip:5265877635", "20251010-EC-1DCE3E3000-12ECB5B36E-45|" + "ab" * 32)
+    ctx = client.context("5265877635", f" 20251010-EC-1DCE3E3000-12ECB5B36E-45|nip-{NIP}|{'ab' * 32}\n")
+    assert ctx.context == ContextIdentifier.nip(NIP)

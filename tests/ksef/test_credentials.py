@@ -21,7 +21,8 @@ from ksefd.ksef.errors import CredentialsError
 from tests.support.ksef_auth import self_signed_certificate
 
 NIP = "5265877635"
-GOOD = "20251010-EC-1DCE3E3000-12ECB5B36E-45|nip-5265877635|919f704466624ce29cd5ac7b65ded5e7cccc112eee314f2aaa76e02cd16df7b9"
+GOOD = ("20251010-EC-1DCE3E3000-12ECB5B36E-45|nip-5265877635|"
+        "919f704466624ce29cd5ac7b65ded5e7cccc112eee314f2aaa76e02cd16df7b9")
 
 
 @pytest.mark.parametrize("pasted", [
@@ -117,11 +118,11 @@ def test_key_of_another_certificate_is_refused(tmp_path: Path) -> None:
 
 
 def test_unreadable_files_are_named(tmp_path: Path) -> None:
-    with pytest.raises(CredentialsError, match="cannot read the certificate file .*missing.crt"):
+    with pytest.raises(CredentialsError, match=r"cannot read the certificate file .*missing\.crt"):
         load_certificate(tmp_path / "missing.crt", tmp_path / "missing.key")
     junk = tmp_path / "junk.crt"
     junk.write_bytes(b"not a certificate")
-    with pytest.raises(CredentialsError, match="junk.crt: it is not a PEM or DER X.509"):
+    with pytest.raises(CredentialsError, match=r"junk\.crt: it is not a PEM or DER X\.509"):
         load_certificate(junk, junk)
 
 

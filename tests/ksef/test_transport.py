@@ -209,7 +209,8 @@ async def test_ksef_error_bodies_are_parsed(upstream: Any, make_transport: Any) 
     up.script = [ok(exception, 400), ok(problem, 400), raw(401, json.dumps({"title": "Unauthorized", "status": 401,
                  "detail": "Token wygasł.", "timestamp": "2025-07-11T12:23:56Z"}), "application/problem+json"),
                  raw(403, json.dumps(forbidden), "application/problem+json"),
-                 raw(410, json.dumps({"title": "Gone", "status": 410, "detail": "wygasła"}), "application/problem+json"),
+                 raw(410, json.dumps({"title": "Gone", "status": 410, "detail": "wygasła"}),
+                     "application/problem+json"),
                  raw(400, "<html>bad</html>")]
     transport = make_transport(base, sleep=Sleeps())
     with pytest.raises(KsefException) as first:
@@ -272,3 +273,13 @@ async def test_bearer_goes_only_to_the_api_and_is_never_logged(upstream: Any, ma
 ])
 def test_rate_limit_groups(method: str, template: str, group: str) -> None:
     assert rate_limit_group(method, template) == group
+
+
+async def test_header_names_are_case_insensitive(upstream: Any, make_transport: Any) -> None:
+    up, base = upstream
+    up.script = [raw(429, "", "text/plain", {"retry-after": "5"}), ok()]
+    sleeps = Sleeps()
+    response = await make_transport(base, sleep=sleeps).request("GET", "/sessions")
+    assert sleeps.calls == [5.0]
+    assert response.headers.get("content-type") == response.headers.get("Content-Type")
+    assert response.headers.get("content-type") == "application/json; charset=utf-8"

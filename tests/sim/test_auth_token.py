@@ -16,10 +16,12 @@ from tests.support.ksef_auth import (
     create_ksef_token,
     encrypt_token,
     owner_login,
+    self_signed_certificate,
     start_token_auth,
     token_encryption_key,
     token_login,
     wait_for_auth,
+    xades_login,
 )
 
 NIP = "5265877635"
@@ -151,7 +153,6 @@ async def test_token_loses_permissions_its_author_lost(sim, http: aiohttp.Client
                     "permissions": [{"permissionType": "InvoiceRead", "description": "odczyt faktur"}]}
     async with http.post(f"{sim.base_url}/testdata/permissions", json=pesel_person) as resp:
         assert resp.status == 200
-    from tests.support.ksef_auth import self_signed_certificate, xades_login
     cert, key = self_signed_certificate(pesel="15062788702")
     person = await xades_login(http, sim.base_url, context_nip=NIP, cert=cert, key=key)
     headers = {"Authorization": f"Bearer {person.access_token}"}
@@ -167,3 +168,14 @@ async def test_token_loses_permissions_its_author_lost(sim, http: aiohttp.Client
     with pytest.raises(AuthFailed) as failed:
         await token_login(http, sim.base_url, context_nip=NIP, token=created["token"])
     assert failed.value.status["code"] == 415
+
+
+async def test_malformed_context_value_is_21405(sim, http: aiohttp.ClientSession) -> None:
+    found = await challenge(http, sim.base_url)
+    public, key_id = await token_encryption_key(http, sim.base_url)
+    body = {"challenge": found["challenge"], "contextIdentifier": {"type": "Nip", "value": "12345"},
+            "encryptedToken": encrypt_token(public, "x", found["timestampMs"]), "publicKeyId": key_id}
+    status, refused = await post_token_auth(http, sim.base_url, body)
+    assert status == 400
+    assert refused["exception"]["exceptionDetailList"][0]["exceptionCode"] == 21405
+    assert "contextIdentifier.value" in refused["exception"]["exceptionDetailList"][0]["details"][0]

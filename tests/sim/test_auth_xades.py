@@ -15,6 +15,7 @@ from lxml import etree
 
 from ksefd.sim.clock import ManualClock
 from ksefd.sim.config import SimConfig
+from tests.conftest import SAMPLES
 from tests.support.ksef_auth import (
     DS,
     AuthFailed,
@@ -283,7 +284,7 @@ async def test_signxml_xades_forms_are_accepted(sim, http: aiohttp.ClientSession
     from signxml.xades import XAdESSigner
 
     found = await challenge(http, sim.base_url)
-    cert, key = self_signed_certificate(nip=NIP, key_type="ec")
+    cert, key = self_signed_certificate(nip=NIP)      # signxml 5.2 cannot write an EC KeyValue
     xml = auth_token_request(found["challenge"], context_value=NIP)
     signed = XAdESSigner(method=SignatureConstructionMethod[form]).sign(etree.fromstring(xml), key=key, cert=[cert])
     init = await submit_xades(http, sim.base_url, etree.tostring(signed))
@@ -312,3 +313,17 @@ async def test_broken_character_encoding_is_21217(sim, http: aiohttp.ClientSessi
                          headers={"Content-Type": "application/xml"}) as resp:
         refused = await resp.json()
     assert resp.status == 400 and codes(refused) == [21217]
+
+
+@pytest.mark.parametrize("sample", sorted(p.name for p in (SAMPLES / "auth").glob("*.xml")))
+async def test_official_samples_are_accepted(sim, http: aiohttp.ClientSession, sample: str) -> None:
+    """Each official AuthTokenRequest sample, with a fresh challenge, signed (whitespace kept as it is)."""
+    found = await challenge(http, sim.base_url)
+    xml = (SAMPLES / "auth" / sample).read_bytes().replace(b"20250604-CR-461EA5B000-537A6BA15D-D7",
+                                                           found["challenge"].encode())
+    cert, key = self_signed_certificate(nip=NIP)
+    init = await submit_xades(http, sim.base_url, sign_auth_request(xml, cert, key))
+    status = await wait_for_auth(http, sim.base_url, init["referenceNumber"], init["authenticationToken"]["token"])
+    # Owner of the Nip and of its InternalId; nobody in the NipVatUe context; the fingerprint has no grant.
+    expected = 200 if sample.endswith(("-nip.xml", "-internal-id.xml")) else 415
+    assert status["code"] == expected

@@ -15,12 +15,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ksefd.sim.clock import ManualClock
 from tests.conftest import SAMPLES
 from tests.support.ksef_auth import access_token, owner_login, self_signed_certificate, xades_login
-from tests.support.online_flow import Online, expect, expect_error
+from tests.support.online_flow import Online, expect, expect_error, sim_config
 from tests.support.session_crypto import SessionKeys, aes_encrypt, b64, sha256_b64, wrap_key
 
 SAMPLE = (SAMPLES / "invoices" / "FA_3_Przyklad_8.xml").read_bytes()
 NIP = "9999999999"
 UNKNOWN_SESSION = "20261122-SO-0000000000-0000000000-00"
+
+
+@pytest.fixture
+async def sim(sim_factory: Any) -> Any:
+    """This module's simulator: default settings, rate limits off (see online_flow.sim_config)."""
+    return await sim_factory(config=sim_config())
 
 
 async def _online(sim: Any, http: aiohttp.ClientSession, nip: str = NIP) -> Online:
@@ -161,7 +167,7 @@ async def test_session_with_only_rejected_invoices_ends_445(sim: Any, http: aioh
 
 async def test_session_expires_after_12_hours(sim_factory: Any, manual_clock: ManualClock,
                                               http: aiohttp.ClientSession) -> None:
-    sim = await sim_factory(clock=manual_clock)
+    sim = await sim_factory(config=sim_config(), clock=manual_clock)
     online = await _online(sim, http)
     await online.open()
     first = await online.submit(SAMPLE)
@@ -210,9 +216,8 @@ async def test_invoice_lists_page_with_continuation_tokens(sim: Any, http: aioht
 
 
 async def test_unknown_invoice_and_missing_upo(sim_factory: Any, http: aiohttp.ClientSession) -> None:
-    from ksefd.sim.config import SimConfig
 
-    sim = await sim_factory(config=SimConfig(processing_delay_s=0.5))
+    sim = await sim_factory(config=sim_config(processing_delay_s=0.5))
     online = await _online(sim, http)
     await online.open()
     ref = await online.send(SAMPLE)
@@ -292,3 +297,15 @@ async def test_session_list_filters(sim: Any, http: aiohttp.ClientSession) -> No
     assert await refs(referenceNumber=open_ref) == [open_ref]
     assert await refs(dateClosedFrom="2020-01-01T00:00:00Z") == [closed_ref]
     assert await refs(sessionType="Batch") == []
+
+
+@pytest.mark.sends_invalid_requests
+async def test_paging_parameters_are_validated(sim: Any, http: aiohttp.ClientSession) -> None:
+    online = await _online(sim, http)
+    await online.open()
+    for size in ("9", "1001", "ten"):
+        async with http.get(f"{sim.base_url}/sessions/{online.reference}/invoices", params={"pageSize": size},
+                            headers=online.headers) as resp:
+            assert "pageSize" in (await expect_error(resp, 21405))["details"][0]
+    async with http.get(f"{sim.base_url}/sessions", headers=online.headers) as resp:
+        assert "sessionType" in (await expect_error(resp, 21405))["details"][0]

@@ -13,13 +13,19 @@ import pytest
 
 from tests.conftest import SAMPLES
 from tests.support.ksef_auth import access_token
-from tests.support.online_flow import Online, expect_error
+from tests.support.online_flow import Online, expect_error, sim_config
 from tests.support.session_crypto import aes_encrypt_raw, b64, sha256_b64
 
 SAMPLE = (SAMPLES / "invoices" / "FA_3_Przyklad_8.xml").read_bytes()
 WITH_ATTACHMENT = (SAMPLES / "invoices" / "FA_3_Przyklad_24.xml").read_bytes()
 NIP = "9999999999"
 TODAY = dt.datetime.now(ZoneInfo("Europe/Warsaw")).date()
+
+
+@pytest.fixture
+async def sim(sim_factory: Any) -> Any:
+    """This module's simulator: default settings, rate limits off (see online_flow.sim_config)."""
+    return await sim_factory(config=sim_config())
 
 
 def variant(number: str, *, p1: dt.date | None = None, data: bytes = SAMPLE) -> bytes:
@@ -160,3 +166,14 @@ async def test_attachment_allowed_only_for_a_technical_correction_with_consent(
     assert accepted["status"]["code"] == 200, accepted
     plain = await online.submit(WITH_ATTACHMENT.replace(b"FV2026/02/150", b"FV/ATT/2"))
     assert plain["status"]["code"] == 415             # still no attachments in ordinary online sends
+
+
+async def test_invoices_with_an_attachment_may_reach_3_mb(online: Online) -> None:
+    def padded(size: int) -> bytes:
+        data = WITH_ATTACHMENT.replace(b"FV2026/02/150", f"FV/BIG/{size}".encode())
+        return data.replace(b"</Faktura>", b"<!--" + b"x" * (size - len(data) - 7) + b"--></Faktura>")
+
+    under = await online.submit(padded(2_999_999))
+    assert under["status"]["code"] == 415          # within the 3 MB limit: only the attachment rule applies
+    over = await online.submit(padded(3_000_001))
+    assert over["status"]["code"] == 430 and "3000000" in over["status"]["details"][0]

@@ -8,10 +8,9 @@ from typing import Any
 
 import aiohttp
 
-from ksefd.sim.config import SimConfig
 from tests.conftest import SAMPLES
 from tests.support.ksef_auth import access_token
-from tests.support.online_flow import Online
+from tests.support.online_flow import Online, sim_config
 
 SAMPLE = (SAMPLES / "invoices" / "FA_3_Przyklad_8.xml").read_bytes()
 NIP = "9999999999"
@@ -19,7 +18,7 @@ NIP = "9999999999"
 
 async def test_sessions_and_invoices_survive_a_restart(sim_factory: Any, http: aiohttp.ClientSession,
                                                        tmp_path: Path) -> None:
-    config = SimConfig(state_path=tmp_path / "sim.db")
+    config = sim_config(state_path=tmp_path / "sim.db")
     first = await sim_factory(config=config)
     online = Online(http, first.base_url, await access_token(http, first.base_url, NIP))
     await online.open()
@@ -32,7 +31,7 @@ async def test_sessions_and_invoices_survive_a_restart(sim_factory: Any, http: a
     upo_before, _ = await online.get_bytes(f"/sessions/{online.reference}/invoices/{accepted['referenceNumber']}/upo")
     await first.server.close()
 
-    second = await sim_factory(config=SimConfig(state_path=tmp_path / "sim.db"))
+    second = await sim_factory(config=sim_config(state_path=tmp_path / "sim.db"))
     for flow in (online, closed):
         flow.base_url = second.base_url
     # The access token is still valid: the signing secret and the auth operation were kept too.
@@ -51,7 +50,7 @@ async def test_sessions_and_invoices_survive_a_restart(sim_factory: Any, http: a
 
 async def test_pending_invoices_finish_after_a_restart(sim_factory: Any, http: aiohttp.ClientSession,
                                                        tmp_path: Path) -> None:
-    first = await sim_factory(config=SimConfig(state_path=tmp_path / "sim.db", processing_delay_s=30))
+    first = await sim_factory(config=sim_config(state_path=tmp_path / "sim.db", processing_delay_s=30))
     online = Online(http, first.base_url, await access_token(http, first.base_url, NIP))
     await online.open()
     reference = await online.send(SAMPLE)
@@ -59,7 +58,7 @@ async def test_pending_invoices_finish_after_a_restart(sim_factory: Any, http: a
     assert (await online.invoice(reference))["status"]["code"] == 100
     await first.server.close()
 
-    second = await sim_factory(config=SimConfig(state_path=tmp_path / "sim.db"))
+    second = await sim_factory(config=sim_config(state_path=tmp_path / "sim.db"))
     online.base_url = second.base_url
     assert (await online.wait_invoice(reference))["status"]["code"] == 200
     assert (await online.wait_session())["status"]["code"] == 200

@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
 import aiohttp
 
-from ksefd.sim.config import SimConfig
 from tests.conftest import SAMPLES
 from tests.support.ksef_auth import access_token
-from tests.support.online_flow import Online, expect
+from tests.support.online_flow import Online, expect, sim_config
 
 SAMPLE = (SAMPLES / "invoices" / "FA_3_Przyklad_1.xml").read_bytes()
 NIP = "9999999999"
@@ -35,7 +35,7 @@ def parse(text: str) -> dt.datetime:
 
 
 async def test_open_send_process_close(sim_factory: Any, http: aiohttp.ClientSession) -> None:
-    sim = await sim_factory(config=SimConfig(processing_delay_s=0.3))
+    sim = await sim_factory(config=sim_config(processing_delay_s=0.5))
     online = Online(http, sim.base_url, await access_token(http, sim.base_url, NIP))
     opened = await online.open()
     ref = opened["referenceNumber"]
@@ -46,6 +46,14 @@ async def test_open_send_process_close(sim_factory: Any, http: aiohttp.ClientSes
     assert invoice_ref[9:11] == "EE" and int(invoice_ref[-2:], 16) == crc8(invoice_ref[:33].encode())
     first = await online.invoice(invoice_ref)
     assert first["status"] == {"code": 100, "description": "Faktura przyjęta do dalszego przetwarzania"}
+    assert "ksefNumber" not in first and first["ordinalNumber"] == 1
+    seen = [first["status"]["code"]]
+    while seen[-1] < 200:                        # asynchronous: 100 -> 150 -> 200 (PROTOCOL.md §12)
+        await asyncio.sleep(0.02)
+        code = (await online.invoice(invoice_ref))["status"]["code"]
+        if code != seen[-1]:
+            seen.append(code)
+    assert seen == [100, 150, 200]
     done = await online.wait_invoice(invoice_ref)
     assert done["status"]["code"] == 200, done
     number = done["ksefNumber"]
@@ -66,3 +74,19 @@ async def test_open_send_process_close(sim_factory: Any, http: aiohttp.ClientSes
                         headers=online.headers) as resp:
         listed = await expect(resp, 200)
     assert [s["referenceNumber"] for s in listed["sessions"]] == [ref]
+
+
+async def test_several_sessions_may_be_open_at_once(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    sim = await sim_factory(config=sim_config())
+    token = await access_token(http, sim.base_url, NIP)
+    first, second = Online(http, sim.base_url, token), Online(http, sim.base_url, token)
+    await first.open()
+    await second.open()
+    assert first.reference != second.reference and first.keys.key != second.keys.key
+    a = await second.submit(SAMPLE.replace(b"FV2026/02/150", b"TWO/2"))
+    b = await first.submit(SAMPLE.replace(b"FV2026/02/150", b"TWO/1"))
+    assert (a["status"]["code"], b["status"]["code"]) == (200, 200)
+    assert (a["ordinalNumber"], b["ordinalNumber"]) == (1, 1)      # ordinals count per session
+    for online in (first, second):
+        await online.close()
+        assert (await online.wait_session())["successfulInvoiceCount"] == 1

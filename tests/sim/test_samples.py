@@ -14,11 +14,17 @@ import pytest
 
 from tests.conftest import SAMPLES
 from tests.support.ksef_auth import access_token
-from tests.support.online_flow import Online
+from tests.support.online_flow import Online, sim_config
 
 SAMPLE_FILES = sorted((SAMPLES / "invoices").glob("*.xml"), key=lambda p: int(re.findall(r"\d+", p.name)[-1]))
 CONTENT = {path: path.read_bytes() for path in SAMPLE_FILES}
 NS = "{http://crd.gov.pl/wzor/2025/06/25/13775/}"
+
+
+@pytest.fixture
+async def sim(sim_factory: Any) -> Any:
+    """This module's simulator: default settings, rate limits off (see online_flow.sim_config)."""
+    return await sim_factory(config=sim_config())
 
 
 def key_of(path: Path) -> tuple[str, str, str]:
@@ -46,7 +52,7 @@ def test_the_samples_are_what_the_tests_expect() -> None:
 
 @pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: p.stem)
 async def test_sample_in_a_fresh_context(path: Path, sim_factory: Any, http: aiohttp.ClientSession) -> None:
-    sim = await sim_factory()
+    sim = await sim_factory(config=sim_config())
     seller = key_of(path)[0]
     online = Online(http, sim.base_url, await access_token(http, sim.base_url, seller))
     await online.open()

@@ -13,10 +13,16 @@ from ksefd.sim.config import SimConfig
 from ksefd.sim.permissions import attachments_allowed
 from tests.support.ksef_auth import (
     AuthFailed,
+    auth_token_request,
+    challenge,
     create_ksef_token,
     owner_login,
+    redeem,
     self_signed_certificate,
+    sign_auth_request,
+    submit_xades,
     token_login,
+    wait_for_auth,
     xades_login,
 )
 
@@ -117,8 +123,6 @@ async def test_blocked_context_fails_token_auth_with_480(sim, http: aiohttp.Clie
 
 
 async def test_internal_id_context_and_its_tokens(sim, http: aiohttp.ClientSession) -> None:
-    from tests.support.ksef_auth import auth_token_request, challenge, sign_auth_request, submit_xades, \
-        wait_for_auth, redeem
     found = await challenge(http, sim.base_url)
     cert, key = self_signed_certificate(nip=NIP)
     xml = auth_token_request(found["challenge"], context_type="InternalId", context_value=f"{NIP}-12345")

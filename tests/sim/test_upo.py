@@ -11,6 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
@@ -21,7 +22,7 @@ from ksefd.sim.clock import ManualClock
 from tests.conftest import SAMPLES, SHARED
 from tests.support import ksef_auth as auth
 from tests.support.ksef_auth import access_token
-from tests.support.online_flow import Online
+from tests.support.online_flow import Online, sim_config
 from tests.support.session_crypto import sha256_b64
 
 NS = "http://upo.schematy.mf.gov.pl/KSeF/v4-3"
@@ -30,6 +31,12 @@ XSD = SHARED / "ksef" / "schemas" / "upo" / "upo-v4-3.xsd"
 SAMPLE = (SAMPLES / "invoices" / "FA_3_Przyklad_8.xml").read_bytes()
 NIP = "9999999999"
 TE_NAME = "Ministerstwo Finansów - środowisko testowe (TE)"
+
+
+@pytest.fixture
+async def sim(sim_factory: Any) -> Any:
+    """This module's simulator: default settings, rate limits off (see online_flow.sim_config)."""
+    return await sim_factory(config=sim_config())
 
 
 def q(name: str) -> str:
@@ -75,7 +82,7 @@ async def _session_with_two(sim: Any, http: aiohttp.ClientSession, token: str) -
 
 
 async def test_invoice_upo(sim_factory: Any, manual_clock: ManualClock, http: aiohttp.ClientSession) -> None:
-    sim = await sim_factory(clock=manual_clock)
+    sim = await sim_factory(config=sim_config(), clock=manual_clock)
     online, (first, second) = await _session_with_two(sim, http, await access_token(http, sim.base_url, NIP))
     by_ref, headers = await online.get_bytes(f"/sessions/{online.reference}/invoices/{first['referenceNumber']}/upo")
     assert headers["Content-Type"].startswith("application/xml")
@@ -173,3 +180,16 @@ async def test_unknown_upo_link_is_refused(sim: Any, http: aiohttp.ClientSession
     async with http.get(f"{sim.root_url}/storage/upo/20261122-SO-0000000000-0000000000-00/invoice/x.xml") as resp:
         assert resp.status == 403
 
+
+
+async def test_production_name_has_no_suffix(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    sim = await sim_factory(config=sim_config(environment="PRD"))
+    online = Online(http, sim.base_url, await access_token(http, sim.base_url, NIP))
+    await online.open()
+    accepted = await online.submit(variant("UPO/PRD"))
+    data, _ = await online.get_bytes(f"/sessions/{online.reference}/invoices/{accepted['referenceNumber']}/upo")
+    root = etree.fromstring(data)
+    assert root.findtext(q("NazwaPodmiotuPrzyjmujacego")) == "Ministerstwo Finansów"
+    for signature in root.findall(f"{{{DS}}}Signature"):
+        root.remove(signature)
+    assert etree.XMLSchema(etree.parse(str(XSD))).validate(root)     # valid as it stands on PRD

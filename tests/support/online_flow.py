@@ -12,7 +12,14 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ksefd.sim.config import SimConfig
 from tests.support.session_crypto import FA3, SessionKeys, symmetric_key_certificate
+
+
+def sim_config(**settings: Any) -> SimConfig:
+    """Settings for session tests: rate limits off, since these tests send and poll faster than PRD's
+    limits allow (PROTOCOL.md §7: invoiceSend 10/s, 30/min); the limits have their own tests."""
+    return SimConfig(limits_profile="off", **settings)
 
 
 def is_final(code: int) -> bool:
@@ -82,7 +89,7 @@ class Online:
             body: dict[str, Any] = await expect(resp, 200)
             return body
 
-    async def wait_invoice(self, invoice_reference: str, attempts: int = 500) -> dict[str, Any]:
+    async def wait_invoice(self, invoice_reference: str, attempts: int = 2000) -> dict[str, Any]:
         for _ in range(attempts):
             body = await self.invoice(invoice_reference)
             if is_final(body["status"]["code"]):
@@ -105,7 +112,7 @@ class Online:
             body: dict[str, Any] = await expect(resp, 200)
             return body
 
-    async def wait_session(self, attempts: int = 500) -> dict[str, Any]:
+    async def wait_session(self, attempts: int = 2000) -> dict[str, Any]:
         for _ in range(attempts):
             body = await self.status()
             if body["status"]["code"] not in (100, 150, 170):

@@ -1,0 +1,494 @@
+"""The configuration file (DESIGN.md, config contract; issues #5 and #6): parsed once, validated once.
+
+TOML is read with tomllib and converted into msgspec Structs that reject unknown keys; then the
+values are checked (NIP checksums, credentials present, names and folders unique). Every problem
+found is collected into one `ConfigError`, each naming the field path, the value and the fix, e.g.
+`companies[1].nip: "5265877636" fails the NIP checksum ...`. Company indexes count from 0, in the
+order of the `[[companies]]` blocks; the company's name is added when it is known.
+
+Paths: relative paths resolve against the config file's folder. A credential given as a bare name
+(no folder part) is looked up first in systemd's `$CREDENTIALS_DIRECTORY` (LoadCredential=), then
+beside the config file.
+
+Uniqueness, and why:
+* company names, case-insensitively: each names a folder (`data_dir/<name>`, Windows and macOS
+  folders ignore case), a label in logs and status, and the key of its rows in the state database;
+* NIP per KSeF target (environment or base URL): KSeF keeps rate limits, the HWM checkpoint and the
+  duplicate key per NIP context, so two entries for one NIP would spend one quota twice and deliver
+  the same invoices twice. The same NIP on TEST and on PROD are different contexts and allowed;
+* every company folder (outbox, sent, rejected, inbox) across all companies: a shared outbox would
+  send one invoice as two companies, a shared inbox would mix their purchases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import ipaddress
+import os
+import re
+import shutil
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+
+Environment = Literal["test", "demo", "prod"]
+SubjectType = Literal["Subject1", "Subject2", "Subject3", "SubjectAuthorized"]
+NIP_WEIGHTS = (6, 5, 7, 2, 3, 4, 5, 6, 7)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_MARKER = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+_PKCS12 = (".p12", ".pfx")
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `problems` lists every finding. The CLI exits 78 (EX_CONFIG)."""
+
+    def __init__(self, problems: list[str], source: Path | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        super().__init__(f"invalid configuration{where}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class _KsefSection(_Strict, frozen=True):
+    environment: Environment = "test"
+    base_url: str | None = None
+
+
+class _DaemonSection(_Strict, frozen=True):
+    data_dir: str
+    state_db: str | None = None                      # default: data_dir/state.sqlite3
+    rescan_interval_seconds: Positive = 30.0         # watchfiles misses events on network shares
+    settle_seconds: NonNegative = 2.0                # size and mtime unchanged this long = finished
+    shutdown_grace_seconds: NonNegative = 30.0
+    log_format: Literal["auto", "console", "json"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class SendingOptions(_Strict, frozen=True):
+    """Sending policy ([sending], overridable per company in [companies.sending])."""
+
+    batch_threshold: Annotated[int, msgspec.Meta(ge=1)] = 100      # queue length that switches to batch
+    batch_max_invoices: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10_000   # PROTOCOL.md §5
+    online_idle_close_seconds: Positive = 300.0      # close an idle online session (and fetch its UPO)
+    retry_min_seconds: Positive = 60.0               # first backoff after a transient failure
+    retry_max_seconds: Positive = 3600.0             # backoff cap (doubling in between)
+    hold_retry_seconds: Positive = 900.0             # slow retry of a company on hold
+
+
+class ReceivingOptions(_Strict, frozen=True):
+    """Receiving options ([receiving], overridable per company in [companies.receiving])."""
+
+    subject_types: tuple[SubjectType, ...] = ("Subject2",)
+    backfill_from: dt.date | None = None             # None: start from the first run, no history
+    inbox_layout: Literal["flat", "year-month"] = "flat"
+    cycle_minutes: Annotated[float, msgspec.Meta(ge=1)] = 15.0    # per subject type (PROTOCOL.md §6.4)
+    reconcile: bool = True
+    reconcile_at: dt.time = dt.time(2, 30)           # Europe/Warsaw local time, nightly
+    reconcile_window_days: Annotated[int, msgspec.Meta(ge=1, le=365)] = 7
+    hook_command: tuple[str, ...] | None = None      # argv; the delivered XML's path is appended
+    hook_marker_suffix: str | None = None            # e.g. ".ready": <ksefNumber>.ready after delivery
+    hook_timeout_seconds: Positive = 60.0
+
+
+class _CompanySection(_Strict, frozen=True):
+    name: str
+    nip: str
+    send: bool = True
+    receive: bool = True
+    token_file: str | None = None
+    certificate: str | None = None
+    private_key: str | None = None
+    private_key_password_file: str | None = None
+    environment: Environment | None = None
+    base_url: str | None = None
+    outbox: str | None = None
+    sent: str | None = None
+    rejected: str | None = None
+    inbox: str | None = None
+    sending: dict[str, Any] | None = None
+    receiving: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    token_file: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    private_key_password_file: Path | None = None
+
+    @property
+    def kind(self) -> Literal["token", "certificate", "none"]:
+        return "token" if self.token_file else "certificate" if self.certificate else "none"
+
+
+@dataclass(frozen=True)
+class Folders:
+    outbox: Path
+    sent: Path
+    rejected: Path
+    inbox: Path
+
+
+@dataclass(frozen=True)
+class Company:
+    name: str
+    nip: str
+    send: bool
+    receive: bool
+    environment: Environment
+    base_url: str | None          # None: the environment's official URL (ksefd.ksef.environments)
+    credentials: Credentials
+    folders: Folders
+    sending: SendingOptions
+    receiving: ReceivingOptions
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path | None
+    environment: Environment
+    base_url: str | None
+    data_dir: Path
+    state_db: Path
+    rescan_interval_seconds: float
+    settle_seconds: float
+    shutdown_grace_seconds: float
+    log_format: Literal["auto", "console", "json"]
+    log_level: Literal["debug", "info", "warning", "error"]
+    companies: tuple[Company, ...]
+
+    def company(self, name: str) -> Company:
+        for company in self.companies:
+            if company.name == name:
+                return company
+        raise KeyError(name)
+
+
+def nip_is_valid(nip: str) -> bool:
+    """10 digits whose weighted sum (6,5,7,2,3,4,5,6,7) mod 11 is the last digit (10 is never valid)."""
+    if len(nip) != 10 or not nip.isascii() or not nip.isdigit():
+        return False
+    check = sum(int(d) * w for d, w in zip(nip, NIP_WEIGHTS, strict=False)) % 11
+    return check != 10 and check == int(nip[9])
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    source = Path(path).expanduser().absolute()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{source}: no such file; pass the config file with -c PATH"], source) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError([f"{source}: cannot be read ({error})"], source) from None
+    return parse_config(text, base_dir=source.parent, source=source, environ=environ)
+
+
+def parse_config(text: str, *, base_dir: Path, source: Path | None = None,
+                 environ: Mapping[str, str] | None = None) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"not valid TOML: {error}"], source) from None
+    builder = _Builder(base_dir, os.environ if environ is None else environ)
+    config = builder.build(raw, source)
+    if builder.problems or config is None:
+        raise ConfigError(builder.problems, source)
+    return config
+
+
+_T = TypeVar("_T", bound=msgspec.Struct)
+_CHOICES = {"environment": "test, demo, prod", "log_format": "auto, console, json",
+            "log_level": "debug, info, warning, error", "inbox_layout": "flat, year-month",
+            "subject_types": "Subject1, Subject2, Subject3, SubjectAuthorized"}
+_TOP = {"ksef", "daemon", "sending", "receiving", "companies"}
+
+
+class _Builder:
+    def __init__(self, base_dir: Path, environ: Mapping[str, str]) -> None:
+        self.base_dir = base_dir
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def problem(self, path: str, value: Any, fix: str) -> None:
+        shown = "" if value is _MISSING else f"{_show(value)} "
+        self.problems.append(f"{path}: {shown}{fix}")
+
+    # structure ------------------------------------------------------------------------------
+
+    def convert(self, raw: Any, cls: type[_T], path: str) -> _T | None:
+        if raw is not None and not isinstance(raw, dict):
+            self.problem(path, raw, "must be a table ([section] or {key = value})")
+            return None
+        try:
+            return msgspec.convert(raw or {}, cls, strict=True)
+        except msgspec.ValidationError as error:
+            self._explain(str(error), raw or {}, cls, path)
+            return None
+
+    def _explain(self, message: str, raw: dict[str, Any], cls: type[msgspec.Struct], path: str) -> None:
+        what, _, where = message.partition(" - at `$")
+        where = where.rstrip("`")
+        unknown = re.match(r"Object contains unknown field `(.+)`", what)
+        if unknown:
+            key = unknown.group(1)
+            known = [f for f in cls.__struct_fields__ if f not in ("sending", "receiving")]
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5) or \
+                [k for k in known if k.startswith(key) or key.startswith(k)][:1]
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            self.problem(f"{path}{where}.{key}".replace("..", "."), _MISSING,
+                         f"unknown key; {hint}known keys: {', '.join(known)}")
+            return
+        missing = re.match(r"Object missing required field `(.+)`", what)
+        if missing:
+            self.problem(f"{path}{where}.{missing.group(1)}", _MISSING, "is required")
+            return
+        field = re.findall(r"\.(\w+)", where)
+        choices = _CHOICES.get(field[0]) if field else None
+        fix = f"use one of {choices}" if choices and "enum" in what else what.replace("`", "")
+        self.problem(f"{path}{where}", _lookup(raw, where), f"is invalid: {fix}")
+
+    # the whole file --------------------------------------------------------------------------
+
+    def build(self, raw: dict[str, Any], source: Path | None) -> Config | None:
+        for key in sorted(set(raw) - _TOP):
+            self.problem(key, _MISSING, f"unknown top-level key; known: {', '.join(sorted(_TOP))}")
+        ksef = self.convert(raw.get("ksef"), _KsefSection, "ksef")
+        if "daemon" not in raw:
+            self.problem("daemon.data_dir", _MISSING, "is required (a [daemon] table with data_dir)")
+        daemon = self.convert(raw.get("daemon"), _DaemonSection, "daemon") if "daemon" in raw else None
+        # A bad [sending]/[receiving] is reported once here, not again under every company.
+        sending = raw.get("sending") or {}
+        receiving = raw.get("receiving") or {}
+        if self.convert(sending, SendingOptions, "sending") is None:
+            sending = {}
+        if self.convert(receiving, ReceivingOptions, "receiving") is None:
+            receiving = {}
+        if ksef and ksef.base_url:
+            self.check_url("ksef.base_url", ksef.base_url)
+        companies_raw = raw.get("companies")
+        if not isinstance(companies_raw, list) or not companies_raw:
+            self.problem("companies", _MISSING, "at least one [[companies]] block is required")
+            companies_raw = []
+        if ksef is None or daemon is None:
+            return None
+        data_dir = self.path(daemon.data_dir)
+        companies = [self.company(item, i, ksef, data_dir, sending, receiving)
+                     for i, item in enumerate(companies_raw)]
+        ready = tuple(c for c in companies if c is not None)
+        self.check_unique(ready)
+        if self.problems:
+            return None
+        return Config(source=source, environment=ksef.environment, base_url=ksef.base_url, data_dir=data_dir,
+                      state_db=self.path(daemon.state_db) if daemon.state_db else data_dir / "state.sqlite3",
+                      rescan_interval_seconds=daemon.rescan_interval_seconds,
+                      settle_seconds=daemon.settle_seconds, shutdown_grace_seconds=daemon.shutdown_grace_seconds,
+                      log_format=daemon.log_format, log_level=daemon.log_level, companies=ready)
+
+    def company(self, raw: Any, index: int, ksef: _KsefSection, data_dir: Path, sending: Any,
+                receiving: Any) -> Company | None:
+        path = f"companies[{index}]"
+        before = len(self.problems)
+        try:
+            return self._company(raw, path, ksef, data_dir, sending, receiving)
+        finally:
+            if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+                for i in range(before, len(self.problems)):
+                    self.problems[i] += f' (company "{raw["name"]}")'
+
+    def _company(self, raw: Any, path: str, ksef: _KsefSection, data_dir: Path, sending: Any,
+                 receiving: Any) -> Company | None:
+        section = self.convert(raw, _CompanySection, path)
+        if section is None:
+            return None
+        before = len(self.problems)
+        self.check_name(f"{path}.name", section.name)
+        self.check_nip(f"{path}.nip", section.nip)
+        merged_sending = self.convert(_merge(sending, section.sending), SendingOptions, f"{path}.sending")
+        merged_receiving = self.convert(_merge(receiving, section.receiving), ReceivingOptions,
+                                        f"{path}.receiving")
+        if section.base_url:
+            self.check_url(f"{path}.base_url", section.base_url)
+        credentials = self.credentials(path, section)
+        if merged_sending:
+            self.check_sending(f"{path}.sending", merged_sending)
+        if merged_receiving:
+            merged_receiving = self.check_receiving(f"{path}.receiving", merged_receiving)
+        if len(self.problems) > before or merged_sending is None or merged_receiving is None:
+            return None
+        home = data_dir / section.name
+        folders = Folders(*(self.path(getattr(section, f)) if getattr(section, f) else home / f
+                            for f in ("outbox", "sent", "rejected", "inbox")))
+        # A company that names its own environment does not inherit [ksef].base_url (meant for another).
+        base_url = section.base_url or (ksef.base_url if section.environment is None else None)
+        return Company(name=section.name, nip=section.nip, send=section.send, receive=section.receive,
+                       environment=section.environment or ksef.environment, base_url=base_url,
+                       credentials=credentials, folders=folders, sending=merged_sending,
+                       receiving=merged_receiving)
+
+    # values ---------------------------------------------------------------------------------
+
+    def path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    def check_name(self, path: str, name: str) -> None:
+        if not _NAME.match(name):
+            self.problem(path, name, "is not a usable name: use 1-64 letters, digits, '-' or '_', starting "
+                                     "with a letter or digit (it names the folder data_dir/<name>)")
+
+    def check_nip(self, path: str, nip: str) -> None:
+        if len(nip) != 10 or not nip.isascii() or not nip.isdigit():
+            self.problem(path, nip, "is not a NIP: write its 10 digits without dashes, spaces or a PL prefix, "
+                                    "e.g. \"5265877635\"")
+        elif not nip_is_valid(nip):
+            self.problem(path, nip, "fails the NIP checksum (weights 6,5,7,2,3,4,5,6,7 mod 11); check the "
+                                    "digits against the company's registration")
+
+    def check_url(self, path: str, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.problem(path, url, "is not an http(s) URL; e.g. \"http://127.0.0.1:8080/v2\" for the simulator")
+        elif parts.scheme == "http" and not _is_loopback(parts.hostname):
+            self.problem(path, url, "uses plain http to another machine; tokens would travel unencrypted: "
+                                    "use https (plain http is allowed only for 127.0.0.1/localhost)")
+
+    def credentials(self, path: str, section: _CompanySection) -> Credentials:
+        names = ("token_file", "certificate", "private_key", "private_key_password_file")
+        found = {n: self.credential(f"{path}.{n}", getattr(section, n)) for n in names}
+        creds = Credentials(**found)
+        pkcs12 = section.certificate is not None and section.certificate.lower().endswith(_PKCS12)
+        if section.token_file and section.certificate:
+            self.problem(f"{path}.token_file", _MISSING, "and certificate are both set: choose one way to "
+                                                        "authenticate (a KSeF token or a certificate)")
+        if section.certificate and not section.private_key and not pkcs12:
+            self.problem(f"{path}.private_key", _MISSING, "is required with certificate (the .key file the "
+                                                          "certificate was issued for), unless it is a .p12/.pfx")
+        if (section.private_key or section.private_key_password_file) and not section.certificate:
+            self.problem(f"{path}.certificate", _MISSING, "is required when private_key or "
+                                                          "private_key_password_file is set")
+        if (section.send or section.receive) and not (section.token_file or section.certificate):
+            self.problem(f"{path}.token_file", _MISSING, "or certificate is required: the company sends or "
+                                                         "receives, so ksefd must authenticate in its NIP context")
+        return creds
+
+    def credential(self, path: str, value: str | None) -> Path | None:
+        if value is None:
+            return None
+        candidates: list[Path] = []
+        directory = self.environ.get("CREDENTIALS_DIRECTORY")
+        bare = Path(value).name == value and value not in (".", "..")
+        if bare and directory:
+            candidates.append(Path(directory) / value)
+        candidates.append(self.path(value))
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        where = " or ".join(str(c) for c in candidates)
+        unset = "" if directory or not bare else " ($CREDENTIALS_DIRECTORY is not set)"
+        self.problem(path, value, f"not found: looked for {where}{unset}; give the path of an existing file")
+        return None
+
+    def check_sending(self, path: str, options: SendingOptions) -> None:
+        if options.retry_min_seconds > options.retry_max_seconds:
+            self.problem(f"{path}.retry_min_seconds", options.retry_min_seconds,
+                         f"is greater than retry_max_seconds ({_show(options.retry_max_seconds)}); lower it")
+
+    def check_receiving(self, path: str, options: ReceivingOptions) -> ReceivingOptions:
+        if not options.subject_types:
+            self.problem(f"{path}.subject_types", [], "is empty; list at least one, e.g. [\"Subject2\"]")
+        elif len(set(options.subject_types)) != len(options.subject_types):
+            self.problem(f"{path}.subject_types", list(options.subject_types), "lists a subject type twice")
+        if options.hook_marker_suffix is not None and (
+                not _MARKER.match(options.hook_marker_suffix)
+                or options.hook_marker_suffix.lower() in (".xml", ".json")):
+            self.problem(f"{path}.hook_marker_suffix", options.hook_marker_suffix,
+                         "must be a file suffix such as \".ready\" (a dot, then letters/digits; not .xml/.json)")
+        if options.hook_command is None:
+            return options
+        if not options.hook_command or not options.hook_command[0]:
+            self.problem(f"{path}.hook_command", list(options.hook_command),
+                         "is empty; give the program and its arguments, e.g. [\"/usr/local/bin/erp-import\"]")
+            return options
+        program = options.hook_command[0]
+        if os.sep in program or (os.altsep and os.altsep in program):
+            found = str(self.path(program)) if self.path(program).is_file() else None
+        else:
+            found = shutil.which(program)
+        if found is None:
+            self.problem(f"{path}.hook_command", program, "is not an existing program (give an absolute path "
+                                                          "or a command on PATH)")
+            return options
+        return msgspec.structs.replace(options, hook_command=(found, *options.hook_command[1:]))
+
+    def check_unique(self, companies: tuple[Company, ...]) -> None:
+        names: dict[str, str] = {}
+        targets: dict[tuple[str, str], str] = {}
+        folders: dict[Path, str] = {}
+        for index, company in enumerate(companies):
+            path = f"companies[{index}]"
+            if (holder := names.setdefault(company.name.lower(), company.name)) is not company.name:
+                self.problem(f"{path}.name", company.name, f"is already the name of company \"{holder}\"; names "
+                                                          "must be unique, ignoring case (they name folders)")
+            target = (company.base_url or company.environment, company.nip)
+            if (holder := targets.setdefault(target, company.name)) is not company.name:
+                self.problem(f"{path}.nip", company.nip, f"is also the NIP of company \"{holder}\" on {target[0]}; "
+                                                         "use one entry per NIP and KSeF environment (they share "
+                                                         "rate limits, checkpoints and duplicate checks)")
+            for kind in ("outbox", "sent", "rejected", "inbox"):
+                folder = getattr(company.folders, kind).resolve()
+                label = f"the {kind} of company \"{company.name}\""
+                if (holder := folders.setdefault(folder, label)) is not label:
+                    self.problem(f"{path}.{kind}", str(folder), f"is also {holder}; every folder must be distinct")
+
+
+class _Missing:
+    pass
+
+
+_MISSING: Any = _Missing()
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+def _merge(defaults: Any, overrides: dict[str, Any] | None) -> Any:
+    if not isinstance(defaults, dict):
+        return overrides or {}
+    return {**defaults, **(overrides or {})}
+
+
+def _lookup(raw: Any, where: str) -> Any:
+    """The raw value at a msgspec path such as `.companies[0].nip`."""
+    node = raw
+    for name, index in re.findall(r"\.(\w+)|\[(\d+)\]", where):
+        try:
+            node = node[name] if name else node[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return node
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

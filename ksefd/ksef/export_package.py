@@ -1,0 +1,161 @@
+"""The file side of an export (PROTOCOL.md §6.3, §6.4, §14.4): decrypt the parts, join them, read the archive.
+
+Each part is its own AES-256-CBC stream with the export's key and IV; the plaintexts joined in
+`ordinalNumber` order make one ZIP or tar.gz (`package.compressionType`, falling back to the type we asked
+for) holding `{ksefNumber}.xml` per invoice and `_metadata.json` = {"invoices": [InvoiceMetadata]}.
+Everything inside comes from the network: names are checked, sizes capped, hashes compared.
+
+`next_checkpoint` is the §6.4 rule: after a truncated package continue from its last date, otherwise
+from the high-water mark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from .batch_archive import CHUNK, TAR_GZ, ZIP
+from .crypto import SymmetricKey, b64
+from .errors import ProtocolError
+from .receiving import check_ksef_number, day_start, instant_text
+
+METADATA_NAME = "_metadata.json"
+MAX_INVOICE_BYTES = 10_000_000        # an invoice is at most 3 MB with attachments (§5); leave room
+MAX_METADATA_BYTES = 500_000_000
+LAST_DATE_FIELDS = {"PermanentStorage": "lastPermanentStorageDate", "Invoicing": "lastInvoicingDate",
+                    "Issue": "lastIssueDate"}
+
+
+def next_checkpoint(package: Mapping[str, Any], date_type: str = "PermanentStorage",
+                    window_to: str | None = None) -> str:
+    """Where the next adjacent window starts (§6.4 step 3), as KSeF's own date string.
+
+    Truncated package -> its last{DateType}Date; otherwise the permanentStorageHwmDate (PermanentStorage)
+    or, for the other date types, which have no HWM, the `to` of the window just exported."""
+    if package.get("isTruncated"):
+        last = package.get(LAST_DATE_FIELDS[date_type])
+        if not isinstance(last, str):
+            raise ProtocolError(f"the export package is truncated but has no {LAST_DATE_FIELDS[date_type]}")
+        return day_start(last) if date_type == "Issue" else instant_text(last)
+    if date_type == "PermanentStorage":
+        hwm = package.get("permanentStorageHwmDate")
+        if not isinstance(hwm, str):
+            raise ProtocolError("the export package has no permanentStorageHwmDate; keep the old checkpoint")
+        return instant_text(hwm)
+    if window_to is None:
+        raise ValueError(f"a complete {date_type} export continues from the window's end: pass window_to")
+    return instant_text(window_to)
+
+
+def decrypt_part(encrypted: bytes, key: SymmetricKey, target: Path, *, part_hash: str | None = None,
+                 part_size: int | None = None) -> None:
+    """Decrypt one part into `target`, checking the plaintext's size and hash when KSeF declared them."""
+    stream, sha, size = key.decryptor(), hashlib.sha256(), 0
+    with target.open("wb") as sink:
+        for start in range(0, len(encrypted), CHUNK):
+            piece = stream.update(encrypted[start:start + CHUNK])
+            sha.update(piece)
+            size += sink.write(piece)
+        tail = stream.finalize()
+        sha.update(tail)
+        size += sink.write(tail)
+    if part_size is not None and size != part_size:
+        raise ProtocolError(f"export part {target.name} decrypts to {size} bytes, KSeF declared {part_size}")
+    if part_hash is not None and b64(sha.digest()) != part_hash:
+        raise ProtocolError(f"export part {target.name} decrypts to bytes whose SHA-256 differs from partHash")
+
+
+def join_parts(parts: list[Path], target: Path) -> int:
+    """Concatenate decrypted parts (already in ordinalNumber order) into `target`; returns its size."""
+    size = 0
+    with target.open("wb") as sink:
+        for part in parts:
+            with part.open("rb") as source:
+                while chunk := source.read(CHUNK):
+                    size += sink.write(chunk)
+    return size
+
+
+def _read_capped(stream: IO[bytes], limit: int, name: str) -> bytes:
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise ProtocolError(f"export archive member {name!r} is larger than {limit} bytes")
+    return data
+
+
+def _members(archive: Path, compression: str) -> Iterator[tuple[str, IO[bytes]]]:
+    """(name, readable) for every regular file of the archive, in archive order."""
+    if compression == ZIP:
+        with zipfile.ZipFile(archive) as package:
+            for info in package.infolist():
+                if not info.is_dir():
+                    with package.open(info) as stream:
+                        yield info.filename, stream
+    elif compression == TAR_GZ:
+        with tarfile.open(archive, "r:gz") as package:
+            for member in package:
+                if member.isfile():
+                    extracted = package.extractfile(member)
+                    if extracted is not None:
+                        with extracted:
+                            yield member.name, extracted
+    else:
+        raise ProtocolError(f"unknown export compression type {compression!r} (expected Zip or TarGz)")
+
+
+def archive_compression(archive: Path, declared: str | None, requested: str) -> str:
+    """`package.compressionType` (§14.4), else what we requested; checked against the file's magic bytes."""
+    kind = declared if declared in (ZIP, TAR_GZ) else requested
+    with archive.open("rb") as source:
+        magic = source.read(4)
+    actual = ZIP if magic.startswith(b"PK") else TAR_GZ if magic.startswith(b"\x1f\x8b") else None
+    if actual is not None and actual != kind:
+        raise ProtocolError(f"the export archive is a {actual} file but KSeF declared {kind}")
+    return kind
+
+
+@dataclass(frozen=True)
+class ExportedInvoice:
+    ksef_number: str
+    xml: bytes                             # exact bytes from KSeF, hash checked against the metadata
+    metadata: dict[str, Any] | None        # its InvoiceMetadata from _metadata.json (None if missing)
+
+
+def read_metadata(archive: Path, compression: str) -> list[dict[str, Any]]:
+    """`_metadata.json` of the archive (always present since 27.10.2025, §6.3)."""
+    for name, stream in _members(archive, compression):
+        if name == METADATA_NAME:
+            try:
+                parsed = json.loads(_read_capped(stream, MAX_METADATA_BYTES, name))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ProtocolError(f"the export's {METADATA_NAME} is not valid JSON: {exc}") from exc
+            invoices = parsed.get("invoices") if isinstance(parsed, dict) else None
+            if not isinstance(invoices, list) or not all(isinstance(i, dict) for i in invoices):
+                raise ProtocolError(f"the export's {METADATA_NAME} has no invoices list")
+            for item in invoices:
+                check_ksef_number(item.get("ksefNumber"))
+            return invoices
+    raise ProtocolError(f"the export archive has no {METADATA_NAME}")
+
+
+def iter_invoices(archive: Path, compression: str, metadata: list[dict[str, Any]]) -> Iterator[ExportedInvoice]:
+    """The invoices of the archive one at a time (memory: one invoice), each verified:
+    the name must be `{valid KSeF number}.xml` and the bytes must match the metadata's invoiceHash."""
+    by_number = {item["ksefNumber"]: item for item in metadata}
+    for name, stream in _members(archive, compression):
+        if name == METADATA_NAME:
+            continue
+        if not name.endswith(".xml"):
+            raise ProtocolError(f"unexpected file {name!r} in the export archive")
+        number = check_ksef_number(name[:-4])
+        xml = _read_capped(stream, MAX_INVOICE_BYTES, name)
+        meta = by_number.get(number)
+        if meta is not None and meta.get("invoiceHash") != b64(hashlib.sha256(xml).digest()):
+            raise ProtocolError(f"invoice {number} in the export does not match its invoiceHash in {METADATA_NAME}")
+        yield ExportedInvoice(number, xml, meta)

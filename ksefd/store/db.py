@@ -1,0 +1,160 @@
+"""One SQLite file through aiosqlite: WAL, synchronous=FULL, foreign keys, schema by PRAGMA user_version.
+
+synchronous=FULL on every commit: each state transition is persisted before the KSeF call it
+announces (DESIGN.md, an invoice's life), so a power cut must not undo it; in WAL mode NORMAL could
+lose the last commits. The cost is one fsync per transaction (see benchmarks/store_transitions.py);
+group many rows in one transaction (`InvoiceRepo.transition_many`) when that matters.
+
+One connection serves the daemon: aiosqlite runs its statements on one thread in order, and an
+asyncio lock keeps a transaction's statements together, so coroutines never interleave inside one.
+Other processes (`ksefd status`) may read at the same time thanks to WAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .migrations import MIGRATIONS
+
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"   # fixed width, UTC: text order is time order
+
+
+class StoreError(Exception):
+    pass
+
+
+class SchemaTooNew(StoreError):
+    """The file was written by a newer ksefd; an older one must not guess at its meaning."""
+
+
+class Database:
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> Database:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path, isolation_level=None)   # we issue BEGIN/COMMIT ourselves
+        try:
+            conn.row_factory = aiosqlite.Row
+            await conn.execute("PRAGMA busy_timeout = 10000")
+            async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
+                mode = await cursor.fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StoreError(f"{path}: SQLite refused WAL mode (got {mode[0] if mode else None!r}); "
+                                 "put the state database on a local disk, not a network share")
+            await conn.execute("PRAGMA synchronous = FULL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await _migrate(conn, path)
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, path)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._conn.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (cancellation included)."""
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):   # SQLite may have rolled back already
+                    await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            yield self._conn
+
+    async def fetch_all(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
+        async with self.read() as conn, conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def fetch_one(self, sql: str, params: tuple[Any, ...] = ()) -> aiosqlite.Row | None:
+        async with self.read() as conn, conn.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def user_version(self) -> int:
+        row = await self.fetch_one("PRAGMA user_version")
+        return int(row[0]) if row else 0
+
+
+async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    """Apply each missing migration in its own transaction; the version is read under the write lock,
+    so two processes starting at once cannot apply one migration twice."""
+    while True:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            async with conn.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            version = int(row[0]) if row else 0
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(f"{path} has schema version {version}, newer than this ksefd knows "
+                                   f"({len(MIGRATIONS)}); upgrade ksefd or restore a matching database")
+            if version == len(MIGRATIONS):
+                await conn.execute("COMMIT")
+                return
+            for statement in MIGRATIONS[version]:
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {version + 1}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await conn.execute("ROLLBACK")
+            raise
+
+
+# --- values ----------------------------------------------------------------------------------------
+
+def db_time(when: dt.datetime) -> str:
+    if when.tzinfo is None:
+        raise ValueError("the store keeps aware datetimes only (UTC); got a naive one")
+    return when.astimezone(dt.UTC).strftime(_TIME_FORMAT)
+
+
+def py_time(text: str | None) -> dt.datetime | None:
+    if text is None:
+        return None
+    return dt.datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=dt.UTC)
+
+
+def py_date(text: str | None) -> dt.date | None:
+    return dt.date.fromisoformat(text) if text is not None else None
+
+
+def py_json(text: str | None) -> Any:
+    return json.loads(text) if text is not None else None
+
+
+def db_value(value: Any) -> Any:
+    """A Python value as SQLite stores it here: times as fixed UTC text, dates ISO, JSON for structures."""
+    if isinstance(value, dt.datetime):
+        return db_time(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return value
