@@ -43,7 +43,7 @@ from .models import (
     Challenge,
     RefreshedAccessToken,
 )
-from .transport import NO_RETRY, Response, Transport
+from .transport import Response, Transport
 
 log = structlog.get_logger("ksefd.ksef.auth")
 Credentials = KsefToken | CertificateCredentials
@@ -194,8 +194,9 @@ class Authenticator:
                                 "encryptedToken": b64(encrypted), "publicKeyId": key.public_key_id}
         if self.options.allowed_ips:
             body["authorizationPolicy"] = {"allowedIps": _allowed_ips_json(self.options.allowed_ips)}
+        # Not replayed once it may have reached KSeF (the challenge is single-use); `authenticate` starts over.
         response = await self.transport.request("POST", "/auth/ksef-token", json=body, replay_safe=False,
-                                                expect=(202,), retry=NO_RETRY)
+                                                expect=(202,))
         return response.decode(AuthenticationInit)
 
     async def _start_with_certificate(self, context: ContextIdentifier, credentials: CertificateCredentials
@@ -210,7 +211,7 @@ class Authenticator:
             query = {"verifyCertificateChain": "true" if self.options.verify_certificate_chain else "false"}
         response = await self.transport.request("POST", "/auth/xades-signature", body=signed, query=query,
                                                 content_type="application/xml", replay_safe=False,
-                                                expect=(202,), retry=NO_RETRY)
+                                                expect=(202,))
         return response.decode(AuthenticationInit)
 
     async def _wait(self, init: AuthenticationInit, context: ContextIdentifier, credentials: Credentials) -> None:
@@ -321,14 +322,19 @@ class AuthSession:
     async def request(self, method: str, template: str, **kwargs: Any) -> Response:
         """Transport.request with this context's Bearer token; on 401 authenticate again and send once more
         (a 401 means KSeF did not process the call, so even an invoice send may be repeated)."""
-        token = await self.access_token()
+        used: list[str] = []
+
+        async def bearer() -> str:
+            # Read by the transport after the rate limiter's wait (up to an hour), never before it.
+            used.append(await self.access_token())
+            return used[-1]
+
         try:
-            return await self.transport.request(method, template, bearer=token, context=self.context.key, **kwargs)
+            return await self.transport.request(method, template, bearer=bearer, context=self.context.key, **kwargs)
         except Unauthorized:
             log.info("ksef.unauthorized_reauth", context=self.context.key, path=template)
-            await self.reauthenticate(token)
-            token = await self.access_token()
-            return await self.transport.request(method, template, bearer=token, context=self.context.key, **kwargs)
+            await self.reauthenticate(used[-1] if used else None)
+            return await self.transport.request(method, template, bearer=bearer, context=self.context.key, **kwargs)
 
     async def logout(self) -> None:
         """DELETE /auth/sessions/current: invalidates the refresh token (PROTOCOL.md §3.6)."""

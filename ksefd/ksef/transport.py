@@ -16,9 +16,9 @@ the limiter sees "invoiceSend" rather than a reference number.
 
 Retries (DESIGN.md convention 4, issue #4 item 8):
 
-* Every error answer becomes a typed exception from `errors.py` (400 ExceptionResponse or problem+json ->
-  KsefException, 401 Unauthorized, 403 Forbidden, 410 Gone, 429 RateLimited, 5xx ServerError even for HTML or
-  empty bodies, anything else ApiError).
+* Every error answer becomes a typed exception from `errors.py` (responses.error_from_response: 400
+  ExceptionResponse or problem+json -> KsefException, 401 Unauthorized, 403 Forbidden, 410 Gone, 429
+  RateLimited, 5xx ServerError even for HTML or empty bodies, anything else ApiError).
 * A request marked `replay_safe` (default: GET and DELETE) is retried inside the call on connection failures,
   timeouts and 5xx, with capped exponential backoff, at most `RetryPolicy.attempts` times.
 * A 429 means KSeF refused the request without processing it, so any request is retried after Retry-After,
@@ -40,14 +40,13 @@ of pre-signed URLs, or tokens.
 
 from __future__ import annotations
 
-import email.utils
 import io
 import random
 import re
 import time
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -56,24 +55,17 @@ import structlog
 from multidict import CIMultiDict
 
 from .clock import Sleep, real_sleep
-from .errors import (
-    ApiError,
-    ExceptionDetail,
-    Forbidden,
-    Gone,
-    KsefException,
-    OutcomeUnknown,
-    ProtocolError,
-    RateLimited,
-    ServerError,
-    TransportError,
-    Unauthorized,
-)
+from .errors import OutcomeUnknown, RateLimited, ServerError, TransportError
+from .responses import Response as Response
+from .responses import error_from_response
 
 log = structlog.get_logger("ksefd.ksef")
-T = TypeVar("T")
 USER_AGENT = "ksefd/0.1"
 _STREAM_ABOVE = 512 * 1024
+
+
+# An async source of the access token, read after the rate limiter let the request pass (auth.AuthSession).
+BearerSource = Callable[[], Awaitable[str]]
 
 
 class RequestGate(Protocol):
@@ -153,28 +145,6 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(attempts=1)
 
 
-@dataclass(frozen=True)
-class Response:
-    status: int
-    headers: Mapping[str, str]        # case-insensitive for answers from the network (HTTP/2 lowercases names)
-    body: bytes
-    content_type: str = ""
-
-    def json(self) -> Any:
-        try:
-            return msgspec.json.decode(self.body)
-        except msgspec.DecodeError as exc:
-            raise ProtocolError(f"KSeF answered HTTP {self.status} with a body that is not JSON "
-                                f"({excerpt(self.body, self.content_type)!r})") from exc
-
-    def decode(self, kind: type[T]) -> T:
-        """The body as a msgspec struct (unknown fields ignored, CHG 2.1.2)."""
-        try:
-            return msgspec.json.decode(self.body, type=kind)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ProtocolError(f"KSeF's answer does not fit {kind.__name__}: {exc}") from exc
-
-
 class Transport:
     def __init__(self, base_url: str, *, gate: RequestGate | None = None, retry: RetryPolicy | None = None,
                  timeout: float = 60.0, sleep: Sleep = real_sleep, headers: Mapping[str, str] | None = None,
@@ -223,7 +193,8 @@ class Transport:
 
     async def request(self, method: str, template: str, *, params: Mapping[str, str] | None = None,
                       query: Mapping[str, str] | list[tuple[str, str]] | None = None, json: Any = None,
-                      body: bytes | None = None, content_type: str | None = None, bearer: str | None = None,
+                      body: bytes | None = None, content_type: str | None = None,
+                      bearer: str | BearerSource | None = None,
                       context: str = "", headers: Mapping[str, str] | None = None,
                       replay_safe: bool | None = None, expect: Collection[int] = (200, 201, 202, 204),
                       retry: RetryPolicy | None = None, time_limit: float | None = None) -> Response:
@@ -232,7 +203,7 @@ class Transport:
         group = rate_limit_group(method, template)
         url = self.url(template, params)
         send_headers = {**self.extra_headers, **(headers or {})}
-        if bearer:
+        if isinstance(bearer, str) and bearer:
             send_headers["Authorization"] = f"Bearer {bearer}"
         data = body
         if json is not None:
@@ -242,7 +213,8 @@ class Transport:
             send_headers["Content-Type"] = content_type
         safe = method in ("GET", "DELETE", "HEAD") if replay_safe is None else replay_safe
         return await self._with_retries(_Call(method, url, template, group, context, send_headers, data, query,
-                                              safe, frozenset(expect), time_limit or self.timeout),
+                                              safe, frozenset(expect), time_limit or self.timeout,
+                                              None if isinstance(bearer, str) else bearer),
                                         retry or self.retry)
 
     async def presigned(self, method: str, url: str, *, body: bytes | None = None,
@@ -262,8 +234,12 @@ class Transport:
             last = attempt >= policy.attempts
             if self.gate is not None and call.group:
                 await self.gate.acquire(call.context, call.group)
+            sent = call
+            if call.bearer_source is not None:
+                # Fetched after the limiter's wait, which can last an hour: the token is fresh when sent.
+                sent = replace(call, headers={**call.headers, "Authorization": f"Bearer {await call.bearer_source()}"})
             try:
-                response = await self._send_once(call, attempt)
+                response = await self._send_once(sent, attempt)
             except _NotSent as exc:
                 if last:
                     raise exc.error from exc.__cause__
@@ -338,6 +314,7 @@ class _Call:
     replay_safe: bool
     expect: frozenset[int]
     timeout: float
+    bearer_source: BearerSource | None = None
 
 
 class _NotSent(Exception):
@@ -350,88 +327,3 @@ class _MaybeSent(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-_TAGS = re.compile(r"<(script|style)[^>]*>.*?</\1>|<[^>]+>", re.S | re.I)
-
-
-def excerpt(body: bytes, content_type: str = "", limit: int = 200) -> str:
-    """A short, single-line, tag-free text of a response body (HTML error pages from proxies included)."""
-    text = body[:4000].decode("utf-8", "replace")
-    if "html" in content_type or text.lstrip().startswith("<"):
-        text = _TAGS.sub(" ", text)
-    text = " ".join(text.split())
-    return text[:limit] + ("…" if len(text) > limit else "")
-
-
-def retry_after_seconds(value: str | None, default: float = 1.0) -> float:
-    """Retry-After is seconds in KSeF (PROTOCOL.md §1); an HTTP date is accepted too."""
-    if not value:
-        return default
-    try:
-        return max(0.0, float(value.strip()))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return default
-        return max(0.0, when.timestamp() - time.time())
-
-
-def _json_or_none(response: Response) -> Any:
-    if not response.body.strip():
-        return None
-    try:
-        return msgspec.json.decode(response.body)
-    except msgspec.DecodeError:
-        return None
-
-
-def _exception_details(data: Any) -> list[ExceptionDetail]:
-    """Both 400 shapes: ExceptionResponse.exception.exceptionDetailList and problem+json `errors` (§10.1)."""
-    found: list[ExceptionDetail] = []
-    if not isinstance(data, dict):
-        return found
-    exception = data.get("exception")
-    items = exception.get("exceptionDetailList") if isinstance(exception, dict) else data.get("errors")
-    for item in items or []:
-        if not isinstance(item, dict):
-            continue
-        code = item.get("exceptionCode", item.get("code", 0))
-        description = item.get("exceptionDescription", item.get("description")) or ""
-        details = [str(d) for d in item.get("details") or []]
-        found.append(ExceptionDetail(int(code) if isinstance(code, int | str) and str(code).isdigit() else 0,
-                                     str(description), details))
-    return found
-
-
-def error_from_response(response: Response, method: str, template: str, group: str = "", context: str = ""
-                        ) -> Exception:
-    """Map an HTTP error answer to the typed hierarchy of errors.py."""
-    status = response.status
-    data = _json_or_none(response)
-    fields = data if isinstance(data, dict) else {}
-    detail = str(fields.get("detail") or fields.get("title") or excerpt(response.body, response.content_type)
-                 or f"HTTP {status}")
-    if status == 429:
-        status_obj = fields.get("status")
-        listed = status_obj.get("details") if isinstance(status_obj, dict) else None
-        details = [str(d) for d in listed or []] or ([str(fields["detail"])] if fields.get("detail") else [])
-        return RateLimited(retry_after_seconds(response.headers.get("Retry-After")), group=group, context=context,
-                           details=details)
-    if status >= 500:
-        return ServerError(status, excerpt(response.body, response.content_type), method=method, url=template)
-    if status == 400:
-        errors = _exception_details(data)
-        if not errors:
-            errors = [ExceptionDetail(0, f"Bad Request: {excerpt(response.body, response.content_type)}")]
-        return KsefException(errors, method=method, url=template)
-    if status == 401:
-        return Unauthorized(401, detail, method=method, url=template)
-    if status == 403:
-        security = fields.get("security")
-        return Forbidden(detail, str(fields.get("reasonCode") or ""), security if isinstance(security, dict) else None,
-                         method=method, url=template)
-    if status == 410:
-        return Gone(410, detail, method=method, url=template)
-    return ApiError(status, detail, method=method, url=template)

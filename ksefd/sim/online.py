@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import aes, invoices, sessions, spec
+from . import aes, faults, invoices, sessions, spec
 from .clock import iso
 from .errors import KsefException
 from .permissions import attachments_allowed
@@ -82,7 +82,8 @@ async def open_session(request: web.Request) -> web.Response:
     body = await spec.json_body(request)
     check_form_code(body["formCode"])
     encryption = unwrap_key(world, body["encryption"])
-    valid_until = iso(world.clock.now() + dt.timedelta(seconds=world.config.online_session_ttl_s))
+    ttl_s = faults.session_ttl_s(world, world.config.online_session_ttl_s)   # fault switch session_ttl
+    valid_until = iso(world.clock.now() + dt.timedelta(seconds=ttl_s))
     session = sessions.create(world, caller, session_type="Online", form_code=body["formCode"],
                               encryption=encryption, valid_until=valid_until,
                               subject_identifier_validation=FEATURE_SUBJECT_VALIDATION in features(request))
@@ -122,6 +123,9 @@ async def send_invoice(request: web.Request) -> web.Response:
     code = session["status"]["code"]
     if code != 100 or session["closing"]:
         raise KsefException(21180, [f"Status sesji {code} uniemożliwia wysyłkę faktur."])
+    if faults.session_unavailable(world, session["referenceNumber"]):   # fault switch, PROTOCOL.md §14.3
+        raise KsefException(21184, [f"Sesja {session['referenceNumber']} jest tymczasowo niedostępna. "
+                                    "Otwórz nową sesję i wyślij w niej fakturę ponownie."])
     limit = sessions.limits(world, session)["maxInvoices"]
     if session["invoiceCount"] >= limit:
         raise KsefException(21155, [f"Sesja o numerze referencyjnym {session['referenceNumber']} osiągnęła "

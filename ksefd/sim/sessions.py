@@ -26,7 +26,7 @@ import base64
 import hashlib
 from typing import Any
 
-from . import ids, upo
+from . import faults, ids, upo
 from .clock import iso, parse_iso
 from .security import Caller
 from .world import World
@@ -139,6 +139,11 @@ def expire_if_due(world: World, session: dict[str, Any]) -> None:
     if session["status"]["code"] == 100 and not session["closing"] and until \
             and world.clock.now() >= parse_iso(until):
         begin_closing(world, session)
+    # A batch session not closed within its upload window (batch.py) is cancelled (PROTOCOL.md §5).
+    deadline = session.get("uploadDeadline")
+    if session["status"]["code"] == 100 and not session["closing"] and deadline \
+            and world.clock.now() >= parse_iso(deadline):
+        set_status(world, session, 440, ["Przekroczono czas wysyłki"])
 
 
 def begin_closing(world: World, session: dict[str, Any]) -> None:
@@ -168,6 +173,7 @@ def maybe_finalize(world: World, reference: str) -> None:
 async def _finalize_later(world: World, reference: str) -> None:
     # Generating the collective UPO takes a moment on KSeF; the 170 status stays observable meanwhile.
     await asyncio.sleep(world.config.processing_delay_s)
+    await faults.delay_upo(world)     # fault switch upo_delay (slow UPO generation)
     finalize(world, reference)
 
 

@@ -36,6 +36,16 @@ async def record(conn: aiosqlite.Connection, *, at: dt.datetime, kind: str, comp
          db_value(detail) if detail is not None else None))
 
 
+async def record_many(conn: aiosqlite.Connection, items: list[dict[str, Any]]) -> None:
+    """Write many events (keyword sets as for `record`) inside the caller's transaction."""
+    await conn.executemany(
+        "INSERT INTO events (at, company, kind, invoice_id, session_id, from_state, to_state, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(db_time(e["at"]), e.get("company"), e["kind"], e.get("invoice_id"), e.get("session_id"),
+          db_value(e.get("from_state")), db_value(e.get("to_state")),
+          db_value(e["detail"]) if e.get("detail") is not None else None) for e in items])
+
+
 def _row(row: aiosqlite.Row) -> Event:
     at = py_time(row["at"])
     assert at is not None

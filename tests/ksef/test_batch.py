@@ -8,24 +8,38 @@ import datetime as dt
 import hashlib
 import io
 import tarfile
+import time
 import zipfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from lxml import etree
 
-from ksefd.ksef.batch import match_results
+from ksefd.ksef.auth import AuthOptions, ContextIdentifier
+from ksefd.ksef.batch import BatchOptions, BatchSender, match_results
 from ksefd.ksef.batch_archive import (
     MAX_PARTS,
     BatchBuildError,
     BatchInvoice,
     ManifestEntry,
     prepare_batch,
+    prepare_batch_async,
 )
+from ksefd.ksef.client import KsefClient, KsefContext
+from ksefd.ksef.credentials import KsefToken
 from ksefd.ksef.crypto import SymmetricKey
+from ksefd.ksef.errors import ProtocolError
 from ksefd.ksef.models import SessionInvoice, StatusInfo
+from ksefd.ksef.transport import RetryPolicy
+from ksefd.samples import make_invoice, sample_bytes
+from ksefd.sim.config import SimConfig
 from tests.conftest import SAMPLES
+from tests.support.ksef_auth import create_ksef_token
 
 SAMPLE = (SAMPLES / "invoices" / "FA_3_Przyklad_1.xml").read_bytes()
 
@@ -126,3 +140,139 @@ def test_results_are_matched_by_file_name_then_by_hash() -> None:
         ("a.xml", "ref-3"), ("b.xml", "ref-1"), ("c.xml", None), ("copy.xml", "ref-2")]
     assert results[0].accepted and not results[1].accepted and results[2].status_code is None
     assert [u.reference_number for u in unmatched] == ["ref-4"]
+
+
+# -- against the simulator, over HTTP ------------------------------------------------------------------------
+
+NIP = "9999999999"          # Podmiot1 of the official sample
+FAST_AUTH = AuthOptions(poll_first=0.01, poll_max=0.05, poll_budget=10)
+QUICK = BatchOptions(poll_first=0.05, poll_max=0.2)
+UPO_NS = "{http://upo.schematy.mf.gov.pl/KSeF/v4-3}"
+
+
+def invoices(count: int, start: int = 0) -> Iterator[BatchInvoice]:
+    """Unique invoices made lazily from the official sample, as the daemon would read them from disk."""
+    template = sample_bytes("FA_3_Przyklad_1.xml")
+    for n in range(start, start + count):
+        yield BatchInvoice(f"FV_{n:05d}.xml", make_invoice(template, number=f"FV/BATCH/{n}", seller_nip=NIP))
+
+
+@pytest.fixture
+async def batch_context(http: aiohttp.ClientSession) -> AsyncIterator[Callable[..., Any]]:
+    clients: list[KsefClient] = []
+
+    async def make(sim: Any, retry: RetryPolicy | None = None) -> KsefContext:
+        token = await create_ksef_token(http, sim.base_url, NIP, ["InvoiceWrite", "InvoiceRead"])
+        client = KsefClient("test", base_url=sim.base_url, auth_options=FAST_AUTH, retry=retry)
+        clients.append(client)
+        return client.context(ContextIdentifier.nip(NIP), KsefToken.parse(token))
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def sender(ctx: KsefContext, options: BatchOptions = QUICK) -> BatchSender:
+    return BatchSender(ctx.auth, ctx.client.public_keys, options=options)
+
+
+@pytest.mark.parametrize("compression", ["Zip", "TarGz"])
+async def test_batch_in_several_parts_is_accepted_with_results_and_upo(
+        compression: str, sim_factory: Any, batch_context: Callable[..., Any], tmp_path: Path) -> None:
+    sim = await sim_factory(config=SimConfig(limits_profile="off"))
+    ctx = await batch_context(sim)
+    good = list(invoices(12))
+    bad = BatchInvoice("broken.xml", good[0].content.replace(b"<P_2>", b"<P_2_typo>", 1))  # type: ignore[union-attr]
+    duplicate = BatchInvoice("again.xml", good[1].content)                                     # same P_2: 440
+    prepared = await prepare_batch_async([*good, bad, duplicate], tmp_path, compression=compression,
+                                         part_size=6000 if compression == "Zip" else 700)
+    assert len(prepared.parts) >= 3
+
+    outcome = await sender(ctx).send(prepared)
+
+    assert outcome.session_ok and outcome.unmatched == []
+    by_name = {r.entry.file_name: r for r in outcome.results}
+    assert all(by_name[i.file_name].accepted and by_name[i.file_name].ksef_number for i in good)
+    assert by_name["broken.xml"].status_code == 430
+    assert by_name["again.xml"].status_code == 440 or by_name[good[1].file_name].status_code == 440
+    assert outcome.status.invoice_count == 14
+    upo = await sender(ctx).session_upo(outcome.reference_number, outcome.status)
+    numbers = {e.text for _, xml in upo for e in etree.fromstring(xml).iter(f"{UPO_NS}NumerKSeFDokumentu")}
+    assert numbers == {r.ksef_number for r in outcome.results if r.accepted}
+
+
+async def test_after_a_key_rotation_the_batch_opens_with_the_new_key(
+        sim_factory: Any, batch_context: Callable[..., Any], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    sim = await sim_factory(config=SimConfig(limits_profile="off"))
+    ctx = await batch_context(sim)
+    await ctx.client.public_keys.get("SymmetricKeyEncryption")             # cached before the rotation
+    async with http.post(f"{sim.root_url}/sim/keys/rotate", json={"usage": "SymmetricKeyEncryption"}) as resp:
+        assert resp.status == 200
+    prepared = await prepare_batch_async(invoices(3, start=500), tmp_path)
+    batch = sender(ctx)
+    opened = await batch.open(prepared)                                        # 21470, re-fetch, wrap again
+    current = await ctx.client.public_keys.get("SymmetricKeyEncryption")
+    assert opened.public_key_id == current.public_key_id
+    await batch.upload(prepared, opened)
+    await batch.close(opened.reference_number)
+    status = await batch.wait(opened.reference_number)
+    assert status.status.code == 200 and status.successful_invoice_count == 3
+
+
+async def test_results_can_be_read_after_a_restart_from_the_reference_and_manifest(
+        sim_factory: Any, batch_context: Callable[..., Any], tmp_path: Path) -> None:
+    sim = await sim_factory(config=SimConfig(limits_profile="off"))
+    prepared = await prepare_batch_async(invoices(4, start=700), tmp_path)
+    first = sender(await batch_context(sim))
+    opened = await first.open(prepared)
+    await first.upload(prepared, opened)
+    await first.close(opened.reference_number)
+    await first.close(opened.reference_number)                                 # a repeated close is harmless
+    restarted = sender(await batch_context(sim))                               # new client, same context
+    await restarted.wait(opened.reference_number)
+    outcome = await restarted.outcome(opened.reference_number, prepared.entries)
+    assert [r.accepted for r in outcome.results] == [True] * 4
+
+
+async def test_uploads_survive_5xx_and_dropped_connections(
+        sim_factory: Any, batch_context: Callable[..., Any], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    sim = await sim_factory(config=SimConfig(limits_profile="off"))
+    ctx = await batch_context(sim, retry=RetryPolicy(attempts=10, base_delay=0.01, max_delay=0.05))
+    await ctx.authenticate()
+    prepared = await prepare_batch_async(invoices(30, start=900), tmp_path, part_size=8000)
+    assert len(prepared.parts) >= 5
+    async with http.post(f"{sim.root_url}/sim/faults", json={"spec": "5xx=0.3,drop=0.2,seed=7"}) as resp:
+        assert resp.status == 200
+    outcome = await sender(ctx).send(prepared)
+    assert outcome.session_ok and all(r.accepted for r in outcome.results)
+
+
+async def test_a_part_changed_on_disk_is_not_uploaded(
+        sim_factory: Any, batch_context: Callable[..., Any], tmp_path: Path) -> None:
+    sim = await sim_factory(config=SimConfig(limits_profile="off"))
+    ctx = await batch_context(sim)
+    prepared = await prepare_batch_async(invoices(2, start=950), tmp_path)
+    batch = sender(ctx)
+    opened = await batch.open(prepared)
+    prepared.parts[0].path.write_bytes(b"\x00" * prepared.parts[0].size)
+    with pytest.raises(ExceptionGroup) as caught:
+        await batch.upload(prepared, opened)
+    assert caught.group_contains(ProtocolError, match="changed on disk")
+
+
+@pytest.mark.timeout(600)
+async def test_ten_thousand_invoices_in_one_batch(
+        sim_factory: Any, batch_context: Callable[..., Any], tmp_path: Path) -> None:
+    sim = await sim_factory(config=SimConfig(limits_profile="production"))
+    ctx = await batch_context(sim)
+    started = time.monotonic()
+    prepared = await prepare_batch_async(invoices(10_000, start=10_000), tmp_path)
+    built = time.monotonic()
+    outcome = await sender(ctx, BatchOptions(poll_first=0.5, poll_max=2.0)).send(prepared)
+    done = time.monotonic()
+    assert outcome.session_ok, outcome.status.status
+    assert len(outcome.results) == 10_000 and outcome.unmatched == []
+    assert all(r.accepted for r in outcome.results), {r.status_code for r in outcome.results}
+    assert len({r.ksef_number for r in outcome.results}) == 10_000
+    print(f"10 000-invoice batch: archive {prepared.archive_size} B in {len(prepared.parts)} part(s), "
+          f"built in {built - started:.1f} s, sent and processed in {done - built:.1f} s")

@@ -15,7 +15,7 @@ from ksefd.ksef.auth_messages import explain
 from ksefd.ksef.client import KsefClient
 from ksefd.ksef.credentials import CertificateCredentials, KsefToken
 from ksefd.ksef.environments import DEMO, PROD, TEST
-from ksefd.ksef.errors import AuthenticationFailed, CredentialsError, Forbidden, KsefError
+from ksefd.ksef.errors import AuthenticationFailed, AuthenticationPending, CredentialsError, Forbidden, KsefError
 from ksefd.sim.clock import ManualClock
 from ksefd.sim.config import SimConfig
 from tests.support.ksef_auth import create_ksef_token, owner_login, self_signed_certificate
@@ -317,3 +317,24 @@ def test_a_pasted_token_string_is_checked_before_any_request() -> None:
         client.context("Nip:5265877635", "20251010-EC-1DCE3E3000-12ECB5B36E-45|" + "ab" * 32)
     ctx = client.context("5265877635", f" 20251010-EC-1DCE3E3000-12ECB5B36E-45|nip-{NIP}|{'ab' * 32}\n")
     assert ctx.context == ContextIdentifier.nip(NIP)
+
+
+async def test_polls_with_backoff_until_the_status_leaves_100(
+        sim_factory: Callable[..., Any], client_factory: Callable[..., KsefClient]) -> None:
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    sim = await sim_factory(config=SimConfig(auth_processing_delay_s=20), clock=clock)   # e.g. OCSP on PROD
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:           # time passes only when the client waits
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    cert, key = self_signed_certificate(nip=NIP)
+    options = AuthOptions(poll_first=0.5, poll_factor=2, poll_max=4, poll_budget=60)
+    client = client_factory(sim.base_url, clock=clock, sleep=sleep, auth_options=options)
+    await client.context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key)).authenticate()
+    assert waits[:4] == [0.5, 1, 2, 4] and set(waits[4:]) == {4} and 20 <= sum(waits) < 24
+    impatient = client_factory(sim.base_url, clock=clock, sleep=sleep,
+                               auth_options=AuthOptions(poll_first=0.5, poll_max=1, poll_budget=5))
+    with pytest.raises(AuthenticationPending, match="still in progress after 5 s"):
+        await impatient.context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key)).authenticate()

@@ -268,3 +268,18 @@ async def test_concurrent_sends_share_sessions_within_the_cap(
 async def test_context_gives_the_other_senders(sim: Any, make_context: Callable[..., Any]) -> None:
     ctx = await make_context(sim)
     assert ctx.batch().auth is ctx.auth and ctx.exporter().auth is ctx.auth and ctx.receiver().auth is ctx.auth
+
+
+async def test_feature_header_on_open_is_accepted(sim_factory: Any, make_context: Callable[..., Any]) -> None:
+    sim = await sim_factory(config=SimConfig(limits_profile="off"))
+    ctx = await make_context(sim, online=OnlineOptions(features=("subject-identifier-validation",)))
+    session = await ctx.online().open()                     # X-KSeF-Feature is in the spec (PROTOCOL.md §14.3)
+    assert session.reference_number[9:11] == "SO"
+    assert await ctx.online().close() == session.reference_number
+
+
+async def test_context_limits_are_read(sim: Any, make_context: Callable[..., Any]) -> None:
+    ctx = await make_context(sim)
+    limits = await ctx.limits()
+    assert limits.online_session.max_invoices == 10_000 and limits.online_session.max_invoice_size_in_mb == 1
+    assert limits.batch_session.max_invoice_with_attachment_size_in_mb == 3

@@ -4,18 +4,31 @@ state that survives a restart. Driven by virtual time: no test really sleeps."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
+from typing import Any
 
+import aiohttp
 import pytest
 
+from ksefd.ksef.auth import AuthOptions, ContextIdentifier
+from ksefd.ksef.client import KsefClient
+from ksefd.ksef.credentials import KsefToken
+from ksefd.ksef.errors import RateLimited
 from ksefd.ksef.ratelimit import (
     PRODUCTION_LIMITS,
     GroupLimits,
     LimiterSnapshot,
     RateLimiter,
+    adopt_server_limits,
     parse_rate_limits,
 )
+from ksefd.ksef.transport import RetryPolicy
+from ksefd.sim import ratelimits as sim_ratelimits
+from ksefd.sim.clock import ManualClock
+from ksefd.sim.config import SimConfig
 from tests.ksef.virtual_time import VirtualClock
+from tests.support.ksef_auth import create_ksef_token
 
 
 def assert_windows_respected(stamps: list[float], limits: GroupLimits, what: str) -> None:
@@ -239,3 +252,128 @@ async def test_autosave_saves_only_after_a_change() -> None:
 def test_a_snapshot_of_another_version_is_refused() -> None:
     with pytest.raises(ValueError, match="version"):
         LimiterSnapshot.from_json('{"version": 99}')
+
+
+# -- against the simulator's production profile, over HTTP -------------------------------------------------
+
+SIM_NIP = "9999999999"
+FAST_AUTH = AuthOptions(poll_first=0.01, poll_max=0.05, poll_budget=10)
+
+
+class SeenBySim(sim_ratelimits.RateLimiter):
+    """The simulator's own limiter, counting the requests it has stamped."""
+
+    seen = 0
+
+    def admit(self, key: tuple[str, str, str], limits: dict[str, int], now: float) -> tuple[float, str] | None:
+        self.seen += 1
+        return super().admit(key, limits, now)
+
+
+class CountingGate:
+    def __init__(self, inner: RateLimiter) -> None:
+        self.inner = inner
+        self.granted = 0
+
+    async def acquire(self, context: str, group: str) -> None:
+        await self.inner.acquire(context, group)
+        self.granted += 1
+
+    def penalise(self, context: str, group: str, retry_after: float) -> None:
+        self.inner.penalise(context, group, retry_after)
+
+
+class SharedTime:
+    """The limiter's time is the simulator's ManualClock: a wait moves it forward and nobody sleeps. Time
+    moves only once every request already let through has reached the simulator, as in real time, where
+    a request takes milliseconds and the waits are seconds to an hour."""
+
+    def __init__(self, sim: Any, clock: ManualClock) -> None:
+        self.clock = clock
+        self.server = sim.world.services["ratelimits"] = SeenBySim()
+        self.gate: CountingGate | None = None
+        self.baseline = 0
+
+    def limiter(self, limits: Any = None) -> CountingGate:
+        self.gate = CountingGate(RateLimiter(limits, now=self.now, sleep=self.sleep))
+        return self.gate
+
+    def start(self) -> None:
+        assert self.gate is not None
+        self.baseline = self.server.seen - self.gate.granted
+
+    def now(self) -> float:
+        return self.clock.now().timestamp()
+
+    async def sleep(self, seconds: float) -> None:
+        assert self.gate is not None
+        for _ in range(10_000):                       # at most ~10 s of real time
+            if self.server.seen - self.baseline >= self.gate.granted:
+                break
+            await asyncio.sleep(0.001)
+        target = self.clock.now() + dt.timedelta(seconds=seconds)
+        if target > self.clock.now():
+            self.clock.set(target)
+        await asyncio.sleep(0)
+
+
+async def burst(sim: Any, http: aiohttp.ClientSession, time: SharedTime, gate: CountingGate, calls: int,
+                *, adopt: bool = False, lower: dict[str, int] | None = None) -> list[BaseException | None]:
+    token = await create_ksef_token(http, sim.base_url, SIM_NIP, ["InvoiceWrite", "InvoiceRead"])
+    time.start()
+    async with KsefClient("test", base_url=sim.base_url, clock=time.clock, gate=gate, auth_options=FAST_AUTH,
+                          retry=RetryPolicy(attempts=1)) as client:     # a 429 would surface as RateLimited
+        ctx = client.context(ContextIdentifier.nip(SIM_NIP), KsefToken.parse(token))
+        if lower is not None:
+            override = {group: dict(zip(("perSecond", "perMinute", "perHour"), v.to_json(), strict=True))
+                        for group, v in PRODUCTION_LIMITS.items() if group not in NOT_OVERRIDABLE}
+            override["sessionList"] = lower
+            await ctx.request("POST", "/testdata/rate-limits", json={"rateLimits": override}, expect=(200,))
+        if adopt:
+            await adopt_server_limits(gate.inner, ctx.auth)
+
+        async def one() -> None:
+            await ctx.request("GET", "/sessions", query={"sessionType": "Online", "pageSize": "10"}, expect=(200,))
+
+        outcomes = await asyncio.gather(*(one() for _ in range(calls)), return_exceptions=True)
+        return list(outcomes)
+
+
+NOT_OVERRIDABLE = {"onlineSessionClose", "batchSessionClose", "anonymous", "global"}
+
+
+async def test_a_burst_beyond_the_production_budget_waits_instead_of_earning_a_429(
+        sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    sim = await sim_factory(config=SimConfig(limits_profile="production"), clock=clock)
+    time = SharedTime(sim, clock)
+    gate = time.limiter()
+    start = clock.now()
+    outcomes = await burst(sim, http, time, gate, 70)                  # sessionList: 5/s, 10/min, 60/h
+    assert [o for o in outcomes if o is not None] == []
+    assert clock.now() - start >= dt.timedelta(hours=1)                # the last ten waited for the hour window
+    assert_windows_respected(gate.inner.granted(f"Nip:{SIM_NIP}", "sessionList"), PRODUCTION_LIMITS["sessionList"],
+                             "sessionList")
+
+
+async def test_without_the_limiter_the_same_burst_earns_a_429(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    """The control for the test above: the simulator does enforce the budget."""
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    sim = await sim_factory(config=SimConfig(limits_profile="production"), clock=clock)
+    time = SharedTime(sim, clock)
+    careless = time.limiter({**PRODUCTION_LIMITS, "sessionList": GroupLimits(1000, 1000, 1000)})
+    outcomes = await burst(sim, http, time, careless, 12)
+    assert any(isinstance(o, RateLimited) for o in outcomes)
+
+
+async def test_limits_read_from_get_rate_limits_are_obeyed(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    sim = await sim_factory(config=SimConfig(limits_profile="production"), clock=clock)
+    time = SharedTime(sim, clock)
+    gate = time.limiter()
+    start = clock.now()
+    lower = {"perSecond": 2, "perMinute": 3, "perHour": 4}             # below PRD: the defaults would trip it
+    outcomes = await burst(sim, http, time, gate, 6, adopt=True, lower=lower)
+    assert [o for o in outcomes if o is not None] == []
+    assert gate.inner.limits_for(f"Nip:{SIM_NIP}", "sessionList") == GroupLimits(2, 3, 4)
+    assert clock.now() - start >= dt.timedelta(hours=1)

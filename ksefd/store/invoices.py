@@ -1,0 +1,251 @@
+"""Outbox invoices: rows that move only along INVOICE_TRANSITIONS, each step audited.
+
+`transition(id, from_state, to_state, **fields)` is an UPDATE guarded by `state = from_state`: if
+another task moved the invoice first, or the daemon's idea of the state is stale, it raises
+`StateConflict` instead of silently overwriting. A step not in the table raises `IllegalTransition`
+before touching the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from . import events
+from .db import Database, StoreError, db_time, db_value, py_date, py_json, py_time
+from .states import INVOICE_TRANSITIONS, TERMINAL_INVOICE_STATES, InvoiceState
+
+# Columns a caller may set; id, company, state and the timestamps are the repository's.
+FIELDS = frozenset({
+    "file_name", "work_path", "sha256", "size", "seller_nip", "invoice_type", "invoice_number", "issue_date",
+    "has_attachment", "mode", "offline", "offline_deadline", "session_id", "invoice_ref", "ksef_number",
+    "status_code", "attempts", "next_attempt_at", "last_error", "result_name",
+})
+
+
+class IllegalTransition(StoreError):
+    pass
+
+
+class StateConflict(StoreError):
+    """The row is not in the state the caller expected (or does not exist)."""
+
+    def __init__(self, what: str, row_id: int, expected: Iterable[str], actual: str | None) -> None:
+        expected = sorted(str(e) for e in expected)
+        super().__init__(f"{what} {row_id} is {actual or 'missing'}, expected {' or '.join(expected)}")
+        self.row_id = row_id
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass(frozen=True)
+class InvoiceRow:
+    id: int
+    company: str
+    file_name: str
+    work_path: str | None
+    sha256: str
+    size: int
+    seller_nip: str | None
+    invoice_type: str | None
+    invoice_number: str | None
+    issue_date: dt.date | None
+    has_attachment: bool
+    state: InvoiceState
+    mode: str | None
+    offline: bool
+    offline_deadline: dt.datetime | None
+    session_id: int | None
+    invoice_ref: str | None
+    ksef_number: str | None
+    status_code: int | None
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    last_error: Any
+    result_name: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @property
+    def duplicate_key(self) -> tuple[str | None, str | None, str | None]:
+        return (self.seller_nip, self.invoice_type, self.invoice_number)
+
+
+def _row(r: aiosqlite.Row) -> InvoiceRow:
+    created, updated = py_time(r["created_at"]), py_time(r["updated_at"])
+    assert created is not None and updated is not None
+    return InvoiceRow(
+        id=r["id"], company=r["company"], file_name=r["file_name"], work_path=r["work_path"], sha256=r["sha256"],
+        size=r["size"], seller_nip=r["seller_nip"], invoice_type=r["invoice_type"],
+        invoice_number=r["invoice_number"], issue_date=py_date(r["issue_date"]),
+        has_attachment=bool(r["has_attachment"]), state=InvoiceState(r["state"]), mode=r["mode"],
+        offline=bool(r["offline"]), offline_deadline=py_time(r["offline_deadline"]), session_id=r["session_id"],
+        invoice_ref=r["invoice_ref"], ksef_number=r["ksef_number"], status_code=r["status_code"],
+        attempts=r["attempts"], next_attempt_at=py_time(r["next_attempt_at"]), last_error=py_json(r["last_error"]),
+        result_name=r["result_name"], created_at=created, updated_at=updated)
+
+
+def _assignments(fields: dict[str, Any]) -> tuple[str, list[Any]]:
+    unknown = set(fields) - FIELDS
+    if unknown:
+        raise StoreError(f"unknown invoice fields: {', '.join(sorted(unknown))}")
+    names = sorted(fields)
+    return "".join(f", {n} = ?" for n in names), [db_value(fields[n]) for n in names]
+
+
+class InvoiceRepo:
+    def __init__(self, db: Database, now: Callable[[], dt.datetime]) -> None:
+        self._db = db
+        self._now = now
+
+    async def add(self, company: str, file_name: str, sha256: str, size: int, *,
+                  detail: Any = None, **fields: Any) -> InvoiceRow:
+        """A claimed file: the row starts in CLAIMED."""
+        _, values = _assignments(fields)
+        now = db_time(self._now())
+        names = sorted(fields)
+        columns = "".join(f", {n}" for n in names)
+        async with self._db.transaction() as conn:
+            cursor = await conn.execute(
+                f"INSERT INTO invoices (company, file_name, sha256, size, state, created_at, updated_at{columns}) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?{', ?' * len(names)})",
+                (company, file_name, sha256, size, InvoiceState.CLAIMED.value, now, now, *values))
+            invoice_id = cursor.lastrowid
+            assert invoice_id is not None
+            await events.record(conn, at=self._now(), kind="invoice", company=company, invoice_id=invoice_id,
+                                to_state=InvoiceState.CLAIMED, detail=detail or {"file": file_name})
+            return await self._get(conn, invoice_id)
+
+    async def transition(self, invoice_id: int, from_state: InvoiceState, to_state: InvoiceState, *,
+                         detail: Any = None, **fields: Any) -> InvoiceRow:
+        """Move one invoice a step along the state machine, setting `fields` in the same transaction."""
+        rows = await self.transition_many([invoice_id], from_state, to_state, detail=detail, **fields)
+        return rows[0]
+
+    async def transition_many(self, invoice_ids: Sequence[int], from_state: InvoiceState, to_state: InvoiceState,
+                              *, detail: Any = None, **fields: Any) -> list[InvoiceRow]:
+        """All or nothing: e.g. every invoice of a batch to SUBMITTING with its session, in one commit
+        (a few statements whatever the number of invoices)."""
+        if to_state not in INVOICE_TRANSITIONS[from_state]:
+            raise IllegalTransition(f"an invoice cannot go from {from_state} to {to_state}")
+        if len(set(invoice_ids)) != len(invoice_ids):
+            raise StoreError("transition_many: an invoice id is listed twice")
+        sets, values = _assignments(fields)
+        now = self._now()
+        async with self._db.transaction() as conn:
+            cursor = await conn.executemany(
+                f"UPDATE invoices SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?",
+                [(to_state.value, db_time(now), *values, i, from_state.value) for i in invoice_ids])
+            if cursor.rowcount != len(invoice_ids):
+                for invoice_id in invoice_ids:   # name the first one that was not where the caller thought
+                    actual = await self._state(conn, invoice_id)
+                    if actual != to_state.value:
+                        raise StateConflict("invoice", invoice_id, [from_state], actual)
+                raise StateConflict("invoice", invoice_ids[0], [from_state], to_state.value)
+            rows = await self._get_many(conn, invoice_ids)
+            await events.record_many(conn, [
+                dict(at=now, kind="invoice", company=r.company, invoice_id=r.id, session_id=r.session_id,
+                     from_state=from_state, to_state=to_state, detail=detail) for r in rows])
+        return rows
+
+    async def update(self, invoice_id: int, state: InvoiceState, *, detail: Any = None,
+                     **fields: Any) -> InvoiceRow:
+        """Change fields without changing state (e.g. the next poll time of an in-doubt invoice),
+        guarded by the state the caller believes the invoice is in. `detail` adds an audit event."""
+        sets, values = _assignments(fields)
+        now = self._now()
+        async with self._db.transaction() as conn:
+            cursor = await conn.execute(
+                f"UPDATE invoices SET updated_at = ?{sets} WHERE id = ? AND state = ?",
+                (db_time(now), *values, invoice_id, state.value))
+            if cursor.rowcount != 1:
+                raise StateConflict("invoice", invoice_id, [state], await self._state(conn, invoice_id))
+            row = await self._get(conn, invoice_id)
+            if detail is not None:
+                await events.record(conn, at=now, kind="invoice", company=row.company, invoice_id=invoice_id,
+                                    session_id=row.session_id, from_state=state, to_state=state, detail=detail)
+            return row
+
+    # --- queries ------------------------------------------------------------------------------
+
+    async def get(self, invoice_id: int) -> InvoiceRow | None:
+        row = await self._db.fetch_one("SELECT * FROM invoices WHERE id = ?", (invoice_id,))
+        return _row(row) if row else None
+
+    async def find_by_hash(self, company: str, sha256: str) -> list[InvoiceRow]:
+        """Earlier invoices with these exact bytes: the same file dropped again (issue #5 item 2)."""
+        return await self._select("WHERE company = ? AND sha256 = ? ORDER BY id", (company, sha256))
+
+    async def find_by_key(self, seller_nip: str, invoice_type: str, invoice_number: str) -> list[InvoiceRow]:
+        """Invoices with KSeF's duplicate key (PROTOCOL.md §4.2), any company."""
+        return await self._select("WHERE seller_nip = ? AND invoice_type = ? AND invoice_number = ? ORDER BY id",
+                                  (seller_nip, invoice_type, invoice_number))
+
+    async def find_by_ksef_number(self, ksef_number: str) -> list[InvoiceRow]:
+        return await self._select("WHERE ksef_number = ? ORDER BY id", (ksef_number,))
+
+    async def in_state(self, company: str | None, *states: InvoiceState, limit: int = 100_000) -> list[InvoiceRow]:
+        marks = ", ".join("?" * len(states))
+        if company is None:
+            return await self._select(f"WHERE state IN ({marks}) ORDER BY id LIMIT ?",
+                                      (*[s.value for s in states], limit))
+        return await self._select(f"WHERE company = ? AND state IN ({marks}) ORDER BY id LIMIT ?",
+                                  (company, *[s.value for s in states], limit))
+
+    async def due(self, company: str, states: Iterable[InvoiceState], now: dt.datetime,
+                  limit: int = 10_000) -> list[InvoiceRow]:
+        """Invoices in `states` whose next_attempt_at is unset or has passed, oldest first."""
+        values = [s.value for s in states]
+        marks = ", ".join("?" * len(values))
+        return await self._select(
+            f"WHERE company = ? AND state IN ({marks}) AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
+            "ORDER BY id LIMIT ?", (company, *values, db_time(now), limit))
+
+    async def in_session(self, session_id: int) -> list[InvoiceRow]:
+        return await self._select("WHERE session_id = ? ORDER BY id", (session_id,))
+
+    async def count_in_session(self, session_id: int) -> int:
+        row = await self._db.fetch_one("SELECT COUNT(*) FROM invoices WHERE session_id = ?", (session_id,))
+        return int(row[0]) if row else 0
+
+    async def counts(self, company: str) -> dict[InvoiceState, int]:
+        rows = await self._db.fetch_all(
+            "SELECT state, COUNT(*) FROM invoices WHERE company = ? GROUP BY state", (company,))
+        return {InvoiceState(r[0]): int(r[1]) for r in rows}
+
+    async def oldest_waiting(self, company: str) -> InvoiceRow | None:
+        """The oldest invoice not yet finished (for `ksefd status`)."""
+        marks = ", ".join("?" * len(TERMINAL_INVOICE_STATES))
+        rows = await self._select(f"WHERE company = ? AND state NOT IN ({marks}) ORDER BY created_at, id LIMIT 1",
+                                  (company, *[s.value for s in TERMINAL_INVOICE_STATES]))
+        return rows[0] if rows else None
+
+    async def _select(self, where: str, params: tuple[Any, ...]) -> list[InvoiceRow]:
+        return [_row(r) for r in await self._db.fetch_all(f"SELECT * FROM invoices {where}", params)]
+
+    @staticmethod
+    async def _get(conn: aiosqlite.Connection, invoice_id: int) -> InvoiceRow:
+        async with conn.execute("SELECT * FROM invoices WHERE id = ?", (invoice_id,)) as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        return _row(row)
+
+    @staticmethod
+    async def _get_many(conn: aiosqlite.Connection, invoice_ids: Sequence[int]) -> list[InvoiceRow]:
+        found: dict[int, InvoiceRow] = {}
+        for start in range(0, len(invoice_ids), 500):
+            chunk = invoice_ids[start:start + 500]
+            async with conn.execute(f"SELECT * FROM invoices WHERE id IN ({', '.join('?' * len(chunk))})",
+                                    tuple(chunk)) as cursor:
+                found.update((r["id"], _row(r)) for r in await cursor.fetchall())
+        return [found[i] for i in invoice_ids]
+
+    @staticmethod
+    async def _state(conn: aiosqlite.Connection, invoice_id: int) -> str | None:
+        async with conn.execute("SELECT state FROM invoices WHERE id = ?", (invoice_id,)) as cursor:
+            row = await cursor.fetchone()
+        return str(row[0]) if row else None

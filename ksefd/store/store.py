@@ -1,0 +1,56 @@
+"""`Store`: the state database opened once, with one repository per concern."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from .db import Database
+from .events import EventRepo
+from .health import HeartbeatRepo, HoldRepo
+from .inbox import InboxRepo
+from .invoices import InvoiceRepo
+from .kv import KeyValueRepo
+from .sessions import SessionRepo
+
+
+class _Clock(Protocol):
+    def now(self) -> dt.datetime: ...
+
+
+class _UTCNow:
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+
+class Store:
+    """`store = await Store.open(path, clock)`; `await store.close()` (or `async with`)."""
+
+    def __init__(self, db: Database, clock: _Clock) -> None:
+        self.db = db
+        self.clock = clock
+        now = clock.now
+        self.invoices = InvoiceRepo(db, now)
+        self.sessions = SessionRepo(db, now)
+        self.inbox = InboxRepo(db, now)
+        self.kv = KeyValueRepo(db, now)
+        self.holds = HoldRepo(db, now)
+        self.heartbeat = HeartbeatRepo(db, now)
+        self.events = EventRepo(db)
+
+    @classmethod
+    async def open(cls, path: Path, clock: _Clock | None = None) -> Store:
+        """Open (creating the file and its folder if needed) and migrate to the current schema."""
+        return cls(await Database.open(path), clock or _UTCNow())
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
