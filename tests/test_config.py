@@ -10,8 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ksefd import config as cfg
 from ksefd.config import ConfigError, load_config, nip_is_valid, parse_config
+from ksefd.config import model as cfg
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config.example.toml"
@@ -81,8 +81,8 @@ def _documented_keys() -> set[str]:
 
 
 def test_the_example_documents_every_key() -> None:
-    structs = [cfg._KsefSection, cfg._DaemonSection, cfg.SendingOptions, cfg.ReceivingOptions,
-               cfg._CompanySection]
+    structs = [cfg.KsefSection, cfg.DaemonSection, cfg.SendingOptions, cfg.ReceivingOptions,
+               cfg.CompanySection]
     known = {f for s in structs for f in s.__struct_fields__} - {"sending", "receiving"}
     assert known - _documented_keys() == set()
     assert _documented_keys() - known == set()
@@ -238,7 +238,8 @@ def test_credential_combinations(tmp_path: Path, creds: dict[str, str]) -> None:
     idle = none.replace('nip = "5265877635"', 'nip = "5265877635"\nsend = false\nreceive = false')
     assert load_config(write(tmp_path, idle), environ=creds).companies[0].credentials.kind == "none"
     (Path(creds["CREDENTIALS_DIRECTORY"]) / "jan.p12").write_bytes(b"x")
-    p12 = MINIMAL.replace('token_file = "acme.token"', 'certificate = "jan.p12"\nprivate_key_password_file = "jan.pass"')
+    p12 = MINIMAL.replace('token_file = "acme.token"',
+                          'certificate = "jan.p12"\nprivate_key_password_file = "jan.pass"')
     assert load_config(write(tmp_path, p12), environ=creds).companies[0].credentials.kind == "certificate"
 
 
@@ -310,7 +311,8 @@ def test_folder_overrides_and_clashes(tmp_path: Path, creds: dict[str, str]) -> 
 def test_receiving_options_merge_and_validate(tmp_path: Path, creds: dict[str, str]) -> None:
     body = MINIMAL.replace("[daemon]", '[receiving]\ncycle_minutes = 30\nbackfill_from = 2026-02-01\n'
                                        'inbox_layout = "year-month"\n\n[daemon]')
-    body += '\n[companies.receiving]\nsubject_types = ["Subject1", "SubjectAuthorized"]\nhook_marker_suffix = ".ready"\n'
+    body += ('\n[companies.receiving]\nsubject_types = ["Subject1", "SubjectAuthorized"]\n'
+             'hook_marker_suffix = ".ready"\n')
     options = load_config(write(tmp_path, body), environ=creds).companies[0].receiving
     assert options.cycle_minutes == 30 and options.backfill_from == dt.date(2026, 2, 1)
     assert options.inbox_layout == "year-month" and options.hook_marker_suffix == ".ready"

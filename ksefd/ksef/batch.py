@@ -147,9 +147,12 @@ class BatchSender:
             async with limit:
                 await self._upload_part(parts[upload.ordinal_number], upload)
 
-        async with asyncio.TaskGroup() as group:
-            for upload in opened.uploads:
-                group.create_task(one(upload))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for upload in opened.uploads:
+                    group.create_task(one(upload))
+        except ExceptionGroup as failed:      # the first failure says what went wrong; the rest were cancelled
+            raise failed.exceptions[0] from failed
         log.info("ksef.batch_uploaded", session=opened.reference_number, parts=len(opened.uploads))
 
     async def _upload_part(self, part: EncryptedPart, upload: PartUpload) -> None:

@@ -216,9 +216,12 @@ class Exporter:
 
         archive = workdir / f"{started.reference_number}.{'zip' if started.compression == ZIP else 'tar.gz'}"
         try:
-            async with asyncio.TaskGroup() as group:
-                for part, target in zip(parts, plain, strict=True):
-                    group.create_task(one(part, target))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for part, target in zip(parts, plain, strict=True):
+                        group.create_task(one(part, target))
+            except ExceptionGroup as failed:
+                raise failed.exceptions[0] from failed
             await asyncio.to_thread(join_parts, plain, archive)
         finally:
             for path in plain:

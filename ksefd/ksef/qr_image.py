@@ -124,12 +124,12 @@ def render_svg(link: str, label: str, scale: int = MIN_SCALE) -> str:
     drawn = buffer.getvalue().decode("utf-8")
     inner = _SVG_OPEN_RE.sub("", drawn, count=1).removesuffix("</svg>")
     size = symbol.symbol_size(scale=scale, border=BORDER)[0]
-    font_size = 3 * scale
-    height = size + font_size + 2 * scale
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{height}" '
-            f'viewBox="0 0 {size} {height}">'
-            f'<rect width="{size}" height="{height}" fill="#fff"/>{inner}'
-            f'<text x="{size / 2:g}" y="{size + font_size * 0.8:g}" text-anchor="middle" '
-            f'font-family="DejaVu Sans Mono, Consolas, monospace" font-size="{font_size}" '
-            f'textLength="{min(size - 2 * scale, len(label) * font_size * 0.62):g}" lengthAdjust="spacingAndGlyphs" '
+    # A monospace glyph is about 0.6 em wide: shrink long labels (KSeF numbers) to the code's width.
+    font_size = round(min(3 * scale, (size - 2 * scale) / (0.6 * max(1, len(label)))), 1)
+    height = size + 3 * scale + 2 * scale
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{height:g}" '
+            f'viewBox="0 0 {size} {height:g}">'
+            f'<rect width="{size}" height="{height:g}" fill="#fff"/>{inner}'
+            f'<text x="{size / 2:g}" y="{size + 3 * scale * 0.8:g}" text-anchor="middle" '
+            f'font-family="DejaVu Sans Mono, Consolas, monospace" font-size="{font_size:g}" '
             f'fill="#000">{escape(label)}</text></svg>')

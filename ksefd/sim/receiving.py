@@ -1,9 +1,242 @@
-"""Route module (to be written)."""
+"""Receiving invoices (PROTOCOL.md §6, §14.4): the metadata query, the download of one invoice, and the
+selection logic exports.py shares.
+
+* Who sees what: an accepted invoice belongs to every context that is a party to it. subjectType
+  Subject1 = seller (Podmiot1 NIP), Subject2 = buyer (Podmiot2 NIP), Subject3 = a third subject (NIP,
+  or InternalId equal to the context), SubjectAuthorized = PodmiotUpowazniony; the NIP of an InternalId
+  or NipVatUe context is its NIP part. So an invoice one company sends to another appears in the
+  buyer's Subject2 view.
+* An invoice is readable from its permanentStorageDate on (before that: hidden from queries, 21165
+  for a download); the fault switch `late` pushes a share of invoices later than that, behind the HWM.
+* dateRange: `from` and `to` inclusive, `to` omitted = now, at most 100 days in UTC (21405, §14.4).
+  permanentStorageHwmDate = now - SimConfig.hwm_lag_s (reported for dateType PermanentStorage);
+  restrictToPermanentStorageHwmDate caps the selection at the HWM, and a `from` after the HWM is 21183
+  (query) or export status 420.
+* At most SimConfig.query_cap (10 000) records per filter set, in ascending (or the query's) order of
+  the chosen date; beyond it `isTruncated` (query) or a truncated package (export).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
 from aiohttp import web
+
+from . import faults, invoices, spec
+from .clock import WARSAW, iso, parse_iso
+from .errors import KsefException
+from .security import Caller
+from .spec import API_PREFIX
+from .world import WORLD, World
+
+MAX_RANGE = dt.timedelta(days=100)
+DATE_FIELDS = {"Issue": "issueDate", "Invoicing": "invoicingDate", "PermanentStorage": "permanentStorageDate"}
+KSEF_NUMBER = re.compile(spec.document()["components"]["schemas"]["KsefNumber"]["pattern"])
+AMOUNTS = {"Brutto": "grossAmount", "Netto": "netAmount", "Vat": "vatAmount"}
+
+
+def hwm(world: World) -> dt.datetime:
+    """permanentStorageHwmDate: everything stored at or before it is final (§6.1)."""
+    return world.clock.now() - dt.timedelta(seconds=world.config.hwm_lag_s)
+
+
+def _date(value: str, where: str) -> dt.datetime:
+    try:
+        return parse_iso(value)
+    except ValueError:
+        raise KsefException(21405, [f"{where}: {value!r} nie jest datą ISO-8601 (użyj np. "
+                                    "2026-01-31T00:00:00Z lub jawnego przesunięcia)."]) from None
+
+
+@dataclass(frozen=True)
+class Window:
+    date_type: str
+    start: dt.datetime
+    end: dt.datetime | None            # inclusive; None: open (now)
+    hwm: dt.datetime
+    restrict: bool
+
+    @property
+    def after_hwm(self) -> bool:
+        return self.restrict and self.date_type == "PermanentStorage" and self.start > self.hwm
+
+
+def window(world: World, filters: dict[str, Any]) -> Window:
+    """The filters' date window, after the 100-day rule; 21405 on a bad range."""
+    date_range = filters["dateRange"]
+    start = _date(date_range["from"], "dateRange.from")
+    end = _date(date_range["to"], "dateRange.to") if date_range.get("to") else None
+    now = world.clock.now()
+    if (end or now) < start:
+        raise KsefException(21405, ["dateRange: data 'to' jest wcześniejsza niż 'from'."])
+    if (end or now) - start > MAX_RANGE:
+        raise KsefException(21405, [f"dateRange: zakres od {iso(start)} do {iso(end or now)} przekracza 100 dni "
+                                    "(liczonych w UTC); podziel go na krótsze okna."])
+    return Window(date_range["dateType"], start, end, hwm(world),
+                  bool(date_range.get("restrictToPermanentStorageHwmDate")))
+
+
+def date_of(record: dict[str, Any], date_type: str) -> dt.datetime:
+    if date_type == "Issue":   # a day: its start in Warsaw time
+        day = dt.date.fromisoformat(record["facts"]["issueDate"])
+        return dt.datetime.combine(day, dt.time(), WARSAW).astimezone(dt.UTC)
+    return parse_iso(record[DATE_FIELDS[date_type]])
+
+
+# who is a party -----------------------------------------------------------------------------------
+
+def _party(facts: dict[str, Any], subject_type: str, context_type: str, context_value: str) -> bool:
+    nip = invoices.context_nip(context_type, context_value)
+    if subject_type == "Subject1":
+        return nip is not None and facts["sellerNip"] == nip
+    if subject_type == "Subject2":
+        buyer = facts["buyer"]["identifier"]
+        return nip is not None and buyer.get("type") == "Nip" and buyer.get("value") == nip
+    if subject_type == "Subject3":
+        return any((s["identifier"].get("type"), s["identifier"].get("value")) in
+                   {("Nip", nip), ("InternalId", context_value)} for s in facts["thirdSubjects"])
+    authorized = facts.get("authorizedSubject") or {}
+    return nip is not None and authorized.get("nip") == nip
+
+
+def is_party(record: dict[str, Any], caller: Caller) -> bool:
+    return any(_party(record["facts"], subject, caller.context_type, caller.context_value)
+               for subject in ("Subject1", "Subject2", "Subject3", "SubjectAuthorized"))
+
+
+def visible(world: World, record: dict[str, Any], now: dt.datetime) -> bool:
+    since = faults.visible_from(world, record)
+    return since is not None and since <= now
+
+
+# filters ---------------------------------------------------------------------------------------------
+
+def _amount_ok(facts: dict[str, Any], amount: dict[str, Any] | None) -> bool:
+    if not amount:
+        return True
+    value = float(facts[AMOUNTS[amount["type"]]])
+    low, high = amount.get("from"), amount.get("to")
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def _buyer_ok(facts: dict[str, Any], wanted: dict[str, Any] | None) -> bool:
+    if not wanted:
+        return True
+    identifier = facts["buyer"]["identifier"]
+    return identifier.get("type") == wanted["type"] and (not wanted.get("value") or
+                                                         identifier.get("value") == wanted["value"])
+
+
+def matches(record: dict[str, Any], filters: dict[str, Any]) -> bool:
+    """The InvoiceQueryFilters other than subjectType and dateRange."""
+    facts = record["facts"]
+    checks = (
+        ("ksefNumber", lambda v: record["ksefNumber"] == v),
+        ("invoiceNumber", lambda v: facts["invoiceNumber"] == v),
+        ("sellerNip", lambda v: facts["sellerNip"] == v),
+        ("currencyCodes", lambda v: not v or facts["currency"] in v),
+        ("invoicingMode", lambda v: record["invoicingMode"] == v),
+        ("isSelfInvoicing", lambda v: facts["isSelfInvoicing"] == v),
+        ("formType", lambda v: facts["formCode"]["value"] == v),
+        ("invoiceTypes", lambda v: not v or facts["invoiceType"] in v),
+        ("hasAttachment", lambda v: facts["hasAttachment"] == v),
+    )
+    for name, check in checks:
+        if filters.get(name) is not None and not check(filters[name]):
+            return False
+    return _amount_ok(facts, filters.get("amount")) and _buyer_ok(facts, filters.get("buyerIdentifier"))
+
+
+def select(world: World, caller: Caller, filters: dict[str, Any], span: Window,
+           descending: bool = False) -> list[dict[str, Any]]:
+    """Every readable invoice of the caller's context matching the filters, sorted by the window's date."""
+    now = world.clock.now()
+    found: list[tuple[dt.datetime, str, dict[str, Any]]] = []
+    for record in _candidates(world):
+        if not _party(record["facts"], filters["subjectType"], caller.context_type, caller.context_value):
+            continue
+        if not visible(world, record, now) or not matches(record, filters):
+            continue
+        when = date_of(record, span.date_type)
+        if when < span.start or (span.end is not None and when > span.end):
+            continue
+        if span.restrict and parse_iso(record["permanentStorageDate"]) > span.hwm:
+            continue
+        found.append((when, record["permanentStorageDate"], record))
+    found.sort(key=lambda item: (item[0], item[1]), reverse=descending)
+    return [record for _, _, record in found]
+
+
+def _candidates(world: World) -> Iterable[dict[str, Any]]:
+    return (r for r in invoices.accepted(world) if r.get("facts") and r.get("permanentStorageDate"))
+
+
+# POST /invoices/query/metadata ---------------------------------------------------------------------
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int | None) -> int:
+    raw = request.query.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise KsefException(21405, [f"{name}: {raw!r} nie jest liczbą całkowitą."]) from None
+    if value < low or (high is not None and value > high):
+        raise KsefException(21405, [f"{name}: {value} jest poza zakresem {low}..{high if high else '∞'}."])
+    return value
+
+
+async def query_metadata(request: web.Request) -> web.Response:
+    """POST /invoices/query/metadata (QueryInvoicesMetadataResponse, §6.1)."""
+    world = request.app[WORLD]
+    caller = world.caller(request)
+    filters = await spec.json_body(request)
+    order = request.query.get("sortOrder", "Asc")
+    if order not in ("Asc", "Desc"):
+        raise KsefException(21405, [f"sortOrder: {order!r}; dozwolone wartości to Asc i Desc."])
+    offset = _int_param(request, "pageOffset", 0, 0, None)
+    size = _int_param(request, "pageSize", 10, 10, 250)
+    span = window(world, filters)
+    if span.after_hwm:
+        raise KsefException(21183, ["Parametr dateRange.from jest późniejszy niż PermanentStorageHwmDate przy "
+                                    "włączonym restrictToPermanentStorageHwmDate."])
+    records = select(world, caller, filters, span, descending=order == "Desc")
+    cap = world.config.query_cap
+    capped = records[:cap]
+    page = capped[offset * size:(offset + 1) * size]
+    body: dict[str, Any] = {"hasMore": (offset + 1) * size < len(records),
+                            "isTruncated": len(records) > cap and (offset + 1) * size >= cap,
+                            "invoices": [invoices.invoice_metadata(r) for r in page]}
+    if span.date_type == "PermanentStorage":
+        body["permanentStorageHwmDate"] = iso(span.hwm)
+    return web.json_response(body)
+
+
+# GET /invoices/ksef/{ksefNumber} --------------------------------------------------------------------
+
+async def download(request: web.Request) -> web.Response:
+    """The exact original bytes and their SHA-256 in `x-ms-meta-hash` (§6.2)."""
+    world = request.app[WORLD]
+    caller = world.caller(request)
+    number = request.match_info["ksefNumber"]
+    if not KSEF_NUMBER.match(number):
+        raise KsefException(21405, [f"ksefNumber: {number!r} nie jest numerem KSeF (NIP-RRRRMMDD-12 znaków "
+                                    "szesnastkowych-suma kontrolna)."])
+    record = invoices.by_ksef_number(world, number)
+    if record is None or not record.get("facts") or not is_party(record, caller):
+        raise KsefException(21164, [f"Faktura o numerze KSeF {number} nie została znaleziona."])
+    data = invoices.invoice_bytes(world, record)
+    if data is None or not visible(world, record, world.clock.now()):
+        raise KsefException(21165, [f"Faktura o numerze KSeF {number} została przetworzona, ale nie jest jeszcze "
+                                    "dostępna do pobrania. Spróbuj ponownie później."])
+    return web.Response(body=data, content_type="application/xml", headers={"x-ms-meta-hash": record["invoiceHash"]})
 
 
 def register(app: web.Application) -> None:
-    """Add this module's routes to the simulator's application."""
+    from . import exports     # exports builds on this module's selection
+
+    app.router.add_post(f"{API_PREFIX}/invoices/query/metadata", query_metadata)
+    app.router.add_get(f"{API_PREFIX}/invoices/ksef/{{ksefNumber}}", download)
+    exports.register(app)

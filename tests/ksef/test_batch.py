@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog.testing
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from lxml import etree
@@ -234,17 +235,20 @@ async def test_results_can_be_read_after_a_restart_from_the_reference_and_manife
     assert [r.accepted for r in outcome.results] == [True] * 4
 
 
-async def test_uploads_survive_5xx_and_dropped_connections(
+async def test_uploads_survive_dropped_connections(
         sim_factory: Any, batch_context: Callable[..., Any], http: aiohttp.ClientSession, tmp_path: Path) -> None:
     sim = await sim_factory(config=SimConfig(limits_profile="off"))
     ctx = await batch_context(sim, retry=RetryPolicy(attempts=10, base_delay=0.01, max_delay=0.05))
     await ctx.authenticate()
     prepared = await prepare_batch_async(invoices(30, start=900), tmp_path, part_size=8000)
     assert len(prepared.parts) >= 5
-    async with http.post(f"{sim.root_url}/sim/faults", json={"spec": "5xx=0.3,drop=0.2,seed=7"}) as resp:
+    async with http.post(f"{sim.root_url}/sim/faults", json={"spec": "drop=0.3,seed=7"}) as resp:
         assert resp.status == 200
-    outcome = await sender(ctx).send(prepared)
+    with structlog.testing.capture_logs() as events:
+        outcome = await sender(ctx).send(prepared)
     assert outcome.session_ok and all(r.accepted for r in outcome.results)
+    dropped_uploads = [e for e in events if e["event"] == "ksef.request_failed" and e["path"].startswith("presigned:")]
+    assert dropped_uploads, "the fault switch dropped no upload; pick another seed"
 
 
 async def test_a_part_changed_on_disk_is_not_uploaded(
@@ -255,9 +259,8 @@ async def test_a_part_changed_on_disk_is_not_uploaded(
     batch = sender(ctx)
     opened = await batch.open(prepared)
     prepared.parts[0].path.write_bytes(b"\x00" * prepared.parts[0].size)
-    with pytest.raises(ExceptionGroup) as caught:
+    with pytest.raises(ProtocolError, match="changed on disk"):
         await batch.upload(prepared, opened)
-    assert caught.group_contains(ProtocolError, match="changed on disk")
 
 
 @pytest.mark.timeout(600)

@@ -9,7 +9,6 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 
-from ksefd.samples import make_invoice
 from ksefd.sim.clock import ManualClock
 from tests.conftest import SAMPLES
 from tests.support.batch_flow import Batch, invoices, split, targz_archive, zip_archive
@@ -21,12 +20,17 @@ NIP = "9999999999"
 WARSAW = ZoneInfo("Europe/Warsaw")
 
 
+def config() -> Any:
+    # Long-lived access tokens: these tests move a ManualClock past the 15-minute default.
+    return sim_config(access_token_ttl_s=6 * 3600)
+
+
 async def batch_for(sim: Any, http: aiohttp.ClientSession, nip: str = NIP) -> Batch:
     return Batch(http, sim.base_url, await access_token(http, sim.base_url, nip))
 
 
 async def test_zip_in_two_parts_each_invoice_judged_on_its_own(sim_factory: Any, http: aiohttp.ClientSession) -> None:
-    sim = await sim_factory(config=sim_config())
+    sim = await sim_factory(config=config())
     batch = await batch_for(sim, http)
     files = [*invoices(TEMPLATE, 4), ("broken.xml", b"<Faktura>not FA(3)</Faktura>")]
     opened = await batch.submit(zip_archive(files), parts=2)
@@ -48,7 +52,7 @@ async def test_zip_in_two_parts_each_invoice_judged_on_its_own(sim_factory: Any,
 
 
 async def test_targz_package(sim_factory: Any, http: aiohttp.ClientSession) -> None:
-    sim = await sim_factory(config=sim_config())
+    sim = await sim_factory(config=config())
     batch = await batch_for(sim, http)
     files = invoices(TEMPLATE, 3, prefix="T")
     await batch.submit(targz_archive(files), parts=3, compression="TarGz")
@@ -63,7 +67,7 @@ async def test_invoicing_date_is_the_opening_time_across_midnight(sim_factory: A
     because a batch's invoicingDate is the session's opening time (PROTOCOL.md §5.7, §8.3)."""
     midnight = dt.datetime.combine(dt.datetime.now(WARSAW).date() + dt.timedelta(days=1), dt.time(), WARSAW)
     clock = ManualClock((midnight - dt.timedelta(minutes=10)).astimezone(dt.UTC))
-    sim = await sim_factory(config=sim_config(), clock=clock)
+    sim = await sim_factory(config=config(), clock=clock)
     batch = await batch_for(sim, http)
     opening_day = (midnight - dt.timedelta(minutes=10)).date()
     archive = zip_archive(invoices(TEMPLATE, 2, issue_date=opening_day))
@@ -82,7 +86,7 @@ async def test_invoicing_date_is_the_opening_time_across_midnight(sim_factory: A
 async def test_upload_url_refuses_bearer_bad_signature_missing_header_and_late_uploads(
         sim_factory: Any, http: aiohttp.ClientSession) -> None:
     clock = ManualClock()
-    sim = await sim_factory(config=sim_config(), clock=clock)
+    sim = await sim_factory(config=config(), clock=clock)
     batch = await batch_for(sim, http)
     archive = zip_archive(invoices(TEMPLATE, 2))
     encrypted = batch.encrypt(split(archive, 2))
@@ -102,7 +106,7 @@ async def test_upload_url_refuses_bearer_bad_signature_missing_header_and_late_u
 
 async def test_close_checks_parts_and_the_upload_window(sim_factory: Any, http: aiohttp.ClientSession) -> None:
     clock = ManualClock()
-    sim = await sim_factory(config=sim_config(), clock=clock)
+    sim = await sim_factory(config=config(), clock=clock)
     batch = await batch_for(sim, http)
     archive = zip_archive(invoices(TEMPLATE, 3))
     encrypted = batch.encrypt(split(archive, 2))
@@ -130,7 +134,7 @@ async def test_close_checks_parts_and_the_upload_window(sim_factory: Any, http: 
 async def test_window_passing_without_close_cancels_the_session(sim_factory: Any,
                                                                 http: aiohttp.ClientSession) -> None:
     clock = ManualClock()
-    sim = await sim_factory(config=sim_config(), clock=clock)
+    sim = await sim_factory(config=config(), clock=clock)
     batch = await batch_for(sim, http)
     archive = zip_archive(invoices(TEMPLATE, 1))
     encrypted = batch.encrypt([archive])
@@ -142,7 +146,7 @@ async def test_window_passing_without_close_cancels_the_session(sim_factory: Any
 
 
 async def test_second_close_is_21180(sim_factory: Any, http: aiohttp.ClientSession) -> None:
-    sim = await sim_factory(config=sim_config())
+    sim = await sim_factory(config=config())
     batch = await batch_for(sim, http)
     await batch.submit(zip_archive(invoices(TEMPLATE, 1)))
     async with batch.close_raw() as resp:

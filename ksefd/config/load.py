@@ -1,28 +1,7 @@
-"""The configuration file (DESIGN.md, config contract; issues #5 and #6): parsed once, validated once.
-
-TOML is read with tomllib and converted into msgspec Structs that reject unknown keys; then the
-values are checked (NIP checksums, credentials present, names and folders unique). Every problem
-found is collected into one `ConfigError`, each naming the field path, the value and the fix, e.g.
-`companies[1].nip: "5265877636" fails the NIP checksum ...`. Company indexes count from 0, in the
-order of the `[[companies]]` blocks; the company's name is added when it is known.
-
-Paths: relative paths resolve against the config file's folder. A credential given as a bare name
-(no folder part) is looked up first in systemd's `$CREDENTIALS_DIRECTORY` (LoadCredential=), then
-beside the config file.
-
-Uniqueness, and why:
-* company names, case-insensitively: each names a folder (`data_dir/<name>`, Windows and macOS
-  folders ignore case), a label in logs and status, and the key of its rows in the state database;
-* NIP per KSeF target (environment or base URL): KSeF keeps rate limits, the HWM checkpoint and the
-  duplicate key per NIP context, so two entries for one NIP would spend one quota twice and deliver
-  the same invoices twice. The same NIP on TEST and on PROD are different contexts and allowed;
-* every company folder (outbox, sent, rejected, inbox) across all companies: a shared outbox would
-  send one invoice as two companies, a shared inbox would mix their purchases.
-"""
+"""Reading and validating the configuration file; every problem is collected into one ConfigError."""
 
 from __future__ import annotations
 
-import datetime as dt
 import difflib
 import ipaddress
 import os
@@ -30,158 +9,28 @@ import re
 import shutil
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 
-Environment = Literal["test", "demo", "prod"]
-SubjectType = Literal["Subject1", "Subject2", "Subject3", "SubjectAuthorized"]
-NIP_WEIGHTS = (6, 5, 7, 2, 3, 4, 5, 6, 7)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_MARKER = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
-_PKCS12 = (".p12", ".pfx")
-Positive = Annotated[float, msgspec.Meta(gt=0)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
-
-
-class ConfigError(Exception):
-    """The configuration is unusable; `problems` lists every finding. The CLI exits 78 (EX_CONFIG)."""
-
-    def __init__(self, problems: list[str], source: Path | None = None) -> None:
-        self.problems = problems
-        self.source = source
-        where = f" in {source}" if source else ""
-        super().__init__(f"invalid configuration{where}:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    pass
-
-
-class _KsefSection(_Strict, frozen=True):
-    environment: Environment = "test"
-    base_url: str | None = None
-
-
-class _DaemonSection(_Strict, frozen=True):
-    data_dir: str
-    state_db: str | None = None                      # default: data_dir/state.sqlite3
-    rescan_interval_seconds: Positive = 30.0         # watchfiles misses events on network shares
-    settle_seconds: NonNegative = 2.0                # size and mtime unchanged this long = finished
-    shutdown_grace_seconds: NonNegative = 30.0
-    log_format: Literal["auto", "console", "json"] = "auto"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-
-
-class SendingOptions(_Strict, frozen=True):
-    """Sending policy ([sending], overridable per company in [companies.sending])."""
-
-    batch_threshold: Annotated[int, msgspec.Meta(ge=1)] = 100      # queue length that switches to batch
-    batch_max_invoices: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10_000   # PROTOCOL.md §5
-    online_idle_close_seconds: Positive = 300.0      # close an idle online session (and fetch its UPO)
-    retry_min_seconds: Positive = 60.0               # first backoff after a transient failure
-    retry_max_seconds: Positive = 3600.0             # backoff cap (doubling in between)
-    hold_retry_seconds: Positive = 900.0             # slow retry of a company on hold
-
-
-class ReceivingOptions(_Strict, frozen=True):
-    """Receiving options ([receiving], overridable per company in [companies.receiving])."""
-
-    subject_types: tuple[SubjectType, ...] = ("Subject2",)
-    backfill_from: dt.date | None = None             # None: start from the first run, no history
-    inbox_layout: Literal["flat", "year-month"] = "flat"
-    cycle_minutes: Annotated[float, msgspec.Meta(ge=1)] = 15.0    # per subject type (PROTOCOL.md §6.4)
-    reconcile: bool = True
-    reconcile_at: dt.time = dt.time(2, 30)           # Europe/Warsaw local time, nightly
-    reconcile_window_days: Annotated[int, msgspec.Meta(ge=1, le=365)] = 7
-    hook_command: tuple[str, ...] | None = None      # argv; the delivered XML's path is appended
-    hook_marker_suffix: str | None = None            # e.g. ".ready": <ksefNumber>.ready after delivery
-    hook_timeout_seconds: Positive = 60.0
-
-
-class _CompanySection(_Strict, frozen=True):
-    name: str
-    nip: str
-    send: bool = True
-    receive: bool = True
-    token_file: str | None = None
-    certificate: str | None = None
-    private_key: str | None = None
-    private_key_password_file: str | None = None
-    environment: Environment | None = None
-    base_url: str | None = None
-    outbox: str | None = None
-    sent: str | None = None
-    rejected: str | None = None
-    inbox: str | None = None
-    sending: dict[str, Any] | None = None
-    receiving: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Credentials:
-    token_file: Path | None = None
-    certificate: Path | None = None
-    private_key: Path | None = None
-    private_key_password_file: Path | None = None
-
-    @property
-    def kind(self) -> Literal["token", "certificate", "none"]:
-        return "token" if self.token_file else "certificate" if self.certificate else "none"
-
-
-@dataclass(frozen=True)
-class Folders:
-    outbox: Path
-    sent: Path
-    rejected: Path
-    inbox: Path
-
-
-@dataclass(frozen=True)
-class Company:
-    name: str
-    nip: str
-    send: bool
-    receive: bool
-    environment: Environment
-    base_url: str | None          # None: the environment's official URL (ksefd.ksef.environments)
-    credentials: Credentials
-    folders: Folders
-    sending: SendingOptions
-    receiving: ReceivingOptions
-
-
-@dataclass(frozen=True)
-class Config:
-    source: Path | None
-    environment: Environment
-    base_url: str | None
-    data_dir: Path
-    state_db: Path
-    rescan_interval_seconds: float
-    settle_seconds: float
-    shutdown_grace_seconds: float
-    log_format: Literal["auto", "console", "json"]
-    log_level: Literal["debug", "info", "warning", "error"]
-    companies: tuple[Company, ...]
-
-    def company(self, name: str) -> Company:
-        for company in self.companies:
-            if company.name == name:
-                return company
-        raise KeyError(name)
-
-
-def nip_is_valid(nip: str) -> bool:
-    """10 digits whose weighted sum (6,5,7,2,3,4,5,6,7) mod 11 is the last digit (10 is never valid)."""
-    if len(nip) != 10 or not nip.isascii() or not nip.isdigit():
-        return False
-    check = sum(int(d) * w for d, w in zip(nip, NIP_WEIGHTS, strict=False)) % 11
-    return check != 10 and check == int(nip[9])
+from .model import (
+    MARKER_PATTERN,
+    NAME_PATTERN,
+    PKCS12_SUFFIXES,
+    Company,
+    CompanySection,
+    Config,
+    ConfigError,
+    Credentials,
+    DaemonSection,
+    Folders,
+    KsefSection,
+    ReceivingOptions,
+    SendingOptions,
+    nip_is_valid,
+)
 
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
@@ -264,10 +113,10 @@ class _Builder:
     def build(self, raw: dict[str, Any], source: Path | None) -> Config | None:
         for key in sorted(set(raw) - _TOP):
             self.problem(key, _MISSING, f"unknown top-level key; known: {', '.join(sorted(_TOP))}")
-        ksef = self.convert(raw.get("ksef"), _KsefSection, "ksef")
+        ksef = self.convert(raw.get("ksef"), KsefSection, "ksef")
         if "daemon" not in raw:
             self.problem("daemon.data_dir", _MISSING, "is required (a [daemon] table with data_dir)")
-        daemon = self.convert(raw.get("daemon"), _DaemonSection, "daemon") if "daemon" in raw else None
+        daemon = self.convert(raw.get("daemon"), DaemonSection, "daemon") if "daemon" in raw else None
         # A bad [sending]/[receiving] is reported once here, not again under every company.
         sending = raw.get("sending") or {}
         receiving = raw.get("receiving") or {}
@@ -296,7 +145,7 @@ class _Builder:
                       settle_seconds=daemon.settle_seconds, shutdown_grace_seconds=daemon.shutdown_grace_seconds,
                       log_format=daemon.log_format, log_level=daemon.log_level, companies=ready)
 
-    def company(self, raw: Any, index: int, ksef: _KsefSection, data_dir: Path, sending: Any,
+    def company(self, raw: Any, index: int, ksef: KsefSection, data_dir: Path, sending: Any,
                 receiving: Any) -> Company | None:
         path = f"companies[{index}]"
         before = len(self.problems)
@@ -307,9 +156,9 @@ class _Builder:
                 for i in range(before, len(self.problems)):
                     self.problems[i] += f' (company "{raw["name"]}")'
 
-    def _company(self, raw: Any, path: str, ksef: _KsefSection, data_dir: Path, sending: Any,
+    def _company(self, raw: Any, path: str, ksef: KsefSection, data_dir: Path, sending: Any,
                  receiving: Any) -> Company | None:
-        section = self.convert(raw, _CompanySection, path)
+        section = self.convert(raw, CompanySection, path)
         if section is None:
             return None
         before = len(self.problems)
@@ -344,7 +193,7 @@ class _Builder:
         return path if path.is_absolute() else self.base_dir / path
 
     def check_name(self, path: str, name: str) -> None:
-        if not _NAME.match(name):
+        if not NAME_PATTERN.match(name):
             self.problem(path, name, "is not a usable name: use 1-64 letters, digits, '-' or '_', starting "
                                      "with a letter or digit (it names the folder data_dir/<name>)")
 
@@ -364,11 +213,11 @@ class _Builder:
             self.problem(path, url, "uses plain http to another machine; tokens would travel unencrypted: "
                                     "use https (plain http is allowed only for 127.0.0.1/localhost)")
 
-    def credentials(self, path: str, section: _CompanySection) -> Credentials:
+    def credentials(self, path: str, section: CompanySection) -> Credentials:
         names = ("token_file", "certificate", "private_key", "private_key_password_file")
         found = {n: self.credential(f"{path}.{n}", getattr(section, n)) for n in names}
         creds = Credentials(**found)
-        pkcs12 = section.certificate is not None and section.certificate.lower().endswith(_PKCS12)
+        pkcs12 = section.certificate is not None and section.certificate.lower().endswith(PKCS12_SUFFIXES)
         if section.token_file and section.certificate:
             self.problem(f"{path}.token_file", _MISSING, "and certificate are both set: choose one way to "
                                                         "authenticate (a KSeF token or a certificate)")
@@ -411,7 +260,7 @@ class _Builder:
         elif len(set(options.subject_types)) != len(options.subject_types):
             self.problem(f"{path}.subject_types", list(options.subject_types), "lists a subject type twice")
         if options.hook_marker_suffix is not None and (
-                not _MARKER.match(options.hook_marker_suffix)
+                not MARKER_PATTERN.match(options.hook_marker_suffix)
                 or options.hook_marker_suffix.lower() in (".xml", ".json")):
             self.problem(f"{path}.hook_marker_suffix", options.hook_marker_suffix,
                          "must be a file suffix such as \".ready\" (a dot, then letters/digits; not .xml/.json)")
