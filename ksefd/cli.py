@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ksefd import __version__
 from ksefd.logs import configure_logging
+
+if TYPE_CHECKING:
+    from ksefd.config import Config
 
 EX_CONFIG = 78  # sysexits.h EX_CONFIG: bad configuration
 
@@ -30,12 +35,28 @@ def _sim_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="seconds permanentStorageHwmDate trails now")
 
 
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run the daemon: send every company's outbox to KSeF")
+    p.add_argument("-c", "--config", type=Path, required=True, help="the config file (see config.example.toml)")
+    p.add_argument("--once", action="store_true",
+                   help="drain mode: exit once every file dropped so far is finished (accepted or rejected)")
+
+
+def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="per company: queued, in KSeF, accepted today, rejected, holds, errors")
+    p.add_argument("-c", "--config", type=Path, required=True, help="the config file of the daemon")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ksefd", description="KSeF (API 2.0) daemon for file-based ERPs")
     parser.add_argument("--version", action="version", version=f"ksefd {__version__}")
-    parser.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")
+    parser.add_argument("--log-format", choices=["auto", "console", "json"], default=None,
+                        help="log format (default: the config's log_format, else auto)")
     sub = parser.add_subparsers(dest="command", required=True)
     _sim_parser(sub)
+    _run_parser(sub)
+    _status_parser(sub)
     return parser
 
 
@@ -52,9 +73,16 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
+    from ksefd.sim import faults
     from ksefd.sim.app import serve
+    from ksefd.sim.clock import SystemClock
     from ksefd.sim.config import SimConfig
 
+    try:    # a bad switch stops the start with the switch and the fix, not a traceback
+        faults.parse(args.faults, SystemClock().now())
+    except ValueError as exc:
+        print(f"ksefd sim: --faults: {exc}", file=sys.stderr)
+        return EX_CONFIG
     config = SimConfig(host=args.host, port=args.port, state_path=args.state, limits_profile=args.limits,
                        faults=args.faults, processing_delay_s=args.processing_delay, hwm_lag_s=args.hwm_lag)
     stop = asyncio.Event()
@@ -67,12 +95,52 @@ async def _run_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(path: Path) -> Config:
+    from ksefd.config import load_config
+    return load_config(path)
+
+
+async def _run_daemon(config: Config, once: bool) -> int:
+    from ksefd.daemon.service import serve
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    await serve(config, stop, once=once)
+    return 0
+
+
+async def _show_status(config: Config, as_json: bool) -> int:
+    from ksefd.clock import SystemClock
+    from ksefd.daemon.status import gather, render, to_json_text
+    from ksefd.store import Store
+
+    if not config.state_db.exists():
+        print(f"no state database yet at {config.state_db}: ksefd has not run with this config", file=sys.stderr)
+        return 1
+    async with await Store.open(config.state_db) as store:
+        status = await gather(store, config, SystemClock())
+    print(to_json_text(status) if as_json else render(status))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_format)
     if args.command == "sim":
+        configure_logging(args.log_format or "auto")
         return asyncio.run(_run_sim(args))
+    from ksefd.config import ConfigError
+    try:
+        config = _load(args.config)
+    except ConfigError as error:
+        print(f"ksefd: {error}", file=sys.stderr)
+        return EX_CONFIG
+    level = getattr(logging, config.log_level.upper())
+    configure_logging(args.log_format or config.log_format, level)
+    if args.command == "run":
+        return asyncio.run(_run_daemon(config, args.once))
+    if args.command == "status":
+        return asyncio.run(_show_status(config, args.json))
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -23,7 +23,7 @@ from typing import IO, Any
 from .batch_archive import CHUNK, TAR_GZ, ZIP
 from .crypto import SymmetricKey, b64
 from .errors import ProtocolError
-from .receiving import check_ksef_number, day_start, instant_text
+from .receiving import check_ksef_number, day_start, instant_text, parse_instant
 
 METADATA_NAME = "_metadata.json"
 MAX_INVOICE_BYTES = 10_000_000        # an invoice is at most 3 MB with attachments (§5); leave room
@@ -36,8 +36,9 @@ def next_checkpoint(package: Mapping[str, Any], date_type: str = "PermanentStora
                     window_to: str | None = None) -> str:
     """Where the next adjacent window starts (§6.4 step 3), as KSeF's own date string.
 
-    Truncated package -> its last{DateType}Date; otherwise the permanentStorageHwmDate (PermanentStorage)
-    or, for the other date types, which have no HWM, the `to` of the window just exported."""
+    Truncated package -> its last{DateType}Date; otherwise the permanentStorageHwmDate (PermanentStorage),
+    or the window's own `to` when that is earlier, and for the other date types, which have no HWM, the
+    `to` of the window just exported."""
     if package.get("isTruncated"):
         last = package.get(LAST_DATE_FIELDS[date_type])
         if not isinstance(last, str):
@@ -47,6 +48,10 @@ def next_checkpoint(package: Mapping[str, Any], date_type: str = "PermanentStora
         hwm = package.get("permanentStorageHwmDate")
         if not isinstance(hwm, str):
             raise ProtocolError("the export package has no permanentStorageHwmDate; keep the old checkpoint")
+        # A window with an explicit end (a backfill capped at 100 days) covered nothing after that end, whatever
+        # HWM the server reports for "now": continuing from the HWM would leave a gap.
+        if window_to is not None and parse_instant(instant_text(window_to)) < parse_instant(hwm):
+            return instant_text(window_to)
         return instant_text(hwm)
     if window_to is None:
         raise ValueError(f"a complete {date_type} export continues from the window's end: pass window_to")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,13 +149,19 @@ class OnlineSender:
         return current
 
     async def send(self, invoice: bytes, *, offline_mode: bool = False,
-                   hash_of_corrected_invoice: str | None = None) -> SentInvoice:
-        """Send the exact `invoice` bytes; returns the invoice reference number (PROTOCOL.md §4.2)."""
+                   hash_of_corrected_invoice: str | None = None,
+                   before_post: Callable[[OnlineSession], Awaitable[None]] | None = None) -> SentInvoice:
+        """Send the exact `invoice` bytes; returns the invoice reference number (PROTOCOL.md §4.2).
+
+        `before_post(session)` is awaited right before each POST, once per session tried: the daemon
+        persists its intent (this invoice, into that session) there before the bytes can reach KSeF."""
         plain = digest(invoice)
         avoid: OnlineSession | None = None
         for attempt in range(1, self.options.session_attempts + 1):
             session = await self._claim(avoid)
             try:
+                if before_post is not None:
+                    await before_post(session)
                 reference = await self._post(session, invoice, offline_mode, hash_of_corrected_invoice)
             except KsefException as exc:
                 moved = next((c for c in exc.codes if c in _MOVE_ON), None)

@@ -200,7 +200,7 @@ class RateLimiter:
     little, because KSeF stamps a request when it arrives and network latency varies."""
 
     def __init__(self, limits: Mapping[str, GroupLimits] | None = None, *, now: Now = time.time,
-                 sleep: Sleep = asyncio.sleep, margin: float = 0.1, store: LimiterStore | None = None) -> None:
+                 sleep: Sleep = asyncio.sleep, margin: float = 0.25, store: LimiterStore | None = None) -> None:
         self._defaults: dict[str, GroupLimits] = dict(limits or PRODUCTION_LIMITS)
         self._per_context: dict[str, dict[str, GroupLimits]] = {}
         self._now = now

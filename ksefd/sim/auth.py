@@ -18,7 +18,7 @@ from .clock import epoch_ms, iso
 from .errors import Forbidden, KsefException
 from .ids import reference_number
 from .security import bearer, client_ip
-from .spec import API_PREFIX, json_body
+from .spec import API_PREFIX, check_parameters, json_body
 from .store import Record
 from .world import WORLD, World
 from .xades_verify import certificate_identity, is_self_signed, verify_auth_request
@@ -71,9 +71,8 @@ def _init_response(world: World, op: Record) -> web.Response:
 async def xades_signature(request: web.Request) -> web.Response:
     """POST /auth/xades-signature (PROTOCOL.md §3.3); synchronous checks give 400s, the rest the status."""
     world = request.app[WORLD]
-    verify_chain = request.query.get("verifyCertificateChain", "false").lower()
-    if verify_chain not in ("true", "false"):
-        raise KsefException(21405, [f"verifyCertificateChain: {verify_chain!r} nie jest wartością true/false."])
+    check_parameters(request)            # verifyCertificateChain must be a boolean
+    verify_chain = request.query.get("verifyCertificateChain", "false").strip().lower() == "true"
     raw = await request.read()
     signed = verify_auth_request(raw)
     record, problem = _challenge_problem(world, signed.challenge)
@@ -92,7 +91,7 @@ async def xades_signature(request: web.Request) -> web.Response:
         subject={"type": identity.type, "value": identity.value}, client_ip=client_ip(request),
         extra={"certificate": {"notBefore": cert.not_valid_before_utc.timestamp(),
                                "notAfter": cert.not_valid_after_utc.timestamp(),
-                               "selfSigned": is_self_signed(cert), "verifyChain": verify_chain == "true"},
+                               "selfSigned": is_self_signed(cert), "verifyChain": verify_chain},
                "allowedIps": signed.allowed_ips,
                # The UPO's SkrotDokumentuUwierzytelniajacego: SHA-256 of the document as received (§4.6).
                "documentHash": base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii")})
@@ -157,6 +156,7 @@ def _operation_for(request: web.Request, ref: str | None = None) -> Record:
     """The operation behind the Bearer authenticationToken (OperationToken), settled."""
     world = request.app[WORLD]
     payload = world.tokens.verify(bearer(request), "OperationToken")
+    check_parameters(request)            # a path referenceNumber must have 36 characters (21405)
     op = auth_ops.find(world, ref or payload["auth-ref"])
     if payload["auth-ref"] != op["referenceNumber"]:
         raise Forbidden("insufficient-resource-access", "Token uwierzytelniania dotyczy innej operacji.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import auth_ops, tokens
+from . import auth_ops, paging
 from .errors import Forbidden, KsefException, Unauthorized
 from .security import bearer
 from .spec import API_PREFIX
@@ -28,10 +28,10 @@ async def list_sessions(request: web.Request) -> web.Response:
     context = {"type": caller.context_type, "value": caller.context_value}
     found = [op for op in world.store.values(auth_ops.TABLE) if op["context"] == context and _active(world, op)]
     found.sort(key=lambda op: (op["startedAt"], op["referenceNumber"]), reverse=True)
-    chunk, following = tokens.page(request, found)
+    chunk, following = paging.page(request, found, "auth-sessions")
     items = [{"referenceNumber": op["referenceNumber"], "isCurrent": op["referenceNumber"] == caller.auth_reference,
               **auth_ops.describe(op)} for op in chunk]
-    return web.json_response({"continuationToken": following, "items": items})
+    return web.json_response(paging.with_token({"items": items}, following))
 
 
 def _current_reference(request: web.Request) -> str:

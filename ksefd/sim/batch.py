@@ -135,19 +135,10 @@ async def upload_part(request: web.Request) -> web.Response:
     return web.Response(status=201, headers={"Content-MD5": md5, "ETag": f'"0x{hashlib.sha1(data).hexdigest()[:16]}"'})
 
 
-def own_batch_session(world: World, request: web.Request) -> dict[str, Any]:
-    caller = world.caller(request)
-    reference = request.match_info["referenceNumber"]
-    session = sessions.get(world, reference)
-    if session is None or session["sessionType"] != "Batch" or not sessions.visible_to(caller, session):
-        raise KsefException(21173, [f"Sesja o numerze referencyjnym {reference} nie została znaleziona."])
-    return session
-
-
 async def close_session(request: web.Request) -> web.Response:
     """POST /sessions/batch/{ref}/close: 204, then processing in the background (§5.6)."""
     world = request.app[WORLD]
-    session = own_batch_session(world, request)
+    session = sessions.find(world, world.caller(request), request.match_info["referenceNumber"], "Batch")
     reference, code = session["referenceNumber"], session["status"]["code"]
     deadline = session.get("uploadDeadline")
     if code in (100, 440) and not session["closing"] and deadline and world.clock.now() >= parse_iso(deadline):

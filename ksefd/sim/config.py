@@ -23,6 +23,9 @@ class SimConfig:
     token_activation_delay_s: float = 1.0
     # Seconds an invoice spends in 100 and 150 before its verdict (0: as fast as possible).
     processing_delay_s: float = 0.0
+    # Documents per session UPO page (PROTOCOL.md §4.4: 10 000, the XSD's Dokument maxOccurs); tests of the
+    # paging shrink it instead of sending 10 001 invoices.
+    upo_page_size: int = 10_000
     # Name of the environment as the UPO spells it ("TE" adds the test suffix, "PRD" none).
     environment: str = "TE"
     # Rate-limit profile: "test" and "production" (both the PRD numbers since 2.5.0) or "off".
@@ -38,3 +41,7 @@ class SimConfig:
     export_part_size: int = 50_000_000
     export_delay_s: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.upo_page_size <= 10_000:
+            raise ValueError(f"upo_page_size must be 1..10000 (KSeF: 10000), not {self.upo_page_size}")

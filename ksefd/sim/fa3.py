@@ -103,38 +103,31 @@ def _amount(fa: etree._Element, names: tuple[str, ...], pln_suffix: str = "") ->
     return float(total)
 
 
+def _identifier(ids: etree._Element | None, *, internal_id: bool = False) -> dict[str, Any]:
+    """InvoiceMetadata's identifier of a subject's DaneIdentyfikacyjne: NIP, IDWew (Podmiot3 only), NrVatUE
+    with its KodUE, NrID, or None."""
+    if (nip := _text(ids, "NIP")) is not None:
+        return {"type": "Nip", "value": nip}
+    if internal_id and (internal := _text(ids, "IDWew")) is not None:
+        return {"type": "InternalId", "value": internal}
+    if (vat_ue := _text(ids, "NrVatUE")) is not None:
+        return {"type": "VatUe", "value": f"{_text(ids, 'KodUE') or ''}{vat_ue}"}
+    if (other := _text(ids, "NrID")) is not None:
+        return {"type": "Other", "value": other}
+    return {"type": "None"}
+
+
 def _buyer(podmiot2: etree._Element | None) -> dict[str, Any]:
     ids = podmiot2.find(_q("DaneIdentyfikacyjne")) if podmiot2 is not None else None
-    name = _text(ids, "Nazwa")
-    if ids is None:
-        return {"identifier": {"type": "None"}, "name": name}
-    if (nip := _text(ids, "NIP")) is not None:
-        identifier: dict[str, Any] = {"type": "Nip", "value": nip}
-    elif (vat_ue := _text(ids, "NrVatUE")) is not None:
-        identifier = {"type": "VatUe", "value": f"{_text(ids, 'KodUE') or ''}{vat_ue}"}
-    elif (other := _text(ids, "NrID")) is not None:
-        identifier = {"type": "Other", "value": other}
-    else:
-        identifier = {"type": "None"}
-    return {"identifier": identifier, "name": name}
+    return {"identifier": _identifier(ids), "name": _text(ids, "Nazwa")}
 
 
 def _third_subjects(root: etree._Element) -> list[dict[str, Any]]:
     subjects = []
     for node in root.findall(_q("Podmiot3")):
         ids = node.find(_q("DaneIdentyfikacyjne"))
-        if (nip := _text(ids, "NIP")) is not None:
-            identifier: dict[str, Any] = {"type": "Nip", "value": nip}
-        elif (internal := _text(ids, "IDWew")) is not None:
-            identifier = {"type": "InternalId", "value": internal}
-        elif (vat_ue := _text(ids, "NrVatUE")) is not None:
-            identifier = {"type": "VatUe", "value": f"{_text(ids, 'KodUE') or ''}{vat_ue}"}
-        elif (other := _text(ids, "NrID")) is not None:
-            identifier = {"type": "Other", "value": other}
-        else:
-            identifier = {"type": "None"}
         role = _text(node, "Rola")
-        subjects.append({"identifier": identifier, "name": _text(ids, "Nazwa"),
+        subjects.append({"identifier": _identifier(ids, internal_id=True), "name": _text(ids, "Nazwa"),
                          "role": int(role) if role and role.isdigit() else 0})
     return subjects
 

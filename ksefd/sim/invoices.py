@@ -195,8 +195,9 @@ def invoice_metadata(record: dict[str, Any]) -> dict[str, Any]:
         "currency": facts["currency"], "invoicingMode": record["invoicingMode"], "invoiceType": facts["invoiceType"],
         "formCode": facts["formCode"], "isSelfInvoicing": facts["isSelfInvoicing"],
         "hasAttachment": facts["hasAttachment"], "invoiceHash": record["invoiceHash"],
-        "hashOfCorrectedInvoice": record.get("hashOfCorrectedInvoice"),
     }
+    if record.get("hashOfCorrectedInvoice"):   # omitted, not null: the $ref'd hash is not nullable for validators
+        meta["hashOfCorrectedInvoice"] = record["hashOfCorrectedInvoice"]
     if facts["thirdSubjects"]:
         meta["thirdSubjects"] = facts["thirdSubjects"]
     if facts.get("authorizedSubject") and facts["authorizedSubject"].get("nip"):

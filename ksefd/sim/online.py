@@ -21,7 +21,6 @@ from . import aes, faults, invoices, sessions, spec
 from .clock import iso
 from .errors import KsefException
 from .permissions import attachments_allowed
-from .security import Caller
 from .spec import API_PREFIX
 from .world import WORLD, World
 
@@ -91,13 +90,6 @@ async def open_session(request: web.Request) -> web.Response:
                              status=201)
 
 
-def own_online_session(world: World, caller: Caller, reference: str) -> dict[str, Any]:
-    session = sessions.get(world, reference)
-    if session is None or session["sessionType"] != "Online" or not sessions.visible_to(caller, session):
-        raise KsefException(21173, [f"Sesja o numerze referencyjnym {reference} nie została odnaleziona."])
-    return session
-
-
 def _check_pair(data: bytes, size: int, digest: str, what: str) -> None:
     if len(data) != size:
         raise KsefException(21402, [f"Długość treści nie zgadza się z rozmiarem pliku ({what}: zadeklarowano "
@@ -119,17 +111,15 @@ async def send_invoice(request: web.Request) -> web.Response:
     world = request.app[WORLD]
     caller = world.caller(request)
     body = await spec.json_body(request)
-    session = own_online_session(world, caller, request.match_info["referenceNumber"])
-    code = session["status"]["code"]
+    session = sessions.find(world, caller, request.match_info["referenceNumber"], "Online", request=request)
+    reference, code = session["referenceNumber"], session["status"]["code"]
     if code != 100 or session["closing"]:
-        raise KsefException(21180, [f"Status sesji {code} uniemożliwia wysyłkę faktur."])
-    if faults.session_unavailable(world, session["referenceNumber"]):   # fault switch, PROTOCOL.md §14.3
-        raise KsefException(21184, [f"Sesja {session['referenceNumber']} jest tymczasowo niedostępna. "
-                                    "Otwórz nową sesję i wyślij w niej fakturę ponownie."])
+        raise KsefException(21180, spec.documented_details(request, 21180, code))
+    if faults.session_unavailable(world, reference):   # fault switch, PROTOCOL.md §14.3
+        raise KsefException(21184, spec.documented_details(request, 21184, reference))
     limit = sessions.limits(world, session)["maxInvoices"]
     if session["invoiceCount"] >= limit:
-        raise KsefException(21155, [f"Sesja o numerze referencyjnym {session['referenceNumber']} osiągnęła "
-                                    f"dozwolony limit liczby faktur {limit}."])
+        raise KsefException(21155, spec.documented_details(request, 21155, reference, limit))
     encrypted = b64decode(body["encryptedInvoiceContent"], "encryptedInvoiceContent")
     _check_pair(encrypted, body["encryptedInvoiceSize"], body["encryptedInvoiceHash"], "encryptedInvoice")
     plain = _decrypt(session, encrypted)
@@ -156,10 +146,10 @@ async def close_session(request: web.Request) -> web.Response:
     """POST /sessions/online/{ref}/close (PROTOCOL.md §4.3): 204, then 170 -> 200/440/445."""
     world = request.app[WORLD]
     caller = world.caller(request)
-    session = own_online_session(world, caller, request.match_info["referenceNumber"])
+    session = sessions.find(world, caller, request.match_info["referenceNumber"], "Online", request=request)
     code = session["status"]["code"]
     if code != 100 or session["closing"]:
-        raise KsefException(21180, [f"Status sesji {code} uniemożliwia jej zamknięcie."])
+        raise KsefException(21180, spec.documented_details(request, 21180, code))
     sessions.begin_closing(world, session)
     return web.Response(status=204)
 

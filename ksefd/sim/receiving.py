@@ -206,7 +206,7 @@ async def query_metadata(request: web.Request) -> web.Response:
     cap = world.config.query_cap
     capped = records[:cap]
     page = capped[offset * size:(offset + 1) * size]
-    body: dict[str, Any] = {"hasMore": (offset + 1) * size < len(records),
+    body: dict[str, Any] = {"hasMore": min((offset + 1) * size, cap) < len(records),
                             "isTruncated": len(records) > cap and (offset + 1) * size >= cap,
                             "invoices": [invoices.invoice_metadata(r) for r in page]}
     if span.date_type == "PermanentStorage":
@@ -235,7 +235,7 @@ async def download(request: web.Request) -> web.Response:
 
 
 def register(app: web.Application) -> None:
-    from . import exports     # exports builds on this module's selection
+    from . import exports  # exports builds on this module's selection
 
     app.router.add_post(f"{API_PREFIX}/invoices/query/metadata", query_metadata)
     app.router.add_get(f"{API_PREFIX}/invoices/ksef/{{ksefNumber}}", download)

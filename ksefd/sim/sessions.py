@@ -26,8 +26,11 @@ import base64
 import hashlib
 from typing import Any
 
-from . import faults, ids, upo
+from aiohttp import web
+
+from . import faults, ids, spec, upo
 from .clock import iso, parse_iso
+from .errors import KsefException
 from .security import Caller
 from .world import World
 
@@ -99,6 +102,21 @@ def get(world: World, reference: str) -> dict[str, Any] | None:
     if record is not None:
         expire_if_due(world, record)
     return record
+
+
+def find(world: World, caller: Caller, reference: str, session_type: str | None = None, *,
+         request: web.Request | None = None) -> dict[str, Any]:
+    """The session if the caller may see it (and it is of `session_type`), or 400 21173. Sessions of other
+    contexts, of other types and, for InvoiceWrite alone, of other subjects do not exist for the caller.
+    With `request`, the detail is worded as that operation's 400 table in openapi.json words it (send and close
+    say "odnaleziona", the reads "znaleziona")."""
+    session = get(world, reference)
+    if session is None or (session_type and session["sessionType"] != session_type) \
+            or not visible_to(caller, session):
+        documented = spec.documented_details(request, 21173, reference) if request is not None else None
+        raise KsefException(21173, documented or [f"Sesja o numerze referencyjnym {reference} nie została "
+                                                  "znaleziona."])
+    return session
 
 
 def visible_to(caller: Caller, session: dict[str, Any]) -> bool:
@@ -196,7 +214,7 @@ def finalize(world: World, reference: str) -> None:
         session["upoPages"] = [
             {"referenceNumber": ids.reference_number("EU", now), "number": p.number, "count": p.count,
              "first": p.first, "last": p.last, "total": p.total, "invoiceReferences": accepted[p.first - 1:p.last]}
-            for p in upo.pages(len(accepted))]
+            for p in upo.pages(len(accepted), world.config.upo_page_size)]
         set_status(world, session, 200)
 
 

@@ -10,69 +10,26 @@ UPO returns the same bytes and the same `x-ms-meta-hash`.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from typing import Any
 
 from aiohttp import web
 
-from . import invoices, presigned, sessions, upo
+from . import invoices, paging, presigned, sessions, spec, upo
 from .clock import iso, parse_iso
 from .errors import KsefException
-from .security import Caller
 from .spec import API_PREFIX
 from .world import WORLD, World
 
 UPO_TTL_S = 3 * 24 * 3600
 
 
-# paging --------------------------------------------------------------------------------------
-
-def page_size(request: web.Request) -> int:
-    raw = request.query.get("pageSize", "10")
-    try:
-        size = int(raw)
-    except ValueError:
-        raise KsefException(21405, [f"pageSize: {raw!r} nie jest liczbą całkowitą."]) from None
-    if not 10 <= size <= 1000:
-        raise KsefException(21405, [f"pageSize: {size} jest poza zakresem 10..1000."])
-    return size
-
-
-def offset_from(request: web.Request, scope: str) -> int:
-    """Decode `x-continuation-token` (ours: Base64 JSON {"s": scope, "o": offset}); 21418 if malformed."""
-    token = request.headers.get("x-continuation-token")
-    if not token:
-        return 0
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4)))
-        offset = data["o"]
-        if data["s"] != scope or not isinstance(offset, int) or offset < 0:
-            raise ValueError("token of another listing")
-    except (ValueError, KeyError, TypeError, UnicodeEncodeError, binascii.Error):
-        raise KsefException(21418, ["Przekazany token kontynuacji ma nieprawidłowy format."]) from None
-    return offset
-
-
-def token_for(scope: str, offset: int) -> str:
-    raw = json.dumps({"s": scope, "o": offset}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def paged(request: web.Request, items: list[Any], scope: str) -> tuple[list[Any], str | None]:
-    size, start = page_size(request), offset_from(request, scope)
-    chunk = items[start:start + size]
-    return chunk, token_for(scope, start + size) if start + size < len(items) else None
-
-
 # sessions ------------------------------------------------------------------------------------
 
-def find_session(world: World, caller: Caller, reference: str) -> dict[str, Any]:
-    session = sessions.get(world, reference)
-    if session is None or not sessions.visible_to(caller, session):
-        raise KsefException(21173, [f"Sesja o numerze referencyjnym {reference} nie została znaleziona."])
-    return session
+def _session(request: web.Request) -> tuple[World, dict[str, Any]]:
+    """The caller's session named by the path (21173 otherwise), after the checks of World.caller."""
+    world = request.app[WORLD]
+    caller = world.caller(request)
+    return world, sessions.find(world, caller, request.match_info["referenceNumber"], request=request)
 
 
 def counts(world: World, reference: str) -> tuple[int, int, int]:
@@ -94,8 +51,7 @@ def _page_url(world: World, request: web.Request, session: dict[str, Any], page:
 
 async def session_status(request: web.Request) -> web.Response:
     """GET /sessions/{ref} (SessionStatusResponse)."""
-    world = request.app[WORLD]
-    session = find_session(world, world.caller(request), request.match_info["referenceNumber"])
+    world, session = _session(request)
     total, ok, failed = counts(world, session["referenceNumber"])
     body: dict[str, Any] = {"status": _status(session), "dateCreated": session["dateCreated"],
                             "dateUpdated": session["dateUpdated"], "invoiceCount": total,
@@ -107,21 +63,18 @@ async def session_status(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def _date_filter(request: web.Request, name: str) -> Any:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        return parse_iso(raw)
-    except ValueError:
-        raise KsefException(21405, [f"{name}: {raw!r} nie jest poprawną datą ISO-8601."]) from None
+# (field of the session record, lower bound parameter, upper bound parameter); bounds are inclusive.
+DATE_FILTERS = (("dateCreated", "dateCreatedFrom", "dateCreatedTo"), ("dateClosed", "dateClosedFrom", "dateClosedTo"),
+                ("dateUpdated", "dateModifiedFrom", "dateModifiedTo"))
 
 
 def _matches(request: web.Request, session: dict[str, Any]) -> bool:
-    for field, lower, upper in (("dateCreated", "dateCreatedFrom", "dateCreatedTo"),
-                                ("dateClosed", "dateClosedFrom", "dateClosedTo"),
-                                ("dateUpdated", "dateModifiedFrom", "dateModifiedTo")):
-        low, high = _date_filter(request, lower), _date_filter(request, upper)
+    """The GET /sessions filters (their formats were checked by World.caller against openapi.json)."""
+    reference = request.query.get("referenceNumber")
+    if reference and session["referenceNumber"] != reference:
+        return False
+    for field, lower, upper in DATE_FILTERS:
+        low, high = (parse_iso(request.query[n]) if n in request.query else None for n in (lower, upper))
         if low is None and high is None:
             continue
         if not session.get(field):
@@ -133,39 +86,32 @@ def _matches(request: web.Request, session: dict[str, Any]) -> bool:
     return not wanted or sessions.common_status(session["status"]["code"]) in wanted
 
 
+def _list_item(world: World, session: dict[str, Any]) -> dict[str, Any]:
+    """SessionsQueryResponseItem."""
+    total, ok, failed = counts(world, session["referenceNumber"])
+    item: dict[str, Any] = {"referenceNumber": session["referenceNumber"], "status": _status(session),
+                            "dateCreated": session["dateCreated"], "dateUpdated": session["dateUpdated"],
+                            "totalInvoiceCount": total, "successfulInvoiceCount": ok, "failedInvoiceCount": failed}
+    if session.get("validUntil"):
+        item["validUntil"] = session["validUntil"]
+    return item
+
+
 async def list_sessions(request: web.Request) -> web.Response:
-    """GET /sessions: filtered, newest first, paged with x-continuation-token."""
+    """GET /sessions: filtered, newest first (dateCreated desc), paged with x-continuation-token."""
     world = request.app[WORLD]
     caller = world.caller(request)
-    session_type = request.query.get("sessionType")
-    if session_type not in ("Online", "Batch"):
-        raise KsefException(21405, [f"sessionType: wymagana wartość Online lub Batch, otrzymano {session_type!r}."])
-    for status in request.query.getall("statuses", []):
-        if status not in ("InProgress", "Succeeded", "Failed", "Cancelled"):
-            raise KsefException(21405, [f"statuses: nieznana wartość {status!r}."])
-    reference = request.query.get("referenceNumber")
+    session_type = request.query["sessionType"]          # required: World.caller checked it
     found = []
     for session in world.store.values(sessions.TABLE):
         if session["sessionType"] != session_type or not sessions.visible_to(caller, session):
-            continue
-        if reference and session["referenceNumber"] != reference:
             continue
         sessions.expire_if_due(world, session)
         if _matches(request, session):
             found.append(session)
     found.sort(key=lambda s: (s["dateCreated"], s["referenceNumber"]), reverse=True)
-    chunk, token = paged(request, found, f"sessions:{session_type}")
-    items = []
-    for session in chunk:
-        total, ok, failed = counts(world, session["referenceNumber"])
-        items.append({"referenceNumber": session["referenceNumber"], "status": _status(session),
-                      "dateCreated": session["dateCreated"], "dateUpdated": session["dateUpdated"],
-                      "validUntil": session.get("validUntil"), "totalInvoiceCount": total,
-                      "successfulInvoiceCount": ok, "failedInvoiceCount": failed})
-    body: dict[str, Any] = {"sessions": items}
-    if token:
-        body["continuationToken"] = token
-    return web.json_response(body)
+    chunk, token = paging.page(request, found, f"sessions:{session_type}")
+    return web.json_response(paging.with_token({"sessions": [_list_item(world, s) for s in chunk]}, token))
 
 
 # invoices ------------------------------------------------------------------------------------
@@ -180,17 +126,13 @@ def invoice_view(world: World, request: web.Request, record: dict[str, Any]) -> 
 
 
 async def _invoice_list(request: web.Request, failed_only: bool) -> web.Response:
-    world = request.app[WORLD]
-    session = find_session(world, world.caller(request), request.match_info["referenceNumber"])
+    world, session = _session(request)
     records = invoices.for_session(world, session["referenceNumber"])
     if failed_only:
         records = [r for r in records if r["status"]["code"] >= 400]
     scope = f"invoices:{session['referenceNumber']}:{'failed' if failed_only else 'all'}"
-    chunk, token = paged(request, records, scope)
-    body: dict[str, Any] = {"invoices": [invoice_view(world, request, r) for r in chunk]}
-    if token:
-        body["continuationToken"] = token
-    return web.json_response(body)
+    chunk, token = paging.page(request, records, scope)
+    return web.json_response(paging.with_token({"invoices": [invoice_view(world, request, r) for r in chunk]}, token))
 
 
 async def session_invoices(request: web.Request) -> web.Response:
@@ -203,19 +145,18 @@ async def failed_invoices(request: web.Request) -> web.Response:
     return await _invoice_list(request, failed_only=True)
 
 
-def _session_invoice(world: World, session: dict[str, Any], reference: str) -> dict[str, Any] | None:
-    record = invoices.get(world, reference)
-    if record is None or record["sessionReferenceNumber"] != session["referenceNumber"]:
+def _of_session(session: dict[str, Any] | None, record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`record` if it is an invoice of `session`: another session's invoice does not exist here."""
+    if session is None or record is None or record["sessionReferenceNumber"] != session["referenceNumber"]:
         return None
     return record
 
 
 async def invoice_status(request: web.Request) -> web.Response:
     """GET /sessions/{ref}/invoices/{invoiceRef}."""
-    world = request.app[WORLD]
-    session = find_session(world, world.caller(request), request.match_info["referenceNumber"])
+    world, session = _session(request)
     reference = request.match_info["invoiceReferenceNumber"]
-    record = _session_invoice(world, session, reference)
+    record = _of_session(session, invoices.get(world, reference))
     if record is None:
         # [INFER] The spec lists only 21405 here; "not found" is a 400 with a code (§4.5), and 21164 says it.
         raise KsefException(21164, [f"Faktura o numerze referencyjnym {reference} nie została znaleziona w sesji "
@@ -241,10 +182,10 @@ def _cached(world: World, key: str, build: Any) -> bytes:
     return data
 
 
-def invoice_upo(world: World, record: dict[str, Any]) -> bytes | None:
+def invoice_upo(world: World, record: dict[str, Any] | None) -> bytes | None:
     """The invoice's UPO, or None while it has no KSeF number (21178)."""
-    session = world.store.get(sessions.TABLE, record["sessionReferenceNumber"])
-    if record["status"]["code"] != 200 or session is None:
+    session = world.store.get(sessions.TABLE, record["sessionReferenceNumber"]) if record else None
+    if record is None or record["status"]["code"] != 200 or session is None:
         return None
     return _cached(world, f"upo/invoice/{record['referenceNumber']}",
                    lambda: upo.build(environment=world.config.environment, session=session, invoices=[record]))
@@ -266,45 +207,37 @@ def xml_response(data: bytes) -> web.Response:
                         headers={"x-ms-meta-hash": invoices.b64_sha256(data)})
 
 
-def _no_upo(what: str, session_reference: str) -> KsefException:
-    return KsefException(21178, [f"UPO {what} dla sesji {session_reference} nie zostało znalezione."])
+def _upo_response(request: web.Request, data: bytes | None, key: str, session: dict[str, Any],
+                  what: str) -> web.Response:
+    """The UPO, or 21178 worded as the operation documents it (`key` then the session's reference)."""
+    if data is None:
+        raise KsefException(21178, spec.documented_details(request, 21178, key, session["referenceNumber"])
+                            or [f"UPO {what} dla sesji {session['referenceNumber']} nie zostało znalezione."])
+    return xml_response(data)
 
 
 async def invoice_upo_by_reference(request: web.Request) -> web.Response:
     """GET /sessions/{ref}/invoices/{invoiceRef}/upo."""
-    world = request.app[WORLD]
-    session = find_session(world, world.caller(request), request.match_info["referenceNumber"])
+    world, session = _session(request)
     reference = request.match_info["invoiceReferenceNumber"]
-    record = _session_invoice(world, session, reference)
-    data = invoice_upo(world, record) if record else None
-    if data is None:
-        raise _no_upo(f"faktury o numerze referencyjnym {reference}", session["referenceNumber"])
-    return xml_response(data)
+    data = invoice_upo(world, _of_session(session, invoices.get(world, reference)))
+    return _upo_response(request, data, reference, session, f"faktury o numerze referencyjnym {reference}")
 
 
 async def invoice_upo_by_ksef_number(request: web.Request) -> web.Response:
     """GET /sessions/{ref}/invoices/ksef/{ksefNumber}/upo."""
-    world = request.app[WORLD]
-    session = find_session(world, world.caller(request), request.match_info["referenceNumber"])
+    world, session = _session(request)
     number = request.match_info["ksefNumber"]
-    record = invoices.by_ksef_number(world, number)
-    if record is not None and record["sessionReferenceNumber"] != session["referenceNumber"]:
-        record = None
-    data = invoice_upo(world, record) if record else None
-    if data is None:
-        raise _no_upo(f"o numerze KSeF {number}", session["referenceNumber"])
-    return xml_response(data)
+    data = invoice_upo(world, _of_session(session, invoices.by_ksef_number(world, number)))
+    return _upo_response(request, data, number, session, f"o numerze KSeF {number}")
 
 
 async def session_upo(request: web.Request) -> web.Response:
     """GET /sessions/{ref}/upo/{upoRef}."""
-    world = request.app[WORLD]
-    session = find_session(world, world.caller(request), request.match_info["referenceNumber"])
+    world, session = _session(request)
     page_reference = request.match_info["upoReferenceNumber"]
-    data = page_upo(world, session, page_reference)
-    if data is None:
-        raise _no_upo(f"o numerze referencyjnym {page_reference}", session["referenceNumber"])
-    return xml_response(data)
+    return _upo_response(request, page_upo(world, session, page_reference), page_reference, session,
+                         f"o numerze referencyjnym {page_reference}")
 
 
 async def storage_upo(request: web.Request) -> web.Response:
@@ -314,10 +247,8 @@ async def storage_upo(request: web.Request) -> web.Response:
     session = world.store.get(sessions.TABLE, request.match_info["session"])
     kind, name = request.match_info["kind"], request.match_info["name"]
     data: bytes | None = None
-    if session is not None and kind == "invoice":
-        record = invoices.get(world, name)
-        if record is not None and record["sessionReferenceNumber"] == session["referenceNumber"]:
-            data = invoice_upo(world, record)
+    if kind == "invoice":
+        data = invoice_upo(world, _of_session(session, invoices.get(world, name)))
     elif session is not None and kind == "session":
         data = page_upo(world, session, name)
     if data is None:

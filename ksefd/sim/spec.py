@@ -1,12 +1,14 @@
 """The official OpenAPI document (package data) as the simulator's source of truth for request
-shapes and required permissions: every JSON body is validated against its operation's schema
-(400 / 21405 with the validator's words, as KSeF does), and `x-required-permissions` decides 403s.
+shapes and required permissions: every JSON body, and every path, query and header parameter, is
+validated against its operation's schema (400 / 21405 with the validator's words, as KSeF does), and
+`x-required-permissions` decides 403s.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 from importlib.resources import files
 from typing import Any
 
@@ -16,9 +18,12 @@ from openapi_schema_validator import OAS30Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
+from .clock import parse_iso
 from .errors import KsefException
 
 API_PREFIX = "/v2"
+_LOCAL_REF = '"#/components/'
+_ABSOLUTE_REF = '"urn:ksef-openapi#/components/'
 
 
 @functools.cache
@@ -65,7 +70,7 @@ def _inline_request_schema(op: dict[str, Any]) -> str | None:
     for media in ("application/json", "application/*+json", "text/json"):
         schema = content.get(media, {}).get("schema")
         if schema:
-            return json.dumps(schema).replace('"#/components/', '"urn:ksef-openapi#/components/')
+            return json.dumps(schema).replace(_LOCAL_REF, _ABSOLUTE_REF)
     return None
 
 
@@ -106,6 +111,90 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise KsefException(21405, ["Treść żądania musi być obiektem JSON."])
     return body
+
+
+# parameters ----------------------------------------------------------------------------------------
+def _resolved(schema: dict[str, Any]) -> dict[str, Any]:
+    """Follow `$ref` and single `allOf` wrappers to the schema that carries the type (e.g. SessionType)."""
+    while True:
+        if "$ref" in schema:
+            node: Any = document()
+            for part in str(schema["$ref"]).removeprefix("#/").split("/"):
+                node = node[part]
+            schema = node
+        elif "type" not in schema and len(schema.get("allOf", [])) == 1:
+            schema = schema["allOf"][0]
+        else:
+            return schema
+
+
+def _scalar(name: str, schema: dict[str, Any], raw: str) -> Any:
+    """A query/path/header text as the JSON value its schema describes (ASP.NET model binding)."""
+    kind = _resolved(schema).get("type")
+    if kind == "integer":
+        if not re.fullmatch(r"[+-]?\d{1,10}", raw.strip()):
+            raise KsefException(21405, [f"{name}: wartość {raw!r} nie jest liczbą całkowitą."])
+        return int(raw)
+    if kind == "boolean":
+        if raw.strip().lower() not in ("true", "false"):
+            raise KsefException(21405, [f"{name}: wartość {raw!r} nie jest wartością logiczną (true/false)."])
+        return raw.strip().lower() == "true"
+    if _resolved(schema).get("format") == "date-time":
+        try:
+            parse_iso(raw)
+        except ValueError:
+            raise KsefException(21405, [f"{name}: wartość {raw!r} nie jest datą ISO-8601 (np. "
+                                        "2026-01-31T12:00:00+01:00)."]) from None
+    return raw
+
+
+def _raw_values(request: web.Request, param: dict[str, Any]) -> list[str]:
+    name, where = param["name"], param["in"]
+    if where == "path":
+        return [request.match_info[name]] if name in request.match_info else []
+    if where == "query":
+        return request.query.getall(name, [])
+    if where == "header":
+        return request.headers.getall(name, [])
+    return []
+
+
+def check_parameters(request: web.Request) -> None:
+    """400 / 21405 naming the parameter when a path, query or header parameter breaks the operation's
+    schema in openapi.json: out-of-range pageSize, unknown enum values, a reference number that is not 36
+    characters, a malformed KSeF number, a missing required parameter. Unknown parameters are ignored."""
+    for param in operation(request).get("parameters", []):
+        name, schema = param["name"], param.get("schema", {})
+        raw = _raw_values(request, param)
+        if not raw:
+            if param.get("required"):
+                raise KsefException(21405, [f"{name}: parametr jest wymagany."])
+            continue
+        if _resolved(schema).get("type") == "array":
+            value: Any = [_scalar(name, _resolved(schema).get("items", {}), item) for item in raw]
+        else:
+            value = _scalar(name, schema, raw[-1])
+        errors = list(_inline_validator(json.dumps(schema).replace(_LOCAL_REF, _ABSOLUTE_REF)).iter_errors(value))
+        if errors:
+            raise KsefException(21405, [f"{name}: {best_match(errors).message}"])
+
+
+# documented error texts ---------------------------------------------------------------------------------
+def _fill(template: str, values: tuple[object, ...]) -> str:
+    remaining = iter(values)
+    return re.sub(r"\{[^}]*\}", lambda match: str(next(remaining, match.group())), template)
+
+
+def documented_details(request: web.Request, code: int, *values: object) -> list[str] | None:
+    """The `Details` column of the operation's 400 table in openapi.json for `code`, its `{placeholders}`
+    filled with `values` in order (the same code is worded differently per operation, e.g. 21173 "nie została
+    odnaleziona" on send and close, "znaleziona" on reads); None when the operation documents no text."""
+    table = operation(request).get("responses", {}).get("400", {}).get("description", "")
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0] == str(code) and cells[2] and not cells[2].startswith("{"):
+            return [_fill(cells[2], values)]
+    return None
 
 
 def required_permissions(request: web.Request) -> list[str]:

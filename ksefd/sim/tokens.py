@@ -8,16 +8,13 @@ becomes `Revoked` the same way. Only the SHA-256 of the secret is stored, never 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import secrets
 from typing import Any
 
 from aiohttp import web
 
-from . import permissions
+from . import paging, permissions
 from .clock import iso
 from .errors import Forbidden, KsefException
 from .ids import reference_number
@@ -28,7 +25,6 @@ from .world import WORLD, World
 
 TABLE = "ksef_tokens"
 SECRETS = "ksef_token_secrets"            # sha256(secret) -> reference number
-STATUSES = ("Pending", "Active", "Revoking", "Revoked", "Failed")
 TOKEN_CONTEXTS = ("Nip", "InternalId")    # PROTOCOL.md §9.1: 26002 elsewhere
 SECRET_PREFIX = {"Nip": "nip", "InternalId": "internalId"}
 
@@ -91,37 +87,14 @@ def mark_used(world: World, ref: str) -> None:
 
 
 def public_view(record: Record) -> dict[str, Any]:
+    """TokenStatusResponse / QueryTokensResponseItem; `lastUseDate` only once the token was used (as in the
+    spec's examples, KSeF leaves out null fields)."""
     body = {k: record[k] for k in ("referenceNumber", "authorIdentifier", "contextIdentifier", "description",
                                    "requestedPermissions", "dateCreated", "status")}
-    body["lastUseDate"] = record.get("lastUseDate")
+    if record.get("lastUseDate"):
+        body["lastUseDate"] = record["lastUseDate"]
     body["statusDetails"] = record.get("statusDetails") or []
     return body
-
-
-# continuation tokens ---------------------------------------------------------------------------------
-def page_size(request: web.Request) -> int:
-    raw = request.query.get("pageSize", "10")
-    if not raw.isdigit() or not 10 <= int(raw) <= 100:
-        raise KsefException(21405, [f"pageSize: wartość {raw!r} musi być liczbą całkowitą z zakresu 10..100."])
-    return int(raw)
-
-
-def page(request: web.Request, items: list[Any]) -> tuple[list[Any], str | None]:
-    """One page of `items` after the `x-continuation-token` header; the token for the next page or None."""
-    size, offset = page_size(request), 0
-    header = request.headers.get("x-continuation-token")
-    if header:
-        try:
-            offset = int(json.loads(base64.b64decode(header, validate=True))["offset"])
-        except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-            raise KsefException(21418, [f"x-continuation-token: {header[:40]!r}"]) from exc
-        if offset < 0:
-            raise KsefException(21418, [f"x-continuation-token: {header[:40]!r}"])
-    chunk = items[offset:offset + size]
-    following = None
-    if offset + size < len(items):
-        following = base64.b64encode(json.dumps({"offset": offset + size}).encode()).decode()
-    return chunk, following
 
 
 # visibility (openapi.json GET/DELETE /tokens descriptions) -------------------------------------------
@@ -182,20 +155,9 @@ async def generate(request: web.Request) -> web.Response:
 
 
 def _filters(request: web.Request) -> tuple[set[str], str, str, str | None]:
-    statuses = set(request.query.getall("status", []))
-    unknown = statuses - set(STATUSES)
-    if unknown:
-        raise KsefException(21405, [f"status: nieznane wartości {sorted(unknown)}; dozwolone {list(STATUSES)}."])
-    description = request.query.get("description", "")
-    author = request.query.get("authorIdentifier", "")
-    for name, value in (("description", description), ("authorIdentifier", author)):
-        if value and len(value) < 3:
-            raise KsefException(21405, [f"{name}: należy podać co najmniej 3 znaki."])
-    author_type = request.query.get("authorIdentifierType")
-    if author_type is not None and author_type not in ("Nip", "Pesel", "Fingerprint"):
-        raise KsefException(21405, [f"authorIdentifierType: {author_type!r} nie jest jednym z Nip, Pesel, "
-                                    "Fingerprint."])
-    return statuses, description.lower(), author.lower(), author_type
+    """The query's filters; their values were checked against openapi.json by World.caller (21405)."""
+    return (set(request.query.getall("status", [])), request.query.get("description", "").lower(),
+            request.query.get("authorIdentifier", "").lower(), request.query.get("authorIdentifierType"))
 
 
 async def list_tokens(request: web.Request) -> web.Response:
@@ -216,10 +178,10 @@ async def list_tokens(request: web.Request) -> web.Response:
             continue
         found.append(record)
     found.sort(key=lambda r: (r["createdAt"], r["referenceNumber"]), reverse=True)
-    chunk, following = page(request, found)
+    chunk, following = paging.page(request, found, "tokens")
     for record in chunk:
         _observe(world, record)
-    return web.json_response({"continuationToken": following, "tokens": [public_view(r) for r in chunk]})
+    return web.json_response(paging.with_token({"tokens": [public_view(r) for r in chunk]}, following))
 
 
 def _observe(world: World, record: Record) -> None:

@@ -1,6 +1,7 @@
 """UPO (Urzędowe Poświadczenie Odbioru) v4-3: the signed receipt for invoices (PROTOCOL.md §4.6).
 
 One UPO per accepted invoice, and per closed session one UPO page per 10 000 accepted invoices
+(SimConfig.upo_page_size)
 (`OpisPotwierdzenia` paging). Root `Potwierdzenie` in `http://upo.schematy.mf.gov.pl/KSeF/v4-3`,
 elements in the XSD's order; `NazwaPodmiotuPrzyjmujacego` carries the TE suffix on the test
 environment exactly as MF's TEST does (which the XSD's fixed value rejects; samples/upo show it).
@@ -127,7 +128,9 @@ class UpoSigner:
         return data
 
 
-def pages(total: int) -> list[Page]:
-    """Split `total` documents into UPO pages of at most PAGE_SIZE (at least one page)."""
-    count = max(1, -(-total // PAGE_SIZE))
-    return [Page(n + 1, count, n * PAGE_SIZE + 1, min(total, (n + 1) * PAGE_SIZE), total) for n in range(count)]
+def pages(total: int, page_size: int = PAGE_SIZE) -> list[Page]:
+    """Split `total` documents into UPO pages of at most `page_size` (at least one page)."""
+    if not 1 <= page_size <= PAGE_SIZE:
+        raise ValueError(f"a UPO page holds 1..{PAGE_SIZE} documents, not {page_size}")
+    count = max(1, -(-total // page_size))
+    return [Page(n + 1, count, n * page_size + 1, min(total, (n + 1) * page_size), total) for n in range(count)]

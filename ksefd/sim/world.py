@@ -45,7 +45,8 @@ class World:
 
     def caller(self, request: web.Request, any_of: list[str] | None = None) -> Caller:
         """Verify the access token and the operation's required permissions (spec's
-        `x-required-permissions` unless `any_of` is given)."""
+        `x-required-permissions` unless `any_of` is given), then the operation's path, query and header
+        parameters (21405): KSeF authorises before it validates the request (401, then 403, then 400)."""
         payload = self.tokens.verify(bearer(request), "ContextToken")
         session = self.store.get("auth_operations", payload["auth-ref"])
         if session is None:
@@ -53,6 +54,7 @@ class World:
         caller = caller_from(payload, request)
         check_client_ip(payload.get("allowed-ips"), caller.client_ip)
         require_permissions(caller, spec.required_permissions(request) if any_of is None else any_of)
+        spec.check_parameters(request)
         return caller
 
 

@@ -6,7 +6,8 @@ XSD of the unsigned document 21401 -> the signature itself, really verified with
 against the certificate carried in KeyInfo (both references, SignedProperties included, and the
 SigningCertificate digest) 9105 -> a reference covering the whole AuthTokenRequest (enveloped, or
 enveloping through ds:Object; a detached signature covers nothing of the body) 9105 -> the certificate:
-key size (RSA >= 2048, EC >= 256) and, for certificateSubject, the identity and attributes 21115.
+key size (RSA >= 2048, EC >= 256) and, for certificateSubject, the identity and attributes 21115 (21406 for a
+complete certificate without a usable identifier, see `_refuse_unidentified`).
 Self-signed certificates are accepted as on TEST; their validity dates are judged by the caller against the
 simulator's clock (signxml would use the wall clock).
 """
@@ -18,7 +19,7 @@ import functools
 import re
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -241,28 +242,47 @@ def certificate_identity(cert: x509.Certificate, subject_identifier_type: str) -
     elif (match := SEAL_NIP.search(org_id)) is not None:
         found = CertificateIdentity("Nip", match.group(2), True)
     if found is None:
-        raise KsefException(21115, ["Certyfikat nie zawiera identyfikatora podmiotu: serialNumber (PNOPL/PESEL, "
-                                    "TINPL/NIP) ani organizationIdentifier (VATPL). Użyj "
-                                    "SubjectIdentifierType=certificateFingerprint."])
+        _refuse_unidentified(subject)
     _check_attributes(subject, found.is_seal)
     return found
 
 
-def _check_attributes(subject: x509.Name, is_seal: bool) -> None:
-    """Required attributes of D:auth/podpis-xades.md (PROTOCOL.md §3.3)."""
-    if is_seal:
-        required = {"organizationName": NameOID.ORGANIZATION_NAME, "commonName": NameOID.COMMON_NAME,
-                    "countryName": NameOID.COUNTRY_NAME}
-        forbidden = [n for n, oid in (("givenName", NameOID.GIVEN_NAME), ("surname", NameOID.SURNAME))
-                     if _attribute(subject, oid) is not None]
-        if forbidden:
-            raise KsefException(21115, [f"Pieczęć nie może zawierać atrybutów {', '.join(forbidden)}."])
-    else:
-        required = {"givenName": NameOID.GIVEN_NAME, "surname": NameOID.SURNAME,
-                    "commonName": NameOID.COMMON_NAME, "countryName": NameOID.COUNTRY_NAME}
+def _refuse_unidentified(subject: x509.Name) -> NoReturn:
+    """certificateSubject, but no PNOPL/PESEL, TINPL/NIP or VATPL identifier in the subject. [INFER] from
+    ksef-api issue #169: a personal certificate with all the required attributes whose serialNumber holds no
+    usable identifier (there "PESEL-" and ten digits) gets 21406 "Konflikt podpisu i typu uwierzytelnienia":
+    such a signature can only be used with certificateFingerprint. A certificate that is not even a complete
+    personal certificate or seal stays 21115 "Nieprawidłowy certyfikat"."""
+    hint = ("Certyfikat nie zawiera identyfikatora podmiotu: serialNumber (PNOPL/PESEL z 11 cyframi, TINPL/NIP z 10 "
+            "cyframi) ani organizationIdentifier (VATPL z 10 cyframi). Użyj "
+            "SubjectIdentifierType=certificateFingerprint.")
+    complete = [_missing_attributes(subject, is_seal) for is_seal in (False, True)]
+    raise KsefException(21406 if [] in complete else 21115, [hint])
+
+
+# Required subject attributes of D:auth/podpis-xades.md (PROTOCOL.md §3.3); a seal must not name a person.
+PERSON_ATTRIBUTES = {"givenName": NameOID.GIVEN_NAME, "surname": NameOID.SURNAME, "commonName": NameOID.COMMON_NAME,
+                     "countryName": NameOID.COUNTRY_NAME}
+SEAL_ATTRIBUTES = {"organizationName": NameOID.ORGANIZATION_NAME, "commonName": NameOID.COMMON_NAME,
+                   "countryName": NameOID.COUNTRY_NAME}
+SEAL_FORBIDDEN = {"givenName": NameOID.GIVEN_NAME, "surname": NameOID.SURNAME}
+
+
+def _missing_attributes(subject: x509.Name, is_seal: bool) -> list[str]:
+    required = SEAL_ATTRIBUTES if is_seal else PERSON_ATTRIBUTES
     missing = [n for n, oid in required.items() if _attribute(subject, oid) is None]
+    if is_seal:
+        missing += [f"bez {n}" for n, oid in SEAL_FORBIDDEN.items() if _attribute(subject, oid) is not None]
+    return missing
+
+
+def _check_attributes(subject: x509.Name, is_seal: bool) -> None:
+    missing = _missing_attributes(subject, is_seal)
     if missing:
-        raise KsefException(21115, [f"W podmiocie certyfikatu brakuje atrybutów: {', '.join(missing)}."])
+        kind = "pieczęci" if is_seal else "certyfikatu osoby"
+        raise KsefException(21115, [f"Podmiot {kind} nie spełnia wymagań ({', '.join(missing)}); wymagane są "
+                                    f"{', '.join(SEAL_ATTRIBUTES if is_seal else PERSON_ATTRIBUTES)}"
+                                    f"{', bez givenName i surname' if is_seal else ''}."])
 
 
 def is_self_signed(cert: x509.Certificate) -> bool:

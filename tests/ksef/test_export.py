@@ -4,13 +4,16 @@ unpack -> _metadata.json on packages built by the tests' own code; the full flow
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import io
 import json
 import os
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import padding
@@ -18,6 +21,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ksefd.ksef.crypto import SymmetricKey
 from ksefd.ksef.errors import ProtocolError
+from ksefd.ksef.export import ExportFailed, ExportOptions
 from ksefd.ksef.export_package import (
     archive_compression,
     decrypt_part,
@@ -26,6 +30,13 @@ from ksefd.ksef.export_package import (
     next_checkpoint,
     read_metadata,
 )
+from ksefd.ksef.receiving import format_instant, parse_instant, query_filters
+from ksefd.sim.clock import ManualClock
+from ksefd.sim.config import SimConfig
+from tests.ksef.receiving_support import put_invoices, seller
+
+__all__ = ["seller"]      # a fixture
+QUICK = ExportOptions(poll_first=0.02, poll_max=0.1)
 
 HWM = "2026-03-01T10:00:00.1234567+00:00"
 LAST = "2026-02-20T08:30:15.7654321+00:00"
@@ -48,6 +59,13 @@ def test_checkpoint_after_a_truncated_package_is_its_last_date_verbatim() -> Non
 
 def test_checkpoint_after_a_complete_package_is_the_hwm() -> None:
     assert next_checkpoint({"isTruncated": False, "permanentStorageHwmDate": HWM}) == HWM
+
+
+def test_checkpoint_after_a_capped_window_is_its_end_when_the_hwm_is_later() -> None:
+    end = "2026-02-25T00:00:00+00:00"
+    assert next_checkpoint({"isTruncated": False, "permanentStorageHwmDate": HWM}, window_to=end) == end
+    assert next_checkpoint({"isTruncated": False, "permanentStorageHwmDate": HWM},
+                           window_to="2026-03-02T00:00:00+00:00") == HWM
 
 
 def test_checkpoint_refuses_to_guess() -> None:
@@ -141,3 +159,105 @@ def test_metadata_is_required_and_compression_checked(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError, match="declared TarGz"):
         archive_compression(path, "TarGz", "Zip")
     assert archive_compression(path, "Zip", "TarGz") == "Zip"          # the declared type wins (§14.4)
+
+
+# -- against the simulator, over HTTP ------------------------------------------------------------------------
+
+def receiving_sim(**settings: Any) -> SimConfig:
+    return SimConfig(limits_profile="off", hwm_lag_s=0.0, **settings)
+
+
+def a_minute_ago() -> dt.datetime:
+    return dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+
+
+@pytest.mark.parametrize("compression", ["Zip", "TarGz"])
+async def test_export_downloads_decrypts_joins_and_unpacks_every_invoice(
+        compression: str, sim_factory: Any, seller: Callable[..., Any], tmp_path: Path) -> None:
+    sim = await sim_factory(config=receiving_sim(export_part_size=2000))   # several parts (50 MB on KSeF)
+    ctx = await seller(sim)
+    since = a_minute_ago()
+    sent = await put_invoices(ctx, tmp_path, 15)
+    package = await ctx.exporter(QUICK).export(query_filters("Subject1", since), tmp_path / "export",
+                                               compression=compression)
+    assert package.compression == compression and len(package.info.parts) > 1
+    assert not package.info.is_truncated and package.info.invoice_count == 15
+    received = {invoice.ksef_number: invoice.xml for invoice in package.invoices()}
+    assert received == sent                                              # exact bytes, hashes checked
+    assert {m["ksefNumber"] for m in package.metadata} == set(sent)
+    assert package.next_checkpoint() == package.info.permanent_storage_hwm_date
+    package.cleanup()
+    assert list((tmp_path / "export").iterdir()) == []                   # decrypted parts are gone too
+
+
+async def test_a_truncated_export_continues_from_its_last_date_and_then_from_the_hwm(
+        sim_factory: Any, seller: Callable[..., Any], tmp_path: Path) -> None:
+    sim = await sim_factory(config=receiving_sim(query_cap=25))          # the package cap (10 000 on KSeF)
+    ctx = await seller(sim)
+    exporter = ctx.exporter(QUICK)
+    checkpoint = format_instant(a_minute_ago())
+    sent = await put_invoices(ctx, tmp_path, 60)
+    delivered: list[str] = []
+    truncated_packages = 0
+    for _ in range(10):
+        package = await exporter.export(query_filters("Subject1", checkpoint), tmp_path / "export")
+        delivered += [invoice.ksef_number for invoice in package.invoices()]
+        following = package.next_checkpoint()
+        if package.info.is_truncated:
+            truncated_packages += 1
+            assert following == package.info.last_permanent_storage_date   # §6.4, verbatim
+        else:
+            assert following == package.info.permanent_storage_hwm_date
+        package.cleanup()
+        checkpoint = following
+        if not package.info.is_truncated:
+            break
+    assert truncated_packages == 2
+    assert set(delivered) == set(sent)                                   # nothing missed ...
+    assert len(delivered) - len(set(delivered)) <= truncated_packages    # ... only boundary repeats (§6.4.4)
+
+    later = await put_invoices(ctx, tmp_path, 5, start=1000)             # the next cycle sees only new ones
+    package = await exporter.export(query_filters("Subject1", checkpoint), tmp_path / "export")
+    assert {invoice.ksef_number for invoice in package.invoices()} == set(later)
+
+
+async def test_metadata_only_export(sim_factory: Any, seller: Callable[..., Any], tmp_path: Path) -> None:
+    sim = await sim_factory(config=receiving_sim())
+    ctx = await seller(sim)
+    since = a_minute_ago()
+    sent = await put_invoices(ctx, tmp_path, 3)
+    package = await ctx.exporter(QUICK).export(query_filters("Subject1", since), tmp_path / "export",
+                                               only_metadata=True, compression="TarGz")
+    assert list(package.invoices()) == []
+    assert {m["ksefNumber"] for m in package.metadata} == set(sent)
+
+
+async def test_an_export_from_after_the_hwm_ends_with_420(sim_factory: Any, seller: Callable[..., Any],
+                                                          tmp_path: Path) -> None:
+    sim = await sim_factory(config=SimConfig(limits_profile="off", hwm_lag_s=60.0))
+    ctx = await seller(sim)
+    with pytest.raises(ExportFailed) as failed:
+        await ctx.exporter(QUICK).export(query_filters("Subject1", dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)),
+                                         tmp_path)
+    assert failed.value.code == 420 and failed.value.retryable
+
+
+async def test_a_backfill_window_is_capped_at_100_days_and_the_next_one_starts_where_it_ended(
+        sim_factory: Any, seller: Callable[..., Any], tmp_path: Path) -> None:
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    sim = await sim_factory(config=receiving_sim(), clock=clock)
+    ctx = await seller(sim, clock=clock)
+    start = clock.now() - dt.timedelta(minutes=1)
+    early = await put_invoices(ctx, tmp_path, 4)
+    clock.advance(105 * 24 * 3600)                                       # beyond one 100-day window
+    late = await put_invoices(ctx, tmp_path, 3, start=100)
+    clock.advance(10)                                                    # let the HWM pass them
+    exporter = ctx.exporter(QUICK)
+    first_filters = query_filters("Subject1", start, now=clock.now())
+    assert parse_instant(first_filters["dateRange"]["to"]) - start < dt.timedelta(days=100)
+    first = await exporter.export(first_filters, tmp_path / "export")
+    assert {i.ksef_number for i in first.invoices()} == set(early)
+    checkpoint = first.next_checkpoint()
+    assert checkpoint == first_filters["dateRange"]["to"]                # not the HWM of "now": no gap
+    second = await exporter.export(query_filters("Subject1", checkpoint, now=clock.now()), tmp_path / "export")
+    assert {i.ksef_number for i in second.invoices()} == set(late)

@@ -163,7 +163,7 @@ def test_rate_limits_body_all_17_groups_unknown_ignored_minus_one_is_unlimited()
 
 async def test_limits_from_the_server_apply_per_context() -> None:
     clock = VirtualClock()
-    limiter = limiter_on(clock)
+    limiter = limiter_on(clock, margin=0.1)
     body = {"invoiceSend": {"perSecond": 2, "perMinute": 3, "perHour": 4}}
     limiter.apply_rate_limits_body("1111111111", body)
 

@@ -10,7 +10,6 @@ import os
 from typing import Any
 
 import aiohttp
-import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -21,7 +20,9 @@ from tests.support.ksef_auth import (
     AuthFailed,
     access_token,
     auth_token_request,
+    bearer,
     challenge,
+    claims,
     owner_login,
     redeem,
     self_signed_certificate,
@@ -33,14 +34,6 @@ from tests.support.ksef_auth import (
 
 NIP = "5265877635"
 PESEL = "15062788702"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def claims(token: str) -> dict[str, Any]:
-    return jwt.decode(token, options={"verify_signature": False})
 
 
 def exception_of(body: Any) -> tuple[int, list[str]]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import aiohttp
-import jwt
 
 from tests.support.ksef_auth import (
     access_token,
+    claims,
     create_ksef_token,
     owner_login,
     self_signed_certificate,
@@ -15,10 +15,6 @@ from tests.support.ksef_auth import (
 )
 
 NIP = "5265877635"
-
-
-def claims(token: str) -> dict:
-    return jwt.decode(token, options={"verify_signature": False})
 
 
 async def test_owner_xades_login_rsa(sim, http: aiohttp.ClientSession) -> None:

@@ -144,6 +144,11 @@ async def test_unknown_public_key_is_21470(sim, http: aiohttp.ClientSession) -> 
             "publicKeyId": base64.b64encode(b"\0" * 32).decode()}
     status, refused = await post_token_auth(http, sim.base_url, body)
     assert status == 400 and refused["exception"]["exceptionDetailList"][0]["exceptionCode"] == 21470
+    async with http.get(f"{sim.base_url}/security/public-key-certificates") as resp:
+        items = await resp.json()
+    body["publicKeyId"] = next(i["publicKeyId"] for i in items if "SymmetricKeyEncryption" in i["usage"])
+    status, refused = await post_token_auth(http, sim.base_url, body)       # a key of the other usage
+    assert status == 400 and refused["exception"]["exceptionDetailList"][0]["exceptionCode"] == 21470
 
 
 async def test_token_loses_permissions_its_author_lost(sim, http: aiohttp.ClientSession) -> None:

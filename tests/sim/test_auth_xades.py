@@ -8,7 +8,6 @@ import hashlib
 from typing import Any
 
 import aiohttp
-import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
@@ -24,6 +23,7 @@ from tests.support.ksef_auth import (
     _raw_signature,
     auth_token_request,
     challenge,
+    claims,
     fingerprint,
     self_signed_certificate,
     sign_auth_request,
@@ -52,10 +52,6 @@ async def signed_request(http: aiohttp.ClientSession, base_url: str, *, context_
     found = await challenge(http, base_url)
     cert, key = self_signed_certificate(**({"nip": context_nip} | cert_args))
     return sign_auth_request(auth_token_request(found["challenge"], context_value=context_nip), cert, key)
-
-
-def claims(token: str) -> dict[str, Any]:
-    return jwt.decode(token, options={"verify_signature": False})
 
 
 # accepted --------------------------------------------------------------------------------------------------
@@ -102,6 +98,26 @@ async def test_certificate_subject_without_identifier_is_21115(sim, http: aiohtt
     status, body = await post_xades(http, sim.base_url, sign_auth_request(
         auth_token_request(found["challenge"], context_value=NIP), cert, key))
     assert status == 400 and codes(body) == [21115]
+
+
+async def test_complete_certificate_without_usable_identifier_is_21406(sim, http: aiohttp.ClientSession) -> None:
+    """[INFER] ksef-api #169: a personal certificate with every required attribute but a serialNumber holding no
+    identifier (a 10-digit "PESEL") under certificateSubject is 21406; certificateFingerprint is the way."""
+    found = await challenge(http, sim.base_url)
+    cert, key = self_signed_certificate(pesel="9876543210")
+    status, body = await post_xades(http, sim.base_url, sign_auth_request(
+        auth_token_request(found["challenge"], context_value=NIP), cert, key))
+    assert status == 400 and codes(body) == [21406]
+    assert "certificateFingerprint" in body["exception"]["exceptionDetailList"][0]["details"][0]
+
+
+async def test_person_in_a_peppol_context_is_21117(sim, http: aiohttp.ClientSession) -> None:
+    """[INFER] A PeppolId context belongs to a Peppol service provider, never to a natural person."""
+    found = await challenge(http, sim.base_url)
+    cert, key = self_signed_certificate(pesel="15062788702")
+    xml = auth_token_request(found["challenge"], context_type="PeppolId", context_value="PPL123456")
+    status, body = await post_xades(http, sim.base_url, sign_auth_request(xml, cert, key))
+    assert status == 400 and codes(body) == [21117]
 
 
 async def test_person_by_pesel_is_owner_of_the_linked_nip(sim, http: aiohttp.ClientSession) -> None:

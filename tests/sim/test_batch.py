@@ -20,9 +20,9 @@ NIP = "9999999999"
 WARSAW = ZoneInfo("Europe/Warsaw")
 
 
-def config() -> Any:
+def config(**settings: Any) -> Any:
     # Long-lived access tokens: these tests move a ManualClock past the 15-minute default.
-    return sim_config(access_token_ttl_s=6 * 3600)
+    return sim_config(access_token_ttl_s=6 * 3600, **settings)
 
 
 async def batch_for(sim: Any, http: aiohttp.ClientSession, nip: str = NIP) -> Batch:
@@ -51,14 +51,22 @@ async def test_zip_in_two_parts_each_invoice_judged_on_its_own(sim_factory: Any,
     assert all(i["ksefNumber"].startswith(NIP) for i in listed if i["status"]["code"] == 200)
 
 
-async def test_targz_package(sim_factory: Any, http: aiohttp.ClientSession) -> None:
-    sim = await sim_factory(config=config())
+async def test_targz_package_statuses_and_offline_mode(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    sim = await sim_factory(config=config(processing_delay_s=0.2))
     batch = await batch_for(sim, http)
-    files = invoices(TEMPLATE, 3, prefix="T")
-    await batch.submit(targz_archive(files), parts=3, compression="TarGz")
+    files = invoices(TEMPLATE, 3, prefix="T", issue_date=dt.datetime.now(WARSAW).date())
+    archive = targz_archive(files)
+    encrypted = batch.encrypt(split(archive, 3))
+    await batch.open(await batch.open_body(archive, encrypted, "TarGz", offlineMode=True))
+    assert (await batch.status())["status"] == {"code": 100, "description": "Sesja wsadowa rozpoczęta"}
+    await batch.upload_all(encrypted)
+    await batch.close()
+    assert (await batch.status())["status"] == {"code": 150, "description": "Trwa przetwarzanie"}
     final = await batch.wait()
     assert (final["status"]["code"], final["successfulInvoiceCount"]) == (200, 3), final
-    assert sorted(i["invoiceFileName"] for i in await batch.invoices()) == [n for n, _ in files]
+    listed = await batch.invoices()
+    assert sorted(i["invoiceFileName"] for i in listed) == [n for n, _ in files]
+    assert {i["invoicingMode"] for i in listed} == {"Offline"}      # the session's offlineMode, for each one
 
 
 async def test_invoicing_date_is_the_opening_time_across_midnight(sim_factory: Any,

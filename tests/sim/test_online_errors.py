@@ -14,7 +14,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ksefd.sim.clock import ManualClock
 from tests.conftest import SAMPLES
-from tests.support.ksef_auth import access_token, owner_login, self_signed_certificate, xades_login
+from tests.support.ksef_auth import (
+    access_token,
+    owner_login,
+    self_signed_certificate,
+    token_encryption_key,
+    xades_login,
+)
 from tests.support.online_flow import Online, expect, expect_error, sim_config
 from tests.support.session_crypto import SessionKeys, aes_encrypt, b64, sha256_b64, wrap_key
 
@@ -39,6 +45,9 @@ async def test_unknown_public_key_id_is_21470(sim: Any, http: aiohttp.ClientSess
     assert online.public is not None
     encryption = online.keys.encryption(online.public, b64(hashlib.sha256(b"no such key").digest()))
     async with await online.open_raw(encryption=encryption) as resp:
+        await expect_error(resp, 21470)
+    _, token_key_id = await token_encryption_key(http, sim.base_url)     # a real key, but for KSeF tokens
+    async with await online.open_raw(encryption=online.keys.encryption(online.public, token_key_id)) as resp:
         await expect_error(resp, 21470)
 
 
@@ -86,12 +95,31 @@ async def test_undecryptable_key_gives_session_status_415(case: str, sim: Any, h
 async def test_unknown_session_is_21173(sim: Any, http: aiohttp.ClientSession) -> None:
     online = await _online(sim, http)
     online.reference = UNKNOWN_SESSION
+    # Worded as each operation's 400 table in openapi.json words it.
+    found = f"Sesja o numerze referencyjnym {UNKNOWN_SESSION} nie została znaleziona."
+    odnaleziona = found.replace("znaleziona", "odnaleziona")
     async with online.send_raw(online.keys.send_body(SAMPLE)) as resp:
-        await expect_error(resp, 21173)
-    async with http.get(f"{sim.base_url}/sessions/{UNKNOWN_SESSION}", headers=online.headers) as resp:
-        await expect_error(resp, 21173)
-    async with http.post(f"{sim.base_url}/sessions/online/{UNKNOWN_SESSION}/close", headers=online.headers) as resp:
-        await expect_error(resp, 21173)
+        assert (await expect_error(resp, 21173))["details"] == [odnaleziona]
+    for method, path, words in (("POST", f"/sessions/online/{UNKNOWN_SESSION}/close", odnaleziona),
+                                ("GET", f"/sessions/{UNKNOWN_SESSION}", found),
+                                ("GET", f"/sessions/{UNKNOWN_SESSION}/invoices", found),
+                                ("GET", f"/sessions/{UNKNOWN_SESSION}/invoices/failed", found)):
+        async with http.request(method, f"{sim.base_url}{path}", headers=online.headers) as resp:
+            assert (await expect_error(resp, 21173))["details"] == [words], path
+
+
+async def test_temporarily_unavailable_session_is_21184(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    """PROTOCOL.md §14.3: 400 21184 on send (fault switch `unavailable`); the invoice was not accepted."""
+    sim = await sim_factory(config=sim_config(faults="unavailable=1"))
+    online = await _online(sim, http)
+    await online.open()
+    for _ in range(2):                                          # the session stays unavailable
+        async with online.send_raw(online.keys.send_body(SAMPLE)) as resp:
+            detail = await expect_error(resp, 21184)
+    assert detail["exceptionDescription"] == "Sesja tymczasowo niedostępna."
+    assert detail["details"] == [f"Trwają prace serwisowe i sesja {online.reference} jest tymczasowo niedostępna. "
+                                 "Spróbuj ponownie później lub otwórz nową sesję, aby wysłać kolejne faktury."]
+    assert (await online.status())["invoiceCount"] == 0        # no invoice reference exists
 
 
 async def test_sizes_and_hashes_of_both_pairs_are_checked(sim: Any, http: aiohttp.ClientSession) -> None:
@@ -124,9 +152,13 @@ async def test_iv_prefixed_ciphertext_is_not_what_ksef_expects(sim: Any, http: a
 
 async def test_session_invoice_limit_is_21155(sim: Any, http: aiohttp.ClientSession) -> None:
     online = await _online(sim, http)
-    # The limits engineer's POST /testdata/limits/context/session writes this record (PROTOCOL.md §11).
-    sim.world.store.put("context_limits", NIP, {"onlineSession": {"maxInvoices": 2, "maxInvoiceSizeInMB": 1,
-                                                                  "maxInvoiceWithAttachmentSizeInMB": 3}})
+    # PROTOCOL.md §11, §14.5: TEST lowers the context's session limits (10 000 invoices by default).
+    limits = {"onlineSession": {"maxInvoices": 2, "maxInvoiceSizeInMB": 1, "maxInvoiceWithAttachmentSizeInMB": 3},
+              "batchSession": {"maxInvoices": 2, "maxInvoiceSizeInMB": 1, "maxInvoiceWithAttachmentSizeInMB": 3},
+              "collectiveIdentifier": {"maxInvoices": 500}}
+    async with http.post(f"{sim.base_url}/testdata/limits/context/session", json=limits,
+                         headers=online.headers) as resp:
+        await expect(resp, 200)
     await online.open()
     for n in range(2):
         await online.send(SAMPLE.replace(b"FM2026/02/150", f"LIMIT/{n}".encode()))
@@ -227,11 +259,13 @@ async def test_unknown_invoice_and_missing_upo(sim_factory: Any, http: aiohttp.C
     other = ref[:-2] + ("00" if ref[-2:] != "00" else "01")
     async with http.get(f"{base}/invoices/{other}", headers=online.headers) as resp:
         await expect_error(resp, 21164)
-    async with http.get(f"{base}/invoices/ksef/9999999999-20260101-000000000000-00/upo",
-                        headers=online.headers) as resp:
-        await expect_error(resp, 21178)
-    async with http.get(f"{base}/upo/20261122-EU-0000000000-0000000000-00", headers=online.headers) as resp:
-        await expect_error(resp, 21178)
+    number, page = "9999999999-20260101-000000000000-00", "20261122-EU-0000000000-0000000000-00"
+    async with http.get(f"{base}/invoices/ksef/{number}/upo", headers=online.headers) as resp:
+        assert (await expect_error(resp, 21178))["details"] == [
+            f"UPO o numerze KSeF {number} i numerze referencyjnym sesji {online.reference} nie zostało znalezione."]
+    async with http.get(f"{base}/upo/{page}", headers=online.headers) as resp:
+        assert (await expect_error(resp, 21178))["details"] == [
+            f"UPO o numerze referencyjnym {page} dla sesji {online.reference} nie zostało znalezione."]
 
 
 async def test_problem_details_format_on_request(sim: Any, http: aiohttp.ClientSession) -> None:
@@ -297,6 +331,15 @@ async def test_session_list_filters(sim: Any, http: aiohttp.ClientSession) -> No
     assert await refs(referenceNumber=open_ref) == [open_ref]
     assert await refs(dateClosedFrom="2020-01-01T00:00:00Z") == [closed_ref]
     assert await refs(sessionType="Batch") == []
+    async with http.get(f"{sim.base_url}/sessions", params={"sessionType": "Online"}, headers=online.headers) as resp:
+        listing = await expect(resp, 200)
+    closed, opened = listing["sessions"]
+    assert "continuationToken" not in listing                # the last page carries none (not even null)
+    assert await refs(dateCreatedFrom=closed["dateCreated"]) == [closed_ref]          # bounds are inclusive
+    assert await refs(dateCreatedTo=opened["dateCreated"]) == [open_ref]
+    assert await refs(dateModifiedFrom=closed["dateUpdated"]) == [closed_ref]
+    assert await refs(dateModifiedTo=opened["dateUpdated"], statuses="Cancelled") == []
+    assert await refs(statuses="Cancelled", dateCreatedTo=closed["dateCreated"]) == [closed_ref]
 
 
 @pytest.mark.sends_invalid_requests

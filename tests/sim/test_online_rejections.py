@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 
+from ksefd.sim.clock import ManualClock
 from tests.conftest import SAMPLES
 from tests.support.ksef_auth import access_token
 from tests.support.online_flow import Online, expect_error, sim_config
@@ -100,6 +101,24 @@ async def test_offline_marking(online: Online) -> None:
     assert flagged["status"]["code"] == 200 and flagged["invoicingMode"] == "Offline"
     yesterday = await online.submit(variant("MODE/3", p1=TODAY - dt.timedelta(days=1)))
     assert yesterday["status"]["code"] == 200 and yesterday["invoicingMode"] == "Offline"   # §8.3
+
+
+async def test_offline_marking_follows_the_warsaw_day(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    """PROTOCOL.md §8.3, §13.9: the invoicing day is the Warsaw day. At 23:30 UTC it is already tomorrow in
+    Warsaw, so P_1 = the UTC date is a day earlier (Offline) and P_1 = the Warsaw date is not in the future."""
+    tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+    clock = ManualClock(dt.datetime.combine(tomorrow, dt.time(23, 30), dt.UTC))
+    sim = await sim_factory(config=sim_config(), clock=clock)
+    online = Online(http, sim.base_url, await access_token(http, sim.base_url, NIP))
+    await online.open()
+    utc_day, warsaw_day = tomorrow, tomorrow + dt.timedelta(days=1)
+    earlier = await online.submit(variant("WAW/1", p1=utc_day))
+    assert earlier["status"]["code"] == 200 and earlier["invoicingMode"] == "Offline"
+    same_day = await online.submit(variant("WAW/2", p1=warsaw_day))
+    assert same_day["status"]["code"] == 200 and same_day["invoicingMode"] == "Online"
+    assert same_day["ksefNumber"][11:19] == warsaw_day.strftime("%Y%m%d")    # the KSeF number's date, too
+    future = await online.submit(variant("WAW/3", p1=warsaw_day + dt.timedelta(days=1)))
+    assert future["status"]["code"] == 450
 
 
 async def test_duplicates_are_global_across_sessions(online: Online) -> None:

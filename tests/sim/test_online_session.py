@@ -62,6 +62,10 @@ async def test_open_send_process_close(sim_factory: Any, http: aiohttp.ClientSes
     assert done["invoiceNumber"] == "FV2026/02/150"
     assert done["invoicingMode"] == "Offline"     # P_1 2026-02-15 precedes today: automatic offline (§8.3)
     assert done["upoDownloadUrl"].startswith(sim.root_url + "/storage/")
+    # Every field of SessionInvoiceStatusResponse but invoiceFileName (batch only): nothing KSeF returns is left out.
+    assert set(done) == {"ordinalNumber", "invoiceNumber", "ksefNumber", "referenceNumber", "invoiceHash",
+                         "acquisitionDate", "invoicingDate", "permanentStorageDate", "upoDownloadUrl",
+                         "upoDownloadUrlExpirationDate", "invoicingMode", "status"}
 
     await online.close()
     closing = await online.status()
@@ -70,6 +74,8 @@ async def test_open_send_process_close(sim_factory: Any, http: aiohttp.ClientSes
     assert final["status"] == {"code": 200, "description": "Sesja interaktywna przetworzona pomyślnie"}
     assert (final["invoiceCount"], final["successfulInvoiceCount"], final["failedInvoiceCount"]) == (1, 1, 0)
     assert len(final["upo"]["pages"]) == 1
+    assert set(final) == {"status", "dateCreated", "dateUpdated", "validUntil", "upo", "invoiceCount",
+                          "successfulInvoiceCount", "failedInvoiceCount"}          # SessionStatusResponse, complete
     async with http.get(f"{sim.base_url}/sessions", params={"sessionType": "Online"},
                         headers=online.headers) as resp:
         listed = await expect(resp, 200)

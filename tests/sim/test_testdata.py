@@ -6,15 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-import jwt
 import pytest
 
 from ksefd.sim.config import SimConfig
-from ksefd.sim.permissions import attachments_allowed
+from tests.conftest import SAMPLES
 from tests.support.ksef_auth import (
     AuthFailed,
+    access_token,
     auth_token_request,
     challenge,
+    claims,
     create_ksef_token,
     owner_login,
     redeem,
@@ -25,6 +26,7 @@ from tests.support.ksef_auth import (
     wait_for_auth,
     xades_login,
 )
+from tests.support.online_flow import Online
 
 NIP = "5265877635"
 OTHER_NIP = "7762811692"
@@ -34,10 +36,6 @@ PESEL = "15062788702"
 async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, Any]:
     async with http.post(url, json=body) as resp:
         return resp.status, await resp.json(content_type=None) if resp.content_length else None
-
-
-def claims(token: str) -> dict[str, Any]:
-    return jwt.decode(token, options={"verify_signature": False})
 
 
 async def test_person_twice_is_30001_until_removed(sim, http: aiohttp.ClientSession) -> None:
@@ -102,13 +100,25 @@ async def test_grant_with_malformed_identifier_is_21405(sim, http: aiohttp.Clien
     assert status == 400 and body["exception"]["exceptionDetailList"][0]["exceptionCode"] == 21405
 
 
-async def test_attachment_consent(sim, http: aiohttp.ClientSession) -> None:
-    assert not attachments_allowed(sim.world.store, NIP)
-    assert (await post(http, f"{sim.base_url}/testdata/attachment", {"nip": NIP}))[0] == 200
-    assert attachments_allowed(sim.world.store, NIP) and not attachments_allowed(sim.world.store, OTHER_NIP)
+async def test_attachment_consent_and_its_revocation(sim, http: aiohttp.ClientSession) -> None:
+    """Observed where it matters online (PROTOCOL.md §4.2, §8.4): the technical correction of an offline invoice
+    may carry Zalacznik only while attachments are enabled for the seller's NIP."""
+    seller = "9999999999"                                   # the sample's Podmiot1
+    original = (SAMPLES / "invoices" / "FA_3_Przyklad_24.xml").read_bytes()
+    assert (await post(http, f"{sim.base_url}/testdata/attachment", {"nip": seller}))[0] == 200
     assert (await post(http, f"{sim.base_url}/testdata/attachment/revoke",
-                       {"nip": NIP, "expectedEndDate": "2026-12-31"}))[0] == 200
-    assert not attachments_allowed(sim.world.store, NIP)
+                       {"nip": seller, "expectedEndDate": "2026-12-31"}))[0] == 200
+    online = Online(http, sim.base_url, await access_token(http, sim.base_url, seller))
+    await online.open()
+    first = await online.submit(original, offlineMode=True)
+    assert first["status"]["code"] == 415                    # no attachments online outside a correction
+    fixed = original.replace(b"</Faktura>", b"\n</Faktura>")
+    revoked = await online.submit(fixed, offlineMode=True, hashOfCorrectedInvoice=first["invoiceHash"])
+    assert revoked["status"]["code"] == 415                  # consent revoked
+    assert (await post(http, f"{sim.base_url}/testdata/attachment", {"nip": seller}))[0] == 200
+    again = fixed.replace(b"</Faktura>", b"\n</Faktura>")
+    accepted = await online.submit(again, offlineMode=True, hashOfCorrectedInvoice=first["invoiceHash"])
+    assert accepted["status"]["code"] == 200, accepted
 
 
 async def test_blocked_context_fails_token_auth_with_480(sim, http: aiohttp.ClientSession) -> None:

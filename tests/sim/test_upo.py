@@ -170,6 +170,33 @@ async def test_xades_login_upo_names_the_signed_document(sim: Any, http: aiohttp
     assert xsd_errors(data) == []
 
 
+async def test_session_upo_is_paged(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    """PROTOCOL.md §4.4: a page lists at most 10 000 invoices; SimConfig.upo_page_size=2 shows the paging over
+    HTTP with five accepted invoices (three pages) instead of 10 001."""
+    sim = await sim_factory(config=sim_config(upo_page_size=2))
+    online = Online(http, sim.base_url, await access_token(http, sim.base_url, NIP))
+    await online.open()
+    accepted = [await online.submit(variant(f"UPO/PAGE/{n}")) for n in range(5)]
+    assert (await online.submit(b"<broken/>"))["status"]["code"] == 430      # not in any page
+    await online.close()
+    final = await online.wait_session()
+    assert final["status"]["code"] == 200 and len(final["upo"]["pages"]) == 3
+    listed: list[str] = []
+    for number, page in enumerate(final["upo"]["pages"], start=1):
+        data, _ = await online.get_bytes(f"/sessions/{online.reference}/upo/{page['referenceNumber']}")
+        async with http.get(page["downloadUrl"]) as resp:
+            assert resp.status == 200 and await resp.read() == data
+        assert xsd_errors(data) == []
+        verify_signature(data)
+        root = etree.fromstring(data)
+        description = [root.findtext(f"{q('OpisPotwierdzenia')}/{q(n)}") for n in (
+            "Strona", "LiczbaStron", "ZakresDokumentowOd", "ZakresDokumentowDo", "CalkowitaLiczbaDokumentow")]
+        first = 2 * number - 1
+        assert description == [str(number), "3", str(first), str(min(first + 1, 5)), "5"]
+        listed += [d.findtext(q("NumerKSeFDokumentu")) or "" for d in root.findall(q("Dokument"))]
+    assert listed == [a["ksefNumber"] for a in accepted]          # every accepted invoice once, in order
+
+
 def test_session_upo_pages_hold_at_most_10000_documents() -> None:
     assert [(p.number, p.count, p.first, p.last) for p in sim_upo.pages(10_000)] == [(1, 1, 1, 10_000)]
     assert [(p.first, p.last, p.total) for p in sim_upo.pages(25_001)] == \
@@ -179,7 +206,6 @@ def test_session_upo_pages_hold_at_most_10000_documents() -> None:
 async def test_unknown_upo_link_is_refused(sim: Any, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{sim.root_url}/storage/upo/20261122-SO-0000000000-0000000000-00/invoice/x.xml") as resp:
         assert resp.status == 403
-
 
 
 async def test_production_name_has_no_suffix(sim_factory: Any, http: aiohttp.ClientSession) -> None:

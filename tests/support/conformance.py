@@ -71,6 +71,8 @@ def conformance_middleware(found: Violations) -> Callable[..., Awaitable[web.Str
         except Exception as exc:   # any validation failure is recorded
             found.requests.append(f"{request.method} {request.path}: {_error_text(exc)}")
         response = await handler(request)
+        if "X-Sim-Fault" in response.headers:
+            return response     # an injected fault (ksefd/sim/faults.py): a CDN's 5xx is not a KSeF answer
         if isinstance(response, web.Response) and response.body is not None:
             content_type = response.content_type
             if content_type.endswith("json") or response.status >= 400:

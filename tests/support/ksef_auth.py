@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -155,6 +156,16 @@ def sign_auth_request(xml: bytes, cert: x509.Certificate, key: PrivateKey, *,
     props_digest.text = _b64(hashlib.sha256(_c14n(props)).digest())
     signature_value.text = _b64(_raw_signature(key, _c14n(signed_info)))
     return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8"))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def claims(token: str) -> dict[str, Any]:
+    """The JWT's payload, read without verification (tests look at what the simulator put there)."""
+    payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return payload
 
 
 @dataclass

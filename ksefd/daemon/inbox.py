@@ -1,0 +1,322 @@
+"""KSeF -> inbox for one company (issue #6): complete, incremental, deduplicated.
+
+    worker = InboxWorker(company, ksef_context, store, clock)
+    await worker.run_forever(stop)          # the service runs one per company with receive = true
+    report = await worker.run_cycle()       # or one cycle (tests, `--once`)
+
+Per subject type (Subject2 by default; `receiving.subject_types`), one checkpoint in SQLite (PROTOCOL.md
+§6.4): exports with dateType PermanentStorage, `restrictToPermanentStorageHwmDate` and adjacent windows,
+each starting exactly where the last one ended (`lastPermanentStorageDate` after a truncated package,
+otherwise the HWM). On the first run the window starts at `receiving.backfill_from` (00:00 Polish time;
+without it, at the first run: no history), and backfill windows are cut at 100 days (§14.4). The
+checkpoint moves only after every file of the package is delivered; a crash, a failed write or a
+failed download leaves it where it was and the next attempt exports the same window again, which the
+delivered set deduplicates.
+
+Scheduling (item 4): at least `cycle_minutes` between cycles of a subject type; a backlog (truncated
+packages) continues at once, one package per subject type in turn, within the company's shared hourly
+budget (inbox_schedule.HourlyBudget). A 429 with a long Retry-After is waited out (nothing is sent to
+KSeF before it has passed); other failures back off exponentially, credential and permission problems
+slowly. The nightly reconciliation (reconcile.py) runs at `reconcile_at`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from ksefd import clock as clocks
+from ksefd.config import Company
+from ksefd.ksef.batch_archive import ZIP
+from ksefd.ksef.client import KsefContext
+from ksefd.ksef.errors import (
+    ApiError,
+    AuthenticationFailed,
+    CredentialsError,
+    Forbidden,
+    KsefError,
+    KsefException,
+    ProtocolError,
+    RateLimited,
+    Unauthorized,
+)
+from ksefd.ksef.export import ExportOptions
+from ksefd.ksef.receiving import format_instant, parse_instant, query_filters
+from ksefd.store import Checkpoint, Store
+
+from .hooks import InvoiceHooks
+from .inbox_delivery import InboxFolder
+from .inbox_schedule import SHARED_HOURLY_CALLS, Backoff, HourlyBudget, cycle_due, next_reconcile
+from .inbox_status import StatusBook
+from .inbox_sync import SMALL_GAP, InboxMetrics, Pipeline, export_package
+from .reconcile import ReconcileReport, reconcile
+
+log = structlog.get_logger("ksefd.daemon.inbox")
+
+FROM_AFTER_HWM_QUERY = 21183      # metadata query: `from` after the HWM with restrict=true (§6.1)
+SUBJECT_NOT_ALLOWED = 21181       # the subject type is not allowed for this context type (§6.3)
+
+
+class _Stopped(Exception):
+    """The stop event was set while waiting."""
+
+
+@dataclass
+class CycleReport:
+    delivered: list[str] = field(default_factory=list)
+    packages: int = 0
+    failures: dict[str, str] = field(default_factory=dict)          # subject type -> error
+    reconciled: list[ReconcileReport] = field(default_factory=list)
+
+
+@dataclass
+class _Subject:
+    name: str
+    backoff: Backoff
+    retry_at: dt.datetime | None = None
+
+
+class InboxWorker:
+    def __init__(self, company: Company, context: KsefContext, store: Store, clock: clocks.Clock, *,
+                 workdir: Path | None = None, export_options: ExportOptions | None = None,
+                 hourly_budget: int | None = SHARED_HOURLY_CALLS, compression: str = ZIP,
+                 small_gap: int = SMALL_GAP, retry_min_seconds: float | None = None,
+                 retry_max_seconds: float | None = None, folder: InboxFolder | None = None) -> None:
+        self.company = company
+        self.options = company.receiving
+        self.store = store
+        self.clock = clock
+        self._stop: asyncio.Event | None = None
+        hooks = InvoiceHooks(company.name, self.options, store, clock.now)
+        budget = HourlyBudget(company.name, store.kv, clock.now, self._sleep, hourly_budget)
+        self.pipeline = Pipeline(
+            company=company.name, store=store, clock=clock, exporter=context.exporter(export_options),
+            receiver=context.receiver(), budget=budget,
+            folder=folder or InboxFolder(company.folders.inbox, self.options.inbox_layout),
+            hooks=hooks, workdir=workdir or store.db.path.parent / "inbox-work" / company.name,
+            compression=compression, small_gap=small_gap)
+        first = retry_min_seconds or company.sending.retry_min_seconds
+        cap = retry_max_seconds or company.sending.retry_max_seconds
+        self.subjects: dict[str, _Subject] = {
+            name: _Subject(name, Backoff(first, cap)) for name in self.options.subject_types}
+        self.status = StatusBook(company.name, store.kv, clock.now)
+        self._anchor = clock.now()          # the first reconciliation is the first `reconcile_at` after start
+        self._started = False
+
+    @property
+    def metrics(self) -> InboxMetrics:
+        return self.pipeline.metrics
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Prepare the inbox (and remove temp files a killed run left), run hooks left pending."""
+        if self._started:
+            return
+        removed = await asyncio.to_thread(self.pipeline.folder.prepare)
+        if removed:
+            log.info("inbox.stale_temps_removed", company=self.company.name, count=removed)
+        await self.pipeline.budget.load()
+        await self.pipeline.hooks.recover()
+        self._started = True
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Cycles until `stop` is set; never raises for a KSeF or disk failure (they are retried)."""
+        self._stop = stop
+        try:
+            await self.startup()
+            while not stop.is_set():
+                try:
+                    await self.run_cycle()
+                except _Stopped:
+                    break
+                except Exception as error:            # a bug must not end receiving for this company
+                    log.exception("inbox.cycle_crashed", company=self.company.name, error=str(error))
+                    await self._sleep_quietly(self.company.sending.retry_min_seconds)
+                    continue
+                await self._sleep_quietly(await self.seconds_until_due())
+        finally:
+            self._stop = None
+
+    async def run_cycle(self, *, force: bool = False) -> CycleReport:
+        """Every due subject type until caught up (one package per subject type in turn), then the
+        reconciliation if it is due. `force` ignores the cadence (not a pending 429 or backoff)."""
+        await self.startup()
+        report = CycleReport()
+        now = self.clock.now()
+        started = {s.name: now for s in self.subjects.values() if await self._due(s, now, force)}
+        pending = list(started)
+        try:
+            while pending:
+                for name in list(pending):
+                    more = await self._step(self.subjects[name], report)
+                    if not more:
+                        pending.remove(name)
+                        if name not in report.failures:     # a failed one is retried after its backoff
+                            await self.store.inbox.mark_cycle(self.company.name, name, started[name])
+                if self._stop is not None and self._stop.is_set():
+                    break
+            for name in self.subjects:
+                if name in report.failures or not self._reconcile_due(name, await self._last_reconcile(name)):
+                    continue
+                result = await self._reconcile_safely(name)
+                if result is not None:
+                    report.reconciled.append(result)
+        finally:
+            await self.status.save(self.metrics, await self._checkpoints())
+        return report
+
+    # -- one package of one subject type ---------------------------------------------------------
+
+    async def _step(self, subject: _Subject, report: CycleReport) -> bool:
+        """Export and deliver one package; True when more is waiting at once."""
+        try:
+            date_from = await self._window_start(subject.name)
+            filters = query_filters(subject.name, date_from, None, now=self.clock.now())
+            result = await export_package(self.pipeline, subject.name, filters)
+            if not result.caught_up:
+                await self.store.inbox.advance(self.company.name, subject.name, parse_instant(result.next_from))
+        except _Stopped:
+            raise
+        except Exception as error:
+            report.failures[subject.name] = self._failed(subject, error)
+            return False
+        report.packages += 0 if result.caught_up else 1
+        report.delivered += result.report.delivered
+        subject.backoff.reset()
+        subject.retry_at = None
+        self.status.clear_error(subject.name)
+        return result.more
+
+    async def _window_start(self, subject_type: str) -> str:
+        checkpoint = await self.store.inbox.checkpoint(self.company.name, subject_type)
+        if checkpoint is not None and checkpoint.next_from is not None:
+            return format_instant(checkpoint.next_from)
+        start = self._initial_start()
+        # Persisted before the first export: a restart must not move the start to its own "now".
+        await self.store.inbox.advance(self.company.name, subject_type, start)
+        log.info("inbox.first_window", company=self.company.name, subject=subject_type, start=format_instant(start))
+        return format_instant(start)
+
+    def _initial_start(self) -> dt.datetime:
+        if self.options.backfill_from is None:
+            return self.clock.now()
+        midnight = dt.datetime.combine(self.options.backfill_from, dt.time(0), tzinfo=clocks.WARSAW)
+        return midnight.astimezone(dt.UTC)
+
+    # -- failures --------------------------------------------------------------------------------
+
+    def _failed(self, subject: _Subject, error: Exception) -> str:
+        """Decide when to try again; never sooner than KSeF's Retry-After. Returns the message."""
+        now = self.clock.now()
+        self.metrics.failures += 1
+        kind, delay = self._classify(subject, error)
+        subject.retry_at = now + dt.timedelta(seconds=delay)
+        message = f"{type(error).__name__}: {error}"
+        first = self.status.set_error(subject.name, kind, message, subject.retry_at)
+        level = log.warning if first else log.info
+        level("inbox.cycle_failed", company=self.company.name, subject=subject.name, kind=kind, error=message,
+              retry_in=round(delay, 1))
+        return message
+
+    def _classify(self, subject: _Subject, error: Exception) -> tuple[str, float]:
+        if isinstance(error, RateLimited):
+            self.metrics.rate_limited += 1
+            return "rate-limited", max(error.retry_after, 1.0)
+        if isinstance(error, AuthenticationFailed | CredentialsError | Unauthorized | Forbidden) or (
+                isinstance(error, KsefException) and SUBJECT_NOT_ALLOWED in error.codes):
+            return "needs-attention", self.company.sending.hold_retry_seconds
+        if isinstance(error, OSError):
+            return "disk", subject.backoff.next_delay()
+        if isinstance(error, KsefError | ApiError | ProtocolError):
+            return "ksef", subject.backoff.next_delay()
+        return "unexpected", subject.backoff.next_delay()
+
+    # -- reconciliation --------------------------------------------------------------------------
+
+    async def _last_reconcile(self, subject_type: str) -> dt.datetime | None:
+        checkpoint = await self.store.inbox.checkpoint(self.company.name, subject_type)
+        return checkpoint.last_reconcile_at if checkpoint else None
+
+    def _reconcile_due(self, subject_type: str, last: dt.datetime | None) -> bool:
+        if not self.options.reconcile:
+            return False
+        return self.clock.now() >= next_reconcile(last or self._anchor, self.options.reconcile_at)
+
+    async def reconcile(self, subject_type: str) -> ReconcileReport:
+        """Run the audit of `subject_type` now (reconcile.py)."""
+        await self.startup()
+        result = await reconcile(self.pipeline, subject_type, window_days=self.options.reconcile_window_days)
+        self.status.set_reconcile(subject_type, result.as_dict())
+        await self.status.save(self.metrics, await self._checkpoints())
+        return result
+
+    async def _reconcile_safely(self, subject_type: str) -> ReconcileReport | None:
+        try:
+            return await self.reconcile(subject_type)
+        except _Stopped:
+            raise
+        except Exception as error:
+            # The audit is retried at the next cycle: its time was not marked.
+            self.metrics.failures += 1
+            log.warning("inbox.reconcile_failed", company=self.company.name, subject=subject_type,
+                        error=f"{type(error).__name__}: {error}")
+            return None
+
+    # -- time ------------------------------------------------------------------------------------
+
+    async def _due(self, subject: _Subject, now: dt.datetime, force: bool) -> bool:
+        if subject.retry_at is not None and now < subject.retry_at:
+            return False
+        if force:
+            return True
+        checkpoint = await self.store.inbox.checkpoint(self.company.name, subject.name)
+        due = cycle_due(checkpoint.last_cycle_at if checkpoint else None, self.options.cycle_minutes)
+        return due is None or now >= due
+
+    async def seconds_until_due(self) -> float:
+        """Seconds until a subject type or the reconciliation is due (run_forever sleeps this long)."""
+        now = self.clock.now()
+        moments: list[dt.datetime] = []
+        for subject in self.subjects.values():
+            checkpoint = await self.store.inbox.checkpoint(self.company.name, subject.name)
+            due = cycle_due(checkpoint.last_cycle_at if checkpoint else None, self.options.cycle_minutes) or now
+            if subject.retry_at is not None:
+                due = max(due, subject.retry_at)
+            moments.append(due)
+            if self.options.reconcile:
+                last = checkpoint.last_reconcile_at if checkpoint else None
+                moments.append(next_reconcile(last or self._anchor, self.options.reconcile_at))
+        return max(0.0, (min(moments) - now).total_seconds()) if moments else 60.0
+
+    async def _checkpoints(self) -> list[Checkpoint]:
+        return await self.store.inbox.checkpoints(self.company.name)
+
+    async def _sleep(self, seconds: float) -> None:
+        """The clock's sleep, cut short by the stop event (then _Stopped)."""
+        stop = self._stop
+        if stop is None:
+            await self.clock.sleep(seconds)
+            return
+        if stop.is_set():
+            raise _Stopped
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if stop.is_set():
+            raise _Stopped
+
+    async def _sleep_quietly(self, seconds: float) -> None:
+        with contextlib.suppress(_Stopped):
+            await self._sleep(seconds)

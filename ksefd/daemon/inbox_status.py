@@ -1,0 +1,71 @@
+"""The inbox pipeline's status as data (DESIGN.md convention 7), for `ksefd status`, /metrics and people:
+per company, per subject type the checkpoint, the last cycle, the last error and when it is retried, the
+last reconciliation with the KSeF numbers it found missing; and the pipeline's counters.
+
+Kept in the state database (kv namespace `inbox_status`, one JSON document per company), written after
+every cycle and audit; `read_inbox_status(store, company)` gives it back to another process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ksefd.store import Checkpoint, KeyValueRepo, Store
+
+from .inbox_sync import InboxMetrics
+
+STATUS_NAMESPACE = "inbox_status"
+
+
+def _time(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).isoformat() if value is not None else None
+
+
+class StatusBook:
+    def __init__(self, company: str, kv: KeyValueRepo, now: Callable[[], dt.datetime]) -> None:
+        self.company = company
+        self.kv = kv
+        self.now = now
+        self.errors: dict[str, dict[str, Any]] = {}
+        self.reconciliations: dict[str, dict[str, Any]] = {}
+
+    def set_error(self, subject_type: str, kind: str, message: str, retry_at: dt.datetime) -> bool:
+        """Note a failure; True when it is new (not the same failure again), so it is logged loudly once."""
+        previous = self.errors.get(subject_type)
+        first = previous is None or previous["message"] != message
+        since = self.now() if first or previous is None else dt.datetime.fromisoformat(previous["since"])
+        self.errors[subject_type] = {"kind": kind, "message": message, "since": _time(since),
+                                     "retryAt": _time(retry_at), "repeats": 0 if first or previous is None
+                                     else previous["repeats"] + 1}
+        return first
+
+    def clear_error(self, subject_type: str) -> None:
+        self.errors.pop(subject_type, None)
+
+    def set_reconcile(self, subject_type: str, report: dict[str, Any]) -> None:
+        self.reconciliations[subject_type] = {**report, "at": _time(self.now())}
+
+    def document(self, metrics: InboxMetrics, checkpoints: list[Checkpoint]) -> dict[str, Any]:
+        subjects: dict[str, Any] = {}
+        for checkpoint in checkpoints:
+            subjects[checkpoint.subject_type] = {
+                "checkpoint": _time(checkpoint.next_from), "lastCycleAt": _time(checkpoint.last_cycle_at),
+                "lastReconcileAt": _time(checkpoint.last_reconcile_at)}
+        for name, error in self.errors.items():
+            subjects.setdefault(name, {})["error"] = error
+        for name, reconciled in self.reconciliations.items():
+            subjects.setdefault(name, {})["reconcile"] = reconciled
+        return {"company": self.company, "updatedAt": _time(self.now()), "subjects": subjects,
+                "metrics": metrics.as_dict()}
+
+    async def save(self, metrics: InboxMetrics, checkpoints: list[Checkpoint]) -> None:
+        await self.kv.put(STATUS_NAMESPACE, self.company, json.dumps(self.document(metrics, checkpoints)))
+
+
+async def read_inbox_status(store: Store, company: str) -> dict[str, Any] | None:
+    """The last status the inbox pipeline of `company` saved (None: it never ran)."""
+    text = await store.kv.get(STATUS_NAMESPACE, company)
+    return dict(json.loads(text)) if text else None

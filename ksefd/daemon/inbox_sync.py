@@ -1,0 +1,190 @@
+"""The KSeF side of receiving (issue #6 item 1; PROTOCOL.md §6.3, §6.4, §14.4): one export package of a
+PermanentStorage window, delivered, and where the next adjacent window starts; single downloads for
+small gaps (§6.2: 64 per hour, "for low volume only").
+
+`Pipeline` holds what every step needs for one company. The checkpoint itself is moved by the caller
+(inbox.py), and only after `export_package` returned, i.e. after every file of the package is delivered.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ksefd import clock as clocks
+from ksefd.ksef.batch_archive import ZIP
+from ksefd.ksef.errors import ProtocolError
+from ksefd.ksef.export import Exporter, ExportFailed, ExportPackage
+from ksefd.ksef.export_package import next_checkpoint
+from ksefd.ksef.receiving import Receiver, instant_text, parse_instant
+from ksefd.store import Store
+
+from .hooks import InvoiceHooks
+from .inbox_delivery import Deliverer, DeliveryReport, InboxFolder, ReceivedInvoice
+from .inbox_schedule import HourlyBudget
+
+log = structlog.get_logger("ksefd.daemon.inbox")
+
+FROM_AFTER_HWM = 420         # export status: `from` is after the HWM with restrict=true (§6.3)
+SMALL_GAP = 20               # at most this many single downloads instead of an export (§6.2, 64/h)
+
+
+@dataclass
+class InboxMetrics:
+    """Counters for `ksefd status` and /metrics (monotonic within one run)."""
+
+    exports: int = 0
+    packages_truncated: int = 0
+    metadata_pages: int = 0
+    single_downloads: int = 0
+    delivered: int = 0
+    duplicates_skipped: int = 0
+    rate_limited: int = 0
+    failures: int = 0
+    reconcile_runs: int = 0
+    reconcile_missing: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass
+class Pipeline:
+    company: str
+    store: Store
+    clock: clocks.Clock
+    exporter: Exporter
+    receiver: Receiver
+    budget: HourlyBudget
+    folder: InboxFolder
+    hooks: InvoiceHooks
+    workdir: Path
+    metrics: InboxMetrics = field(default_factory=InboxMetrics)
+    compression: str = ZIP
+    small_gap: int = SMALL_GAP
+
+    def deliverer(self, subject_type: str) -> Deliverer:
+        return Deliverer(self.company, subject_type, self.folder, self.store.inbox,
+                         before_write=self.hooks.note, after_record=self._after_record)
+
+    async def _after_record(self, targets: list[tuple[str, Path]]) -> None:
+        await self.hooks.fire(targets)
+
+    async def deliver(self, subject_type: str, invoices: list[ReceivedInvoice] | Iterator[ReceivedInvoice]
+                      ) -> DeliveryReport:
+        report = await self.deliverer(subject_type).deliver(invoices)
+        self.metrics.delivered += len(report.delivered)
+        self.metrics.duplicates_skipped += report.skipped
+        return report
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    next_from: str               # where the next adjacent window starts (KSeF's own date string)
+    more: bool                   # True: the window is not exhausted yet, export again at once
+    invoice_count: int
+    report: DeliveryReport
+    caught_up: bool = False      # `from` was after the HWM: nothing new is final yet
+
+
+async def export_package(p: Pipeline, subject_type: str, filters: dict[str, Any]) -> PackageResult:
+    """Export one package of `filters`' window, deliver it, and say where the next window starts (§6.4 step 3)."""
+    date_from = str(filters["dateRange"]["from"])
+    await p.budget.spend("export")
+    p.metrics.exports += 1
+    _clean(p.workdir)
+    try:
+        package = await p.exporter.export(filters, p.workdir, compression=p.compression)
+    except ExportFailed as failed:
+        if failed.code == FROM_AFTER_HWM:
+            log.info("inbox.nothing_final_yet", company=p.company, subject=subject_type, date_from=date_from)
+            return PackageResult(date_from, False, 0, DeliveryReport(), caught_up=True)
+        raise
+    try:
+        report = await _deliver_package(p, subject_type, package)
+        next_from, more = _next_window(package, filters)
+    finally:
+        package.cleanup()
+    if package.info.is_truncated:
+        p.metrics.packages_truncated += 1
+    _check_progress(date_from, next_from, package)
+    log.info("inbox.package_done", company=p.company, subject=subject_type, export=package.reference_number,
+             invoices=package.info.invoice_count, delivered=len(report.delivered), skipped=report.skipped,
+             truncated=package.info.is_truncated, next_from=next_from)
+    return PackageResult(next_from, more, package.info.invoice_count, report)
+
+
+async def _deliver_package(p: Pipeline, subject_type: str, package: ExportPackage) -> DeliveryReport:
+    described = {str(m["ksefNumber"]): m for m in package.metadata}
+    in_archive: set[str] = set()
+
+    def received() -> Iterator[ReceivedInvoice]:
+        for invoice in package.invoices():
+            if invoice.metadata is None:
+                raise ProtocolError(f"invoice {invoice.ksef_number} is in the export archive but not in its "
+                                    "_metadata.json; its bytes cannot be checked")
+            in_archive.add(invoice.ksef_number)
+            yield ReceivedInvoice(invoice.ksef_number, invoice.xml, invoice.metadata)
+
+    report = await p.deliver(subject_type, received())
+    missing = [meta for number, meta in described.items() if number not in in_archive]
+    if missing:
+        log.warning("inbox.package_incomplete", company=p.company, export=package.reference_number,
+                    missing=len(missing))
+        if len(missing) > p.small_gap:
+            raise ProtocolError(f"export {package.reference_number} lacks {len(missing)} invoices its "
+                                "_metadata.json lists; the window will be exported again")
+        report.add(await fetch_singles(p, subject_type, missing))
+    return report
+
+
+async def fetch_singles(p: Pipeline, subject_type: str, metadata: list[dict[str, Any]]) -> DeliveryReport:
+    """Download a few invoices one by one (GET /invoices/ksef/{n}, hash checked) and deliver them."""
+    known = await p.store.inbox.delivered_among(p.company, [str(m["ksefNumber"]) for m in metadata])
+    invoices = []
+    for meta in metadata:
+        number = str(meta["ksefNumber"])
+        if number in known:
+            continue
+        p.metrics.single_downloads += 1
+        xml = await p.receiver.download(number, expected_hash=meta.get("invoiceHash"))
+        invoices.append(ReceivedInvoice(number, xml, meta))
+    return await p.deliver(subject_type, invoices)
+
+
+def _next_window(package: ExportPackage, filters: dict[str, Any]) -> tuple[str, bool]:
+    """§6.4 step 3: a truncated package continues from its last date; otherwise from the HWM, unless the
+    window had an end before the HWM (a backfill window capped at 100 days, §14.4): then from that end,
+    and the window after it is exported at once."""
+    window_to = filters["dateRange"].get("to")
+    following = next_checkpoint(package.info.as_mapping(), "PermanentStorage", window_to)
+    if package.info.is_truncated:
+        return following, True
+    return following, window_to is not None and following == instant_text(str(window_to))
+
+
+def _check_progress(date_from: str, next_from: str, package: ExportPackage) -> None:
+    before, after = parse_instant(date_from), parse_instant(next_from)
+    if after < before:
+        raise ProtocolError(f"export {package.reference_number} would move the checkpoint back from {date_from} "
+                            f"to {next_from}; kept")
+    if after == before and package.info.is_truncated:
+        raise ProtocolError(f"export {package.reference_number} is truncated at its own start {date_from}: more "
+                            "invoices share one permanentStorageDate than a package holds")
+
+
+def _clean(workdir: Path) -> None:
+    """Remove what a killed run left in the work folder (decrypted parts and archives)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for leftover in workdir.iterdir():
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+
+
+def window_start(value: dt.datetime | str) -> str:
+    return instant_text(value)

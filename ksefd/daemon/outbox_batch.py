@@ -1,0 +1,244 @@
+"""The backlog: batch sessions of at most `batch_max_invoices` (PROTOCOL.md §5; issue #5 item 4).
+
+KSeF processes nothing of a batch until it is closed, so the order that makes a crash harmless is:
+
+    archive built on disk -> POST /sessions/batch -> session row (OPEN) + invoices SUBMITTING (one commit)
+    -> parts uploaded -> CLOSING persisted -> POST close -> CLOSED -> wait -> per-invoice results
+
+A restart finds an OPEN batch session: never closed, so never processed; it is abandoned and its
+invoices queued again. CLOSING: the close may have arrived; the session's status says, and the close is
+repeated if not (a repeat of a close that did arrive answers 21180, which counts as closed). CLOSED:
+results are read from KSeF by the session reference alone; each invoice is matched by the file name it
+had in the archive (`<invoice id>_<name>`), then by hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import shutil
+from pathlib import Path
+
+from ksefd.ksef.batch import IN_PROGRESS, BatchOptions, BatchSender
+from ksefd.ksef.batch_archive import BatchBuildError, BatchInvoice, PreparedBatch, prepare_batch_async
+from ksefd.ksef.errors import KsefError, KsefException
+from ksefd.ksef.models import SessionInvoice, SessionStatus
+from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState
+
+from .outbox_context import CompanyCtx
+from .outbox_outcomes import Outcomes
+from .retry import Failure, classify, next_attempt
+
+S = InvoiceState
+T = SessionState
+UPO_DOWNLOADS = 8
+CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or can never be closed
+POLL = BatchOptions(poll_first=0.2, poll_factor=1.5, poll_max=5.0, invoice_page_size=1000)
+
+
+def entry_name(row: InvoiceRow) -> str:
+    """The invoice's name inside the archive (KSeF echoes it as invoiceFileName): unique and readable."""
+    return f"{row.id:08d}_{row.file_name}"
+
+
+class BatchRunner:
+    def __init__(self, ctx: CompanyCtx, outcomes: Outcomes) -> None:
+        self.ctx = ctx
+        self.outcomes = outcomes
+
+    @property
+    def sender(self) -> BatchSender:
+        return self.ctx.context.batch(options=dataclasses.replace(POLL, features=self.ctx.features))
+
+    # --- a new batch --------------------------------------------------------------------------------
+
+    async def send(self, rows: list[InvoiceRow]) -> Failure | None:
+        """Send QUEUED invoices in one batch session. Returns a Failure when the company must go on hold."""
+        workdir = self.ctx.runtime.batch_dir(self.ctx.company) / secrets.token_hex(6)
+        try:
+            invoices = [BatchInvoice(entry_name(r), Path(r.work_path or "")) for r in rows]
+            async with self.ctx.runtime.heavy:
+                prepared = await prepare_batch_async(invoices, workdir)
+        except (BatchBuildError, OSError) as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            return await self._failed(rows, S.QUEUED, KsefError(f"the batch archive could not be built: {exc}"))
+        try:
+            return await self._open_upload_close(rows, prepared)
+        finally:
+            prepared.cleanup()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _open_upload_close(self, rows: list[InvoiceRow], prepared: PreparedBatch) -> Failure | None:
+        sender = self.sender
+        try:
+            opened = await sender.open(prepared)
+        except KsefError as exc:
+            return await self._failed(rows, S.QUEUED, exc)
+        session = await self.ctx.store.sessions.add(self.ctx.name, "batch", opened.reference_number,
+                                                    opened_at=self.ctx.now())
+        submitted = await self.ctx.store.invoices.transition_many(
+            [r.id for r in rows], S.QUEUED, S.SUBMITTING, session_id=session.id, mode="batch", next_attempt_at=None,
+            detail={"session": opened.reference_number})
+        for row in submitted:
+            self.ctx.show(row, {"sessionReferenceNumber": opened.reference_number})
+        self.ctx.log.info("outbox.batch_opened", session=opened.reference_number, invoices=len(rows),
+                          parts=len(prepared.parts))
+        try:
+            await sender.upload(prepared, opened)
+        except KsefError as exc:
+            await self.ctx.store.sessions.transition(session.id, T.OPEN, T.ABANDONED, detail={"error": str(exc)})
+            return await self._failed(submitted, S.SUBMITTING, exc)
+        session = await self.ctx.store.sessions.transition(session.id, T.OPEN, T.CLOSING)
+        return await self.close_and_track(session)
+
+    # --- closing and results (also after a restart) ------------------------------------------------------
+
+    async def close_and_track(self, session: SessionRow) -> Failure | None:
+        if session.state == T.CLOSING:
+            try:
+                status = await self.ctx.context.sessions.status(session.reference)
+                if status.status.code == 100:      # KSeF has not seen the close yet
+                    await self.sender.close(session.reference)
+            except KsefException as exc:
+                if CLOSE_GONE.intersection(exc.codes):
+                    await self._session_failed(session, f"KSeF cancelled the batch session: {exc}")
+                    return None
+                return classify_for_company(exc)
+            except KsefError as exc:
+                return classify_for_company(exc)
+            session = await self.ctx.store.sessions.transition(session.id, T.CLOSING, T.CLOSED,
+                                                               closed_at=self.ctx.now())
+        return await self.track(session)
+
+    async def track(self, session: SessionRow) -> Failure | None:
+        try:
+            status = await self.sender.wait(session.reference)
+            listed = await self.ctx.context.sessions.invoices(session.reference, page_size=1000)
+        except KsefError as exc:
+            return classify_for_company(exc)
+        rows = [r for r in await self.ctx.store.invoices.in_session(session.id)
+                if r.state in (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)]
+        await self._results(session, rows, listed, status)
+        remaining = [r for r in await self.ctx.store.invoices.in_session(session.id)
+                     if r.state in (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)]
+        if not remaining:
+            await self._session_done(session, status)
+        return None
+
+    async def _results(self, session: SessionRow, rows: list[InvoiceRow], listed: list[SessionInvoice],
+                       status: SessionStatus) -> None:
+        by_name = {i.invoice_file_name: i for i in listed if i.invoice_file_name}
+        by_hash: dict[str, SessionInvoice] = {}
+        for item in listed:
+            by_hash.setdefault(item.invoice_hash, item)
+        found = {r.id: by_name.get(entry_name(r)) or by_hash.get(r.sha256) for r in rows}
+        waiting = [r for r in rows if r.state == S.SUBMITTING and found[r.id] is not None]
+        if waiting:
+            moved = await self.ctx.store.invoices.transition_many([r.id for r in waiting], S.SUBMITTING, S.PROCESSING)
+            rows = [next((m for m in moved if m.id == r.id), r) for r in rows]
+        accepted: list[tuple[InvoiceRow, str, str | None]] = []
+        for row in rows:
+            invoice = found[row.id]
+            if invoice is None:
+                if row.state == S.SUBMITTING and status.status.code not in IN_PROGRESS:
+                    await self._not_processed(row, status)
+                continue
+            if row.state == S.PROCESSING and invoice.is_final:
+                done = await self.outcomes.apply(row, invoice, session)
+                if done is not None:
+                    accepted.append((done.row, done.session_reference, done.upo_url))
+            elif row.state == S.ACCEPTED:
+                reference = self.outcomes.upo_session(row, session.reference)
+                accepted.append((row, reference, invoice.upo_download_url if reference == session.reference
+                                 else None))
+            elif row.state == S.UPO_SAVED:
+                await self.ctx.store.invoices.transition(row.id, S.UPO_SAVED, S.DONE)
+                self.ctx.files.clear_state(row)
+                self.ctx.files.discard_work(row)
+        await self._upos(accepted)
+        self.outcomes.forget_listings()
+
+    async def _upos(self, accepted: list[tuple[InvoiceRow, str, str | None]]) -> None:
+        limit = asyncio.Semaphore(UPO_DOWNLOADS)
+        finished: list[InvoiceRow] = []
+
+        async def one(row: InvoiceRow, session_reference: str, url: str | None) -> None:
+            async with limit:
+                try:
+                    assert row.result_name is not None
+                    if not self.ctx.files.has_upo(row.result_name):
+                        await self.outcomes.save_upo(row, await self.outcomes.fetch_upo(row, session_reference, url))
+                    else:
+                        await self.outcomes.save_upo(row, (self.ctx.company.folders.sent /
+                                                           f"{row.result_name}.upo.xml").read_bytes())
+                    finished.append(row)
+                except KsefError as exc:    # stays ACCEPTED; the next round fetches it again
+                    self.ctx.log.warning("outbox.upo_failed", file=row.file_name, error=str(exc))
+
+        async with asyncio.TaskGroup() as group:
+            for row, session_reference, url in accepted:
+                group.create_task(one(row, session_reference, url))
+        await self.outcomes.finish(finished)
+
+    async def _not_processed(self, row: InvoiceRow, status: SessionStatus) -> None:
+        """KSeF's session ended without listing this invoice (e.g. a package error): send it again later."""
+        error = {"stage": "ksef", "code": f"ksef-session-{status.status.code}", "message": status.status.description,
+                 "details": list(status.status.details or [])}
+        attempts = row.attempts + 1
+        deferred = await self.ctx.store.invoices.transition(
+            row.id, S.SUBMITTING, S.DEFERRED, attempts=attempts, last_error=error,
+            next_attempt_at=next_attempt(self.ctx.now(), self.ctx.company.sending, attempts), detail=error)
+        self.ctx.show(deferred)
+
+    async def _session_done(self, session: SessionRow, status: SessionStatus) -> None:
+        if status.status.code == 200:
+            try:
+                for reference, xml in await self.sender.session_upo(session.reference, status):
+                    await self.ctx.store.sessions.save_upo(session.id, reference, xml)
+            except KsefError as exc:
+                self.ctx.log.warning("outbox.session_upo_failed", session=session.reference, error=str(exc))
+                return
+            await self.ctx.store.sessions.transition(session.id, T.CLOSED, T.DONE, status_code=200)
+        else:
+            await self.ctx.store.sessions.transition(session.id, T.CLOSED, T.FAILED,
+                                                     status_code=status.status.code,
+                                                     last_error={"description": status.status.description})
+        self.ctx.log.info("outbox.batch_finished", session=session.reference, code=status.status.code)
+
+    async def _session_failed(self, session: SessionRow, why: str) -> None:
+        await self.ctx.store.sessions.transition(session.id, session.state, T.FAILED, last_error={"error": why})
+        for row in await self.ctx.store.invoices.in_session(session.id):
+            if row.state == S.SUBMITTING:
+                self.ctx.show(await self.ctx.store.invoices.transition(row.id, S.SUBMITTING, S.QUEUED,
+                                                                       detail={"error": why}))
+        self.ctx.kick.set()
+
+    async def abandon(self, session: SessionRow) -> None:
+        """An OPEN batch session from before a restart: never closed, so KSeF will never process it."""
+        await self.ctx.store.sessions.transition(session.id, T.OPEN, T.ABANDONED,
+                                                 detail={"reason": "upload interrupted by a restart"})
+        for row in await self.ctx.store.invoices.in_session(session.id):
+            if row.state == S.SUBMITTING:
+                self.ctx.show(await self.ctx.store.invoices.transition(row.id, S.SUBMITTING, S.QUEUED,
+                                                                       detail={"reason": "batch abandoned"}))
+
+    async def _failed(self, rows: list[InvoiceRow], state: InvoiceState, exc: KsefError) -> Failure | None:
+        failure = classify(exc)
+        self.ctx.log.warning("outbox.batch_failed", verdict=failure.verdict, code=failure.code, error=failure.message,
+                             invoices=len(rows))
+        target = S.HELD if failure.verdict == "hold" else S.DEFERRED
+        for row in rows:
+            attempts = row.attempts + 1
+            fields = {} if target == S.HELD else {
+                "attempts": attempts,
+                "next_attempt_at": next_attempt(self.ctx.now(), self.ctx.company.sending, attempts,
+                                                failure.retry_after)}
+            self.ctx.show(await self.ctx.store.invoices.transition(row.id, state, target, last_error=failure.as_error(
+                "ksef-batch"), **fields))
+        return failure if failure.verdict == "hold" else None
+
+
+def classify_for_company(exc: KsefError) -> Failure | None:
+    failure = classify(exc)
+    return failure if failure.verdict == "hold" else None

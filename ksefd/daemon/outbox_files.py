@@ -1,0 +1,119 @@
+"""The files an ERP reads (DESIGN.md, folder contract; issue #5 item 5).
+
+* accepted: `sent/NAME.xml` (the exact bytes sent), `NAME.ksef.json`, `NAME.upo.xml`;
+* rejected: `rejected/NAME.xml` (the original bytes, untouched) and `NAME.error.json`;
+* waiting: `outbox/NAME.state.json`, rewritten at each step and removed once the invoice is finished.
+
+A name used again by a different invoice gets `NAME-2`, `NAME-3`, ... (spool.unique_stem), so a stem and
+its companions always describe one invoice. Every result write is atomic and safe to repeat after a crash:
+the same bytes land on the same stem. The state file is informational and rebuilt at every step, so it is
+replaced atomically (temp + rename) without an fsync: a crash may leave an older state, never a torn one,
+and an fsync per step would cost more than the invoice's whole KSeF round trip in a large batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from ksefd import spool
+from ksefd.config import Company
+from ksefd.store import InvoiceRow
+
+STATE_SUFFIX = ".state.json"
+
+
+class OutboxFiles:
+    def __init__(self, company: Company, work_dir: Path) -> None:
+        self.company = company
+        self.folders = company.folders
+        self.work_dir = work_dir
+
+    def prepare(self) -> None:
+        for folder in (self.folders.outbox, self.folders.sent, self.folders.rejected, self.work_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.folders.outbox, self.folders.sent, self.folders.rejected, self.work_dir):
+            spool.remove_stale_temps(folder)
+
+    # --- claimed files ----------------------------------------------------------------------------
+
+    def new_work_path(self, name: str) -> Path:
+        """`<16 hex>.<original name>`: unique, and the original name survives a crash before the row exists."""
+        return self.work_dir / f"{secrets.token_hex(8)}.{name}"
+
+    @staticmethod
+    def original_name(work_path: Path) -> str:
+        return work_path.name.split(".", 1)[1] if "." in work_path.name else work_path.name
+
+    def work_files(self) -> list[Path]:
+        if not self.work_dir.is_dir():
+            return []
+        return sorted(p for p in self.work_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    @staticmethod
+    def read_work(row: InvoiceRow) -> bytes | None:
+        if row.work_path is None:
+            return None
+        try:
+            return Path(row.work_path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def discard_work(row: InvoiceRow) -> None:
+        """The working copy, once its bytes are safe in sent/ or rejected/ (it is ksefd's own copy)."""
+        if row.work_path:
+            Path(row.work_path).unlink(missing_ok=True)
+
+    # --- results ----------------------------------------------------------------------------------
+
+    def write_sent(self, file_name: str, data: bytes) -> str:
+        """sent/NAME.xml with the exact bytes; returns the stem chosen (NAME or NAME-2, ...)."""
+        path = spool.write_unique(self.folders.sent, file_name, data)
+        return spool.split_name(path.name)[0]
+
+    def write_ksef_json(self, stem: str, record: dict[str, Any]) -> None:
+        spool.write_json(self.folders.sent / f"{stem}.ksef.json", record)
+
+    def write_upo(self, stem: str, xml: bytes) -> None:
+        path = self.folders.sent / f"{stem}.upo.xml"
+        if path.exists():      # written before a crash; a UPO downloaded again may differ in its signature
+            return
+        spool.write_new(path, xml)
+
+    def has_upo(self, stem: str) -> bool:
+        return (self.folders.sent / f"{stem}.upo.xml").exists()
+
+    def write_rejected(self, file_name: str, data: bytes, error: dict[str, Any]) -> str:
+        path = spool.write_unique(self.folders.rejected, file_name, data)
+        stem = spool.split_name(path.name)[0]
+        spool.write_json(self.folders.rejected / f"{stem}.error.json", error)
+        return stem
+
+    # --- the state of a waiting invoice -------------------------------------------------------------
+
+    def state_path(self, file_name: str) -> Path:
+        return self.folders.outbox / (spool.split_name(file_name)[0] + STATE_SUFFIX)
+
+    def write_state(self, row: InvoiceRow, state: str, message: str, extra: dict[str, Any] | None = None) -> None:
+        body = {"invoiceId": row.id, "file": row.file_name, "state": state, "message": message,
+                "invoiceHash": row.sha256, "claimedAt": row.created_at.isoformat(), **(extra or {})}
+        path = self.state_path(row.file_name)
+        temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.ksefd.tmp")
+        try:
+            temp.write_bytes(spool.json_bytes(body))
+            os.replace(temp, path)
+        except OSError:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def clear_state(self, row: InvoiceRow) -> None:
+        """Remove NAME.state.json if it still describes this invoice (a newer one may reuse the name)."""
+        path = self.state_path(row.file_name)
+        with contextlib.suppress(FileNotFoundError, ValueError, OSError):
+            if json.loads(path.read_bytes()).get("invoiceId") == row.id:
+                path.unlink()

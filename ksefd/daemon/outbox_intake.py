@@ -1,0 +1,246 @@
+"""Intake: from a file in the outbox to a queued invoice (issue #5 items 2 and 3).
+
+Files are found three ways: a scan at startup, watchfiles events, and a full rescan every
+`rescan_interval_seconds` (network shares miss events). Only `*.xml` counts; `*.tmp`, dot-files and
+`~$*` are ignored (spool.is_candidate). A file is claimed once its size and mtime have not changed for
+`settle_seconds` (an ERP writing in place is never read half-written), by a rename into the outbox's
+`.ksefd/` folder, so the ERP cannot change it under us and a crash cannot lose it:
+
+    rename into .ksefd/<hex>.<NAME>  ->  local checks  ->  row (CLAIMED, with its facts)  ->  CHECKED -> QUEUED
+
+A crash after the rename but before the row leaves an "orphan" working file; the next start adopts it.
+The checks run before any KSeF quota is spent (ksefd.invoice.check_invoice). Two more are ksefd's own:
+the same bytes dropped again while the first copy is in KSeF or accepted are not sent twice
+(`duplicate-file`), and an invoice whose (seller NIP, type, P_2) ksefd already got accepted with
+different bytes is refused before KSeF would answer 440 (`duplicate-number`). A different file under
+a name used before is simply a new invoice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import watchfiles
+
+from ksefd import spool
+from ksefd.clock import warsaw_today
+from ksefd.invoice import CheckedInvoice, InvoiceRejected, check_invoice
+from ksefd.ksef.crypto import sha256_b64
+from ksefd.store import InvoiceRow, InvoiceState
+
+from .outbox_context import CompanyCtx
+from .outbox_outcomes import Outcomes
+from .runtime import wait_for
+
+S = InvoiceState
+CHUNK = 200
+SETTLED_STATES = frozenset({S.REJECTED})
+ACCEPTED_STATES = frozenset({S.ACCEPTED, S.UPO_SAVED, S.DONE})
+DUPLICATE_FILE_HINT = ("Nothing to do: the invoice is sent once. If you meant to send a changed invoice, the "
+                       "file must differ (e.g. a corrected invoice with its own number).")
+DUPLICATE_NUMBER_HINT = ("Give the invoice its own number (P_2); if it corrects the earlier one, issue a correcting "
+                         "invoice (KOR) with a new number.")
+
+
+@dataclass
+class _Claimed:
+    work: Path
+    name: str
+    data: bytes
+    sha256: str
+    checked: CheckedInvoice | None = None
+    rejection: dict[str, Any] | None = None
+
+
+class Intake:
+    def __init__(self, ctx: CompanyCtx, outcomes: Outcomes) -> None:
+        self.ctx = ctx
+        self.outcomes = outcomes
+        self.outbox = ctx.company.folders.outbox
+        self.stability = spool.StabilityTracker(ctx.runtime.clock, ctx.runtime.config.settle_seconds)
+        self.poke = asyncio.Event()
+        self.pending = 0            # candidates seen but not yet stable
+
+    # --- loops ----------------------------------------------------------------------------------
+
+    async def run(self, draining: asyncio.Event) -> None:
+        store = self.ctx.store
+        await self.recheck(await store.invoices.in_state(self.ctx.name, S.CLAIMED, S.CHECKED))
+        await self.adopt_orphans()
+        stop_watch = asyncio.Event()
+        async with asyncio.TaskGroup() as group:
+            watcher = group.create_task(self._watch(stop_watch))
+            try:
+                while not draining.is_set():
+                    await self.scan_once()
+                    interval = self.ctx.runtime.config.rescan_interval_seconds
+                    if self.pending:
+                        interval = min(interval, max(self.ctx.runtime.config.settle_seconds / 2, 0.05))
+                    await wait_for(self.poke, self.ctx.runtime.clock, interval)
+            finally:
+                stop_watch.set()
+                watcher.cancel()
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        def only_candidates(_change: watchfiles.Change, path: str) -> bool:
+            return spool.is_candidate(Path(path).name)
+
+        with contextlib.suppress(RuntimeError, OSError):   # no inotify (odd file systems): the rescan covers it
+            async for _changes in watchfiles.awatch(self.outbox, watch_filter=only_candidates, stop_event=stop,
+                                                    recursive=False, debounce=200, step=20):
+                self.poke.set()
+
+    async def scan_once(self) -> int:
+        """Look at the outbox once; claim, check and queue every finished file. Returns how many."""
+        try:
+            candidates = await asyncio.to_thread(spool.scan, self.outbox)
+        except FileNotFoundError:
+            self.outbox.mkdir(parents=True, exist_ok=True)
+            return 0
+        self.stability.retain(candidates)
+        stable = [p for p in candidates if self.stability.is_stable(p)]
+        self.pending = len(candidates) - len(stable)
+        done = 0
+        self.ctx.intake_busy = bool(stable)
+        try:
+            for start in range(0, len(stable), CHUNK):
+                done += await self._take([p for p in stable[start:start + CHUNK]])
+        finally:
+            self.ctx.intake_busy = False
+        if done:
+            self.ctx.log.info("outbox.intake", claimed=done, waiting_to_settle=self.pending)
+        return done
+
+    # --- one chunk ------------------------------------------------------------------------------------
+
+    async def _take(self, paths: list[Path]) -> int:
+        claimed: list[_Claimed] = []
+        for path in paths:
+            work = self.ctx.files.new_work_path(path.name)
+            if not await asyncio.to_thread(spool.claim, path, work):
+                continue                       # gone, or still locked by its writer (Windows)
+            self.stability.forget(path)
+            claimed.append(await self._read(work, path.name))
+        await self._process(claimed)
+        return len(claimed)
+
+    async def _read(self, work: Path, name: str) -> _Claimed:
+        data = await asyncio.to_thread(work.read_bytes)
+        return _Claimed(work, name, data, sha256_b64(data))
+
+    async def adopt_orphans(self) -> None:
+        """Working files without a row: claimed just before a crash. They continue as if just dropped; a
+        working file whose invoice is already finished (crash before it was discarded) is discarded."""
+        files = self.ctx.files.work_files()
+        if not files:
+            return
+        rows = await self.ctx.store.db.fetch_all(
+            "SELECT work_path, state FROM invoices WHERE company = ? AND work_path IS NOT NULL", (self.ctx.name,))
+        known = {str(r[0]): str(r[1]) for r in rows}
+        orphans = []
+        for path in files:
+            state = known.get(str(path))
+            if state is None:
+                orphans.append(path)
+            elif state in (S.DONE, S.REJECTED):
+                path.unlink(missing_ok=True)
+        if orphans:
+            self.ctx.log.info("outbox.orphans_adopted", count=len(orphans))
+            await self._process([await self._read(p, self.ctx.files.original_name(p)) for p in orphans])
+
+    async def recheck(self, rows: list[InvoiceRow]) -> None:
+        """Rows left CLAIMED or CHECKED by a crash: finish their intake."""
+        for row in rows:
+            if row.state == S.CHECKED:
+                self.ctx.show(await self.ctx.store.invoices.transition(row.id, S.CHECKED, S.QUEUED))
+                continue
+            data = self.ctx.files.read_work(row)
+            if data is None:
+                continue
+            item = _Claimed(Path(row.work_path or ""), row.file_name, data, row.sha256)
+            await self._judge(item, exclude=row.id)
+            await self._finish_row(row, item)
+        self.ctx.kick.set()
+
+    # --- checks and rows --------------------------------------------------------------------------------
+
+    async def _process(self, items: list[_Claimed]) -> None:
+        if not items:
+            return
+        rows: list[InvoiceRow] = []
+        async with self.ctx.runtime.heavy:
+            for item in items:
+                await self._judge(item)        # one at a time: the row of a file is seen by the next's checks
+                fields: dict[str, Any] = {"work_path": str(item.work)}
+                if item.checked is not None:
+                    c = item.checked
+                    fields.update(seller_nip=c.seller_nip, invoice_type=c.invoice_type,
+                                  invoice_number=c.invoice_number, issue_date=c.issue_date,
+                                  has_attachment=c.has_attachment)
+                rows.append(await self.ctx.store.invoices.add(self.ctx.name, item.name, item.sha256, len(item.data),
+                                                              detail={"file": item.name}, **fields))
+        for row, item in zip(rows, items, strict=True):
+            if item.checked is None:
+                await self._finish_row(row, item)
+        good = [r.id for r, i in zip(rows, items, strict=True) if i.checked is not None]
+        if good:
+            await self.ctx.store.invoices.transition_many(good, S.CLAIMED, S.CHECKED)
+            for row in await self.ctx.store.invoices.transition_many(good, S.CHECKED, S.QUEUED):
+                self.ctx.show(row)
+            self.ctx.kick.set()
+
+    async def _finish_row(self, row: InvoiceRow, item: _Claimed) -> None:
+        if item.rejection is not None:
+            await self.outcomes.reject_with(row, S.CLAIMED, item.rejection)
+            return
+        assert item.checked is not None
+        c = item.checked
+        if row.seller_nip is None:
+            row = await self.ctx.store.invoices.update(
+                row.id, S.CLAIMED, seller_nip=c.seller_nip, invoice_type=c.invoice_type,
+                invoice_number=c.invoice_number, issue_date=c.issue_date, has_attachment=c.has_attachment)
+        await self.ctx.store.invoices.transition(row.id, S.CLAIMED, S.CHECKED)
+        self.ctx.show(await self.ctx.store.invoices.transition(row.id, S.CHECKED, S.QUEUED))
+
+    async def _judge(self, item: _Claimed, exclude: int | None = None) -> None:
+        earlier = [r for r in await self.ctx.store.invoices.find_by_hash(self.ctx.name, item.sha256)
+                   if r.id != exclude and r.state not in SETTLED_STATES]
+        if earlier:
+            item.rejection = _duplicate_file(item, earlier[0])
+            return
+        today = warsaw_today(self.ctx.runtime.clock)
+        try:
+            item.checked = await asyncio.to_thread(check_invoice, item.data, file_name=item.name,
+                                                   company_nip=self.ctx.company.nip, today=today)
+        except InvoiceRejected as rejected:
+            item.rejection = {**rejected.to_dict(), "file": item.name, "invoiceHash": item.sha256}
+            return
+        c = item.checked
+        taken = [r for r in await self.ctx.store.invoices.find_by_key(c.seller_nip, c.invoice_type, c.invoice_number)
+                 if r.id != exclude and r.state in ACCEPTED_STATES and r.sha256 != item.sha256]
+        if taken:
+            item.checked, item.rejection = None, _duplicate_number(item, c, taken[0])
+
+
+def _duplicate_file(item: _Claimed, earlier: InvoiceRow) -> dict[str, Any]:
+    where = (f"accepted as KSeF number {earlier.ksef_number} (sent/{earlier.result_name or earlier.file_name})"
+             if earlier.ksef_number else f"still being processed (state {earlier.state})")
+    return {"stage": "intake", "code": "duplicate-file",
+            "message": f"The same file (identical bytes) was received before as {earlier.file_name!r} on "
+                       f"{earlier.created_at:%Y-%m-%d %H:%M} UTC and is {where}; it was not sent again.",
+            "details": {"earlierFile": earlier.file_name, "earlierState": str(earlier.state),
+                        "ksefNumber": earlier.ksef_number},
+            "hint": DUPLICATE_FILE_HINT, "file": item.name, "invoiceHash": item.sha256}
+
+
+def _duplicate_number(item: _Claimed, checked: CheckedInvoice, earlier: InvoiceRow) -> dict[str, Any]:
+    return {"stage": "local-check", "code": "duplicate-number",
+            "message": f"Invoice number {checked.invoice_number!r} ({checked.invoice_type}) of seller "
+                       f"{checked.seller_nip} is already in KSeF as {earlier.ksef_number} (file "
+                       f"{earlier.file_name!r}) with different content; KSeF would refuse it as a duplicate (440).",
+            "details": {"earlierFile": earlier.file_name, "ksefNumber": earlier.ksef_number},
+            "hint": DUPLICATE_NUMBER_HINT, "file": item.name, "invoiceHash": item.sha256}

@@ -1,0 +1,229 @@
+"""KSeF's verdict on one invoice, turned into files and state (PROTOCOL.md §4.5, §13.4, §13.5).
+
+* 200: `sent/NAME.xml`, `NAME.ksef.json` (written before the ACCEPTED step, so a crash in between
+  rewrites the same bytes), then the UPO (`NAME.upo.xml`, also kept in SQLite), then DONE;
+* 440 duplicate: the original's hash decides (DESIGN.md "exactly once"). The same bytes mean this very
+  invoice was accepted earlier (a send whose answer was lost, retried): success, with the original's KSeF
+  number and UPO. Different bytes are a rejection that says which KSeF number holds the key;
+* 405 / 500 / 550 ("cancelled, send again"): queued again after a backoff;
+* any other code (410, 415, 430, 435, 450): `rejected/NAME.xml` + `NAME.error.json` with KSeF's words.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ksefd.ksef import qr
+from ksefd.ksef.errors import KsefError
+from ksefd.ksef.models import SessionInvoice
+from ksefd.store import InvoiceRow, InvoiceState, SessionRow
+
+from .outbox_context import CompanyCtx
+from .retry import next_attempt
+
+S = InvoiceState
+SEND_AGAIN = frozenset({405, 500, 550})
+KSEF_HINTS: dict[int, str] = {
+    410: "The credentials ksefd uses may not issue invoices for this seller (Podmiot1). Grant the permission "
+         "in KSeF, or drop the invoice into the outbox of the seller's company.",
+    415: "Invoices with attachments (Zalacznik) need attachments enabled for the taxpayer in e-Urząd Skarbowy; "
+         "ksefd sends them in batch sessions only. Enable it, or remove the attachment, and drop the file again.",
+    430: "KSeF found the file invalid (schema, encoding or size). Correct it in the ERP and drop it again.",
+    435: "KSeF could not decrypt the file. This is not a problem with the invoice; report it to ksefd's "
+         "maintainers with the log, then drop the file again.",
+    440: "KSeF already holds an invoice with this seller NIP, invoice type and number (P_2). If this is a "
+         "correction, issue a correcting invoice (KOR) with its own number; otherwise give it a new number.",
+    450: "KSeF refused the content (semantic check). Correct the fields named in the details and drop it again.",
+}
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """An ACCEPTED invoice and where its UPO is: its session (for a resolved 440, the original's)."""
+
+    row: InvoiceRow
+    session_reference: str
+    upo_url: str | None
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class Outcomes:
+    def __init__(self, ctx: CompanyCtx) -> None:
+        self.ctx = ctx
+        self._listings: dict[str, dict[str, SessionInvoice]] = {}   # original session -> ksefNumber -> invoice
+
+    def forget_listings(self) -> None:
+        self._listings.clear()
+
+    async def apply(self, row: InvoiceRow, invoice: SessionInvoice, session: SessionRow) -> Accepted | None:
+        """Act on a final status; returns the ACCEPTED invoice (its UPO still to fetch) or None."""
+        code = invoice.status.code
+        if code == 200:
+            accepted = await self.accept(row, invoice, session.reference, session.kind)
+            return None if accepted is None else Accepted(accepted, session.reference, invoice.upo_download_url)
+        if code == 440:
+            return await self.duplicate(row, invoice, session)
+        if code in SEND_AGAIN:
+            await self.send_again(row, invoice)
+            return None
+        await self.reject(row, invoice, session.reference)
+        return None
+
+    # --- accepted -------------------------------------------------------------------------------
+
+    def ksef_record(self, row: InvoiceRow, invoice: SessionInvoice, session_reference: str, kind: str,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        link = None
+        if row.seller_nip and row.issue_date:
+            link = qr.invoice_link(self.ctx.qr_host, row.seller_nip, row.issue_date, row.sha256)
+        return {
+            "file": row.file_name, "ksefNumber": invoice.ksef_number, "invoiceNumber": row.invoice_number,
+            "invoiceType": row.invoice_type, "sellerNip": row.seller_nip,
+            "issueDate": row.issue_date.isoformat() if row.issue_date else None,
+            "invoiceHash": row.sha256, "invoiceSize": row.size,
+            "invoiceReferenceNumber": invoice.reference_number, "sessionReferenceNumber": session_reference,
+            "sessionType": kind, "invoicingMode": invoice.invoicing_mode,
+            "invoicingDate": _iso(invoice.invoicing_date), "acquisitionDate": _iso(invoice.acquisition_date),
+            "permanentStorageDate": _iso(invoice.permanent_storage_date),
+            "verificationLink": link, "environment": self.ctx.company.environment, **(extra or {}),
+        }
+
+    async def accept(self, row: InvoiceRow, invoice: SessionInvoice, session_reference: str, kind: str,
+                     extra: dict[str, Any] | None = None) -> InvoiceRow | None:
+        data = self.ctx.files.read_work(row)
+        if data is None:
+            self.ctx.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name, path=row.work_path)
+            return None
+        stem = self.ctx.files.write_sent(row.file_name, data)
+        self.ctx.files.write_ksef_json(stem, self.ksef_record(row, invoice, session_reference, kind, extra))
+        accepted = await self.ctx.store.invoices.transition(
+            row.id, S.PROCESSING, S.ACCEPTED, ksef_number=invoice.ksef_number, result_name=stem, status_code=200,
+            detail={"ksefNumber": invoice.ksef_number, "session": session_reference})
+        self.ctx.log.info("outbox.accepted", file=row.file_name, ksef_number=invoice.ksef_number, sent_as=stem)
+        self.ctx.show(accepted, {"ksefNumber": invoice.ksef_number})
+        return accepted
+
+    async def fetch_upo(self, row: InvoiceRow, session_reference: str, url: str | None) -> bytes:
+        sessions = self.ctx.context.sessions
+        if url:
+            try:
+                return await sessions.download_presigned_upo(url)
+            except KsefError as exc:    # the link expired or storage failed: the API endpoint still has it
+                self.ctx.log.info("outbox.upo_link_failed", file=row.file_name, error=str(exc))
+        assert row.ksef_number is not None
+        return await sessions.invoice_upo_by_ksef_number(session_reference, row.ksef_number)
+
+    def upo_session(self, row: InvoiceRow, fallback: str) -> str:
+        """Where an ACCEPTED invoice's UPO is, after a restart: the session its NAME.ksef.json names."""
+        if row.result_name:
+            try:
+                record = json.loads((self.ctx.company.folders.sent / f"{row.result_name}.ksef.json").read_bytes())
+                return str(record.get("sessionReferenceNumber") or fallback)
+            except (OSError, ValueError):
+                pass
+        return fallback
+
+    async def save_upo(self, row: InvoiceRow, xml: bytes) -> None:
+        assert row.result_name is not None and row.session_id is not None and row.ksef_number is not None
+        self.ctx.files.write_upo(row.result_name, xml)
+        await self.ctx.store.sessions.save_upo(row.session_id, row.ksef_number, xml, invoice_id=row.id)
+
+    async def finish(self, rows: list[InvoiceRow]) -> None:
+        """ACCEPTED (UPO written) -> UPO_SAVED -> DONE, in two commits whatever the number of invoices."""
+        if not rows:
+            return
+        ids = [r.id for r in rows]
+        await self.ctx.store.invoices.transition_many(ids, S.ACCEPTED, S.UPO_SAVED)
+        done = await self.ctx.store.invoices.transition_many(ids, S.UPO_SAVED, S.DONE)
+        for row in done:
+            self.ctx.files.clear_state(row)
+            self.ctx.files.discard_work(row)
+
+    # --- 440 --------------------------------------------------------------------------------------
+
+    async def duplicate(self, row: InvoiceRow, invoice: SessionInvoice, session: SessionRow) -> Accepted | None:
+        extensions = invoice.status.extensions or {}
+        number = extensions.get("originalKsefNumber")
+        original_session = extensions.get("originalSessionReferenceNumber")
+        original = await self._original(number, original_session) if number and original_session else None
+        if original is not None and original.invoice_hash == row.sha256 and original_session:
+            # The same bytes: this invoice was accepted by an earlier send (PROTOCOL.md §13.5).
+            self.ctx.log.info("outbox.duplicate_is_same_document", file=row.file_name, ksef_number=number,
+                              original_session=original_session)
+            moved = await self.ctx.store.invoices.update(row.id, S.PROCESSING, session_id=await self._session_id(
+                original_session, session), invoice_ref=original.reference_number,
+                detail={"duplicateOf": number, "sameHash": True, "duplicateReference": invoice.reference_number})
+            accepted = await self.accept(moved, original, original_session, session.kind, {
+                "resolvedDuplicate": {"invoiceReferenceNumber": invoice.reference_number,
+                                      "sessionReferenceNumber": session.reference,
+                                      "note": "a repeated send of these exact bytes; KSeF kept the first"}})
+            return None if accepted is None else Accepted(accepted, original_session, original.upo_download_url)
+        if original is None:
+            why = (f"KSeF says it already holds this seller's invoice {row.invoice_number!r} as KSeF number {number} "
+                   f"(session {original_session}); ksefd could not read that original to compare it")
+        else:
+            why = (f"KSeF already holds this seller's invoice {row.invoice_number!r} as KSeF number {number} with "
+                   f"different content (hash {original.invoice_hash}, this file {row.sha256}); this file was not "
+                   f"accepted")
+        await self.reject(row, invoice, session.reference, message=why)
+        return None
+
+    async def _original(self, number: str, session_reference: str) -> SessionInvoice | None:
+        listing = self._listings.get(session_reference)
+        if listing is None or number not in listing:
+            try:
+                found = await self.ctx.context.sessions.invoices(session_reference, page_size=1000)
+            except KsefError as exc:
+                self.ctx.log.warning("outbox.original_unreadable", session=session_reference, error=str(exc))
+                return None
+            listing = {i.ksef_number: i for i in found if i.ksef_number}
+            self._listings[session_reference] = listing
+        return listing.get(number)
+
+    async def _session_id(self, reference: str, fallback: SessionRow) -> int:
+        known = await self.ctx.store.sessions.by_reference(reference)
+        return known.id if known is not None else fallback.id
+
+    # --- rejected or cancelled --------------------------------------------------------------------
+
+    async def reject(self, row: InvoiceRow, invoice: SessionInvoice, session_reference: str,
+                     message: str | None = None) -> None:
+        code = invoice.status.code
+        error = {"stage": "ksef", "code": f"ksef-{code}", "message": message or invoice.status.description,
+                 "details": list(invoice.status.details or []), "hint": KSEF_HINTS.get(code, ""),
+                 "ksefStatus": {"code": code, "description": invoice.status.description,
+                                "details": list(invoice.status.details or []),
+                                "extensions": invoice.status.extensions},
+                 "file": row.file_name, "invoiceHash": row.sha256,
+                 "invoiceReferenceNumber": invoice.reference_number, "sessionReferenceNumber": session_reference}
+        await self.reject_with(row, S.PROCESSING, error, status_code=code)
+
+    async def reject_with(self, row: InvoiceRow, state: InvoiceState, error: dict[str, Any],
+                          status_code: int | None = None) -> None:
+        data = self.ctx.files.read_work(row)
+        stem = self.ctx.files.write_rejected(row.file_name, data if data is not None else b"", error)
+        fields: dict[str, Any] = {"last_error": error, "result_name": stem}
+        if status_code is not None:
+            fields["status_code"] = status_code
+        rejected = await self.ctx.store.invoices.transition(row.id, state, S.REJECTED, detail=error, **fields)
+        self.ctx.log.info("outbox.rejected", file=row.file_name, stage=error.get("stage"), code=error.get("code"),
+                          rejected_as=stem)
+        self.ctx.files.clear_state(rejected)
+        self.ctx.files.discard_work(rejected)
+
+    async def send_again(self, row: InvoiceRow, invoice: SessionInvoice) -> None:
+        attempts = row.attempts + 1
+        when = next_attempt(self.ctx.now(), self.ctx.company.sending, attempts)
+        error = {"stage": "ksef", "code": f"ksef-{invoice.status.code}", "message": invoice.status.description,
+                 "details": list(invoice.status.details or [])}
+        queued = await self.ctx.store.invoices.transition(
+            row.id, S.PROCESSING, S.QUEUED, attempts=attempts, next_attempt_at=when, last_error=error,
+            invoice_ref=None, detail=error)
+        self.ctx.log.info("outbox.send_again", file=row.file_name, code=invoice.status.code, at=when.isoformat())
+        self.ctx.show(queued)

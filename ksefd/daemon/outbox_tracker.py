@@ -1,0 +1,207 @@
+"""Following online invoices after the send (PROTOCOL.md §4.4-4.6, §13.4): status polls until the KSeF
+number, the UPO, in-doubt resolution, and closing sessions with their collective UPO.
+
+In doubt (DESIGN.md "exactly once"): an invoice whose send may or may not have reached KSeF (a lost answer,
+or SUBMITTING found after a crash) is looked up in the session it was sent into, by its hash. Found: it is
+in KSeF, follow it. Not found (also "no such session"): KSeF never took it, so it is queued again, but only
+once `IN_DOUBT_GRACE` has passed since the send, so that a request still on its way cannot be missed; and if
+it did arrive after all, the new send gets 440 for the same hash, which outcomes.py counts as success.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ksefd.ksef.errors import KsefError, KsefException
+from ksefd.ksef.models import SessionInvoice
+from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState
+
+from .outbox_context import CompanyCtx
+from .outbox_online import OnlineChannel
+from .outbox_outcomes import Accepted, Outcomes
+from .retry import Failure, classify
+
+S = InvoiceState
+T = SessionState
+IN_DOUBT_GRACE = 5.0
+FIRST_POLL, MAX_POLL = 0.2, 10.0
+SESSION_POLL_MAX = 30.0
+PER_INVOICE_AT_MOST = 10        # more accepted invoices of one session: read its list instead
+
+
+class Tracker:
+    def __init__(self, ctx: CompanyCtx, outcomes: Outcomes, channel: OnlineChannel) -> None:
+        self.ctx = ctx
+        self.outcomes = outcomes
+        self.channel = channel
+        self._polls: dict[int, tuple[dt.datetime, float]] = {}      # invoice or session id -> (due, delay)
+        self._sessions: dict[int, SessionRow] = {}
+
+    def schedule(self, key: int, delay: float) -> None:
+        self._polls[key] = (self.ctx.now() + dt.timedelta(seconds=delay), delay)
+
+    def _due(self, key: int) -> bool:
+        entry = self._polls.get(key)
+        return entry is None or entry[0] <= self.ctx.now()
+
+    def _later(self, key: int, cap: float = MAX_POLL) -> None:
+        delay = min(cap, self._polls.get(key, (None, FIRST_POLL / 2))[1] * 2)
+        self.schedule(key, delay)
+
+    def next_wake(self) -> float | None:
+        if not self._polls:
+            return None
+        soonest = min(due for due, _ in self._polls.values())
+        return max(0.0, (soonest - self.ctx.now()).total_seconds())
+
+    async def session(self, session_id: int | None) -> SessionRow | None:
+        if session_id is None:
+            return None
+        found = self._sessions.get(session_id)
+        if found is None:
+            found = await self.ctx.store.sessions.get(session_id)
+            if found is not None:
+                self._sessions[session_id] = found
+        return found
+
+    async def step(self) -> Failure | None:
+        """One round over everything this company is waiting for; a Failure asks for a company hold."""
+        for part in (self.resolve_in_doubt, self.poll_processing, self.finish_accepted, self.follow_sessions):
+            try:
+                await part()
+            except KsefError as exc:
+                failure = classify(exc)
+                self.ctx.log.warning("outbox.track_failed", step=part.__name__, code=failure.code,
+                                     error=failure.message)
+                if failure.verdict == "hold":
+                    return failure
+        return None
+
+    # --- invoices ---------------------------------------------------------------------------------
+
+    async def resolve_in_doubt(self) -> None:
+        rows = [r for r in await self.ctx.store.invoices.in_state(self.ctx.name, S.IN_DOUBT) if r.mode == "online"]
+        by_session: dict[int, list[InvoiceRow]] = {}
+        for row in rows:
+            if row.session_id is not None and self._due(-row.id):
+                by_session.setdefault(row.session_id, []).append(row)
+        for session_id, waiting in by_session.items():
+            session = await self.session(session_id)
+            if session is None:
+                continue
+            try:
+                listed = await self.ctx.context.sessions.invoices(session.reference, page_size=1000)
+            except KsefException as exc:
+                if 21173 not in exc.codes:       # "no such session": then certainly not in it
+                    raise
+                listed = []
+            for row in waiting:
+                await self._resolve(row, session, [i for i in listed if i.invoice_hash == row.sha256])
+
+    async def _resolve(self, row: InvoiceRow, session: SessionRow, matches: list[SessionInvoice]) -> None:
+        if matches:
+            best = next((m for m in matches if m.status.code == 200), matches[-1])
+            found = await self.ctx.store.invoices.transition(
+                row.id, S.IN_DOUBT, S.PROCESSING, invoice_ref=best.reference_number, status_code=best.status.code,
+                detail={"resolvedBy": "session invoice list", "reference": best.reference_number})
+            self.ctx.log.info("outbox.in_doubt_found", file=row.file_name, reference=best.reference_number)
+            self.ctx.show(found)
+            self._polls.pop(-row.id, None)
+            self.schedule(row.id, 0)
+            return
+        age = (self.ctx.now() - row.updated_at).total_seconds()
+        if age < IN_DOUBT_GRACE:
+            self.schedule(-row.id, IN_DOUBT_GRACE - age)
+            return
+        queued = await self.ctx.store.invoices.transition(
+            row.id, S.IN_DOUBT, S.QUEUED, detail={"resolvedBy": "session invoice list", "found": False,
+                                                  "session": session.reference})
+        self.ctx.log.info("outbox.in_doubt_not_received", file=row.file_name, session=session.reference)
+        self._polls.pop(-row.id, None)
+        self.ctx.show(queued)
+        self.ctx.kick.set()
+
+    async def poll_processing(self) -> None:
+        rows = [r for r in await self.ctx.store.invoices.in_state(self.ctx.name, S.PROCESSING)
+                if r.mode == "online" and r.invoice_ref and self._due(r.id)]
+        for row in rows:
+            session = await self.session(row.session_id)
+            if session is None or row.invoice_ref is None:
+                continue
+            invoice = await self.ctx.context.sessions.invoice(session.reference, row.invoice_ref)
+            if not invoice.is_final:
+                self._later(row.id)
+                continue
+            self._polls.pop(row.id, None)
+            accepted = await self.outcomes.apply(row, invoice, session)
+            if accepted is not None:
+                await self._upo(accepted)
+        self.outcomes.forget_listings()
+
+    async def _upo(self, accepted: Accepted) -> None:
+        row = accepted.row
+        try:
+            xml = await self.outcomes.fetch_upo(row, accepted.session_reference, accepted.upo_url)
+        except KsefError as exc:
+            self.ctx.log.warning("outbox.upo_failed", file=row.file_name, error=str(exc))
+            self._later(row.id)
+            return
+        await self.outcomes.save_upo(row, xml)
+        await self.outcomes.finish([row])
+
+    async def finish_accepted(self) -> None:
+        """ACCEPTED or UPO_SAVED online invoices left by a crash or a failed UPO download."""
+        for row in await self.ctx.store.invoices.in_state(self.ctx.name, S.UPO_SAVED):
+            if row.mode == "online":
+                await self.ctx.store.invoices.transition(row.id, S.UPO_SAVED, S.DONE)
+                self.ctx.files.clear_state(row)
+                self.ctx.files.discard_work(row)
+        rows = [r for r in await self.ctx.store.invoices.in_state(self.ctx.name, S.ACCEPTED)
+                if r.mode == "online" and self._due(r.id)]
+        for row in rows:
+            if row.result_name and self.ctx.files.has_upo(row.result_name):
+                await self.outcomes.save_upo(row, (self.ctx.company.folders.sent /
+                                                   f"{row.result_name}.upo.xml").read_bytes())
+                await self.outcomes.finish([row])
+                continue
+            session = await self.session(row.session_id)
+            if session is None or row.ksef_number is None:
+                continue
+            self.schedule(row.id, MAX_POLL)      # if this fails, try again later
+            xml = await self.outcomes.fetch_upo(row, self.outcomes.upo_session(row, session.reference), None)
+            await self.outcomes.save_upo(row, xml)
+            await self.outcomes.finish([row])
+            self._polls.pop(row.id, None)
+
+    # --- sessions -------------------------------------------------------------------------------------
+
+    async def follow_sessions(self) -> None:
+        await self.channel.close_retired()
+        for session in await self.ctx.store.sessions.unfinished(self.ctx.name, "online"):
+            key = -(1_000_000_000 + session.id)
+            if session.state == T.OPEN:
+                current = self.channel.current
+                mine = current is not None and current.id == session.id
+                if not mine and not self.channel.in_flight.get(session.id):
+                    await self.channel.close_row(session, "left open")   # from before a restart, or replaced
+                continue
+            if not self._due(key):
+                continue
+            if session.state == T.CLOSING:
+                await self.channel.close_row(session, "retry")
+                continue
+            status = await self.ctx.context.sessions.status(session.reference)
+            code = status.status.code
+            if code in (100, 150, 170):
+                self._later(key, SESSION_POLL_MAX)
+                continue
+            self._polls.pop(key, None)
+            if code == 200:
+                for reference, xml in await self.ctx.context.sessions.session_upo(session.reference, status):
+                    await self.ctx.store.sessions.save_upo(session.id, reference, xml)
+                await self.ctx.store.sessions.transition(session.id, T.CLOSED, T.DONE, status_code=code)
+                self.ctx.log.info("outbox.session_upo_saved", session=session.reference)
+            else:
+                await self.ctx.store.sessions.transition(session.id, T.CLOSED, T.FAILED, status_code=code,
+                                                         last_error={"description": status.status.description})
+            self._sessions.pop(session.id, None)

@@ -1,0 +1,105 @@
+"""What every part of the running daemon shares: the config, the state store, the clock, the KSeF clients
+and the rate limiter whose windows survive restarts (issue #5 item 4).
+
+One `KsefClient` per KSeF target (environment + base URL): companies on the same target share its HTTP
+connections and public keys, each company gets its own `KsefContext` (credentials.py). One `RateLimiter`
+serves all of them: it counts per context, so one company's backlog never spends another's quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from ksefd.clock import Clock
+from ksefd.config import Company, Config
+from ksefd.ksef.client import KsefClient
+from ksefd.ksef.ratelimit import LimiterSnapshot, RateLimiter
+from ksefd.store import RATE_LIMITS, Store
+
+log = structlog.get_logger("ksefd.daemon")
+
+LIMITER_KEY = "limiter"
+
+
+class StoreLimiterPersistence:
+    """`ksefd.ksef.ratelimit.LimiterStore` over the kv table (store/kv.py explains the pairing)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def load(self) -> LimiterSnapshot | None:
+        text = await self._store.kv.get(RATE_LIMITS, LIMITER_KEY)
+        if text is None:
+            return None
+        try:
+            return LimiterSnapshot.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:   # an older format: start with empty windows
+            log.warning("daemon.limiter_snapshot_unreadable", error=str(exc))
+            return None
+
+    async def save(self, snapshot: LimiterSnapshot) -> None:
+        await self._store.kv.put(RATE_LIMITS, LIMITER_KEY, snapshot.to_json())
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: Store
+    clock: Clock
+    limiter: RateLimiter
+    once: bool = False
+    clients: dict[tuple[str, str | None], KsefClient] = field(default_factory=dict)
+    # Bounds CPU-heavy work shared by all companies (batch archives, local checks in threads).
+    heavy: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+
+    def client_for(self, company: Company) -> KsefClient:
+        key = (company.environment, company.base_url)
+        client = self.clients.get(key)
+        if client is None:
+            client = KsefClient(company.environment, base_url=company.base_url, clock=self.clock,
+                                gate=self.limiter, sleep=self.clock.sleep)
+            self.clients[key] = client
+        return client
+
+    def work_dir(self, company: Company) -> Path:
+        """Claimed files wait here: inside the outbox, so claiming is a rename on one file system; a
+        dot-folder, so neither ksefd's scan nor an ERP listing `*.xml` sees it."""
+        return company.folders.outbox / ".ksefd"
+
+    def batch_dir(self, company: Company) -> Path:
+        return self.config.data_dir / ".ksefd-batches" / company.name
+
+    async def close_clients(self) -> None:
+        for client in self.clients.values():
+            with contextlib.suppress(Exception):
+                await client.close()
+        self.clients.clear()
+
+
+async def wait_for(event: asyncio.Event, clock: Clock, seconds: float | None) -> bool:
+    """Wait until `event` is set or `seconds` of the clock's time pass; True if the event was set.
+    The event is cleared on return, so the next wait waits again."""
+    if event.is_set():
+        event.clear()
+        return True
+    if seconds is not None and seconds <= 0:
+        await asyncio.sleep(0)
+        return False
+    waiter = asyncio.ensure_future(event.wait())
+    timer = asyncio.ensure_future(clock.sleep(seconds)) if seconds is not None else None
+    try:
+        await asyncio.wait([t for t in (waiter, timer) if t is not None], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiter, timer):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    fired = event.is_set()
+    event.clear()
+    return fired

@@ -1,0 +1,122 @@
+"""`ksefd status` (issue #5 item 7): per company, what waits, what is in KSeF, what was accepted today,
+what was rejected, whether it is on hold and why, the oldest waiting invoice and the last error. Read from
+the state database, which a running daemon keeps up to date (WAL: reading never blocks it).
+
+`gather(store, config, clock)` is also what `ksefd demo` polls for its live summary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ksefd.clock import WARSAW, Clock
+from ksefd.config import Config
+from ksefd.store import IN_KSEF_STATES, InvoiceState, Store
+from ksefd.store.db import py_json, py_time
+
+S = InvoiceState
+WAITING = (S.CLAIMED, S.CHECKED, S.QUEUED, S.DEFERRED, S.HELD, S.OFFLINE)
+FINISHING = (S.ACCEPTED, S.UPO_SAVED)
+HEARTBEAT_STALE = dt.timedelta(seconds=30)
+
+
+@dataclass
+class CompanyStatus:
+    name: str
+    nip: str
+    send: bool
+    receive: bool
+    queued: int
+    in_ksef: int
+    accepted_today: int
+    accepted_total: int
+    rejected_today: int
+    rejected_total: int
+    on_hold: dict[str, Any] | None
+    oldest_waiting: dict[str, Any] | None
+    last_error: dict[str, Any] | None
+
+
+@dataclass
+class DaemonStatus:
+    running: bool
+    last_heartbeat: str | None
+    pid: int | None
+    companies: list[CompanyStatus]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def start_of_today(clock: Clock) -> dt.datetime:
+    local = clock.now().astimezone(WARSAW)
+    return dt.datetime.combine(local.date(), dt.time(), tzinfo=WARSAW).astimezone(dt.UTC)
+
+
+async def gather(store: Store, config: Config, clock: Clock) -> DaemonStatus:
+    today = start_of_today(clock)
+    companies = [await _company(store, c.name, c.nip, c.send, c.receive, today) for c in config.companies]
+    beat = next((b for b in await store.heartbeat.read() if b.component == "daemon"), None)
+    running = beat is not None and clock.now() - beat.at < HEARTBEAT_STALE and not (
+        isinstance(beat.detail, dict) and beat.detail.get("stopped"))
+    return DaemonStatus(running, beat.at.isoformat() if beat else None, beat.pid if beat else None, companies)
+
+
+async def _company(store: Store, name: str, nip: str, send: bool, receive: bool, today: dt.datetime
+                   ) -> CompanyStatus:
+    counts = await store.invoices.counts(name)
+    hold = await store.holds.get(name)
+    oldest = await store.invoices.oldest_waiting(name)
+    rejected_today = await store.events.count_reached(name, S.REJECTED, today)
+    return CompanyStatus(
+        name=name, nip=nip, send=send, receive=receive,
+        queued=sum(counts.get(s, 0) for s in WAITING),
+        in_ksef=sum(counts.get(s, 0) for s in (*IN_KSEF_STATES, *FINISHING)),
+        accepted_today=await store.events.count_reached(name, S.ACCEPTED, today),
+        accepted_total=sum(counts.get(s, 0) for s in (S.ACCEPTED, S.UPO_SAVED, S.DONE)),
+        rejected_today=rejected_today, rejected_total=counts.get(S.REJECTED, 0),
+        on_hold=None if hold is None else {
+            "code": hold.code, "reason": hold.reason, "since": hold.since.isoformat(),
+            "nextRetryAt": hold.next_retry_at.isoformat() if hold.next_retry_at else None},
+        oldest_waiting=None if oldest is None else {
+            "file": oldest.file_name, "state": str(oldest.state), "since": oldest.created_at.isoformat()},
+        last_error=await _last_error(store, name))
+
+
+async def _last_error(store: Store, company: str) -> dict[str, Any] | None:
+    row = await store.db.fetch_one(
+        "SELECT file_name, state, last_error, updated_at FROM invoices WHERE company = ? AND last_error IS NOT NULL "
+        "ORDER BY updated_at DESC, id DESC LIMIT 1", (company,))
+    if row is None:
+        return None
+    error = py_json(row["last_error"]) or {}
+    at = py_time(row["updated_at"])
+    return {"file": row["file_name"], "state": row["state"], "at": at.isoformat() if at else None,
+            "stage": error.get("stage"), "code": error.get("code"), "message": error.get("message")}
+
+
+def render(status: DaemonStatus) -> str:
+    lines = [f"ksefd: {'running' if status.running else 'not running'}"
+             + (f" (pid {status.pid}, last heartbeat {status.last_heartbeat})" if status.last_heartbeat else "")]
+    for c in status.companies:
+        mode = "/".join(m for m, on in (("send", c.send), ("receive", c.receive)) if on) or "idle"
+        lines.append(f"\n{c.name} (NIP {c.nip}, {mode})")
+        lines.append(f"  queued {c.queued}, in KSeF {c.in_ksef}, accepted today {c.accepted_today} "
+                     f"(total {c.accepted_total}), rejected today {c.rejected_today} (total {c.rejected_total})")
+        if c.on_hold:
+            lines.append(f"  ON HOLD since {c.on_hold['since']}: {c.on_hold['reason']} "
+                         f"(next retry {c.on_hold['nextRetryAt']})")
+        if c.oldest_waiting:
+            lines.append(f"  oldest waiting: {c.oldest_waiting['file']} ({c.oldest_waiting['state']} since "
+                         f"{c.oldest_waiting['since']})")
+        if c.last_error:
+            e = c.last_error
+            lines.append(f"  last error: {e['file']}: {e['code']} {e['message']} ({e['at']})")
+    return "\n".join(lines)
+
+
+def to_json_text(status: DaemonStatus) -> str:
+    return json.dumps(status.to_json(), ensure_ascii=False, indent=2)
