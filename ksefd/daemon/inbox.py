@@ -115,9 +115,10 @@ class InboxWorker:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Prepare the inbox (and remove temp files a killed run left), run hooks left pending."""
+        """After a crash: place what was staged, remove temps that were not, run hooks left pending."""
         if self._started:
             return
+        await self.pipeline.recover()
         removed = await asyncio.to_thread(self.pipeline.folder.prepare)
         if removed:
             log.info("inbox.stale_temps_removed", company=self.company.name, count=removed)

@@ -3,16 +3,25 @@
 Each invoice becomes `<ksefNumber>.json` (its InvoiceMetadata exactly as KSeF sent it) and `<ksefNumber>.xml`
 (the exact bytes, whose SHA-256 must equal the metadata's invoiceHash), in the inbox itself (`flat`) or in
 `YYYY/MM/` below it (`year-month`, from the date inside the KSeF number: the day KSeF accepted the invoice,
-which is when a purchase invoice counts as received). The JSON is written first, so an ERP that reacts to
-the XML always finds its metadata beside it. Both writes are atomic (ksefd.spool: temp file, fsync, rename).
+which is when a purchase invoice counts as received). The JSON appears first, so an ERP that reacts to the
+XML always finds its metadata beside it.
 
 The KSeF number comes from the network and becomes a file name: it must match the KSeF number format
-exactly (`ksefd.ksef.receiving.check_ksef_number`), so no separator, dot-dot or drive letter can get in.
+exactly, so no separator, dot-dot, drive letter or newline can get in.
 
-Deduplication (item 3): a KSeF number recorded in `inbox_delivered` is never written again, even after the
-ERP has moved the file away. Files are written a chunk at a time and each chunk is recorded in one
-transaction right after its files are durable; a crash between the two leaves files that the next run
-finds with the same bytes (no second copy) and records then.
+Exactly once (item 3), even when the process is killed at any moment and the ERP moves files away at any
+moment. A chunk of invoices goes through four durable steps:
+
+1. stage: every file is written as a dot-file temp in its destination folder and fsynced (an ERP never
+   looks at dot-files; a temp that was never staged is garbage, removed at the next start);
+2. note the staged temps (kv namespace `inbox_staged`), then record the invoices as delivered
+   (`inbox_delivered`): from here on no export will ever write them again;
+3. rename the temps into place (atomic) and fsync the folders;
+4. clear the note.
+
+After a crash, `recover` finishes step 3 for every noted invoice: a temp still there is renamed into place;
+a temp gone means its rename happened (the ERP may even have taken the file already). So nothing is lost,
+nothing appears twice, and nothing half-written is ever visible.
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import json
+import os
+import secrets
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,12 +44,14 @@ from ksefd import spool
 from ksefd.ksef.crypto import sha256_b64
 from ksefd.ksef.errors import ProtocolError
 from ksefd.ksef.receiving import KSEF_NUMBER_RE, check_ksef_number, parse_instant
-from ksefd.store import Delivery, InboxRepo
+from ksefd.store import Delivery, InboxRepo, KeyValueRepo
 
 log = structlog.get_logger("ksefd.daemon.inbox")
 
-CHUNK = 250                 # invoices written, then recorded in one transaction
+CHUNK = 250                 # invoices staged, recorded and placed together
 WRITE_THREADS = 4           # fsync is I/O wait: a few threads overlap it
+STAGED_NAMESPACE = "inbox_staged"
+TEMP_SUFFIX = ".ksefd.tmp"  # ksefd.spool's temp names, so spool.remove_stale_temps knows them
 
 
 def relative_path(ksef_number: str, layout: str) -> PurePosixPath:
@@ -77,6 +91,50 @@ class ReceivedInvoice:
             return None
 
 
+@dataclass(frozen=True)
+class Staged:
+    """The two temps of one invoice, written and fsynced, waiting to be renamed into place."""
+
+    ksef_number: str
+    xml_path: Path
+    xml_temp: Path
+    json_temp: Path
+
+    @property
+    def json_path(self) -> Path:
+        return self.xml_path.with_suffix(".json")
+
+    def place(self) -> None:
+        if self.json_temp.exists():
+            os.replace(self.json_temp, self.json_path)
+        if self.xml_temp.exists():
+            os.replace(self.xml_temp, self.xml_path)
+
+    def to_json(self) -> dict[str, str]:
+        return {"xml": str(self.xml_path), "xmlTemp": str(self.xml_temp), "jsonTemp": str(self.json_temp)}
+
+    @classmethod
+    def from_json(cls, number: str, raw: dict[str, str]) -> Staged:
+        return cls(number, Path(raw["xml"]), Path(raw["xmlTemp"]), Path(raw["jsonTemp"]))
+
+
+def _write_temp(directory: Path, name: str, data: bytes) -> Path:
+    """A fresh dot-file temp holding `data`, fsynced (spool's naming; O_EXCL: never someone else's file)."""
+    temp = directory / f".{name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return temp
+
+
 class InboxFolder:
     """The file side of one company's inbox."""
 
@@ -88,8 +146,11 @@ class InboxFolder:
     def xml_path(self, ksef_number: str) -> Path:
         return self.root.joinpath(*relative_path(ksef_number, self.layout).parts)
 
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
     def prepare(self) -> int:
-        """Create the inbox and remove temporary files a killed run left behind; returns how many."""
+        """Create the inbox; remove temps a killed run left unstaged (call after `recover`). Returns how many."""
         self.root.mkdir(parents=True, exist_ok=True)
         removed = spool.remove_stale_temps(self.root)
         if self.layout == "year-month":
@@ -98,32 +159,22 @@ class InboxFolder:
                     removed += spool.remove_stale_temps(folder)
         return removed
 
-    def write(self, invoice: ReceivedInvoice) -> Path:
-        """Write `<n>.json` then `<n>.xml` atomically (blocking: call it in a thread). If the XML cannot be
-        written (a full disk), the JSON written for it is removed again: no metadata without its invoice."""
+    def stage(self, invoice: ReceivedInvoice) -> Staged:
+        """Step 1 for one invoice (blocking: call it in a thread). On failure nothing of it is left behind."""
         xml_path = self.xml_path(invoice.ksef_number)
-        json_path = xml_path.with_suffix(".json")
         xml_path.parent.mkdir(parents=True, exist_ok=True)
-        had_json = json_path.exists()
-        spool.write_atomic(json_path, spool.json_bytes(invoice.metadata))
+        json_temp = _write_temp(xml_path.parent, f"{invoice.ksef_number}.json", spool.json_bytes(invoice.metadata))
         try:
-            try:
-                spool.write_new(xml_path, invoice.xml)
-            except spool.SpoolConflict:
-                # Never delivered by us (the store says so), yet a file with this KSeF number and other bytes
-                # is there: not KSeF's invoice. KSeF's bytes are the truth for this name.
-                log.warning("inbox.foreign_file_replaced", path=str(xml_path))
-                spool.write_atomic(xml_path, invoice.xml)
+            xml_temp = _write_temp(xml_path.parent, xml_path.name, invoice.xml)
         except BaseException:
-            if not had_json:
-                json_path.unlink(missing_ok=True)
+            json_temp.unlink(missing_ok=True)
             raise
-        return xml_path
+        return Staged(invoice.ksef_number, xml_path, xml_temp, json_temp)
 
-    def write_many(self, invoices: list[ReceivedInvoice], pool: ThreadPoolExecutor) -> list[Path | OSError]:
-        """Write each invoice; the path, or the OSError that stopped it (the others are still written)."""
-        futures = [pool.submit(self.write, invoice) for invoice in invoices]
-        results: list[Path | OSError] = []
+    def stage_many(self, invoices: list[ReceivedInvoice], pool: ThreadPoolExecutor) -> list[Staged | OSError]:
+        """Stage each invoice; its Staged, or the OSError that stopped it (the others are still staged)."""
+        futures = [pool.submit(self.stage, invoice) for invoice in invoices]
+        results: list[Staged | OSError] = []
         for future in futures:
             try:
                 results.append(future.result())
@@ -131,13 +182,62 @@ class InboxFolder:
                 results.append(error)
         return results
 
-    def relative(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
+    @staticmethod
+    def place_many(staged: Iterable[Staged]) -> None:
+        """Step 3: rename every temp into place, then make the renames durable."""
+        folders = set()
+        for item in staged:
+            item.place()
+            folders.add(item.xml_path.parent)
+        for folder in folders:
+            spool.fsync_directory(folder)
+
+
+class StagingBook:
+    """The note of step 2 (kv namespace `inbox_staged`, one key per company and subject type)."""
+
+    def __init__(self, kv: KeyValueRepo, company: str) -> None:
+        self.kv = kv
+        self.company = company
+
+    def _key(self, subject_type: str) -> str:
+        return f"{self.company}|{subject_type}"
+
+    async def note(self, subject_type: str, staged: list[Staged], deliveries: list[Delivery]) -> None:
+        entries = {s.ksef_number: {**s.to_json(), "sha256": d.sha256, "path": d.path,
+                                   "stored": d.permanent_storage_date.isoformat() if d.permanent_storage_date else None}
+                   for s, d in zip(staged, deliveries, strict=True)}
+        await self.kv.put(STAGED_NAMESPACE, self._key(subject_type), json.dumps(entries))
+
+    async def clear(self, subject_type: str) -> None:
+        await self.kv.delete(STAGED_NAMESPACE, self._key(subject_type))
+
+    async def pending(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """subject type -> KSeF number -> noted entry, for this company."""
+        prefix = f"{self.company}|"
+        found = await self.kv.items(STAGED_NAMESPACE)
+        return {key[len(prefix):]: json.loads(value) for key, value in found.items() if key.startswith(prefix)}
+
+
+async def recover(book: StagingBook, repo: InboxRepo) -> int:
+    """Finish what a killed run staged (see the module docstring); returns how many invoices."""
+    finished = 0
+    for subject_type, entries in (await book.pending()).items():
+        staged = [Staged.from_json(number, raw) for number, raw in entries.items()]
+        await asyncio.to_thread(InboxFolder.place_many, staged)
+        await repo.record_delivered(book.company, [
+            Delivery(ksef_number=number, subject_type=subject_type, sha256=raw["sha256"], path=raw["path"],
+                     permanent_storage_date=dt.datetime.fromisoformat(raw["stored"]) if raw.get("stored") else None)
+            for number, raw in entries.items()])
+        await book.clear(subject_type)
+        finished += len(entries)
+        log.info("inbox.staged_recovered", company=book.company, subject=subject_type, count=len(entries))
+    return finished
 
 
 @dataclass
 class DeliveryReport:
-    delivered: list[str] = field(default_factory=list)      # KSeF numbers written now
+    delivered: list[str] = field(default_factory=list)      # KSeF numbers placed now
     skipped: int = 0                                         # already delivered earlier (or twice in a package)
 
     def add(self, other: DeliveryReport) -> None:
@@ -145,23 +245,22 @@ class DeliveryReport:
         self.skipped += other.skipped
 
 
-# Called with the invoices of a chunk before their files are written, and after they are recorded.
-HookBefore = Callable[[list[tuple[str, Path]]], Awaitable[None]]
-HookAfter = Callable[[list[tuple[str, Path]]], Awaitable[None]]
+# Called with (KSeF number, XML path) of a chunk before its files are written, and after they are placed.
+Hook = Callable[[list[tuple[str, Path]]], Awaitable[None]]
 
 
 class Deliverer:
-    """Writes invoices into one company's inbox once each, recording every chunk in the store."""
+    """Writes invoices into one company's inbox once each (steps 1-4 of the module docstring)."""
 
-    def __init__(self, company: str, subject_type: str, folder: InboxFolder, repo: InboxRepo, *,
-                 before_write: HookBefore | None = None, after_record: HookAfter | None = None,
-                 chunk: int = CHUNK) -> None:
+    def __init__(self, company: str, subject_type: str, folder: InboxFolder, repo: InboxRepo, book: StagingBook, *,
+                 before_write: Hook | None = None, after_place: Hook | None = None, chunk: int = CHUNK) -> None:
         self.company = company
         self.subject_type = subject_type
         self.folder = folder
         self.repo = repo
+        self.book = book
         self.before_write = before_write
-        self.after_record = after_record
+        self.after_place = after_place
         self.chunk = chunk
         self._seen: set[str] = set()
 
@@ -175,38 +274,44 @@ class Deliverer:
                 report.add(await self._deliver_chunk(batch, pool))
         return report
 
-    async def _deliver_chunk(self, batch: list[ReceivedInvoice], pool: ThreadPoolExecutor) -> DeliveryReport:
+    async def _fresh(self, batch: list[ReceivedInvoice]) -> list[ReceivedInvoice]:
         for invoice in batch:
             invoice.checked()
-        numbers = [i.ksef_number for i in batch]
-        done = await self.repo.delivered_among(self.company, numbers) | self._seen
-        fresh: list[ReceivedInvoice] = []
+        done = await self.repo.delivered_among(self.company, [i.ksef_number for i in batch]) | self._seen
+        fresh = []
         for invoice in batch:
             if invoice.ksef_number not in done:
                 fresh.append(invoice)
                 done.add(invoice.ksef_number)
+        return fresh
+
+    async def _deliver_chunk(self, batch: list[ReceivedInvoice], pool: ThreadPoolExecutor) -> DeliveryReport:
+        fresh = await self._fresh(batch)
         report = DeliveryReport(skipped=len(batch) - len(fresh))
         if not fresh:
             return report
         if self.before_write is not None:
             await self.before_write([(i.ksef_number, self.folder.xml_path(i.ksef_number)) for i in fresh])
-        results = await asyncio.get_running_loop().run_in_executor(None, self.folder.write_many, fresh, pool)
-        written = [(i, r) for i, r in zip(fresh, results, strict=True) if isinstance(r, Path)]
-        if written:
-            await self.repo.record_delivered(self.company, [
-                Delivery(ksef_number=i.ksef_number, subject_type=self.subject_type, sha256=i.metadata["invoiceHash"],
-                         path=self.folder.relative(path), permanent_storage_date=i.storage_date())
-                for i, path in written])
-            self._seen.update(i.ksef_number for i, _ in written)
-            report.delivered = [i.ksef_number for i, _ in written]
-            log.info("inbox.delivered", company=self.company, subject=self.subject_type, count=len(written),
+        results = await asyncio.get_running_loop().run_in_executor(None, self.folder.stage_many, fresh, pool)
+        staged = [(i, r) for i, r in zip(fresh, results, strict=True) if isinstance(r, Staged)]
+        if staged:
+            deliveries = [Delivery(ksef_number=i.ksef_number, subject_type=self.subject_type,
+                                   sha256=i.metadata["invoiceHash"], path=self.folder.relative(s.xml_path),
+                                   permanent_storage_date=i.storage_date()) for i, s in staged]
+            await self.book.note(self.subject_type, [s for _, s in staged], deliveries)
+            await self.repo.record_delivered(self.company, deliveries)
+            await asyncio.to_thread(self.folder.place_many, [s for _, s in staged])
+            await self.book.clear(self.subject_type)
+            self._seen.update(i.ksef_number for i, _ in staged)
+            report.delivered = [i.ksef_number for i, _ in staged]
+            log.info("inbox.delivered", company=self.company, subject=self.subject_type, count=len(staged),
                      skipped=report.skipped)
-            if self.after_record is not None:
-                await self.after_record([(i.ksef_number, path) for i, path in written])
+            if self.after_place is not None:
+                await self.after_place([(i.ksef_number, s.xml_path) for i, s in staged])
         failed = [r for r in results if isinstance(r, OSError)]
         if failed:
-            # Recorded above: what is on disk is delivered. The rest (and the checkpoint) waits for the next try.
-            log.warning("inbox.write_failed", company=self.company, failed=len(failed), written=len(written),
+            # What was staged is delivered. The rest (and the checkpoint) waits for the next attempt.
+            log.warning("inbox.write_failed", company=self.company, failed=len(failed), written=len(staged),
                         error=str(failed[0]))
             raise failed[0]
         return report

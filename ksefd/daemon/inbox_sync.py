@@ -25,7 +25,7 @@ from ksefd.ksef.receiving import Receiver, instant_text, parse_instant
 from ksefd.store import Store
 
 from .hooks import InvoiceHooks
-from .inbox_delivery import Deliverer, DeliveryReport, InboxFolder, ReceivedInvoice
+from .inbox_delivery import Deliverer, DeliveryReport, InboxFolder, ReceivedInvoice, StagingBook, recover
 from .inbox_schedule import HourlyBudget
 
 log = structlog.get_logger("ksefd.daemon.inbox")
@@ -68,12 +68,20 @@ class Pipeline:
     compression: str = ZIP
     small_gap: int = SMALL_GAP
 
-    def deliverer(self, subject_type: str) -> Deliverer:
-        return Deliverer(self.company, subject_type, self.folder, self.store.inbox,
-                         before_write=self.hooks.note, after_record=self._after_record)
+    @property
+    def staging(self) -> StagingBook:
+        return StagingBook(self.store.kv, self.company)
 
-    async def _after_record(self, targets: list[tuple[str, Path]]) -> None:
+    def deliverer(self, subject_type: str) -> Deliverer:
+        return Deliverer(self.company, subject_type, self.folder, self.store.inbox, self.staging,
+                         before_write=self.hooks.note, after_place=self._after_place)
+
+    async def _after_place(self, targets: list[tuple[str, Path]]) -> None:
         await self.hooks.fire(targets)
+
+    async def recover(self) -> int:
+        """After a crash: place what was staged (before `folder.prepare` removes unstaged temps)."""
+        return await recover(self.staging, self.store.inbox)
 
     async def deliver(self, subject_type: str, invoices: list[ReceivedInvoice] | Iterator[ReceivedInvoice]
                       ) -> DeliveryReport:

@@ -20,7 +20,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from ksefd.ksef.batch import IN_PROGRESS, BatchOptions, BatchSender
+from ksefd.ksef.batch import IN_PROGRESS, BatchOptions, BatchSender, OpenedBatch
 from ksefd.ksef.batch_archive import BatchBuildError, BatchInvoice, PreparedBatch, prepare_batch_async
 from ksefd.ksef.errors import KsefError, KsefException
 from ksefd.ksef.models import SessionInvoice, SessionStatus
@@ -46,6 +46,7 @@ class BatchRunner:
     def __init__(self, ctx: CompanyCtx, outcomes: Outcomes) -> None:
         self.ctx = ctx
         self.outcomes = outcomes
+        self.active: set[int] = set()        # batch sessions a task is handling now
 
     @property
     def sender(self) -> BatchSender:
@@ -77,6 +78,15 @@ class BatchRunner:
             return await self._failed(rows, S.QUEUED, exc)
         session = await self.ctx.store.sessions.add(self.ctx.name, "batch", opened.reference_number,
                                                     opened_at=self.ctx.now())
+        self.active.add(session.id)          # this task owns it; a resume must not track it too
+        try:
+            return await self._upload_close(rows, prepared, opened, session)
+        finally:
+            self.active.discard(session.id)
+
+    async def _upload_close(self, rows: list[InvoiceRow], prepared: PreparedBatch, opened: OpenedBatch,
+                            session: SessionRow) -> Failure | None:
+        sender = self.sender
         submitted = await self.ctx.store.invoices.transition_many(
             [r.id for r in rows], S.QUEUED, S.SUBMITTING, session_id=session.id, mode="batch", next_attempt_at=None,
             detail={"session": opened.reference_number})
@@ -87,14 +97,25 @@ class BatchRunner:
         try:
             await sender.upload(prepared, opened)
         except KsefError as exc:
+            failure = await self._failed(submitted, S.SUBMITTING, exc)
             await self.ctx.store.sessions.transition(session.id, T.OPEN, T.ABANDONED, detail={"error": str(exc)})
-            return await self._failed(submitted, S.SUBMITTING, exc)
+            return failure
         session = await self.ctx.store.sessions.transition(session.id, T.OPEN, T.CLOSING)
-        return await self.close_and_track(session)
+        return await self._close_and_track(session)
 
     # --- closing and results (also after a restart) ------------------------------------------------------
 
     async def close_and_track(self, session: SessionRow) -> Failure | None:
+        """Finish a batch session from its state in SQLite; one task per session at a time."""
+        if session.id in self.active:
+            return None
+        self.active.add(session.id)
+        try:
+            return await self._close_and_track(session)
+        finally:
+            self.active.discard(session.id)
+
+    async def _close_and_track(self, session: SessionRow) -> Failure | None:
         if session.state == T.CLOSING:
             try:
                 status = await self.ctx.context.sessions.status(session.reference)
@@ -207,21 +228,23 @@ class BatchRunner:
         self.ctx.log.info("outbox.batch_finished", session=session.reference, code=status.status.code)
 
     async def _session_failed(self, session: SessionRow, why: str) -> None:
+        # Invoices first, the session last: a crash in between leaves an unfinished session to redo.
+        await self.requeue(session, {"error": why})
         await self.ctx.store.sessions.transition(session.id, session.state, T.FAILED, last_error={"error": why})
-        for row in await self.ctx.store.invoices.in_session(session.id):
-            if row.state == S.SUBMITTING:
-                self.ctx.show(await self.ctx.store.invoices.transition(row.id, S.SUBMITTING, S.QUEUED,
-                                                                       detail={"error": why}))
         self.ctx.kick.set()
 
     async def abandon(self, session: SessionRow) -> None:
         """An OPEN batch session from before a restart: never closed, so KSeF will never process it."""
+        await self.requeue(session, {"reason": "batch abandoned"})
         await self.ctx.store.sessions.transition(session.id, T.OPEN, T.ABANDONED,
                                                  detail={"reason": "upload interrupted by a restart"})
-        for row in await self.ctx.store.invoices.in_session(session.id):
-            if row.state == S.SUBMITTING:
-                self.ctx.show(await self.ctx.store.invoices.transition(row.id, S.SUBMITTING, S.QUEUED,
-                                                                       detail={"reason": "batch abandoned"}))
+
+    async def requeue(self, session: SessionRow, detail: dict[str, str]) -> None:
+        """The session's SUBMITTING invoices back to QUEUED: KSeF never processed that session."""
+        ids = [r.id for r in await self.ctx.store.invoices.in_session(session.id) if r.state == S.SUBMITTING]
+        if ids:
+            for row in await self.ctx.store.invoices.transition_many(ids, S.SUBMITTING, S.QUEUED, detail=detail):
+                self.ctx.show(row)
 
     async def _failed(self, rows: list[InvoiceRow], state: InvoiceState, exc: KsefError) -> Failure | None:
         failure = classify(exc)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from ksefd.ksef.crypto import sha256_b64
 from ksefd.store import InvoiceRow, InvoiceState
 
 from .outbox_context import CompanyCtx
+from .outbox_files import STATE_SUFFIX
 from .outbox_outcomes import Outcomes
 from .runtime import wait_for
 
@@ -71,6 +73,7 @@ class Intake:
         store = self.ctx.store
         await self.recheck(await store.invoices.in_state(self.ctx.name, S.CLAIMED, S.CHECKED))
         await self.adopt_orphans()
+        await self.clear_stale_states()
         stop_watch = asyncio.Event()
         async with asyncio.TaskGroup() as group:
             watcher = group.create_task(self._watch(stop_watch))
@@ -151,6 +154,17 @@ class Intake:
         if orphans:
             self.ctx.log.info("outbox.orphans_adopted", count=len(orphans))
             await self._process([await self._read(p, self.ctx.files.original_name(p)) for p in orphans])
+
+    async def clear_stale_states(self) -> None:
+        """State files of invoices that finished just before a crash (the row was, the file not yet, updated)."""
+        for path in self.outbox.glob(f"*{STATE_SUFFIX}"):
+            try:
+                invoice_id = json.loads(path.read_bytes()).get("invoiceId")
+            except (OSError, ValueError):
+                continue
+            row = await self.ctx.store.invoices.get(invoice_id) if isinstance(invoice_id, int) else None
+            if row is None or row.state in (S.DONE, S.REJECTED):
+                path.unlink(missing_ok=True)
 
     async def recheck(self, rows: list[InvoiceRow]) -> None:
         """Rows left CLAIMED or CHECKED by a crash: finish their intake."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import shutil
+import traceback
 from typing import Any
 
 from ksefd import spool
@@ -58,7 +60,6 @@ class OutboxWorker:
         self.batches = BatchRunner(self.ctx, self.outcomes)
         self._online = asyncio.Semaphore(ONLINE_CONCURRENCY)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._batch_sessions: set[int] = set()
         self._group: asyncio.TaskGroup | None = None
         self._retry_connect_at: dt.datetime | None = None
         self._connect_failures = 0
@@ -72,6 +73,8 @@ class OutboxWorker:
 
     async def run(self, draining: asyncio.Event) -> None:
         self.ctx.files.prepare()
+        # Archives of batches a previous run was building: never closed, so never needed (outbox_batch.py).
+        await asyncio.to_thread(shutil.rmtree, self.runtime.batch_dir(self.company), True)
         async with asyncio.TaskGroup() as group:
             self._group = group
             group.create_task(self.intake.run(draining))
@@ -89,8 +92,8 @@ class OutboxWorker:
         while not draining.is_set():
             try:
                 wait = await self.dispatch_once(draining)
-            except Exception:      # a bug or a full disk must not stop the other companies; logged, retried
-                self.log.exception("outbox.dispatch_failed")
+            except Exception as exc:   # a bug or a full disk must not stop the other companies; logged, retried
+                self.log.error("outbox.dispatch_failed", error=repr(exc), where=traceback.format_exc(limit=-3))
                 wait = LOOP_RETRY_SECONDS
             await wait_for(self.ctx.kick, self.runtime.clock, wait)
 
@@ -104,8 +107,8 @@ class OutboxWorker:
                         await self.hold(failure)
                     wait = self.tracker.next_wake()
                     wait = LOOP_RETRY_SECONDS if wait is None else min(wait, LOOP_RETRY_SECONDS)
-                except Exception:
-                    self.log.exception("outbox.track_failed")
+                except Exception as exc:
+                    self.log.error("outbox.track_failed", error=repr(exc), where=traceback.format_exc(limit=-3))
             await wait_for(self.ctx.track, self.runtime.clock, wait)
 
     # --- connecting and holds ---------------------------------------------------------------------------
@@ -173,6 +176,10 @@ class OutboxWorker:
             if session.state == T.OPEN:
                 await self.batches.abandon(session)
         for row in await store.invoices.in_state(name, S.SUBMITTING):
+            used = await store.sessions.get(row.session_id) if row.mode == "batch" and row.session_id else None
+            if used is not None and used.state in (T.ABANDONED, T.FAILED):   # safety net
+                await self.batches.requeue(used, {"reason": f"batch session {used.state}"})
+        for row in await store.invoices.in_state(name, S.SUBMITTING):
             if row.mode != "batch":
                 doubt = await store.invoices.transition(row.id, S.SUBMITTING, S.IN_DOUBT,
                                                         detail={"reason": "found SUBMITTING after a restart"})
@@ -198,7 +205,7 @@ class OutboxWorker:
         plain = [r for r in queued if not r.has_attachment]
         by_batch = attachments + (plain if len(plain) >= self.company.sending.batch_threshold else [])
         for start in range(0, len(by_batch), cap):
-            if len(self._batch_sessions) + sum(1 for t in self._tasks if t.get_name() == "batch") >= BATCHES_AT_ONCE:
+            if sum(1 for t in self._tasks if t.get_name() == "batch") >= BATCHES_AT_ONCE:
                 break
             self._start(self._batch(by_batch[start:start + cap]), "batch", by_batch[start:start + cap])
         if not (len(plain) >= self.company.sending.batch_threshold):
@@ -234,8 +241,9 @@ class OutboxWorker:
         async def guarded() -> None:
             try:
                 await coro
-            except Exception:        # one invoice's trouble must not stop the company (logged, retried)
-                self.log.exception("outbox.task_failed", kind=kind, invoices=len(ids))
+            except Exception as exc:   # one invoice's trouble must not stop the company (logged, retried)
+                self.log.error("outbox.task_failed", kind=kind, invoices=len(ids), error=repr(exc),
+                               where=traceback.format_exc(limit=-3))
             finally:
                 self.ctx.reserved -= ids
                 self.ctx.wake()
@@ -265,15 +273,11 @@ class OutboxWorker:
 
         async def resume() -> None:
             for session in await self.runtime.store.sessions.unfinished(self.company.name, "batch"):
-                if session.id in self._batch_sessions or session.state == T.OPEN:
+                if session.id in self.batches.active or session.state == T.OPEN:
                     continue
-                self._batch_sessions.add(session.id)
-                try:
-                    failure = await self.batches.close_and_track(session)
-                    if failure is not None:
-                        await self.hold(failure)
-                finally:
-                    self._batch_sessions.discard(session.id)
+                failure = await self.batches.close_and_track(session)
+                if failure is not None:
+                    await self.hold(failure)
 
         self._start(resume(), "batch-resume", [])
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
@@ -28,6 +28,7 @@ from ksefd.config import Config
 from ksefd.ksef.ratelimit import RateLimiter
 from ksefd.store import Store
 
+from .inbox_runner import run_inbox
 from .outbox_worker import OutboxWorker
 from .runtime import Runtime, StoreLimiterPersistence
 
@@ -69,15 +70,17 @@ async def _main_loop(runtime: Runtime, stop: asyncio.Event,
     draining = asyncio.Event()
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(w.run(draining), name=f"outbox:{w.company.name}") for w in workers]
+        receivers = [group.create_task(run_inbox(runtime, c, draining), name=f"inbox:{c.name}")
+                     for c in runtime.config.companies if c.receive]     # issue #6: KSeF -> inbox
         helpers = [group.create_task(_heartbeat(runtime, draining), name="heartbeat"),
                    group.create_task(_autosave(runtime, draining), name="limiter-autosave")]
-        await _until_done(runtime, stop, workers, on_progress)
+        await _until_done(runtime, stop, workers, on_progress, receivers)
         log.info("daemon.draining", grace_seconds=runtime.config.shutdown_grace_seconds)
         draining.set()
         for worker in workers:
             worker.ctx.wake()
             worker.intake.poke.set()
-        _, late = await asyncio.wait([*tasks, *helpers], timeout=runtime.config.shutdown_grace_seconds)
+        _, late = await asyncio.wait([*tasks, *receivers, *helpers], timeout=runtime.config.shutdown_grace_seconds)
         for task in late:
             log.warning("daemon.drain_timeout", task=task.get_name())
             task.cancel()
@@ -88,7 +91,8 @@ async def _main_loop(runtime: Runtime, stop: asyncio.Event,
 
 
 async def _until_done(runtime: Runtime, stop: asyncio.Event, workers: list[OutboxWorker],
-                      on_progress: Callable[[Runtime], Awaitable[None]] | None) -> None:
+                      on_progress: Callable[[Runtime], Awaitable[None]] | None,
+                      receivers: Sequence[asyncio.Task[None]] = ()) -> None:
     """Wait for `stop`; in drain mode also for every worker to be settled a few looks in a row."""
     calm = 0
     while not stop.is_set():
@@ -97,7 +101,7 @@ async def _until_done(runtime: Runtime, stop: asyncio.Event, workers: list[Outbo
         if on_progress is not None:
             await on_progress(runtime)
         if runtime.once:
-            settled = all([await w.settled() for w in workers])
+            settled = all([await w.settled() for w in workers]) and all(r.done() for r in receivers)
             calm = calm + 1 if settled else 0
             if calm >= SETTLED_ROUNDS:
                 log.info("daemon.drained")

@@ -13,8 +13,6 @@ from typing import Any
 
 from aiohttp import web
 
-from .clock import iso
-
 # exceptionDescription texts as KSeF words them (openapi.json 400 descriptions).
 DESCRIPTIONS: dict[int, str] = {
     9101: "Nieprawidłowy dokument.",
@@ -52,8 +50,8 @@ DESCRIPTIONS: dict[int, str] = {
     21405: "Błąd walidacji danych wejściowych.",
     21406: "Konflikt podpisu i typu uwierzytelnienia.",
     21418: "Przekazany token kontynuacji ma nieprawidłowy format.",
-    21470: "Nieprawidłowy lub nieaktualny identyfikator klucza publicznego.",
-    26001: "Nie można nadać tokenowi uprawnień, których nie posiada podmiot.",
+    21470: "Przesłany identyfikator klucza jest nieznany lub wskazuje na wycofany klucz.",
+    26001: "Nie można nadać tokenowi uprawnień których nie posiadasz.",
     26002: "Nie można wygenerować tokena dla obecnego typu kontekstu.",
     30001: "Podmiot lub uprawnienie już istnieje.",
 }
@@ -175,7 +173,3 @@ def _json(status: int, body: dict[str, Any], content_type: str,
           headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=json.dumps(body, ensure_ascii=False).encode(),
                         content_type=content_type, charset="utf-8", headers=headers)
-
-
-def now_text(when: Any) -> str:
-    return iso(when)

@@ -85,7 +85,8 @@ class KeyRing:
                     assert isinstance(loaded, rsa.RSAPrivateKey)
                     self._private[key] = loaded
                 return self._private[key]
-        raise KsefException(21470, [f"Klucz publiczny {public_key_id} nie jest znany lub nie służy do {usage}."])
+        # The documented detail (openapi.json); a key of the other usage is as unsupported as an unknown one.
+        raise KsefException(21470, [f"Klucz o identyfikatorze {public_key_id} nie jest wspierany."])
 
     def decrypt(self, usage: str, public_key_id: str | None, ciphertext: bytes) -> bytes:
         """RSA-OAEP(SHA-256, MGF1-SHA-256) decryption; raises ValueError on a bad ciphertext."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -45,12 +46,16 @@ def validator(schema_name: str) -> OAS30Validator:
     return OAS30Validator(schema, registry=_registry())
 
 
-def operation(request: web.Request) -> dict[str, Any]:
-    """The spec's operation object for the matched route (e.g. `/sessions/online/{referenceNumber}`)."""
+def _spec_path(request: web.Request) -> str:
+    """The spec's path of the matched route (e.g. `/sessions/online/{referenceNumber}`)."""
     resource = request.match_info.route.resource
     canonical = resource.canonical if resource is not None else request.path
-    path = canonical[len(API_PREFIX):] if canonical.startswith(API_PREFIX) else canonical
-    op: dict[str, Any] = document()["paths"].get(path, {}).get(request.method.lower(), {})
+    return canonical[len(API_PREFIX):] if canonical.startswith(API_PREFIX) else canonical
+
+
+def operation(request: web.Request) -> dict[str, Any]:
+    """The spec's operation object for the matched route."""
+    op: dict[str, Any] = document()["paths"].get(_spec_path(request), {}).get(request.method.lower(), {})
     return op
 
 
@@ -128,34 +133,59 @@ def _resolved(schema: dict[str, Any]) -> dict[str, Any]:
             return schema
 
 
-def _scalar(name: str, schema: dict[str, Any], raw: str) -> Any:
+@dataclass(frozen=True)
+class _Parameter:
+    """One parameter of an operation, prepared once: where it travels, its resolved type, its validator."""
+
+    name: str
+    where: str                   # path | query | header
+    required: bool
+    kind: str | None             # integer | boolean | string | array ...
+    item_kind: str | None        # the items' type of an array
+    date_time: bool
+    validator: OAS30Validator
+
+
+@functools.cache
+def _parameters(method: str, path: str) -> tuple[_Parameter, ...]:
+    op = document()["paths"].get(path, {}).get(method.lower(), {})
+    found = []
+    for param in op.get("parameters", []):
+        schema = param.get("schema", {})
+        resolved = _resolved(schema)
+        items = _resolved(resolved.get("items", {})) if resolved.get("type") == "array" else {}
+        found.append(_Parameter(param["name"], param["in"], bool(param.get("required")), resolved.get("type"),
+                                items.get("type"), resolved.get("format") == "date-time",
+                                _inline_validator(json.dumps(schema).replace(_LOCAL_REF, _ABSOLUTE_REF))))
+    return tuple(found)
+
+
+def _scalar(param: _Parameter, kind: str | None, raw: str) -> Any:
     """A query/path/header text as the JSON value its schema describes (ASP.NET model binding)."""
-    kind = _resolved(schema).get("type")
     if kind == "integer":
         if not re.fullmatch(r"[+-]?\d{1,10}", raw.strip()):
-            raise KsefException(21405, [f"{name}: wartość {raw!r} nie jest liczbą całkowitą."])
+            raise KsefException(21405, [f"{param.name}: wartość {raw!r} nie jest liczbą całkowitą."])
         return int(raw)
     if kind == "boolean":
         if raw.strip().lower() not in ("true", "false"):
-            raise KsefException(21405, [f"{name}: wartość {raw!r} nie jest wartością logiczną (true/false)."])
+            raise KsefException(21405, [f"{param.name}: wartość {raw!r} nie jest wartością logiczną (true/false)."])
         return raw.strip().lower() == "true"
-    if _resolved(schema).get("format") == "date-time":
+    if param.date_time:
         try:
             parse_iso(raw)
         except ValueError:
-            raise KsefException(21405, [f"{name}: wartość {raw!r} nie jest datą ISO-8601 (np. "
+            raise KsefException(21405, [f"{param.name}: wartość {raw!r} nie jest datą ISO-8601 (np. "
                                         "2026-01-31T12:00:00+01:00)."]) from None
     return raw
 
 
-def _raw_values(request: web.Request, param: dict[str, Any]) -> list[str]:
-    name, where = param["name"], param["in"]
-    if where == "path":
-        return [request.match_info[name]] if name in request.match_info else []
-    if where == "query":
-        return request.query.getall(name, [])
-    if where == "header":
-        return request.headers.getall(name, [])
+def _raw_values(request: web.Request, param: _Parameter) -> list[str]:
+    if param.where == "path":
+        return [request.match_info[param.name]] if param.name in request.match_info else []
+    if param.where == "query":
+        return request.query.getall(param.name, [])
+    if param.where == "header":
+        return request.headers.getall(param.name, [])
     return []
 
 
@@ -163,20 +193,19 @@ def check_parameters(request: web.Request) -> None:
     """400 / 21405 naming the parameter when a path, query or header parameter breaks the operation's
     schema in openapi.json: out-of-range pageSize, unknown enum values, a reference number that is not 36
     characters, a malformed KSeF number, a missing required parameter. Unknown parameters are ignored."""
-    for param in operation(request).get("parameters", []):
-        name, schema = param["name"], param.get("schema", {})
+    for param in _parameters(request.method, _spec_path(request)):
         raw = _raw_values(request, param)
         if not raw:
-            if param.get("required"):
-                raise KsefException(21405, [f"{name}: parametr jest wymagany."])
+            if param.required:
+                raise KsefException(21405, [f"{param.name}: parametr jest wymagany."])
             continue
-        if _resolved(schema).get("type") == "array":
-            value: Any = [_scalar(name, _resolved(schema).get("items", {}), item) for item in raw]
+        if param.kind == "array":
+            value: Any = [_scalar(param, param.item_kind, item) for item in raw]
         else:
-            value = _scalar(name, schema, raw[-1])
-        errors = list(_inline_validator(json.dumps(schema).replace(_LOCAL_REF, _ABSOLUTE_REF)).iter_errors(value))
-        if errors:
-            raise KsefException(21405, [f"{name}: {best_match(errors).message}"])
+            value = _scalar(param, param.kind, raw[-1])
+        if not param.validator.is_valid(value):
+            errors = list(param.validator.iter_errors(value))
+            raise KsefException(21405, [f"{param.name}: {best_match(errors).message}"])
 
 
 # documented error texts ---------------------------------------------------------------------------------

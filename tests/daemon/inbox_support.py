@@ -26,7 +26,7 @@ from tests.support.ksef_auth import create_ksef_token, self_signed_certificate, 
 
 SELLER_NIP = "5265877635"
 BUYER_NIP = "1111111111"
-OTHER_NIP = "7010002137"
+OTHER_NIP = "9999999999"
 TEMPLATE = sample_bytes("FA_3_Przyklad_15.xml")     # the smallest official sample: the quickest to process
 T = TypeVar("T")
 

@@ -18,8 +18,8 @@ from tests.daemon.inbox_support import (
     company,
     inbox_files,
     open_store,
-    send_batches,
     seller_token,
+    send_batches,
     warsaw_day,
 )
 

@@ -22,7 +22,7 @@ import pytest
 
 from ksefd.clock import ManualClock
 from ksefd.daemon.inbox import InboxWorker
-from ksefd.daemon.inbox_delivery import InboxFolder, ReceivedInvoice
+from ksefd.daemon.inbox_delivery import InboxFolder, ReceivedInvoice, Staged
 from ksefd.ksef.crypto import sha256_b64
 from ksefd.sim.config import SimConfig
 from tests.daemon.inbox_support import buyer_context, company, inbox_files, open_store, send_batches, warsaw_day
@@ -37,11 +37,11 @@ class FillingDisk(InboxFolder):
         super().__init__(root)
         self.room = room
 
-    def write(self, invoice: ReceivedInvoice) -> Path:
+    def stage(self, invoice: ReceivedInvoice) -> Staged:
         if self.room <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.xml_path(invoice.ksef_number)))
         self.room -= 1
-        return super().write(invoice)
+        return super().stage(invoice)
 
 
 @contextlib.contextmanager
@@ -98,7 +98,7 @@ async def test_a_full_disk_keeps_the_checkpoint_and_loses_nothing(
             if folder is not None:
                 folder.room = COUNT
             else:                                                      # and the administrator grows the disk
-                subprocess.run(["mount", "-o", "remount,size=4m", str(inbox)], check=True)
+                subprocess.run(["mount", "-o", "remount,size=4m", str(inbox)], check=True)  # noqa: ASYNC221
             assert (await worker.run_cycle()).packages == 0           # backing off: no retry storm
             clock.advance(worker.company.sending.retry_min_seconds + 1)
             report = await worker.run_cycle()

@@ -80,7 +80,7 @@ async def test_a_few_late_commits_are_found_by_the_nightly_audit_and_downloaded_
 
 async def test_many_late_commits_are_fetched_with_an_export_of_their_window(
         sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
-    clock, client, buyer, store, worker, sent, missing = await late_scenario(sim_factory, http, tmp_path, 100, 0.5)
+    _, client, buyer, store, worker, sent, missing = await late_scenario(sim_factory, http, tmp_path, 100, 0.5)
     try:
         assert len(missing) > worker.pipeline.small_gap
         exports = worker.metrics.exports

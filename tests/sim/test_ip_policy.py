@@ -9,9 +9,14 @@ import pytest
 
 from tests.support.ksef_auth import (
     _finish,
+    auth_token_request,
+    bearer,
     challenge,
     create_ksef_token,
     encrypt_token,
+    self_signed_certificate,
+    sign_auth_request,
+    submit_xades,
     token_encryption_key,
 )
 
@@ -51,3 +56,20 @@ async def test_call_from_another_address_gets_ip_not_allowed(sim: Any, http: aio
         body = await resp.json()
     assert body["reasonCode"] == "ip-not-allowed"
     assert body["security"] == {"clientIp": "127.0.0.1"}
+
+
+@pytest.mark.parametrize(("addresses", "expected"), [("<Ip4Address>127.0.0.1</Ip4Address>", 200),
+                                                     ("<Ip4Mask>10.0.0.0/8</Ip4Mask>", 403)])
+async def test_xades_authorization_policy_is_enforced(sim: Any, http: aiohttp.ClientSession, addresses: str,
+                                                      expected: int) -> None:
+    """The same policy inside a signed AuthTokenRequest (AuthorizationPolicy/AllowedIps, PROTOCOL.md §3.3)."""
+    found = await challenge(http, sim.base_url)
+    cert, key = self_signed_certificate(nip=NIP)
+    xml = auth_token_request(found["challenge"], context_value=NIP).replace(
+        b"</SubjectIdentifierType>",
+        f"</SubjectIdentifierType><AuthorizationPolicy><AllowedIps>{addresses}</AllowedIps></AuthorizationPolicy>"
+        .encode())
+    access = (await _finish(http, sim.base_url, await submit_xades(http, sim.base_url,
+                                                                   sign_auth_request(xml, cert, key)))).access_token
+    async with http.get(f"{sim.base_url}/tokens", headers=bearer(access)) as resp:
+        assert resp.status == expected, await resp.text()
