@@ -142,6 +142,10 @@ class InvoiceHooks:
                 process.kill()
             await process.wait()
             return HookOutcome(ksef_number, False, f"{argv[0]} did not finish within {self.timeout:g} s; stopped")
+        except BaseException:                 # cancelled (shutdown): do not leave the command running
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            raise
         if process.returncode != 0:
             text = output.decode("utf-8", "replace")[-OUTPUT_LIMIT:].strip()
             return HookOutcome(ksef_number, False, f"{argv[0]} exited with {process.returncode}: {text}")

@@ -47,7 +47,7 @@ from ksefd.ksef.errors import (
 )
 from ksefd.ksef.export import ExportOptions
 from ksefd.ksef.receiving import format_instant, parse_instant, query_filters
-from ksefd.store import Checkpoint, Store
+from ksefd.store import Store
 
 from .hooks import InvoiceHooks
 from .inbox_delivery import InboxFolder
@@ -169,7 +169,7 @@ class InboxWorker:
                 if result is not None:
                     report.reconciled.append(result)
         finally:
-            await self.status.save(self.metrics, await self._checkpoints())
+            await self._save_status()
         return report
 
     # -- one package of one subject type ---------------------------------------------------------
@@ -254,7 +254,7 @@ class InboxWorker:
         await self.startup()
         result = await reconcile(self.pipeline, subject_type, window_days=self.options.reconcile_window_days)
         self.status.set_reconcile(subject_type, result.as_dict())
-        await self.status.save(self.metrics, await self._checkpoints())
+        await self._save_status()
         return result
 
     async def _reconcile_safely(self, subject_type: str) -> ReconcileReport | None:
@@ -295,8 +295,9 @@ class InboxWorker:
                 moments.append(next_reconcile(last or self._anchor, self.options.reconcile_at))
         return max(0.0, (min(moments) - now).total_seconds()) if moments else 60.0
 
-    async def _checkpoints(self) -> list[Checkpoint]:
-        return await self.store.inbox.checkpoints(self.company.name)
+    async def _save_status(self) -> None:
+        checkpoints = await self.store.inbox.checkpoints(self.company.name)
+        await self.status.save(self.metrics, checkpoints, await self.store.inbox.delivered_count(self.company.name))
 
     async def _sleep(self, seconds: float) -> None:
         """The clock's sleep, cut short by the stop event (then _Stopped)."""

@@ -48,7 +48,8 @@ class StatusBook:
     def set_reconcile(self, subject_type: str, report: dict[str, Any]) -> None:
         self.reconciliations[subject_type] = {**report, "at": _time(self.now())}
 
-    def document(self, metrics: InboxMetrics, checkpoints: list[Checkpoint]) -> dict[str, Any]:
+    def document(self, metrics: InboxMetrics, checkpoints: list[Checkpoint], delivered_total: int = 0
+                 ) -> dict[str, Any]:
         subjects: dict[str, Any] = {}
         for checkpoint in checkpoints:
             subjects[checkpoint.subject_type] = {
@@ -58,14 +59,36 @@ class StatusBook:
             subjects.setdefault(name, {})["error"] = error
         for name, reconciled in self.reconciliations.items():
             subjects.setdefault(name, {})["reconcile"] = reconciled
-        return {"company": self.company, "updatedAt": _time(self.now()), "subjects": subjects,
-                "metrics": metrics.as_dict()}
+        return {"company": self.company, "updatedAt": _time(self.now()), "deliveredTotal": delivered_total,
+                "subjects": subjects, "metrics": metrics.as_dict()}
 
-    async def save(self, metrics: InboxMetrics, checkpoints: list[Checkpoint]) -> None:
-        await self.kv.put(STATUS_NAMESPACE, self.company, json.dumps(self.document(metrics, checkpoints)))
+    async def save(self, metrics: InboxMetrics, checkpoints: list[Checkpoint], delivered_total: int = 0) -> None:
+        document = self.document(metrics, checkpoints, delivered_total)
+        await self.kv.put(STATUS_NAMESPACE, self.company, json.dumps(document))
 
 
 async def read_inbox_status(store: Store, company: str) -> dict[str, Any] | None:
     """The last status the inbox pipeline of `company` saved (None: it never ran)."""
     text = await store.kv.get(STATUS_NAMESPACE, company)
     return dict(json.loads(text)) if text else None
+
+
+def render_lines(document: dict[str, Any] | None) -> list[str]:
+    """The inbox part of `ksefd status` for one company (text, indented like the rest)."""
+    if document is None:
+        return ["  inbox: not run yet"]
+    metrics = document.get("metrics", {})
+    lines = [f"  inbox: {document.get('deliveredTotal', 0)} delivered in all, {metrics.get('delivered', 0)} "
+             f"since the daemon started ({metrics.get('exports', 0)} exports); updated {document.get('updatedAt')}"]
+    for name, subject in sorted(document.get("subjects", {}).items()):
+        lines.append(f"    {name}: checkpoint {subject.get('checkpoint')}, last cycle {subject.get('lastCycleAt')}")
+        error = subject.get("error")
+        if error:
+            lines.append(f"      ERROR ({error['kind']}) since {error['since']}: {error['message']} "
+                         f"(next try {error['retryAt']})")
+        audit = subject.get("reconcile")
+        if audit:
+            found = f"{audit['missingCount']} missing and fetched {audit['fetched']}"
+            listed = f": {', '.join(audit['missing'][:10])}" if audit["missing"] else ""
+            lines.append(f"      audit {audit['at']} of {audit['checked']} invoices: {found}{listed}")
+    return lines

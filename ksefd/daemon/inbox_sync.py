@@ -173,7 +173,8 @@ def _next_window(package: ExportPackage, filters: dict[str, Any]) -> tuple[str, 
     following = next_checkpoint(package.info.as_mapping(), "PermanentStorage", window_to)
     if package.info.is_truncated:
         return following, True
-    return following, window_to is not None and following == instant_text(str(window_to))
+    # Compared as instants: KSeF may report the HWM capped at `to`, in its own 7-digit spelling.
+    return following, window_to is not None and parse_instant(following) >= parse_instant(str(window_to))
 
 
 def _check_progress(date_from: str, next_from: str, package: ExportPackage) -> None:

@@ -258,7 +258,7 @@ class BatchRunner:
                 "next_attempt_at": next_attempt(self.ctx.now(), self.ctx.company.sending, attempts,
                                                 failure.retry_after)}
             self.ctx.show(await self.ctx.store.invoices.transition(row.id, state, target, last_error=failure.as_error(
-                "ksef-batch"), **fields))
+                "ksef-batch"), **fields), {"hold": failure.message} if target == S.HELD else None)
         return failure if failure.verdict == "hold" else None
 
 

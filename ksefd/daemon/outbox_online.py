@@ -108,7 +108,7 @@ class OnlineChannel:
         if failure.verdict == "hold":
             held = await self.ctx.store.invoices.transition(row.id, row.state, S.HELD, last_error=failure.as_error(
                 "ksef-send"))
-            self.ctx.show(held)
+            self.ctx.show(held, {"hold": failure.message})
             return failure
         if failure.verdict == "reject" and row.state == S.SUBMITTING:
             error = {**failure.as_error("ksef-send"), "details": getattr(exc, "details", []),

@@ -17,6 +17,9 @@ from ksefd.config import Config
 from ksefd.store import IN_KSEF_STATES, InvoiceState, Store
 from ksefd.store.db import py_json, py_time
 
+from .inbox_status import read_inbox_status
+from .inbox_status import render_lines as render_inbox_lines
+
 S = InvoiceState
 WAITING = (S.CLAIMED, S.CHECKED, S.QUEUED, S.DEFERRED, S.HELD, S.OFFLINE)
 FINISHING = (S.ACCEPTED, S.UPO_SAVED)
@@ -38,6 +41,7 @@ class CompanyStatus:
     on_hold: dict[str, Any] | None
     oldest_waiting: dict[str, Any] | None
     last_error: dict[str, Any] | None
+    inbox: dict[str, Any] | None = None          # issue #6: the receiving pipeline's status (inbox_status.py)
 
 
 @dataclass
@@ -83,7 +87,8 @@ async def _company(store: Store, name: str, nip: str, send: bool, receive: bool,
             "nextRetryAt": hold.next_retry_at.isoformat() if hold.next_retry_at else None},
         oldest_waiting=None if oldest is None else {
             "file": oldest.file_name, "state": str(oldest.state), "since": oldest.created_at.isoformat()},
-        last_error=await _last_error(store, name))
+        last_error=await _last_error(store, name),
+        inbox=await read_inbox_status(store, name) if receive else None)
 
 
 async def _last_error(store: Store, company: str) -> dict[str, Any] | None:
@@ -115,6 +120,8 @@ def render(status: DaemonStatus) -> str:
         if c.last_error:
             e = c.last_error
             lines.append(f"  last error: {e['file']}: {e['code']} {e['message']} ({e['at']})")
+        if c.receive:
+            lines += render_inbox_lines(c.inbox)
     return "\n".join(lines)
 
 

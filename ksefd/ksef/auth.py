@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import structlog
 
 from . import auth_messages, xades
-from .clock import Clock, Sleep, SystemClock, aware, real_sleep
+from .clock import Clock, Sleep, SystemClock, aware, poll, real_sleep
 from .credentials import CertificateCredentials, KsefToken
 from .crypto import TOKEN_ENCRYPTION, PublicKey, PublicKeys, b64
 from .environments import Environment
@@ -42,6 +42,7 @@ from .models import (
     AuthenticationTokens,
     Challenge,
     RefreshedAccessToken,
+    StatusInfo,
 )
 from .transport import Response, Transport
 
@@ -215,23 +216,23 @@ class Authenticator:
         return response.decode(AuthenticationInit)
 
     async def _wait(self, init: AuthenticationInit, context: ContextIdentifier, credentials: Credentials) -> None:
-        delay, waited = self.options.poll_first, 0.0
-        while True:
+        async def fetch() -> StatusInfo:
             response = await self.transport.request("GET", "/auth/{referenceNumber}",
                                                     params={"referenceNumber": init.reference_number},
                                                     bearer=init.authentication_token.token, expect=(200,))
-            status = response.decode(AuthenticationStatus).status
-            if status.code == 200:
-                return
-            if status.code >= 400:
-                raise self._failure(status.code, status.description, status.details or [], context, credentials,
-                                     init.reference_number)
-            if waited >= self.options.poll_budget:
-                raise AuthenticationPending(f"authentication {init.reference_number} into {context} is still in "
-                                            f"progress after {waited:.0f} s (status {status.code}); retry later")
-            await self.sleep(delay)
-            waited += delay
-            delay = min(self.options.poll_max, delay * self.options.poll_factor)
+            return response.decode(AuthenticationStatus).status
+
+        def pending(status: StatusInfo, waited: float) -> AuthenticationPending:
+            return AuthenticationPending(f"authentication {init.reference_number} into {context} is still in "
+                                         f"progress after {waited:.0f} s (status {status.code}); retry later")
+
+        options = self.options
+        status = await poll(fetch, lambda s: s.code == 200 or s.code >= 400, sleep=self.sleep,
+                            first=options.poll_first, factor=options.poll_factor, maximum=options.poll_max,
+                            budget=options.poll_budget, gave_up=pending)
+        if status.code >= 400:
+            raise self._failure(status.code, status.description, status.details or [], context, credentials,
+                                init.reference_number)
 
     def _failure(self, code: int, description: str, details: list[str], context: ContextIdentifier,
                  credentials: Credentials, reference: str) -> AuthenticationFailed:

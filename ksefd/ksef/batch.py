@@ -27,7 +27,7 @@ import structlog
 
 from .auth import AuthSession
 from .batch_archive import EncryptedPart, ManifestEntry, PreparedBatch
-from .clock import Sleep, real_sleep
+from .clock import Sleep, poll, real_sleep
 from .crypto import SYMMETRIC_KEY_ENCRYPTION, PublicKey, PublicKeys, sha256_b64
 from .errors import KsefError, KsefException, ProtocolError
 from .models import SessionInvoice, SessionStatus
@@ -178,19 +178,18 @@ class BatchSender:
 
     async def wait(self, reference_number: str) -> SessionStatus:
         """Poll GET /sessions/{ref} until processing ends (100/150 -> 200 or 4xx, §4.4)."""
-        delay, waited = self.options.poll_first, 0.0
-        while True:
-            status = await self.sessions.status(reference_number)
-            if status.status.code not in IN_PROGRESS:
-                log.info("ksef.batch_processed", session=reference_number, code=status.status.code,
-                         ok=status.successful_invoice_count, failed=status.failed_invoice_count)
-                return status
-            if waited >= self.options.wait_budget:
-                raise BatchTimeout(f"batch session {reference_number} is still processing (status "
-                                   f"{status.status.code}) after {waited:.0f} s; poll it again later")
-            await self.sleep(delay)
-            waited += delay
-            delay = min(self.options.poll_max, delay * self.options.poll_factor)
+        def still_processing(status: SessionStatus, waited: float) -> BatchTimeout:
+            return BatchTimeout(f"batch session {reference_number} is still processing (status "
+                                f"{status.status.code}) after {waited:.0f} s; poll it again later")
+
+        options = self.options
+        status = await poll(lambda: self.sessions.status(reference_number),
+                            lambda s: s.status.code not in IN_PROGRESS, sleep=self.sleep, first=options.poll_first,
+                            factor=options.poll_factor, maximum=options.poll_max, budget=options.wait_budget,
+                            gave_up=still_processing)
+        log.info("ksef.batch_processed", session=reference_number, code=status.status.code,
+                 ok=status.successful_invoice_count, failed=status.failed_invoice_count)
+        return status
 
     async def outcome(self, reference_number: str, entries: Iterable[ManifestEntry],
                       status: SessionStatus | None = None) -> BatchOutcome:

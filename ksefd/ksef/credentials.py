@@ -31,6 +31,7 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 _REFERENCE = re.compile(r"^\d{8}-[A-Z]{2}-[0-9A-F]{10}-[0-9A-F]{10}-[0-9A-F]{2}$")
 _CONTEXT_PART = re.compile(r"^([A-Za-z]+)-(\S+)$")
 _SECRET = re.compile(r"^[0-9a-fA-F]{64}$")
+_LONG_HEX = re.compile(r"[0-9a-fA-F]{16,}")     # the secret, or a piece of it; reference numbers hold 10-hex runs
 MAX_TOKEN_LENGTH = 160          # OA InitTokenAuthenticationRequest example; PROTOCOL.md §3.2
 
 
@@ -82,10 +83,10 @@ def token_problem(token: str) -> str | None:
                 f"copy the whole token as KSeF showed it")
     reference, context, secret = parts
     if not _REFERENCE.match(reference):
-        return (f"the first part {reference[:40]!r} is not a KSeF reference number "
+        return (f"the first part {_shown(reference)} is not a KSeF reference number "
                 f"(YYYYMMDD-EC-XXXXXXXXXX-XXXXXXXXXX-XX)")
     if not _CONTEXT_PART.match(context):
-        return f"the second part {context[:40]!r} is not a context such as 'nip-5265877635'"
+        return f"the second part {_shown(context)} is not a context such as 'nip-5265877635'"
     if not _SECRET.match(secret):
         if len(secret) != 64:
             return f"the third part (the secret) has {len(secret)} characters, expected 64 hexadecimal digits"
@@ -94,6 +95,12 @@ def token_problem(token: str) -> str | None:
     if len(token) > MAX_TOKEN_LENGTH:
         return f"it is {len(token)} characters long, at most {MAX_TOKEN_LENGTH} expected"
     return None
+
+
+def _shown(part: str) -> str:
+    """A misplaced part quoted for the message, with anything that may be (a piece of) the secret hidden:
+    parts pasted in the wrong order must not put the secret into a log line or an error report."""
+    return repr(_LONG_HEX.sub(lambda m: f"<{len(m.group(0))} hex digits>", part[:80]))
 
 
 @dataclass(frozen=True, repr=False)

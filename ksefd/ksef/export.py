@@ -25,7 +25,7 @@ import structlog
 
 from .auth import AuthSession
 from .batch_archive import COMPRESSION_TYPES, ZIP
-from .clock import Sleep, real_sleep
+from .clock import Sleep, poll, real_sleep
 from .crypto import SYMMETRIC_KEY_ENCRYPTION, PublicKey, PublicKeys, SymmetricKey, sha256_b64
 from .errors import KsefError, ProtocolError
 from .export_package import (
@@ -164,7 +164,8 @@ class Exporter:
             # Not replayed after a lost answer: a second export would spend another of the 20 per hour.
             response = await self.auth.request("POST", "/invoices/exports", json=body, replay_safe=False,
                                                expect=(201,))
-            reference = response.json().get("referenceNumber")
+            answer = response.json()
+            reference = answer.get("referenceNumber") if isinstance(answer, dict) else None
             if not isinstance(reference, str):
                 raise ProtocolError("POST /invoices/exports answered without a referenceNumber")
             return StartedExport(reference, symmetric, compression, dict(filters))
@@ -181,20 +182,18 @@ class Exporter:
 
     async def wait(self, reference_number: str) -> ExportStatus:
         """Poll until the export leaves status 100; raises ExportFailed unless it is 200."""
-        delay, waited = self.options.poll_first, 0.0
-        while True:
-            status = await self.status(reference_number)
-            if status.status.code == 200:
-                if status.package is None:
-                    raise ProtocolError(f"export {reference_number} is done but has no package")
-                return status
-            if status.status.code != 100:
-                raise ExportFailed(reference_number, status.status)
-            if waited >= self.options.wait_budget:
-                raise ExportTimeout(f"export {reference_number} still in progress after {waited:.0f} s")
-            await self.sleep(delay)
-            waited += delay
-            delay = min(self.options.poll_max, delay * self.options.poll_factor)
+        def in_progress(_: ExportStatus, waited: float) -> ExportTimeout:
+            return ExportTimeout(f"export {reference_number} still in progress after {waited:.0f} s")
+
+        options = self.options
+        status = await poll(lambda: self.status(reference_number), lambda s: s.status.code != 100,
+                            sleep=self.sleep, first=options.poll_first, factor=options.poll_factor,
+                            maximum=options.poll_max, budget=options.wait_budget, gave_up=in_progress)
+        if status.status.code != 200:
+            raise ExportFailed(reference_number, status.status)
+        if status.package is None:
+            raise ProtocolError(f"export {reference_number} is done but has no package")
+        return status
 
     async def download(self, started: StartedExport, status: ExportStatus, workdir: Path) -> ExportPackage:
         """Download every part (no token), decrypt each, join in ordinalNumber order, read _metadata.json."""

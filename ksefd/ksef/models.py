@@ -143,6 +143,14 @@ class ContextSessionLimits(Model):
     max_invoice_with_attachment_size_in_mb: int = msgspec.field(name="maxInvoiceWithAttachmentSizeInMB", default=3)
 
 
+class CollectiveIdentifierLimits(Model):
+    max_invoices: int                  # the most invoices in one collective identifier (2.7.1, PROTOCOL.md §14.5)
+
+
 class ContextLimits(Model):
+    """GET /limits/context (EffectiveContextLimits). `collective_identifier` is required since 2.7.1; read
+    leniently (None when missing) because the daemon does not depend on it (§14.7 point 5)."""
+
     online_session: ContextSessionLimits
     batch_session: ContextSessionLimits
+    collective_identifier: CollectiveIdentifierLimits | None = None

@@ -15,20 +15,18 @@ import datetime as dt
 import hashlib
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from .environments import ENVIRONMENTS
 from .qr_image import render_png, render_svg
 
-# PROTOCOL.md §1, QR verification host per environment.
-QR_HOSTS = {
-    "test": "qr-test.ksef.mf.gov.pl",
-    "demo": "qr-demo.ksef.mf.gov.pl",
-    "prod": "qr.ksef.mf.gov.pl",
-}
+# PROTOCOL.md §1, QR verification host per environment (environments.py holds the URLs).
+QR_HOSTS = {name: urlsplit(env.qr_url).netloc for name, env in ENVIRONMENTS.items()}
 CONTEXT_TYPES = ("Nip", "InternalId", "NipVatUe", "PeppolId")
 OFFLINE_LABEL = "OFFLINE"
 CERTIFICATE_LABEL = "CERTYFIKAT"

@@ -17,12 +17,13 @@ import asyncio
 import bisect
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from .clock import Sleep
 from .errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ksefd.ksef.ratelimit")
 
 Now = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
 SECOND, MINUTE, HOUR = 1.0, 60.0, 3600.0
 GLOBAL_GROUP = "global"

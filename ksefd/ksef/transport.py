@@ -107,6 +107,12 @@ _GROUPS: dict[tuple[str, str], str] = {
 }
 _ANONYMOUS_PREFIXES = ("/testdata/subject", "/testdata/person", "/testdata/permissions", "/testdata/attachment")
 _PLACEHOLDER = re.compile(r"\{[^/{}]*\}")
+_QUERY = re.compile(r"\?[^\s'\"]*")
+
+
+def _scrubbed(exc: BaseException) -> str:
+    """An aiohttp error as text without query strings: a pre-signed URL's `sig=` grants access (§1)."""
+    return _QUERY.sub("?…", str(exc))
 
 
 def rate_limit_group(method: str, template: str) -> str:
@@ -290,10 +296,10 @@ class Transport:
                 result = Response(resp.status, CIMultiDict(resp.headers), body, resp.content_type)
         except aiohttp.ClientConnectorError as exc:
             log.warning("ksef.connect_failed", path=call.template, attempt=attempt, error=type(exc).__name__)
-            raise _NotSent(TransportError(f"cannot connect for {call.method} {call.template}: {exc}",
+            raise _NotSent(TransportError(f"cannot connect for {call.method} {call.template}: {_scrubbed(exc)}",
                                           method=call.method, url=call.template)) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {_scrubbed(exc)}"
             log.warning("ksef.request_failed", path=call.template, attempt=attempt, reason=reason)
             raise _MaybeSent(reason) from exc
         log.debug("ksef.response", method=call.method, path=call.template, status=result.status, attempt=attempt,

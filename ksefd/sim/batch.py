@@ -13,8 +13,13 @@ each invoice judged on its own, `invoiceFileName` echoed, invoicingDate = the se
 attachments allowed when enabled for the NIP. The session then ends through sessions.begin_closing
 (200 with UPO pages, 445 with no valid invoice, 440 with none at all).
 
+Processing waits SimConfig.processing_delay_s first (KSeF takes its time too; status 150 is observable).
+
 Session records are sessions.py's, with `batchFile` (the declared package) and `uploadDeadline`.
-Parts are blobs `batch/<ref>/<ordinal>`, dropped once processed.
+Parts are blobs `batch/<ref>/<ordinal>`, dropped once every invoice has been handed over (or the
+package failed). A session in 150 that is not yet closing is a package still being processed: a
+simulator restarted with --state processes it again, skipping the invoices it already recorded (a
+kill -9 may come between two of them), so every file becomes exactly one invoice.
 """
 
 from __future__ import annotations
@@ -51,10 +56,6 @@ BLOB_TYPE = "BlockBlob"
 
 def _blob(reference: str, ordinal: int) -> str:
     return f"batch/{reference}/{ordinal}"
-
-
-def _b64_sha256(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
 
 
 async def _check_part_count(request: web.Request) -> None:
@@ -174,7 +175,7 @@ def unpack(session: dict[str, Any], parts: list[bytes]) -> list[tuple[str, bytes
     key, iv = base64.b64decode(session["encryption"]["key"]), base64.b64decode(session["encryption"]["iv"])
     plain: list[bytes] = []
     for part, data in zip(declared["fileParts"], parts, strict=True):
-        if _b64_sha256(data) != part["fileHash"]:
+        if invoices.b64_sha256(data) != part["fileHash"]:
             raise PackageError(405, f"Skrót części {part['ordinalNumber']} nie zgadza się z zadeklarowanym "
                                     "(SHA-256 zaszyfrowanej części, Base64).")
         try:
@@ -186,7 +187,7 @@ def unpack(session: dict[str, Any], parts: list[bytes]) -> list[tuple[str, bytes
     if len(archive) != declared["fileSize"]:
         raise PackageError(405, f"Rozmiar paczki po odszyfrowaniu i złączeniu części ({len(archive)} B) nie zgadza "
                                 f"się z zadeklarowanym ({declared['fileSize']} B).")
-    if _b64_sha256(archive) != declared["fileHash"]:
+    if invoices.b64_sha256(archive) != declared["fileHash"]:
         raise PackageError(405, "Skrót paczki po odszyfrowaniu i złączeniu części nie zgadza się z zadeklarowanym.")
     try:
         return _untar(archive) if declared["compressionType"] == "TarGz" else _unzip(archive)
@@ -222,8 +223,9 @@ def _fail(world: World, session: dict[str, Any], code: int, detail: str) -> None
 
 
 async def process(world: World, reference: str) -> None:
+    await asyncio.sleep(world.config.processing_delay_s)
     session = world.store.get(sessions.TABLE, reference)
-    if session is None:
+    if session is None or session["status"]["code"] != 150 or session["closing"]:
         return
     parts = [world.store.get_blob(_blob(reference, p["ordinalNumber"])) or b""
              for p in session["batchFile"]["fileParts"]]
@@ -234,25 +236,42 @@ async def process(world: World, reference: str) -> None:
         _fail(world, session, exc.code, exc.detail)
         return
     parts.clear()
-    _drop_parts(world, session)
     limit = sessions.limits(world, session)["maxInvoices"]
     if len(files) > limit:
+        _drop_parts(world, session)
         _fail(world, session, 420, f"Paczka zawiera {len(files)} faktur; limit sesji wsadowej w tym kontekście "
                                    f"wynosi {limit}.")
         return
-    nip = invoices.context_nip(session["contextType"], session["contextValue"])
-    allow_attachments = nip is not None and attachments_allowed(world.store, nip)
-    opened = parse_iso(session["dateCreated"])      # §5.7: invoicingDate = the session's opening time
-    for position, (name, data) in enumerate(files, start=1):
-        await invoices.submit(world, session, data, offline_mode=bool(session["offlineMode"]), invoicing_date=opened,
-                              file_name=name, allow_attachments=allow_attachments)
-        if position % 500 == 0:
-            await asyncio.sleep(0)      # let status polls in while a big package is queued
+    await _submit_all(world, session, files)
+    _drop_parts(world, session)
     log.info("sim.batch.queued", reference=reference, invoices=len(files))
     sessions.begin_closing(world, session)
 
 
+async def _submit_all(world: World, session: dict[str, Any], files: list[tuple[str, bytes]]) -> None:
+    """Hand every file to invoices.submit, after those a previous run (before a restart) already handed over."""
+    nip = invoices.context_nip(session["contextType"], session["contextValue"])
+    allow_attachments = nip is not None and attachments_allowed(world.store, nip)
+    opened = parse_iso(session["dateCreated"])      # §5.7: invoicingDate = the session's opening time
+    done = len(invoices.for_session(world, session["referenceNumber"]))
+    session["invoiceCount"] = done                  # ordinals go on from the last recorded invoice
+    for position, (name, data) in enumerate(files[done:], start=done + 1):
+        await invoices.submit(world, session, data, offline_mode=bool(session["offlineMode"]), invoicing_date=opened,
+                              file_name=name, allow_attachments=allow_attachments)
+        if position % 500 == 0:
+            await asyncio.sleep(0)      # let status polls in while a big package is queued
+
+
+async def resume(app: web.Application) -> None:
+    """At startup (--state): process again the packages that were being processed (module doc)."""
+    world = app[WORLD]
+    for session in world.store.values(sessions.TABLE):
+        if session["sessionType"] == "Batch" and session["status"]["code"] == 150 and not session["closing"]:
+            world.spawn(process(world, session["referenceNumber"]))
+
+
 def register(app: web.Application) -> None:
+    app.on_startup.append(resume)
     app.router.add_post(f"{API_PREFIX}/sessions/batch", open_session)
     app.router.add_post(f"{API_PREFIX}/sessions/batch/{{referenceNumber}}/close", close_session)
     app.router.add_put(f"{presigned.PREFIX}batch/{{reference}}/{{ordinal:\\d+}}", upload_part)

@@ -35,10 +35,12 @@ class SimConfig:
     # How far permanentStorageHwmDate trails "now" (PROTOCOL.md §6.1).
     hwm_lag_s: float = 5.0
     # Receiving (receiving.py, exports.py; PROTOCOL.md §6): records per filter set before truncation,
-    # export part size before encryption (50 MB on KSeF), and how long an export stays in status 100
-    # on the simulator's clock (tests of the 10-concurrent-exports limit make it positive).
+    # export part size before encryption (50 MB on KSeF), compressed size of an export package's invoices
+    # before truncation (1 GB on KSeF), and how long an export stays in status 100 on the simulator's
+    # clock (tests of the 10-concurrent-exports limit make it positive).
     query_cap: int = 10_000
     export_part_size: int = 50_000_000
+    export_max_compressed: int = 1_000_000_000
     export_delay_s: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
 

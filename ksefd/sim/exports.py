@@ -1,18 +1,24 @@
 """Asynchronous invoice exports (PROTOCOL.md §6.3, §6.4, §14.4): POST /invoices/exports, GET
 /invoices/exports/{ref} and the pre-signed part downloads under /storage/export.
 
-The selection (receiving.select) is fixed when the export starts: invoices in ascending order of the
-chosen date up to SimConfig.query_cap (10 000); beyond that the package is truncated and names the last
-included date (lastIssueDate | lastInvoicingDate | lastPermanentStorageDate) to continue from. The
-archive (ZIP or tar.gz, echoed in the required `package.compressionType`) holds `{ksefNumber}.xml`
-files and `_metadata.json` = {"invoices": [InvoiceMetadata]} (only the latter with onlyMetadata), is
-cut into parts of SimConfig.export_part_size bytes (50 MB on KSeF) and every part is encrypted
-separately with the caller's AES key and IV. Statuses: 100 (building, and at least
-SimConfig.export_delay_s on the simulator's clock), 200, 210 (package expired), 415 (key does not
-unwrap), 420 (`from` after the HWM with restrict). At most 10 exports in 100 per context (21182);
-the status is kept 7 days, then 410.
+The selection (receiving.select) and the HWM are fixed when the export starts: invoices in ascending
+order of the chosen date up to SimConfig.query_cap (10 000). The package then takes them in that order
+until the compressed archive would pass SimConfig.export_max_compressed (1 GB, openapi.json: "Limit
+rozmiaru danych (skompresowanych): 1GB"; `_metadata.json` does not count); past either limit it is
+truncated and names the last included date (lastIssueDate | lastInvoicingDate |
+lastPermanentStorageDate) to continue from. The archive (ZIP or tar.gz, echoed in the required
+`package.compressionType`) holds `{ksefNumber}.xml` files and `_metadata.json` = {"invoices":
+[InvoiceMetadata]} (only the latter with onlyMetadata), is cut into parts of SimConfig.export_part_size
+bytes (50 MB on KSeF) and every part is encrypted separately with the caller's AES key and IV; a part's
+download carries `x-ms-meta-hash` (SHA-256 of the encrypted part, openapi.json InvoicePackagePart.url).
+Statuses: 100 (until SimConfig.export_delay_s passed on the simulator's clock, then while building),
+200, 210 (package expired), 415 (key does not unwrap), 420 (`from` after the HWM with restrict). At
+most 10 exports in 100 per context (21182); a subject type the context cannot be is 21181
+(receiving.subject_allowed); the status is kept 7 days, then 410.
 
-Records: store table `exports` keyed by the EH reference; parts are blobs `export/<ref>/<partName>`.
+Records: store table `exports` keyed by the EH reference; until the package is built a record also
+holds the selection (invoice reference numbers) and the AES key, so an export caught by a restart
+(--state) is built by the restarted simulator. Parts are blobs `export/<ref>/<partName>`.
 """
 
 from __future__ import annotations
@@ -20,16 +26,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import hashlib
 import io
 import json
 import tarfile
 import zipfile
+import zlib
 from typing import Any
 
 from aiohttp import web
 
-from . import aes, ids, invoices, online, presigned, receiving, spec
+from . import aes, ids, invoices, online, presigned, receiving, spec, waiting
 from .clock import iso, parse_iso
 from .errors import Gone, KsefException
 from .spec import API_PREFIX
@@ -46,6 +52,7 @@ STATUS = {100: "Eksport faktur w toku", 200: "Eksport faktur zakończony sukcese
           420: "Zakres filtrowania wykracza poza dostępny zakres danych"}
 LAST_DATE = {"Issue": "lastIssueDate", "Invoicing": "lastInvoicingDate", "PermanentStorage": "lastPermanentStorageDate"}
 EXTENSIONS = {"Zip": "zip", "TarGz": "tar.gz"}
+ZIP_ENTRY_HEADERS = 30 + 46          # a ZIP entry's local and central directory headers, without the name
 
 
 def _status(code: int, details: list[str] | None = None) -> dict[str, Any]:
@@ -53,10 +60,6 @@ def _status(code: int, details: list[str] | None = None) -> dict[str, Any]:
     if details:
         found["details"] = details
     return found
-
-
-def _b64_sha256(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
 
 
 def _last_date(record: dict[str, Any], date_type: str) -> str:
@@ -92,12 +95,14 @@ async def start_export(request: web.Request) -> web.Response:
     body = await spec.json_body(request)
     filters = body["filters"]
     span = receiving.window(world, filters)
+    if not receiving.subject_allowed(caller.context_type, filters["subjectType"]):
+        raise KsefException(21181, spec.documented_details(request, 21181, filters["subjectType"],
+                                                           caller.context_type))
     encryption = online.unwrap_key(world, body["encryption"])
     running = [r for r in world.store.values(TABLE) if r["contextValue"] == caller.context_value
                and refresh(world, r)["status"]["code"] == 100]
     if len(running) >= MAX_RUNNING:
-        raise KsefException(21182, [f"Dla uwierzytelnionego podmiotu w bieżącym kontekście osiągnięto maksymalny "
-                                    f"limit {MAX_RUNNING} równoczesnych eksportów faktur. Spróbuj ponownie później."])
+        raise KsefException(21182, spec.documented_details(request, 21182, MAX_RUNNING))
     now = world.clock.now()
     reference = ids.reference_number("EH", now)
     record: dict[str, Any] = {
@@ -113,61 +118,97 @@ async def start_export(request: web.Request) -> web.Response:
         record.update(status=_status(420, ["Parametr dateRange.from jest późniejszy niż PermanentStorageHwmDate przy "
                                            "włączonym restrictToPermanentStorageHwmDate."]), completedDate=iso(now))
     else:
-        _plan(world, caller, record, filters, span, encryption)
+        found = receiving.select(world, caller, filters, span)
+        cap = world.config.query_cap
+        record.update(selection=[r["referenceNumber"] for r in found[:cap]], truncated=len(found) > cap,
+                      dateType=span.date_type, encryption=encryption,
+                      hwm=iso(span.hwm) if span.date_type == "PermanentStorage" else None)
     world.store.put(TABLE, reference, record)
+    if record["status"]["code"] == 100:
+        world.spawn(_build(world, reference))
     return web.json_response({"referenceNumber": reference}, status=201)
 
 
-def _plan(world: World, caller: Any, record: dict[str, Any], filters: dict[str, Any], span: receiving.Window,
-          encryption: dict[str, str]) -> None:
-    """Fix the selection now and build the archive in the background."""
-    found = receiving.select(world, caller, filters, span)
-    cap = world.config.query_cap
-    chosen, truncated = found[:cap], len(found) > cap
-    package: dict[str, Any] = {"invoiceCount": len(chosen), "isTruncated": truncated,
-                               "compressionType": record["compressionType"]}
-    if truncated:
-        package[LAST_DATE[span.date_type]] = _last_date(chosen[-1], span.date_type)
-    if span.date_type == "PermanentStorage":
-        package["permanentStorageHwmDate"] = iso(span.hwm)
-    record["package"] = package
-    files = [] if record["onlyMetadata"] else [
-        (f"{r['ksefNumber']}.xml", invoices.invoice_bytes(world, r) or b"") for r in chosen]
-    metadata = json.dumps({"invoices": [invoices.invoice_metadata(r) for r in chosen]}, ensure_ascii=False).encode()
-    world.spawn(_build(world, record["referenceNumber"], [*files, ("_metadata.json", metadata)], encryption))
-
-
-async def _build(world: World, reference: str, files: list[tuple[str, bytes]], encryption: dict[str, str]) -> None:
+async def _build(world: World, reference: str) -> None:
+    """Wait for readyAt, then archive, split and encrypt the fixed selection (parts in a worker thread)."""
     record = world.store.get(TABLE, reference)
     if record is None:
         return
+    await waiting.until(world, parse_iso(record["readyAt"]))
+    record = world.store.get(TABLE, reference)
+    if record is None or record["built"] or record["status"]["code"] != 100:
+        return
+    chosen = [r for r in (invoices.get(world, ref) for ref in record["selection"]) if r is not None]
+    files = [] if record["onlyMetadata"] else [
+        (f"{r['ksefNumber']}.xml", invoices.invoice_bytes(world, r) or b"") for r in chosen]
+    metadata = [invoices.invoice_metadata(r) for r in chosen]
+    encryption = record["encryption"]
     key, iv = base64.b64decode(encryption["key"]), base64.b64decode(encryption["iv"])
-    size, parts = await asyncio.to_thread(_package, files, record["compressionType"], key, iv,
-                                          world.config.export_part_size)
-    listed = []
+    count, size, parts = await asyncio.to_thread(
+        _package, files, metadata, record["compressionType"], (key, iv), world.config.export_part_size,
+        world.config.export_max_compressed)
     suffix = EXTENSIONS[record["compressionType"]]
+    listed = []
     for number, (info, encrypted) in enumerate(parts, start=1):
         name = f"{reference}-{number:03d}.{suffix}.aes"
         world.store.put_blob(f"export/{reference}/{name}", encrypted)
         listed.append({"ordinalNumber": number, "partName": name, **info})
     record = world.store.get(TABLE, reference) or record
-    record["package"].update(size=size, parts=listed)
+    record["package"] = _package_info(record, chosen[:count], record["truncated"] or count < len(chosen),
+                                      size, listed)
     record["built"] = True
+    for spent in ("selection", "encryption"):     # the key is not kept once the package exists
+        record.pop(spent, None)
     world.store.put(TABLE, reference, record)
     refresh(world, record)
 
 
-def _package(files: list[tuple[str, bytes]], compression: str, key: bytes, iv: bytes,
-             part_size: int) -> tuple[int, list[tuple[dict[str, Any], bytes]]]:
-    """Archive, split and encrypt (a worker thread): (archive size, [(part info, encrypted part)])."""
-    archive = _targz(files) if compression == "TarGz" else _zip(files)
+def _package_info(record: dict[str, Any], included: list[dict[str, Any]], truncated: bool, size: int,
+                  parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """openapi.json InvoicePackage without the per-request part URLs."""
+    package: dict[str, Any] = {"invoiceCount": len(included), "size": size, "parts": parts, "isTruncated": truncated,
+                               "compressionType": record["compressionType"]}
+    if truncated and included:
+        package[LAST_DATE[record["dateType"]]] = _last_date(included[-1], record["dateType"])
+    if record.get("hwm"):
+        package["permanentStorageHwmDate"] = record["hwm"]
+    return package
+
+
+def _fitting(files: list[tuple[str, bytes]], cap: int) -> int:
+    """How many of `files`, in order, fit into `cap` bytes of compressed archive (at least one). An entry
+    costs its deflated bytes plus its ZIP headers and name twice; a tar.gz of the same files is smaller
+    (the gzip stream also compresses across entries), so the package never passes the cap."""
+    worst = sum(n + (n >> 12) + (n >> 14) + 13 + ZIP_ENTRY_HEADERS + 2 * len(name.encode())  # zlib's compressBound
+                for name, n in ((name, len(data)) for name, data in files))
+    if worst <= cap:
+        return len(files)
+    total = 0
+    for count, (name, data) in enumerate(files):
+        deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        total += len(deflate.compress(data) + deflate.flush()) + ZIP_ENTRY_HEADERS + 2 * len(name.encode())
+        if total > cap:
+            return max(1, count)
+    return len(files)
+
+
+def _package(files: list[tuple[str, bytes]], metadata: list[dict[str, Any]], compression: str,
+             key_iv: tuple[bytes, bytes], part_size: int,
+             cap: int) -> tuple[int, int, list[tuple[dict[str, Any], bytes]]]:
+    """Fit, archive, split and encrypt (a worker thread): (invoices included, archive size, [(part info,
+    encrypted part)]). Without `files` (onlyMetadata) every metadata record is included."""
+    count = _fitting(files, cap) if files else len(metadata)
+    listing = json.dumps({"invoices": metadata[:count]}, ensure_ascii=False).encode()
+    entries = [*files[:count], ("_metadata.json", listing)]
+    archive = _targz(entries) if compression == "TarGz" else _zip(entries)
     parts = []
     for start in range(0, len(archive), part_size):
         chunk = archive[start:start + part_size]
-        encrypted = aes.encrypt(key, iv, chunk)
-        parts.append(({"partSize": len(chunk), "partHash": _b64_sha256(chunk), "encryptedPartSize": len(encrypted),
-                       "encryptedPartHash": _b64_sha256(encrypted)}, encrypted))
-    return len(archive), parts
+        encrypted = aes.encrypt(*key_iv, chunk)
+        parts.append(({"partSize": len(chunk), "partHash": invoices.b64_sha256(chunk),
+                       "encryptedPartSize": len(encrypted), "encryptedPartHash": invoices.b64_sha256(encrypted)},
+                      encrypted))
+    return count, len(archive), parts
 
 
 def _zip(files: list[tuple[str, bytes]]) -> bytes:
@@ -230,10 +271,20 @@ async def download_part(request: web.Request) -> web.Response:
         body = ('<?xml version="1.0" encoding="utf-8"?><Error><Code>BlobNotFound</Code>'
                 "<Message>The specified blob does not exist.</Message></Error>")
         return web.Response(status=404, text=body, content_type="application/xml")
-    return web.Response(body=data, content_type="application/octet-stream")
+    return web.Response(body=data, content_type="application/octet-stream",
+                        headers={"x-ms-meta-hash": invoices.b64_sha256(data)})
+
+
+async def resume(app: web.Application) -> None:
+    """At startup (--state): build the packages of exports that were still in status 100."""
+    world = app[WORLD]
+    for record in world.store.values(TABLE):
+        if record["status"]["code"] == 100 and not record["built"]:
+            world.spawn(_build(world, record["referenceNumber"]))
 
 
 def register(app: web.Application) -> None:
+    app.on_startup.append(resume)
     app.router.add_post(f"{API_PREFIX}/invoices/exports", start_export)
     app.router.add_get(f"{API_PREFIX}/invoices/exports/{{referenceNumber}}", export_status)
     app.router.add_get(f"{presigned.PREFIX}export/{{reference}}/{{name}}", download_part)

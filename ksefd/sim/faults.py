@@ -39,6 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import waiting
 from .clock import iso, parse_iso
 from .spec import API_PREFIX
 from .world import WORLD, World
@@ -197,12 +198,8 @@ def session_ttl_s(world: World, default: float) -> float:
 async def delay_upo(world: World) -> None:
     """Wait until the simulator clock passes now + upo_delay (a ManualClock: until a test moves it)."""
     delay = state(world).settings.upo_delay_s
-    if delay <= 0:
-        return
-    ready = world.clock.now() + dt.timedelta(seconds=delay)
-    # Polling on purpose: an injectable clock (ManualClock) cannot signal an event when a test moves it.
-    while world.clock.now() < ready:  # noqa: ASYNC110
-        await asyncio.sleep(min(0.05, delay))
+    if delay > 0:
+        await waiting.until(world, world.clock.now() + dt.timedelta(seconds=delay))
 
 
 def visible_from(world: World, record: dict[str, Any]) -> dt.datetime | None:

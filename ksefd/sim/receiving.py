@@ -9,9 +9,19 @@ selection logic exports.py shares.
 * An invoice is readable from its permanentStorageDate on (before that: hidden from queries, 21165
   for a download); the fault switch `late` pushes a share of invoices later than that, behind the HWM.
 * dateRange: `from` and `to` inclusive, `to` omitted = now, at most 100 days in UTC (21405, §14.4).
-  permanentStorageHwmDate = now - SimConfig.hwm_lag_s (reported for dateType PermanentStorage);
-  restrictToPermanentStorageHwmDate caps the selection at the HWM, and a `from` after the HWM is 21183
-  (query) or export status 420.
+* permanentStorageHwmDate (reported for dateType PermanentStorage): the storage's HWM is now -
+  SimConfig.hwm_lag_s; a query whose `to` lies before it gets `to` itself ("for older periods it agrees
+  with the query's conditions", openapi.json). openapi.json also says the value "is constant for all pages
+  of the same query and depends neither on paging nor on sorting": under PRD limits (16/min, 20/h) the
+  pages of one query are minutes or hours apart, so a clock-derived HWM would move between them. The
+  HWM is therefore pinned per query (store table `hwm_pins`, keyed by the context and the filters):
+  pageOffset 0 starts a query and pins the current HWM, later pages (any pageSize or sortOrder) reuse
+  the pin. An export fixes its HWM when it starts. restrictToPermanentStorageHwmDate caps the selection
+  at that HWM, and a `from` after it is 21183 (query) or export status 420.
+* Context types [INFER]: an InternalId context (a VAT group member or a JST unit, `NIP-5 digits`) is
+  named on invoices only as a Podmiot3 IDWew, so it sees Subject3 and nothing else; exports for another
+  subject type there are 400 21181 ("Nie można wyeksportować paczki faktur dla wybranego podmiotu ...
+  i zalogowanego identyfikatora kontekstu ..."), metadata queries simply find nothing.
 * At most SimConfig.query_cap (10 000) records per filter set, in ascending (or the query's) order of
   the chosen date; beyond it `isTruncated` (query) or a truncated package (export).
 """
@@ -19,9 +29,10 @@ selection logic exports.py shares.
 from __future__ import annotations
 
 import datetime as dt
-import re
+import hashlib
+import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -34,13 +45,14 @@ from .spec import API_PREFIX
 from .world import WORLD, World
 
 MAX_RANGE = dt.timedelta(days=100)
+PINS = "hwm_pins"
+PIN_TTL = dt.timedelta(hours=24)      # long enough to page through 10 000 records at 20 pages per hour
 DATE_FIELDS = {"Issue": "issueDate", "Invoicing": "invoicingDate", "PermanentStorage": "permanentStorageDate"}
-KSEF_NUMBER = re.compile(spec.document()["components"]["schemas"]["KsefNumber"]["pattern"])
 AMOUNTS = {"Brutto": "grossAmount", "Netto": "netAmount", "Vat": "vatAmount"}
 
 
 def hwm(world: World) -> dt.datetime:
-    """permanentStorageHwmDate: everything stored at or before it is final (§6.1)."""
+    """The storage's HWM: everything stored at or before it is final (§6.1)."""
     return world.clock.now() - dt.timedelta(seconds=world.config.hwm_lag_s)
 
 
@@ -64,9 +76,13 @@ class Window:
     def after_hwm(self) -> bool:
         return self.restrict and self.date_type == "PermanentStorage" and self.start > self.hwm
 
+    def at(self, storage_hwm: dt.datetime) -> Window:
+        """This window with the storage HWM of another moment (a pinned one): never later than `to`."""
+        return replace(self, hwm=storage_hwm if self.end is None else min(self.end, storage_hwm))
+
 
 def window(world: World, filters: dict[str, Any]) -> Window:
-    """The filters' date window, after the 100-day rule; 21405 on a bad range."""
+    """The filters' date window, after the 100-day rule, with the current HWM; 21405 on a bad range."""
     date_range = filters["dateRange"]
     start = _date(date_range["from"], "dateRange.from")
     end = _date(date_range["to"], "dateRange.to") if date_range.get("to") else None
@@ -76,8 +92,25 @@ def window(world: World, filters: dict[str, Any]) -> Window:
     if (end or now) - start > MAX_RANGE:
         raise KsefException(21405, [f"dateRange: zakres od {iso(start)} do {iso(end or now)} przekracza 100 dni "
                                     "(liczonych w UTC); podziel go na krótsze okna."])
-    return Window(date_range["dateType"], start, end, hwm(world),
+    span = Window(date_range["dateType"], start, end, hwm(world),
                   bool(date_range.get("restrictToPermanentStorageHwmDate")))
+    return span.at(span.hwm)
+
+
+def pinned_hwm(world: World, caller: Caller, filters: dict[str, Any], new_query: bool) -> dt.datetime:
+    """The storage HWM of this query (see the module doc): pinned by its first page, reused by the others."""
+    text = json.dumps([caller.context_type, caller.context_value, filters], sort_keys=True, ensure_ascii=False)
+    key = hashlib.sha256(text.encode()).hexdigest()
+    now = world.clock.now()
+    pin = world.store.get(PINS, key)
+    if pin is not None and not new_query and now - parse_iso(pin["pinnedAt"]) < PIN_TTL:
+        return parse_iso(pin["hwm"])
+    for old_key, old in world.store.items(PINS):
+        if now - parse_iso(old["pinnedAt"]) >= PIN_TTL:
+            world.store.delete(PINS, old_key)
+    current = hwm(world)
+    world.store.put(PINS, key, {"hwm": iso(current), "pinnedAt": iso(now)})
+    return current
 
 
 def date_of(record: dict[str, Any], date_type: str) -> dt.datetime:
@@ -89,16 +122,24 @@ def date_of(record: dict[str, Any], date_type: str) -> dt.datetime:
 
 # who is a party -----------------------------------------------------------------------------------
 
+def subject_allowed(context_type: str, subject_type: str) -> bool:
+    """Whether a context of this type can be this party at all (module doc, [INFER])."""
+    return context_type != "InternalId" or subject_type == "Subject3"
+
+
 def _party(facts: dict[str, Any], subject_type: str, context_type: str, context_value: str) -> bool:
+    if not subject_allowed(context_type, subject_type):
+        return False
     nip = invoices.context_nip(context_type, context_value)
+    if context_type == "InternalId":
+        return any(s["identifier"] == {"type": "InternalId", "value": context_value} for s in facts["thirdSubjects"])
     if subject_type == "Subject1":
         return nip is not None and facts["sellerNip"] == nip
     if subject_type == "Subject2":
         buyer = facts["buyer"]["identifier"]
         return nip is not None and buyer.get("type") == "Nip" and buyer.get("value") == nip
     if subject_type == "Subject3":
-        return any((s["identifier"].get("type"), s["identifier"].get("value")) in
-                   {("Nip", nip), ("InternalId", context_value)} for s in facts["thirdSubjects"])
+        return nip is not None and any(s["identifier"] == {"type": "Nip", "value": nip} for s in facts["thirdSubjects"])
     authorized = facts.get("authorizedSubject") or {}
     return nip is not None and authorized.get("nip") == nip
 
@@ -177,28 +218,15 @@ def _candidates(world: World) -> Iterable[dict[str, Any]]:
 
 # POST /invoices/query/metadata ---------------------------------------------------------------------
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int | None) -> int:
-    raw = request.query.get(name, str(default))
-    try:
-        value = int(raw)
-    except ValueError:
-        raise KsefException(21405, [f"{name}: {raw!r} nie jest liczbą całkowitą."]) from None
-    if value < low or (high is not None and value > high):
-        raise KsefException(21405, [f"{name}: {value} jest poza zakresem {low}..{high if high else '∞'}."])
-    return value
-
-
 async def query_metadata(request: web.Request) -> web.Response:
     """POST /invoices/query/metadata (QueryInvoicesMetadataResponse, §6.1)."""
     world = request.app[WORLD]
-    caller = world.caller(request)
+    caller = world.caller(request)        # also checks sortOrder, pageOffset and pageSize (spec.check_parameters)
     filters = await spec.json_body(request)
     order = request.query.get("sortOrder", "Asc")
-    if order not in ("Asc", "Desc"):
-        raise KsefException(21405, [f"sortOrder: {order!r}; dozwolone wartości to Asc i Desc."])
-    offset = _int_param(request, "pageOffset", 0, 0, None)
-    size = _int_param(request, "pageSize", 10, 10, 250)
+    offset, size = int(request.query.get("pageOffset", "0")), int(request.query.get("pageSize", "10"))
     span = window(world, filters)
+    span = span.at(pinned_hwm(world, caller, filters, new_query=offset == 0))
     if span.after_hwm:
         raise KsefException(21183, ["Parametr dateRange.from jest późniejszy niż PermanentStorageHwmDate przy "
                                     "włączonym restrictToPermanentStorageHwmDate."])
@@ -220,10 +248,7 @@ async def download(request: web.Request) -> web.Response:
     """The exact original bytes and their SHA-256 in `x-ms-meta-hash` (§6.2)."""
     world = request.app[WORLD]
     caller = world.caller(request)
-    number = request.match_info["ksefNumber"]
-    if not KSEF_NUMBER.match(number):
-        raise KsefException(21405, [f"ksefNumber: {number!r} nie jest numerem KSeF (NIP-RRRRMMDD-12 znaków "
-                                    "szesnastkowych-suma kontrolna)."])
+    number = request.match_info["ksefNumber"]          # its format was checked by world.caller (21405)
     record = invoices.by_ksef_number(world, number)
     if record is None or not record.get("facts") or not is_party(record, caller):
         raise KsefException(21164, [f"Faktura o numerze KSeF {number} nie została znaleziona."])

@@ -67,18 +67,25 @@ async def test_sigkill_at_random_moments(sim_factory: Any, http: aiohttp.ClientS
     waves = [names[:250]] + [names[250 + i::KILLS] for i in range(KILLS)]
     log = tmp_path / "daemon.log"
 
-    for run in range(1, KILLS + 1):
-        for name in waves[run - 1]:
+    running: list[asyncio.subprocess.Process] = []
+    try:
+        for run in range(1, KILLS + 1):
+            for name in waves[run - 1]:
+                drop(company.folders.outbox, name, files[name])
+            running.append(proc := await _start(path, log))
+            await _wait_started(log, run, proc)
+            await asyncio.sleep(rng.uniform(0.05, 1.5))
+            proc.send_signal(signal.SIGKILL)
+            assert await proc.wait() == -signal.SIGKILL, f"run {run} ended on its own; see {log}"
+        for name in waves[KILLS]:
             drop(company.folders.outbox, name, files[name])
-        proc = await _start(path, log)
-        await _wait_started(log, run, proc)
-        await asyncio.sleep(rng.uniform(0.05, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        assert await proc.wait() == -signal.SIGKILL, f"run {run} ended on its own; see {log}"
-    for name in waves[KILLS]:
-        drop(company.folders.outbox, name, files[name])
-    final = await _start(path, log, "--once")
-    assert await asyncio.wait_for(final.wait(), 150) == 0, f"see {log}"
+        running.append(final := await _start(path, log, "--once"))
+        assert await asyncio.wait_for(final.wait(), 150) == 0, f"see {log}"
+    finally:
+        for proc in running:          # never leave a daemon behind, whatever failed
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
     # Every file is in sent/ with its exact bytes, its KSeF number and its UPO; nothing lost or rejected.
     numbers: dict[str, str] = {}

@@ -58,7 +58,7 @@ async def test_a_429_storm_is_waited_out_without_a_retry_storm(
         started = clock.now()
         with capture_logs() as logs:
             for _ in range(20):
-                await drive(clock, worker.run_cycle())
+                await drive(clock, worker.run_cycle(), step=1)
                 if len(inbox_files(buyer.folders.inbox)) == len(sent):
                     break
                 clock.advance(await worker.seconds_until_due())     # sleep as run_forever would
@@ -98,7 +98,7 @@ async def test_a_long_backfill_stays_within_the_production_limits_and_never_earn
         worker = InboxWorker(buyer, context, store, clock)
         started = clock.now()
         with capture_logs() as logs:
-            report = await drive(clock, worker.run_cycle())
+            report = await drive(clock, worker.run_cycle(), step=5)     # small steps: polls cost little time
         assert not report.failures
         assert inbox_files(buyer.folders.inbox) == {s.ksef_number: s.xml for s in sent}
         assert not [e for e in logs if e["event"] in ("ratelimit.429", "ksef.rate_limited")]

@@ -17,6 +17,7 @@ import pytest
 from ksefd.clock import SystemClock
 from ksefd.config import load_config
 from ksefd.daemon.inbox_status import read_inbox_status
+from ksefd.daemon.status import gather, render
 from ksefd.sim.config import SimConfig
 from ksefd.store import Store
 from tests.daemon.inbox_support import BUYER_NIP, OTHER_NIP, SELLER_NIP, invoice, warsaw_day
@@ -88,3 +89,5 @@ async def test_the_buyers_inbox_receives_exactly_what_the_seller_sent(
         assert await store.inbox.delivered_count("buyer") == 8
         status = await read_inbox_status(store, "buyer")
         assert status is not None and status["subjects"]["Subject2"]["checkpoint"] is not None
+        shown = render(await gather(store, config, clock))              # `ksefd status`
+    assert "inbox: 8 delivered in all" in shown and "Subject2: checkpoint" in shown

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -26,19 +26,11 @@ FAST = AuthOptions(poll_first=0.01, poll_max=0.05, poll_budget=10)
 
 
 @pytest.fixture
-async def client_factory(sim: Any) -> AsyncIterator[Callable[..., KsefClient]]:
-    made: list[KsefClient] = []
-
+def client_factory(sim: Any, ksef_clients: Callable[..., KsefClient]) -> Callable[..., KsefClient]:
+    """Clients on the default simulator unless another base URL is given."""
     def make(base_url: str | None = None, **kwargs: Any) -> KsefClient:
-        kwargs.setdefault("auth_options", FAST)
-        env = kwargs.pop("env", "test")
-        client = KsefClient(env, base_url=base_url or sim.base_url, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
+        return ksef_clients(base_url or sim.base_url, **kwargs)
+    return make
 
 
 async def _identity(ctx: Any) -> dict[str, Any]:
@@ -99,11 +91,19 @@ async def test_access_token_expiry_mid_run_is_refreshed_transparently(
     await _identity(ctx)
     first = ctx.auth.tokens
     assert first is not None
-    clock.advance((first.access_valid_until - clock.now()).total_seconds() + 1)   # the access token has expired
+    clock.advance((first.access_valid_until - clock.now()).total_seconds() - 90)  # still valid for 90 s: kept
+    await _identity(ctx)
+    assert ctx.auth.tokens is first
+    clock.advance(60)                      # 30 s left, inside the refresh margin: refreshed before it expires
+    await _identity(ctx)
+    early = ctx.auth.tokens
+    assert early is not None and early.access_token != first.access_token
+    assert early.reference_number == first.reference_number
+    clock.advance((early.access_valid_until - clock.now()).total_seconds() + 1)   # the access token has expired
     await _identity(ctx)
     second = ctx.auth.tokens
     assert second is not None
-    assert second.access_token != first.access_token
+    assert second.access_token not in (first.access_token, early.access_token)
     assert second.reference_number == first.reference_number          # refreshed, not a new authentication
     assert second.refresh_token == first.refresh_token                 # refresh tokens are not rotated
     clock.advance((first.refresh_valid_until - clock.now()).total_seconds() + 1)  # the refresh token ended too
@@ -114,26 +114,27 @@ async def test_access_token_expiry_mid_run_is_refreshed_transparently(
 
 async def test_401_leads_to_full_reauthentication(sim: Any, client_factory: Callable[..., KsefClient]) -> None:
     cert, key = self_signed_certificate(nip=NIP)
-    client = client_factory()
-    ctx = client.context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key))
-    await _identity(ctx)
-    first = ctx.auth.tokens
-    assert first is not None
-    # An access token KSeF no longer accepts (PROTOCOL.md §3.5: it may reject early): 401 -> authenticate again.
-    broken = Tokens("not-a-valid-jwt", first.access_valid_until, first.refresh_token, first.refresh_valid_until,
-                    first.reference_number)
-    ctx.auth._tokens = broken
-    await _identity(ctx)
-    assert ctx.auth.tokens is not None and ctx.auth.tokens.reference_number != first.reference_number
+    creds = CertificateCredentials(cert, key)
+    # Tokens KSeF no longer accepts (PROTOCOL.md §3.5: it may reject early), as a restarted daemon loads them.
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    store = MemoryTokenStore()
+    stale = Tokens("not-a-valid-jwt", later, "not-a-valid-refresh-jwt", later, "20260101-AU-0000000000-0000000000-00")
+    await store.save(f"Nip:{NIP}|cert:{creds.fingerprint}", stale)
+    ctx = client_factory(token_store=store).context(ContextIdentifier.nip(NIP), creds)
+    await _identity(ctx)                                           # 401 -> authenticate again -> the call succeeds
+    fresh = ctx.auth.tokens
+    assert fresh is not None and fresh.reference_number != stale.reference_number
+    assert next(iter(store.saved.values())) is fresh
 
 
 async def test_recovers_from_21470_after_token_key_rotation(
         sim: Any, http: aiohttp.ClientSession, client_factory: Callable[..., KsefClient]) -> None:
     token = await create_ksef_token(http, sim.base_url, NIP, ["InvoiceWrite"])
     client = client_factory()
-    await client.public_keys.refresh()                                   # keys cached before the rotation
-    old = (await client.public_keys.get("KsefTokenEncryption")).public_key_id
-    new = sim.world.keys.rotate("KsefTokenEncryption")                  # emergency rotation: old id withdrawn
+    old = (await client.public_keys.get("KsefTokenEncryption")).public_key_id    # cached before the rotation
+    async with http.post(f"{sim.root_url}/sim/keys/rotate", json={"usage": "KsefTokenEncryption"}) as resp:
+        assert resp.status == 200                                     # emergency rotation: old id withdrawn
+        new = (await resp.json())["publicKeyId"]
     assert new != old
     ctx = client.context(ContextIdentifier.nip(NIP), KsefToken.parse(token))
     await ctx.authenticate()
@@ -338,3 +339,24 @@ async def test_polls_with_backoff_until_the_status_leaves_100(
                                auth_options=AuthOptions(poll_first=0.5, poll_max=1, poll_budget=5))
     with pytest.raises(AuthenticationPending, match="still in progress after 5 s"):
         await impatient.context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key)).authenticate()
+
+
+async def test_public_keys_are_cached_and_fetched_again_when_old(
+        sim_factory: Callable[..., Any], http: aiohttp.ClientSession, client_factory: Callable[..., KsefClient],
+        debug_logs: list[Any]) -> None:
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    sim = await sim_factory(config=SimConfig(), clock=clock)
+    token = await create_ksef_token(http, sim.base_url, NIP, ["InvoiceWrite"])
+    client = client_factory(sim.base_url, clock=clock)
+
+    def fetches() -> int:
+        return sum(1 for e in debug_logs if e["event"] == "ksef.response"
+                   and e["path"] == "/security/public-key-certificates")
+
+    await client.context(ContextIdentifier.nip(NIP), KsefToken.parse(token)).authenticate()   # token key
+    cert, key = self_signed_certificate(nip=NIP)
+    await client.context(ContextIdentifier.nip(NIP), CertificateCredentials(cert, key)).online().open()  # AES key
+    assert fetches() == 1                                    # one GET served both usages and both contexts
+    clock.advance(7 * 3600)                                  # older than PublicKeys.max_age (6 h): asked again
+    await client.public_keys.get("SymmetricKeyEncryption")
+    assert fetches() == 2

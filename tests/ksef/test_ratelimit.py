@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+from collections import Counter
 from typing import Any
 
 import aiohttp
@@ -24,7 +25,6 @@ from ksefd.ksef.ratelimit import (
     parse_rate_limits,
 )
 from ksefd.ksef.transport import RetryPolicy
-from ksefd.sim import ratelimits as sim_ratelimits
 from ksefd.sim.clock import ManualClock
 from ksefd.sim.config import SimConfig
 from tests.ksef.virtual_time import VirtualClock
@@ -260,47 +260,39 @@ SIM_NIP = "9999999999"
 FAST_AUTH = AuthOptions(poll_first=0.01, poll_max=0.05, poll_budget=10)
 
 
-class SeenBySim(sim_ratelimits.RateLimiter):
-    """The simulator's own limiter, counting the requests it has stamped."""
-
-    seen = 0
-
-    def admit(self, key: tuple[str, str, str], limits: dict[str, int], now: float) -> tuple[float, str] | None:
-        self.seen += 1
-        return super().admit(key, limits, now)
-
-
 class CountingGate:
     def __init__(self, inner: RateLimiter) -> None:
         self.inner = inner
-        self.granted = 0
+        self.granted: Counter[str] = Counter()
 
     async def acquire(self, context: str, group: str) -> None:
         await self.inner.acquire(context, group)
-        self.granted += 1
+        self.granted[group] += 1
 
     def penalise(self, context: str, group: str, retry_after: float) -> None:
         self.inner.penalise(context, group, retry_after)
 
 
 class SharedTime:
-    """The limiter's time is the simulator's ManualClock: a wait moves it forward and nobody sleeps. Time
-    moves only once every request already let through has reached the simulator, as in real time, where
-    a request takes milliseconds and the waits are seconds to an hour."""
+    """The limiter's time is the simulator's ManualClock: a wait moves it forward and nobody sleeps. Time moves
+    only once every burst request the limiter let through has been answered (so the simulator has counted it
+    at the current time), as in real time, where a request takes milliseconds and the waits are seconds to an
+    hour. Only what travels over HTTP is used: the grants on our side and the answers."""
 
-    def __init__(self, sim: Any, clock: ManualClock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
-        self.server = sim.world.services["ratelimits"] = SeenBySim()
         self.gate: CountingGate | None = None
         self.baseline = 0
+        self.answered = 0
 
     def limiter(self, limits: Any = None) -> CountingGate:
         self.gate = CountingGate(RateLimiter(limits, now=self.now, sleep=self.sleep))
         return self.gate
 
     def start(self) -> None:
+        """The burst begins: what was granted so far in its group is answered already."""
         assert self.gate is not None
-        self.baseline = self.server.seen - self.gate.granted
+        self.baseline = self.gate.granted[BURST_GROUP]
 
     def now(self) -> float:
         return self.clock.now().timestamp()
@@ -308,7 +300,7 @@ class SharedTime:
     async def sleep(self, seconds: float) -> None:
         assert self.gate is not None
         for _ in range(10_000):                       # at most ~10 s of real time
-            if self.server.seen - self.baseline >= self.gate.granted:
+            if self.gate.granted[BURST_GROUP] - self.baseline <= self.answered:
                 break
             await asyncio.sleep(0.001)
         target = self.clock.now() + dt.timedelta(seconds=seconds)
@@ -317,23 +309,31 @@ class SharedTime:
         await asyncio.sleep(0)
 
 
+BURST_GROUP = "sessionList"                           # GET /sessions: 5/s, 10/min, 60/h on PRD
+
+
 async def burst(sim: Any, http: aiohttp.ClientSession, time: SharedTime, gate: CountingGate, calls: int,
                 *, adopt: bool = False, lower: dict[str, int] | None = None) -> list[BaseException | None]:
     token = await create_ksef_token(http, sim.base_url, SIM_NIP, ["InvoiceWrite", "InvoiceRead"])
-    time.start()
     async with KsefClient("test", base_url=sim.base_url, clock=time.clock, gate=gate, auth_options=FAST_AUTH,
                           retry=RetryPolicy(attempts=1)) as client:     # a 429 would surface as RateLimited
         ctx = client.context(ContextIdentifier.nip(SIM_NIP), KsefToken.parse(token))
+        await ctx.authenticate()
         if lower is not None:
             override = {group: dict(zip(("perSecond", "perMinute", "perHour"), v.to_json(), strict=True))
                         for group, v in PRODUCTION_LIMITS.items() if group not in NOT_OVERRIDABLE}
-            override["sessionList"] = lower
+            override[BURST_GROUP] = lower
             await ctx.request("POST", "/testdata/rate-limits", json={"rateLimits": override}, expect=(200,))
         if adopt:
             await adopt_server_limits(gate.inner, ctx.auth)
+        time.start()
 
         async def one() -> None:
-            await ctx.request("GET", "/sessions", query={"sessionType": "Online", "pageSize": "10"}, expect=(200,))
+            try:
+                await ctx.request("GET", "/sessions", query={"sessionType": "Online", "pageSize": "10"},
+                                  expect=(200,))
+            finally:
+                time.answered += 1
 
         outcomes = await asyncio.gather(*(one() for _ in range(calls)), return_exceptions=True)
         return list(outcomes)
@@ -346,7 +346,7 @@ async def test_a_burst_beyond_the_production_budget_waits_instead_of_earning_a_4
         sim_factory: Any, http: aiohttp.ClientSession) -> None:
     clock = ManualClock(dt.datetime.now(dt.UTC))
     sim = await sim_factory(config=SimConfig(limits_profile="production"), clock=clock)
-    time = SharedTime(sim, clock)
+    time = SharedTime(clock)
     gate = time.limiter()
     start = clock.now()
     outcomes = await burst(sim, http, time, gate, 70)                  # sessionList: 5/s, 10/min, 60/h
@@ -360,16 +360,33 @@ async def test_without_the_limiter_the_same_burst_earns_a_429(sim_factory: Any, 
     """The control for the test above: the simulator does enforce the budget."""
     clock = ManualClock(dt.datetime.now(dt.UTC))
     sim = await sim_factory(config=SimConfig(limits_profile="production"), clock=clock)
-    time = SharedTime(sim, clock)
+    time = SharedTime(clock)
     careless = time.limiter({**PRODUCTION_LIMITS, "sessionList": GroupLimits(1000, 1000, 1000)})
     outcomes = await burst(sim, http, time, careless, 12)
-    assert any(isinstance(o, RateLimited) for o in outcomes)
+    limited = [o for o in outcomes if isinstance(o, RateLimited)]
+    assert limited and all(o.retry_after > 0 for o in limited)
+
+
+async def test_a_429_from_ksef_holds_every_group_of_that_context_for_retry_after(
+        sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    """KSeF's Retry-After reaches the limiter through the transport and blocks the whole context (§7: blocks
+    escalate, so no sibling may earn a second 429); other contexts are not held."""
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    sim = await sim_factory(config=SimConfig(limits_profile="production"), clock=clock)
+    time = SharedTime(clock)
+    careless = time.limiter({**PRODUCTION_LIMITS, "sessionList": GroupLimits(1000, 1000, 1000)})
+    outcomes = await burst(sim, http, time, careless, 12)
+    retry_after = max(o.retry_after for o in outcomes if isinstance(o, RateLimited))
+    context = f"Nip:{SIM_NIP}"
+    for group in ("sessionList", "invoiceSend", "sessionMisc"):
+        assert careless.inner.delay(context, group) == pytest.approx(retry_after, abs=0.01)
+    assert careless.inner.delay("Nip:1111111111", "sessionList") == 0
 
 
 async def test_limits_read_from_get_rate_limits_are_obeyed(sim_factory: Any, http: aiohttp.ClientSession) -> None:
     clock = ManualClock(dt.datetime.now(dt.UTC))
     sim = await sim_factory(config=SimConfig(limits_profile="production"), clock=clock)
-    time = SharedTime(sim, clock)
+    time = SharedTime(clock)
     gate = time.limiter()
     start = clock.now()
     lower = {"perSecond": 2, "perMinute": 3, "perHour": 4}             # below PRD: the defaults would trip it

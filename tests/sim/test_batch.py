@@ -153,10 +153,14 @@ async def test_window_passing_without_close_cancels_the_session(sim_factory: Any
                                                 "details": ["Przekroczono czas wysyłki"]}
 
 
-async def test_second_close_is_21180(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+async def test_second_close_is_21180_and_uploads_end_with_the_close(sim_factory: Any,
+                                                                    http: aiohttp.ClientSession) -> None:
     sim = await sim_factory(config=config())
     batch = await batch_for(sim, http)
-    await batch.submit(zip_archive(invoices(TEMPLATE, 1)))
+    archive = zip_archive(invoices(TEMPLATE, 1))
+    await batch.submit(archive)
     async with batch.close_raw() as resp:
         assert (await expect(resp, 400))["exception"]["exceptionDetailList"][0]["exceptionCode"] == 21180
     assert (await batch.wait())["status"]["code"] == 200
+    status, text = await batch.put(1, batch.encrypt([archive])[0])
+    assert status == 403 and "AuthorizationFailure" in text    # inside the window, but the session is closed

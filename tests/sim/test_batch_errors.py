@@ -40,6 +40,27 @@ async def test_more_than_50_parts_is_21161(sim_factory: Any, http: aiohttp.Clien
         assert await error_code(resp) == 21161
 
 
+@pytest.mark.sends_invalid_requests
+async def test_malformed_open_requests_are_21405(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    """openapi.json OpenBatchSessionRequest: 5 GB at most (PROTOCOL.md §5.2), parts 1..50, required fields."""
+    sim = await sim_factory(config=sim_config())
+    batch = await batch_for(sim, http)
+    archive = zip_archive(invoices(TEMPLATE, 1))
+    body = await batch.open_body(archive, batch.encrypt([archive]))
+    package = body["batchFile"]
+    part = package["fileParts"][0]
+    for bad in ({**body, "batchFile": {**package, "fileSize": 5_000_000_001}},
+                {**body, "batchFile": {**package, "fileParts": []}},
+                {**body, "batchFile": {**package, "compressionType": "Rar"}},
+                {**body, "batchFile": {**package, "fileHash": "not a hash"}},
+                {**body, "batchFile": {**package, "fileParts": [{**part, "ordinalNumber": 0}]}},
+                {**body, "batchFile": {**package, "fileParts": [{k: v for k, v in part.items() if k != "fileHash"}]}},
+                {k: v for k, v in body.items() if k != "encryption"},
+                {**body, "formCode": {**body["formCode"], "systemCode": "FA(3)"}}):
+        async with await batch.open_raw(bad) as resp:
+            assert await error_code(resp) == 21405, bad
+
+
 async def test_open_refuses_oversized_parts_bad_ordinals_and_unknown_keys(sim_factory: Any,
                                                                           http: aiohttp.ClientSession) -> None:
     sim = await sim_factory(config=sim_config())

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 import os
+import zipfile
+import zlib
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,7 +19,7 @@ from ksefd.sim.clock import ManualClock
 from tests.conftest import SAMPLES
 from tests.support.ksef_auth import access_token
 from tests.support.online_flow import expect, expect_error, sim_config
-from tests.support.receive_flow import Receiver, filters, metadata_of, seed
+from tests.support.receive_flow import Receiver, filters, metadata_of, seed, unpack
 from tests.support.session_crypto import sha256_b64
 
 TEMPLATE = (SAMPLES / "invoices" / "FA_3_Przyklad_8.xml").read_bytes()
@@ -131,6 +135,9 @@ async def test_statuses_415_420_210_and_410(sim_factory: Any, http: aiohttp.Clie
     assert status["status"]["code"] == 420 and "package" not in status
 
     body = await seller.export_body(filters("Subject1", clock.now() - dt.timedelta(days=1)))
+    stranger = {**body, "encryption": {**body["encryption"], "publicKeyId": base64.b64encode(os.urandom(32)).decode()}}
+    async with seller.start_raw(stranger) as resp:
+        await expect_error(resp, 21470)                      # an unknown key: refused at once, no export
     body["encryption"]["encryptedSymmetricKey"] = base64.b64encode(os.urandom(256)).decode()
     async with seller.start_raw(body) as resp:
         bad_key = (await expect(resp, 201))["referenceNumber"]
@@ -152,3 +159,82 @@ async def test_statuses_415_420_210_and_410(sim_factory: Any, http: aiohttp.Clie
     async with http.get(f"{sim.base_url}/invoices/exports/20250626-EH-213D593000-4DE10D80A5-E9",
                         headers=seller.headers) as resp:
         await expect_error(resp, 21175)
+
+
+async def test_the_package_stops_at_the_compressed_size_cap(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    """openapi.json POST /invoices/exports: invoices are added "until 10 000 invoices or 1 GB compressed";
+    _metadata.json does not count. Shrunk here to about two invoices' worth."""
+    one = len(zlib.compress(TEMPLATE)[2:-4])                 # deflated size of one invoice (raw DEFLATE)
+    cap = int(2.6 * one)
+    clock = ManualClock()
+    sim = await sim_factory(config=config(export_max_compressed=cap, hwm_lag_s=1), clock=clock)
+    start = clock.now() - dt.timedelta(hours=1)
+    token = await access_token(http, sim.base_url, SELLER)
+    sent = await seed(http, sim.base_url, token, TEMPLATE, 5)
+    clock.advance(2)
+    seller = Receiver(http, sim.base_url, token)
+    received: dict[str, bytes] = {}
+    checkpoint, rounds = start.isoformat(), 0
+    for compression in ("Zip", "TarGz", "Zip", "TarGz", "Zip"):
+        rounds += 1
+        reference = await seller.start(filters("Subject1", checkpoint, restrict=True), compressionType=compression)
+        final = await seller.wait(reference)
+        package = final["package"]
+        archive = await seller.download_archive(package)
+        files = unpack(archive, compression)
+        metadata = metadata_of(files)
+        assert package["invoiceCount"] == len(metadata) == len(files) - 1 <= 2
+        if compression == "Zip":
+            with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+                assert sum(i.compress_size for i in zf.infolist() if i.filename != "_metadata.json") <= cap
+        received |= {m["invoiceNumber"]: files[f"{m['ksefNumber']}.xml"] for m in metadata}
+        if not package["isTruncated"]:
+            break
+        assert package["lastPermanentStorageDate"] == metadata[-1]["permanentStorageDate"]
+        checkpoint = package["lastPermanentStorageDate"]
+    assert received == sent and rounds == 4                  # 2, then 1 repeat + 1 ... the boundary repeats
+
+
+async def test_truncation_names_the_last_issue_or_invoicing_date(sim_factory: Any,
+                                                                 http: aiohttp.ClientSession) -> None:
+    sim = await sim_factory(config=config(query_cap=2))
+    start = an_hour_ago()
+    token = await access_token(http, sim.base_url, SELLER)
+    await seed(http, sim.base_url, token, TEMPLATE, 3)
+    seller = Receiver(http, sim.base_url, token)
+    package, files = await seller.export(filters("Subject1", start, date_type="Invoicing"))
+    metadata = metadata_of(files)
+    assert (package["invoiceCount"], package["isTruncated"]) == (2, True)
+    assert package["lastInvoicingDate"] == metadata[-1]["invoicingDate"]
+    assert "lastPermanentStorageDate" not in package and "permanentStorageHwmDate" not in package
+
+    issued = dt.date.fromisoformat(metadata[0]["issueDate"])
+    day = dt.datetime.combine(issued, dt.time(), dt.UTC)
+    package, files = await seller.export(filters("Subject1", day - dt.timedelta(days=1), date_type="Issue",
+                                                 end=day + dt.timedelta(days=1)))
+    assert (package["invoiceCount"], package["isTruncated"]) == (2, True)
+    assert package["lastIssueDate"] == metadata_of(files)[-1]["issueDate"] == issued.isoformat()
+    assert "lastInvoicingDate" not in package
+
+
+async def test_an_export_caught_by_a_restart_is_built_afterwards(sim_factory: Any, http: aiohttp.ClientSession,
+                                                                 tmp_path: Path) -> None:
+    clock = ManualClock()
+    state = tmp_path / "sim.db"
+    first = await sim_factory(config=config(state_path=state, export_delay_s=60), clock=clock)
+    start = clock.now() - dt.timedelta(hours=1)
+    token = await access_token(http, first.base_url, SELLER)
+    sent = await seed(http, first.base_url, token, TEMPLATE, 3)
+    clock.advance(1)                                         # past their permanentStorageDate
+    seller = Receiver(http, first.base_url, token)
+    reference = await seller.start(filters("Subject1", start))
+    assert (await seller.status(reference))["status"]["code"] == 100
+    await first.server.close()
+
+    second = await sim_factory(config=config(state_path=state), clock=ManualClock(clock.now()))
+    second.clock.advance(60)
+    seller.base_url = second.base_url
+    final = await seller.wait(reference, timeout_s=10)
+    assert final["status"]["code"] == 200
+    files = await seller.download(final["package"])
+    assert sorted(files[f"{m['ksefNumber']}.xml"] for m in metadata_of(files)) == sorted(sent.values())

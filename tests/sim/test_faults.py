@@ -98,6 +98,14 @@ async def test_added_latency(sim_factory: Any, http: aiohttp.ClientSession) -> N
     assert (await public_keys(http, sim))[0] == 200
     assert time.perf_counter() - started >= 0.3
 
+    await set_faults(http, sim, {"spec": "latency=0.2,latency_share=0.5,seed=3"})     # only a share of them
+    slow = 0
+    for _ in range(12):
+        started = time.perf_counter()
+        assert (await public_keys(http, sim))[0] == 200
+        slow += time.perf_counter() - started >= 0.2
+    assert 2 <= slow <= 10
+
 
 async def test_outage_window_and_lighthouse(sim_factory: Any, http: aiohttp.ClientSession) -> None:
     clock = ManualClock()

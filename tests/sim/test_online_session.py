@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from typing import Any
 
 import aiohttp
@@ -76,6 +77,10 @@ async def test_open_send_process_close(sim_factory: Any, http: aiohttp.ClientSes
     assert len(final["upo"]["pages"]) == 1
     assert set(final) == {"status", "dateCreated", "dateUpdated", "validUntil", "upo", "invoiceCount",
                           "successfulInvoiceCount", "failedInvoiceCount"}          # SessionStatusResponse, complete
+    # KSeF's date format (PROTOCOL.md §1): 7 fractional digits and an explicit offset.
+    dates = [final[k] for k in ("dateCreated", "dateUpdated", "validUntil")] + [done[k] for k in (
+        "acquisitionDate", "invoicingDate", "permanentStorageDate", "upoDownloadUrlExpirationDate")]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}\+00:00", d) for d in dates), dates
     async with http.get(f"{sim.base_url}/sessions", params={"sessionType": "Online"},
                         headers=online.headers) as resp:
         listed = await expect(resp, 200)

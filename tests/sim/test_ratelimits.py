@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -33,20 +35,32 @@ async def get_limits(http: aiohttp.ClientSession, base_url: str, token: str,
 
 
 async def statuses(http: aiohttp.ClientSession, base_url: str, token: str, count: int) -> list[int]:
+    return await codes(count, lambda: get_limits(http, base_url, token))
+
+
+async def codes(count: int, send: Callable[[], Awaitable[aiohttp.ClientResponse]]) -> list[int]:
+    """The statuses of `count` requests made one after another by `send`."""
     found = []
     for _ in range(count):
-        async with await get_limits(http, base_url, token) as resp:
+        async with await send() as resp:
             await resp.read()
             found.append(resp.status)
     return found
 
 
-async def test_429_with_retry_after_under_the_production_profile(sim_factory: Any,
-                                                                 http: aiohttp.ClientSession) -> None:
+async def production_sim(sim_factory: Any, http: aiohttp.ClientSession) -> tuple[Any, ManualClock, str]:
+    """A simulator under the production profile on a ManualClock, an access token for NIP, and an hour
+    later, so the logins' own requests have left every window."""
     clock = ManualClock()
     sim = await sim_factory(config=production(), clock=clock)
     token = await access_token(http, sim.base_url, NIP)
-    clock.advance(3600)                                        # the logins' own requests leave every window
+    clock.advance(3600)
+    return sim, clock, token
+
+
+async def test_429_with_retry_after_under_the_production_profile(sim_factory: Any,
+                                                                 http: aiohttp.ClientSession) -> None:
+    sim, clock, token = await production_sim(sim_factory, http)
     assert await statuses(http, sim.base_url, token, 10) == [200] * 10         # other: 10 per second
     async with await get_limits(http, sim.base_url, token) as resp:
         body = await expect(resp, 429)
@@ -69,6 +83,37 @@ async def test_429_with_retry_after_under_the_production_profile(sim_factory: An
     assert await statuses(http, sim.base_url, token, 1) == [200]
 
 
+def from_another_ip() -> aiohttp.ClientSession:
+    """A client whose requests come from 127.0.0.2 (the whole 127/8 is loopback on Linux)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+
+
+async def test_metadata_queries_hit_the_hourly_limit_per_context_and_ip(sim_factory: Any,
+                                                                        http: aiohttp.ClientSession) -> None:
+    """invoiceMetadata 8/s, 16/min, 20/h (PROTOCOL.md §6.1, §7): the hour is the binding window."""
+    sim, clock, token = await production_sim(sim_factory, http)
+    body = {"subjectType": "Subject1", "dateRange": {"dateType": "PermanentStorage",
+                                                      "from": (clock.now() - dt.timedelta(days=1)).isoformat()}}
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def burst(count: int, client: aiohttp.ClientSession = http) -> list[int]:
+        return await codes(count, lambda: client.post(f"{sim.base_url}/invoices/query/metadata", json=body,
+                                                      headers=headers))
+
+    assert await burst(9) == [200] * 8 + [429]                 # 8 per second
+    clock.advance(60)                                           # past the block; the minute slid too
+    assert await burst(8) == [200] * 8
+    clock.advance(1)
+    assert await burst(4) == [200] * 4                         # 20 in the hour, only 12 of them this minute
+    async with http.post(f"{sim.base_url}/invoices/query/metadata", json=body, headers=headers) as resp:
+        refused = await expect(resp, 429)
+        assert int(resp.headers["Retry-After"]) > 3000          # until the first of the hour leaves it (and more)
+    assert "20 żądań na godzinę" in refused["status"]["details"][0]
+    assert "invoiceMetadata" in refused["status"]["details"][0]
+    async with from_another_ip() as other:
+        assert await burst(1, other) == [200]                   # (context, IP): a fresh budget elsewhere
+
+
 async def test_per_minute_window_and_separate_contexts(sim_factory: Any, http: aiohttp.ClientSession) -> None:
     clock = ManualClock()
     sim = await sim_factory(config=production(), clock=clock)
@@ -87,10 +132,7 @@ async def test_per_minute_window_and_separate_contexts(sim_factory: Any, http: a
 
 async def test_close_has_its_own_group(sim_factory: Any, http: aiohttp.ClientSession) -> None:
     """2.8: closing no longer spends the opening budget (PROTOCOL.md §14.3)."""
-    clock = ManualClock()
-    sim = await sim_factory(config=production(), clock=clock)
-    token = await access_token(http, sim.base_url, NIP)
-    clock.advance(3600)
+    sim, _, token = await production_sim(sim_factory, http)
     sessions = [Online(http, sim.base_url, token) for _ in range(11)]
     for online in sessions[:10]:
         await online.open()
@@ -103,10 +145,7 @@ async def test_close_has_its_own_group(sim_factory: Any, http: aiohttp.ClientSes
 
 async def test_public_endpoints_are_limited_per_ip_and_17_groups_reported(sim_factory: Any,
                                                                           http: aiohttp.ClientSession) -> None:
-    clock = ManualClock()
-    sim = await sim_factory(config=production(), clock=clock)
-    token = await access_token(http, sim.base_url, NIP)
-    clock.advance(3600)
+    sim, _, token = await production_sim(sim_factory, http)
     async with await get_limits(http, sim.base_url, token) as resp:
         limits = await expect(resp, 200)
     assert set(limits) == GROUPS_17
@@ -122,6 +161,10 @@ async def test_public_endpoints_are_limited_per_ip_and_17_groups_reported(sim_fa
             last = await resp.json()
     assert codes[:60] == [200] * 60 and codes[60] == 429
     assert "anonymous" in last["status"]["details"][0]
+    async with http.post(f"{sim.base_url}/auth/challenge") as resp:
+        assert resp.status == 429                              # one budget for every public operation
+    async with from_another_ip() as other, other.get(f"{sim.base_url}/security/public-key-certificates") as resp:
+        assert resp.status == 200                              # per IP: another address is not blocked
 
 
 async def test_testdata_overrides_production_profile_and_reset(sim_factory: Any,

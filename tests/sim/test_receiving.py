@@ -13,7 +13,15 @@ import pytest
 
 from ksefd.sim.clock import ManualClock
 from tests.conftest import SAMPLES
-from tests.support.ksef_auth import access_token
+from tests.support.ksef_auth import (
+    _finish,
+    access_token,
+    auth_token_request,
+    challenge,
+    self_signed_certificate,
+    sign_auth_request,
+    submit_xades,
+)
 from tests.support.online_flow import expect_error, sim_config
 from tests.support.receive_flow import Receiver, filters, seed, stamp
 from tests.support.session_crypto import sha256_b64
@@ -190,13 +198,21 @@ async def test_a_range_over_100_days_is_21405(sim_factory: Any, http: aiohttp.Cl
 
 
 @pytest.mark.sends_invalid_requests
-async def test_bad_paging_parameters_are_21405(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+async def test_bad_parameters_are_21405(sim_factory: Any, http: aiohttp.ClientSession) -> None:
     sim = await sim_factory(config=config())
     seller = Receiver(http, sim.base_url, await access_token(http, sim.base_url, SELLER, READ))
     body = filters("Subject1", now() - dt.timedelta(days=1))
-    for params in ({"pageSize": 5}, {"pageSize": 251}, {"pageOffset": -1}, {"sortOrder": "Up"}):
+    for params in ({"pageSize": 5}, {"pageSize": 251}, {"pageOffset": -1}, {"sortOrder": "Up"}, {"pageSize": "x"}):
         async with seller.query_raw(body, **params) as resp:
             await expect_error(resp, 21405)
+    for bad in ({**body, "subjectType": "Subject4"}, {**body, "dateRange": {**body["dateRange"], "dateType": "Now"}},
+                {"subjectType": "Subject1"}, {**body, "dateRange": {**body["dateRange"], "from": "yesterday"}},
+                {**body, "currencyCodes": ["ZZZ"]}, {**body, "amount": {"from": 1}}):
+        async with seller.query_raw(bad) as resp:
+            await expect_error(resp, 21405)
+    async with await download(seller, f"{SELLER}-20260101-0123456789AB") as resp:
+        detail = await expect_error(resp, 21405)                 # not a KSeF number: no checksum part
+    assert "ksefNumber" in detail["details"][0]
 
 
 async def test_not_yet_stored_is_21165(sim_factory: Any, http: aiohttp.ClientSession) -> None:
@@ -243,3 +259,96 @@ async def test_third_subject_and_authorized_subject_views(sim_factory: Any, http
         (AUTHORIZED, 1)}
     for subject in ("Subject1", "Subject2", "Subject3"):
         assert (await authorized.query(filters(subject, start)))["invoices"] == []
+
+
+async def test_the_hwm_is_constant_across_the_pages_of_one_query(sim_factory: Any,
+                                                                   http: aiohttp.ClientSession) -> None:
+    """openapi.json: permanentStorageHwmDate "is constant for all pages of the same query and depends neither
+    on paging nor on sorting"; under PRD limits those pages are minutes apart, so the HWM must not follow the
+    clock between them. A query starts at pageOffset 0."""
+    clock = ManualClock()
+    sim = await sim_factory(config=config(hwm_lag_s=5), clock=clock)
+    start = clock.now() - dt.timedelta(hours=1)
+    token = await access_token(http, sim.base_url, SELLER)
+    await seed(http, sim.base_url, token, TEMPLATE, 12)
+    clock.advance(10)
+    seller = Receiver(http, sim.base_url, token)
+    body = filters("Subject1", start, restrict=True)
+
+    first = await seller.query(body, pageSize=10)
+    assert first["hasMore"] and first["permanentStorageHwmDate"] == _iso(clock.now() - dt.timedelta(seconds=5))
+    clock.advance(120)
+    await seed(http, sim.base_url, token, TEMPLATE, 3, prefix="LATER")      # stored after the pinned HWM
+    clock.advance(120)
+    second = await seller.query(body, pageSize=10, pageOffset=1, sortOrder="Desc")
+    assert second["permanentStorageHwmDate"] == first["permanentStorageHwmDate"]
+    ascending = await seller.query(body, pageSize=10, pageOffset=1)
+    assert ascending["permanentStorageHwmDate"] == first["permanentStorageHwmDate"]
+    assert (len(ascending["invoices"]), ascending["hasMore"]) == (2, False)  # the later three are past this HWM
+
+    again = await seller.query(body, pageSize=10)                            # a new query: the HWM moved on
+    assert again["permanentStorageHwmDate"] == _iso(clock.now() - dt.timedelta(seconds=5))
+    following = await seller.query(body, pageSize=10, pageOffset=1)
+    assert following["permanentStorageHwmDate"] == again["permanentStorageHwmDate"]
+    assert len(following["invoices"]) == 5
+    other = await seller.query(filters("Subject1", start + dt.timedelta(seconds=1), restrict=True), pageOffset=1)
+    assert other["permanentStorageHwmDate"] == again["permanentStorageHwmDate"]   # its own pin, made now
+
+
+async def test_the_hwm_of_a_past_window_is_its_end(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    """openapi.json permanentStorageHwmDate: near now it is slightly behind the query's upper bound, "for older
+    periods it agrees with the query's conditions"."""
+    clock = ManualClock()
+    sim = await sim_factory(config=config(hwm_lag_s=5), clock=clock)
+    seller = Receiver(http, sim.base_url, await access_token(http, sim.base_url, SELLER, READ))
+    end = clock.now() - dt.timedelta(hours=1)
+    past = await seller.query(filters("Subject1", end - dt.timedelta(days=1), end=end))
+    assert past["permanentStorageHwmDate"] == _iso(end)
+    recent = await seller.query(filters("Subject1", end, end=clock.now() + dt.timedelta(minutes=1)))
+    assert recent["permanentStorageHwmDate"] == _iso(clock.now() - dt.timedelta(seconds=5))
+    package, _ = await seller.export(filters("Subject1", end - dt.timedelta(days=1), end=end))
+    assert package["permanentStorageHwmDate"] == _iso(end)
+
+
+INTERNAL_ID = f"{SELLER}-12345"
+
+
+async def internal_id_login(http: aiohttp.ClientSession, base_url: str) -> str:
+    """XAdES as the NIP's owner into the InternalId context NIP-12345 (a VAT group member, a JST unit)."""
+    found = await challenge(http, base_url)
+    cert, key = self_signed_certificate(nip=SELLER)
+    xml = auth_token_request(found["challenge"], context_type="InternalId", context_value=INTERNAL_ID)
+    init = await submit_xades(http, base_url, sign_auth_request(xml, cert, key))
+    return (await _finish(http, base_url, init)).access_token
+
+
+async def test_an_internal_id_context_sees_its_podmiot3_invoices_only(sim_factory: Any,
+                                                                       http: aiohttp.ClientSession) -> None:
+    sim = await sim_factory(config=config())
+    start = now() - dt.timedelta(hours=1)
+    token = await access_token(http, sim.base_url, SELLER)
+    unit = WITH_THIRD_SUBJECT.replace(b"<NIP>3333333333</NIP>", f"<IDWew>{INTERNAL_ID}</IDWew>".encode())
+    unit_sent = await seed(http, sim.base_url, token, unit, 2, prefix="JST")
+    await seed(http, sim.base_url, token, WITH_THIRD_SUBJECT, 1, prefix="OTHER")   # Podmiot3 3333333333
+    await seed(http, sim.base_url, token, TEMPLATE, 1, prefix="PLAIN")            # the parent NIP's own sale
+    internal = Receiver(http, sim.base_url, await internal_id_login(http, sim.base_url))
+
+    as_third = (await internal.query(filters("Subject3", start)))["invoices"]
+    assert sorted(m["invoiceNumber"] for m in as_third) == sorted(unit_sent)
+    assert all({"type": "InternalId", "value": INTERNAL_ID} in [s["identifier"] for s in m["thirdSubjects"]]
+               for m in as_third)
+    for subject in ("Subject1", "Subject2", "SubjectAuthorized"):           # not the parent NIP's invoices
+        assert (await internal.query(filters(subject, start)))["invoices"] == []
+    plain = (await Receiver(http, sim.base_url, token).query(filters("Subject1", start), pageSize=50))["invoices"]
+    parents = [m["ksefNumber"] for m in plain if m["invoiceNumber"] == "PLAIN/0"]
+    async with await download(internal, parents[0]) as resp:
+        await expect_error(resp, 21164)
+    async with await download(internal, as_third[0]["ksefNumber"]) as resp:
+        assert await resp.read() == unit_sent[as_third[0]["invoiceNumber"]]
+
+    package, files = await internal.export(filters("Subject3", start))
+    assert package["invoiceCount"] == 2 and len(files) == 3
+    async with internal.start_raw(await internal.export_body(filters("Subject1", start))) as resp:
+        detail = await expect_error(resp, 21181)
+    assert detail["details"] == ["Nie można wyeksportować paczki faktur dla wybranego podmiotu (Subject1) i "
+                                 "zalogowanego identyfikatora kontekstu (InternalId)."]
