@@ -58,7 +58,6 @@ from .reconcile import ReconcileReport, reconcile
 
 log = structlog.get_logger("ksefd.daemon.inbox")
 
-FROM_AFTER_HWM_QUERY = 21183      # metadata query: `from` after the HWM with restrict=true (§6.1)
 SUBJECT_NOT_ALLOWED = 21181       # the subject type is not allowed for this context type (§6.3)
 
 
@@ -79,6 +78,7 @@ class _Subject:
     name: str
     backoff: Backoff
     retry_at: dt.datetime | None = None
+    reconcile_retry_at: dt.datetime | None = None      # after a failed audit
 
 
 class InboxWorker:
@@ -244,15 +244,20 @@ class InboxWorker:
         checkpoint = await self.store.inbox.checkpoint(self.company.name, subject_type)
         return checkpoint.last_reconcile_at if checkpoint else None
 
+    def _next_reconcile(self, subject_type: str, last: dt.datetime | None) -> dt.datetime:
+        due = next_reconcile(last or self._anchor, self.options.reconcile_at)
+        retry = self.subjects[subject_type].reconcile_retry_at
+        return max(due, retry) if retry is not None else due
+
     def _reconcile_due(self, subject_type: str, last: dt.datetime | None) -> bool:
-        if not self.options.reconcile:
-            return False
-        return self.clock.now() >= next_reconcile(last or self._anchor, self.options.reconcile_at)
+        return self.options.reconcile and self.clock.now() >= self._next_reconcile(subject_type, last)
 
     async def reconcile(self, subject_type: str) -> ReconcileReport:
         """Run the audit of `subject_type` now (reconcile.py)."""
         await self.startup()
         result = await reconcile(self.pipeline, subject_type, window_days=self.options.reconcile_window_days)
+        if subject_type in self.subjects:
+            self.subjects[subject_type].reconcile_retry_at = None
         self.status.set_reconcile(subject_type, result.as_dict())
         await self._save_status()
         return result
@@ -263,10 +268,13 @@ class InboxWorker:
         except _Stopped:
             raise
         except Exception as error:
-            # The audit is retried at the next cycle: its time was not marked.
+            # Its time was not marked: retried after a backoff, not in a tight loop.
             self.metrics.failures += 1
+            subject = self.subjects[subject_type]
+            retry = error.retry_after if isinstance(error, RateLimited) else subject.backoff.next_delay()
+            subject.reconcile_retry_at = self.clock.now() + dt.timedelta(seconds=retry)
             log.warning("inbox.reconcile_failed", company=self.company.name, subject=subject_type,
-                        error=f"{type(error).__name__}: {error}")
+                        error=f"{type(error).__name__}: {error}", retry_in=round(retry, 1))
             return None
 
     # -- time ------------------------------------------------------------------------------------
@@ -291,8 +299,7 @@ class InboxWorker:
                 due = max(due, subject.retry_at)
             moments.append(due)
             if self.options.reconcile:
-                last = checkpoint.last_reconcile_at if checkpoint else None
-                moments.append(next_reconcile(last or self._anchor, self.options.reconcile_at))
+                moments.append(self._next_reconcile(subject.name, checkpoint.last_reconcile_at if checkpoint else None))
         return max(0.0, (min(moments) - now).total_seconds()) if moments else 60.0
 
     async def _save_status(self) -> None:

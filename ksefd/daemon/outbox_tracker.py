@@ -16,6 +16,7 @@ from ksefd.ksef.errors import KsefError, KsefException
 from ksefd.ksef.models import SessionInvoice
 from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState
 
+from . import outbox_queries as queries
 from .outbox_context import CompanyCtx
 from .outbox_online import OnlineChannel
 from .outbox_outcomes import Accepted, Outcomes
@@ -80,7 +81,8 @@ class Tracker:
     # --- invoices ---------------------------------------------------------------------------------
 
     async def resolve_in_doubt(self) -> None:
-        rows = [r for r in await self.ctx.store.invoices.in_state(self.ctx.name, S.IN_DOUBT) if r.mode == "online"]
+        rows = await queries.rows(self.ctx.store, await queries.ids_in(self.ctx.store, self.ctx.name, [S.IN_DOUBT],
+                                                                        "online"))
         by_session: dict[int, list[InvoiceRow]] = {}
         for row in rows:
             if row.session_id is not None and self._due(-row.id):
@@ -122,8 +124,8 @@ class Tracker:
         self.ctx.kick.set()
 
     async def poll_processing(self) -> None:
-        rows = [r for r in await self.ctx.store.invoices.in_state(self.ctx.name, S.PROCESSING)
-                if r.mode == "online" and r.invoice_ref and self._due(r.id)]
+        ids = await queries.ids_in(self.ctx.store, self.ctx.name, [S.PROCESSING], "online")
+        rows = [r for r in await queries.rows(self.ctx.store, [i for i in ids if self._due(i)]) if r.invoice_ref]
         for row in rows:
             session = await self.session(row.session_id)
             if session is None or row.invoice_ref is None:
@@ -151,13 +153,14 @@ class Tracker:
 
     async def finish_accepted(self) -> None:
         """ACCEPTED or UPO_SAVED online invoices left by a crash or a failed UPO download."""
-        for row in await self.ctx.store.invoices.in_state(self.ctx.name, S.UPO_SAVED):
+        for row in await queries.rows(self.ctx.store, await queries.ids_in(self.ctx.store, self.ctx.name,
+                                                                            [S.UPO_SAVED], "online")):
             if row.mode == "online":
                 await self.ctx.store.invoices.transition(row.id, S.UPO_SAVED, S.DONE)
                 self.ctx.files.clear_state(row)
                 self.ctx.files.discard_work(row)
-        rows = [r for r in await self.ctx.store.invoices.in_state(self.ctx.name, S.ACCEPTED)
-                if r.mode == "online" and self._due(r.id)]
+        ids = await queries.ids_in(self.ctx.store, self.ctx.name, [S.ACCEPTED], "online")
+        rows = await queries.rows(self.ctx.store, [i for i in ids if self._due(i)])
         for row in rows:
             if row.result_name and self.ctx.files.has_upo(row.result_name):
                 await self.outcomes.save_upo(row, (self.ctx.company.folders.sent /

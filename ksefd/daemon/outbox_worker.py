@@ -27,6 +27,7 @@ from ksefd.config import Company
 from ksefd.ksef.errors import KsefError
 from ksefd.store import InvoiceRow, InvoiceState, SessionState
 
+from . import outbox_queries as queries
 from .credentials import connect
 from .outbox_batch import BatchRunner
 from .outbox_context import CompanyCtx
@@ -195,12 +196,15 @@ class OutboxWorker:
             return wait
         await self._promote_deferred()
         self._resume_batches_soon()
-        queued = [r for r in await self.runtime.store.invoices.due(self.company.name, [S.QUEUED], self.ctx.now(),
-                                                                   limit=100_000)
-                  if r.id not in self.ctx.reserved]
         cap = self._batch_cap()
-        if self.ctx.intake_busy and len(queued) < cap:
+        waiting = await queries.due_count(self.runtime.store, self.company.name, S.QUEUED, self.ctx.now())
+        if self.ctx.intake_busy and waiting - len(self.ctx.reserved) < cap:
             return 0.2               # a drop is still being claimed: see the whole backlog before choosing
+        queued = []
+        if waiting > len(self.ctx.reserved):
+            queued = [r for r in await self.runtime.store.invoices.due(self.company.name, [S.QUEUED], self.ctx.now(),
+                                                                       limit=100_000)
+                      if r.id not in self.ctx.reserved]
         attachments = [r for r in queued if r.has_attachment]
         plain = [r for r in queued if not r.has_attachment]
         by_batch = attachments + (plain if len(plain) >= self.company.sending.batch_threshold else [])
@@ -291,10 +295,9 @@ class OutboxWorker:
                 await self.channel.close_current("idle")
             else:
                 waits.append(self.company.sending.online_idle_close_seconds - idle)
-        deferred = await self.runtime.store.invoices.in_state(self.company.name, S.DEFERRED, S.QUEUED, limit=1_000)
-        for row in deferred:
-            if row.next_attempt_at is not None:
-                waits.append(max(0.0, (row.next_attempt_at - self.ctx.now()).total_seconds()))
+        upcoming = await queries.next_attempt(self.runtime.store, self.company.name)
+        if upcoming is not None:
+            waits.append(max(0.0, (upcoming - self.ctx.now()).total_seconds()))
         if queued and any(not r.has_attachment for r in queued):
             waits.append(max(0.05, self.runtime.limiter.delay(self.ctx.context.context.key, "invoiceSend")))
         return max(0.0, min(waits))

@@ -74,7 +74,7 @@ class Window:
 
     @property
     def after_hwm(self) -> bool:
-        return self.restrict and self.date_type == "PermanentStorage" and self.start > self.hwm
+        return self.restrict and self.start > self.hwm
 
     def at(self, storage_hwm: dt.datetime) -> Window:
         """This window with the storage HWM of another moment (a pinned one): never later than `to`."""
@@ -92,8 +92,10 @@ def window(world: World, filters: dict[str, Any]) -> Window:
     if (end or now) - start > MAX_RANGE:
         raise KsefException(21405, [f"dateRange: zakres od {iso(start)} do {iso(end or now)} przekracza 100 dni "
                                     "(liczonych w UTC); podziel go na krótsze okna."])
-    span = Window(date_range["dateType"], start, end, hwm(world),
-                  bool(date_range.get("restrictToPermanentStorageHwmDate")))
+    # openapi.json: restrictToPermanentStorageHwmDate "applies only to queries with dateType = PermanentStorage".
+    restrict = bool(date_range.get("restrictToPermanentStorageHwmDate"))
+    restrict = restrict and date_range["dateType"] == "PermanentStorage"
+    span = Window(date_range["dateType"], start, end, hwm(world), restrict)
     return span.at(span.hwm)
 
 

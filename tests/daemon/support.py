@@ -74,9 +74,10 @@ def load(path: Path) -> Config:
     return load_config(path)
 
 
-async def drain(config: Config, *, clock: Clock | None = None, timeout: float = 60.0) -> None:
-    """Run the daemon in drain mode until nothing is left to do (fails the test after `timeout`)."""
-    await asyncio.wait_for(serve(config, asyncio.Event(), clock=clock, once=True), timeout)
+async def drain(config: Config, *, clock: Clock | None = None, limit: float = 60.0) -> None:
+    """Run the daemon in drain mode until nothing is left to do (fails the test after `limit` seconds)."""
+    async with asyncio.timeout(limit):
+        await serve(config, asyncio.Event(), clock=clock, once=True)
 
 
 def drop(outbox: Path, name: str, data: bytes) -> Path:

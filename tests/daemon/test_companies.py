@@ -45,7 +45,7 @@ async def test_two_companies_at_once_and_a_backlog_does_not_starve_a_trickle(
         drop(big.folders.outbox, f"B{n:03d}.xml", invoice(f"BIG/{n}"))
     drop(small.folders.outbox, "S1.xml", invoice("SMALL/1", seller=OTHER, buyer=SELLER))
 
-    await drain(config, timeout=90)
+    await drain(config, limit=90)
 
     trickle = read_json(small.folders.sent / "S1.ksef.json")
     backlog = [read_json(big.folders.sent / f"B{n:03d}.ksef.json") for n in range(300)]
@@ -119,12 +119,13 @@ async def _held(config: Config) -> bool:
 
 
 async def _exists(path: Path) -> bool:
-    return path.exists()
+    return await asyncio.to_thread(path.exists)
 
 
-async def _until(check: Any, timeout: float = 30.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
+async def _until(check: Any) -> None:
+    """Poll a condition the daemon makes true (files and rows give no event to wait on)."""
+    async with asyncio.timeout(30):
+        while not await check():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
 

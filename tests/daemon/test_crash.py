@@ -46,7 +46,7 @@ async def _start(config: Path, log: Path, *extra: str) -> asyncio.subprocess.Pro
 async def _wait_started(log: Path, runs: int, proc: asyncio.subprocess.Process) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and proc.returncode is None:
-        if log.read_text(errors="replace").count('"daemon.started"') >= runs:
+        if (await asyncio.to_thread(log.read_text, errors="replace")).count('"daemon.started"') >= runs:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"the daemon did not start (run {runs}); see {log}")

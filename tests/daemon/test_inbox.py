@@ -196,3 +196,33 @@ def test_names_from_the_network_are_validated_before_they_become_paths(tmp_path:
                 "5265877635-20261122-0A1B2C3D4E5F-8E\n"):
         with pytest.raises(ProtocolError):
             relative_path(bad, "flat")
+
+
+async def test_run_forever_stops_at_once_even_while_waiting_for_the_hourly_budget(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    import asyncio
+
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    sim = await start(sim_factory, clock, query_cap=10)
+    await send_batches(http, sim.base_url, clock, tmp_path, 25)
+    clock.advance(60)
+    b = await buyer(sim, http, clock, tmp_path, yesterday(clock))
+    try:
+        worker = b.worker(hourly_budget=2)              # two exports, then an hour's wait for the third
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(worker.run_forever(stop))
+        for _ in range(1000):
+            if clock.sleepers and worker.metrics.exports == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.metrics.exports == 2 and len(inbox_files(b.inbox)) == 19
+        stop.set()
+        await asyncio.wait_for(running, 2)              # no need to wait out the hour
+        checkpoint = await b.store.inbox.checkpoint("buyer", "Subject2")
+        assert checkpoint is not None and checkpoint.last_cycle_at is None     # that cycle did not finish
+        # Restarted later, it carries on from its checkpoint.
+        clock.advance(3600)
+        report = await b.worker().run_cycle()
+        assert len(report.delivered) == 6 and len(inbox_files(b.inbox)) == 25
+    finally:
+        await b.close()

@@ -11,7 +11,6 @@ import aiohttp
 
 from ksefd.ksef.auth import ContextIdentifier
 from ksefd.ksef.client import KsefClient
-
 from ksefd.sim.config import SimConfig
 from tests.daemon.support import (
     SELLER,
@@ -37,7 +36,7 @@ async def _setup(sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, 
 async def _send_directly(sim: Any, token: Path, data: bytes) -> str:
     """Another system (or an earlier send whose answer was lost) puts the invoice into KSeF first."""
     async with KsefClient("test", base_url=sim.base_url) as client:
-        ctx = client.context(ContextIdentifier.nip(SELLER), token.read_text())
+        ctx = client.context(ContextIdentifier.nip(SELLER), await asyncio.to_thread(token.read_text))
         sent = await ctx.online().send(data)
         for _ in range(200):
             status = await ctx.sessions.invoice(sent.session_reference_number, sent.reference_number)

@@ -41,7 +41,8 @@ CASES: dict[str, tuple[str, bytes]] = {
     "cp1250": ("encoding-windows-1250", _windows_1250()),
     "pi": ("processing-instruction", invoice("LOCAL/3").replace(b"?>", b'?><?xml-stylesheet href="a.xsl"?>', 1)),
     "control-char": ("xml-char", invoice("LOCAL/4").replace(b"<P_2>", b"<P_2>\x01", 1)),
-    "too-large": ("too-large", invoice("LOCAL/5").replace(b"</Faktura>", b"<!--" + b"x" * 3_000_001 + b"--></Faktura>")),
+    "too-large": ("too-large", invoice("LOCAL/5").replace(b"</Faktura>", b"<!--" + b"x" * 3_000_001 + b"-->"
+                                                                                        b"</Faktura>")),
     "broken": ("not-well-formed", invoice("LOCAL/6")[:-40]),
     "xsd": ("xsd", invoice("LOCAL/7").replace(b"<P_2>", b"<P_2X>", 1).replace(b"</P_2>", b"</P_2X>", 1)),
     "seller": ("seller-nip", invoice("LOCAL/8", seller=OTHER)),

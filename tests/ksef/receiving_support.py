@@ -1,47 +1,22 @@
-"""Shared set-up for the receiving and export tests: a seller context on the simulator and invoices put
+"""Shared set-up for the receiving and export tests (the seller context is conftest's `token_context`): invoices put
 into KSeF quickly (through a batch session), so there is something to receive."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
-import aiohttp
-import pytest
-
-from ksefd.ksef.auth import AuthOptions, ContextIdentifier
 from ksefd.ksef.batch import BatchOptions
 from ksefd.ksef.batch_archive import BatchInvoice, prepare_batch_async
-from ksefd.ksef.client import KsefClient, KsefContext
-from ksefd.ksef.credentials import KsefToken
+from ksefd.ksef.client import KsefContext
 from ksefd.samples import make_invoice, sample_bytes
-from tests.support.ksef_auth import create_ksef_token
-
-NIP = "9999999999"          # Podmiot1 of the official sample: these invoices are its sales (Subject1)
-FAST_AUTH = AuthOptions(poll_first=0.01, poll_max=0.05, poll_budget=10)
-
-
-@pytest.fixture
-async def seller(http: aiohttp.ClientSession) -> AsyncIterator[Callable[..., Any]]:
-    clients: list[KsefClient] = []
-
-    async def make(sim: Any, **client_options: Any) -> KsefContext:
-        token = await create_ksef_token(http, sim.base_url, NIP, ["InvoiceWrite", "InvoiceRead"])
-        client = KsefClient("test", base_url=sim.base_url, auth_options=FAST_AUTH, **client_options)
-        clients.append(client)
-        return client.context(ContextIdentifier.nip(NIP), KsefToken.parse(token))
-
-    yield make
-    for client in clients:
-        await client.close()
+from tests.ksef.conftest import SELLER_NIP
 
 
 async def put_invoices(ctx: KsefContext, workdir: Path, count: int, start: int = 0) -> dict[str, bytes]:
     """`count` accepted invoices; returns KSeF number -> the exact bytes sent."""
     template = sample_bytes("FA_3_Przyklad_1.xml")
-    sent = {f"R{n:05d}.xml": make_invoice(template, number=f"FV/RECV/{n}", seller_nip=NIP)
+    sent = {f"R{n:05d}.xml": make_invoice(template, number=f"FV/RECV/{n}", seller_nip=SELLER_NIP)
             for n in range(start, start + count)}
     prepared = await prepare_batch_async([BatchInvoice(name, data) for name, data in sent.items()],
                                          workdir / f"batch-{start}")

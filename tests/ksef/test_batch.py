@@ -10,7 +10,7 @@ import io
 import tarfile
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from lxml import etree
 
-from ksefd.ksef.auth import AuthOptions, ContextIdentifier
 from ksefd.ksef.batch import BatchOptions, BatchSender, match_results
 from ksefd.ksef.batch_archive import (
     MAX_PARTS,
@@ -31,8 +30,7 @@ from ksefd.ksef.batch_archive import (
     prepare_batch,
     prepare_batch_async,
 )
-from ksefd.ksef.client import KsefClient, KsefContext
-from ksefd.ksef.credentials import KsefToken
+from ksefd.ksef.client import KsefContext
 from ksefd.ksef.crypto import SymmetricKey
 from ksefd.ksef.errors import ProtocolError
 from ksefd.ksef.models import SessionInvoice, StatusInfo
@@ -40,7 +38,7 @@ from ksefd.ksef.transport import RetryPolicy
 from ksefd.samples import make_invoice, sample_bytes
 from ksefd.sim.config import SimConfig
 from tests.conftest import SAMPLES
-from tests.support.ksef_auth import create_ksef_token
+from tests.ksef.conftest import SELLER_NIP
 
 SAMPLE = (SAMPLES / "invoices" / "FA_3_Przyklad_1.xml").read_bytes()
 
@@ -145,8 +143,6 @@ def test_results_are_matched_by_file_name_then_by_hash() -> None:
 
 # -- against the simulator, over HTTP ------------------------------------------------------------------------
 
-NIP = "9999999999"          # Podmiot1 of the official sample
-FAST_AUTH = AuthOptions(poll_first=0.01, poll_max=0.05, poll_budget=10)
 QUICK = BatchOptions(poll_first=0.05, poll_max=0.2)
 UPO_NS = "{http://upo.schematy.mf.gov.pl/KSeF/v4-3}"
 
@@ -155,22 +151,8 @@ def invoices(count: int, start: int = 0) -> Iterator[BatchInvoice]:
     """Unique invoices made lazily from the official sample, as the daemon would read them from disk."""
     template = sample_bytes("FA_3_Przyklad_1.xml")
     for n in range(start, start + count):
-        yield BatchInvoice(f"FV_{n:05d}.xml", make_invoice(template, number=f"FV/BATCH/{n}", seller_nip=NIP))
-
-
-@pytest.fixture
-async def batch_context(http: aiohttp.ClientSession) -> AsyncIterator[Callable[..., Any]]:
-    clients: list[KsefClient] = []
-
-    async def make(sim: Any, retry: RetryPolicy | None = None) -> KsefContext:
-        token = await create_ksef_token(http, sim.base_url, NIP, ["InvoiceWrite", "InvoiceRead"])
-        client = KsefClient("test", base_url=sim.base_url, auth_options=FAST_AUTH, retry=retry)
-        clients.append(client)
-        return client.context(ContextIdentifier.nip(NIP), KsefToken.parse(token))
-
-    yield make
-    for client in clients:
-        await client.close()
+        yield BatchInvoice(f"FV_{n:05d}.xml",
+                           make_invoice(template, number=f"FV/BATCH/{n}", seller_nip=SELLER_NIP))
 
 
 def sender(ctx: KsefContext, options: BatchOptions = QUICK) -> BatchSender:
@@ -179,11 +161,12 @@ def sender(ctx: KsefContext, options: BatchOptions = QUICK) -> BatchSender:
 
 @pytest.mark.parametrize("compression", ["Zip", "TarGz"])
 async def test_batch_in_several_parts_is_accepted_with_results_and_upo(
-        compression: str, sim_factory: Any, batch_context: Callable[..., Any], tmp_path: Path) -> None:
+        compression: str, sim_factory: Any, token_context: Callable[..., Any], tmp_path: Path) -> None:
     sim = await sim_factory(config=SimConfig(limits_profile="off"))
-    ctx = await batch_context(sim)
+    ctx = await token_context(sim)
     good = list(invoices(12))
-    bad = BatchInvoice("broken.xml", good[0].content.replace(b"<P_2>", b"<P_2_typo>", 1))  # type: ignore[union-attr]
+    assert isinstance(good[0].content, bytes)
+    bad = BatchInvoice("broken.xml", good[0].content.replace(b"<P_2>", b"<P_2_typo>", 1))
     duplicate = BatchInvoice("again.xml", good[1].content)                                     # same P_2: 440
     prepared = await prepare_batch_async([*good, bad, duplicate], tmp_path, compression=compression,
                                          part_size=6000 if compression == "Zip" else 700)
@@ -203,9 +186,9 @@ async def test_batch_in_several_parts_is_accepted_with_results_and_upo(
 
 
 async def test_after_a_key_rotation_the_batch_opens_with_the_new_key(
-        sim_factory: Any, batch_context: Callable[..., Any], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+        sim_factory: Any, token_context: Callable[..., Any], http: aiohttp.ClientSession, tmp_path: Path) -> None:
     sim = await sim_factory(config=SimConfig(limits_profile="off"))
-    ctx = await batch_context(sim)
+    ctx = await token_context(sim)
     await ctx.client.public_keys.get("SymmetricKeyEncryption")             # cached before the rotation
     async with http.post(f"{sim.root_url}/sim/keys/rotate", json={"usage": "SymmetricKeyEncryption"}) as resp:
         assert resp.status == 200
@@ -221,24 +204,24 @@ async def test_after_a_key_rotation_the_batch_opens_with_the_new_key(
 
 
 async def test_results_can_be_read_after_a_restart_from_the_reference_and_manifest(
-        sim_factory: Any, batch_context: Callable[..., Any], tmp_path: Path) -> None:
+        sim_factory: Any, token_context: Callable[..., Any], tmp_path: Path) -> None:
     sim = await sim_factory(config=SimConfig(limits_profile="off"))
     prepared = await prepare_batch_async(invoices(4, start=700), tmp_path)
-    first = sender(await batch_context(sim))
+    first = sender(await token_context(sim))
     opened = await first.open(prepared)
     await first.upload(prepared, opened)
     await first.close(opened.reference_number)
     await first.close(opened.reference_number)                                 # a repeated close is harmless
-    restarted = sender(await batch_context(sim))                               # new client, same context
+    restarted = sender(await token_context(sim))                               # new client, same context
     await restarted.wait(opened.reference_number)
     outcome = await restarted.outcome(opened.reference_number, prepared.entries)
     assert [r.accepted for r in outcome.results] == [True] * 4
 
 
 async def test_uploads_survive_dropped_connections(
-        sim_factory: Any, batch_context: Callable[..., Any], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+        sim_factory: Any, token_context: Callable[..., Any], http: aiohttp.ClientSession, tmp_path: Path) -> None:
     sim = await sim_factory(config=SimConfig(limits_profile="off"))
-    ctx = await batch_context(sim, retry=RetryPolicy(attempts=10, base_delay=0.01, max_delay=0.05))
+    ctx = await token_context(sim, retry=RetryPolicy(attempts=10, base_delay=0.01, max_delay=0.05))
     await ctx.authenticate()
     prepared = await prepare_batch_async(invoices(30, start=900), tmp_path, part_size=8000)
     assert len(prepared.parts) >= 5
@@ -252,9 +235,9 @@ async def test_uploads_survive_dropped_connections(
 
 
 async def test_a_part_changed_on_disk_is_not_uploaded(
-        sim_factory: Any, batch_context: Callable[..., Any], tmp_path: Path) -> None:
+        sim_factory: Any, token_context: Callable[..., Any], tmp_path: Path) -> None:
     sim = await sim_factory(config=SimConfig(limits_profile="off"))
-    ctx = await batch_context(sim)
+    ctx = await token_context(sim)
     prepared = await prepare_batch_async(invoices(2, start=950), tmp_path)
     batch = sender(ctx)
     opened = await batch.open(prepared)
@@ -265,9 +248,9 @@ async def test_a_part_changed_on_disk_is_not_uploaded(
 
 @pytest.mark.timeout(600)
 async def test_ten_thousand_invoices_in_one_batch(
-        sim_factory: Any, batch_context: Callable[..., Any], tmp_path: Path) -> None:
+        sim_factory: Any, token_context: Callable[..., Any], tmp_path: Path) -> None:
     sim = await sim_factory(config=SimConfig(limits_profile="production"))
-    ctx = await batch_context(sim)
+    ctx = await token_context(sim)
     started = time.monotonic()
     prepared = await prepare_batch_async(invoices(10_000, start=10_000), tmp_path)
     built = time.monotonic()
@@ -279,3 +262,40 @@ async def test_ten_thousand_invoices_in_one_batch(
     assert len({r.ksef_number for r in outcome.results}) == 10_000
     print(f"10 000-invoice batch: archive {prepared.archive_size} B in {len(prepared.parts)} part(s), "
           f"built in {built - started:.1f} s, sent and processed in {done - built:.1f} s")
+
+
+async def test_parts_go_up_in_parallel_to_their_presigned_urls(
+        sim_factory: Any, token_context: Callable[..., Any], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """§5.5: uploads are not rate limited and may run in parallel (`upload_concurrency` at a time); the
+    simulator refuses an upload that carries an Authorization header, so acceptance also proves there was none."""
+    sim = await sim_factory(config=SimConfig(limits_profile="off"))
+    ctx = await token_context(sim)
+    prepared = await prepare_batch_async(invoices(30, start=1200), tmp_path, part_size=8000)
+    assert len(prepared.parts) >= 5
+    batch = sender(ctx, BatchOptions(poll_first=0.05, poll_max=0.2, upload_concurrency=3))
+    opened = await batch.open(prepared)
+    transport = ctx.client.transport
+    presigned = transport.presigned
+    in_flight, peak = 0, 0
+
+    async def watched(*args: Any, **kwargs: Any) -> Any:      # the real call, counted while it is under way
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await presigned(*args, **kwargs)
+        finally:
+            in_flight -= 1
+
+    transport.presigned = watched
+    async with http.post(f"{sim.root_url}/sim/faults", json={"spec": "latency=0.2"}) as resp:  # slow storage
+        assert resp.status == 200
+    try:
+        await batch.upload(prepared, opened)
+    finally:
+        transport.presigned = presigned
+        async with http.delete(f"{sim.root_url}/sim/faults") as resp:
+            assert resp.status == 200
+    assert peak == 3
+    await batch.close(opened.reference_number)
+    assert (await batch.wait(opened.reference_number)).successful_invoice_count == 30

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from ksefd.ksef.client import KsefClient
 from ksefd.ksef.credentials import CertificateCredentials, KsefToken
 from ksefd.ksef.environments import DEMO, PROD, TEST
 from ksefd.ksef.errors import AuthenticationFailed, AuthenticationPending, CredentialsError, Forbidden, KsefError
+from ksefd.ksef.transport import RetryPolicy
 from ksefd.sim.clock import ManualClock
 from ksefd.sim.config import SimConfig
 from tests.support.ksef_auth import create_ksef_token, owner_login, self_signed_certificate
@@ -360,3 +362,25 @@ async def test_public_keys_are_cached_and_fetched_again_when_old(
     clock.advance(7 * 3600)                                  # older than PublicKeys.max_age (6 h): asked again
     await client.public_keys.get("SymmetricKeyEncryption")
     assert fetches() == 2
+
+
+async def test_an_authentication_step_lost_to_a_5xx_starts_the_flow_again(
+        sim_factory: Callable[..., Any], http: aiohttp.ClientSession, client_factory: Callable[..., KsefClient],
+        debug_logs: list[Any]) -> None:
+    """Issue #4 item 8: the single-use steps (ksef-token with its challenge, redeem) are never re-POSTed inside the
+    request; the whole flow starts over with a new challenge, a bounded number of times (AuthOptions.attempts)."""
+    sim = await sim_factory(config=SimConfig())
+    token = await create_ksef_token(http, sim.base_url, NIP, ["InvoiceWrite"])
+    async with http.post(f"{sim.root_url}/sim/faults", json={"spec": "5xx=0.35,seed=4"}) as resp:
+        assert resp.status == 200                                    # CDN errors before KSeF sees a request
+    client = client_factory(sim.base_url, retry=RetryPolicy(attempts=6, base_delay=0.001, max_delay=0.002),
+                            auth_options=AuthOptions(poll_first=0.01, poll_max=0.05, attempts=8), sleep=_no_wait)
+    await client.context(ContextIdentifier.nip(NIP), KsefToken.parse(token)).authenticate()
+    posts = [e["path"] for e in debug_logs if e["event"] == "ksef.response" and e["method"] == "POST"]
+    flows = "".join({"/auth/challenge": "c", "/auth/ksef-token": "t", "/auth/token/redeem": "r"}[p] for p in posts)
+    assert "tt" not in flows and "rr" not in flows and "ct" in flows     # each token POST has its own challenge
+    assert any(e["event"] == "ksef.auth_retry" for e in debug_logs), "no step failed with this seed; pick another"
+
+
+async def _no_wait(_: float) -> None:
+    await asyncio.sleep(0)

@@ -169,6 +169,7 @@ async def test_lost_answer_to_a_send_is_outcome_unknown_and_never_resent(
     await set_faults(http, sim)
     lost = caught.value
     assert lost.invoice_hash == sha256_b64(invoice(500)) and lost.session_reference == first.session_reference_number
+    assert lost.session_reference is not None
     # Not re-POSTed: every attempt would have been processed (and its answer dropped), so KSeF holds it once.
     # The daemon resolves it the same way: the invoice is in the session, found by its hash.
     assert await hashes_in(ctx, lost.session_reference) == [first.invoice_hash, lost.invoice_hash]
@@ -259,3 +260,18 @@ async def test_context_limits_are_read(sim: Any, token_context: Callable[..., An
     assert limits.online_session.max_invoices == 10_000 and limits.online_session.max_invoice_size_in_mb == 1
     assert limits.batch_session.max_invoice_with_attachment_size_in_mb == 3
     assert limits.collective_identifier is not None and limits.collective_identifier.max_invoices == 500  # §14.5
+
+
+async def test_a_duplicate_reports_the_original_ksef_number(sim_factory: Any, token_context: Callable[..., Any]
+                                                            ) -> None:
+    """PROTOCOL.md §13.5: a resend is status 440 whose extensions point at the original; the daemon compares."""
+    sim = await sim_factory(config=SimConfig(limits_profile="off"))
+    ctx = await token_context(sim)
+    first = await ctx.online().send(invoice(900))
+    original = await wait_invoice(ctx, first.session_reference_number, first.reference_number)
+    again = await ctx.online().send(invoice(900))
+    duplicate = await wait_invoice(ctx, again.session_reference_number, again.reference_number)
+    assert original.status.code == 200 and duplicate.status.code == 440
+    assert duplicate.status.extensions is not None
+    assert duplicate.status.extensions["originalKsefNumber"] == original.ksef_number
+    assert duplicate.status.extensions["originalSessionReferenceNumber"] == first.session_reference_number

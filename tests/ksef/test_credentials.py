@@ -156,3 +156,15 @@ async def test_files_from_every_format_authenticate(sim: Any, tmp_path: Path) ->
                           auth_options=AuthOptions(poll_first=0.01, poll_max=0.05)) as client:
         for creds in credentials:
             await client.context(ContextIdentifier.nip(NIP), creds).authenticate()
+
+
+@pytest.mark.parametrize("pasted", [
+    "919f704466624ce29cd5ac7b65ded5e7cccc112eee314f2aaa76e02cd16df7b9|nip-5265877635|20251010-EC-1DCE3E3000-12ECB5B36E-45",
+    "20251010-EC-1DCE3E3000-12ECB5B36E-45|919f704466624ce29cd5ac7b65ded5e7cccc112eee314f2aaa76e02cd16df7b9|nip-526",
+    "x919f704466624ce29cd5ac7b65de|nip-5265877635|d5e7cccc112eee314f2aaa76e02cd16df7b9" + "0" * 28,
+])
+def test_parts_in_the_wrong_place_are_described_without_echoing_the_secret(pasted: str) -> None:
+    with pytest.raises(CredentialsError) as caught:
+        KsefToken.parse(pasted)
+    assert "hex digits" in str(caught.value)
+    assert "919f7044" not in str(caught.value) and "d5e7cccc" not in str(caught.value)

@@ -9,6 +9,7 @@ import hashlib
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from lxml import etree
 from signxml.verifier import XMLVerifier
@@ -122,3 +123,15 @@ def test_upo_hash_header_is_checked() -> None:
     with pytest.raises(ProtocolError, match="does not match its x-ms-meta-hash") as caught:
         check_hash(Response(200, {"x-ms-meta-hash": sha256_b64(b"other")}, body), "UPO")
     assert caught.value.retryable
+
+
+def test_rsa_oaep_is_sha256_with_mgf1_sha256() -> None:
+    """PROTOCOL.md §2.2, §13.2: many libraries default to SHA-1; KSeF decrypts with SHA-256 / MGF1-SHA-256."""
+    cert, key = self_signed_certificate(nip="5265877635")
+    public = PublicKey("id", ("KsefTokenEncryption",), NOW, NOW + dt.timedelta(days=1), cert)
+    sealed = public.encrypt(b"token|1752236636015")
+    assert isinstance(key, rsa.RSAPrivateKey)
+    sha256 = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    assert key.decrypt(sealed, sha256) == b"token|1752236636015"
+    with pytest.raises(ValueError):
+        key.decrypt(sealed, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None))

@@ -33,9 +33,8 @@ from ksefd.ksef.export_package import (
 from ksefd.ksef.receiving import format_instant, parse_instant, query_filters
 from ksefd.sim.clock import ManualClock
 from ksefd.sim.config import SimConfig
-from tests.ksef.receiving_support import put_invoices, seller
+from tests.ksef.receiving_support import put_invoices
 
-__all__ = ["seller"]      # a fixture
 QUICK = ExportOptions(poll_first=0.02, poll_max=0.1)
 
 HWM = "2026-03-01T10:00:00.1234567+00:00"
@@ -173,9 +172,9 @@ def a_minute_ago() -> dt.datetime:
 
 @pytest.mark.parametrize("compression", ["Zip", "TarGz"])
 async def test_export_downloads_decrypts_joins_and_unpacks_every_invoice(
-        compression: str, sim_factory: Any, seller: Callable[..., Any], tmp_path: Path) -> None:
+        compression: str, sim_factory: Any, token_context: Callable[..., Any], tmp_path: Path) -> None:
     sim = await sim_factory(config=receiving_sim(export_part_size=2000))   # several parts (50 MB on KSeF)
-    ctx = await seller(sim)
+    ctx = await token_context(sim)
     since = a_minute_ago()
     sent = await put_invoices(ctx, tmp_path, 15)
     package = await ctx.exporter(QUICK).export(query_filters("Subject1", since), tmp_path / "export",
@@ -191,9 +190,9 @@ async def test_export_downloads_decrypts_joins_and_unpacks_every_invoice(
 
 
 async def test_a_truncated_export_continues_from_its_last_date_and_then_from_the_hwm(
-        sim_factory: Any, seller: Callable[..., Any], tmp_path: Path) -> None:
+        sim_factory: Any, token_context: Callable[..., Any], tmp_path: Path) -> None:
     sim = await sim_factory(config=receiving_sim(query_cap=25))          # the package cap (10 000 on KSeF)
-    ctx = await seller(sim)
+    ctx = await token_context(sim)
     exporter = ctx.exporter(QUICK)
     checkpoint = format_instant(a_minute_ago())
     sent = await put_invoices(ctx, tmp_path, 60)
@@ -221,9 +220,9 @@ async def test_a_truncated_export_continues_from_its_last_date_and_then_from_the
     assert {invoice.ksef_number for invoice in package.invoices()} == set(later)
 
 
-async def test_metadata_only_export(sim_factory: Any, seller: Callable[..., Any], tmp_path: Path) -> None:
+async def test_metadata_only_export(sim_factory: Any, token_context: Callable[..., Any], tmp_path: Path) -> None:
     sim = await sim_factory(config=receiving_sim())
-    ctx = await seller(sim)
+    ctx = await token_context(sim)
     since = a_minute_ago()
     sent = await put_invoices(ctx, tmp_path, 3)
     package = await ctx.exporter(QUICK).export(query_filters("Subject1", since), tmp_path / "export",
@@ -232,10 +231,10 @@ async def test_metadata_only_export(sim_factory: Any, seller: Callable[..., Any]
     assert {m["ksefNumber"] for m in package.metadata} == set(sent)
 
 
-async def test_an_export_from_after_the_hwm_ends_with_420(sim_factory: Any, seller: Callable[..., Any],
+async def test_an_export_from_after_the_hwm_ends_with_420(sim_factory: Any, token_context: Callable[..., Any],
                                                           tmp_path: Path) -> None:
     sim = await sim_factory(config=SimConfig(limits_profile="off", hwm_lag_s=60.0))
-    ctx = await seller(sim)
+    ctx = await token_context(sim)
     with pytest.raises(ExportFailed) as failed:
         await ctx.exporter(QUICK).export(query_filters("Subject1", dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)),
                                          tmp_path)
@@ -243,10 +242,10 @@ async def test_an_export_from_after_the_hwm_ends_with_420(sim_factory: Any, sell
 
 
 async def test_a_backfill_window_is_capped_at_100_days_and_the_next_one_starts_where_it_ended(
-        sim_factory: Any, seller: Callable[..., Any], tmp_path: Path) -> None:
+        sim_factory: Any, token_context: Callable[..., Any], tmp_path: Path) -> None:
     clock = ManualClock(dt.datetime.now(dt.UTC))
     sim = await sim_factory(config=receiving_sim(), clock=clock)
-    ctx = await seller(sim, clock=clock)
+    ctx = await token_context(sim, clock=clock)
     start = clock.now() - dt.timedelta(minutes=1)
     early = await put_invoices(ctx, tmp_path, 4)
     clock.advance(105 * 24 * 3600)                                       # beyond one 100-day window

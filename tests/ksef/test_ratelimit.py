@@ -148,7 +148,7 @@ async def test_a_cancelled_waiter_does_not_consume_budget() -> None:
 
 
 def test_rate_limits_body_all_17_groups_unknown_ignored_minus_one_is_unlimited() -> None:
-    body = {group: {"perSecond": v.to_json()[0], "perMinute": v.to_json()[1], "perHour": v.to_json()[2]}
+    body: dict[str, Any] = {group: {"perSecond": v.to_json()[0], "perMinute": v.to_json()[1], "perHour": v.to_json()[2]}
             for group, v in PRODUCTION_LIMITS.items()}
     body["invoiceSend"] = {"perSecond": 100, "perMinute": 300, "perHour": 1800}
     body["someFutureGroup"] = {"perSecond": 1, "perMinute": 1, "perHour": 1}

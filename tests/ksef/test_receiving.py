@@ -19,9 +19,7 @@ from ksefd.ksef.receiving import (
     query_filters,
 )
 from ksefd.sim.config import SimConfig
-from tests.ksef.receiving_support import put_invoices, seller
-
-__all__ = ["seller"]      # a fixture
+from tests.ksef.receiving_support import put_invoices
 
 NOW = dt.datetime(2026, 10, 20, 12, 0, tzinfo=dt.UTC)
 
@@ -85,9 +83,9 @@ def receiving_sim(**settings: Any) -> SimConfig:
 
 
 async def test_metadata_query_pages_through_truncation_without_gaps_or_duplicates(
-        sim_factory: Any, seller: Callable[..., Any], tmp_path: Path) -> None:
+        sim_factory: Any, token_context: Callable[..., Any], tmp_path: Path) -> None:
     sim = await sim_factory(config=receiving_sim(query_cap=25))          # KSeF's cap is 10 000
-    ctx = await seller(sim)
+    ctx = await token_context(sim)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     sent = await put_invoices(ctx, tmp_path, 60)
     result = await ctx.receiver().query_all(query_filters("Subject1", since), page_size=10)
@@ -99,9 +97,9 @@ async def test_metadata_query_pages_through_truncation_without_gaps_or_duplicate
     assert result.permanent_storage_hwm_date is not None
 
 
-async def test_metadata_pages_by_offset(sim_factory: Any, seller: Callable[..., Any], tmp_path: Path) -> None:
+async def test_metadata_pages_by_offset(sim_factory: Any, token_context: Callable[..., Any], tmp_path: Path) -> None:
     sim = await sim_factory(config=receiving_sim())
-    ctx = await seller(sim)
+    ctx = await token_context(sim)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     sent = await put_invoices(ctx, tmp_path, 12)
     receiver = ctx.receiver()
@@ -111,18 +109,18 @@ async def test_metadata_pages_by_offset(sim_factory: Any, seller: Callable[..., 
     assert {m["ksefNumber"] for m in page.invoices + second.invoices} == set(sent)
 
 
-async def test_a_window_starting_after_the_hwm_is_refused(sim_factory: Any, seller: Callable[..., Any]) -> None:
+async def test_a_window_starting_after_the_hwm_is_refused(sim_factory: Any, token_context: Callable[..., Any]) -> None:
     sim = await sim_factory(config=SimConfig(limits_profile="off", hwm_lag_s=60.0))
-    ctx = await seller(sim)
+    ctx = await token_context(sim)
     with pytest.raises(KsefException) as beyond:
         await ctx.receiver().query_page(query_filters("Subject1", dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10)))
     assert 21183 in beyond.value.codes                                  # from after the HWM (§6.1)
 
 
 async def test_single_download_returns_the_exact_bytes(
-        sim_factory: Any, seller: Callable[..., Any], tmp_path: Path) -> None:
+        sim_factory: Any, token_context: Callable[..., Any], tmp_path: Path) -> None:
     sim = await sim_factory(config=receiving_sim())
-    ctx = await seller(sim)
+    ctx = await token_context(sim)
     sent = await put_invoices(ctx, tmp_path, 2, start=100)
     receiver = ctx.receiver()
     for number, data in sent.items():

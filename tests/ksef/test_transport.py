@@ -7,6 +7,8 @@ empty 503s, dropped connections, 429 with Retry-After, KSeF's error bodies).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -26,7 +28,8 @@ from ksefd.ksef.errors import (
     TransportError,
     Unauthorized,
 )
-from ksefd.ksef.transport import RetryPolicy, Transport, rate_limit_group
+from ksefd.ksef.transport import Response, RetryPolicy, Transport, rate_limit_group
+from tests.support.conformance import Violations, conformance_middleware
 
 Reply = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, max_retry_after=30)
@@ -74,13 +77,17 @@ class Sleeps:
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
+    """The scripted server; what the client sends to it under /v2 is checked against openapi.json like
+    everything sent to the simulator (its scripted answers are not KSeF's, so they are not checked)."""
     up = Upstream()
-    app = web.Application()
+    found = Violations()
+    app = web.Application(middlewares=[conformance_middleware(found)])
     app.router.add_route("*", "/{tail:.*}", up.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield up, f"http://127.0.0.1:{server.port}/v2"
     await server.close()
+    assert found.requests == [], "requests that break openapi.json:\n" + "\n".join(found.requests)
 
 
 @pytest.fixture
@@ -99,48 +106,77 @@ async def make_transport() -> AsyncIterator[Callable[..., Transport]]:
 
 
 HTML_502 = "<html><head><style>p{}</style></head><body><h1>502 Bad Gateway</h1><p>nginx</p></body></html>"
+SESSION = "20250626-SO-2C3E6C8000-B675CF5D68-07"
+BEARER = "test-access-token"
+SEND_BODY = {"invoiceHash": base64.b64encode(hashlib.sha256(b"<x/>").digest()).decode(), "invoiceSize": 4,
+             "encryptedInvoiceHash": base64.b64encode(hashlib.sha256(bytes(16)).digest()).decode(),
+             "encryptedInvoiceSize": 16, "encryptedInvoiceContent": base64.b64encode(bytes(16)).decode(),
+             "offlineMode": False}
+EXPORT_BODY = {"encryption": {"encryptedSymmetricKey": base64.b64encode(bytes(256)).decode(),
+                              "initializationVector": base64.b64encode(bytes(16)).decode()},
+               "filters": {"subjectType": "Subject2", "dateRange": {"dateType": "PermanentStorage",
+                                                                    "from": "2026-01-01T00:00:00+00:00"}}}
+
+
+def session_status(transport: Transport, **kwargs: Any) -> Awaitable[Response]:
+    return transport.request("GET", "/sessions/{referenceNumber}", params={"referenceNumber": SESSION},
+                             bearer=BEARER, **kwargs)
+
+
+def session_list(transport: Transport) -> Awaitable[Response]:
+    return transport.request("GET", "/sessions", query={"sessionType": "Online"}, bearer=BEARER)
+
+
+def send_invoice(transport: Transport) -> Awaitable[Response]:
+    return transport.request("POST", "/sessions/online/{referenceNumber}/invoices",
+                             params={"referenceNumber": SESSION}, json=SEND_BODY, bearer=BEARER, replay_safe=False)
+
+
+def test_path_parameters_are_quoted() -> None:
+    transport = Transport("http://127.0.0.1:1/v2")
+    assert transport.url("/sessions/{ref}", {"ref": "A B/C"}) == "http://127.0.0.1:1/v2/sessions/A%20B%2FC"
+    with pytest.raises(ValueError, match="unfilled placeholder"):
+        transport.url("/sessions/{ref}")
 
 
 async def test_get_retries_html_502_then_succeeds(upstream: Any, make_transport: Any) -> None:
     up, base = upstream
     up.script = [raw(502, HTML_502), ok({"x": 1})]
     sleeps = Sleeps()
-    response = await make_transport(base, sleep=sleeps).request("GET", "/sessions/{ref}", params={"ref": "A B"})
+    response = await session_status(make_transport(base, sleep=sleeps))
     assert response.json() == {"x": 1}
-    assert [s[1] for s in up.seen] == ["/v2/sessions/A%20B"] * 2 and len(sleeps.calls) == 1
+    assert [s[1] for s in up.seen] == [f"/v2/sessions/{SESSION}"] * 2 and len(sleeps.calls) == 1
 
 
 async def test_5xx_html_and_empty_bodies_become_server_errors(upstream: Any, make_transport: Any) -> None:
     up, base = upstream
     up.script = [raw(502, HTML_502)] * 3
     with pytest.raises(ServerError) as caught:
-        await make_transport(base, sleep=Sleeps()).request("GET", "/sessions")
+        await session_list(make_transport(base, sleep=Sleeps()))
     assert caught.value.status == 502 and caught.value.retryable
     assert "502 Bad Gateway nginx" in str(caught.value) and "<" not in caught.value.excerpt
     up.script = [raw(503, "", "text/plain")] * 3
     with pytest.raises(ServerError, match=r"HTTP 503 \(empty body\)"):
-        await make_transport(base, sleep=Sleeps()).request("GET", "/sessions")
+        await session_list(make_transport(base, sleep=Sleeps()))
 
 
 async def test_invoice_send_is_never_reposted_after_a_lost_answer(upstream: Any, make_transport: Any) -> None:
     up, base = upstream
     up.script = [drop()]
     with pytest.raises(OutcomeUnknown) as caught:
-        await make_transport(base, sleep=Sleeps()).request(
-            "POST", "/sessions/online/{ref}/invoices", params={"ref": "S"}, json={"a": 1}, replay_safe=False)
+        await send_invoice(make_transport(base, sleep=Sleeps()))
     assert len(up.seen) == 1 and caught.value.retryable
     up.seen.clear()
     up.script = [raw(500, "")]
     with pytest.raises(OutcomeUnknown):
-        await make_transport(base, sleep=Sleeps()).request(
-            "POST", "/sessions/online/{ref}/invoices", params={"ref": "S"}, json={"a": 1}, replay_safe=False)
+        await send_invoice(make_transport(base, sleep=Sleeps()))
     assert len(up.seen) == 1
 
 
 async def test_replay_safe_request_is_retried_after_a_lost_answer(upstream: Any, make_transport: Any) -> None:
     up, base = upstream
     up.script = [drop(), ok()]
-    await make_transport(base, sleep=Sleeps()).request("GET", "/sessions/{ref}", params={"ref": "S"})
+    await session_status(make_transport(base, sleep=Sleeps()))
     assert len(up.seen) == 2
 
 
@@ -148,8 +184,7 @@ async def test_refused_connection_is_retried_even_for_sends(make_transport: Any)
     sleeps = Sleeps()
     transport = make_transport("http://127.0.0.1:1/v2", sleep=sleeps)
     with pytest.raises(TransportError) as caught:
-        await transport.request("POST", "/sessions/online/{ref}/invoices", params={"ref": "S"}, json={},
-                                replay_safe=False)
+        await send_invoice(transport)
     assert not isinstance(caught.value, OutcomeUnknown)        # nothing was sent
     assert len(sleeps.calls) == FAST.attempts - 1 and "cannot connect" in str(caught.value)
 
@@ -160,8 +195,7 @@ async def test_429_waits_retry_after_then_repeats_even_a_send(upstream: Any, mak
                                                  "details": ["invoiceSend"]}}), "application/json",
                      {"Retry-After": "7"}), ok({"referenceNumber": "R"}, 202)]
     sleeps = Sleeps()
-    response = await make_transport(base, sleep=sleeps).request(
-        "POST", "/sessions/online/{ref}/invoices", params={"ref": "S"}, json={}, replay_safe=False)
+    response = await send_invoice(make_transport(base, sleep=sleeps))
     assert response.status == 202 and sleeps.calls == [7.0] and len(up.seen) == 2
 
 
@@ -180,7 +214,8 @@ async def test_429_is_reported_to_the_gate_which_owns_the_wait(upstream: Any, ma
     up.script = [raw(429, "{}", "application/json", {"Retry-After": "3"}), ok()]
     gate, sleeps = Gate(), Sleeps()
     await make_transport(base, gate=gate, sleep=sleeps).request(
-        "GET", "/sessions/{referenceNumber}/invoices", params={"referenceNumber": "S"}, context="Nip:5265877635")
+        "GET", "/sessions/{referenceNumber}/invoices", params={"referenceNumber": SESSION}, bearer=BEARER,
+        context="Nip:5265877635")
     assert gate.events == [("acquire", "Nip:5265877635", "sessionInvoiceList"),
                            ("penalise", "Nip:5265877635", "sessionInvoiceList", "3.0"),
                            ("acquire", "Nip:5265877635", "sessionInvoiceList")]
@@ -191,7 +226,8 @@ async def test_long_retry_after_is_raised_for_the_caller_to_schedule(upstream: A
     up, base = upstream
     up.script = [raw(429, "", "text/plain", {"Retry-After": "600"})]
     with pytest.raises(RateLimited) as caught:
-        await make_transport(base, sleep=Sleeps()).request("POST", "/invoices/exports", json={})
+        await make_transport(base, sleep=Sleeps()).request("POST", "/invoices/exports", json=EXPORT_BODY,
+                                                           bearer=BEARER)
     assert caught.value.retry_after == 600 and caught.value.group == "invoiceExport"
 
 
@@ -214,20 +250,20 @@ async def test_ksef_error_bodies_are_parsed(upstream: Any, make_transport: Any) 
                  raw(400, "<html>bad</html>")]
     transport = make_transport(base, sleep=Sleeps())
     with pytest.raises(KsefException) as first:
-        await transport.request("GET", "/sessions")
+        await session_list(transport)
     assert first.value.code == 21405 and first.value.details == ["pageSize: za duży"] and not first.value.retryable
     with pytest.raises(KsefException) as second:
-        await transport.request("GET", "/sessions")
+        await session_list(transport)
     assert second.value.codes == [21470, 21405] and second.value.retryable
     with pytest.raises(Unauthorized, match="Token wygasł"):
-        await transport.request("GET", "/sessions")
+        await session_list(transport)
     with pytest.raises(Forbidden) as third:       # no timestamp: accepted (PROTOCOL.md §14.2)
-        await transport.request("GET", "/sessions")
+        await session_list(transport)
     assert third.value.required_permissions == ["InvoiceWrite"] and "the credentials hold none" in str(third.value)
     with pytest.raises(Gone):
-        await transport.request("GET", "/sessions")
+        await session_list(transport)
     with pytest.raises(KsefException, match="Bad Request: bad"):
-        await transport.request("GET", "/sessions")
+        await session_list(transport)
 
 
 async def test_bearer_goes_only_to_the_api_and_is_never_logged(upstream: Any, make_transport: Any) -> None:
@@ -235,7 +271,7 @@ async def test_bearer_goes_only_to_the_api_and_is_never_logged(upstream: Any, ma
     up.script = [raw(502, HTML_502), ok(), ok()]
     transport = make_transport(base, sleep=Sleeps())
     with structlog.testing.capture_logs() as logs:
-        await transport.request("GET", "/sessions", bearer="SECRET-ACCESS-TOKEN")
+        await transport.request("GET", "/sessions", query={"sessionType": "Online"}, bearer="SECRET-ACCESS-TOKEN")
         await transport.presigned("GET", base.replace("/v2", "/storage/x?sig=SECRET-SIG"))
     assert up.seen[0][2]["Authorization"] == "Bearer SECRET-ACCESS-TOKEN"
     assert "Authorization" not in up.seen[2][2]
@@ -279,7 +315,7 @@ async def test_header_names_are_case_insensitive(upstream: Any, make_transport: 
     up, base = upstream
     up.script = [raw(429, "", "text/plain", {"retry-after": "5"}), ok()]
     sleeps = Sleeps()
-    response = await make_transport(base, sleep=sleeps).request("GET", "/sessions")
+    response = await session_list(make_transport(base, sleep=sleeps))
     assert sleeps.calls == [5.0]
     assert response.headers.get("content-type") == response.headers.get("Content-Type")
     assert response.headers.get("content-type") == "application/json; charset=utf-8"

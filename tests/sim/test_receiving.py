@@ -165,6 +165,8 @@ async def test_hwm_restrict_and_21183(sim_factory: Any, http: aiohttp.ClientSess
 
     restricted = await seller.query(filters("Subject1", start, restrict=True))
     assert restricted["invoices"] == []                      # stored after the HWM: not final yet
+    by_invoicing = await seller.query(filters("Subject1", start, date_type="Invoicing", restrict=True))
+    assert len(by_invoicing["invoices"]) == 2                # restrict applies to PermanentStorage only
     assert restricted["permanentStorageHwmDate"] == _iso(clock.now() - dt.timedelta(seconds=60))
     assert len((await seller.query(filters("Subject1", start)))["invoices"]) == 2
 
