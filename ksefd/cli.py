@@ -48,6 +48,15 @@ def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="the daemon against the embedded simulator: two demo companies, "
+                                    "invoices from the official samples, live summary")
+    p.add_argument("--invoices", type=int, default=9, help="how many invoices to drop (default 9)")
+    p.add_argument("--dir", type=Path, default=None, help="folder to work in (default: a new temporary one)")
+    p.add_argument("--once", action=argparse.BooleanOptionalAction, default=None,
+                   help="end when every invoice is done (default: when standard input is not a terminal)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ksefd", description="KSeF (API 2.0) daemon for file-based ERPs")
     parser.add_argument("--version", action="version", version=f"ksefd {__version__}")
@@ -55,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log format (default: the config's log_format, else auto)")
     sub = parser.add_subparsers(dest="command", required=True)
     _sim_parser(sub)
+    _demo_parser(sub)
     _run_parser(sub)
     _status_parser(sub)
     return parser
@@ -70,6 +80,18 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+async def _run_demo(args: argparse.Namespace) -> int:
+    from ksefd.demo import run_demo
+
+    if args.invoices < 1:
+        print("ksefd demo: --invoices must be at least 1", file=sys.stderr)
+        return 2
+    once = args.once if args.once is not None else not sys.stdin.isatty()
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    return await run_demo(count=args.invoices, once=once, keep=args.dir, stop=stop)
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
@@ -129,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sim":
         configure_logging(args.log_format or "auto")
         return asyncio.run(_run_sim(args))
+    if args.command == "demo":
+        # The live summary is the demo's output; log lines only for warnings and errors.
+        configure_logging(args.log_format or "console", logging.WARNING)
+        return asyncio.run(_run_demo(args))
     from ksefd.config import ConfigError
     try:
         config = _load(args.config)

@@ -91,11 +91,12 @@ class LiveSummary:
         return sum(1 for s in self.seen.values() if s in FINAL) >= expected
 
 
-async def run_demo(*, count: int, once: bool, keep: Path | None, out: TextIO = sys.stdout) -> int:
+async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.Event | None = None,
+                   out: TextIO = sys.stdout) -> int:
     folder = keep or Path(tempfile.mkdtemp(prefix="ksefd-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     runner, base_url = await _start_simulator()
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     try:
         print(f"KSeF simulator: {base_url}\nDemo folder:    {folder}", file=out)
         seller, buyer = await prepare_companies(base_url, folder)

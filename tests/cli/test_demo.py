@@ -1,0 +1,35 @@
+"""`ksefd demo` end to end: a real subprocess, as a newcomer runs it (README's first command)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.timeout(240)
+def test_demo_sends_invoices_and_the_buyer_receives_them(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "ksefd", "demo", "--invoices", "3", "--once", "--dir",
+                             str(tmp_path)], capture_output=True, text=True, timeout=230, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 of 3 invoices accepted by KSeF with a UPO" in result.stdout
+    assert "3 of the 3 addressed to NIP 1111111111 delivered" in result.stdout
+    sent = tmp_path / "data" / "abc-agd" / "sent"
+    numbers = set()
+    for receipt in sorted(sent.glob("*.ksef.json")):
+        info = json.loads(receipt.read_text("utf-8"))
+        assert re.fullmatch(r"9999999999-\d{8}-[0-9A-F]{12}-[0-9A-F]{2}", info["ksefNumber"])
+        assert (sent / receipt.name.replace(".ksef.json", ".upo.xml")).read_bytes().startswith(b"<?xml")
+        numbers.add(info["ksefNumber"])
+    assert len(numbers) == 3
+    inbox = tmp_path / "data" / "jan-kowalski" / "inbox"
+    assert {p.stem for p in inbox.glob("*.xml")} == numbers
+    status = subprocess.run([sys.executable, "-m", "ksefd", "status", "-c", str(tmp_path / "ksefd.toml"), "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    seller = next(c for c in json.loads(status.stdout)["companies"] if c["name"] == "abc-agd")
+    assert seller["accepted_total"] == 3 and seller["rejected_total"] == 0
