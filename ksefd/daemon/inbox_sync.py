@@ -8,7 +8,6 @@ small gaps (§6.2: 64 per hour, "for low volume only").
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from ksefd.ksef.batch_archive import ZIP
 from ksefd.ksef.errors import ProtocolError
 from ksefd.ksef.export import Exporter, ExportFailed, ExportPackage
 from ksefd.ksef.export_package import next_checkpoint
-from ksefd.ksef.receiving import Receiver, instant_text, parse_instant
+from ksefd.ksef.receiving import Receiver, parse_instant
 from ksefd.store import Store
 
 from .hooks import InvoiceHooks
@@ -40,7 +39,7 @@ class InboxMetrics:
 
     exports: int = 0
     packages_truncated: int = 0
-    metadata_pages: int = 0
+    metadata_exports: int = 0          # onlyMetadata exports of the reconciliation
     single_downloads: int = 0
     delivered: int = 0
     duplicates_skipped: int = 0
@@ -127,6 +126,30 @@ async def export_package(p: Pipeline, subject_type: str, filters: dict[str, Any]
     return PackageResult(next_from, more, package.info.invoice_count, report)
 
 
+async def export_metadata(p: Pipeline, subject_type: str, filters: dict[str, Any]
+                          ) -> tuple[list[dict[str, Any]], str, bool]:
+    """One metadata-only export (`onlyMetadata`, §6.3) of `filters`' window: (InvoiceMetadata list, where the
+    next window starts, whether more is waiting). One call lists up to 10 000 invoices, where the metadata
+    query lists 250 per call from the same hourly budget."""
+    date_from = str(filters["dateRange"]["from"])
+    await p.budget.spend("export")
+    p.metrics.exports += 1
+    p.metrics.metadata_exports += 1
+    _clean(p.workdir)
+    try:
+        package = await p.exporter.export(filters, p.workdir, compression=p.compression, only_metadata=True)
+    except ExportFailed as failed:
+        if failed.code == FROM_AFTER_HWM:
+            return [], date_from, False
+        raise
+    try:
+        next_from, more = _next_window(package, filters)
+    finally:
+        package.cleanup()
+    _check_progress(date_from, next_from, package)
+    return package.metadata, next_from, more
+
+
 async def _deliver_package(p: Pipeline, subject_type: str, package: ExportPackage) -> DeliveryReport:
     described = {str(m["ksefNumber"]): m for m in package.metadata}
     in_archive: set[str] = set()
@@ -193,7 +216,3 @@ def _clean(workdir: Path) -> None:
     for leftover in workdir.iterdir():
         if leftover.is_file():
             leftover.unlink(missing_ok=True)
-
-
-def window_start(value: dt.datetime | str) -> str:
-    return instant_text(value)

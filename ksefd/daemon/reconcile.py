@@ -1,5 +1,5 @@
-"""Reconciliation (issue #6 item 5): a periodic audit that re-queries a past window with the metadata query
-and reports every invoice KSeF has that the inbox lacks, then fetches it.
+"""Reconciliation (issue #6 item 5): a periodic audit that re-queries a past window for its metadata and
+reports every invoice KSeF has that the inbox lacks, then fetches it.
 
 Why: the checkpoint only moves forward (PROTOCOL.md §6.4), so an invoice that KSeF commits late, with a
 permanentStorageDate behind a high-water mark it had already reported, is never in a later window. Users
@@ -20,11 +20,11 @@ from typing import Any
 
 import structlog
 
-from ksefd.ksef.receiving import MAX_PAGE_SIZE, MAX_WINDOW, format_instant, parse_instant, query_filters
+from ksefd.ksef.receiving import MAX_WINDOW, format_instant, parse_instant, query_filters
 from ksefd.store import events
 
 from .inbox_delivery import DeliveryReport
-from .inbox_sync import Pipeline, export_package, fetch_singles
+from .inbox_sync import Pipeline, export_metadata, export_package, fetch_singles
 
 log = structlog.get_logger("ksefd.daemon.inbox")
 
@@ -83,16 +83,22 @@ async def reconcile(p: Pipeline, subject_type: str, *, window_days: int,
     return report
 
 
+async def _listed(p: Pipeline, subject_type: str, start: dt.datetime, stop: dt.datetime) -> list[dict[str, Any]]:
+    """Every invoice KSeF lists in [start, stop], package by package (deduplicated by KSeF number)."""
+    listed: dict[str, dict[str, Any]] = {}
+    date_from = format_instant(start)
+    while True:
+        filters = query_filters(subject_type, date_from, stop, now=p.clock.now())
+        metadata, next_from, more = await export_metadata(p, subject_type, filters)
+        listed.update((str(m["ksefNumber"]), m) for m in metadata)
+        if not more or parse_instant(next_from) >= stop:
+            return list(listed.values())
+        date_from = next_from
+
+
 async def _audit_window(p: Pipeline, subject_type: str, start: dt.datetime, stop: dt.datetime,
                         report: ReconcileReport) -> None:
-    filters = query_filters(subject_type, start, stop, now=p.clock.now())
-    listed: list[dict[str, Any]] = []
-    await p.budget.spend("metadata")
-    async for page, fresh in p.receiver.pages(filters, page_size=MAX_PAGE_SIZE):
-        p.metrics.metadata_pages += 1
-        listed.extend(fresh)
-        if page.has_more:
-            await p.budget.spend("metadata")     # the generator sends the next query when resumed
+    listed = await _listed(p, subject_type, start, stop)
     report.checked += len(listed)
     delivered = await p.store.inbox.delivered_among(p.company, [str(m["ksefNumber"]) for m in listed])
     missing = [m for m in listed if str(m["ksefNumber"]) not in delivered]

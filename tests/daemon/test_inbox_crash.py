@@ -3,8 +3,9 @@
 The daemon runs as a real subprocess (`python -m ksefd run`), receiving 1 600 invoices in packages of at
 most 200; it is killed with SIGKILL while packages are being delivered and restarted each time: in turn
 while the files of a package are being written (temp files present) and while they are being renamed
-into place (the first ones visible), each after a small random delay. Between runs the "ERP" takes every file it sees out of the inbox, as a real one would, so a
-second delivery of any invoice would show up. At the end `ksefd run --once` finishes the work.
+into place (the first ones visible), each after a small random delay. Between runs the "ERP" takes every
+file it sees out of the inbox, as a real one would, so a second delivery of any invoice would show up. At
+the end `ksefd run --once` finishes the work.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ async def test_kill_9_during_packages_leaves_no_partial_file_and_loses_nothing(
         trigger = temps if kills % 2 == 0 else visible
         try:
             async with asyncio.timeout(60):                      # until this run is delivering a package
-                while not trigger(inbox) and process.returncode is None:
+                while not trigger(inbox) and process.returncode is None:   # noqa: ASYNC110 (polling a folder)
                     await asyncio.sleep(0.002)
             await asyncio.sleep(rng.uniform(0, 0.02))
         finally:

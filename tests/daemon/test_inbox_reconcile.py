@@ -3,7 +3,7 @@
 The simulator's `late` fault makes a share of invoices readable only `late_by` seconds after their
 permanentStorageDate, after the HWM it reported had passed that date: exactly the late commits users of
 other tools report. The incremental windows (adjacent, never overlapping, §6.4) cannot see them any more;
-the nightly audit re-queries the past window with the metadata query, reports what the inbox lacks (log,
+the nightly audit re-queries the past window for its metadata, reports what the inbox lacks (log,
 status, metric, audit event) and fetches it: one by one when few, by an export when many.
 """
 
@@ -57,7 +57,7 @@ async def test_a_few_late_commits_are_found_by_the_nightly_audit_and_downloaded_
         [audit] = report.reconciled
         assert set(audit.missing) == missing and set(audit.fetched) == missing
         assert inbox_files(buyer.folders.inbox) == {s.ksef_number: s.xml for s in sent}
-        assert worker.metrics.single_downloads == len(missing)
+        assert worker.metrics.single_downloads == len(missing) and worker.metrics.metadata_exports == 1
         # Reported: the log (with the KSeF numbers), the status, the metric, the audit trail.
         [logged] = [e for e in logs if e["event"] == "inbox.reconcile_missing"]
         assert set(logged["ksef_numbers"]) == missing and logged["log_level"] == "warning"
@@ -86,7 +86,9 @@ async def test_many_late_commits_are_fetched_with_an_export_of_their_window(
         exports = worker.metrics.exports
         report = await worker.reconcile("Subject2")
         assert set(report.missing) == missing and set(report.fetched) == missing
-        assert worker.metrics.single_downloads == 0 and worker.metrics.exports == exports + 1
+        # One metadata-only export lists the window, one export fetches the missing invoices.
+        assert worker.metrics.metadata_exports == 1 and worker.metrics.exports == exports + 2
+        assert worker.metrics.single_downloads == 0
         assert inbox_files(buyer.folders.inbox) == {s.ksef_number: s.xml for s in sent}
         assert await store.inbox.delivered_count("buyer") == len(sent)
     finally:

@@ -15,13 +15,13 @@ import aiohttp
 import pytest
 
 from ksefd.clock import SystemClock
-from ksefd.config import load_config
+from ksefd.config import Config, load_config
 from ksefd.daemon.inbox_status import read_inbox_status
+from ksefd.daemon.service import serve
 from ksefd.daemon.status import gather, render
 from ksefd.sim.config import SimConfig
 from ksefd.store import Store
 from tests.daemon.inbox_support import BUYER_NIP, OTHER_NIP, SELLER_NIP, invoice, warsaw_day
-from tests.daemon.support import drain, drop
 from tests.support.ksef_auth import create_ksef_token
 
 
@@ -57,6 +57,18 @@ async def write_config(tmp_path: Path, http: aiohttp.ClientSession, base_url: st
     return path
 
 
+async def drain(config: Config, seconds: float) -> None:
+    """`ksefd run --once`: until the outboxes are done and each inbox ran one cycle."""
+    await asyncio.wait_for(serve(config, asyncio.Event(), once=True), seconds)
+
+
+def drop(outbox: Path, name: str, data: bytes) -> None:
+    """As a careful ERP drops a file: a temporary name, then a rename."""
+    outbox.mkdir(parents=True, exist_ok=True)
+    (outbox / f"{name}.tmp").write_bytes(data)
+    (outbox / f"{name}.tmp").rename(outbox / name)
+
+
 @pytest.mark.timeout(180)
 async def test_the_buyers_inbox_receives_exactly_what_the_seller_sent(
         sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
@@ -68,7 +80,7 @@ async def test_the_buyers_inbox_receives_exactly_what_the_seller_sent(
         drop(seller.folders.outbox, f"FV-{i}.xml", invoice(f"FV/B/{i}", clock))
     for i in range(3):                                   # to someone else: never in this buyer's inbox
         drop(seller.folders.outbox, f"OTHER-{i}.xml", invoice(f"FV/O/{i}", clock, buyer=OTHER_NIP))
-    await drain(config, timeout=90)                      # the seller sends; the buyer's first cycle runs too
+    await drain(config, 90)                      # the seller sends; the buyer's first cycle runs too
     accepted = {}
     for meta in seller.folders.sent.glob("*.ksef.json"):
         name = meta.name[:-len(".ksef.json")]
@@ -76,7 +88,7 @@ async def test_the_buyers_inbox_receives_exactly_what_the_seller_sent(
         accepted[number] = (name, (seller.folders.sent / f"{name}.xml").read_bytes())
     assert len(accepted) == 11
     await asyncio.sleep(1.5)                             # the HWM (1 s behind now) passes the last invoice
-    await drain(config, timeout=60)
+    await drain(config, 60)
     received = {p.stem: p.read_bytes() for p in buyer.folders.inbox.glob("*.xml")}
     expected = {number: data for number, (name, data) in accepted.items() if name.startswith("FV-")}
     assert received == expected
