@@ -49,7 +49,7 @@ _OFFSET_RE = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
 
 def check_ksef_number(value: Any) -> str:
     """A KSeF number from the network is untrusted: it becomes a file name and a URL path."""
-    if not isinstance(value, str) or not KSEF_NUMBER_RE.match(value):
+    if not isinstance(value, str) or not KSEF_NUMBER_RE.fullmatch(value):
         raise ProtocolError(f"{value!r} is not a KSeF number (NIP-YYYYMMDD-XXXXXXXXXXXX-CC)")
     return value
 

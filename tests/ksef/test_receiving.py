@@ -69,7 +69,8 @@ def test_instants_with_seven_fraction_digits_and_z() -> None:
 
 
 @pytest.mark.parametrize("value", ["../../etc/passwd", "5265877635-20250826-0100001AF629-af", 42, None,
-                                   "5265877635-20250826-0100001AF629-AF.xml"])
+                                   "5265877635-20250826-0100001AF629-AF.xml",
+                                   "5265877635-20250826-0100001AF629-AF\n"])
 def test_ksef_numbers_from_the_network_are_checked(value: object) -> None:
     with pytest.raises(ProtocolError, match="not a KSeF number"):
         check_ksef_number(value)
