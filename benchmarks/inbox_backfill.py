@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import re
 import resource
 import sys
 import tempfile
@@ -28,33 +27,15 @@ import time
 from pathlib import Path
 
 import aiohttp
+from _common import ROOT, rusage_peak_rss_mb, start_simulator
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ksefd.clock import SystemClock, warsaw_date  # noqa: E402
-from ksefd.logs import configure_logging  # noqa: E402
-from ksefd.store import Store  # noqa: E402
-from tests.daemon.inbox_support import BUYER_NIP, send_batches  # noqa: E402
-from tests.support.ksef_auth import create_ksef_token  # noqa: E402
+from ksefd.clock import SystemClock, warsaw_date
+from ksefd.logs import configure_logging
+from ksefd.store import Store
+from tests.daemon.inbox_support import BUYER_NIP, send_batches
+from tests.support.ksef_auth import create_ksef_token
 
 PACKAGE_CAP = 10_000
-
-
-async def start_simulator(folder: Path) -> tuple[asyncio.subprocess.Process, str]:
-    log = folder / "sim.log"
-    with log.open("wb") as sink:       # a file, not a pipe: nobody has to keep reading it
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ksefd", "--log-format", "json", "sim", "--port", "0", "--limits", "production",
-            "--hwm-lag", "1", cwd=ROOT, stdout=sink, stderr=sink)
-    for _ in range(300):
-        found = re.search(r"(http://127\.0\.0\.1:\d+/v2)", log.read_text(errors="replace"))
-        if found:
-            return proc, found.group(1)
-        if proc.returncode is not None:
-            break
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"the simulator did not start:\n{log.read_text(errors='replace')[-2000:]}")
 
 
 def write_config(folder: Path, base_url: str, layout: str) -> Path:
@@ -82,7 +63,7 @@ def write_config(folder: Path, base_url: str, layout: str) -> Path:
 async def run(count: int, layout: str) -> None:
     with tempfile.TemporaryDirectory(prefix="ksefd-inbox-bench-") as name:
         folder = Path(name)
-        sim, base_url = await start_simulator(folder)
+        sim, base_url = await start_simulator("--limits", "production", "--hwm-lag", "1", log=folder / "sim.log")
         try:
             async with aiohttp.ClientSession() as http:
                 started = time.monotonic()
@@ -99,16 +80,16 @@ async def run(count: int, layout: str) -> None:
                     cwd=ROOT, stdout=sink, stderr=sink)
                 code = await daemon.wait()
             wall = time.monotonic() - started
-            peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss   # only the daemon has ended
+            peak_mb = rusage_peak_rss_mb(resource.RUSAGE_CHILDREN)   # only the daemon has ended
             if code != 0:
                 raise RuntimeError(f"the daemon exited with {code}:\n{(folder / 'daemon.log').read_text()[-3000:]}")
-            await report(folder, count, seeded, wall, peak_kib)
+            await report(folder, count, seeded, wall, peak_mb)
         finally:
             sim.terminate()
             await sim.wait()
 
 
-async def report(folder: Path, count: int, seeded: float, wall: float, peak_kib: int) -> None:
+async def report(folder: Path, count: int, seeded: float, wall: float, peak_mb: float) -> None:
     async with await Store.open(folder / "data" / "state.sqlite3") as store:
         delivered = await store.inbox.delivered_count("buyer")
         status = json.loads(await store.kv.get("inbox_status", "buyer") or "{}")
@@ -120,7 +101,7 @@ async def report(folder: Path, count: int, seeded: float, wall: float, peak_kib:
     print(f"export calls                    {metrics.get('exports')} (minimum ceil(N/10 000) + 1 = {minimum}; "
           f"{metrics.get('packages_truncated')} truncated packages)")
     print(f"daemon wall time                {wall:.1f} s  ({count / wall:.0f} invoices/s, process start to exit)")
-    print(f"daemon peak RSS                 {peak_kib / 1024:.0f} MiB")
+    print(f"daemon peak RSS                 {peak_mb:.0f} MiB")
     print(f"machine                         {os.cpu_count()} CPUs")
     if delivered != count or files != count:
         raise SystemExit("not every invoice arrived exactly once")

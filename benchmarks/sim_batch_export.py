@@ -13,51 +13,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import re
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
+from _common import NIP, SAMPLES, add_state_option, process_peak_rss_mb, sim_state, start_simulator, state_mode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tests.support.batch_flow import Batch, invoices, zip_archive
+from tests.support.ksef_auth import access_token
+from tests.support.receive_flow import Receiver, filters, metadata_of
 
-from tests.support.batch_flow import Batch, invoices, zip_archive  # noqa: E402
-from tests.support.ksef_auth import access_token  # noqa: E402
-from tests.support.receive_flow import Receiver, filters, metadata_of  # noqa: E402
-
-SAMPLE = ROOT.parent / "shared" / "ksef" / "samples" / "invoices" / "FA_3_Przyklad_8.xml"
-NIP = "9999999999"
-
-
-async def start_simulator(state: Path | None) -> tuple[asyncio.subprocess.Process, str]:
-    args = [sys.executable, "-m", "ksefd", "--log-format", "json", "sim", "--port", "0", "--limits", "off",
-            "--hwm-lag", "0"]
-    if state is not None:
-        args += ["--state", str(state)]
-    proc = await asyncio.create_subprocess_exec(*args, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.DEVNULL)
-    assert proc.stdout is not None
-    while True:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        if not line:
-            raise RuntimeError("the simulator exited before it was ready")
-        found = re.search(r"(http://\S+/v2)", line)
-        if found:
-            return proc, found.group(1)
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+SAMPLE = SAMPLES / "FA_3_Przyklad_8.xml"
 
 
 async def run(count: int, parts: int, state: Path | None) -> None:
-    proc, base_url = await start_simulator(state)
+    proc, base_url = await start_simulator("--limits", "off", "--hwm-lag", "0", state=state)
     try:
         async with aiohttp.ClientSession() as http:
             token = await access_token(http, base_url, NIP)
@@ -82,12 +52,11 @@ async def run(count: int, parts: int, state: Path | None) -> None:
                 checkpoint = package["lastPermanentStorageDate"]
             t4 = time.perf_counter()
             assert len(received) == count
-            rss = peak_rss_mb(proc.pid)
+            rss = process_peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         await proc.wait()
-    mode = f"SQLite state ({state})" if state else "in-memory state"
-    print(f"{count} invoices in {parts} parts, archive {len(archive) / 1e6:.1f} MB, {mode}")
+    print(f"{count} invoices in {parts} parts, archive {len(archive) / 1e6:.1f} MB, {state_mode(state)}")
     print(f"archive built (client side):   {t1 - t0:6.2f} s")
     print(f"open + upload + close:         {t2 - t1:6.2f} s")
     print(f"batch processed:               {t3 - t2:6.2f} s  ({count / (t3 - t2):.0f} invoices/s)")
@@ -99,10 +68,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--invoices", type=int, default=10_000)
     parser.add_argument("--parts", type=int, default=4)
-    parser.add_argument("--state", action="store_true", help="run the simulator with a SQLite --state file")
+    add_state_option(parser)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(args.invoices, args.parts, Path(tmp) / "sim.db" if args.state else None))
+    with sim_state(args.state) as state:
+        asyncio.run(run(args.invoices, args.parts, state))
 
 
 if __name__ == "__main__":

@@ -12,42 +12,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
+from _common import NIP, SAMPLES, add_state_option, sim_state, start_simulator, state_mode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tests.support.ksef_auth import access_token
+from tests.support.online_flow import Online
 
-from tests.support.ksef_auth import access_token  # noqa: E402
-from tests.support.online_flow import Online  # noqa: E402
-
-SAMPLE = ROOT.parent / "shared" / "ksef" / "samples" / "invoices" / "FA_3_Przyklad_8.xml"
-NIP = "9999999999"
-
-
-async def start_simulator(state: Path | None) -> tuple[asyncio.subprocess.Process, str]:
-    args = [sys.executable, "-m", "ksefd", "--log-format", "json", "sim", "--port", "0", "--limits", "off"]
-    if state is not None:
-        args += ["--state", str(state)]
-    proc = await asyncio.create_subprocess_exec(*args, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.DEVNULL)
-    assert proc.stdout is not None
-    while True:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        if not line:
-            raise RuntimeError("the simulator exited before it was ready")
-        found = re.search(r"(http://\S+/v2)", line)
-        if found:
-            return proc, found.group(1)
+SAMPLE = SAMPLES / "FA_3_Przyklad_8.xml"
 
 
 async def run(count: int, concurrency: int, state: Path | None) -> None:
-    proc, base_url = await start_simulator(state)
+    proc, base_url = await start_simulator("--limits", "off", state=state)
     template = SAMPLE.read_bytes()
     try:
         async with aiohttp.ClientSession() as http:
@@ -75,8 +53,7 @@ async def run(count: int, concurrency: int, state: Path | None) -> None:
     finally:
         proc.terminate()
         await proc.wait()
-    mode = f"SQLite state ({state})" if state else "in-memory state"
-    print(f"{count} invoices, {concurrency} in flight, {mode}, {os.cpu_count()} CPUs")
+    print(f"{count} invoices, {concurrency} in flight, {state_mode(state)}, {os.cpu_count()} CPUs")
     print(f"accepted (202):  {count / accepted_s:8.1f} invoices/s  ({accepted_s:.2f} s)")
     print(f"processed (200): {count / processed_s:8.1f} invoices/s  ({processed_s:.2f} s from the first send)")
 
@@ -85,10 +62,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--invoices", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--state", action="store_true", help="run the simulator with a SQLite --state file")
+    add_state_option(parser)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(args.invoices, args.concurrency, Path(tmp) / "sim.db" if args.state else None))
+    with sim_state(args.state) as state:
+        asyncio.run(run(args.invoices, args.concurrency, state))
 
 
 if __name__ == "__main__":

@@ -122,7 +122,11 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_temp(directory: Path, name: str, data: bytes) -> Path:
+def write_temp(directory: Path, name: str, data: bytes) -> Path:
+    """A fresh dot-file temp in `directory` holding `data`, fsynced (O_EXCL: never someone else's file).
+
+    `remove_stale_temps` knows its name, so one left behind by a crash is cleaned up at the next start.
+    """
     temp = directory / f".{name}.{secrets.token_hex(8)}{_TEMP_SUFFIX}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
     try:
@@ -138,15 +142,17 @@ def _write_temp(directory: Path, name: str, data: bytes) -> Path:
     return temp
 
 
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Create or replace `path` atomically (for files ksefd owns)."""
-    temp = _write_temp(path.parent, path.name, data)
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> Path:
+    """Create or replace `path` atomically (for files ksefd owns). `sync_dir=False` leaves the directory
+    fsync to the caller, who then calls `fsync_directory` once for a group of files."""
+    temp = write_temp(path.parent, path.name, data)
     try:
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    fsync_directory(path.parent)
+    if sync_dir:
+        fsync_directory(path.parent)
     return path
 
 
@@ -157,10 +163,10 @@ def same_content(path: Path, data: bytes) -> bool:
         return False
 
 
-def write_new(path: Path, data: bytes) -> bool:
+def write_new(path: Path, data: bytes, *, sync_dir: bool = True) -> bool:
     """Create `path` atomically without ever replacing another file. True if written, False if the
-    same bytes were already there; `SpoolConflict` if different bytes are."""
-    temp = _write_temp(path.parent, path.name, data)
+    same bytes were already there; `SpoolConflict` if different bytes are. `sync_dir` as in write_atomic."""
+    temp = write_temp(path.parent, path.name, data)
     try:
         try:
             os.link(temp, path)   # atomic create-if-absent
@@ -172,7 +178,8 @@ def write_new(path: Path, data: bytes) -> bool:
             _place_without_link(temp, path, data)   # file systems without hard links (FAT, some shares)
     finally:
         temp.unlink(missing_ok=True)
-    fsync_directory(path.parent)
+    if sync_dir:
+        fsync_directory(path.parent)
     return True
 
 
@@ -205,14 +212,15 @@ def unique_stem(directory: Path, stem: str, suffix: str, data: bytes,
 
 
 def write_unique(directory: Path, name: str, data: bytes,
-                 companions: Iterable[str] = (".ksef.json", ".upo.xml", ".error.json")) -> Path:
+                 companions: Iterable[str] = (".ksef.json", ".upo.xml", ".error.json"), *,
+                 sync_dir: bool = True) -> Path:
     """Write `data` as `directory/name`, or as `NAME-2.xml`... if that name holds another invoice."""
     stem, suffix = split_name(name)
     companions = tuple(companions)
     while True:
         path = directory / (unique_stem(directory, stem, suffix, data, companions) + suffix)
         with contextlib.suppress(SpoolConflict):   # someone took the name meanwhile: pick again
-            write_new(path, data)
+            write_new(path, data, sync_dir=sync_dir)
             return path
 
 
@@ -228,15 +236,18 @@ def remove_stale_temps(directory: Path) -> int:
 
 # --- claim by rename ------------------------------------------------------------------------------
 
-def claim(source: Path, destination: Path) -> bool:
+def claim(source: Path, destination: Path, *, sync_dir: bool = True) -> bool:
     """Move a dropped file to ksefd's working place (same file system) in one rename. False when the
-    file is gone (the ERP took it back) or still locked by its writer (Windows); never overwrites."""
+    file is gone (the ERP took it back) or still locked by its writer (Windows); never overwrites.
+    `sync_dir=False`: the caller fsyncs both directories once for a group of claims, before relying on them."""
     if destination.exists():
         raise SpoolConflict(f"{destination} exists; claim into a fresh name")
     try:
         os.rename(source, destination)
     except (FileNotFoundError, PermissionError):
         return False
+    if not sync_dir:
+        return True
     fsync_directory(destination.parent)
     if source.parent != destination.parent:
         fsync_directory(source.parent)
@@ -258,5 +269,5 @@ def json_bytes(obj: Any) -> bytes:
     return msgspec.json.format(compact, indent=2) + b"\n"
 
 
-def write_json(path: Path, obj: Any) -> Path:
-    return write_atomic(path, json_bytes(obj))
+def write_json(path: Path, obj: Any, *, sync_dir: bool = True) -> Path:
+    return write_atomic(path, json_bytes(obj), sync_dir=sync_dir)

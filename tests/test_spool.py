@@ -132,7 +132,7 @@ def test_claim_by_rename(tmp_path: Path) -> None:
 
 
 def test_stale_temps_are_ignored_and_removed(tmp_path: Path) -> None:
-    leftover = spool._write_temp(tmp_path, "FV.xml", b"half")   # as a crash before the rename leaves it
+    leftover = spool.write_temp(tmp_path, "FV.xml", b"half")   # as a crash before the rename leaves it
     (tmp_path / ".erp-own.tmp").write_bytes(b"")
     assert spool.scan(tmp_path) == []
     assert spool.remove_stale_temps(tmp_path) == 1

@@ -55,6 +55,7 @@ from .inbox_schedule import SHARED_HOURLY_CALLS, Backoff, HourlyBudget, cycle_du
 from .inbox_status import StatusBook
 from .inbox_sync import SMALL_GAP, InboxMetrics, Pipeline, export_package
 from .reconcile import ReconcileReport, reconcile
+from .runtime import sleep_unless_stopped
 
 log = structlog.get_logger("ksefd.daemon.inbox")
 
@@ -312,18 +313,7 @@ class InboxWorker:
         if stop is None:
             await self.clock.sleep(seconds)
             return
-        if stop.is_set():
-            raise _Stopped
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, stopper):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if stop.is_set():
+        if stop.is_set() or await sleep_unless_stopped(self.clock, stop, seconds):
             raise _Stopped
 
     async def _sleep_quietly(self, seconds: float) -> None:

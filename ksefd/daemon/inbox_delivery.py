@@ -31,7 +31,6 @@ import datetime as dt
 import itertools
 import json
 import os
-import secrets
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,7 +50,6 @@ log = structlog.get_logger("ksefd.daemon.inbox")
 CHUNK = 250                 # invoices staged, recorded and placed together
 WRITE_THREADS = 4           # fsync is I/O wait: a few threads overlap it
 STAGED_NAMESPACE = "inbox_staged"
-TEMP_SUFFIX = ".ksefd.tmp"  # ksefd.spool's temp names, so spool.remove_stale_temps knows them
 
 
 def relative_path(ksef_number: str, layout: str) -> PurePosixPath:
@@ -118,23 +116,6 @@ class Staged:
         return cls(number, Path(raw["xml"]), Path(raw["xmlTemp"]), Path(raw["jsonTemp"]))
 
 
-def _write_temp(directory: Path, name: str, data: bytes) -> Path:
-    """A fresh dot-file temp holding `data`, fsynced (spool's naming; O_EXCL: never someone else's file)."""
-    temp = directory / f".{name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        temp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    return temp
-
-
 class InboxFolder:
     """The file side of one company's inbox."""
 
@@ -163,9 +144,9 @@ class InboxFolder:
         """Step 1 for one invoice (blocking: call it in a thread). On failure nothing of it is left behind."""
         xml_path = self.xml_path(invoice.ksef_number)
         xml_path.parent.mkdir(parents=True, exist_ok=True)
-        json_temp = _write_temp(xml_path.parent, f"{invoice.ksef_number}.json", spool.json_bytes(invoice.metadata))
+        json_temp = spool.write_temp(xml_path.parent, f"{invoice.ksef_number}.json", spool.json_bytes(invoice.metadata))
         try:
-            xml_temp = _write_temp(xml_path.parent, xml_path.name, invoice.xml)
+            xml_temp = spool.write_temp(xml_path.parent, xml_path.name, invoice.xml)
         except BaseException:
             json_temp.unlink(missing_ok=True)
             raise

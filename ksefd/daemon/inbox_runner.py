@@ -8,7 +8,6 @@ never stops the others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
@@ -17,7 +16,7 @@ from ksefd.ksef.errors import KsefError
 
 from .credentials import connect
 from .inbox import InboxWorker
-from .runtime import Runtime
+from .runtime import Runtime, sleep_unless_stopped
 
 log = structlog.get_logger("ksefd.daemon.inbox")
 
@@ -31,7 +30,7 @@ async def run_inbox(runtime: Runtime, company: Company, stop: asyncio.Event) -> 
             log.warning("inbox.connect_failed", company=company.name, error=str(error), retry_in=delay)
             if runtime.once:
                 return
-            await _pause(runtime, stop, delay)
+            await sleep_unless_stopped(runtime.clock, stop, delay)
             delay = min(delay * 2, max(company.sending.retry_max_seconds, company.sending.hold_retry_seconds))
             continue
         worker = InboxWorker(company, connection.context, runtime.store, runtime.clock,
@@ -45,15 +44,3 @@ async def run_inbox(runtime: Runtime, company: Company, stop: asyncio.Event) -> 
             await worker.run_forever(stop)
         return
 
-
-async def _pause(runtime: Runtime, stop: asyncio.Event, seconds: float) -> None:
-    """Wait `seconds` of the daemon's clock, or less if `stop` is set (the event is left as it is)."""
-    sleeper = asyncio.ensure_future(runtime.clock.sleep(seconds))
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, stopper):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

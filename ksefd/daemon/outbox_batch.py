@@ -33,6 +33,8 @@ from .retry import Failure, classify, next_attempt
 S = InvoiceState
 T = SessionState
 UPO_DOWNLOADS = 8
+UPO_GROUPS = 2
+RESULT_GROUP = 250          # invoices whose result files share one directory fsync and one commit
 CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or can never be closed
 POLL = BatchOptions(poll_first=0.2, poll_factor=1.5, poll_max=5.0, invoice_page_size=1000)
 
@@ -47,6 +49,7 @@ class BatchRunner:
         self.ctx = ctx
         self.outcomes = outcomes
         self.active: set[int] = set()        # batch sessions a task is handling now
+        self._upo_limit = asyncio.Semaphore(UPO_DOWNLOADS)   # shared by the groups of the pipeline
 
     @property
     def sender(self) -> BatchSender:
@@ -90,8 +93,7 @@ class BatchRunner:
         submitted = await self.ctx.store.invoices.transition_many(
             [r.id for r in rows], S.QUEUED, S.SUBMITTING, session_id=session.id, mode="batch", next_attempt_at=None,
             detail={"session": opened.reference_number})
-        for row in submitted:
-            self.ctx.show(row, {"sessionReferenceNumber": opened.reference_number})
+        await self.ctx.show_many(submitted, {"sessionReferenceNumber": opened.reference_number})
         self.ctx.log.info("outbox.batch_opened", session=opened.reference_number, invoices=len(rows),
                           parts=len(prepared.parts))
         try:
@@ -159,13 +161,17 @@ class BatchRunner:
             moved = await self.ctx.store.invoices.transition_many([r.id for r in waiting], S.SUBMITTING, S.PROCESSING)
             rows = [next((m for m in moved if m.id == r.id), r) for r in rows]
         accepted: list[tuple[InvoiceRow, str, str | None]] = []
+        plain: list[tuple[InvoiceRow, SessionInvoice]] = []      # accepted by KSeF: handled in groups below
+        saved: list[InvoiceRow] = []
         for row in rows:
             invoice = found[row.id]
             if invoice is None:
                 if row.state == S.SUBMITTING and status.status.code not in IN_PROGRESS:
                     await self._not_processed(row, status)
                 continue
-            if row.state == S.PROCESSING and invoice.is_final:
+            if row.state == S.PROCESSING and invoice.is_final and invoice.status.code == 200:
+                plain.append((row, invoice))
+            elif row.state == S.PROCESSING and invoice.is_final:
                 done = await self.outcomes.apply(row, invoice, session)
                 if done is not None:
                     accepted.append((done.row, done.session_reference, done.upo_url))
@@ -174,33 +180,51 @@ class BatchRunner:
                 accepted.append((row, reference, invoice.upo_download_url if reference == session.reference
                                  else None))
             elif row.state == S.UPO_SAVED:
-                await self.ctx.store.invoices.transition(row.id, S.UPO_SAVED, S.DONE)
-                self.ctx.files.clear_state(row)
-                self.ctx.files.discard_work(row)
+                saved.append(row)
+        if saved:
+            finished = await self.ctx.store.invoices.transition_many([r.id for r in saved], S.UPO_SAVED, S.DONE)
+            await asyncio.to_thread(self.ctx.files.finished, finished)
         await self._upos(accepted)
+        # Group by group: result files (one directory fsync), one commit, then the group's UPOs, so a large
+        # batch costs a few fsyncs per group on top of each file's own, and results appear progressively. A
+        # pipeline: while one group's files are written (disk), the UPOs of the groups before it are fetched
+        # (network) and stored; at most UPO_GROUPS groups wait for UPOs, so memory stays bounded.
+        async with asyncio.TaskGroup() as group:
+            fetching: list[asyncio.Task[None]] = []
+            for start in range(0, len(plain), RESULT_GROUP):
+                done_group = await self.outcomes.accept_many(plain[start:start + RESULT_GROUP], session)
+                if len(fetching) >= UPO_GROUPS:
+                    await fetching.pop(0)
+                fetching.append(group.create_task(self._upos([(d.row, d.session_reference, d.upo_url)
+                                                              for d in done_group])))
         self.outcomes.forget_listings()
 
     async def _upos(self, accepted: list[tuple[InvoiceRow, str, str | None]]) -> None:
-        limit = asyncio.Semaphore(UPO_DOWNLOADS)
-        finished: list[InvoiceRow] = []
+        for start in range(0, len(accepted), RESULT_GROUP):
+            await self._upo_group(accepted[start:start + RESULT_GROUP])
+
+    async def _upo_group(self, accepted: list[tuple[InvoiceRow, str, str | None]]) -> None:
+        limit = self._upo_limit
+        fetched: list[tuple[InvoiceRow, bytes]] = []
 
         async def one(row: InvoiceRow, session_reference: str, url: str | None) -> None:
             async with limit:
                 try:
                     assert row.result_name is not None
                     if not self.ctx.files.has_upo(row.result_name):
-                        await self.outcomes.save_upo(row, await self.outcomes.fetch_upo(row, session_reference, url))
+                        fetched.append((row, await self.outcomes.fetch_upo(row, session_reference, url)))
                     else:
-                        await self.outcomes.save_upo(row, (self.ctx.company.folders.sent /
-                                                           f"{row.result_name}.upo.xml").read_bytes())
-                    finished.append(row)
+                        fetched.append((row, (self.ctx.company.folders.sent /
+                                              f"{row.result_name}.upo.xml").read_bytes()))
                 except KsefError as exc:    # stays ACCEPTED; the next round fetches it again
                     self.ctx.log.warning("outbox.upo_failed", file=row.file_name, error=str(exc))
+                    self.ctx.show(row, {"ksefNumber": row.ksef_number})
 
         async with asyncio.TaskGroup() as group:
             for row, session_reference, url in accepted:
                 group.create_task(one(row, session_reference, url))
-        await self.outcomes.finish(finished)
+        await self.outcomes.save_upos(fetched)
+        await self.outcomes.finish([row for row, _ in fetched])
 
     async def _not_processed(self, row: InvoiceRow, status: SessionStatus) -> None:
         """KSeF's session ended without listing this invoice (e.g. a package error): send it again later."""

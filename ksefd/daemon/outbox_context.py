@@ -82,8 +82,24 @@ class CompanyCtx:
 
     def show(self, row: InvoiceRow, extra: dict[str, Any] | None = None) -> None:
         """Rewrite the invoice's state file (informational; a failure to write it is logged, not fatal)."""
+        self._write_state(row, extra, self.now())
+
+    async def show_many(self, rows: list[InvoiceRow], extra: dict[str, Any] | None = None,
+                        extras: list[dict[str, Any]] | None = None) -> None:
+        """`show` for a group (a batch's invoices after one commit), in a worker thread: thousands of small
+        file replacements must not stall the event loop. `extras[i]` adds to row i's file."""
+        now = self.now()
+
+        def write_all() -> None:
+            for i, row in enumerate(rows):
+                self._write_state(row, {**(extra or {}), **(extras[i] if extras else {})}, now)
+
+        if rows:
+            await asyncio.to_thread(write_all)
+
+    def _write_state(self, row: InvoiceRow, extra: dict[str, Any] | None, now: dt.datetime) -> None:
         message = STATE_MESSAGES.get(row.state, str(row.state))
-        info: dict[str, Any] = {"updatedAt": self.now().isoformat()}
+        info: dict[str, Any] = {"updatedAt": now.isoformat()}
         if row.next_attempt_at is not None and row.state in (InvoiceState.DEFERRED, InvoiceState.QUEUED):
             info["nextAttemptAt"] = row.next_attempt_at.isoformat()
         if row.last_error:

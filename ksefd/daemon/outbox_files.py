@@ -71,19 +71,25 @@ class OutboxFiles:
 
     # --- results ----------------------------------------------------------------------------------
 
-    def write_sent(self, file_name: str, data: bytes) -> str:
+    # `sync=False` (a group of results, e.g. a batch): each file is still written temp + fsync + rename, and
+    # the caller makes the renames durable with one `sync_sent()` before it records them in SQLite.
+
+    def write_sent(self, file_name: str, data: bytes, *, sync: bool = True) -> str:
         """sent/NAME.xml with the exact bytes; returns the stem chosen (NAME or NAME-2, ...)."""
-        path = spool.write_unique(self.folders.sent, file_name, data)
+        path = spool.write_unique(self.folders.sent, file_name, data, sync_dir=sync)
         return spool.split_name(path.name)[0]
 
-    def write_ksef_json(self, stem: str, record: dict[str, Any]) -> None:
-        spool.write_json(self.folders.sent / f"{stem}.ksef.json", record)
+    def write_ksef_json(self, stem: str, record: dict[str, Any], *, sync: bool = True) -> None:
+        spool.write_json(self.folders.sent / f"{stem}.ksef.json", record, sync_dir=sync)
 
-    def write_upo(self, stem: str, xml: bytes) -> None:
+    def write_upo(self, stem: str, xml: bytes, *, sync: bool = True) -> None:
         path = self.folders.sent / f"{stem}.upo.xml"
         if path.exists():      # written before a crash; a UPO downloaded again may differ in its signature
             return
-        spool.write_new(path, xml)
+        spool.write_new(path, xml, sync_dir=sync)
+
+    def sync_sent(self) -> None:
+        spool.fsync_directory(self.folders.sent)
 
     def has_upo(self, stem: str) -> bool:
         return (self.folders.sent / f"{stem}.upo.xml").exists()
@@ -110,6 +116,12 @@ class OutboxFiles:
         except OSError:
             temp.unlink(missing_ok=True)
             raise
+
+    def finished(self, rows: list[InvoiceRow]) -> None:
+        """clear_state + discard_work for a group of finished invoices (run in a thread)."""
+        for row in rows:
+            self.clear_state(row)
+            self.discard_work(row)
 
     def clear_state(self, row: InvoiceRow) -> None:
         """Remove NAME.state.json if it still describes this invoice (a newer one may reuse the name)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from ksefd import spool
 from ksefd.clock import warsaw_today
 from ksefd.invoice import CheckedInvoice, InvoiceRejected, check_invoice
 from ksefd.ksef.crypto import sha256_b64
-from ksefd.store import InvoiceRow, InvoiceState
+from ksefd.store import InvoiceRow, InvoiceState, NewInvoice
 
 from .outbox_context import CompanyCtx
 from .outbox_files import STATE_SUFFIX
@@ -39,7 +40,8 @@ from .outbox_outcomes import Outcomes
 from .runtime import wait_for
 
 S = InvoiceState
-CHUNK = 200
+CHUNK = 500
+CHECK_THREADS = 2      # threads for a chunk's local checks (parsing overlaps; invoice/schema.py serialises the XSD)
 SETTLED_STATES = frozenset({S.REJECTED})
 ACCEPTED_STATES = frozenset({S.ACCEPTED, S.UPO_SAVED, S.DONE})
 DUPLICATE_FILE_HINT = ("Nothing to do: the invoice is sent once. If you meant to send a changed invoice, the "
@@ -56,6 +58,7 @@ class _Claimed:
     sha256: str
     checked: CheckedInvoice | None = None
     rejection: dict[str, Any] | None = None
+    earlier: InvoiceRow | None = None      # an earlier invoice with these bytes (duplicate-file)
 
 
 class Intake:
@@ -121,15 +124,25 @@ class Intake:
     # --- one chunk ------------------------------------------------------------------------------------
 
     async def _take(self, paths: list[Path]) -> int:
-        claimed: list[_Claimed] = []
-        for path in paths:
-            work = self.ctx.files.new_work_path(path.name)
-            if not await asyncio.to_thread(spool.claim, path, work):
-                continue                       # gone, or still locked by its writer (Windows)
+        taken = await asyncio.to_thread(self._claim_all, paths)
+        for path, _ in taken:
             self.stability.forget(path)
-            claimed.append(await self._read(work, path.name))
+        claimed = [await self._read(work, path.name) for path, work in taken]
         await self._process(claimed)
         return len(claimed)
+
+    def _claim_all(self, paths: list[Path]) -> list[tuple[Path, Path]]:
+        """Claim a chunk by renames, then make them durable with one fsync of each folder, before any row
+        names a working file: a power cut before that puts the files back in the outbox, nothing else."""
+        taken = []
+        for path in paths:
+            work = self.ctx.files.new_work_path(path.name)
+            if spool.claim(path, work, sync_dir=False):
+                taken.append((path, work))     # else gone, or still locked by its writer (Windows)
+        if taken:
+            spool.fsync_directory(self.ctx.files.work_dir)
+            spool.fsync_directory(self.outbox)
+        return taken
 
     async def _read(self, work: Path, name: str) -> _Claimed:
         data = await asyncio.to_thread(work.read_bytes)
@@ -185,27 +198,39 @@ class Intake:
     async def _process(self, items: list[_Claimed]) -> None:
         if not items:
             return
-        rows: list[InvoiceRow] = []
+        first_of: dict[str, int] = {}          # hash -> the chunk's first item with those bytes
+        copies: dict[int, int] = {}            # item index -> index of the earlier item with the same bytes
+        for index, item in enumerate(items):
+            if item.sha256 in first_of:        # dropped twice in one chunk: the second is the duplicate
+                copies[index] = first_of[item.sha256]
+            else:
+                first_of[item.sha256] = index
         async with self.ctx.runtime.heavy:
-            for item in items:
-                await self._judge(item)        # one at a time: the row of a file is seen by the next's checks
-                fields: dict[str, Any] = {"work_path": str(item.work)}
-                if item.checked is not None:
-                    c = item.checked
-                    fields.update(seller_nip=c.seller_nip, invoice_type=c.invoice_type,
-                                  invoice_number=c.invoice_number, issue_date=c.issue_date,
-                                  has_attachment=c.has_attachment)
-                rows.append(await self.ctx.store.invoices.add(self.ctx.name, item.name, item.sha256, len(item.data),
-                                                              detail={"file": item.name}, **fields))
+            await self._judge_all([item for index, item in enumerate(items) if index not in copies])
+        # One commit for the chunk's rows (they all start CLAIMED, as with one row at a time).
+        rows = await self.ctx.store.invoices.add_many(self.ctx.name, [
+            NewInvoice(item.name, item.sha256, len(item.data), {"file": item.name}, self._facts(item))
+            for item in items])
+        for index, first in copies.items():     # the oldest with these bytes, as one at a time would find
+            items[index].rejection = _duplicate_file(items[index], items[first].earlier or rows[first])
         for row, item in zip(rows, items, strict=True):
             if item.checked is None:
                 await self._finish_row(row, item)
-        good = [r.id for r, i in zip(rows, items, strict=True) if i.checked is not None]
+        good = [r for r, i in zip(rows, items, strict=True) if i.checked is not None]
         if good:
-            await self.ctx.store.invoices.transition_many(good, S.CLAIMED, S.CHECKED)
-            for row in await self.ctx.store.invoices.transition_many(good, S.CHECKED, S.QUEUED):
-                self.ctx.show(row)
+            ids = [r.id for r in good]
+            await self.ctx.store.invoices.transition_many(ids, S.CLAIMED, S.CHECKED)
+            await self.ctx.show_many(await self.ctx.store.invoices.transition_many(ids, S.CHECKED, S.QUEUED))
             self.ctx.kick.set()
+
+    @staticmethod
+    def _facts(item: _Claimed) -> dict[str, Any]:
+        fields: dict[str, Any] = {"work_path": str(item.work)}
+        if item.checked is not None:
+            c = item.checked
+            fields.update(seller_nip=c.seller_nip, invoice_type=c.invoice_type, invoice_number=c.invoice_number,
+                          issue_date=c.issue_date, has_attachment=c.has_attachment)
+        return fields
 
     async def _finish_row(self, row: InvoiceRow, item: _Claimed) -> None:
         if item.rejection is not None:
@@ -221,19 +246,42 @@ class Intake:
         self.ctx.show(await self.ctx.store.invoices.transition(row.id, S.CHECKED, S.QUEUED))
 
     async def _judge(self, item: _Claimed, exclude: int | None = None) -> None:
+        if not await self._same_bytes_before(item, exclude):
+            self._check(item, warsaw_today(self.ctx.runtime.clock))
+            await self._number_taken(item, exclude)
+
+    async def _judge_all(self, items: list[_Claimed]) -> None:
+        """`_judge` for a chunk: the local checks (CPU: the XSD) in worker threads, a few hundred per hop."""
+        fresh = [item for item in items if not await self._same_bytes_before(item)]
+        today = warsaw_today(self.ctx.runtime.clock)
+        halves = [fresh[i::CHECK_THREADS] for i in range(CHECK_THREADS)]
+        await asyncio.gather(*(asyncio.to_thread(self._check_many, half, today) for half in halves if half))
+        for item in fresh:
+            await self._number_taken(item)
+
+    async def _same_bytes_before(self, item: _Claimed, exclude: int | None = None) -> bool:
         earlier = [r for r in await self.ctx.store.invoices.find_by_hash(self.ctx.name, item.sha256)
                    if r.id != exclude and r.state not in SETTLED_STATES]
         if earlier:
+            item.earlier = earlier[0]
             item.rejection = _duplicate_file(item, earlier[0])
-            return
-        today = warsaw_today(self.ctx.runtime.clock)
+        return bool(earlier)
+
+    def _check_many(self, items: list[_Claimed], today: dt.date) -> None:
+        for item in items:
+            self._check(item, today)
+
+    def _check(self, item: _Claimed, today: dt.date) -> None:
         try:
-            item.checked = await asyncio.to_thread(check_invoice, item.data, file_name=item.name,
-                                                   company_nip=self.ctx.company.nip, today=today)
+            item.checked = check_invoice(item.data, file_name=item.name, company_nip=self.ctx.company.nip,
+                                         today=today)
         except InvoiceRejected as rejected:
             item.rejection = {**rejected.to_dict(), "file": item.name, "invoiceHash": item.sha256}
-            return
+
+    async def _number_taken(self, item: _Claimed, exclude: int | None = None) -> None:
         c = item.checked
+        if c is None:
+            return
         taken = [r for r in await self.ctx.store.invoices.find_by_key(c.seller_nip, c.invoice_type, c.invoice_number)
                  if r.id != exclude and r.state in ACCEPTED_STATES and r.sha256 != item.sha256]
         if taken:

@@ -11,21 +11,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from ksefd.ksef import qr
 from ksefd.ksef.errors import KsefError
 from ksefd.ksef.models import SessionInvoice
-from ksefd.store import InvoiceRow, InvoiceState, SessionRow
+from ksefd.store import Change, InvoiceRow, InvoiceState, SessionRow
 
 from .outbox_context import CompanyCtx
 from .retry import next_attempt
 
 S = InvoiceState
 SEND_AGAIN = frozenset({405, 500, 550})
+WRITERS = 4             # threads writing a group's result files
 KSEF_HINTS: dict[int, str] = {
     410: "The credentials ksefd uses may not issue invoices for this seller (Podmiot1). Grant the permission "
          "in KSeF, or drop the invoice into the outbox of the seller's company.",
@@ -109,6 +112,67 @@ class Outcomes:
         self.ctx.show(accepted, {"ksefNumber": invoice.ksef_number})
         return accepted
 
+    async def accept_many(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow) -> list[Accepted]:
+        """`accept` for a group of one session's invoices (a batch): every file written (temp + fsync + rename),
+        the sent/ directory fsynced once, then all of them ACCEPTED in one commit. A crash before the commit
+        leaves them PROCESSING, and the next round rewrites the same bytes onto the same stems."""
+        written = await asyncio.to_thread(self._write_accepted, items, session)
+        if not written:
+            return []
+        rows = await self.ctx.store.invoices.transition_each([
+            Change(row.id, {"ksef_number": invoice.ksef_number, "result_name": stem, "status_code": 200},
+                   {"ksefNumber": invoice.ksef_number, "session": session.reference})
+            for row, invoice, stem in written], S.PROCESSING, S.ACCEPTED)
+        for row in rows:
+            self.ctx.log.info("outbox.accepted", file=row.file_name, ksef_number=row.ksef_number,
+                              sent_as=row.result_name)
+        # No state file rewrite here: the group's UPOs follow at once and its state files are then removed;
+        # an invoice whose UPO cannot be fetched gets its ACCEPTED state file then (outbox_batch._upo_group).
+        return [Accepted(row, session.reference, invoice.upo_download_url)
+                for row, (_, invoice, _) in zip(rows, written, strict=True)]
+
+    def _write_accepted(self, items: list[tuple[InvoiceRow, SessionInvoice]],
+                        session: SessionRow) -> list[tuple[InvoiceRow, SessionInvoice, str]]:
+        def one(item: tuple[InvoiceRow, SessionInvoice]) -> tuple[InvoiceRow, SessionInvoice, str] | None:
+            row, invoice = item
+            data = self.ctx.files.read_work(row)
+            if data is None:
+                self.ctx.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name,
+                                   path=row.work_path)
+                return None
+            stem = self.ctx.files.write_sent(row.file_name, data, sync=False)
+            self.ctx.files.write_ksef_json(stem, self.ksef_record(row, invoice, session.reference, session.kind),
+                                           sync=False)
+            return row, invoice, stem
+
+        # A few writers at once: each file's fsync waits on the disk, and those waits overlap. Two invoices
+        # reusing one name cannot clobber each other: write_unique creates with link(), and retries a taken stem.
+        with ThreadPoolExecutor(WRITERS) as pool:
+            written = [w for w in pool.map(one, items) if w is not None]
+        if written:
+            self.ctx.files.sync_sent()
+        return written
+
+    async def save_upos(self, items: list[tuple[InvoiceRow, bytes]]) -> None:
+        """`save_upo` for a group: the files (one directory fsync), then SQLite (one commit)."""
+        def one(item: tuple[InvoiceRow, bytes]) -> None:
+            assert item[0].result_name is not None
+            self.ctx.files.write_upo(item[0].result_name, item[1], sync=False)
+
+        def write_all() -> None:
+            with ThreadPoolExecutor(WRITERS) as pool:
+                list(pool.map(one, items))
+            self.ctx.files.sync_sent()
+
+        if not items:
+            return
+        await asyncio.to_thread(write_all)
+        upos = []
+        for row, xml in items:
+            assert row.session_id is not None and row.ksef_number is not None
+            upos.append((row.session_id, row.ksef_number, xml, row.id))
+        await self.ctx.store.sessions.save_upos(upos)
+
     async def fetch_upo(self, row: InvoiceRow, session_reference: str, url: str | None) -> bytes:
         sessions = self.ctx.context.sessions
         if url:
@@ -141,9 +205,7 @@ class Outcomes:
         ids = [r.id for r in rows]
         await self.ctx.store.invoices.transition_many(ids, S.ACCEPTED, S.UPO_SAVED)
         done = await self.ctx.store.invoices.transition_many(ids, S.UPO_SAVED, S.DONE)
-        for row in done:
-            self.ctx.files.clear_state(row)
-            self.ctx.files.discard_work(row)
+        await asyncio.to_thread(self.ctx.files.finished, done)
 
     # --- 440 --------------------------------------------------------------------------------------
 

@@ -237,7 +237,9 @@ class OutboxWorker:
         if failure is not None:
             await self.hold(failure)
 
-    def _start(self, coro: Any, kind: str, rows: list[InvoiceRow]) -> None:
+    def _start(self, coro: Any, kind: str, rows: list[InvoiceRow], *, wake: bool = True) -> None:
+        """Run a send task; when it ends the loops look again (`wake=False`: the task wakes them itself
+        when it did something, so a task that found nothing to do does not set off another round)."""
         assert self._group is not None
         ids = {r.id for r in rows}
         self.ctx.reserved |= ids
@@ -250,7 +252,8 @@ class OutboxWorker:
                                where=traceback.format_exc(limit=-3))
             finally:
                 self.ctx.reserved -= ids
-                self.ctx.wake()
+                if wake:
+                    self.ctx.wake()
 
         task = self._group.create_task(guarded(), name=kind)
         self._tasks.add(task)
@@ -276,14 +279,19 @@ class OutboxWorker:
             return
 
         async def resume() -> None:
+            # Started at every dispatch round: waking the loops when it had nothing to do (e.g. while the
+            # only unfinished session is one a batch task is following) would spin them without pause.
             for session in await self.runtime.store.sessions.unfinished(self.company.name, "batch"):
                 if session.id in self.batches.active or session.state == T.OPEN:
                     continue
-                failure = await self.batches.close_and_track(session)
-                if failure is not None:
-                    await self.hold(failure)
+                try:
+                    failure = await self.batches.close_and_track(session)
+                    if failure is not None:
+                        await self.hold(failure)
+                finally:
+                    self.ctx.wake()
 
-        self._start(resume(), "batch-resume", [])
+        self._start(resume(), "batch-resume", [], wake=False)
 
     async def _idle(self, queued: list[InvoiceRow], draining: asyncio.Event) -> float | None:
         """When to look again; closes the online session when it has been idle long enough."""

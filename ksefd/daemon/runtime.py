@@ -103,3 +103,18 @@ async def wait_for(event: asyncio.Event, clock: Clock, seconds: float | None) ->
     fired = event.is_set()
     event.clear()
     return fired
+
+
+async def sleep_unless_stopped(clock: Clock, stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds` of the clock's time, or less if `stop` is set; True if it was. Unlike `wait_for`,
+    the event is left as it is: a stop stays a stop for whoever looks next."""
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, stopper):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return stop.is_set()

@@ -8,7 +8,7 @@ from .db import Database, SchemaTooNew, StoreError
 from .events import Event, EventRepo
 from .health import Beat, HeartbeatRepo, Hold, HoldRepo
 from .inbox import Checkpoint, Delivery, InboxRepo
-from .invoices import IllegalTransition, InvoiceRepo, InvoiceRow, StateConflict
+from .invoices import Change, IllegalTransition, InvoiceRepo, InvoiceRow, NewInvoice, StateConflict
 from .kv import RATE_LIMITS, KeyValueRepo
 from .migrations import MIGRATIONS
 from .sessions import SessionKind, SessionRepo, SessionRow, Upo
@@ -25,8 +25,8 @@ from .store import Store
 
 __all__ = [
     "INVOICE_TRANSITIONS", "IN_KSEF_STATES", "MIGRATIONS", "RATE_LIMITS", "SESSION_TRANSITIONS",
-    "TERMINAL_INVOICE_STATES", "UNFINISHED_SESSION_STATES", "Beat", "Checkpoint", "Database", "Delivery", "Event",
-    "EventRepo", "HeartbeatRepo", "Hold", "HoldRepo", "IllegalTransition", "InboxRepo", "InvoiceRepo", "InvoiceRow",
-    "InvoiceState", "KeyValueRepo", "SchemaTooNew", "SessionKind", "SessionRepo", "SessionRow", "SessionState",
-    "StateConflict", "Store", "StoreError", "Upo",
+    "TERMINAL_INVOICE_STATES", "UNFINISHED_SESSION_STATES", "Beat", "Change", "Checkpoint", "Database", "Delivery",
+    "Event", "EventRepo", "HeartbeatRepo", "Hold", "HoldRepo", "IllegalTransition", "InboxRepo", "InvoiceRepo",
+    "InvoiceRow", "InvoiceState", "KeyValueRepo", "NewInvoice", "SchemaTooNew", "SessionKind", "SessionRepo",
+    "SessionRow", "SessionState", "StateConflict", "Store", "StoreError", "Upo",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
@@ -75,6 +75,26 @@ class InvoiceRow:
         return (self.seller_nip, self.invoice_type, self.invoice_number)
 
 
+@dataclass(frozen=True)
+class NewInvoice:
+    """A claimed file for `InvoiceRepo.add_many` (fields as for `add`)."""
+
+    file_name: str
+    sha256: str
+    size: int
+    detail: Any = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One invoice's step for `InvoiceRepo.transition_each`: its own fields and audit detail."""
+
+    invoice_id: int
+    fields: dict[str, Any] = field(default_factory=dict)
+    detail: Any = None
+
+
 def _row(r: aiosqlite.Row) -> InvoiceRow:
     created, updated = py_time(r["created_at"]), py_time(r["updated_at"])
     assert created is not None and updated is not None
@@ -105,20 +125,32 @@ class InvoiceRepo:
     async def add(self, company: str, file_name: str, sha256: str, size: int, *,
                   detail: Any = None, **fields: Any) -> InvoiceRow:
         """A claimed file: the row starts in CLAIMED."""
+        async with self._db.transaction() as conn:
+            invoice_id = await self._insert(conn, company, file_name, sha256, size, detail, fields)
+            return await self._get(conn, invoice_id)
+
+    async def add_many(self, company: str, items: Sequence[NewInvoice]) -> list[InvoiceRow]:
+        """Many claimed files in one commit (a large drop), in the order given; all or nothing."""
+        async with self._db.transaction() as conn:
+            ids = [await self._insert(conn, company, i.file_name, i.sha256, i.size, i.detail, i.fields)
+                   for i in items]
+            return await self._get_many(conn, ids)
+
+    async def _insert(self, conn: aiosqlite.Connection, company: str, file_name: str, sha256: str, size: int,
+                      detail: Any, fields: dict[str, Any]) -> int:
         _, values = _assignments(fields)
         now = db_time(self._now())
         names = sorted(fields)
         columns = "".join(f", {n}" for n in names)
-        async with self._db.transaction() as conn:
-            cursor = await conn.execute(
-                f"INSERT INTO invoices (company, file_name, sha256, size, state, created_at, updated_at{columns}) "
-                f"VALUES (?, ?, ?, ?, ?, ?, ?{', ?' * len(names)})",
-                (company, file_name, sha256, size, InvoiceState.CLAIMED.value, now, now, *values))
-            invoice_id = cursor.lastrowid
-            assert invoice_id is not None
-            await events.record(conn, at=self._now(), kind="invoice", company=company, invoice_id=invoice_id,
-                                to_state=InvoiceState.CLAIMED, detail=detail or {"file": file_name})
-            return await self._get(conn, invoice_id)
+        cursor = await conn.execute(
+            f"INSERT INTO invoices (company, file_name, sha256, size, state, created_at, updated_at{columns}) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?{', ?' * len(names)})",
+            (company, file_name, sha256, size, InvoiceState.CLAIMED.value, now, now, *values))
+        invoice_id = cursor.lastrowid
+        assert invoice_id is not None
+        await events.record(conn, at=self._now(), kind="invoice", company=company, invoice_id=invoice_id,
+                            to_state=InvoiceState.CLAIMED, detail=detail or {"file": file_name})
+        return invoice_id
 
     async def transition(self, invoice_id: int, from_state: InvoiceState, to_state: InvoiceState, *,
                          detail: Any = None, **fields: Any) -> InvoiceRow:
@@ -150,6 +182,32 @@ class InvoiceRepo:
             await events.record_many(conn, [
                 dict(at=now, kind="invoice", company=r.company, invoice_id=r.id, session_id=r.session_id,
                      from_state=from_state, to_state=to_state, detail=detail) for r in rows])
+        return rows
+
+    async def transition_each(self, changes: Sequence[Change], from_state: InvoiceState,
+                              to_state: InvoiceState) -> list[InvoiceRow]:
+        """Like `transition_many`, but each invoice with its own fields and audit detail (e.g. every
+        accepted invoice of a batch with its KSeF number): all or nothing, one commit."""
+        if to_state not in INVOICE_TRANSITIONS[from_state]:
+            raise IllegalTransition(f"an invoice cannot go from {from_state} to {to_state}")
+        ids = [c.invoice_id for c in changes]
+        if len(set(ids)) != len(ids):
+            raise StoreError("transition_each: an invoice id is listed twice")
+        now = self._now()
+        async with self._db.transaction() as conn:
+            for change in changes:
+                sets, values = _assignments(change.fields)
+                cursor = await conn.execute(
+                    f"UPDATE invoices SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?",
+                    (to_state.value, db_time(now), *values, change.invoice_id, from_state.value))
+                if cursor.rowcount != 1:
+                    raise StateConflict("invoice", change.invoice_id, [from_state],
+                                        await self._state(conn, change.invoice_id))
+            rows = await self._get_many(conn, ids)
+            await events.record_many(conn, [
+                dict(at=now, kind="invoice", company=r.company, invoice_id=r.id, session_id=r.session_id,
+                     from_state=from_state, to_state=to_state, detail=c.detail)
+                for r, c in zip(rows, changes, strict=True)])
         return rows
 
     async def update(self, invoice_id: int, state: InvoiceState, *, detail: Any = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -150,6 +150,16 @@ class SessionRepo:
                 row = await cursor.fetchone()
         assert row is not None
         return _upo(row)
+
+    async def save_upos(self, items: Sequence[tuple[int, str, bytes, int | None]]) -> None:
+        """Keep many UPOs (session id, reference, xml, invoice id) in one commit; idempotent like `save_upo`."""
+        saved_at = db_time(self._now())
+        async with self._db.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO upos (session_id, invoice_id, reference, sha256, xml, saved_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [(session_id, invoice_id, reference, base64.b64encode(hashlib.sha256(xml).digest()).decode("ascii"),
+                  xml, saved_at) for session_id, reference, xml, invoice_id in items])
 
     async def upos(self, session_id: int, *, invoice_id: int | None = None) -> list[Upo]:
         if invoice_id is None:

@@ -17,6 +17,7 @@ from ksefd.clock import Clock, warsaw_date
 from ksefd.config import Config, load_config
 from ksefd.daemon.service import serve
 from ksefd.samples import make_invoice, sample_bytes
+from ksefd.sim.config import SimConfig
 from ksefd.store import InvoiceState, Store
 from tests.support.ksef_auth import create_ksef_token
 
@@ -72,6 +73,18 @@ def write_config(folder: Path, base_url: str, companies: Iterable[dict[str, Any]
 
 def load(path: Path) -> Config:
     return load_config(path)
+
+
+async def one_company(sim_factory: Any, http: aiohttp.ClientSession, folder: Path, *, name: str = "acme",
+                      nip: str = SELLER, permissions: list[str] | None = None,
+                      **sending: Any) -> tuple[Any, Path, Config]:
+    """A simulator without rate limits and the config of one company whose token file holds a real KSeF
+    token (`sending` overrides [sending] options); returns the simulator, the token file and the config."""
+    sim = await sim_factory(config=SimConfig(limits_profile="off"))
+    token = await token_file(http, sim.base_url, folder, nip, permissions)
+    config = load(write_config(folder, sim.base_url, [{"name": name, "nip": nip, "token_file": str(token)}],
+                               sending=sending or None))
+    return sim, token, config
 
 
 async def drain(config: Config, *, clock: Clock | None = None, limit: float = 60.0) -> None:

@@ -25,6 +25,7 @@ from tests.daemon.support import (
     drop,
     invoice,
     load,
+    one_company,
     read_json,
     sim_records,
     token_file,
@@ -90,10 +91,8 @@ async def test_read_only_company_never_sends_and_is_held_with_a_reason(
 
 async def test_held_company_resumes_once_its_token_is_fixed(sim_factory: Any, http: aiohttp.ClientSession,
                                                             tmp_path: Path) -> None:
-    sim = await sim_factory(config=SimConfig(limits_profile="off"))
-    token = await token_file(http, sim.base_url, tmp_path, OTHER, READ_ONLY)
-    config = load(write_config(tmp_path, sim.base_url, [{"name": "office", "nip": OTHER, "token_file": str(token)}],
-                               sending={"hold_retry_seconds": 1}))
+    sim, token, config = await one_company(sim_factory, http, tmp_path, name="office", nip=OTHER,
+                                           permissions=READ_ONLY, hold_retry_seconds=1)
     office = config.companies[0]
     drop(office.folders.outbox, "O.xml", invoice("RESUME/O", seller=OTHER))
     stop = asyncio.Event()

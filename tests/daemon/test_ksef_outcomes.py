@@ -11,26 +11,15 @@ import aiohttp
 
 from ksefd.ksef.auth import ContextIdentifier
 from ksefd.ksef.client import KsefClient
-from ksefd.sim.config import SimConfig
 from tests.daemon.support import (
     SELLER,
     drain,
     drop,
     invoice,
-    load,
+    one_company,
     read_json,
     sim_records,
-    token_file,
-    write_config,
 )
-
-
-async def _setup(sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, **sending: Any) -> Any:
-    sim = await sim_factory(config=SimConfig(limits_profile="off"))
-    token = await token_file(http, sim.base_url, tmp_path, SELLER)
-    config = load(write_config(tmp_path, sim.base_url, [{"name": "acme", "nip": SELLER, "token_file": str(token)}],
-                               sending=sending or None))
-    return sim, token, config
 
 
 async def _send_directly(sim: Any, token: Path, data: bytes) -> str:
@@ -50,7 +39,7 @@ async def _send_directly(sim: Any, token: Path, data: bytes) -> str:
 
 async def test_semantic_rejection_450_is_reported_with_ksefs_words(sim_factory: Any, http: aiohttp.ClientSession,
                                                                    tmp_path: Path) -> None:
-    sim, _, config = await _setup(sim_factory, http, tmp_path)
+    sim, _, config = await one_company(sim_factory, http, tmp_path)
     bad_buyer = invoice("KSEF/450", buyer="1234567890")            # fails the NIP checksum PROD applies
     drop(config.companies[0].folders.outbox, "FV-450.xml", bad_buyer)
     await drain(config)
@@ -64,7 +53,7 @@ async def test_semantic_rejection_450_is_reported_with_ksefs_words(sim_factory: 
 
 async def test_attachment_goes_by_batch_and_415_is_reported(sim_factory: Any, http: aiohttp.ClientSession,
                                                             tmp_path: Path) -> None:
-    sim, _, config = await _setup(sim_factory, http, tmp_path)
+    sim, _, config = await one_company(sim_factory, http, tmp_path)
     data = invoice("KSEF/415", template="FA_3_Przyklad_24.xml")
     drop(config.companies[0].folders.outbox, "with-attachment.xml", data)
     await drain(config)
@@ -76,7 +65,7 @@ async def test_attachment_goes_by_batch_and_415_is_reported(sim_factory: Any, ht
 
 async def test_attachment_is_accepted_by_batch_once_enabled(sim_factory: Any, http: aiohttp.ClientSession,
                                                             tmp_path: Path) -> None:
-    sim, _, config = await _setup(sim_factory, http, tmp_path)
+    sim, _, config = await one_company(sim_factory, http, tmp_path)
     async with http.post(f"{sim.base_url}/testdata/attachment", json={"nip": SELLER}) as resp:
         assert resp.status == 200
     data = invoice("KSEF/ATT", template="FA_3_Przyklad_24.xml")
@@ -89,7 +78,7 @@ async def test_attachment_is_accepted_by_batch_once_enabled(sim_factory: Any, ht
 
 async def test_440_for_different_bytes_is_a_rejection_that_says_so(sim_factory: Any, http: aiohttp.ClientSession,
                                                                    tmp_path: Path) -> None:
-    sim, token, config = await _setup(sim_factory, http, tmp_path)
+    sim, token, config = await one_company(sim_factory, http, tmp_path)
     original = await _send_directly(sim, token, invoice("KSEF/DUP"))
     other = invoice("KSEF/DUP", template="FA_3_Przyklad_8.xml")    # same seller, type and P_2, other content
     drop(config.companies[0].folders.outbox, "again.xml", other)
@@ -101,7 +90,7 @@ async def test_440_for_different_bytes_is_a_rejection_that_says_so(sim_factory: 
 
 async def test_440_for_the_same_bytes_is_success_with_the_original(sim_factory: Any, http: aiohttp.ClientSession,
                                                                    tmp_path: Path) -> None:
-    sim, token, config = await _setup(sim_factory, http, tmp_path)
+    sim, token, config = await one_company(sim_factory, http, tmp_path)
     data = invoice("KSEF/SAME")
     original = await _send_directly(sim, token, data)
     drop(config.companies[0].folders.outbox, "same.xml", data)
@@ -116,7 +105,7 @@ async def test_440_for_the_same_bytes_is_success_with_the_original(sim_factory: 
 
 async def test_same_bytes_dropped_again_are_not_sent_twice(sim_factory: Any, http: aiohttp.ClientSession,
                                                           tmp_path: Path) -> None:
-    sim, _, config = await _setup(sim_factory, http, tmp_path)
+    sim, _, config = await one_company(sim_factory, http, tmp_path)
     data = invoice("KSEF/TWICE")
     outbox = config.companies[0].folders.outbox
     drop(outbox, "first.xml", data)
@@ -134,7 +123,7 @@ async def test_same_bytes_dropped_again_are_not_sent_twice(sim_factory: Any, htt
 
 async def test_a_different_file_under_a_reused_name_is_a_new_invoice(sim_factory: Any, http: aiohttp.ClientSession,
                                                                     tmp_path: Path) -> None:
-    sim, _, config = await _setup(sim_factory, http, tmp_path)
+    sim, _, config = await one_company(sim_factory, http, tmp_path)
     outbox, sent = config.companies[0].folders.outbox, config.companies[0].folders.sent
     first, second = invoice("KSEF/NAME/1"), invoice("KSEF/NAME/2")
     drop(outbox, "FV.xml", first)

@@ -9,19 +9,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ksefd.sim.config import SimConfig
 from tests.daemon.support import (
     OTHER,
-    SELLER,
     drain,
     drop,
     invoice,
-    load,
+    one_company,
     read_json,
     sim_records,
     today,
-    token_file,
-    write_config,
 )
 
 GOOD = invoice("LOCAL/0")
@@ -54,9 +50,7 @@ CASES: dict[str, tuple[str, bytes]] = {
 async def test_local_check_failure_is_rejected_with_a_reason(case: str, sim_factory: Any,
                                                              http: aiohttp.ClientSession, tmp_path: Path) -> None:
     code, data = CASES[case]
-    sim = await sim_factory(config=SimConfig(limits_profile="off"))
-    token = await token_file(http, sim.base_url, tmp_path, SELLER)
-    config = load(write_config(tmp_path, sim.base_url, [{"name": "acme", "nip": SELLER, "token_file": str(token)}]))
+    sim, _, config = await one_company(sim_factory, http, tmp_path)
     drop(config.companies[0].folders.outbox, "FV 1.xml", data)
 
     await drain(config)

@@ -1,0 +1,28 @@
+"""Intake and results work in groups (one commit, one directory fsync per group); the rules per invoice stay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.daemon.support import drain, drop, invoice, one_company, read_json, sim_records
+
+
+async def test_the_same_bytes_twice_in_one_drop_are_sent_once(sim_factory: Any, http: aiohttp.ClientSession,
+                                                              tmp_path: Path) -> None:
+    sim, _, config = await one_company(sim_factory, http, tmp_path)
+    data = invoice("GROUP/TWICE")
+    outbox = config.companies[0].folders.outbox
+    drop(outbox, "a.xml", data)                 # both claimed in the same chunk
+    drop(outbox, "b.xml", data)
+    drop(outbox, "c.xml", invoice("GROUP/OTHER"))
+    await drain(config)
+    assert len(sim_records(sim)) == 2
+    folders = config.companies[0].folders
+    sent = sorted(p.name for p in folders.sent.glob("*.xml") if not p.name.endswith(".upo.xml"))
+    assert len(sent) == 2 and "c.xml" in sent
+    copy = "b" if "a.xml" in sent else "a"
+    error = read_json(folders.rejected / f"{copy}.error.json")
+    assert error["code"] == "duplicate-file" and (folders.rejected / f"{copy}.xml").read_bytes() == data

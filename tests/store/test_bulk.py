@@ -1,0 +1,55 @@
+"""Group writes for large batches: many rows, each with its own values, in one all-or-nothing commit."""
+
+from __future__ import annotations
+
+import pytest
+
+from ksefd.clock import ManualClock
+from ksefd.store import Change, InvoiceState, NewInvoice, StateConflict, Store
+
+S = InvoiceState
+HASHES = [f"{n:043d}=" for n in range(3)]
+
+
+async def test_add_many_claims_every_file_in_order_with_its_facts(store: Store) -> None:
+    rows = await store.invoices.add_many("acme", [
+        NewInvoice(f"FV{n}.xml", HASHES[n], 100 + n, {"file": f"FV{n}.xml"}, {"work_path": f"/w/{n}"})
+        for n in range(3)])
+    assert [(r.file_name, r.sha256, r.size, r.work_path, r.state) for r in rows] == [
+        (f"FV{n}.xml", HASHES[n], 100 + n, f"/w/{n}", S.CLAIMED) for n in range(3)]
+    assert [e.to_state for e in await store.events.for_invoice(rows[1].id)] == ["claimed"]
+
+
+async def test_transition_each_sets_each_invoices_own_fields_and_audit(store: Store) -> None:
+    rows = await store.invoices.add_many("acme", [NewInvoice(f"FV{n}.xml", HASHES[n], 1) for n in range(2)])
+    ids = [r.id for r in rows]
+    for a, b in ((S.CLAIMED, S.CHECKED), (S.CHECKED, S.QUEUED), (S.QUEUED, S.SUBMITTING),
+                 (S.SUBMITTING, S.PROCESSING)):
+        await store.invoices.transition_many(ids, a, b)
+    moved = await store.invoices.transition_each(
+        [Change(i, {"ksef_number": f"K{i}", "result_name": f"FV{i}"}, {"ksefNumber": f"K{i}"}) for i in ids],
+        S.PROCESSING, S.ACCEPTED)
+    assert [(r.state, r.ksef_number, r.result_name) for r in moved] == [
+        (S.ACCEPTED, f"K{i}", f"FV{i}") for i in ids]
+    assert (await store.events.for_invoice(ids[1]))[-1].detail == {"ksefNumber": f"K{ids[1]}"}
+
+
+async def test_transition_each_is_all_or_nothing(store: Store) -> None:
+    rows = await store.invoices.add_many("acme", [NewInvoice(f"FV{n}.xml", HASHES[n], 1) for n in range(2)])
+    await store.invoices.transition(rows[1].id, S.CLAIMED, S.CHECKED)
+    with pytest.raises(StateConflict):
+        await store.invoices.transition_each([Change(r.id, {"attempts": 5}) for r in rows], S.CLAIMED, S.CHECKED)
+    first = await store.invoices.get(rows[0].id)
+    assert first is not None and first.state == S.CLAIMED and first.attempts == 0
+
+
+async def test_save_upos_keeps_each_upo_once(store: Store, clock: ManualClock) -> None:
+    session = await store.sessions.add("acme", "batch", "20260302-SB-0000000001-0000000001-01",
+                                       opened_at=clock.now())
+    rows = await store.invoices.add_many("acme", [NewInvoice(f"FV{n}.xml", HASHES[n], 1) for n in range(2)])
+    items = [(session.id, f"K{r.id}", f"<upo>{r.id}</upo>".encode(), r.id) for r in rows]
+    await store.sessions.save_upos(items)
+    await store.sessions.save_upos(items)       # a repeat after a crash changes nothing
+    upos = await store.sessions.upos(session.id)
+    assert [(u.invoice_id, u.reference, u.xml) for u in upos] == [(i, ref, xml) for _, ref, xml, i in items]
+
