@@ -50,8 +50,7 @@ class Database:
         try:
             conn.row_factory = aiosqlite.Row
             await conn.execute("PRAGMA busy_timeout = 10000")
-            async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
-                mode = await cursor.fetchone()
+            mode = await _enter_wal(conn)
             if mode is None or str(mode[0]).lower() != "wal":
                 raise StoreError(f"{path}: SQLite refused WAL mode (got {mode[0] if mode else None!r}); "
                                  "put the state database on a local disk, not a network share")
@@ -96,6 +95,24 @@ class Database:
     async def user_version(self) -> int:
         row = await self.fetch_one("PRAGMA user_version")
         return int(row[0]) if row else 0
+
+
+WAL_ATTEMPTS = 100          # x 0.1 s: as long as the busy_timeout
+
+
+async def _enter_wal(conn: aiosqlite.Connection) -> Any:
+    """Switch to WAL. Changing the journal mode of a new file needs an exclusive lock and SQLite does not
+    run the busy handler for it, so a second process opening the same new database at that moment (the
+    daemon starting while `ksefd status` looks) gets "database is locked" at once: retry for a while."""
+    for attempt in range(WAL_ATTEMPTS):
+        try:
+            async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
+                return await cursor.fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == WAL_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.1)
+    return None
 
 
 async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:

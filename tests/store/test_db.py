@@ -131,3 +131,14 @@ async def test_database_can_be_used_directly(db_path: Path) -> None:
         assert await db.fetch_one("SELECT COUNT(*) FROM invoices") is not None
     finally:
         await db.close()
+
+
+async def test_many_openers_of_a_new_file_never_see_database_is_locked(tmp_path: Path, clock: ManualClock) -> None:
+    # The daemon starting while `ksefd status` (or a test) opens the same new database: switching a new
+    # file to WAL takes an exclusive lock that SQLite's busy handler does not wait for.
+    for round_ in range(15):
+        path = tmp_path / f"race-{round_}.sqlite3"
+        stores = await asyncio.gather(*(Store.open(path, clock) for _ in range(6)))
+        for store in stores:
+            assert await store.db.user_version() == len(MIGRATIONS)
+            await store.close()
