@@ -175,3 +175,13 @@ def db_value(value: Any) -> Any:
     if isinstance(value, Mapping | list | tuple):
         return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
     return value
+
+
+def assignments(fields: dict[str, Any], allowed: frozenset[str] | set[str], what: str) -> tuple[str, list[Any]]:
+    """`, a = ?, b = ?` and its values for an UPDATE of `fields`, refusing names outside `allowed`
+    (column names come from code, never from data, but a typo must fail loudly)."""
+    unknown = set(fields) - allowed
+    if unknown:
+        raise StoreError(f"unknown {what} fields: {', '.join(sorted(unknown))}")
+    names = sorted(fields)
+    return "".join(f", {n} = ?" for n in names), [db_value(fields[n]) for n in names]

@@ -16,7 +16,7 @@ from typing import Any
 import aiosqlite
 
 from . import events
-from .db import Database, StoreError, db_time, db_value, py_date, py_json, py_time
+from .db import Database, StoreError, assignments, db_time, py_date, py_json, py_time
 from .states import INVOICE_TRANSITIONS, TERMINAL_INVOICE_STATES, InvoiceState
 
 # Columns a caller may set; id, company, state and the timestamps are the repository's.
@@ -109,12 +109,6 @@ def _row(r: aiosqlite.Row) -> InvoiceRow:
         result_name=r["result_name"], created_at=created, updated_at=updated)
 
 
-def _assignments(fields: dict[str, Any]) -> tuple[str, list[Any]]:
-    unknown = set(fields) - FIELDS
-    if unknown:
-        raise StoreError(f"unknown invoice fields: {', '.join(sorted(unknown))}")
-    names = sorted(fields)
-    return "".join(f", {n} = ?" for n in names), [db_value(fields[n]) for n in names]
 
 
 class InvoiceRepo:
@@ -138,7 +132,7 @@ class InvoiceRepo:
 
     async def _insert(self, conn: aiosqlite.Connection, company: str, file_name: str, sha256: str, size: int,
                       detail: Any, fields: dict[str, Any]) -> int:
-        _, values = _assignments(fields)
+        _, values = assignments(fields, FIELDS, "invoice")
         now = db_time(self._now())
         names = sorted(fields)
         columns = "".join(f", {n}" for n in names)
@@ -166,7 +160,7 @@ class InvoiceRepo:
             raise IllegalTransition(f"an invoice cannot go from {from_state} to {to_state}")
         if len(set(invoice_ids)) != len(invoice_ids):
             raise StoreError("transition_many: an invoice id is listed twice")
-        sets, values = _assignments(fields)
+        sets, values = assignments(fields, FIELDS, "invoice")
         now = self._now()
         async with self._db.transaction() as conn:
             cursor = await conn.executemany(
@@ -196,7 +190,7 @@ class InvoiceRepo:
         now = self._now()
         async with self._db.transaction() as conn:
             for change in changes:
-                sets, values = _assignments(change.fields)
+                sets, values = assignments(change.fields, FIELDS, "invoice")
                 cursor = await conn.execute(
                     f"UPDATE invoices SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?",
                     (to_state.value, db_time(now), *values, change.invoice_id, from_state.value))
@@ -214,7 +208,7 @@ class InvoiceRepo:
                      **fields: Any) -> InvoiceRow:
         """Change fields without changing state (e.g. the next poll time of an in-doubt invoice),
         guarded by the state the caller believes the invoice is in. `detail` adds an audit event."""
-        sets, values = _assignments(fields)
+        sets, values = assignments(fields, FIELDS, "invoice")
         now = self._now()
         async with self._db.transaction() as conn:
             cursor = await conn.execute(

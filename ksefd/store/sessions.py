@@ -18,7 +18,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from . import events
-from .db import Database, StoreError, db_time, db_value, py_json, py_time
+from .db import Database, assignments, db_time, py_json, py_time
 from .invoices import IllegalTransition, StateConflict
 from .states import SESSION_TRANSITIONS, UNFINISHED_SESSION_STATES, SessionState
 
@@ -94,7 +94,7 @@ class SessionRepo:
                          detail: Any = None, **fields: Any) -> SessionRow:
         if to_state not in SESSION_TRANSITIONS[from_state]:
             raise IllegalTransition(f"a session cannot go from {from_state} to {to_state}")
-        sets, values = _assignments(fields)
+        sets, values = assignments(fields, _FIELDS, "session")
         now = self._now()
         async with self._db.transaction() as conn:
             cursor = await conn.execute(
@@ -182,9 +182,3 @@ def _upo(r: aiosqlite.Row) -> Upo:
                sha256=r["sha256"], xml=bytes(r["xml"]), saved_at=_required_time(r["saved_at"]))
 
 
-def _assignments(fields: dict[str, Any]) -> tuple[str, list[Any]]:
-    unknown = set(fields) - _FIELDS
-    if unknown:
-        raise StoreError(f"unknown session fields: {', '.join(sorted(unknown))}")
-    names = sorted(fields)
-    return "".join(f", {n} = ?" for n in names), [db_value(fields[n]) for n in names]
