@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,18 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_on_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-
-    def handler(signum: int, _frame: object) -> None:
-        if stop.is_set():          # a second signal forces (DESIGN.md conventions 2)
-            raise SystemExit(130)
-        loop.call_soon_threadsafe(stop.set)
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
 async def _run_demo(args: argparse.Namespace) -> int:
     from ksefd.demo import run_demo
 
@@ -89,9 +76,11 @@ async def _run_demo(args: argparse.Namespace) -> int:
         print("ksefd demo: --invoices must be at least 1", file=sys.stderr)
         return 2
     once = args.once if args.once is not None else not sys.stdin.isatty()
+    from ksefd.daemon.lifecycle import ShutdownSignals
+
     stop = asyncio.Event()
-    _stop_on_signals(stop)
-    return await run_demo(count=args.invoices, once=once, keep=args.dir, stop=stop)
+    with ShutdownSignals(stop):
+        return await run_demo(count=args.invoices, once=once, keep=args.dir, stop=stop)
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
@@ -107,13 +96,14 @@ async def _run_sim(args: argparse.Namespace) -> int:
         return EX_CONFIG
     config = SimConfig(host=args.host, port=args.port, state_path=args.state, limits_profile=args.limits,
                        faults=args.faults, processing_delay_s=args.processing_delay, hwm_lag_s=args.hwm_lag)
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
+    from ksefd.daemon.lifecycle import ShutdownSignals
 
     def ready(base_url: str) -> None:
         print(f"KSeF simulator listening on {base_url}  (Ctrl+C stops)", flush=True)
 
-    await serve(config, stop, ready)
+    stop = asyncio.Event()
+    with ShutdownSignals(stop):
+        await serve(config, stop, ready)
     return 0
 
 
@@ -123,11 +113,12 @@ def _load(path: Path) -> Config:
 
 
 async def _run_daemon(config: Config, once: bool) -> int:
+    from ksefd.daemon.lifecycle import ShutdownSignals
     from ksefd.daemon.service import serve
 
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
-    await serve(config, stop, once=once)
+    stop, force = asyncio.Event(), asyncio.Event()
+    with ShutdownSignals(stop, force):      # a first signal drains, a second one forces (DESIGN.md convention 2)
+        await serve(config, stop, once=once, force=force)
     return 0
 
 
