@@ -7,6 +7,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from ksefd.clock import SystemClock
+
 from .db import Database
 from .events import EventRepo
 from .health import HeartbeatRepo, HoldRepo
@@ -18,11 +20,6 @@ from .sessions import SessionRepo
 
 class _Clock(Protocol):
     def now(self) -> dt.datetime: ...
-
-
-class _UTCNow:
-    def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC)
 
 
 class Store:
@@ -43,7 +40,7 @@ class Store:
     @classmethod
     async def open(cls, path: Path, clock: _Clock | None = None) -> Store:
         """Open (creating the file and its folder if needed) and migrate to the current schema."""
-        return cls(await Database.open(path), clock or _UTCNow())
+        return cls(await Database.open(path), clock or SystemClock())
 
     async def close(self) -> None:
         await self.db.close()
