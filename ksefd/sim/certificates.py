@@ -91,6 +91,7 @@ def _limits(world: World, caller: Caller) -> dict[str, Any]:
 
 async def limits(request: web.Request) -> web.Response:
     world = request.app[WORLD]
+    settle_due(world)
     return web.json_response(_limits(world, world.caller(request)))
 
 
@@ -124,6 +125,7 @@ def _valid_from(world: World, body: dict[str, Any]) -> dt.datetime | None:
 
 async def enroll(request: web.Request) -> web.Response:
     world = request.app[WORLD]
+    settle_due(world)
     caller = world.caller(request)
     body = await _body(request)
     expected = _enrollment_subject(world, caller, 25002)
@@ -183,6 +185,15 @@ def _issue(world: World, record: Record) -> Record:
     return issued
 
 
+def settle_due(world: World) -> None:
+    """KSeF processes an enrollment whether or not anybody polls it: every due one is settled before a
+    certificate handler looks (a client that lost the reference finds the certificate by query)."""
+    now = world.clock.now().timestamp()
+    for record in world.store.values(ENROLLMENTS):
+        if record["status"]["code"] == 100 and now >= record["readyAt"]:
+            settle(world, record)
+
+
 def settle(world: World, record: Record) -> Record:
     """Reach the verdict of an enrollment still in 100 once it is due."""
     if record["status"]["code"] != 100 or world.clock.now().timestamp() < record["readyAt"]:
@@ -231,6 +242,7 @@ def _own(world: World, caller: Caller, serial: str) -> Record | None:
 
 async def retrieve(request: web.Request) -> web.Response:
     world = request.app[WORLD]
+    settle_due(world)
     caller = world.caller(request)
     body = await _body(request)
     found = []
@@ -267,6 +279,7 @@ def _matches(world: World, record: Record, filters: dict[str, Any]) -> bool:
 
 async def query(request: web.Request) -> web.Response:
     world = request.app[WORLD]
+    settle_due(world)
     caller = world.caller(request)
     filters = await _body(request, optional=True)
     size = int(request.query.get("pageSize", "10"))

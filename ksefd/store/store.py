@@ -7,6 +7,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from .certificates import CertificateRenewalRepo
 from .db import Database
 from .events import EventRepo
 from .health import HeartbeatRepo, HoldRepo
@@ -39,6 +40,7 @@ class Store:
         self.holds = HoldRepo(db, now)
         self.heartbeat = HeartbeatRepo(db, now)
         self.events = EventRepo(db)
+        self.certificates = CertificateRenewalRepo(db, now)
 
     @classmethod
     async def open(cls, path: Path, clock: _Clock | None = None) -> Store:

@@ -371,3 +371,14 @@ async def test_query_pages_and_filters(csim: Any, http: aiohttp.ClientSession) -
     _, got = await call(http, "POST", f"{csim.base_url}/certificates/retrieve", other.token,
                         {"certificateSerialNumbers": serials[:2]})
     assert got == {"certificates": []}
+
+
+async def test_enrollment_is_processed_without_being_polled(csim: Any, http: aiohttp.ClientSession) -> None:
+    """KSeF issues the certificate whether or not the client polls: one that lost the reference finds it by query."""
+    who = await login(http, csim.base_url)
+    status, _ = await submit(http, csim.base_url, who.token,
+                             csrs.csr_der(await data(http, csim.base_url, who.token), csrs.new_key()),
+                             name="Zgubiona odpowiedź")
+    assert status == 202
+    _, page = await call(http, "POST", f"{csim.base_url}/certificates/query", who.token, {"name": "Zgubiona"})
+    assert [c["name"] for c in page["certificates"]] == ["Zgubiona odpowiedź"]
