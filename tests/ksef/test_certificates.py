@@ -183,7 +183,7 @@ async def test_revoked_certificate_cannot_log_in(csim: Any, xades_context: Calla
                                                 CertificateCredentials(issued.certificate, issued.private_key))
     with pytest.raises(AuthenticationFailed) as failed:
         await fresh.authenticate()
-    assert failed.value.code == 460
+    assert failed.value.code == 460 and "is revoked" in failed.value.message
 
 
 async def test_key_file_is_encrypted_0600_and_loads_back(tmp_path: Path, xades_context: Callable[..., KsefContext],

@@ -382,3 +382,13 @@ async def test_enrollment_is_processed_without_being_polled(csim: Any, http: aio
     assert status == 202
     _, page = await call(http, "POST", f"{csim.base_url}/certificates/query", who.token, {"name": "Zgubiona"})
     assert [c["name"] for c in page["certificates"]] == ["Zgubiona odpowiedź"]
+
+
+@pytest.mark.sends_invalid_requests
+async def test_unreadable_body_is_21001(csim: Any, http: aiohttp.ClientSession) -> None:
+    """PROTOCOL.md §15: 21001 "Nieczytelna treść" for a body that is not JSON, on enrollment among others."""
+    who = await login(http, csim.base_url)
+    for path in ("certificates/enrollments", "certificates/retrieve", "certificates/query"):
+        async with http.post(f"{csim.base_url}/{path}", data=b"{nie json", headers={
+                **bearer(who.token), "Content-Type": "application/json"}) as resp:
+            assert resp.status == 400 and codes(await resp.json()) == [21001], path
