@@ -304,3 +304,34 @@ async def renew_due_certificates(config: Config, store: Store, clock: _Clock,
                                  client_for: Callable[[Company], KsefClient]) -> list[Renewal]:
     """The daemon's hook: one pass of CertificateRenewer (run it once a day and at start-up)."""
     return await CertificateRenewer(config, store, clock, client_for).run_once()
+
+
+TOKEN_END = dt.date(2026, 12, 31)       # PROTOCOL.md §9.1, §15: KSeF tokens end with 2026
+
+
+def token_companies(config: Config) -> list[str]:
+    """The companies that still log in with a KSeF token (for `ksefd check`: they stop working after 31.12.2026)."""
+    return [c.name for c in config.companies if c.credentials.token_file is not None and (c.send or c.receive)]
+
+
+def describe(row: Renewal, now: dt.datetime) -> str:
+    """One line of `ksefd status` about a renewal."""
+    who = ", ".join(row.companies)
+    if row.state == "switched":
+        until = f" until {row.new_valid_to:%Y-%m-%d}" if row.new_valid_to else ""
+        return (f"{row.certificate_type} certificate of {who}: renewed, now {row.serial}{until} "
+                f"(old {row.old_serial} kept until {row.old_valid_to:%Y-%m-%d})")
+    text = (f"{row.certificate_type} certificate {row.old_serial} of {who} expires {row.old_valid_to:%Y-%m-%d}: "
+            f"renewal {row.state}")
+    if row.state == "saved" and row.valid_from is not None:
+        text += f", successor {row.serial} used from {row.valid_from:%Y-%m-%d}"
+    if row.last_error:
+        retry = f", next try {row.next_attempt_at:%Y-%m-%d %H:%M} UTC" if row.next_attempt_at and \
+            row.next_attempt_at > now else ""
+        text += f"; last error: {row.last_error}{retry}"
+    return text
+
+
+async def renewal_lines(store: Store, now: dt.datetime) -> list[str]:
+    """Every renewal as `describe` words it, oldest first (for `ksefd status` and `ksefd check`)."""
+    return [describe(row, now) for row in await store.certificates.all()]

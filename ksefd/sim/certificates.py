@@ -103,6 +103,11 @@ def _enrollment_subject(world: World, caller: Caller, code: int) -> dict[str, st
         raise KsefException(code, ["Wniosek certyfikacyjny wymaga uwierzytelnienia podpisem XAdES (kwalifikowanym "
                                    "podpisem, pieczęcią lub certyfikatem KSeF); uwierzytelnienie tokenem KSeF nie "
                                    "wystarcza."])
+    missing = [name for name in ("commonName", "countryName") if name not in subject]
+    if missing:
+        # [INFER] CertificateEnrollmentDataResponse requires both; a login certificate without them gives no DN.
+        raise KsefException(code, [f"Certyfikat użyty do uwierzytelnienia nie zawiera atrybutów {', '.join(missing)}; "
+                                   "nie można z niego przygotować danych do wniosku."])
     return dict(subject)
 
 

@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from ksefd.config import Company, Config, load_config
-from ksefd.daemon.certificate_renewal import CertificateRenewer
-from ksefd.ksef import key_files
+from ksefd.daemon.certificate_renewal import CertificateRenewer, describe, token_companies
+from ksefd.ksef import key_files, qr
 from ksefd.ksef.auth import AuthOptions, ContextIdentifier
 from ksefd.ksef.certificates import CertificateManager
 from ksefd.ksef.client import KsefClient
@@ -147,6 +147,10 @@ async def test_due_certificate_of_two_companies_is_renewed_once(world: World) ->
     await assert_switched_once(world, old_serial)
     await world.renew(config)                                # the successor is not due: no new enrollment
     assert len(await ksef_certificates(world)) == 2
+    (row,) = await world.rows()
+    line = describe(row, world.clock.now())
+    assert line.startswith("Authentication certificate of acme, beta: renewed, now ") and old_serial in line
+    assert token_companies(config) == []
 
 
 CRASHES = [("key_written", None), ("submitted", None), ("certificate_written", None), ("switch_half", None),
@@ -200,9 +204,35 @@ async def test_refused_enrollment_is_recorded_and_retried_with_a_fresh_key(world
         pass
     rows = await world.renew(config)
     assert rows[0].state == "planned" and "550" in (rows[0].last_error or "")
+    assert "renewal planned; last error: KSeF refused" in describe(rows[0], world.clock.now())
+    assert "next try" in describe(rows[0], world.clock.now())
     assert not (world.tmp / "jan.next.key").exists()
     assert await world.renew(config) == [rows[0]]           # waits for next_attempt_at
     world.clock.advance(3601)
     await world.renew(config)
     await assert_switched_once(world, old_serial)
 
+
+
+async def test_offline_certificate_is_renewed_and_signs_kod_ii(world: World) -> None:
+    auth = world.files()
+    offline = await world.manager(auth).enroll("ksefd Jan offline", "Offline")
+    password = (world.tmp / "jan.pass").read_bytes().strip()
+    key_files.write_key(world.tmp / "jan-offline.key", offline.private_key, password)
+    key_files.write_certificate(world.tmp / "jan-offline.crt", offline.certificate)
+    path = world.tmp / "ksefd.toml"
+    write_config(world)
+    path.write_text(path.read_text().replace('certificate_renewal = true\n', 'certificate_renewal = true\n'
+                                             'offline_certificate = "jan-offline.crt"\n'
+                                             'offline_private_key = "jan-offline.key"\n'
+                                             'offline_private_key_password_file = "jan.pass"\n', 1))
+    config = load_config(path)
+    await world.manager(auth).shorten_validity(offline.serial_number, world.clock.now() + dt.timedelta(days=10))
+    rows = await world.renew(config)
+    assert [(r.certificate_type, r.state) for r in rows] == [("Offline", "switched")]
+    renewed = load_certificate(world.tmp / "jan-offline.crt", world.tmp / "jan-offline.key", password)
+    assert certificate_serial_hex(renewed.certificate) == rows[0].serial != offline.serial_number
+    link = qr.certificate_link("test", "Nip", NIP, NIP, renewed.certificate, renewed.private_key,
+                               qr.invoice_hash_of(b"<Faktura/>"))
+    assert f"/{rows[0].serial}/" in link
+    assert certificate_serial_hex(world.files().certificate) == certificate_serial_hex(auth.certificate)
