@@ -132,6 +132,8 @@ async def test_token_login_gets_25001_25002_and_no_revoke(csim: Any, http: aioht
     token = await access_token(http, csim.base_url, NIP, ["CredentialsManage"])
     status, body = await call(http, "GET", f"{csim.base_url}/certificates/enrollments/data", token)
     assert status == 400 and codes(body) == [25001]
+    assert body["exception"]["exceptionDetailList"][0]["exceptionDescription"] == (
+        "Brak możliwości pobrania danych do CSR dla wykorzystanego sposobu uwierzytelnienia.")
     status, body = await submit(http, csim.base_url, token, csrs.csr_der({"commonName": "x", "countryName": "PL"},
                                                                          csrs.new_key()))
     assert status == 400 and codes(body) == [25002]
