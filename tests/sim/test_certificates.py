@@ -308,6 +308,8 @@ async def test_limits_25006_and_25007(csim: Any, http: aiohttp.ClientSession) ->
     status, _ = await call(http, "POST", f"{base}/testdata/limits/subject/certificate", who.token,
                            {"certificate": {"maxCertificates": 1}, "enrollment": {"maxEnrollments": 2}})
     assert status == 200
+    _, subject = await call(http, "GET", f"{base}/limits/subject", who.token)
+    assert subject == {"enrollment": {"maxEnrollments": 2}, "certificate": {"maxCertificates": 1}}
     await enroll(http, base, who)
     _, limits = await call(http, "GET", f"{base}/certificates/limits", who.token)
     assert limits == {"canRequest": False, "enrollment": {"limit": 2, "remaining": 1},
