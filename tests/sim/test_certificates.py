@@ -22,11 +22,16 @@ from tests.support import csr as csrs
 from tests.support.ksef_auth import (
     AuthFailed,
     access_token,
+    auth_token_request,
     bearer,
     claims,
     self_signed_certificate,
+    sign_auth_request,
+    submit_xades,
+    wait_for_auth,
     xades_login,
 )
+from tests.support.ksef_auth import challenge as ksef_challenge
 
 NIP = "5265877635"
 PESEL = "90010112345"
@@ -396,3 +401,29 @@ async def test_unreadable_body_is_21001(csim: Any, http: aiohttp.ClientSession) 
         async with http.post(f"{csim.base_url}/{path}", data=b"{nie json", headers={
                 **bearer(who.token), "Content-Type": "application/json"}) as resp:
             assert resp.status == 400 and codes(await resp.json()) == [21001], path
+
+
+async def test_ksef_certificate_chain_is_trusted(csim: Any, http: aiohttp.ClientSession) -> None:
+    """verifyCertificateChain=true refuses a self-signed certificate but not one KSeF issued (its own CA)."""
+    who = await login(http, csim.base_url)
+    cert, key = await enroll(http, csim.base_url, who)
+    found = await ksef_challenge(http, csim.base_url)
+    signed = sign_auth_request(auth_token_request(found["challenge"], context_value=NIP), cert, key)
+    init = await submit_xades(http, csim.base_url, signed, verify_chain=True)
+    status = await wait_for_auth(http, csim.base_url, init["referenceNumber"], init["authenticationToken"]["token"])
+    assert status["code"] == 200
+    _, body = await call(http, "GET", f"{csim.base_url}/auth/{init['referenceNumber']}",
+                         init["authenticationToken"]["token"])
+    assert body["authenticationMethodInfo"]["displayName"] == "Certyfikat KSeF"
+
+
+async def test_certificates_survive_a_restart_with_state(sim_factory: Any, manual_clock: ManualClock,
+                                                         http: aiohttp.ClientSession, tmp_path: Any) -> None:
+    config = SimConfig(limits_profile="off", state_path=tmp_path / "sim.sqlite3")
+    first = await sim_factory(config=config, clock=manual_clock)
+    cert, key = await enroll(http, first.base_url, await login(http, first.base_url))
+    await first.server.close()
+    second = await sim_factory(config=config, clock=manual_clock)
+    tokens = await xades_login(http, second.base_url, context_nip=NIP, cert=cert, key=key)   # same CA, same record
+    _, body = await call(http, "POST", f"{second.base_url}/certificates/query", tokens.access_token, {})
+    assert [c["certificateSerialNumber"] for c in body["certificates"]] == [f"{cert.serial_number:016X}"]
