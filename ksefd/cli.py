@@ -56,6 +56,34 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="end when every invoice is done (default: when standard input is not a terminal)")
 
 
+def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`ksefd certificate enroll|list|revoke` (ksefd/certificate_cli.py)."""
+    parser = sub.add_parser("certificate", help="KSeF certificates: enroll, list, revoke")
+    commands = parser.add_subparsers(dest="certificate_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", type=Path, required=True, help="the config file")
+        p.add_argument("company", help="the company's name in the config")
+        p.add_argument("--login-certificate", type=Path, help="log in with this certificate (.crt/.pem/.p12) "
+                                                              "instead of the company's configured one")
+        p.add_argument("--login-key", type=Path, help="the private key of --login-certificate")
+        p.add_argument("--login-password-file", type=Path, help="the file with the password of --login-key")
+
+    enroll = commands.add_parser("enroll", help="request a new KSeF certificate for the company's login person")
+    common(enroll)
+    enroll.add_argument("--type", choices=["authentication", "offline"], required=True,
+                        help="authentication: logs in to KSeF; offline: signs KOD II on offline invoices")
+    enroll.add_argument("--key", choices=["ec", "rsa"], default="ec", help="key type (default EC P-256)")
+    enroll.add_argument("--update-config", action="store_true",
+                        help="change the config file (kept as .bak); otherwise the lines to paste are printed")
+    listing = commands.add_parser("list", help="the KSeF certificates of the company's login person")
+    common(listing)
+    revoke = commands.add_parser("revoke", help="revoke a KSeF certificate")
+    common(revoke)
+    revoke.add_argument("serial", help="the certificate's serial number (16 hex digits, see `list`)")
+    revoke.add_argument("--reason", choices=["Unspecified", "Superseded", "KeyCompromise"], default="Unspecified")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ksefd", description="KSeF (API 2.0) daemon for file-based ERPs")
     parser.add_argument("--version", action="version", version=f"ksefd {__version__}")
@@ -66,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _run_parser(sub)
     _status_parser(sub)
+    _certificate_parser(sub)
     return parser
 
 
@@ -158,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run_daemon(config, args.once))
     if args.command == "status":
         return asyncio.run(_show_status(config, args.json))
+    if args.command == "certificate":
+        from ksefd import certificate_cli
+        return asyncio.run(certificate_cli.run(config, args))
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from . import (
     auth,
     batch,
+    certificates,
     control,
     faults,
     limits,
@@ -35,7 +36,7 @@ log = structlog.get_logger("ksefd.sim")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Each module registers its own routes; order matters only for readability.
-ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, limits, control)
+ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, limits, certificates, control)
 
 
 @web.middleware
