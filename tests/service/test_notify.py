@@ -1,0 +1,73 @@
+"""ksefd.daemon.notify against a unix datagram socket the test owns (what systemd listens on)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ksefd.daemon import notify
+
+
+@pytest.fixture
+def listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(2)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        yield sock
+
+
+def received(sock: socket.socket) -> str:
+    return sock.recv(4096).decode("utf-8")
+
+
+def test_ready_status_watchdog_stopping_reach_the_socket(listener: socket.socket) -> None:
+    assert notify.ready()
+    assert received(listener) == "READY=1"
+    assert notify.status("3 companies, 12 queued\n1 on hold")
+    assert received(listener) == "STATUS=3 companies, 12 queued 1 on hold"
+    assert notify.watchdog()
+    assert received(listener) == "WATCHDOG=1"
+    assert notify.stopping()
+    assert received(listener) == "STOPPING=1"
+
+
+def test_several_fields_go_in_one_datagram(listener: socket.socket) -> None:
+    assert notify.notify("READY=1", "STATUS=started")
+    assert received(listener) == "READY=1\nSTATUS=started"
+
+
+def test_abstract_socket_name_with_at_sign(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"ksefd-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(2)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert notify.ready()
+        assert received(sock) == "READY=1"
+
+
+def test_no_op_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert notify.ready() is False
+    assert notify.watchdog() is False
+    assert notify.ready(environ={"NOTIFY_SOCKET": "relative/name"}) is False
+
+
+def test_a_vanished_socket_is_logged_not_raised(tmp_path: Path) -> None:
+    assert notify.ready(environ={"NOTIFY_SOCKET": str(tmp_path / "gone.sock")}) is False
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
+    assert notify.watchdog_interval({"WATCHDOG_USEC": "60000000"}) == 30.0
+    assert notify.watchdog_interval({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": str(os.getpid())}) == 30.0
+    assert notify.watchdog_interval({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": str(os.getpid() + 1)}) is None
+    assert notify.watchdog_interval({"WATCHDOG_USEC": "0"}) is None
+    assert notify.watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
+    assert notify.watchdog_interval({}) is None
