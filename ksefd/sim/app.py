@@ -17,6 +17,7 @@ from . import (
     faults,
     limits,
     online,
+    permission_queries,
     ratelimits,
     receiving,
     sessions_query,
@@ -35,7 +36,8 @@ log = structlog.get_logger("ksefd.sim")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Each module registers its own routes; order matters only for readability.
-ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, limits, control)
+ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, limits, control,
+                 permission_queries)
 
 
 @web.middleware
