@@ -47,6 +47,13 @@ def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def _check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("check", help="does the set-up work? folders, state DB, KSeF, login, permissions, expiry")
+    p.add_argument("-c", "--config", type=Path, required=True, help="the config file of the daemon")
+    p.add_argument("companies", nargs="*", metavar="COMPANY", help="check only these companies (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
 def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="the daemon against the embedded simulator: two demo companies, "
                                     "invoices from the official samples, live summary")
@@ -66,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _run_parser(sub)
     _status_parser(sub)
+    _check_parser(sub)
     return parser
 
 
@@ -136,6 +144,15 @@ async def _show_status(config: Config, as_json: bool) -> int:
     return 0
 
 
+async def _run_check(config: Config, companies: list[str], as_json: bool) -> int:
+    from ksefd.daemon.check import run_check
+    from ksefd.daemon.check_report import render, to_json_text
+
+    report = await run_check(config, companies)
+    print(to_json_text(report) if as_json else render(report))
+    return 0 if report.ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -158,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run_daemon(config, args.once))
     if args.command == "status":
         return asyncio.run(_show_status(config, args.json))
+    if args.command == "check":
+        return asyncio.run(_run_check(config, args.companies, args.json))
     parser.error(f"unknown command {args.command}")
     return 2
 
