@@ -70,6 +70,11 @@ def _ops_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("company", metavar="COMPANY")
     p.add_argument("name", metavar="NAME", help="the file's name in the company's rejected/ folder")
     p.add_argument("--force", action="store_true", help="requeue even if the local checks still refuse it")
+    p = sub.add_parser("service", help="Windows: install, remove, start or stop ksefd as a Windows service")
+    p.add_argument("action", choices=["install", "remove", "start", "stop", "restart", "debug"])
+    p.add_argument("-c", "--config", type=Path, help="config file (default: %%ProgramData%%\\ksefd\\ksefd.toml)")
+    p.add_argument("--startup", choices=["auto", "delayed", "manual", "disabled"], default="auto",
+                   help="start type at install (default auto: at boot)")
 
 
 def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -236,6 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The live summary is the demo's output; log lines only for warnings and errors.
         configure_logging(args.log_format or "console", logging.WARNING)
         return asyncio.run(_run_demo(args))
+    if args.command == "service":
+        from ksefd.winservice import main as service_main
+        return service_main(args.action, args.config, args.startup)
     if args.command in ("validate", "qr"):        # no config needed, nothing but the files
         configure_logging(args.log_format or "console", logging.WARNING)
         return _validate(args) if args.command == "validate" else _qr(args)
