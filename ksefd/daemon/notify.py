@@ -9,9 +9,11 @@ A failed send is logged and swallowed: monitoring must never stop the daemon.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
@@ -65,3 +67,29 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     if pid and (not pid.isdigit() or int(pid) != os.getpid()):
         return None
     return int(usec) / 1_000_000 / 2
+
+
+STATUS_EVERY_SECONDS = 10.0
+
+
+async def keepalive(stop: asyncio.Event, summary: Callable[[], Awaitable[str]] | None = None,
+                    environ: Mapping[str, str] | None = None) -> None:
+    """Until `stop` is set: WATCHDOG=1 every half $WATCHDOG_USEC and, when `summary` is given, STATUS=<summary()>
+    about every 10 s. A task on the daemon's event loop: if the loop hangs, the pings stop and systemd
+    restarts the service (WatchdogSec=). Returns at once when not under systemd."""
+    env = os.environ if environ is None else environ
+    if not env.get("NOTIFY_SOCKET"):
+        return
+    interval = watchdog_interval(env)
+    tick = min(interval, STATUS_EVERY_SECONDS) if interval else STATUS_EVERY_SECONDS
+    since_status = STATUS_EVERY_SECONDS          # the first round sends a status at once
+    while not stop.is_set():
+        if interval:
+            watchdog(env)
+        if summary is not None and since_status >= STATUS_EVERY_SECONDS:
+            with contextlib.suppress(Exception):  # a failing summary must not stop the pings
+                status(await summary(), env)
+            since_status = 0.0
+        with contextlib.suppress(TimeoutError):  # real time: a liveness signal, not a business timer
+            await asyncio.wait_for(stop.wait(), tick)
+        since_status += tick

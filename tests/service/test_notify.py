@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -71,3 +73,29 @@ def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
     assert notify.watchdog_interval({"WATCHDOG_USEC": "0"}) is None
     assert notify.watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
     assert notify.watchdog_interval({}) is None
+
+
+async def test_keepalive_pings_the_watchdog_and_reports_status_until_stopped(listener: socket.socket,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "40000")           # 40 ms: a ping every 20 ms
+    listener.setblocking(False)
+    stop = asyncio.Event()
+
+    async def summary() -> str:
+        return "2 companies, 5 queued"
+
+    task = asyncio.create_task(notify.keepalive(stop, summary))
+    await asyncio.sleep(0.15)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    messages = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            messages.append(listener.recv(4096).decode())
+    assert messages.count("WATCHDOG=1") >= 3
+    assert messages.count("STATUS=2 companies, 5 queued") == 1     # about every 10 s, so once here
+
+
+async def test_keepalive_returns_at_once_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    await asyncio.wait_for(notify.keepalive(asyncio.Event()), 1)
