@@ -120,15 +120,17 @@ def open_log(path: Path) -> TextIO:
     return open(path, "a", encoding="utf-8", buffering=1)
 
 
-def run_configured(config_path: Path, log_path: Path, stop_hook: Callable[[ServiceRunner], None]) -> int:
-    """The body of SvcDoRun: log to the file, load the config (78 on a bad one, as `ksefd run`), serve until
-    stopped. `stop_hook(runner)` hands the runner to whoever receives SvcStop."""
+def run_configured(config_path: Path, log_path: Path | None, stop_hook: Callable[[ServiceRunner], None]) -> int:
+    """The body of SvcDoRun: log to the file (None: to the console, `ksefd service debug`), load the config
+    (78 on a bad one, as `ksefd run`), serve until stopped. `stop_hook(runner)` hands the runner to whoever
+    receives SvcStop."""
     import logging
 
     from ksefd.config import ConfigError, load_config
     from ksefd.logs import configure_logging
 
-    sys.stderr = open_log(log_path)
+    if log_path is not None:
+        sys.stderr = open_log(log_path)
     configure_logging("json")
     try:
         config = load_config(config_path)
@@ -184,7 +186,8 @@ if sys.platform == "win32":   # pragma: no cover - pywin32 exists only on Window
             config = win32serviceutil.GetServiceCustomOption(SERVICE_NAME, "config", str(paths.config))
             # ServiceFramework.SvcRun has reported SERVICE_RUNNING before calling this, and reports STOPPED after.
             servicemanager.LogInfoMsg(f"ksefd: starting with {config}")
-            code = run_configured(Path(config), Path(paths.log), self._keep)
+            log = Path(paths.log) if servicemanager.RunningAsService() else None    # None: `ksefd service debug`
+            code = run_configured(Path(config), log, self._keep)
             if code:
                 servicemanager.LogErrorMsg(f"ksefd: the config {config} is invalid; see {paths.log}")
 

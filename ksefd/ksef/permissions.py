@@ -68,13 +68,13 @@ class TokenPermissions:
     permissions: tuple[str, ...]
 
 
-async def personal_permissions(ctx: KsefContext) -> PersonalPermissions:
-    """Every page of the caller's own permissions in the current context (Active only)."""
+async def personal_permissions(ctx: KsefContext, page_size: int = PAGE_SIZE) -> PersonalPermissions:
+    """Every page of the caller's own permissions in the current context (Active only); `page_size` 10..100."""
     items: list[PersonalPermission] = []
     owner: set[str] | None = None
     for offset in range(MAX_PAGES):
         response = await ctx.request("POST", "/permissions/query/personal/grants", json={"permissionState": "Active"},
-                                     query={"pageOffset": str(offset), "pageSize": str(PAGE_SIZE)},
+                                     query={"pageOffset": str(offset), "pageSize": str(page_size)},
                                      replay_safe=True, expect=(200,))
         page = response.decode(_PermissionsPage)
         items += page.permissions

@@ -49,6 +49,10 @@ def cert_files(folder: Path, name: str, *, nip: str | None = None, pesel: str | 
     return {"certificate": str(folder / f"{name}.crt"), "private_key": str(folder / f"{name}.key")}
 
 
+def token_secrets(folder: Path) -> list[str]:
+    return [t.read_text().strip().rsplit("|", 1)[1] for t in folder.glob("*.token")]
+
+
 def company(report: CheckReport, name: str) -> CompanyCheck:
     return next(c for c in report.companies if c.name == name)
 
@@ -104,6 +108,10 @@ async def test_the_four_companies_of_the_issue(sim, http: aiohttp.ClientSession,
     assert "new KSeF certificate" in problem.fix
 
     text = render(report)
+    secrets = token_secrets(tmp_path)
+    assert len(secrets) == 3
+    for secret in secrets:                          # no token secret in the report, text or JSON
+        assert secret not in text and secret not in json.dumps(to_json(report))
     for line in ("full", "readonly", "nowrite", "expired", "FAIL", "fix: "):
         assert line in text
     assert "some companies cannot do what their config asks" in text
