@@ -128,7 +128,7 @@ def check_credentials(row: CompanyCheck, company: Company, today: dt.date) -> Cr
         return None
     if isinstance(credentials, KsefToken):
         return _judge_token(row, company, credentials, today)
-    return _judge_certificate(row, credentials, today)
+    return _judge_certificate(row, company, credentials, today)
 
 
 def _judge_token(row: CompanyCheck, company: Company, token: KsefToken, today: dt.date) -> KsefToken | None:
@@ -147,9 +147,17 @@ def _judge_token(row: CompanyCheck, company: Company, token: KsefToken, today: d
     return token
 
 
-def _judge_certificate(row: CompanyCheck, cert: CertificateCredentials, today: dt.date
+def _judge_certificate(row: CompanyCheck, company: Company, cert: CertificateCredentials, today: dt.date
                        ) -> CertificateCredentials | None:
     row.identity = f"certificate {cert.identity}"
+    self_signed = cert.certificate.issuer == cert.certificate.subject
+    if self_signed and company.base_url is None and company.environment != "test":
+        # PROTOCOL.md §1, §3.3: only TEST accepts self-signed certificates; DEMO and PROD check the chain.
+        row.add("error", "credentials", f"the certificate {cert.source} is self-signed: it works only on KSeF TEST, "
+                                        f"this company is configured for {company.environment.upper()}",
+                f"use a KSeF certificate issued by the {company.environment.upper()} KSeF web app (or a qualified "
+                f"certificate), or set environment = \"test\" if this company is meant for TEST")
+        return None
     not_after = cert.certificate.not_valid_after_utc.date()
     not_before = cert.certificate.not_valid_before_utc.date()
     row.expires, row.days_left = not_after.isoformat(), (not_after - today).days

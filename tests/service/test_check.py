@@ -272,3 +272,15 @@ async def test_latarnia_status_is_reported(sim, tmp_path: Path, latarnia: tuple[
     [found] = [f for f in report.findings if f.topic == "latarnia"]
     assert found.level == "warning" and "FAILURE" in found.message and "Awaria KSeF" in found.message
     assert to_json(report)["findings"]
+
+
+def test_a_self_signed_certificate_on_prod_is_told_apart_before_any_login(tmp_path: Path) -> None:
+    from ksefd.daemon.check_local import check_credentials
+    files = cert_files(tmp_path, "self", nip=OWNER_CERT)
+    (tmp_path / "ksefd.toml").write_text(
+        '[ksef]\nenvironment = "prod"\n\n[daemon]\ndata_dir = "data"\n\n[[companies]]\nname = "p"\n'
+        f'nip = "{OWNER_CERT}"\ncertificate = "{files["certificate"]}"\nprivate_key = "{files["private_key"]}"\n')
+    config = load(tmp_path / "ksefd.toml")
+    row = CompanyCheck("p", OWNER_CERT, "prod", True, True, "certificate")
+    assert check_credentials(row, config.company("p"), dt.date.today()) is None
+    assert "works only on KSeF TEST" in errors(row)[0] and "PROD" in errors(row)[0]
