@@ -99,3 +99,20 @@ async def test_keepalive_pings_the_watchdog_and_reports_status_until_stopped(lis
 async def test_keepalive_returns_at_once_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     await asyncio.wait_for(notify.keepalive(asyncio.Event()), 1)
+
+
+def test_one_line_summary_for_systemctl_status() -> None:
+    from ksefd.daemon.notify_status import one_line
+    from ksefd.daemon.status import CompanyStatus, DaemonStatus
+
+    def company(name: str, held: bool) -> CompanyStatus:
+        return CompanyStatus(name=name, nip="1234567802", send=True, receive=True, queued=2, in_ksef=1,
+                             accepted_today=5, accepted_total=9, rejected_today=1, rejected_total=1,
+                             on_hold={"code": "missing-permission"} if held else None, oldest_waiting=None,
+                             last_error=None)
+
+    status = DaemonStatus(running=True, last_heartbeat=None, pid=1,
+                          companies=[company("acme", False), company("beta", True)])
+    assert one_line(status) == "2 companies: 4 queued, 2 in KSeF, 10 accepted and 2 rejected today; on hold: beta"
+    many = DaemonStatus(True, None, 1, [company(f"c{i}", True) for i in range(8)])
+    assert one_line(many).endswith("on hold: c0, c1, c2, c3, c4 and 3 more")
