@@ -16,7 +16,7 @@ from ksefd.ksef.errors import CredentialsError
 from ksefd.store.migrations import MIGRATIONS
 
 from .check_report import CheckReport, CompanyCheck
-from .credentials import load_credentials
+from .connection import load_credentials
 
 # PROTOCOL.md §9.1 and §15: the regulation ends KSeF-token login on 31.12.2026; from 1.1.2027 certificates.
 TOKEN_LOGIN_LAST_DAY = dt.date(2026, 12, 31)
