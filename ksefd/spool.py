@@ -19,12 +19,14 @@ import datetime as dt
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
+
+from .writers import open_for_writing
 
 _TEMP_SUFFIX = ".ksefd.tmp"
 _TEMP_NAME = re.compile(r"^\..*\.[0-9a-f]{16}\.ksefd\.tmp$")
@@ -75,19 +77,30 @@ class _Look:
 
 
 class StabilityTracker:
-    """A file is finished when its size and mtime are unchanged across two looks `settle_seconds`
-    apart: an ERP that writes in place (no temp name + rename) is never read half-written."""
+    """When may a file in the outbox be read? At once when the operating system says that no process has it
+    open for writing (writers.py: renamed in, or closed by its writer); otherwise, or where that cannot be
+    told, when its size and mtime are unchanged across two looks `settle_seconds` apart, so that an ERP
+    writing in place is never read half-written."""
 
-    def __init__(self, clock: _Clock, settle_seconds: float = 2.0) -> None:
+    def __init__(self, clock: _Clock, settle_seconds: float = 2.0,
+                 writer_check: Callable[[Path], bool | None] = open_for_writing) -> None:
         self._clock = clock
         self._settle = dt.timedelta(seconds=settle_seconds)
         self._looks: dict[Path, _Look] = {}
+        self._writer_check = writer_check
 
     def is_stable(self, path: Path) -> bool:
         try:
             info = path.stat()
         except FileNotFoundError:
             self.forget(path)
+            return False
+        writing = self._writer_check(path)
+        if writing is False:
+            self.forget(path)
+            return True
+        if writing is True:        # still open for writing: whatever its size says, the wait starts again
+            self._looks[path] = _Look(info.st_size, info.st_mtime_ns, self._clock.now())
             return False
         return self.observe(path, info.st_size, info.st_mtime_ns)
 
