@@ -14,6 +14,7 @@ from . import (
     auth,
     batch,
     control,
+    fa3,
     faults,
     limits,
     online,
@@ -66,6 +67,7 @@ async def public_key_certificates(request: web.Request) -> web.Response:
 
 def create_app(config: SimConfig | None = None, clock: Clock | None = None) -> web.Application:
     config = config or SimConfig()
+    fa3.schema()   # compile now, before requests run parses in other threads (fa3.py docstring)
     world = World(config, clock or SystemClock(), Store(config.state_path))
     app = web.Application(middlewares=[error_middleware, faults.middleware, ratelimits.middleware],
                           client_max_size=200 * 1024 * 1024)
