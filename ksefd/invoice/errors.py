@@ -21,6 +21,7 @@ class Code(StrEnum):
     ENCODING_DECLARATION = "encoding-declaration"   # UTF-8 bytes, but the prolog names another encoding
     NOT_UTF8 = "not-utf8"                           # bytes that are not UTF-8, in no recognisable encoding
     PROCESSING_INSTRUCTION = "processing-instruction"
+    XML_VERSION = "xml-version"                     # the declaration says another version than XML 1.0
     XML_CHAR = "xml-char"                           # a character XML 1.0 forbids (control characters, U+FFFE/F)
     DISCOURAGED_CHAR = "discouraged-char"           # a W3C "discouraged" character KSeF refuses
     TOO_LARGE = "too-large"
@@ -42,6 +43,8 @@ HINTS: dict[Code, str] = {
     Code.NOT_UTF8: _REEXPORT,
     Code.PROCESSING_INSTRUCTION: "Remove the processing instruction (<?...?>) from the file; KSeF allows only "
                                  "the XML declaration at the very start.",
+    Code.XML_VERSION: "Set the XML declaration to <?xml version=\"1.0\" encoding=\"UTF-8\"?> (in the ERP's export "
+                      "settings, or ask its supplier): KSeF accepts only XML 1.0.",
     Code.XML_CHAR: "Remove the character at the given line and column; it is not allowed in XML 1.0 "
                    "(often a stray control character pasted into a description).",
     Code.DISCOURAGED_CHAR: "Remove or replace the character at the given line and column; KSeF refuses W3C "

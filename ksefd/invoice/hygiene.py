@@ -13,6 +13,7 @@ from .errors import Code, InvoiceRejected
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF32_BOMS = (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")
+_DECLARED_VERSION = re.compile(r"""\A<\?xml\s+version\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 _DECLARED_ENCODING = re.compile(
     rb"""\A<\?xml\s+version\s*=\s*(?:"[^"]*"|'[^']*')\s+encoding\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 
@@ -34,6 +35,7 @@ def check_text(data: bytes) -> str:
     """All the byte- and character-level checks in KSeF's order; returns the decoded text."""
     check_bom(data)
     text = decode_utf8(data)
+    check_xml_version(text)
     check_processing_instructions(text)
     check_characters(text)
     return text
@@ -63,6 +65,18 @@ def decode_utf8(data: bytes) -> str:
                               "(the declaration may be left out, but if present it must say UTF-8).",
                               {"declared": declared})
     return text
+
+
+def check_xml_version(text: str) -> None:
+    """KSeF requires well-formed XML 1.0 (PROTOCOL.md §4.2); libxml2 would parse a 1.1 declaration quietly."""
+    match = _DECLARED_VERSION.match(text)
+    if match is None:
+        return   # no declaration (XML 1.0 by default), or a malformed one the parser names
+    version = match.group(1) if match.group(1) is not None else match.group(2)
+    if version != "1.0":
+        raise InvoiceRejected(Code.XML_VERSION, f"The XML declaration says version=\"{version}\"; KSeF accepts only "
+                                                "XML 1.0 (PROTOCOL.md §4.2).",
+                              {"line": 1, "declared": version})
 
 
 def _reject_wide_encodings(data: bytes) -> None:

@@ -36,6 +36,7 @@ CASES: dict[str, tuple[str, bytes]] = {
     "utf16": ("encoding-utf-16", _utf16()),
     "cp1250": ("encoding-windows-1250", _windows_1250()),
     "pi": ("processing-instruction", invoice("LOCAL/3").replace(b"?>", b'?><?xml-stylesheet href="a.xsl"?>', 1)),
+    "xml-1.1": ("xml-version", invoice("LOCAL/10").replace(b'version="1.0"', b'version="1.1"', 1)),
     "control-char": ("xml-char", invoice("LOCAL/4").replace(b"<P_2>", b"<P_2>\x01", 1)),
     "too-large": ("too-large", invoice("LOCAL/5").replace(b"</Faktura>", b"<!--" + b"x" * 3_000_001 + b"-->"
                                                                                         b"</Faktura>")),

@@ -190,6 +190,21 @@ def test_discouraged_character_by_reference() -> None:
     assert error.details["line"] == 8
 
 
+@pytest.mark.parametrize("declaration", [b'<?xml version="1.1" encoding="UTF-8"?>', b"<?xml version='1.1'?>",
+                                         b'<?xml version = "1.1" encoding="utf-8" standalone="yes"?>'])
+def test_xml_1_1_declaration_is_refused(declaration: bytes) -> None:
+    data = declaration + sample().split(b"?>", 1)[1]
+    error = rejected(data, Code.XML_VERSION)
+    assert error.details == {"line": 1, "declared": "1.1"}
+    assert "XML 1.0" in error.message and 'version="1.1"' in error.message
+    assert 'version="1.0"' in error.hint
+
+
+def test_xml_1_0_declaration_and_none_are_fine() -> None:
+    check(sample())
+    check(sample().split(b"?>", 1)[1].lstrip())
+
+
 def test_control_character_by_reference_is_not_well_formed() -> None:
     rejected(sample().replace(b"Samplo", b"Sam&#x1;plo"), Code.NOT_WELL_FORMED)
 
@@ -295,8 +310,8 @@ def test_error_json_shape() -> None:
 def test_codes_are_stable() -> None:
     assert {c.value for c in Code} == {
         "bom", "encoding-utf-16", "encoding-windows-1250", "encoding-declaration", "not-utf8",
-        "processing-instruction", "xml-char", "discouraged-char", "too-large", "not-well-formed", "doctype",
-        "not-fa3", "xsd", "seller-nip", "p1-future"}
+        "processing-instruction", "xml-version", "xml-char", "discouraged-char", "too-large", "not-well-formed",
+        "doctype", "not-fa3", "xsd", "seller-nip", "p1-future"}
 
 
 def test_checks_run_in_parallel_threads() -> None:
