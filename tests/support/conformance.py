@@ -55,7 +55,11 @@ def _mock_request(request: web.Request, body: bytes) -> MockRequest:
 
 def _error_text(exc: Exception) -> str:
     cause = exc.__cause__
-    return f"{type(exc).__name__}: {exc}" + (f" <- {cause!r}"[:2000] if cause else "")
+    try:
+        text = str(exc)
+    except Exception:   # openapi-core's body errors cannot print themselves when the body is not JSON
+        text = "(no message)"
+    return f"{type(exc).__name__}: {text}" + (f" <- {cause!r}"[:2000] if cause else "")
 
 
 def conformance_middleware(found: Violations) -> Callable[..., Awaitable[web.StreamResponse]]:
