@@ -14,6 +14,7 @@ from . import (
     auth,
     batch,
     control,
+    exports,
     fa3,
     faults,
     limits,
@@ -36,7 +37,7 @@ log = structlog.get_logger("ksefd.sim")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Each module registers its own routes; order matters only for readability.
-ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, limits, control)
+ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, exports, limits, control)
 
 
 @web.middleware
