@@ -20,10 +20,11 @@ Use:
         -> stores the record in status 100 and queues it; verdicts come in submission order
            (100 -> 150 -> 200 with a KSeF number, or 410/415/430/435/440/450). `plain=None` records a
            file that could not be decrypted (status 435; pass invoice_hash/invoice_size as declared).
-    invoices.get(world, ref) / by_ksef_number(world, n) / for_session(world, session_ref) / accepted(world)
+    invoice_records.get(world, ref) / by_ksef_number / for_session / accepted / pending_count (the lookups
+        live in invoice_records.py, below this module and sessions.py)
     invoices.invoice_metadata(rec) -> openapi.json InvoiceMetadata (status-200 records only)
     invoices.status_view(rec)       -> SessionInvoiceStatusResponse without the UPO link fields
-    invoices.pending_count(world, session_ref); invoices.cancel(world, rec, 405) for a session error
+    invoices.cancel(world, rec, 405) for a session error
 
 Attachments (`Zalacznik`): the record gets 415 unless `allow_attachments` is True. Online sessions
 pass True only for a technical correction when attachments are enabled for the NIP; batch sessions
