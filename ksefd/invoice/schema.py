@@ -31,6 +31,7 @@ from typing import Any
 
 from lxml import etree
 
+from . import syntax, xsd_messages
 from .errors import Code, InvoiceRejected
 
 FA3_NS = "http://crd.gov.pl/wzor/2025/06/25/13775/"
@@ -43,7 +44,10 @@ _KNOWN_FORMS = {   # root namespaces an ERP may still export, to say which versi
 }
 _XSD_DIR = "data/xsd/FA3"
 _XSD_MAIN = "schemat_FA(3)_v1-0E.xsd"
-_NAMESPACE_IN_MESSAGE = re.compile(r"\{[^}]*\}")
+_DOCTYPE = re.compile(rb"<!DOCTYPE\s+([^\s\[>]+)")
+_ENTITY_DECLARATION = re.compile(rb"<!ENTITY\s")
+_COMMENT_OR_CDATA = re.compile(rb"<!--.*?-->|<!\[CDATA\[.*?\]\]>", re.DOTALL)
+_NAMESPACE_IN_MESSAGE = re.compile(r"\{[A-Za-z][A-Za-z0-9+.-]*:[^}']*\}")   # {http://...}, not {'VAT', ...}
 MAX_XSD_ERRORS = 10
 
 
@@ -125,18 +129,38 @@ def _copy_tree(source: Traversable, target: pathlib.Path) -> None:
 def parse(data: bytes) -> etree._Element:
     """Well-formedness (from the bytes, so line numbers are the file's) and no DOCTYPE."""
     fa3_schema()   # never parse beside the compile (module docstring); a no-op once compiled
+    _refuse_doctype(data)
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as error:
-        line, column = error.position
-        raise InvoiceRejected(Code.NOT_WELL_FORMED,
-                              f"The file is not well-formed XML: {error.msg} (line {line}, column {column}).",
-                              {"line": line, "column": column, "error": error.msg}) from None
+        found = syntax.explain(error, data)
+        raise InvoiceRejected(Code.NOT_WELL_FORMED, f"The file is not well-formed XML. {found.message}",
+                              {"line": found.line, "column": found.column, "error": found.parser}) from None
     doctype: str = getattr(root.getroottree().docinfo, "doctype", "")   # missing from lxml-stubs
     if doctype:
-        raise InvoiceRejected(Code.DOCTYPE, f"The file has a document type declaration ({doctype}); an FA(3) "
-                                            "invoice must not have one.", {"doctype": doctype})
+        raise _doctype_rejected(doctype, 0)
     return root
+
+
+def _refuse_doctype(data: bytes) -> None:
+    """Before parsing: a DOCTYPE may declare entities (an "entity bomb" expands to gigabytes), so it is refused by
+    its own rule (PROTOCOL.md §4.2, no DTD) before libxml2 reads it, not reported as "not well-formed"."""
+    if b"<!DOCTYPE" not in data:
+        return
+    visible = _COMMENT_OR_CDATA.sub(lambda m: b" " * len(m.group()), data)
+    match = _DOCTYPE.search(visible)
+    if match is not None:
+        entities = len(_ENTITY_DECLARATION.findall(visible, match.start()))
+        raise _doctype_rejected(match.group(1).decode("utf-8", "replace"), entities,
+                                data.count(b"\n", 0, match.start()) + 1)
+
+
+def _doctype_rejected(name: str, entities: int, line: int = 0) -> InvoiceRejected:
+    what = f" declaring {entities} entit{'y' if entities == 1 else 'ies'}" if entities else ""
+    return InvoiceRejected(Code.DOCTYPE, f"The file has a document type declaration (<!DOCTYPE {name} ...>){what}; an "
+                                         "FA(3) invoice must not have one (KSeF refuses DTDs: entities could change "
+                                         "what it reads).",
+                           {"doctype": name, "entities": entities, "line": line})
 
 
 def check_form(root: etree._Element) -> None:
@@ -160,10 +184,23 @@ def validate(root: etree._Element) -> None:
         if schema.validate(root):
             return
         log: Iterable[Any] = schema.error_log   # type: ignore[assignment]  # iterable; stubs disagree
-        errors = [(int(e.line), _readable(str(e.message))) for e in list(log)[:MAX_XSD_ERRORS]]
-    line, first = errors[0]
-    raise InvoiceRejected(Code.XSD, f"The invoice is not valid against the FA(3) schema: line {line}: {first}",
-                          {"line": line, "errors": [f"line {n}: {m}" for n, m in errors]})
+        raw = [(int(e.line), _readable(str(e.message)), str(e.path or "")) for e in list(log)[:MAX_XSD_ERRORS]]
+    tree = root.getroottree()
+    errors = [(line, xsd_messages.explain(message, _node(tree, path)), message) for line, message, path in raw]
+    line, first, _ = errors[0]
+    raise InvoiceRejected(Code.XSD, f"The invoice does not match the FA(3) schema: line {line}: {first}",
+                          {"line": line, "errors": [f"line {n}: {m}" for n, m, _ in errors],
+                           "schemaMessages": [f"line {n}: {m}" for n, _, m in errors]})
+
+
+def _node(tree: etree._ElementTree, path: str) -> etree._Element | None:
+    """The element a schema error is about, from libxml2's path (`/*/*[4]/*[2]`)."""
+    try:
+        found = tree.xpath(path) if path.startswith("/") else []
+    except etree.XPathError:
+        return None
+    first = found[0] if isinstance(found, list) and found else None
+    return first if isinstance(first, etree._Element) else None
 
 
 def _readable(message: str) -> str:

@@ -43,6 +43,9 @@ CASES: dict[str, tuple[str, bytes]] = {
     "broken": ("not-well-formed", invoice("LOCAL/6")[:-40]),
     "xsd": ("xsd", invoice("LOCAL/7").replace(b"<P_2>", b"<P_2X>", 1).replace(b"</P_2>", b"</P_2X>", 1)),
     "seller": ("seller-nip", invoice("LOCAL/8", seller=OTHER)),
+    "seller-checksum": ("nip-checksum", invoice("LOCAL/11", seller="1234567890")),
+    "png": ("not-xml", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64)),
+    "html": ("html-page", b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head></html>"),
     "future": ("p1-future", invoice("LOCAL/9", issue_date=today() + dt.timedelta(days=3))),
 }
 

@@ -117,9 +117,14 @@ def test_windows_1250_named_when_cp1250_only_letters_appear() -> None:
 
 def test_iso_8859_2_named() -> None:
     text = sample().decode().replace("ul. Kwiatowa 1 m. 2", "ul. Świętokrzyska 1 m. 2")
-    error = rejected(text.encode("iso-8859-2"), Code.ENCODING_WINDOWS_1250)
+    error = rejected(text.encode("iso-8859-2"), Code.ENCODING_ISO_8859_2)
     assert error.details["encoding"] == "ISO-8859-2"
-    assert "ISO-8859-2" in error.message
+    assert "ISO-8859-2" in error.message and "Świętokrzyska" in error.details["excerpt"]
+
+
+def test_iso_8859_2_declaration_has_its_own_code() -> None:
+    error = rejected(sample().replace(b'encoding="UTF-8"', b'encoding="ISO-8859-2"'), Code.ENCODING_ISO_8859_2)
+    assert error.details["declared"] == "ISO-8859-2"
 
 
 def test_windows_1250_declaration_even_with_ascii_bytes() -> None:
@@ -309,7 +314,8 @@ def test_error_json_shape() -> None:
 
 def test_codes_are_stable() -> None:
     assert {c.value for c in Code} == {
-        "bom", "encoding-utf-16", "encoding-windows-1250", "encoding-declaration", "not-utf8",
+        "empty", "not-xml", "html-page", "encoding-iso-8859-2", "nip-checksum", "bom", "encoding-utf-16",
+        "encoding-windows-1250", "encoding-declaration", "not-utf8",
         "processing-instruction", "xml-version", "xml-char", "discouraged-char", "too-large", "not-well-formed",
         "doctype", "not-fa3", "xsd", "seller-nip", "p1-future"}
 
