@@ -10,7 +10,7 @@ Thread safety, by design rather than by luck (issue #15 point 6):
   libxml2's process-wide external-entity loader in and out around every parse (`_register_document_loader`
   / `_reset_document_loader`, not atomic): a parse in any thread could restore the default loader in the
   middle of a compile, and the default loader cannot serve a custom URL scheme ("Failed to load the
-  document 'ksefd-invoice-xsd:/bazowe/...' for inclusion", ~30 % of fresh processes, see
+  document 'ksefd-invoice-xsd:/bazowe/...' for inclusion", in up to a third of fresh processes, see
   benchmarks/schema_race.py). A file path is served the same by either loader, so the swap is harmless.
 - lxml parsers must not be used by two threads at once, so each thread gets its own.
 - Validation is serialised by a lock: an XMLSchema keeps its error log on the object. Validating a
