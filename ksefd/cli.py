@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +56,34 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="end when every invoice is done (default: when standard input is not a terminal)")
 
 
+def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`ksefd certificate enroll|list|revoke` (ksefd/certificate_cli.py)."""
+    parser = sub.add_parser("certificate", help="KSeF certificates: enroll, list, revoke")
+    commands = parser.add_subparsers(dest="certificate_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", type=Path, required=True, help="the config file")
+        p.add_argument("company", help="the company's name in the config")
+        p.add_argument("--login-certificate", type=Path, help="log in with this certificate (.crt/.pem/.p12) "
+                                                              "instead of the company's configured one")
+        p.add_argument("--login-key", type=Path, help="the private key of --login-certificate")
+        p.add_argument("--login-password-file", type=Path, help="the file with the password of --login-key")
+
+    enroll = commands.add_parser("enroll", help="request a new KSeF certificate for the company's login person")
+    common(enroll)
+    enroll.add_argument("--type", choices=["authentication", "offline"], required=True,
+                        help="authentication: logs in to KSeF; offline: signs KOD II on offline invoices")
+    enroll.add_argument("--key", choices=["ec", "rsa"], default="ec", help="key type (default EC P-256)")
+    enroll.add_argument("--update-config", action="store_true",
+                        help="change the config file (kept as .bak); otherwise the lines to paste are printed")
+    listing = commands.add_parser("list", help="the KSeF certificates of the company's login person")
+    common(listing)
+    revoke = commands.add_parser("revoke", help="revoke a KSeF certificate")
+    common(revoke)
+    revoke.add_argument("serial", help="the certificate's serial number (16 hex digits, see `list`)")
+    revoke.add_argument("--reason", choices=["Unspecified", "Superseded", "KeyCompromise"], default="Unspecified")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ksefd", description="KSeF (API 2.0) daemon for file-based ERPs")
     parser.add_argument("--version", action="version", version=f"ksefd {__version__}")
@@ -67,19 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _run_parser(sub)
     _status_parser(sub)
+    _certificate_parser(sub)
     return parser
-
-
-def _stop_on_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-
-    def handler(signum: int, _frame: object) -> None:
-        if stop.is_set():          # a second signal forces (DESIGN.md conventions 2)
-            raise SystemExit(130)
-        loop.call_soon_threadsafe(stop.set)
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
 
 
 async def _run_demo(args: argparse.Namespace) -> int:
@@ -89,9 +105,11 @@ async def _run_demo(args: argparse.Namespace) -> int:
         print("ksefd demo: --invoices must be at least 1", file=sys.stderr)
         return 2
     once = args.once if args.once is not None else not sys.stdin.isatty()
+    from ksefd.daemon.lifecycle import ShutdownSignals
+
     stop = asyncio.Event()
-    _stop_on_signals(stop)
-    return await run_demo(count=args.invoices, once=once, keep=args.dir, stop=stop)
+    with ShutdownSignals(stop):
+        return await run_demo(count=args.invoices, once=once, keep=args.dir, stop=stop)
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
@@ -107,13 +125,14 @@ async def _run_sim(args: argparse.Namespace) -> int:
         return EX_CONFIG
     config = SimConfig(host=args.host, port=args.port, state_path=args.state, limits_profile=args.limits,
                        faults=args.faults, processing_delay_s=args.processing_delay, hwm_lag_s=args.hwm_lag)
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
+    from ksefd.daemon.lifecycle import ShutdownSignals
 
     def ready(base_url: str) -> None:
         print(f"KSeF simulator listening on {base_url}  (Ctrl+C stops)", flush=True)
 
-    await serve(config, stop, ready)
+    stop = asyncio.Event()
+    with ShutdownSignals(stop):
+        await serve(config, stop, ready)
     return 0
 
 
@@ -123,11 +142,12 @@ def _load(path: Path) -> Config:
 
 
 async def _run_daemon(config: Config, once: bool) -> int:
+    from ksefd.daemon.lifecycle import ShutdownSignals
     from ksefd.daemon.service import serve
 
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
-    await serve(config, stop, once=once)
+    stop, force = asyncio.Event(), asyncio.Event()
+    with ShutdownSignals(stop, force):      # a first signal drains, a second one forces (DESIGN.md convention 2)
+        await serve(config, stop, once=once, force=force)
     return 0
 
 
@@ -167,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run_daemon(config, args.once))
     if args.command == "status":
         return asyncio.run(_show_status(config, args.json))
+    if args.command == "certificate":
+        from ksefd import certificate_cli
+        return asyncio.run(certificate_cli.run(config, args))
     parser.error(f"unknown command {args.command}")
     return 2
 

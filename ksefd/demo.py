@@ -70,13 +70,10 @@ class LiveSummary:
         self.inbox_seen: set[str] = set()
 
     async def __call__(self, runtime: Runtime) -> None:
-        rows = await runtime.store.db.fetch_all(
-            "SELECT file_name, state, ksef_number FROM invoices ORDER BY id")
-        for row in rows:
-            key, state = row["file_name"], row["state"]
+        for key, state, ksef_number in await runtime.store.invoices.changes():
             if self.seen.get(key) != state:
                 self.seen[key] = state
-                extra = f"  KSeF {row['ksef_number']}" if row["ksef_number"] and state in ("accepted", "done") else ""
+                extra = f"  KSeF {ksef_number}" if ksef_number and state in ("accepted", "done") else ""
                 note = "  (sent/ has the XML, .ksef.json and .upo.xml)" if state == "done" else ""
                 print(f"  {key:<40} {state:<11}{extra}{note}", file=self.out, flush=True)
         for company in runtime.config.companies:

@@ -2,7 +2,7 @@
 and the rate limiter whose windows survive restarts (issue #5 item 4).
 
 One `KsefClient` per KSeF target (environment + base URL): companies on the same target share its HTTP
-connections and public keys, each company gets its own `KsefContext` (credentials.py). One `RateLimiter`
+connections and public keys, each company gets its own `KsefContext` (connection.py). One `RateLimiter`
 serves all of them: it counts per context, so one company's backlog never spends another's quota.
 """
 

@@ -1,24 +1,28 @@
 """`serve(config, stop)`: the one core of the daemon (DESIGN.md conventions 1-5). `ksefd run`, `ksefd demo`,
-systemd and a Windows service are thin shells that differ only in how they set `stop`.
+systemd and a Windows service are thin shells that differ only in how they set `stop` (and `force`).
 
-Phases, each logged:
+Phases, each logged (the shape of uvicorn's server: startup -> main loop -> shutdown):
 
-* startup: open the state database (migrations), restore the rate limiter's windows, create each
-  sending company's worker;
-* main loop: every company's worker, the limiter's autosave and the heartbeat, all owned by one
-  TaskGroup, until `stop` is set, or, with `once=True` (drain mode), until every company has nothing
-  left to do (`OutboxWorker.settled`);
-* shutdown: workers stop taking new work; what is in flight gets `shutdown_grace_seconds` to finish
-  (then it is cancelled, which is safe: every step is persisted before its KSeF call); online sessions
-  are closed, the limiter saved, the database closed.
+* startup: open the state database (migrations), restore the rate limiter's windows, create one
+  connection per company (shared by its outbox and inbox halves) and each sending company's outbox worker;
+* main loop: every company's halves, the limiter's autosave and the heartbeat, all owned by one TaskGroup
+  and each guarded (a failure is logged and retried, never the end of the other companies), until `stop`
+  is set, or, with `once=True` (drain mode), until every worker reports that nothing is left to do;
+* drain: workers stop taking new work; what is in flight gets `shutdown_grace_seconds` to finish (cut short
+  by `force`, a second signal), then it is cancelled, which is safe: every step is persisted before its
+  KSeF call;
+* shutdown (always, also after an error in the TaskGroup): online sessions are closed, the limiter saved,
+  the clients and the database closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
@@ -28,28 +32,38 @@ from ksefd.config import Config
 from ksefd.ksef.ratelimit import RateLimiter
 from ksefd.store import Store
 
-from .inbox_runner import run_inbox
-from .outbox_worker import OutboxWorker
+from .connection import CompanyConnection
+from .inbox.runner import run_inbox
+from .lifecycle import every, guarded
+from .outbox.worker import OutboxWorker
 from .runtime import Runtime, StoreLimiterPersistence
 
 log = structlog.get_logger("ksefd.daemon")
 
 HEARTBEAT_SECONDS = 5.0
-SETTLED_CHECK_SECONDS = 0.2
-SETTLED_ROUNDS = 3          # drain mode ends after this many settled looks in a row (files may be landing)
+PROGRESS_SECONDS = 0.2
+FORCED_CLOSE_SECONDS = 1.0      # after a forced stop, closing the online sessions gets this long at most
+
+Progress = Callable[[Runtime], Awaitable[None]]
 
 
 async def serve(config: Config, stop: asyncio.Event, *, clock: Clock | None = None, once: bool = False,
-                on_progress: Callable[[Runtime], Awaitable[None]] | None = None) -> None:
+                on_progress: Progress | None = None, force: asyncio.Event | None = None) -> None:
     """Run the daemon until `stop` is set (or, with `once`, until nothing is left to do).
 
-    `on_progress(runtime)`, if given, is awaited about every 0.2 s while running (e.g. `ksefd demo` reads
-    `runtime.store` there to print a live summary; `status.gather` does the reading)."""
-    runtime = await _startup(config, clock or SystemClock(), once)
+    `force`, when set, cuts the drain short (a second Ctrl+C or SIGTERM). `on_progress(runtime)`, if given,
+    is awaited about every 0.2 s while running (e.g. `ksefd demo` reads `runtime.store` there to print a
+    live summary; `status.gather` does the reading)."""
+    daemon = Daemon(await _startup(config, clock or SystemClock(), once), force or asyncio.Event())
     try:
-        await _main_loop(runtime, stop, on_progress)
+        async with asyncio.TaskGroup() as group:
+            daemon.start(group)
+            try:
+                await daemon.main_loop(stop, on_progress)
+            finally:
+                await daemon.drain()
     finally:
-        await _shutdown(runtime)
+        await daemon.shutdown()
 
 
 async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
@@ -64,73 +78,106 @@ async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
     return runtime
 
 
-async def _main_loop(runtime: Runtime, stop: asyncio.Event,
-                     on_progress: Callable[[Runtime], Awaitable[None]] | None) -> None:
-    workers = [OutboxWorker(runtime, c) for c in runtime.config.companies if c.send]
-    draining = asyncio.Event()
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(w.run(draining), name=f"outbox:{w.company.name}") for w in workers]
-        receivers = [group.create_task(run_inbox(runtime, c, draining), name=f"inbox:{c.name}")
-                     for c in runtime.config.companies if c.receive]     # issue #6: KSeF -> inbox
-        helpers = [group.create_task(_heartbeat(runtime, draining), name="heartbeat"),
-                   group.create_task(_autosave(runtime, draining), name="limiter-autosave")]
-        await _until_done(runtime, stop, workers, on_progress, receivers)
-        log.info("daemon.draining", grace_seconds=runtime.config.shutdown_grace_seconds)
-        draining.set()
-        for worker in workers:
-            worker.ctx.wake()
-            worker.intake.poke.set()
-        _, late = await asyncio.wait([*tasks, *receivers, *helpers], timeout=runtime.config.shutdown_grace_seconds)
-        for task in late:
-            log.warning("daemon.drain_timeout", task=task.get_name())
-            task.cancel()
-    closing = [w.close_online() for w in workers]
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max(1.0, runtime.config.shutdown_grace_seconds)):
-            await asyncio.gather(*closing)
+class Daemon:
+    """The running daemon: its companies' connections and workers, and the tasks that run them."""
 
+    def __init__(self, runtime: Runtime, force: asyncio.Event) -> None:
+        self.runtime = runtime
+        self.force = force
+        self.draining = asyncio.Event()
+        companies = [c for c in runtime.config.companies if c.send or c.receive]
+        self.connections = {c.name: CompanyConnection(runtime, c) for c in companies}
+        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name]) for c in companies if c.send]
+        self.receivers: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[None]] = []
 
-async def _until_done(runtime: Runtime, stop: asyncio.Event, workers: list[OutboxWorker],
-                      on_progress: Callable[[Runtime], Awaitable[None]] | None,
-                      receivers: Sequence[asyncio.Task[None]] = ()) -> None:
-    """Wait for `stop`; in drain mode also for every worker to be settled a few looks in a row."""
-    calm = 0
-    while not stop.is_set():
+    def start(self, group: asyncio.TaskGroup) -> None:
+        runtime, draining = self.runtime, self.draining
+        for worker in self.workers:
+            name = f"outbox:{worker.company.name}"
+            self.tasks.append(group.create_task(guarded(name, functools.partial(worker.run, draining), draining),
+                                                name=name))
+        for company in runtime.config.companies:
+            if company.receive:          # issue #6: KSeF -> inbox
+                name = f"inbox:{company.name}"
+                duty = functools.partial(run_inbox, runtime, company, self.connections[company.name], draining)
+                self.receivers.append(group.create_task(guarded(name, duty, draining), name=name))
+        started = time.time()
+
+        async def beat() -> None:
+            await runtime.store.heartbeat.beat("daemon", {
+                "version": __version__, "uptimeSeconds": round(time.time() - started),
+                "companies": [c.name for c in runtime.config.companies]})
+
+        self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, beat, draining, "heartbeat"), name="heartbeat"))
+        # The limiter's windows, saved every few seconds (and at shutdown) so that a restart does not spend a
+        # quota twice (issue #5 item 4).
+        self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, runtime.limiter.save, draining,
+                                                  "limiter-autosave"), name="limiter-autosave"))
+        self.tasks += self.receivers
+
+    async def main_loop(self, stop: asyncio.Event, on_progress: Progress | None) -> None:
+        """Until `stop`; in drain mode also until every worker reports that it is idle and receiving is done."""
+        finished = asyncio.ensure_future(self._drained()) if self.runtime.once else None
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                waiting = {stopping} | ({finished} if finished is not None else set())
+                done, _ = await asyncio.wait(waiting, timeout=PROGRESS_SECONDS if on_progress else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if on_progress is not None:
+                    await on_progress(self.runtime)
+                if stopping in done:
+                    return
+                if finished is not None and finished in done:
+                    log.info("daemon.drained")
+                    return
+        finally:
+            for waiter in (finished, stopping):
+                if waiter is not None and not waiter.done():
+                    waiter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiter
+
+    async def _drained(self) -> None:
+        await asyncio.gather(*(w.wait_idle() for w in self.workers), *self.receivers)
+
+    async def drain(self) -> None:
+        """Stop taking new work; give what is in flight the grace period (or less, if forced); cancel the rest."""
+        grace = self.runtime.config.shutdown_grace_seconds
+        log.info("daemon.draining", grace_seconds=grace)
+        self.draining.set()
+        for worker in self.workers:
+            worker.wake()
+        pending: set[asyncio.Future[Any]] = {t for t in self.tasks if not t.done()}
+        forced: asyncio.Future[Any] = asyncio.ensure_future(self.force.wait())
+        try:
+            deadline = asyncio.get_running_loop().time() + grace
+            while pending and not self.force.is_set():
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                _, pending = await asyncio.wait(pending | {forced}, timeout=left,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(forced)
+        finally:
+            forced.cancel()
+        for task in self.tasks:
+            if not task.done():
+                log.warning("daemon.drain_timeout", task=task.get_name(), forced=self.force.is_set())
+                task.cancel()
+
+    async def shutdown(self) -> None:
+        """Always runs: close online sessions (bounded), save the limiter, close clients and the database."""
+        limit = FORCED_CLOSE_SECONDS if self.force.is_set() else max(1.0, self.runtime.config.shutdown_grace_seconds)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), SETTLED_CHECK_SECONDS)   # real time: a check, not a business timer
-        if on_progress is not None:
-            await on_progress(runtime)
-        if runtime.once:
-            settled = all([await w.settled() for w in workers]) and all(r.done() for r in receivers)
-            calm = calm + 1 if settled else 0
-            if calm >= SETTLED_ROUNDS:
-                log.info("daemon.drained")
-                return
-
-
-async def _heartbeat(runtime: Runtime, draining: asyncio.Event) -> None:
-    started = time.time()
-    while not draining.is_set():
-        await runtime.store.heartbeat.beat("daemon", {"version": __version__, "uptimeSeconds": round(
-            time.time() - started), "companies": [c.name for c in runtime.config.companies]})
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(draining.wait(), HEARTBEAT_SECONDS)
-
-
-async def _autosave(runtime: Runtime, draining: asyncio.Event) -> None:
-    """The limiter's windows, saved every few seconds (and at shutdown) so a restart does not spend a
-    quota twice (issue #5 item 4)."""
-    while not draining.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(draining.wait(), HEARTBEAT_SECONDS)
-        await runtime.limiter.save()
-
-
-async def _shutdown(runtime: Runtime) -> None:
-    with contextlib.suppress(Exception):
-        await runtime.limiter.save()
-    with contextlib.suppress(Exception):
-        await runtime.store.heartbeat.beat("daemon", {"version": __version__, "stopped": True})
-    await runtime.close_clients()
-    await runtime.store.close()
-    log.info("daemon.stopped")
+            async with asyncio.timeout(limit):
+                await asyncio.gather(*(w.close_online() for w in self.workers), return_exceptions=True)
+        runtime = self.runtime
+        with contextlib.suppress(Exception):
+            await runtime.limiter.save()
+        with contextlib.suppress(Exception):
+            await runtime.store.heartbeat.beat("daemon", {"version": __version__, "stopped": True})
+        await runtime.close_clients()
+        await runtime.store.close()
+        log.info("daemon.stopped", forced=self.force.is_set())

@@ -15,10 +15,9 @@ from typing import Any
 from ksefd.clock import WARSAW, Clock
 from ksefd.config import Config
 from ksefd.store import IN_KSEF_STATES, InvoiceState, Store
-from ksefd.store.db import py_json, py_time
 
-from .inbox_status import read_inbox_status
-from .inbox_status import render_lines as render_inbox_lines
+from .inbox.status import read_inbox_status
+from .inbox.status import render_lines as render_inbox_lines
 
 S = InvoiceState
 WAITING = (S.CLAIMED, S.CHECKED, S.QUEUED, S.DEFERRED, S.HELD, S.OFFLINE)
@@ -92,14 +91,12 @@ async def _company(store: Store, name: str, nip: str, send: bool, receive: bool,
 
 
 async def _last_error(store: Store, company: str) -> dict[str, Any] | None:
-    row = await store.db.fetch_one(
-        "SELECT file_name, state, last_error, updated_at FROM invoices WHERE company = ? AND last_error IS NOT NULL "
-        "ORDER BY updated_at DESC, id DESC LIMIT 1", (company,))
-    if row is None:
+    found = await store.invoices.latest_error(company)
+    if found is None:
         return None
-    error = py_json(row["last_error"]) or {}
-    at = py_time(row["updated_at"])
-    return {"file": row["file_name"], "state": row["state"], "at": at.isoformat() if at else None,
+    row, error = found
+    error = error if isinstance(error, dict) else {}
+    return {"file": row.file_name, "state": str(row.state), "at": row.updated_at.isoformat(),
             "stage": error.get("stage"), "code": error.get("code"), "message": error.get("message")}
 
 

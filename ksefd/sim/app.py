@@ -13,6 +13,7 @@ from aiohttp import web
 from . import (
     auth,
     batch,
+    certificates,
     control,
     exports,
     fa3,
@@ -37,7 +38,8 @@ log = structlog.get_logger("ksefd.sim")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Each module registers its own routes; order matters only for readability.
-ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, exports, limits, control)
+ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, exports, limits, certificates,
+                 control)
 
 
 @web.middleware

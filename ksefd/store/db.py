@@ -181,6 +181,13 @@ def py_time(text: str | None) -> dt.datetime | None:
     return dt.datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=dt.UTC)
 
 
+def required_time(text: str) -> dt.datetime:
+    """A NOT NULL time column."""
+    value = py_time(text)
+    assert value is not None
+    return value
+
+
 def py_date(text: str | None) -> dt.date | None:
     return dt.date.fromisoformat(text) if text is not None else None
 

@@ -12,7 +12,7 @@ from typing import Any
 import aiosqlite
 
 from . import events
-from .db import Database, db_time, db_value, py_json, py_time
+from .db import Database, db_time, db_value, py_json, py_time, required_time
 
 
 @dataclass(frozen=True)
@@ -33,15 +33,10 @@ class Beat:
     detail: Any
 
 
-def _time(text: str) -> dt.datetime:
-    value = py_time(text)
-    assert value is not None
-    return value
-
 
 def _hold(r: aiosqlite.Row) -> Hold:
-    return Hold(company=r["company"], code=r["code"], reason=r["reason"], since=_time(r["since"]),
-                next_retry_at=py_time(r["next_retry_at"]), updated_at=_time(r["updated_at"]))
+    return Hold(company=r["company"], code=r["code"], reason=r["reason"], since=required_time(r["since"]),
+                next_retry_at=py_time(r["next_retry_at"]), updated_at=required_time(r["updated_at"]))
 
 
 class HoldRepo:
@@ -98,5 +93,5 @@ class HeartbeatRepo:
 
     async def read(self) -> list[Beat]:
         rows = await self._db.fetch_all("SELECT * FROM heartbeat ORDER BY component")
-        return [Beat(component=r["component"], pid=r["pid"], at=_time(r["at"]), detail=py_json(r["detail"]))
+        return [Beat(component=r["component"], pid=r["pid"], at=required_time(r["at"]), detail=py_json(r["detail"]))
                 for r in rows]

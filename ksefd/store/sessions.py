@@ -18,7 +18,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from . import events
-from .db import Database, assignments, db_time, py_json, py_time
+from .db import Database, assignments, db_time, py_json, py_time, required_time
 from .invoices import IllegalTransition, StateConflict
 from .states import SESSION_TRANSITIONS, UNFINISHED_SESSION_STATES, SessionState
 
@@ -55,19 +55,14 @@ class Upo:
     saved_at: dt.datetime
 
 
-def _required_time(text: str) -> dt.datetime:
-    value = py_time(text)
-    assert value is not None
-    return value
-
 
 def _row(r: aiosqlite.Row) -> SessionRow:
     return SessionRow(
         id=r["id"], company=r["company"], kind=r["kind"], reference=r["reference"], state=SessionState(r["state"]),
-        offline_mode=bool(r["offline_mode"]), status_code=r["status_code"], opened_at=_required_time(r["opened_at"]),
+        offline_mode=bool(r["offline_mode"]), status_code=r["status_code"], opened_at=required_time(r["opened_at"]),
         valid_until=py_time(r["valid_until"]), last_used_at=py_time(r["last_used_at"]),
         closed_at=py_time(r["closed_at"]), last_error=py_json(r["last_error"]),
-        created_at=_required_time(r["created_at"]), updated_at=_required_time(r["updated_at"]))
+        created_at=required_time(r["created_at"]), updated_at=required_time(r["updated_at"]))
 
 
 class SessionRepo:
@@ -179,6 +174,6 @@ class SessionRepo:
 
 def _upo(r: aiosqlite.Row) -> Upo:
     return Upo(id=r["id"], session_id=r["session_id"], invoice_id=r["invoice_id"], reference=r["reference"],
-               sha256=r["sha256"], xml=bytes(r["xml"]), saved_at=_required_time(r["saved_at"]))
+               sha256=r["sha256"], xml=bytes(r["xml"]), saved_at=required_time(r["saved_at"]))
 
 

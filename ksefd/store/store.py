@@ -7,6 +7,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from ksefd.clock import SystemClock
+
+from .certificates import CertificateRenewalRepo
 from .db import Database
 from .events import EventRepo
 from .health import HeartbeatRepo, HoldRepo
@@ -18,11 +21,6 @@ from .sessions import SessionRepo
 
 class _Clock(Protocol):
     def now(self) -> dt.datetime: ...
-
-
-class _UTCNow:
-    def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC)
 
 
 class Store:
@@ -39,12 +37,13 @@ class Store:
         self.holds = HoldRepo(db, now)
         self.heartbeat = HeartbeatRepo(db, now)
         self.events = EventRepo(db)
+        self.certificates = CertificateRenewalRepo(db, now)
 
     @classmethod
     async def open(cls, path: Path, clock: _Clock | None = None, *, private_folder: bool = False) -> Store:
         """Open (creating the file and its folder if needed) and migrate to the current schema. The file is
         0600; `private_folder`: a folder ksefd creates is 0700 (not the default data_dir; see Database.open)."""
-        return cls(await Database.open(path, private_folder=private_folder), clock or _UTCNow())
+        return cls(await Database.open(path, private_folder=private_folder), clock or SystemClock())
 
     async def close(self) -> None:
         await self.db.close()

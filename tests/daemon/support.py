@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -115,3 +118,28 @@ async def invoice_rows(config: Config, company: str) -> list[Any]:
 def sim_records(sim: Any) -> list[dict[str, Any]]:
     """Every invoice the simulator received (its own records, not ours)."""
     return list(sim.world.store.values("invoices"))
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def start_daemon(config: Path, log: Path, *extra: str) -> asyncio.subprocess.Process:
+    """`python -m ksefd run -c CONFIG` as a real subprocess, its JSON log appended to `log`."""
+    handle = log.open("ab")
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ksefd", "--log-format", "json", "run", "-c", str(config), *extra,
+            cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=handle, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    finally:
+        handle.close()
+
+
+async def wait_logged(log: Path, event: str, times: int, proc: asyncio.subprocess.Process,
+                      limit: float = 20.0) -> None:
+    """Wait until `event` appears `times` times in the daemon's JSON log (fails if the process ends first)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.returncode is None:
+        if (await asyncio.to_thread(log.read_text, errors="replace")).count(f'"{event}"') >= times:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no {event} (x{times}) in the daemon's log; see {log}")

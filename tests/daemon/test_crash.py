@@ -11,11 +11,8 @@ any second submission must be a 440 pointing at the same KSeF number (a lost ans
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -26,30 +23,22 @@ import pytest
 from ksefd.ksef.crypto import sha256_b64
 from ksefd.sim.config import SimConfig
 from ksefd.store import InvoiceState, Store
-from tests.daemon.support import SELLER, drop, invoice, load, read_json, sim_records, token_file, write_config
+from tests.daemon.support import (
+    SELLER,
+    drop,
+    invoice,
+    load,
+    read_json,
+    sim_records,
+    start_daemon,
+    token_file,
+    wait_logged,
+    write_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 INVOICES = 500
 KILLS = 22
-
-
-async def _start(config: Path, log: Path, *extra: str) -> asyncio.subprocess.Process:
-    handle = log.open("ab")
-    try:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ksefd", "--log-format", "json", "run", "-c", str(config), *extra,
-            cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=handle, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    finally:
-        handle.close()
-
-
-async def _wait_started(log: Path, runs: int, proc: asyncio.subprocess.Process) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and proc.returncode is None:
-        if (await asyncio.to_thread(log.read_text, errors="replace")).count('"daemon.started"') >= runs:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"the daemon did not start (run {runs}); see {log}")
 
 
 @pytest.mark.timeout(240)
@@ -72,14 +61,14 @@ async def test_sigkill_at_random_moments(sim_factory: Any, http: aiohttp.ClientS
         for run in range(1, KILLS + 1):
             for name in waves[run - 1]:
                 drop(company.folders.outbox, name, files[name])
-            running.append(proc := await _start(path, log))
-            await _wait_started(log, run, proc)
+            running.append(proc := await start_daemon(path, log))
+            await wait_logged(log, "daemon.started", run, proc)
             await asyncio.sleep(rng.uniform(0.05, 1.5))
             proc.send_signal(signal.SIGKILL)
             assert await proc.wait() == -signal.SIGKILL, f"run {run} ended on its own; see {log}"
         for name in waves[KILLS]:
             drop(company.folders.outbox, name, files[name])
-        running.append(final := await _start(path, log, "--once"))
+        running.append(final := await start_daemon(path, log, "--once"))
         assert await asyncio.wait_for(final.wait(), 150) == 0, f"see {log}"
     finally:
         for proc in running:          # never leave a daemon behind, whatever failed

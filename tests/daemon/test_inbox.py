@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 
 from ksefd.clock import ManualClock
-from ksefd.daemon.inbox import InboxWorker
+from ksefd.daemon.inbox.worker import InboxWorker
 from ksefd.ksef.crypto import sha256_b64
 from ksefd.sim.config import SimConfig
 from tests.daemon.inbox_support import (
@@ -186,7 +186,7 @@ async def test_a_backfill_older_than_100_days_runs_in_adjacent_windows_of_at_mos
 def test_names_from_the_network_are_validated_before_they_become_paths(tmp_path: Path) -> None:
     import pytest
 
-    from ksefd.daemon.inbox_delivery import relative_path
+    from ksefd.daemon.inbox.delivery import relative_path
     from ksefd.ksef.errors import ProtocolError
 
     good = "5265877635-20261122-0A1B2C3D4E5F-8E"

@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 
 from ksefd.clock import ManualClock
-from ksefd.daemon.inbox import InboxWorker
-from ksefd.daemon.inbox_delivery import InboxFolder, ReceivedInvoice, Staged
+from ksefd.daemon.inbox.delivery import InboxFolder, ReceivedInvoice, Staged
+from ksefd.daemon.inbox.worker import InboxWorker
 from ksefd.ksef.crypto import sha256_b64
 from ksefd.sim.config import SimConfig
 from tests.daemon.inbox_support import buyer_context, company, inbox_files, open_store, send_batches, warsaw_day

@@ -12,8 +12,8 @@ import aiohttp
 from structlog.testing import capture_logs
 
 from ksefd.clock import ManualClock
-from ksefd.daemon.hooks import PENDING_NAMESPACE
-from ksefd.daemon.inbox import InboxWorker
+from ksefd.daemon.inbox.hooks import PENDING_NAMESPACE
+from ksefd.daemon.inbox.worker import InboxWorker
 from ksefd.sim.config import SimConfig
 from tests.daemon.inbox_support import buyer_context, company, open_store, send_batches, warsaw_day
 

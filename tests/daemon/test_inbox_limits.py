@@ -14,7 +14,7 @@ import aiohttp
 from structlog.testing import capture_logs
 
 from ksefd.clock import ManualClock
-from ksefd.daemon.inbox import InboxWorker
+from ksefd.daemon.inbox.worker import InboxWorker
 from ksefd.ksef.ratelimit import RateLimiter, adopt_server_limits
 from ksefd.sim import ratelimits as sim_limits
 from ksefd.sim.config import SimConfig

@@ -17,9 +17,9 @@ import aiohttp
 from structlog.testing import capture_logs
 
 from ksefd.clock import ManualClock
-from ksefd.daemon.inbox import InboxWorker
-from ksefd.daemon.inbox_schedule import next_reconcile
-from ksefd.daemon.inbox_status import read_inbox_status
+from ksefd.daemon.inbox.schedule import next_reconcile
+from ksefd.daemon.inbox.status import read_inbox_status
+from ksefd.daemon.inbox.worker import InboxWorker
 from ksefd.sim.config import SimConfig
 from tests.daemon.inbox_support import buyer_context, company, inbox_files, open_store, send_batches, warsaw_day
 

@@ -8,8 +8,9 @@ import datetime as dt
 from pathlib import Path
 
 from ksefd.clock import WARSAW, ManualClock
-from ksefd.daemon.inbox_schedule import Backoff, HourlyBudget, next_reconcile
-from ksefd.daemon.reconcile import audit_windows
+from ksefd.daemon.failures import Backoff
+from ksefd.daemon.inbox.reconcile import audit_windows
+from ksefd.daemon.inbox.schedule import HourlyBudget, next_reconcile
 from ksefd.store import Store
 
 START = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)

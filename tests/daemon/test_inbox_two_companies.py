@@ -16,7 +16,7 @@ import pytest
 
 from ksefd.clock import SystemClock
 from ksefd.config import Config, load_config
-from ksefd.daemon.inbox_status import read_inbox_status
+from ksefd.daemon.inbox.status import read_inbox_status
 from ksefd.daemon.service import serve
 from ksefd.daemon.status import gather, render
 from ksefd.sim.config import SimConfig

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from ksefd.clock import ManualClock
-from ksefd.daemon.inbox import InboxWorker
+from ksefd.daemon.inbox.worker import InboxWorker
 from ksefd.ksef.export import ExportOptions
 from ksefd.sim.config import SimConfig
 from tests.daemon.inbox_support import buyer_context, company, inbox_files, open_store, send_batches, warsaw_day

@@ -14,7 +14,7 @@ import aiohttp
 
 from ksefd.clock import ManualClock
 from ksefd.config import Config, SendingOptions
-from ksefd.daemon.retry import backoff_seconds
+from ksefd.daemon.failures import backoff_seconds
 from ksefd.daemon.service import serve
 from ksefd.sim.config import SimConfig
 from ksefd.store import InvoiceRow, InvoiceState, SessionState, Store

@@ -18,13 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ksefd.config import Company
 from ksefd.ksef import qr
 from ksefd.ksef.errors import KsefError
 from ksefd.ksef.models import SessionInvoice
 from ksefd.store import Change, InvoiceRow, InvoiceState, SessionRow
 
-from .outbox_context import CompanyCtx
-from .retry import next_attempt
+from ..connection import CompanyConnection
+from ..failures import next_attempt
+from .files import OutboxFiles
+from .ledger import Ledger
 
 S = InvoiceState
 SEND_AGAIN = frozenset({405, 500, 550})
@@ -57,8 +60,13 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 class Outcomes:
-    def __init__(self, ctx: CompanyCtx) -> None:
-        self.ctx = ctx
+    def __init__(self, company: Company, ledger: Ledger, files: OutboxFiles, connection: CompanyConnection,
+                 log: Any) -> None:
+        self.company = company
+        self.ledger = ledger
+        self.files = files
+        self.connection = connection
+        self.log = log
         self._listings: dict[str, dict[str, SessionInvoice]] = {}   # original session -> ksefNumber -> invoice
 
     def forget_listings(self) -> None:
@@ -84,7 +92,7 @@ class Outcomes:
                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
         link = None
         if row.seller_nip and row.issue_date:
-            link = qr.invoice_link(self.ctx.qr_host, row.seller_nip, row.issue_date, row.sha256)
+            link = qr.invoice_link(self.connection.qr_host, row.seller_nip, row.issue_date, row.sha256)
         return {
             "file": row.file_name, "ksefNumber": invoice.ksef_number, "invoiceNumber": row.invoice_number,
             "invoiceType": row.invoice_type, "sellerNip": row.seller_nip,
@@ -94,22 +102,22 @@ class Outcomes:
             "sessionType": kind, "invoicingMode": invoice.invoicing_mode,
             "invoicingDate": _iso(invoice.invoicing_date), "acquisitionDate": _iso(invoice.acquisition_date),
             "permanentStorageDate": _iso(invoice.permanent_storage_date),
-            "verificationLink": link, "environment": self.ctx.company.environment, **(extra or {}),
+            "verificationLink": link, "environment": self.company.environment, **(extra or {}),
         }
 
     async def accept(self, row: InvoiceRow, invoice: SessionInvoice, session_reference: str, kind: str,
                      extra: dict[str, Any] | None = None) -> InvoiceRow | None:
-        data = self.ctx.files.read_work(row)
+        data = self.files.read_work(row)
         if data is None:
-            self.ctx.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name, path=row.work_path)
+            self.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name, path=row.work_path)
             return None
-        stem = self.ctx.files.write_sent(row.file_name, data)
-        self.ctx.files.write_ksef_json(stem, self.ksef_record(row, invoice, session_reference, kind, extra))
-        accepted = await self.ctx.store.invoices.transition(
-            row.id, S.PROCESSING, S.ACCEPTED, ksef_number=invoice.ksef_number, result_name=stem, status_code=200,
+        stem = self.files.write_sent(row.file_name, data)
+        self.files.write_ksef_json(stem, self.ksef_record(row, invoice, session_reference, kind, extra))
+        accepted = await self.ledger.move(
+            row, S.ACCEPTED, from_state=S.PROCESSING, show={"ksefNumber": invoice.ksef_number},
+            ksef_number=invoice.ksef_number, result_name=stem, status_code=200,
             detail={"ksefNumber": invoice.ksef_number, "session": session_reference})
-        self.ctx.log.info("outbox.accepted", file=row.file_name, ksef_number=invoice.ksef_number, sent_as=stem)
-        self.ctx.show(accepted, {"ksefNumber": invoice.ksef_number})
+        self.log.info("outbox.accepted", file=row.file_name, ksef_number=invoice.ksef_number, sent_as=stem)
         return accepted
 
     async def accept_many(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow) -> list[Accepted]:
@@ -119,15 +127,15 @@ class Outcomes:
         written = await asyncio.to_thread(self._write_accepted, items, session)
         if not written:
             return []
-        rows = await self.ctx.store.invoices.transition_each([
+        rows = await self.ledger.move_each([
             Change(row.id, {"ksef_number": invoice.ksef_number, "result_name": stem, "status_code": 200},
                    {"ksefNumber": invoice.ksef_number, "session": session.reference})
             for row, invoice, stem in written], S.PROCESSING, S.ACCEPTED)
         for row in rows:
-            self.ctx.log.info("outbox.accepted", file=row.file_name, ksef_number=row.ksef_number,
+            self.log.info("outbox.accepted", file=row.file_name, ksef_number=row.ksef_number,
                               sent_as=row.result_name)
         # No state file rewrite here: the group's UPOs follow at once and its state files are then removed;
-        # an invoice whose UPO cannot be fetched gets its ACCEPTED state file then (outbox_batch._upo_group).
+        # an invoice whose UPO cannot be fetched gets its ACCEPTED state file then (batch.BatchRunner._upo_group).
         return [Accepted(row, session.reference, invoice.upo_download_url)
                 for row, (_, invoice, _) in zip(rows, written, strict=True)]
 
@@ -135,13 +143,12 @@ class Outcomes:
                         session: SessionRow) -> list[tuple[InvoiceRow, SessionInvoice, str]]:
         def one(item: tuple[InvoiceRow, SessionInvoice]) -> tuple[InvoiceRow, SessionInvoice, str] | None:
             row, invoice = item
-            data = self.ctx.files.read_work(row)
+            data = self.files.read_work(row)
             if data is None:
-                self.ctx.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name,
-                                   path=row.work_path)
+                self.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name, path=row.work_path)
                 return None
-            stem = self.ctx.files.write_sent(row.file_name, data, sync=False)
-            self.ctx.files.write_ksef_json(stem, self.ksef_record(row, invoice, session.reference, session.kind),
+            stem = self.files.write_sent(row.file_name, data, sync=False)
+            self.files.write_ksef_json(stem, self.ksef_record(row, invoice, session.reference, session.kind),
                                            sync=False)
             return row, invoice, stem
 
@@ -150,19 +157,19 @@ class Outcomes:
         with ThreadPoolExecutor(WRITERS) as pool:
             written = [w for w in pool.map(one, items) if w is not None]
         if written:
-            self.ctx.files.sync_sent()
+            self.files.sync_sent()
         return written
 
     async def save_upos(self, items: list[tuple[InvoiceRow, bytes]]) -> None:
         """`save_upo` for a group: the files (one directory fsync), then SQLite (one commit)."""
         def one(item: tuple[InvoiceRow, bytes]) -> None:
             assert item[0].result_name is not None
-            self.ctx.files.write_upo(item[0].result_name, item[1], sync=False)
+            self.files.write_upo(item[0].result_name, item[1], sync=False)
 
         def write_all() -> None:
             with ThreadPoolExecutor(WRITERS) as pool:
                 list(pool.map(one, items))
-            self.ctx.files.sync_sent()
+            self.files.sync_sent()
 
         if not items:
             return
@@ -171,15 +178,15 @@ class Outcomes:
         for row, xml in items:
             assert row.session_id is not None and row.ksef_number is not None
             upos.append((row.session_id, row.ksef_number, xml, row.id))
-        await self.ctx.store.sessions.save_upos(upos)
+        await self.ledger.store.sessions.save_upos(upos)
 
     async def fetch_upo(self, row: InvoiceRow, session_reference: str, url: str | None) -> bytes:
-        sessions = self.ctx.context.sessions
+        sessions = self.connection.context.sessions
         if url:
             try:
                 return await sessions.download_presigned_upo(url)
             except KsefError as exc:    # the link expired or storage failed: the API endpoint still has it
-                self.ctx.log.info("outbox.upo_link_failed", file=row.file_name, error=str(exc))
+                self.log.info("outbox.upo_link_failed", file=row.file_name, error=str(exc))
         assert row.ksef_number is not None
         return await sessions.invoice_upo_by_ksef_number(session_reference, row.ksef_number)
 
@@ -187,7 +194,7 @@ class Outcomes:
         """Where an ACCEPTED invoice's UPO is, after a restart: the session its NAME.ksef.json names."""
         if row.result_name:
             try:
-                record = json.loads((self.ctx.company.folders.sent / f"{row.result_name}.ksef.json").read_bytes())
+                record = json.loads((self.company.folders.sent / f"{row.result_name}.ksef.json").read_bytes())
                 return str(record.get("sessionReferenceNumber") or fallback)
             except (OSError, ValueError):
                 pass
@@ -195,17 +202,12 @@ class Outcomes:
 
     async def save_upo(self, row: InvoiceRow, xml: bytes) -> None:
         assert row.result_name is not None and row.session_id is not None and row.ksef_number is not None
-        self.ctx.files.write_upo(row.result_name, xml)
-        await self.ctx.store.sessions.save_upo(row.session_id, row.ksef_number, xml, invoice_id=row.id)
+        self.files.write_upo(row.result_name, xml)
+        await self.ledger.store.sessions.save_upo(row.session_id, row.ksef_number, xml, invoice_id=row.id)
 
     async def finish(self, rows: list[InvoiceRow]) -> None:
         """ACCEPTED (UPO written) -> UPO_SAVED -> DONE, in two commits whatever the number of invoices."""
-        if not rows:
-            return
-        ids = [r.id for r in rows]
-        await self.ctx.store.invoices.transition_many(ids, S.ACCEPTED, S.UPO_SAVED)
-        done = await self.ctx.store.invoices.transition_many(ids, S.UPO_SAVED, S.DONE)
-        await asyncio.to_thread(self.ctx.files.finished, done)
+        await self.ledger.finish(rows)
 
     # --- 440 --------------------------------------------------------------------------------------
 
@@ -216,10 +218,11 @@ class Outcomes:
         original = await self._original(number, original_session) if number and original_session else None
         if original is not None and original.invoice_hash == row.sha256 and original_session:
             # The same bytes: this invoice was accepted by an earlier send (PROTOCOL.md §13.5).
-            self.ctx.log.info("outbox.duplicate_is_same_document", file=row.file_name, ksef_number=number,
+            self.log.info("outbox.duplicate_is_same_document", file=row.file_name, ksef_number=number,
                               original_session=original_session)
-            moved = await self.ctx.store.invoices.update(row.id, S.PROCESSING, session_id=await self._session_id(
-                original_session, session), invoice_ref=original.reference_number,
+            moved = await self.ledger.update(
+                row, session_id=await self._session_id(original_session, session),
+                invoice_ref=original.reference_number,
                 detail={"duplicateOf": number, "sameHash": True, "duplicateReference": invoice.reference_number})
             accepted = await self.accept(moved, original, original_session, session.kind, {
                 "resolvedDuplicate": {"invoiceReferenceNumber": invoice.reference_number,
@@ -240,16 +243,16 @@ class Outcomes:
         listing = self._listings.get(session_reference)
         if listing is None or number not in listing:
             try:
-                found = await self.ctx.context.sessions.invoices(session_reference, page_size=1000)
+                found = await self.connection.context.sessions.invoices(session_reference, page_size=1000)
             except KsefError as exc:
-                self.ctx.log.warning("outbox.original_unreadable", session=session_reference, error=str(exc))
+                self.log.warning("outbox.original_unreadable", session=session_reference, error=str(exc))
                 return None
             listing = {i.ksef_number: i for i in found if i.ksef_number}
             self._listings[session_reference] = listing
         return listing.get(number)
 
     async def _session_id(self, reference: str, fallback: SessionRow) -> int:
-        known = await self.ctx.store.sessions.by_reference(reference)
+        known = await self.ledger.store.sessions.by_reference(reference)
         return known.id if known is not None else fallback.id
 
     # --- rejected or cancelled --------------------------------------------------------------------
@@ -264,28 +267,13 @@ class Outcomes:
                                 "extensions": invoice.status.extensions},
                  "file": row.file_name, "invoiceHash": row.sha256,
                  "invoiceReferenceNumber": invoice.reference_number, "sessionReferenceNumber": session_reference}
-        await self.reject_with(row, S.PROCESSING, error, status_code=code)
-
-    async def reject_with(self, row: InvoiceRow, state: InvoiceState, error: dict[str, Any],
-                          status_code: int | None = None) -> None:
-        data = self.ctx.files.read_work(row)
-        stem = self.ctx.files.write_rejected(row.file_name, data if data is not None else b"", error)
-        fields: dict[str, Any] = {"last_error": error, "result_name": stem}
-        if status_code is not None:
-            fields["status_code"] = status_code
-        rejected = await self.ctx.store.invoices.transition(row.id, state, S.REJECTED, detail=error, **fields)
-        self.ctx.log.info("outbox.rejected", file=row.file_name, stage=error.get("stage"), code=error.get("code"),
-                          rejected_as=stem)
-        self.ctx.files.clear_state(rejected)
-        self.ctx.files.discard_work(rejected)
+        await self.ledger.reject(row, error, status_code=code, from_state=S.PROCESSING)
 
     async def send_again(self, row: InvoiceRow, invoice: SessionInvoice) -> None:
         attempts = row.attempts + 1
-        when = next_attempt(self.ctx.now(), self.ctx.company.sending, attempts)
+        when = next_attempt(self.ledger.now(), self.company.sending, attempts)
         error = {"stage": "ksef", "code": f"ksef-{invoice.status.code}", "message": invoice.status.description,
                  "details": list(invoice.status.details or [])}
-        queued = await self.ctx.store.invoices.transition(
-            row.id, S.PROCESSING, S.QUEUED, attempts=attempts, next_attempt_at=when, last_error=error,
-            invoice_ref=None, detail=error)
-        self.ctx.log.info("outbox.send_again", file=row.file_name, code=invoice.status.code, at=when.isoformat())
-        self.ctx.show(queued)
+        await self.ledger.move(row, S.QUEUED, from_state=S.PROCESSING, attempts=attempts, next_attempt_at=when,
+                               last_error=error, invoice_ref=None, detail=error)
+        self.log.info("outbox.send_again", file=row.file_name, code=invoice.status.code, at=when.isoformat())

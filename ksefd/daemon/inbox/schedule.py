@@ -7,7 +7,6 @@
   state database (kv namespace `inbox_budget`), so a restart within the hour does not spend it twice.
 * `cycle_due`: at least `cycle_minutes` (15 by default) between cycles of one subject type.
 * `next_reconcile`: the nightly audit at `reconcile_at`, Polish time.
-* `Backoff`: capped exponential delays after failures (DESIGN.md convention 4).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import structlog
 
@@ -92,19 +90,3 @@ def next_reconcile(after: dt.datetime, at: dt.time) -> dt.datetime:
     if candidate <= local:
         candidate = dt.datetime.combine(local.date() + dt.timedelta(days=1), at, tzinfo=WARSAW)
     return candidate.astimezone(dt.UTC)
-
-
-@dataclass
-class Backoff:
-    """Capped exponential delays for one subject type's failures."""
-
-    first: float = 60.0
-    cap: float = 3600.0
-    failures: int = 0
-
-    def next_delay(self) -> float:
-        self.failures += 1
-        return float(min(self.cap, self.first * 2.0 ** (self.failures - 1)))
-
-    def reset(self) -> None:
-        self.failures = 0

@@ -11,16 +11,17 @@ it did arrive after all, the new send gets 440 for the same hash, which outcomes
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from ksefd.ksef.errors import KsefError, KsefException
 from ksefd.ksef.models import SessionInvoice
-from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState
+from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, Store
 
-from . import outbox_queries as queries
-from .outbox_context import CompanyCtx
-from .outbox_online import OnlineChannel
-from .outbox_outcomes import Accepted, Outcomes
-from .retry import Failure, classify
+from ..connection import CompanyConnection
+from ..failures import Failure, classify
+from .ledger import Ledger
+from .online import OnlineChannel
+from .outcomes import Accepted, Outcomes
 
 S = InvoiceState
 T = SessionState
@@ -31,19 +32,24 @@ PER_INVOICE_AT_MOST = 10        # more accepted invoices of one session: read it
 
 
 class Tracker:
-    def __init__(self, ctx: CompanyCtx, outcomes: Outcomes, channel: OnlineChannel) -> None:
-        self.ctx = ctx
+    def __init__(self, company: str, ledger: Ledger, outcomes: Outcomes, channel: OnlineChannel,
+                 connection: CompanyConnection, log: Any) -> None:
+        self.company = company
+        self.ledger = ledger
+        self.store: Store = ledger.store
         self.outcomes = outcomes
         self.channel = channel
+        self.connection = connection
+        self.log = log
         self._polls: dict[int, tuple[dt.datetime, float]] = {}      # invoice or session id -> (due, delay)
         self._sessions: dict[int, SessionRow] = {}
 
     def schedule(self, key: int, delay: float) -> None:
-        self._polls[key] = (self.ctx.now() + dt.timedelta(seconds=delay), delay)
+        self._polls[key] = (self.ledger.now() + dt.timedelta(seconds=delay), delay)
 
     def _due(self, key: int) -> bool:
         entry = self._polls.get(key)
-        return entry is None or entry[0] <= self.ctx.now()
+        return entry is None or entry[0] <= self.ledger.now()
 
     def _later(self, key: int, cap: float = MAX_POLL) -> None:
         delay = min(cap, self._polls.get(key, (None, FIRST_POLL / 2))[1] * 2)
@@ -53,14 +59,14 @@ class Tracker:
         if not self._polls:
             return None
         soonest = min(due for due, _ in self._polls.values())
-        return max(0.0, (soonest - self.ctx.now()).total_seconds())
+        return max(0.0, (soonest - self.ledger.now()).total_seconds())
 
     async def session(self, session_id: int | None) -> SessionRow | None:
         if session_id is None:
             return None
         found = self._sessions.get(session_id)
         if found is None:
-            found = await self.ctx.store.sessions.get(session_id)
+            found = await self.store.sessions.get(session_id)
             if found is not None:
                 self._sessions[session_id] = found
         return found
@@ -72,7 +78,7 @@ class Tracker:
                 await part()
             except KsefError as exc:
                 failure = classify(exc)
-                self.ctx.log.warning("outbox.track_failed", step=part.__name__, code=failure.code,
+                self.log.warning("outbox.track_failed", step=part.__name__, code=failure.code,
                                      error=failure.message)
                 if failure.verdict == "hold":
                     return failure
@@ -81,8 +87,8 @@ class Tracker:
     # --- invoices ---------------------------------------------------------------------------------
 
     async def resolve_in_doubt(self) -> None:
-        rows = await queries.rows(self.ctx.store, await queries.ids_in(self.ctx.store, self.ctx.name, [S.IN_DOUBT],
-                                                                        "online"))
+        ids = await self.store.invoices.ids_in(self.company, [S.IN_DOUBT], "online")
+        rows = await self.store.invoices.get_many(ids)
         by_session: dict[int, list[InvoiceRow]] = {}
         for row in rows:
             if row.session_id is not None and self._due(-row.id):
@@ -92,7 +98,7 @@ class Tracker:
             if session is None:
                 continue
             try:
-                listed = await self.ctx.context.sessions.invoices(session.reference, page_size=1000)
+                listed = await self.connection.context.sessions.invoices(session.reference, page_size=1000)
             except KsefException as exc:
                 if 21173 not in exc.codes:       # "no such session": then certainly not in it
                     raise
@@ -103,34 +109,30 @@ class Tracker:
     async def _resolve(self, row: InvoiceRow, session: SessionRow, matches: list[SessionInvoice]) -> None:
         if matches:
             best = next((m for m in matches if m.status.code == 200), matches[-1])
-            found = await self.ctx.store.invoices.transition(
-                row.id, S.IN_DOUBT, S.PROCESSING, invoice_ref=best.reference_number, status_code=best.status.code,
-                detail={"resolvedBy": "session invoice list", "reference": best.reference_number})
-            self.ctx.log.info("outbox.in_doubt_found", file=row.file_name, reference=best.reference_number)
-            self.ctx.show(found)
+            await self.ledger.move(row, S.PROCESSING, from_state=S.IN_DOUBT, invoice_ref=best.reference_number,
+                                   status_code=best.status.code,
+                                   detail={"resolvedBy": "session invoice list", "reference": best.reference_number})
+            self.log.info("outbox.in_doubt_found", file=row.file_name, reference=best.reference_number)
             self._polls.pop(-row.id, None)
             self.schedule(row.id, 0)
             return
-        age = (self.ctx.now() - row.updated_at).total_seconds()
+        age = (self.ledger.now() - row.updated_at).total_seconds()
         if age < IN_DOUBT_GRACE:
             self.schedule(-row.id, IN_DOUBT_GRACE - age)
             return
-        queued = await self.ctx.store.invoices.transition(
-            row.id, S.IN_DOUBT, S.QUEUED, detail={"resolvedBy": "session invoice list", "found": False,
-                                                  "session": session.reference})
-        self.ctx.log.info("outbox.in_doubt_not_received", file=row.file_name, session=session.reference)
+        await self.ledger.move(row, S.QUEUED, from_state=S.IN_DOUBT, detail={
+            "resolvedBy": "session invoice list", "found": False, "session": session.reference})
+        self.log.info("outbox.in_doubt_not_received", file=row.file_name, session=session.reference)
         self._polls.pop(-row.id, None)
-        self.ctx.show(queued)
-        self.ctx.kick.set()
 
     async def poll_processing(self) -> None:
-        ids = await queries.ids_in(self.ctx.store, self.ctx.name, [S.PROCESSING], "online")
-        rows = [r for r in await queries.rows(self.ctx.store, [i for i in ids if self._due(i)]) if r.invoice_ref]
+        ids = await self.store.invoices.ids_in(self.company, [S.PROCESSING], "online")
+        rows = [r for r in await self.store.invoices.get_many([i for i in ids if self._due(i)]) if r.invoice_ref]
         for row in rows:
             session = await self.session(row.session_id)
             if session is None or row.invoice_ref is None:
                 continue
-            invoice = await self.ctx.context.sessions.invoice(session.reference, row.invoice_ref)
+            invoice = await self.connection.context.sessions.invoice(session.reference, row.invoice_ref)
             if not invoice.is_final:
                 self._later(row.id)
                 continue
@@ -145,7 +147,7 @@ class Tracker:
         try:
             xml = await self.outcomes.fetch_upo(row, accepted.session_reference, accepted.upo_url)
         except KsefError as exc:
-            self.ctx.log.warning("outbox.upo_failed", file=row.file_name, error=str(exc))
+            self.log.warning("outbox.upo_failed", file=row.file_name, error=str(exc))
             self._later(row.id)
             return
         await self.outcomes.save_upo(row, xml)
@@ -153,17 +155,12 @@ class Tracker:
 
     async def finish_accepted(self) -> None:
         """ACCEPTED or UPO_SAVED online invoices left by a crash or a failed UPO download."""
-        for row in await queries.rows(self.ctx.store, await queries.ids_in(self.ctx.store, self.ctx.name,
-                                                                            [S.UPO_SAVED], "online")):
-            if row.mode == "online":
-                await self.ctx.store.invoices.transition(row.id, S.UPO_SAVED, S.DONE)
-                self.ctx.files.clear_state(row)
-                self.ctx.files.discard_work(row)
-        ids = await queries.ids_in(self.ctx.store, self.ctx.name, [S.ACCEPTED], "online")
-        rows = await queries.rows(self.ctx.store, [i for i in ids if self._due(i)])
+        await self.ledger.done(await self.store.invoices.ids_in(self.company, [S.UPO_SAVED], "online"))
+        ids = await self.store.invoices.ids_in(self.company, [S.ACCEPTED], "online")
+        rows = await self.store.invoices.get_many([i for i in ids if self._due(i)])
         for row in rows:
-            if row.result_name and self.ctx.files.has_upo(row.result_name):
-                await self.outcomes.save_upo(row, (self.ctx.company.folders.sent /
+            if row.result_name and self.outcomes.files.has_upo(row.result_name):
+                await self.outcomes.save_upo(row, (self.outcomes.company.folders.sent /
                                                    f"{row.result_name}.upo.xml").read_bytes())
                 await self.outcomes.finish([row])
                 continue
@@ -180,7 +177,7 @@ class Tracker:
 
     async def follow_sessions(self) -> None:
         await self.channel.close_retired()
-        for session in await self.ctx.store.sessions.unfinished(self.ctx.name, "online"):
+        for session in await self.store.sessions.unfinished(self.company, "online"):
             key = -(1_000_000_000 + session.id)
             if session.state == T.OPEN:
                 current = self.channel.current
@@ -193,18 +190,18 @@ class Tracker:
             if session.state == T.CLOSING:
                 await self.channel.close_row(session, "retry")
                 continue
-            status = await self.ctx.context.sessions.status(session.reference)
+            status = await self.connection.context.sessions.status(session.reference)
             code = status.status.code
             if code in (100, 150, 170):
                 self._later(key, SESSION_POLL_MAX)
                 continue
             self._polls.pop(key, None)
             if code == 200:
-                for reference, xml in await self.ctx.context.sessions.session_upo(session.reference, status):
-                    await self.ctx.store.sessions.save_upo(session.id, reference, xml)
-                await self.ctx.store.sessions.transition(session.id, T.CLOSED, T.DONE, status_code=code)
-                self.ctx.log.info("outbox.session_upo_saved", session=session.reference)
+                for reference, xml in await self.connection.context.sessions.session_upo(session.reference, status):
+                    await self.store.sessions.save_upo(session.id, reference, xml)
+                await self.store.sessions.transition(session.id, T.CLOSED, T.DONE, status_code=code)
+                self.log.info("outbox.session_upo_saved", session=session.reference)
             else:
-                await self.ctx.store.sessions.transition(session.id, T.CLOSED, T.FAILED, status_code=code,
+                await self.store.sessions.transition(session.id, T.CLOSED, T.FAILED, status_code=code,
                                                          last_error={"description": status.status.description})
             self._sessions.pop(session.id, None)

@@ -21,10 +21,9 @@ from typing import Any
 import structlog
 
 from ksefd.ksef.receiving import MAX_WINDOW, format_instant, parse_instant, query_filters
-from ksefd.store import events
 
-from .inbox_delivery import DeliveryReport
-from .inbox_sync import Pipeline, export_metadata, export_package, fetch_singles
+from .delivery import DeliveryReport
+from .sync import Pipeline, export_metadata, export_package, fetch_singles
 
 log = structlog.get_logger("ksefd.daemon.inbox")
 
@@ -75,9 +74,7 @@ async def reconcile(p: Pipeline, subject_type: str, *, window_days: int,
     p.metrics.reconcile_runs += 1
     p.metrics.reconcile_missing += len(report.missing)
     await p.store.inbox.mark_reconciled(p.company, subject_type, p.clock.now())
-    async with p.store.db.transaction() as conn:
-        await events.record(conn, at=p.clock.now(), kind="inbox_reconcile", company=p.company,
-                            detail=report.as_dict())
+    await p.store.events.add(at=p.clock.now(), kind="inbox_reconcile", company=p.company, detail=report.as_dict())
     log.info("inbox.reconciled", company=p.company, subject=subject_type, checked=report.checked,
              missing=len(report.missing), fetched=len(report.fetched))
     return report

@@ -19,16 +19,20 @@ import dataclasses
 import secrets
 import shutil
 from pathlib import Path
+from typing import Any
 
+from ksefd.config import Company
 from ksefd.ksef.batch import IN_PROGRESS, BatchOptions, BatchSender, OpenedBatch
 from ksefd.ksef.batch_archive import BatchBuildError, BatchInvoice, PreparedBatch, prepare_batch_async
 from ksefd.ksef.errors import KsefError, KsefException
 from ksefd.ksef.models import SessionInvoice, SessionStatus
-from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState
+from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, Store
 
-from .outbox_context import CompanyCtx
-from .outbox_outcomes import Outcomes
-from .retry import Failure, classify, next_attempt
+from ..connection import CompanyConnection
+from ..failures import Failure, classify, next_attempt
+from .files import OutboxFiles
+from .ledger import Ledger
+from .outcomes import Outcomes
 
 S = InvoiceState
 T = SessionState
@@ -45,24 +49,35 @@ def entry_name(row: InvoiceRow) -> str:
 
 
 class BatchRunner:
-    def __init__(self, ctx: CompanyCtx, outcomes: Outcomes) -> None:
-        self.ctx = ctx
+    def __init__(self, company: Company, ledger: Ledger, outcomes: Outcomes, files: OutboxFiles,
+                 connection: CompanyConnection, *, work_dir: Path, heavy: asyncio.Semaphore, log: Any) -> None:
+        self.company = company
+        self.ledger = ledger
         self.outcomes = outcomes
+        self.files = files
+        self.connection = connection
+        self.work_dir = work_dir              # archives being built (never needed after a restart)
+        self.heavy = heavy                    # CPU-heavy work shared by all companies
+        self.log = log
         self.active: set[int] = set()        # batch sessions a task is handling now
         self._upo_limit = asyncio.Semaphore(UPO_DOWNLOADS)   # shared by the groups of the pipeline
 
     @property
     def sender(self) -> BatchSender:
-        return self.ctx.context.batch(options=dataclasses.replace(POLL, features=self.ctx.features))
+        return self.connection.context.batch(options=dataclasses.replace(POLL, features=self.connection.features))
+
+    @property
+    def store(self) -> Store:
+        return self.ledger.store
 
     # --- a new batch --------------------------------------------------------------------------------
 
     async def send(self, rows: list[InvoiceRow]) -> Failure | None:
         """Send QUEUED invoices in one batch session. Returns a Failure when the company must go on hold."""
-        workdir = self.ctx.runtime.batch_dir(self.ctx.company) / secrets.token_hex(6)
+        workdir = self.work_dir / secrets.token_hex(6)
         try:
             invoices = [BatchInvoice(entry_name(r), Path(r.work_path or "")) for r in rows]
-            async with self.ctx.runtime.heavy:
+            async with self.heavy:
                 prepared = await prepare_batch_async(invoices, workdir)
         except (BatchBuildError, OSError) as exc:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -79,8 +94,8 @@ class BatchRunner:
             opened = await sender.open(prepared)
         except KsefError as exc:
             return await self._failed(rows, S.QUEUED, exc)
-        session = await self.ctx.store.sessions.add(self.ctx.name, "batch", opened.reference_number,
-                                                    opened_at=self.ctx.now())
+        session = await self.store.sessions.add(self.company.name, "batch", opened.reference_number,
+                                                opened_at=self.ledger.now())
         self.active.add(session.id)          # this task owns it; a resume must not track it too
         try:
             return await self._upload_close(rows, prepared, opened, session)
@@ -90,19 +105,18 @@ class BatchRunner:
     async def _upload_close(self, rows: list[InvoiceRow], prepared: PreparedBatch, opened: OpenedBatch,
                             session: SessionRow) -> Failure | None:
         sender = self.sender
-        submitted = await self.ctx.store.invoices.transition_many(
-            [r.id for r in rows], S.QUEUED, S.SUBMITTING, session_id=session.id, mode="batch", next_attempt_at=None,
-            detail={"session": opened.reference_number})
-        await self.ctx.show_many(submitted, {"sessionReferenceNumber": opened.reference_number})
-        self.ctx.log.info("outbox.batch_opened", session=opened.reference_number, invoices=len(rows),
+        submitted = await self.ledger.move_many(
+            [r.id for r in rows], S.QUEUED, S.SUBMITTING, show={"sessionReferenceNumber": opened.reference_number},
+            session_id=session.id, mode="batch", next_attempt_at=None, detail={"session": opened.reference_number})
+        self.log.info("outbox.batch_opened", session=opened.reference_number, invoices=len(rows),
                           parts=len(prepared.parts))
         try:
             await sender.upload(prepared, opened)
         except KsefError as exc:
             failure = await self._failed(submitted, S.SUBMITTING, exc)
-            await self.ctx.store.sessions.transition(session.id, T.OPEN, T.ABANDONED, detail={"error": str(exc)})
+            await self.store.sessions.transition(session.id, T.OPEN, T.ABANDONED, detail={"error": str(exc)})
             return failure
-        session = await self.ctx.store.sessions.transition(session.id, T.OPEN, T.CLOSING)
+        session = await self.store.sessions.transition(session.id, T.OPEN, T.CLOSING)
         return await self._close_and_track(session)
 
     # --- closing and results (also after a restart) ------------------------------------------------------
@@ -120,7 +134,7 @@ class BatchRunner:
     async def _close_and_track(self, session: SessionRow) -> Failure | None:
         if session.state == T.CLOSING:
             try:
-                status = await self.ctx.context.sessions.status(session.reference)
+                status = await self.connection.context.sessions.status(session.reference)
                 if status.status.code == 100:      # KSeF has not seen the close yet
                     await self.sender.close(session.reference)
             except KsefException as exc:
@@ -130,20 +144,20 @@ class BatchRunner:
                 return classify_for_company(exc)
             except KsefError as exc:
                 return classify_for_company(exc)
-            session = await self.ctx.store.sessions.transition(session.id, T.CLOSING, T.CLOSED,
-                                                               closed_at=self.ctx.now())
+            session = await self.store.sessions.transition(session.id, T.CLOSING, T.CLOSED,
+                                                           closed_at=self.ledger.now())
         return await self.track(session)
 
     async def track(self, session: SessionRow) -> Failure | None:
         try:
             status = await self.sender.wait(session.reference)
-            listed = await self.ctx.context.sessions.invoices(session.reference, page_size=1000)
+            listed = await self.connection.context.sessions.invoices(session.reference, page_size=1000)
         except KsefError as exc:
             return classify_for_company(exc)
-        rows = [r for r in await self.ctx.store.invoices.in_session(session.id)
+        rows = [r for r in await self.store.invoices.in_session(session.id)
                 if r.state in (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)]
         await self._results(session, rows, listed, status)
-        remaining = [r for r in await self.ctx.store.invoices.in_session(session.id)
+        remaining = [r for r in await self.store.invoices.in_session(session.id)
                      if r.state in (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)]
         if not remaining:
             await self._session_done(session, status)
@@ -158,7 +172,8 @@ class BatchRunner:
         found = {r.id: by_name.get(entry_name(r)) or by_hash.get(r.sha256) for r in rows}
         waiting = [r for r in rows if r.state == S.SUBMITTING and found[r.id] is not None]
         if waiting:
-            moved = await self.ctx.store.invoices.transition_many([r.id for r in waiting], S.SUBMITTING, S.PROCESSING)
+            moved = await self.ledger.move_many([r.id for r in waiting], S.SUBMITTING, S.PROCESSING,
+                                                state_files=False)
             rows = [next((m for m in moved if m.id == r.id), r) for r in rows]
         accepted: list[tuple[InvoiceRow, str, str | None]] = []
         plain: list[tuple[InvoiceRow, SessionInvoice]] = []      # accepted by KSeF: handled in groups below
@@ -182,8 +197,7 @@ class BatchRunner:
             elif row.state == S.UPO_SAVED:
                 saved.append(row)
         if saved:
-            finished = await self.ctx.store.invoices.transition_many([r.id for r in saved], S.UPO_SAVED, S.DONE)
-            await asyncio.to_thread(self.ctx.files.finished, finished)
+            await self.ledger.done([r.id for r in saved])
         await self._upos(accepted)
         # Group by group: result files (one directory fsync), one commit, then the group's UPOs, so a large
         # batch costs a few fsyncs per group on top of each file's own, and results appear progressively. A
@@ -211,14 +225,13 @@ class BatchRunner:
             async with limit:
                 try:
                     assert row.result_name is not None
-                    if not self.ctx.files.has_upo(row.result_name):
+                    if not self.files.has_upo(row.result_name):
                         fetched.append((row, await self.outcomes.fetch_upo(row, session_reference, url)))
                     else:
-                        fetched.append((row, (self.ctx.company.folders.sent /
-                                              f"{row.result_name}.upo.xml").read_bytes()))
+                        fetched.append((row, (self.company.folders.sent / f"{row.result_name}.upo.xml").read_bytes()))
                 except KsefError as exc:    # stays ACCEPTED; the next round fetches it again
-                    self.ctx.log.warning("outbox.upo_failed", file=row.file_name, error=str(exc))
-                    self.ctx.show(row, {"ksefNumber": row.ksef_number})
+                    self.log.warning("outbox.upo_failed", file=row.file_name, error=str(exc))
+                    self.ledger.show(row, {"ksefNumber": row.ksef_number})
 
         async with asyncio.TaskGroup() as group:
             for row, session_reference, url in accepted:
@@ -231,58 +244,53 @@ class BatchRunner:
         error = {"stage": "ksef", "code": f"ksef-session-{status.status.code}", "message": status.status.description,
                  "details": list(status.status.details or [])}
         attempts = row.attempts + 1
-        deferred = await self.ctx.store.invoices.transition(
-            row.id, S.SUBMITTING, S.DEFERRED, attempts=attempts, last_error=error,
-            next_attempt_at=next_attempt(self.ctx.now(), self.ctx.company.sending, attempts), detail=error)
-        self.ctx.show(deferred)
+        await self.ledger.move(row, S.DEFERRED, from_state=S.SUBMITTING, attempts=attempts, last_error=error,
+                               next_attempt_at=next_attempt(self.ledger.now(), self.company.sending, attempts),
+                               detail=error)
 
     async def _session_done(self, session: SessionRow, status: SessionStatus) -> None:
         if status.status.code == 200:
             try:
                 for reference, xml in await self.sender.session_upo(session.reference, status):
-                    await self.ctx.store.sessions.save_upo(session.id, reference, xml)
+                    await self.store.sessions.save_upo(session.id, reference, xml)
             except KsefError as exc:
-                self.ctx.log.warning("outbox.session_upo_failed", session=session.reference, error=str(exc))
+                self.log.warning("outbox.session_upo_failed", session=session.reference, error=str(exc))
                 return
-            await self.ctx.store.sessions.transition(session.id, T.CLOSED, T.DONE, status_code=200)
+            await self.store.sessions.transition(session.id, T.CLOSED, T.DONE, status_code=200)
         else:
-            await self.ctx.store.sessions.transition(session.id, T.CLOSED, T.FAILED,
+            await self.store.sessions.transition(session.id, T.CLOSED, T.FAILED,
                                                      status_code=status.status.code,
                                                      last_error={"description": status.status.description})
-        self.ctx.log.info("outbox.batch_finished", session=session.reference, code=status.status.code)
+        self.log.info("outbox.batch_finished", session=session.reference, code=status.status.code)
 
     async def _session_failed(self, session: SessionRow, why: str) -> None:
         # Invoices first, the session last: a crash in between leaves an unfinished session to redo.
         await self.requeue(session, {"error": why})
-        await self.ctx.store.sessions.transition(session.id, session.state, T.FAILED, last_error={"error": why})
-        self.ctx.kick.set()
+        await self.store.sessions.transition(session.id, session.state, T.FAILED, last_error={"error": why})
 
     async def abandon(self, session: SessionRow) -> None:
         """An OPEN batch session from before a restart: never closed, so KSeF will never process it."""
         await self.requeue(session, {"reason": "batch abandoned"})
-        await self.ctx.store.sessions.transition(session.id, T.OPEN, T.ABANDONED,
+        await self.store.sessions.transition(session.id, T.OPEN, T.ABANDONED,
                                                  detail={"reason": "upload interrupted by a restart"})
 
     async def requeue(self, session: SessionRow, detail: dict[str, str]) -> None:
         """The session's SUBMITTING invoices back to QUEUED: KSeF never processed that session."""
-        ids = [r.id for r in await self.ctx.store.invoices.in_session(session.id) if r.state == S.SUBMITTING]
-        if ids:
-            for row in await self.ctx.store.invoices.transition_many(ids, S.SUBMITTING, S.QUEUED, detail=detail):
-                self.ctx.show(row)
+        ids = [r.id for r in await self.store.invoices.in_session(session.id) if r.state == S.SUBMITTING]
+        await self.ledger.move_many(ids, S.SUBMITTING, S.QUEUED, detail=detail)
 
     async def _failed(self, rows: list[InvoiceRow], state: InvoiceState, exc: KsefError) -> Failure | None:
         failure = classify(exc)
-        self.ctx.log.warning("outbox.batch_failed", verdict=failure.verdict, code=failure.code, error=failure.message,
+        self.log.warning("outbox.batch_failed", verdict=failure.verdict, code=failure.code, error=failure.message,
                              invoices=len(rows))
-        target = S.HELD if failure.verdict == "hold" else S.DEFERRED
         for row in rows:
+            if failure.verdict == "hold":
+                await self.ledger.hold_one(row, failure, "ksef-batch")
+                continue
             attempts = row.attempts + 1
-            fields = {} if target == S.HELD else {
-                "attempts": attempts,
-                "next_attempt_at": next_attempt(self.ctx.now(), self.ctx.company.sending, attempts,
-                                                failure.retry_after)}
-            self.ctx.show(await self.ctx.store.invoices.transition(row.id, state, target, last_error=failure.as_error(
-                "ksef-batch"), **fields), {"hold": failure.message} if target == S.HELD else None)
+            await self.ledger.move(row, S.DEFERRED, from_state=state, last_error=failure.as_error("ksef-batch"),
+                                   attempts=attempts, next_attempt_at=next_attempt(
+                                       self.ledger.now(), self.company.sending, attempts, failure.retry_after))
         return failure if failure.verdict == "hold" else None
 
 

@@ -29,15 +29,15 @@ from typing import Any
 import watchfiles
 
 from ksefd import spool
-from ksefd.clock import warsaw_today
+from ksefd.clock import Clock, warsaw_today
+from ksefd.config import Company
 from ksefd.invoice import CheckedInvoice, InvoiceRejected, check_invoice
 from ksefd.ksef.crypto import sha256_b64
 from ksefd.store import InvoiceRow, InvoiceState, NewInvoice
 
-from .outbox_context import CompanyCtx
-from .outbox_files import STATE_SUFFIX
-from .outbox_outcomes import Outcomes
-from .runtime import wait_for
+from ..runtime import wait_for
+from .files import STATE_SUFFIX, OutboxFiles
+from .ledger import Ledger
 
 S = InvoiceState
 CHUNK = 500
@@ -62,19 +62,27 @@ class _Claimed:
 
 
 class Intake:
-    def __init__(self, ctx: CompanyCtx, outcomes: Outcomes) -> None:
-        self.ctx = ctx
-        self.outcomes = outcomes
-        self.outbox = ctx.company.folders.outbox
-        self.stability = spool.StabilityTracker(ctx.runtime.clock, ctx.runtime.config.settle_seconds)
+    def __init__(self, company: Company, ledger: Ledger, files: OutboxFiles, clock: Clock, *,
+                 settle_seconds: float, rescan_interval_seconds: float, heavy: asyncio.Semaphore, log: Any) -> None:
+        self.company = company
+        self.ledger = ledger
+        self.store = ledger.store
+        self.files = files
+        self.clock = clock
+        self.settle_seconds = settle_seconds
+        self.rescan_interval_seconds = rescan_interval_seconds
+        self.heavy = heavy                 # CPU-heavy work shared by all companies (the local checks)
+        self.log = log
+        self.outbox = company.folders.outbox
+        self.stability = spool.StabilityTracker(clock, settle_seconds)
         self.poke = asyncio.Event()
         self.pending = 0            # candidates seen but not yet stable
+        self.busy = False           # a chunk is being claimed and checked (the dispatcher waits to see it whole)
 
     # --- loops ----------------------------------------------------------------------------------
 
     async def run(self, draining: asyncio.Event) -> None:
-        store = self.ctx.store
-        await self.recheck(await store.invoices.in_state(self.ctx.name, S.CLAIMED, S.CHECKED))
+        await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED, S.CHECKED))
         await self.adopt_orphans()
         await self.clear_stale_states()
         stop_watch = asyncio.Event()
@@ -83,10 +91,10 @@ class Intake:
             try:
                 while not draining.is_set():
                     await self.scan_once()
-                    interval = self.ctx.runtime.config.rescan_interval_seconds
+                    interval = self.rescan_interval_seconds
                     if self.pending:
-                        interval = min(interval, max(self.ctx.runtime.config.settle_seconds / 2, 0.05))
-                    await wait_for(self.poke, self.ctx.runtime.clock, interval)
+                        interval = min(interval, max(self.settle_seconds / 2, 0.05))
+                    await wait_for(self.poke, self.clock, interval)
             finally:
                 stop_watch.set()
                 watcher.cancel()
@@ -111,14 +119,14 @@ class Intake:
         stable = [p for p in candidates if self.stability.is_stable(p)]
         self.pending = len(candidates) - len(stable)
         done = 0
-        self.ctx.intake_busy = bool(stable)
+        self.busy = bool(stable)
         try:
             for start in range(0, len(stable), CHUNK):
                 done += await self._take([p for p in stable[start:start + CHUNK]])
         finally:
-            self.ctx.intake_busy = False
+            self.busy = False
         if done:
-            self.ctx.log.info("outbox.intake", claimed=done, waiting_to_settle=self.pending)
+            self.log.info("outbox.intake", claimed=done, waiting_to_settle=self.pending)
         return done
 
     # --- one chunk ------------------------------------------------------------------------------------
@@ -136,11 +144,11 @@ class Intake:
         names a working file: a power cut before that puts the files back in the outbox, nothing else."""
         taken = []
         for path in paths:
-            work = self.ctx.files.new_work_path(path.name)
+            work = self.files.new_work_path(path.name)
             if spool.claim(path, work, sync_dir=False):
                 taken.append((path, work))     # else gone, or still locked by its writer (Windows)
         if taken:
-            spool.fsync_directory(self.ctx.files.work_dir)
+            spool.fsync_directory(self.files.work_dir)
             spool.fsync_directory(self.outbox)
         return taken
 
@@ -151,12 +159,10 @@ class Intake:
     async def adopt_orphans(self) -> None:
         """Working files without a row: claimed just before a crash. They continue as if just dropped; a
         working file whose invoice is already finished (crash before it was discarded) is discarded."""
-        files = self.ctx.files.work_files()
+        files = self.files.work_files()
         if not files:
             return
-        rows = await self.ctx.store.db.fetch_all(
-            "SELECT work_path, state FROM invoices WHERE company = ? AND work_path IS NOT NULL", (self.ctx.name,))
-        known = {str(r[0]): str(r[1]) for r in rows}
+        known = await self.store.invoices.work_paths(self.company.name)
         orphans = []
         for path in files:
             state = known.get(str(path))
@@ -165,8 +171,8 @@ class Intake:
             elif state in (S.DONE, S.REJECTED):
                 path.unlink(missing_ok=True)
         if orphans:
-            self.ctx.log.info("outbox.orphans_adopted", count=len(orphans))
-            await self._process([await self._read(p, self.ctx.files.original_name(p)) for p in orphans])
+            self.log.info("outbox.orphans_adopted", count=len(orphans))
+            await self._process([await self._read(p, self.files.original_name(p)) for p in orphans])
 
     async def clear_stale_states(self) -> None:
         """State files of invoices that finished just before a crash (the row was, the file not yet, updated)."""
@@ -175,7 +181,7 @@ class Intake:
                 invoice_id = json.loads(path.read_bytes()).get("invoiceId")
             except (OSError, ValueError):
                 continue
-            row = await self.ctx.store.invoices.get(invoice_id) if isinstance(invoice_id, int) else None
+            row = await self.store.invoices.get(invoice_id) if isinstance(invoice_id, int) else None
             if row is None or row.state in (S.DONE, S.REJECTED):
                 path.unlink(missing_ok=True)
 
@@ -183,15 +189,14 @@ class Intake:
         """Rows left CLAIMED or CHECKED by a crash: finish their intake."""
         for row in rows:
             if row.state == S.CHECKED:
-                self.ctx.show(await self.ctx.store.invoices.transition(row.id, S.CHECKED, S.QUEUED))
+                await self.ledger.move(row, S.QUEUED)
                 continue
-            data = self.ctx.files.read_work(row)
+            data = self.files.read_work(row)
             if data is None:
                 continue
             item = _Claimed(Path(row.work_path or ""), row.file_name, data, row.sha256)
             await self._judge(item, exclude=row.id)
             await self._finish_row(row, item)
-        self.ctx.kick.set()
 
     # --- checks and rows --------------------------------------------------------------------------------
 
@@ -205,10 +210,10 @@ class Intake:
                 copies[index] = first_of[item.sha256]
             else:
                 first_of[item.sha256] = index
-        async with self.ctx.runtime.heavy:
+        async with self.heavy:
             await self._judge_all([item for index, item in enumerate(items) if index not in copies])
         # One commit for the chunk's rows (they all start CLAIMED, as with one row at a time).
-        rows = await self.ctx.store.invoices.add_many(self.ctx.name, [
+        rows = await self.store.invoices.add_many(self.company.name, [
             NewInvoice(item.name, item.sha256, len(item.data), {"file": item.name}, self._facts(item))
             for item in items])
         for index, first in copies.items():     # the oldest with these bytes, as one at a time would find
@@ -219,9 +224,8 @@ class Intake:
         good = [r for r, i in zip(rows, items, strict=True) if i.checked is not None]
         if good:
             ids = [r.id for r in good]
-            await self.ctx.store.invoices.transition_many(ids, S.CLAIMED, S.CHECKED)
-            await self.ctx.show_many(await self.ctx.store.invoices.transition_many(ids, S.CHECKED, S.QUEUED))
-            self.ctx.kick.set()
+            await self.ledger.move_many(ids, S.CLAIMED, S.CHECKED, state_files=False)
+            await self.ledger.move_many(ids, S.CHECKED, S.QUEUED)
 
     @staticmethod
     def _facts(item: _Claimed) -> dict[str, Any]:
@@ -234,33 +238,33 @@ class Intake:
 
     async def _finish_row(self, row: InvoiceRow, item: _Claimed) -> None:
         if item.rejection is not None:
-            await self.outcomes.reject_with(row, S.CLAIMED, item.rejection)
+            await self.ledger.reject(row, item.rejection, from_state=S.CLAIMED)
             return
         assert item.checked is not None
         c = item.checked
         if row.seller_nip is None:
-            row = await self.ctx.store.invoices.update(
-                row.id, S.CLAIMED, seller_nip=c.seller_nip, invoice_type=c.invoice_type,
-                invoice_number=c.invoice_number, issue_date=c.issue_date, has_attachment=c.has_attachment)
-        await self.ctx.store.invoices.transition(row.id, S.CLAIMED, S.CHECKED)
-        self.ctx.show(await self.ctx.store.invoices.transition(row.id, S.CHECKED, S.QUEUED))
+            row = await self.ledger.update(row, seller_nip=c.seller_nip, invoice_type=c.invoice_type,
+                                           invoice_number=c.invoice_number, issue_date=c.issue_date,
+                                           has_attachment=c.has_attachment)
+        checked = await self.ledger.move(row, S.CHECKED, from_state=S.CLAIMED, state_file=False)
+        await self.ledger.move(checked, S.QUEUED)
 
     async def _judge(self, item: _Claimed, exclude: int | None = None) -> None:
         if not await self._same_bytes_before(item, exclude):
-            self._check(item, warsaw_today(self.ctx.runtime.clock))
+            self._check(item, warsaw_today(self.clock))
             await self._number_taken(item, exclude)
 
     async def _judge_all(self, items: list[_Claimed]) -> None:
         """`_judge` for a chunk: the local checks (CPU: the XSD) in worker threads, a few hundred per hop."""
         fresh = [item for item in items if not await self._same_bytes_before(item)]
-        today = warsaw_today(self.ctx.runtime.clock)
+        today = warsaw_today(self.clock)
         halves = [fresh[i::CHECK_THREADS] for i in range(CHECK_THREADS)]
         await asyncio.gather(*(asyncio.to_thread(self._check_many, half, today) for half in halves if half))
         for item in fresh:
             await self._number_taken(item)
 
     async def _same_bytes_before(self, item: _Claimed, exclude: int | None = None) -> bool:
-        earlier = [r for r in await self.ctx.store.invoices.find_by_hash(self.ctx.name, item.sha256)
+        earlier = [r for r in await self.store.invoices.find_by_hash(self.company.name, item.sha256)
                    if r.id != exclude and r.state not in SETTLED_STATES]
         if earlier:
             item.earlier = earlier[0]
@@ -273,7 +277,7 @@ class Intake:
 
     def _check(self, item: _Claimed, today: dt.date) -> None:
         try:
-            item.checked = check_invoice(item.data, file_name=item.name, company_nip=self.ctx.company.nip,
+            item.checked = check_invoice(item.data, file_name=item.name, company_nip=self.company.nip,
                                          today=today)
         except InvoiceRejected as rejected:
             item.rejection = {**rejected.to_dict(), "file": item.name, "invoiceHash": item.sha256}
@@ -282,7 +286,7 @@ class Intake:
         c = item.checked
         if c is None:
             return
-        taken = [r for r in await self.ctx.store.invoices.find_by_key(c.seller_nip, c.invoice_type, c.invoice_number)
+        taken = [r for r in await self.store.invoices.find_by_key(c.seller_nip, c.invoice_type, c.invoice_number)
                  if r.id != exclude and r.state in ACCEPTED_STATES and r.sha256 != item.sha256]
         if taken:
             item.checked, item.rejection = None, _duplicate_number(item, c, taken[0])

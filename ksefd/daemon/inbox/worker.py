@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,28 +35,19 @@ from ksefd import clock as clocks
 from ksefd.config import Company
 from ksefd.ksef.batch_archive import ZIP
 from ksefd.ksef.client import KsefContext
-from ksefd.ksef.errors import (
-    ApiError,
-    AuthenticationFailed,
-    CredentialsError,
-    Forbidden,
-    KsefError,
-    KsefException,
-    ProtocolError,
-    RateLimited,
-    Unauthorized,
-)
+from ksefd.ksef.errors import AuthenticationFailed, KsefException, RateLimited
 from ksefd.ksef.export import ExportOptions
 from ksefd.ksef.receiving import format_instant, parse_instant, query_filters
 from ksefd.store import Store
 
+from ..failures import Backoff, LastingFailure, classify
+from ..runtime import sleep_unless_stopped
+from .delivery import InboxFolder
 from .hooks import InvoiceHooks
-from .inbox_delivery import InboxFolder
-from .inbox_schedule import SHARED_HOURLY_CALLS, Backoff, HourlyBudget, cycle_due, next_reconcile
-from .inbox_status import StatusBook
-from .inbox_sync import SMALL_GAP, InboxMetrics, Pipeline, export_package
 from .reconcile import ReconcileReport, reconcile
-from .runtime import sleep_unless_stopped
+from .schedule import SHARED_HOURLY_CALLS, HourlyBudget, cycle_due, next_reconcile
+from .status import StatusBook
+from .sync import SMALL_GAP, InboxMetrics, Pipeline, export_package
 
 log = structlog.get_logger("ksefd.daemon.inbox")
 
@@ -108,6 +100,7 @@ class InboxWorker:
         self.status = StatusBook(company.name, store.kv, clock.now)
         self._anchor = clock.now()          # the first reconciliation is the first `reconcile_at` after start
         self._started = False
+        self._crashing = LastingFailure(log.bind(company=company.name), "inbox.cycle_crashed")
 
     @property
     def metrics(self) -> InboxMetrics:
@@ -135,10 +128,11 @@ class InboxWorker:
             while not stop.is_set():
                 try:
                     await self.run_cycle()
+                    self._crashing.cleared()
                 except _Stopped:
                     break
                 except Exception as error:            # a bug must not end receiving for this company
-                    log.exception("inbox.cycle_crashed", company=self.company.name, error=str(error))
+                    self._crashing.failed(error=repr(error), where=traceback.format_exc(limit=-3))
                     await self._sleep_quietly(self.company.sending.retry_min_seconds)
                     continue
                 await self._sleep_quietly(await self.seconds_until_due())
@@ -227,17 +221,19 @@ class InboxWorker:
         return message
 
     def _classify(self, subject: _Subject, error: Exception) -> tuple[str, float]:
+        """The daemon's one classification (failures.py), in the words the inbox status uses."""
+        failure = classify(error)
         if isinstance(error, RateLimited):
             self.metrics.rate_limited += 1
-            return "rate-limited", max(error.retry_after, 1.0)
-        if isinstance(error, AuthenticationFailed | CredentialsError | Unauthorized | Forbidden) or (
+            return "rate-limited", max(failure.retry_after, 1.0)
+        if failure.verdict == "hold" or isinstance(error, AuthenticationFailed) or (
                 isinstance(error, KsefException) and SUBJECT_NOT_ALLOWED in error.codes):
             return "needs-attention", self.company.sending.hold_retry_seconds
-        if isinstance(error, OSError):
+        if failure.code == "os-error":
             return "disk", subject.backoff.next_delay()
-        if isinstance(error, KsefError | ApiError | ProtocolError):
-            return "ksef", subject.backoff.next_delay()
-        return "unexpected", subject.backoff.next_delay()
+        if failure.code == "unexpected":
+            return "unexpected", subject.backoff.next_delay()
+        return "ksef", subject.backoff.next_delay()
 
     # -- reconciliation --------------------------------------------------------------------------
 

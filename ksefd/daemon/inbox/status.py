@@ -15,7 +15,7 @@ from typing import Any
 
 from ksefd.store import Checkpoint, KeyValueRepo, Store
 
-from .inbox_sync import InboxMetrics
+from .sync import InboxMetrics
 
 STATUS_NAMESPACE = "inbox_status"
 

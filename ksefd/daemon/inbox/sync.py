@@ -23,9 +23,9 @@ from ksefd.ksef.export_package import next_checkpoint
 from ksefd.ksef.receiving import Receiver, parse_instant
 from ksefd.store import Store
 
+from .delivery import Deliverer, DeliveryReport, InboxFolder, ReceivedInvoice, StagingBook, recover
 from .hooks import InvoiceHooks
-from .inbox_delivery import Deliverer, DeliveryReport, InboxFolder, ReceivedInvoice, StagingBook, recover
-from .inbox_schedule import HourlyBudget
+from .schedule import HourlyBudget
 
 log = structlog.get_logger("ksefd.daemon.inbox")
 

@@ -9,35 +9,41 @@ started only while the client's rate limiter would let them through at once, so 
 SUBMITTING for an hour behind `invoiceSend` (180/h); the backlog then grows into a batch instead.
 
 Holds: credentials that cannot be read or are refused, or a missing permission, put the company on hold
-(store `company_holds`, shown by `ksefd status`): its waiting invoices become HELD, nothing is sent, and
-every `hold_retry_seconds` it logs in again with freshly read credential files and tries once more.
+(connection.py; store `company_holds`, shown by `ksefd status`): its waiting invoices become HELD, nothing is
+sent, and every `hold_retry_seconds` it logs in again with freshly read credential files and tries once more.
+
+The parts and who moves what: intake -> ledger <- channels (online, batch) <- tracker. Only the ledger
+moves an invoice from state to state; this class decides which channel gets which invoices and when.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import shutil
 import traceback
+from pathlib import Path
 from typing import Any
 
+import structlog
+
 from ksefd import spool
+from ksefd.clock import Clock
 from ksefd.config import Company
 from ksefd.ksef.errors import KsefError
-from ksefd.store import InvoiceRow, InvoiceState, SessionState
+from ksefd.ksef.ratelimit import RateLimiter
+from ksefd.store import InvoiceRow, InvoiceState, SessionState, Store
 
-from . import outbox_queries as queries
-from .credentials import connect
-from .outbox_batch import BatchRunner
-from .outbox_context import CompanyCtx
-from .outbox_files import OutboxFiles
-from .outbox_intake import Intake
-from .outbox_online import OnlineChannel
-from .outbox_outcomes import Outcomes
-from .outbox_tracker import Tracker
-from .retry import Failure, classify
-from .runtime import Runtime, wait_for
+from ..connection import CompanyConnection
+from ..failures import Failure, LastingFailure
+from ..runtime import Runtime, wait_for
+from .batch import BatchRunner
+from .files import OutboxFiles
+from .intake import Intake
+from .ledger import Ledger
+from .online import OnlineChannel
+from .outcomes import Outcomes
+from .tracker import Tracker
 
 S = InvoiceState
 T = SessionState
@@ -45,47 +51,73 @@ ONLINE_CONCURRENCY = 4
 BATCHES_AT_ONCE = 2
 LOOP_RETRY_SECONDS = 5.0
 SEND_WAIT_AT_MOST = 2.0        # seconds the limiter may make an online send wait before we prefer to wait here
+SETTLED_CHECK_SECONDS = 0.2    # real time: drain mode confirms "nothing to do" this long after it was seen ...
+SETTLED_ROUNDS = 3             # ... this many times in a row (files may be landing)
 ACTIVE = (S.CLAIMED, S.CHECKED, S.QUEUED, S.SUBMITTING, S.IN_DOUBT, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED,
           S.DEFERRED)
 
 
 class OutboxWorker:
-    def __init__(self, runtime: Runtime, company: Company) -> None:
-        self.runtime = runtime
+    def __init__(self, company: Company, connection: CompanyConnection, store: Store, clock: Clock,
+                 limiter: RateLimiter, *, work_dir: Path, batch_dir: Path, heavy: asyncio.Semaphore,
+                 settle_seconds: float = 2.0, rescan_interval_seconds: float = 30.0, once: bool = False) -> None:
         self.company = company
-        self.ctx = CompanyCtx(runtime, company, OutboxFiles(company, runtime.work_dir(company)))
-        self.outcomes = Outcomes(self.ctx)
-        self.intake = Intake(self.ctx, self.outcomes)
-        self.channel = OnlineChannel(self.ctx, self.outcomes)
-        self.tracker = Tracker(self.ctx, self.outcomes, self.channel)
-        self.batches = BatchRunner(self.ctx, self.outcomes)
+        self.connection = connection
+        self.store = store
+        self.clock = clock
+        self.limiter = limiter
+        self.batch_dir = batch_dir
+        self.once = once
+        self.log = structlog.get_logger("ksefd.daemon.outbox").bind(company=company.name)
+        self.files = OutboxFiles(company, work_dir)
+        self.ledger = Ledger(company.name, store, self.files, clock.now, self.log)
+        self.outcomes = Outcomes(company, self.ledger, self.files, connection, self.log)
+        self.intake = Intake(company, self.ledger, self.files, clock, settle_seconds=settle_seconds,
+                             rescan_interval_seconds=rescan_interval_seconds, heavy=heavy, log=self.log)
+        self.channel = OnlineChannel(company, self.ledger, self.outcomes, self.files, connection, self.log)
+        self.tracker = Tracker(company.name, self.ledger, self.outcomes, self.channel, connection, self.log)
+        self.batches = BatchRunner(company, self.ledger, self.outcomes, self.files, connection, work_dir=batch_dir,
+                                   heavy=heavy, log=self.log)
+        connection.on_hold_change(self._hold_changed)
+        connection.on_login(self.channel.forget)
+        self.idle = asyncio.Event()            # set while nothing is left to do without a person
         self._online = asyncio.Semaphore(ONLINE_CONCURRENCY)
+        self._reserved: set[int] = set()       # invoices a send task holds
         self._tasks: set[asyncio.Task[Any]] = set()
         self._group: asyncio.TaskGroup | None = None
-        self._retry_connect_at: dt.datetime | None = None
-        self._connect_failures = 0
         self._recovered = False
+        self._dispatch_failing = LastingFailure(self.log, "outbox.dispatch_failed")
+        self._track_failing = LastingFailure(self.log, "outbox.track_failed")
 
-    @property
-    def log(self) -> Any:
-        return self.ctx.log
+    @classmethod
+    def for_runtime(cls, runtime: Runtime, company: Company, connection: CompanyConnection) -> OutboxWorker:
+        return cls(company, connection, runtime.store, runtime.clock, runtime.limiter,
+                   work_dir=runtime.work_dir(company), batch_dir=runtime.batch_dir(company), heavy=runtime.heavy,
+                   settle_seconds=runtime.config.settle_seconds,
+                   rescan_interval_seconds=runtime.config.rescan_interval_seconds, once=runtime.once)
 
     # --- the loops ----------------------------------------------------------------------------------
 
     async def run(self, draining: asyncio.Event) -> None:
-        self.ctx.files.prepare()
-        # Archives of batches a previous run was building: never closed, so never needed (outbox_batch.py).
-        await asyncio.to_thread(shutil.rmtree, self.runtime.batch_dir(self.company), True)
+        self.files.prepare()
+        # Archives of batches a previous run was building: never closed, so never needed (batch.py).
+        await asyncio.to_thread(shutil.rmtree, self.batch_dir, True)
         async with asyncio.TaskGroup() as group:
             self._group = group
-            group.create_task(self.intake.run(draining))
-            group.create_task(self._dispatch_loop(draining))
-            group.create_task(self._track_loop(draining))
+            group.create_task(self.intake.run(draining), name=f"intake:{self.company.name}")
+            group.create_task(self._dispatch_loop(draining), name=f"dispatch:{self.company.name}")
+            group.create_task(self._track_loop(draining), name=f"track:{self.company.name}")
         self._group = None
+
+    def wake(self) -> None:
+        """Look at everything again now (e.g. at the start of the drain)."""
+        self.ledger.dispatch_due.set()
+        self.ledger.track_due.set()
+        self.intake.poke.set()
 
     async def close_online(self) -> None:
         """Graceful shutdown: close the online session (its UPO is fetched after the next start)."""
-        if self.ctx.connection is not None:
+        if self.connection.current is not None:
             with contextlib.suppress(KsefError):
                 await self.channel.close_current("shutdown")
 
@@ -93,86 +125,53 @@ class OutboxWorker:
         while not draining.is_set():
             try:
                 wait = await self.dispatch_once(draining)
+                self._dispatch_failing.cleared()
             except Exception as exc:   # a bug or a full disk must not stop the other companies; logged, retried
-                self.log.error("outbox.dispatch_failed", error=repr(exc), where=traceback.format_exc(limit=-3))
+                self._dispatch_failing.failed(error=repr(exc), where=traceback.format_exc(limit=-3))
                 wait = LOOP_RETRY_SECONDS
-            await wait_for(self.ctx.kick, self.runtime.clock, wait)
+            if self.once and await self.settled():
+                self.idle.set()
+            if await wait_for(self.ledger.dispatch_due, self.clock, wait):
+                self.idle.clear()
 
     async def _track_loop(self, draining: asyncio.Event) -> None:
         while not draining.is_set():
             wait: float | None = LOOP_RETRY_SECONDS
-            if self.ctx.connection is not None and self._recovered:
+            if self.connection.current is not None and self._recovered:
                 try:
                     failure = await self.tracker.step()
                     if failure is not None:
-                        await self.hold(failure)
+                        await self.connection.hold(failure)
                     wait = self.tracker.next_wake()
                     wait = LOOP_RETRY_SECONDS if wait is None else min(wait, LOOP_RETRY_SECONDS)
+                    self._track_failing.cleared()
                 except Exception as exc:
-                    self.log.error("outbox.track_failed", error=repr(exc), where=traceback.format_exc(limit=-3))
-            await wait_for(self.ctx.track, self.runtime.clock, wait)
+                    self._track_failing.failed(error=repr(exc), where=traceback.format_exc(limit=-3))
+            await wait_for(self.ledger.track_due, self.clock, wait)
 
     # --- connecting and holds ---------------------------------------------------------------------------
 
     async def ready(self) -> float | None:
-        """Connected and not on hold: None. Otherwise the seconds to wait before looking again."""
-        hold = await self.runtime.store.holds.get(self.company.name)
-        now = self.ctx.now()
-        if hold is not None and hold.next_retry_at is not None and now < hold.next_retry_at:
-            return (hold.next_retry_at - now).total_seconds()
-        if self.ctx.connection is None or hold is not None:
-            if self._retry_connect_at is not None and now < self._retry_connect_at:
-                return (self._retry_connect_at - now).total_seconds()
-            try:
-                self.ctx.connection = await connect(self.runtime, self.company)
-            except KsefError as exc:
-                failure = classify(exc)
-                if failure.verdict == "hold":
-                    await self.hold(failure)
-                    return self.company.sending.hold_retry_seconds
-                self._connect_failures += 1
-                delay = min(self.company.sending.retry_max_seconds,
-                            self.company.sending.retry_min_seconds * 2.0 ** min(self._connect_failures - 1, 20))
-                self._retry_connect_at = now + dt.timedelta(seconds=delay)
-                self.log.warning("outbox.connect_failed", error=failure.message, retry_in=delay)
-                return delay
-            self._connect_failures, self._retry_connect_at = 0, None
-            self.channel.forget()
-            if hold is not None:
-                await self.release()
+        """Connected, not on hold and recovered: None. Otherwise the seconds to wait before looking again."""
+        wait = await self.connection.ready()
+        if wait is not None:
+            return wait
         if not self._recovered:
             await self.recover()
         return None
 
-    async def hold(self, failure: Failure) -> None:
-        until = self.ctx.now() + dt.timedelta(seconds=self.company.sending.hold_retry_seconds)
-        first = await self.runtime.store.holds.get(self.company.name) is None
-        await self.runtime.store.holds.hold(self.company.name, failure.code, failure.message, until)
-        for state in (S.QUEUED, S.DEFERRED):
-            rows = await self.runtime.store.invoices.in_state(self.company.name, state)
-            free = [r.id for r in rows if r.id not in self.ctx.reserved]
-            if free:
-                for row in await self.runtime.store.invoices.transition_many(free, state, S.HELD, detail={
-                        "hold": failure.code}):
-                    self.ctx.show(row, {"hold": failure.message})
-        self.ctx.connection = None
-        log = self.log.error if first else self.log.info
-        log("outbox.company_on_hold", code=failure.code, reason=failure.message, retry_at=until.isoformat())
-
-    async def release(self) -> None:
-        await self.runtime.store.holds.release(self.company.name)
-        held = [r.id for r in await self.runtime.store.invoices.in_state(self.company.name, S.HELD)]
-        if held:
-            for row in await self.runtime.store.invoices.transition_many(held, S.HELD, S.QUEUED,
-                                                                         detail={"hold": "released"}):
-                self.ctx.show(row)
-        self.log.info("outbox.company_resumed", invoices=len(held))
+    async def _hold_changed(self, failure: Failure | None) -> None:
+        if failure is None:
+            released = await self.ledger.release_held()
+            self.log.info("outbox.held_invoices_released", invoices=released)
+        else:
+            await self.ledger.hold_waiting(failure, self._reserved)
 
     # --- recovery after a restart ---------------------------------------------------------------------
 
     async def recover(self) -> None:
         """Pick up what a previous run (maybe killed) left, before sending anything new."""
-        store, name = self.runtime.store, self.company.name
+        store, name = self.store, self.company.name
         for session in await store.sessions.unfinished(name, "batch"):
             if session.state == T.OPEN:
                 await self.batches.abandon(session)
@@ -182,11 +181,9 @@ class OutboxWorker:
                 await self.batches.requeue(used, {"reason": f"batch session {used.state}"})
         for row in await store.invoices.in_state(name, S.SUBMITTING):
             if row.mode != "batch":
-                doubt = await store.invoices.transition(row.id, S.SUBMITTING, S.IN_DOUBT,
-                                                        detail={"reason": "found SUBMITTING after a restart"})
-                self.ctx.show(doubt)
+                await self.ledger.move(row, S.IN_DOUBT, detail={"reason": "found SUBMITTING after a restart"})
         self._recovered = True
-        self.ctx.wake()
+        self.wake()
 
     # --- dispatching ----------------------------------------------------------------------------------
 
@@ -197,14 +194,14 @@ class OutboxWorker:
         await self._promote_deferred()
         self._resume_batches_soon()
         cap = self._batch_cap()
-        waiting = await queries.due_count(self.runtime.store, self.company.name, S.QUEUED, self.ctx.now())
-        if self.ctx.intake_busy and waiting - len(self.ctx.reserved) < cap:
+        now = self.clock.now()
+        waiting = await self.store.invoices.due_count(self.company.name, S.QUEUED, now)
+        if self.intake.busy and waiting - len(self._reserved) < cap:
             return 0.2               # a drop is still being claimed: see the whole backlog before choosing
         queued = []
-        if waiting > len(self.ctx.reserved):
-            queued = [r for r in await self.runtime.store.invoices.due(self.company.name, [S.QUEUED], self.ctx.now(),
-                                                                       limit=100_000)
-                      if r.id not in self.ctx.reserved]
+        if waiting > len(self._reserved):
+            queued = [r for r in await self.store.invoices.due(self.company.name, [S.QUEUED], now, limit=100_000)
+                      if r.id not in self._reserved]
         attachments = [r for r in queued if r.has_attachment]
         plain = [r for r in queued if not r.has_attachment]
         by_batch = attachments + (plain if len(plain) >= self.company.sending.batch_threshold else [])
@@ -217,9 +214,9 @@ class OutboxWorker:
         return await self._idle(queued, draining)
 
     async def _send_online(self, rows: list[InvoiceRow]) -> None:
-        key = self.ctx.context.context.key
+        key = self.connection.context.context.key
         for row in rows:
-            if self.runtime.limiter.delay(key, "invoiceSend") > SEND_WAIT_AT_MOST:
+            if self.limiter.delay(key, "invoiceSend") > SEND_WAIT_AT_MOST:
                 return
             await self._online.acquire()
             self._start(self._online_one(row), "online", [row])
@@ -228,21 +225,21 @@ class OutboxWorker:
         try:
             failure = await self.channel.send(row)
             if failure is not None:
-                await self.hold(failure)
+                await self.connection.hold(failure)
         finally:
             self._online.release()
 
     async def _batch(self, rows: list[InvoiceRow]) -> None:
         failure = await self.batches.send(rows)
         if failure is not None:
-            await self.hold(failure)
+            await self.connection.hold(failure)
 
     def _start(self, coro: Any, kind: str, rows: list[InvoiceRow], *, wake: bool = True) -> None:
         """Run a send task; when it ends the loops look again (`wake=False`: the task wakes them itself
         when it did something, so a task that found nothing to do does not set off another round)."""
         assert self._group is not None
         ids = {r.id for r in rows}
-        self.ctx.reserved |= ids
+        self._reserved |= ids
 
         async def guarded() -> None:
             try:
@@ -251,9 +248,10 @@ class OutboxWorker:
                 self.log.error("outbox.task_failed", kind=kind, invoices=len(ids), error=repr(exc),
                                where=traceback.format_exc(limit=-3))
             finally:
-                self.ctx.reserved -= ids
+                self._reserved -= ids
                 if wake:
-                    self.ctx.wake()
+                    self.ledger.dispatch_due.set()
+                    self.ledger.track_due.set()
 
         task = self._group.create_task(guarded(), name=kind)
         self._tasks.add(task)
@@ -261,17 +259,15 @@ class OutboxWorker:
 
     def _batch_cap(self) -> int:
         cap = self.company.sending.batch_max_invoices
-        if self.ctx.connection is not None:
-            cap = min(cap, self.ctx.connection.limits.batch_session.max_invoices)
+        limits = self.connection.limits
+        if limits is not None:
+            cap = min(cap, limits.batch_session.max_invoices)
         return max(1, cap)
 
     async def _promote_deferred(self) -> None:
-        due = await self.runtime.store.invoices.due(self.company.name, [S.DEFERRED], self.ctx.now())
-        ids = [r.id for r in due if r.next_attempt_at is not None and r.id not in self.ctx.reserved]
-        if ids:
-            for row in await self.runtime.store.invoices.transition_many(ids, S.DEFERRED, S.QUEUED,
-                                                                         detail={"retry": True}):
-                self.ctx.show(row)
+        due = await self.store.invoices.due(self.company.name, [S.DEFERRED], self.clock.now())
+        ids = [r.id for r in due if r.next_attempt_at is not None and r.id not in self._reserved]
+        await self.ledger.move_many(ids, S.DEFERRED, S.QUEUED, detail={"retry": True})
 
     def _resume_batches_soon(self) -> None:
         """Closed batch sessions whose results are not all in (after a restart, or a failed poll)."""
@@ -281,15 +277,16 @@ class OutboxWorker:
         async def resume() -> None:
             # Started at every dispatch round: waking the loops when it had nothing to do (e.g. while the
             # only unfinished session is one a batch task is following) would spin them without pause.
-            for session in await self.runtime.store.sessions.unfinished(self.company.name, "batch"):
+            for session in await self.store.sessions.unfinished(self.company.name, "batch"):
                 if session.id in self.batches.active or session.state == T.OPEN:
                     continue
                 try:
                     failure = await self.batches.close_and_track(session)
                     if failure is not None:
-                        await self.hold(failure)
+                        await self.connection.hold(failure)
                 finally:
-                    self.ctx.wake()
+                    self.ledger.dispatch_due.set()
+                    self.ledger.track_due.set()
 
         self._start(resume(), "batch-resume", [], wake=False)
 
@@ -299,34 +296,47 @@ class OutboxWorker:
         if self.channel.current is not None and not self.channel.busy:
             nothing_left = not queued and not await self._online_in_flight()
             idle = self.channel.idle_for()
-            if (self.runtime.once and nothing_left) or idle >= self.company.sending.online_idle_close_seconds:
+            if (self.once and nothing_left) or idle >= self.company.sending.online_idle_close_seconds:
                 await self.channel.close_current("idle")
             else:
                 waits.append(self.company.sending.online_idle_close_seconds - idle)
-        upcoming = await queries.next_attempt(self.runtime.store, self.company.name)
+        upcoming = await self.store.invoices.next_attempt_at(self.company.name)
         if upcoming is not None:
-            waits.append(max(0.0, (upcoming - self.ctx.now()).total_seconds()))
+            waits.append(max(0.0, (upcoming - self.clock.now()).total_seconds()))
         if queued and any(not r.has_attachment for r in queued):
-            waits.append(max(0.05, self.runtime.limiter.delay(self.ctx.context.context.key, "invoiceSend")))
+            waits.append(max(0.05, self.limiter.delay(self.connection.context.context.key, "invoiceSend")))
         return max(0.0, min(waits))
 
     async def _online_in_flight(self) -> bool:
-        counts = await self.runtime.store.invoices.counts(self.company.name)
+        counts = await self.store.invoices.counts(self.company.name)
         return any(counts.get(s, 0) for s in (S.SUBMITTING, S.IN_DOUBT))
 
     # --- drain mode -------------------------------------------------------------------------------------
 
     async def settled(self) -> bool:
         """Nothing left to do without a person: no file waiting, nothing in flight, sessions finished."""
-        if self._tasks or self.ctx.intake_busy or self.intake.pending:
+        if self._tasks or self.intake.busy or self.intake.pending:
             return False
-        if await self.runtime.store.holds.get(self.company.name) is None:   # on hold: waits for a person
-            counts = await self.runtime.store.invoices.counts(self.company.name)
+        if await self.store.holds.get(self.company.name) is None:   # on hold: waits for a person
+            counts = await self.store.invoices.counts(self.company.name)
             if any(counts.get(s, 0) for s in (*ACTIVE, S.HELD)):
                 return False
-            if await self.runtime.store.sessions.unfinished(self.company.name):
+            if await self.store.sessions.unfinished(self.company.name):
                 return False
         try:
             return not await asyncio.to_thread(spool.scan, self.company.folders.outbox)
         except FileNotFoundError:
             return True
+
+    async def wait_idle(self) -> None:
+        """Drain mode (`--once`): return once the worker has reported that nothing is left, and it stays so
+        for a few looks in a row (a file may be landing between two looks)."""
+        calm = 0
+        while calm < SETTLED_ROUNDS:
+            await self.idle.wait()
+            await asyncio.sleep(SETTLED_CHECK_SECONDS)      # real time: a check, not a business timer
+            calm = calm + 1 if self.idle.is_set() and await self.settled() else 0
+            if calm == 0:
+                self.idle.clear()
+                self.ledger.dispatch_due.set()              # look again; the loop reports when it is idle
+

@@ -19,22 +19,30 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+from ksefd.config import Company
 from ksefd.ksef.errors import KsefError, OutcomeUnknown
 from ksefd.ksef.online import FA3, OnlineOptions, OnlineSender, OnlineSession
-from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState
+from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, Store
 
-from .outbox_context import CompanyCtx
-from .outbox_outcomes import Outcomes
-from .retry import Failure, classify, next_attempt
+from ..connection import CompanyConnection
+from ..failures import Failure, classify, next_attempt
+from .files import OutboxFiles
+from .ledger import Ledger
+from .outcomes import Outcomes
 
 S = InvoiceState
 T = SessionState
 
 
 class OnlineChannel:
-    def __init__(self, ctx: CompanyCtx, outcomes: Outcomes) -> None:
-        self.ctx = ctx
+    def __init__(self, company: Company, ledger: Ledger, outcomes: Outcomes, files: OutboxFiles,
+                 connection: CompanyConnection, log: Any) -> None:
+        self.company = company
+        self.ledger = ledger
         self.outcomes = outcomes
+        self.files = files
+        self.connection = connection
+        self.log = log
         self.current: SessionRow | None = None
         self.last_used: dt.datetime | None = None
         self.in_flight: dict[int, int] = {}          # session id -> sends of ours in progress
@@ -45,11 +53,16 @@ class OnlineChannel:
 
     @property
     def sender(self) -> OnlineSender:
-        if self._sender is None or self._sender.auth is not self.ctx.context.auth:
-            limits = self.ctx.connection.limits if self.ctx.connection else None
+        context = self.connection.context
+        if self._sender is None or self._sender.auth is not context.auth:
+            limits = self.connection.limits
             cap = limits.online_session.max_invoices if limits else 10_000
-            self._sender = self.ctx.context.online(FA3, OnlineOptions(max_invoices=cap, features=self.ctx.features))
+            self._sender = context.online(FA3, OnlineOptions(max_invoices=cap, features=self.connection.features))
         return self._sender
+
+    @property
+    def store(self) -> Store:
+        return self.ledger.store
 
     @property
     def busy(self) -> int:
@@ -59,9 +72,9 @@ class OnlineChannel:
 
     async def send(self, row: InvoiceRow) -> Failure | None:
         """Send one QUEUED invoice. Returns a Failure when the company must go on hold."""
-        data = self.ctx.files.read_work(row)
+        data = self.files.read_work(row)
         if data is None:
-            self.ctx.log.error("outbox.work_file_missing", invoice=row.id, path=row.work_path)
+            self.log.error("outbox.work_file_missing", invoice=row.id, path=row.work_path)
             return None
         current: list[InvoiceRow] = [row]
         used: list[int] = []
@@ -70,69 +83,61 @@ class OnlineChannel:
             session_row = await self._session_row(session)
             used.append(session_row.id)
             self.in_flight[session_row.id] = self.in_flight.get(session_row.id, 0) + 1
+            shown = {"sessionReferenceNumber": session.reference_number}
             if current[0].state == S.QUEUED:
-                current[0] = await self.ctx.store.invoices.transition(
-                    row.id, S.QUEUED, S.SUBMITTING, session_id=session_row.id, mode="online",
+                current[0] = await self.ledger.move(
+                    current[0], S.SUBMITTING, show=shown, session_id=session_row.id, mode="online",
                     attempts=row.attempts + 1, next_attempt_at=None, detail={"session": session.reference_number})
             else:   # the client moved it to a new session (21184/21180/21155: not taken by the old one)
-                current[0] = await self.ctx.store.invoices.update(
-                    row.id, S.SUBMITTING, session_id=session_row.id, detail={"movedTo": session.reference_number})
-            self.ctx.show(current[0], {"sessionReferenceNumber": session.reference_number})
+                current[0] = await self.ledger.update(current[0], show=shown, session_id=session_row.id,
+                                                      detail={"movedTo": session.reference_number})
 
         try:
             sent = await self.sender.send(data, before_post=before_post)
         except OutcomeUnknown as exc:
-            doubt = await self.ctx.store.invoices.transition(row.id, S.SUBMITTING, S.IN_DOUBT,
-                                                             detail={"error": str(exc)})
-            self.ctx.log.warning("outbox.in_doubt", file=row.file_name, session=exc.session_reference)
-            self.ctx.show(doubt)
-            self.ctx.track.set()
+            await self.ledger.move(current[0], S.IN_DOUBT, from_state=S.SUBMITTING, detail={"error": str(exc)})
+            self.log.warning("outbox.in_doubt", file=row.file_name, session=exc.session_reference)
             return None
         except KsefError as exc:
             return await self._failed(current[0], exc)
         finally:
             for session_id in used:
                 self.in_flight[session_id] -= 1
-            self.last_used = self.ctx.now()
-        processing = await self.ctx.store.invoices.transition(
-            row.id, S.SUBMITTING, S.PROCESSING, invoice_ref=sent.reference_number, status_code=100,
-            detail={"reference": sent.reference_number})
-        self.ctx.show(processing, {"sessionReferenceNumber": sent.session_reference_number})
-        self.ctx.track.set()
+            self.last_used = self.ledger.now()
+        await self.ledger.move(current[0], S.PROCESSING, from_state=S.SUBMITTING,
+                               show={"sessionReferenceNumber": sent.session_reference_number},
+                               invoice_ref=sent.reference_number, status_code=100,
+                               detail={"reference": sent.reference_number})
         return None
 
     async def _failed(self, row: InvoiceRow, exc: KsefError) -> Failure | None:
         failure = classify(exc)
-        self.ctx.log.warning("outbox.send_failed", file=row.file_name, verdict=failure.verdict, code=failure.code,
+        self.log.warning("outbox.send_failed", file=row.file_name, verdict=failure.verdict, code=failure.code,
                              error=failure.message)
         if failure.verdict == "hold":
-            held = await self.ctx.store.invoices.transition(row.id, row.state, S.HELD, last_error=failure.as_error(
-                "ksef-send"))
-            self.ctx.show(held, {"hold": failure.message})
+            await self.ledger.hold_one(row, failure, "ksef-send")
             return failure
         if failure.verdict == "reject" and row.state == S.SUBMITTING:
             error = {**failure.as_error("ksef-send"), "details": getattr(exc, "details", []),
                      "hint": "KSeF refused the request that carried this invoice; the message says why. Correct "
                              "the invoice and drop it again.", "file": row.file_name, "invoiceHash": row.sha256}
-            await self.outcomes.reject_with(row, S.SUBMITTING, error)
+            await self.ledger.reject(row, error, from_state=S.SUBMITTING)
             return None
         attempts = row.attempts + (0 if row.state == S.SUBMITTING else 1)
-        when = next_attempt(self.ctx.now(), self.ctx.company.sending, attempts, failure.retry_after)
-        deferred = await self.ctx.store.invoices.transition(
-            row.id, row.state, S.DEFERRED, attempts=attempts, next_attempt_at=when,
-            last_error=failure.as_error("ksef-send"), detail={"error": failure.message})
-        self.ctx.show(deferred)
+        when = next_attempt(self.ledger.now(), self.company.sending, attempts, failure.retry_after)
+        await self.ledger.move(row, S.DEFERRED, attempts=attempts, next_attempt_at=when,
+                               last_error=failure.as_error("ksef-send"), detail={"error": failure.message})
         return None
 
     async def _session_row(self, session: OnlineSession) -> SessionRow:
         async with self._lock:
             if self.current is not None and self.current.reference == session.reference_number:
                 return self.current
-            known = await self.ctx.store.sessions.by_reference(session.reference_number)
+            known = await self.store.sessions.by_reference(session.reference_number)
             if known is None:
-                known = await self.ctx.store.sessions.add(self.ctx.name, "online", session.reference_number,
+                known = await self.store.sessions.add(self.company.name, "online", session.reference_number,
                                                           opened_at=session.opened_at, valid_until=session.valid_until)
-                self.ctx.log.info("outbox.online_session", session=session.reference_number)
+                self.log.info("outbox.online_session", session=session.reference_number)
             if self.current is not None:
                 self.retired.add(self.current.id)
             self.current = known
@@ -143,7 +148,7 @@ class OnlineChannel:
     def idle_for(self) -> float:
         if self.last_used is None:
             return 0.0
-        return (self.ctx.now() - self.last_used).total_seconds()
+        return (self.ledger.now() - self.last_used).total_seconds()
 
     async def close_current(self, reason: str) -> None:
         async with self._lock:
@@ -156,7 +161,7 @@ class OnlineChannel:
     async def close_retired(self) -> None:
         for session_id in [s for s in self.retired if not self.in_flight.get(s, 0)]:
             self.retired.discard(session_id)
-            session = await self.ctx.store.sessions.get(session_id)
+            session = await self.store.sessions.get(session_id)
             if session is not None and session.state == T.OPEN:
                 await self.close_row(session, "replaced")
 
@@ -172,7 +177,7 @@ class OnlineChannel:
 
     async def _close_row(self, session: SessionRow, reason: str, is_current: bool) -> None:
         if session.state == T.OPEN:
-            session = await self.ctx.store.sessions.transition(session.id, T.OPEN, T.CLOSING, detail={"reason": reason})
+            session = await self.store.sessions.transition(session.id, T.OPEN, T.CLOSING, detail={"reason": reason})
         try:
             closed: str | None = None
             if is_current and self._sender is not None:
@@ -180,11 +185,11 @@ class OnlineChannel:
             if closed != session.reference:
                 await self.sender.close_session(session.reference)
         except KsefError as exc:
-            self.ctx.log.warning("outbox.online_close_failed", session=session.reference, error=str(exc))
+            self.log.warning("outbox.online_close_failed", session=session.reference, error=str(exc))
             return            # stays CLOSING: the tracker tries again
-        await self.ctx.store.sessions.transition(session.id, T.CLOSING, T.CLOSED, closed_at=self.ctx.now())
-        self.ctx.log.info("outbox.online_session_closed", session=session.reference, reason=reason)
-        self.ctx.track.set()
+        await self.store.sessions.transition(session.id, T.CLOSING, T.CLOSED, closed_at=self.ledger.now())
+        self.log.info("outbox.online_session_closed", session=session.reference, reason=reason)
+        self.ledger.track_due.set()      # the tracker waits for the closed session's UPO
 
     def forget(self) -> None:
         """After a new login the client's sender is new: sessions opened before are not reused."""

@@ -1,0 +1,202 @@
+"""One company's way into KSeF, shared by its outbox and inbox halves (DESIGN.md, the daemon's shape):
+its credentials, its login, its session limits, the backoff of failed logins, and its hold.
+
+Credentials are read from the files the config names (DESIGN.md config contract).
+
+Files are read each time a company (re)connects, so a person who replaces an expired token file or a
+renewed certificate sees the company resume at its next hold retry, without a restart. Errors are
+`CredentialsError` naming the file and the fix; nothing secret is ever put into a message or a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from ksefd.config import Company
+from ksefd.ksef.auth import ContextIdentifier, Credentials
+from ksefd.ksef.client import KsefContext
+from ksefd.ksef.credentials import KsefToken, load_certificate, load_pkcs12
+from ksefd.ksef.environments import environment
+from ksefd.ksef.errors import CredentialsError, KsefError
+from ksefd.ksef.models import ContextLimits
+from ksefd.ksef.ratelimit import adopt_server_limits
+from ksefd.store import Hold
+
+from .failures import Backoff, Failure, LastingFailure, classify
+from .runtime import Runtime
+
+log = structlog.get_logger("ksefd.daemon.credentials")
+
+_PKCS12 = (".p12", ".pfx")
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CredentialsError(f"cannot read the {what} {path}: {exc.strerror or exc}; check the path and that "
+                               f"ksefd may read it") from exc
+    except UnicodeDecodeError as exc:
+        raise CredentialsError(f"the {what} {path} is not text (UTF-8); save the token as plain text") from exc
+
+
+def load_credentials(company: Company) -> Credentials:
+    files = company.credentials
+    if files.token_file is not None:
+        text = _read_text(files.token_file, "token file")
+        try:
+            return KsefToken.parse(text)
+        except CredentialsError as exc:
+            raise CredentialsError(f"{files.token_file}: {exc}") from exc
+    if files.certificate is not None:
+        password: bytes | None = None
+        if files.private_key_password_file is not None:
+            try:
+                password = files.private_key_password_file.read_bytes()
+            except OSError as exc:
+                raise CredentialsError(f"cannot read the password file {files.private_key_password_file}: "
+                                       f"{exc.strerror or exc}") from exc
+        if files.certificate.suffix.lower() in _PKCS12:
+            return load_pkcs12(files.certificate, password)
+        return load_certificate(files.certificate, files.private_key, password)
+    raise CredentialsError(f"company {company.name} has neither token_file nor certificate; add one to the config")
+
+
+@dataclass
+class Connection:
+    context: KsefContext
+    limits: ContextLimits
+
+
+async def connect(runtime: Runtime, company: Company) -> Connection:
+    """Log in to the company's NIP context, adopt the rate limits KSeF reports for it (§7: on TEST they can
+    differ from PRD) and read its session limits (§14.5). Raises KsefError subclasses (failures.classify)."""
+    credentials = load_credentials(company)
+    client = runtime.client_for(company)
+    context = client.context(ContextIdentifier.nip(company.nip), credentials)
+    await context.authenticate()
+    await adopt_server_limits(runtime.limiter, context.auth)
+    limits = await context.limits()
+    log.info("daemon.connected", company=company.name, nip=company.nip,
+             online_cap=limits.online_session.max_invoices, batch_cap=limits.batch_session.max_invoices)
+    return Connection(context, limits)
+
+
+HoldListener = Callable[[Failure | None], Awaitable[None]]
+
+
+class CompanyConnection:
+    """The company's login, shared by both halves, with its backoff and its hold.
+
+    `await ready()` answers None when the company is logged in and not on hold, otherwise the seconds to wait
+    before asking again; it logs in (again) when needed, one attempt at a time for both halves. A failure a
+    person must fix puts the company on hold (store `company_holds`, shown by `ksefd status`): listeners
+    (the outbox moves its waiting invoices to HELD) are told, and every `hold_retry_seconds` the login is
+    tried again with freshly read credential files; when it succeeds the hold is released and the
+    listeners are told again (with None)."""
+
+    def __init__(self, runtime: Runtime, company: Company) -> None:
+        self.runtime = runtime
+        self.company = company
+        self.current: Connection | None = None
+        self._lock = asyncio.Lock()
+        self._backoff = Backoff(company.sending.retry_min_seconds, company.sending.retry_max_seconds)
+        self._retry_at: dt.datetime | None = None
+        self._listeners: list[HoldListener] = []
+        self._logins: list[Callable[[], None]] = []
+        self._failing = LastingFailure(log.bind(company=company.name), "daemon.connect_failed")
+
+    # --- what the halves use --------------------------------------------------------------------
+
+    @property
+    def context(self) -> KsefContext:
+        if self.current is None:
+            raise RuntimeError(f"company {self.company.name} is not connected to KSeF")
+        return self.current.context
+
+    @property
+    def limits(self) -> ContextLimits | None:
+        return self.current.limits if self.current is not None else None
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """On TEST and DEMO, ask for the NIP checksum checks PROD always makes (PROTOCOL.md §14.3), so an
+        invoice PROD would refuse (450) is refused there too, before it reaches production."""
+        return ("subject-identifier-validation",) if self.company.environment in ("test", "demo") else ()
+
+    @property
+    def qr_host(self) -> str:
+        return environment(self.company.environment, self.company.base_url).qr_url
+
+    def on_hold_change(self, listener: HoldListener) -> None:
+        """`listener(failure)` after the company is put on hold; `listener(None)` after it is released."""
+        self._listeners.append(listener)
+
+    def on_login(self, listener: Callable[[], None]) -> None:
+        """`listener()` after each new login (e.g. the online channel forgets the old login's sessions)."""
+        self._logins.append(listener)
+
+    async def hold_record(self) -> Hold | None:
+        return await self.runtime.store.holds.get(self.company.name)
+
+    # --- logging in -----------------------------------------------------------------------------
+
+    async def ready(self) -> float | None:
+        """Connected and not on hold: None. Otherwise the seconds to wait before looking again."""
+        async with self._lock:
+            return await self._ready()
+
+    async def _ready(self) -> float | None:
+        hold = await self.hold_record()
+        now = self.runtime.clock.now()
+        if hold is not None and hold.next_retry_at is not None and now < hold.next_retry_at:
+            return (hold.next_retry_at - now).total_seconds()
+        if self.current is not None and hold is None:
+            return None
+        if self._retry_at is not None and now < self._retry_at:
+            return (self._retry_at - now).total_seconds()
+        try:
+            self.current = await connect(self.runtime, self.company)
+        except KsefError as exc:
+            failure = classify(exc)
+            if failure.verdict == "hold":
+                await self.hold(failure)
+                return self.company.sending.hold_retry_seconds
+            delay = self._backoff.next_delay()
+            self._retry_at = now + dt.timedelta(seconds=delay)
+            self._failing.failed(company=self.company.name, error=failure.message, retry_in=delay)
+            return delay
+        self._backoff.reset()
+        self._retry_at = None
+        self._failing.cleared(company=self.company.name)
+        for listener in self._logins:
+            listener()
+        if hold is not None:
+            await self.release()
+        return None
+
+    # --- holds ----------------------------------------------------------------------------------
+
+    async def hold(self, failure: Failure) -> None:
+        """Put the company on hold (or renew the hold): nothing is sent until a login succeeds again."""
+        until = self.runtime.clock.now() + dt.timedelta(seconds=self.company.sending.hold_retry_seconds)
+        first = await self.hold_record() is None
+        await self.runtime.store.holds.hold(self.company.name, failure.code, failure.message, until)
+        self.current = None
+        for listener in self._listeners:
+            await listener(failure)
+        report = log.error if first else log.info
+        report("outbox.company_on_hold", company=self.company.name, code=failure.code, reason=failure.message,
+               retry_at=until.isoformat())
+
+    async def release(self) -> None:
+        await self.runtime.store.holds.release(self.company.name)
+        for listener in self._listeners:
+            await listener(None)
+        log.info("outbox.company_resumed", company=self.company.name)

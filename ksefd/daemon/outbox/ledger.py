@@ -1,0 +1,195 @@
+"""The outbox's queue manager: the one place that moves an invoice from state to state (DESIGN.md, the
+daemon's shape; like Postfix's qmgr: many producers and consumers, one place that moves a message).
+
+Intake, the channels (online, batch), the tracker and the company's hold ask the ledger; none of them
+writes an invoice's state itself. Each move is:
+
+1. the checked transition in SQLite (store/states.py refuses any step not in INVOICE_TRANSITIONS, and a
+   stale `from` state raises StateConflict instead of overwriting);
+2. the invoice's `outbox/NAME.state.json` rewritten for the ERP (removed once the invoice is finished);
+3. a wake-up of the loop that acts next: the dispatcher for invoices waiting to be sent, the tracker for
+   invoices KSeF is working on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+from ksefd.store import Change, InvoiceRow, InvoiceState, Store
+
+from ..failures import Failure
+from .files import OutboxFiles
+
+S = InvoiceState
+
+# What the state file tells a person while an invoice waits.
+STATE_MESSAGES: dict[InvoiceState, str] = {
+    S.CLAIMED: "received by ksefd; being checked",
+    S.CHECKED: "passed the local checks",
+    S.QUEUED: "waiting to be sent to KSeF",
+    S.SUBMITTING: "being sent to KSeF",
+    S.IN_DOUBT: "sent to KSeF, the answer was lost; ksefd is asking KSeF what happened",
+    S.PROCESSING: "in KSeF, waiting for its KSeF number",
+    S.ACCEPTED: "accepted by KSeF; fetching its UPO",
+    S.UPO_SAVED: "accepted by KSeF; UPO saved",
+    S.DEFERRED: "waiting to be retried after a temporary failure",
+    S.HELD: "on hold: the company needs a person's attention (see ksefd status)",
+}
+# Which loop acts after a move into a state.
+DISPATCHER_STATES = frozenset({S.QUEUED, S.DEFERRED, S.REJECTED, S.DONE})
+TRACKER_STATES = frozenset({S.IN_DOUBT, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED})
+
+
+class Ledger:
+    def __init__(self, company: str, store: Store, files: OutboxFiles, now: Callable[[], dt.datetime],
+                 log: Any) -> None:
+        self.company = company
+        self.store = store
+        self.files = files
+        self.now = now
+        self.log = log
+        self.dispatch_due = asyncio.Event()      # the dispatcher has something to look at
+        self.track_due = asyncio.Event()         # the tracker has something to look at
+
+    # --- moves --------------------------------------------------------------------------------------
+
+    async def move(self, row: InvoiceRow, to_state: InvoiceState, *, show: dict[str, Any] | None = None,
+                   from_state: InvoiceState | None = None, state_file: bool = True, **fields: Any) -> InvoiceRow:
+        """One invoice from `from_state` (default: the row's) to `to_state`; `show` adds to its state file
+        (`state_file=False`: a step the next one follows at once, so the file is written once)."""
+        moved = await self.store.invoices.transition(row.id, from_state or row.state, to_state, **fields)
+        if state_file:
+            self._after([moved], show)
+        else:
+            self._wake(to_state)
+        return moved
+
+    async def update(self, row: InvoiceRow, *, show: dict[str, Any] | None = None, **fields: Any) -> InvoiceRow:
+        """Change an invoice's fields without a step (e.g. moved to a new session while SUBMITTING)."""
+        updated = await self.store.invoices.update(row.id, row.state, **fields)
+        self._after([updated], show)
+        return updated
+
+    async def move_many(self, ids: Sequence[int], from_state: InvoiceState, to_state: InvoiceState, *,
+                        show: dict[str, Any] | None = None, state_files: bool = True,
+                        **fields: Any) -> list[InvoiceRow]:
+        """A group in one commit; their state files are written in a worker thread (thousands of small file
+        replacements must not stall the event loop). `state_files=False`: the caller finishes them at once."""
+        if not ids:
+            return []
+        moved = await self.store.invoices.transition_many(list(ids), from_state, to_state, **fields)
+        if state_files:
+            await self._show_many(moved, show)
+        self._wake(to_state)
+        return moved
+
+    async def move_each(self, changes: Sequence[Change], from_state: InvoiceState,
+                        to_state: InvoiceState) -> list[InvoiceRow]:
+        """A group with fields of their own, in one commit; state files left as they are (the caller finishes
+        the group at once, e.g. a batch's accepted invoices whose UPOs follow)."""
+        moved = await self.store.invoices.transition_each(changes, from_state, to_state)
+        self._wake(to_state)
+        return moved
+
+    def show(self, row: InvoiceRow, extra: dict[str, Any] | None = None) -> None:
+        """Rewrite the invoice's state file (informational; a failure to write it is logged, not fatal)."""
+        self._write_state(row, extra, self.now())
+
+    # --- endings --------------------------------------------------------------------------------------
+
+    async def reject(self, row: InvoiceRow, error: dict[str, Any], *, status_code: int | None = None,
+                     from_state: InvoiceState | None = None) -> InvoiceRow:
+        """rejected/NAME.xml (the bytes as received) + NAME.error.json first, then REJECTED in SQLite; a crash
+        in between rewrites the same bytes at the next attempt."""
+        data = self.files.read_work(row)
+        stem = self.files.write_rejected(row.file_name, data if data is not None else b"", error)
+        fields: dict[str, Any] = {"last_error": error, "result_name": stem}
+        if status_code is not None:
+            fields["status_code"] = status_code
+        rejected = await self.store.invoices.transition(row.id, from_state or row.state, S.REJECTED, detail=error,
+                                                        **fields)
+        self.log.info("outbox.rejected", file=row.file_name, stage=error.get("stage"), code=error.get("code"),
+                      rejected_as=stem)
+        self.files.clear_state(rejected)
+        self.files.discard_work(rejected)
+        self._wake(S.REJECTED)
+        return rejected
+
+    async def finish(self, rows: Sequence[InvoiceRow]) -> list[InvoiceRow]:
+        """ACCEPTED (UPO written) -> UPO_SAVED -> DONE, in two commits whatever the number of invoices; then
+        the state files and working copies go."""
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        await self.store.invoices.transition_many(ids, S.ACCEPTED, S.UPO_SAVED)
+        return await self.done(ids, S.UPO_SAVED)
+
+    async def done(self, ids: Sequence[int], from_state: InvoiceState = S.UPO_SAVED) -> list[InvoiceRow]:
+        """UPO_SAVED -> DONE (e.g. after a crash between the two steps)."""
+        if not ids:
+            return []
+        done = await self.store.invoices.transition_many(list(ids), from_state, S.DONE)
+        await asyncio.to_thread(self.files.finished, done)
+        self._wake(S.DONE)
+        return done
+
+    # --- holds ----------------------------------------------------------------------------------------
+
+    async def hold_waiting(self, failure: Failure, busy: Collection[int]) -> None:
+        """The company went on hold: its waiting invoices (not those a send task holds) become HELD."""
+        for state in (S.QUEUED, S.DEFERRED):
+            ids = [i for i in await self.store.invoices.ids_in(self.company, [state]) if i not in busy]
+            await self.move_many(ids, state, S.HELD, show={"hold": failure.message},
+                                 detail={"hold": failure.code})
+
+    async def hold_one(self, row: InvoiceRow, failure: Failure, stage: str) -> InvoiceRow:
+        """An invoice whose own send found the reason for the hold."""
+        return await self.move(row, S.HELD, show={"hold": failure.message}, last_error=failure.as_error(stage))
+
+    async def release_held(self) -> int:
+        ids = await self.store.invoices.ids_in(self.company, [S.HELD])
+        await self.move_many(ids, S.HELD, S.QUEUED, detail={"hold": "released"})
+        return len(ids)
+
+    # --- internals ------------------------------------------------------------------------------------
+
+    def _after(self, rows: list[InvoiceRow], show: dict[str, Any] | None) -> None:
+        now = self.now()
+        for row in rows:
+            if row.state in (S.DONE, S.REJECTED):
+                self.files.clear_state(row)
+            else:
+                self._write_state(row, show, now)
+            self._wake(row.state)
+
+    def _wake(self, state: InvoiceState) -> None:
+        if state in DISPATCHER_STATES:
+            self.dispatch_due.set()
+        if state in TRACKER_STATES:
+            self.track_due.set()
+
+    async def _show_many(self, rows: list[InvoiceRow], extra: dict[str, Any] | None) -> None:
+        now = self.now()
+
+        def write_all() -> None:
+            for row in rows:
+                self._write_state(row, extra, now)
+
+        await asyncio.to_thread(write_all)
+
+    def _write_state(self, row: InvoiceRow, extra: dict[str, Any] | None, now: dt.datetime) -> None:
+        message = STATE_MESSAGES.get(row.state, str(row.state))
+        info: dict[str, Any] = {"updatedAt": now.isoformat()}
+        if row.next_attempt_at is not None and row.state in (S.DEFERRED, S.QUEUED):
+            info["nextAttemptAt"] = row.next_attempt_at.isoformat()
+        if row.last_error:
+            info["lastError"] = row.last_error
+        if row.invoice_ref:
+            info["invoiceReferenceNumber"] = row.invoice_ref
+        try:
+            self.files.write_state(row, str(row.state), message, {**info, **(extra or {})})
+        except OSError as exc:
+            self.log.warning("outbox.state_file_failed", file=row.file_name, error=str(exc))
