@@ -58,6 +58,13 @@ def test_21001_wins_over_a_retryable_code_in_the_same_answer() -> None:
     assert not error.retryable
 
 
+def test_the_daemon_never_treats_it_as_transient() -> None:
+    from ksefd.daemon.failures import classify
+
+    error = UnreadableRequest([ExceptionDetail(21001, "Nieczytelna treść.", ["Unexpected end of JSON"])])
+    assert classify(error).verdict != "transient" and classify(error).code == "ksef-21001"
+
+
 def test_other_400s_are_not_unreadable() -> None:
     error = KsefException([ExceptionDetail(21405, "Błąd walidacji danych wejściowych.")])
     assert not isinstance(error, UnreadableRequest)
