@@ -29,7 +29,8 @@ import structlog
 from ksefd import __version__
 from ksefd.clock import Clock, SystemClock
 from ksefd.config import Config
-from ksefd.ksef.ratelimit import RateLimiter
+from ksefd.invoice import load_schema
+from ksefd.ksef import RateLimiter
 from ksefd.store import Store
 
 from . import notify
@@ -73,7 +74,10 @@ async def serve(config: Config, stop: asyncio.Event, *, clock: Clock | None = No
 
 
 async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
-    store = await Store.open(config.state_db, clock)
+    # Compiled once, before any check thread runs (issue #15 point 6): a broken installation stops the start
+    # here with SchemaUnavailable, not at the first invoice.
+    await asyncio.to_thread(load_schema)
+    store = await Store.open(config.state_db, clock, private_folder=config.state_db.parent != config.data_dir)
     limiter = RateLimiter(now=lambda: clock.now().timestamp(), sleep=clock.sleep,
                           store=StoreLimiterPersistence(store))
     await limiter.load()

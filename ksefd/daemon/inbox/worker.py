@@ -34,11 +34,17 @@ import structlog
 
 from ksefd import clock as clocks
 from ksefd.config import Company
-from ksefd.ksef.batch_archive import ZIP
-from ksefd.ksef.client import KsefContext
-from ksefd.ksef.errors import AuthenticationFailed, KsefException, RateLimited
-from ksefd.ksef.export import ExportOptions
-from ksefd.ksef.receiving import format_instant, parse_instant, query_filters
+from ksefd.ksef import (
+    ZIP,
+    AuthenticationFailed,
+    ExportOptions,
+    KsefContext,
+    KsefException,
+    RateLimited,
+    format_instant,
+    parse_instant,
+    query_filters,
+)
 from ksefd.store import Store
 
 from ..failures import Backoff, Failure, LastingFailure, classify

@@ -32,7 +32,7 @@ from ksefd import spool
 from ksefd.clock import Clock, warsaw_today
 from ksefd.config import Company
 from ksefd.invoice import CheckedInvoice, InvoiceRejected, check_invoice
-from ksefd.ksef.crypto import sha256_b64
+from ksefd.ksef import sha256_b64
 from ksefd.store import InvoiceRow, InvoiceState, NewInvoice
 
 from ..runtime import wait_for

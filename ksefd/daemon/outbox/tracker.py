@@ -13,8 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ksefd.ksef.errors import KsefError, KsefException
-from ksefd.ksef.models import SessionInvoice
+from ksefd.ksef import KsefError, KsefException, SessionInvoice
 from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, Store
 
 from ..connection import CompanyConnection

@@ -30,8 +30,7 @@ import structlog
 from ksefd import spool
 from ksefd.clock import Clock
 from ksefd.config import Company
-from ksefd.ksef.errors import KsefError
-from ksefd.ksef.ratelimit import RateLimiter
+from ksefd.ksef import KsefError, RateLimiter
 from ksefd.store import InvoiceRow, InvoiceState, SessionState, Store
 
 from ..connection import CompanyConnection
