@@ -45,6 +45,11 @@ class Store:
         0600; `private_folder`: a folder ksefd creates is 0700 (not the default data_dir; see Database.open)."""
         return cls(await Database.open(path, private_folder=private_folder), clock or SystemClock())
 
+    @property
+    def path(self) -> Path:
+        """The state database's file."""
+        return self.db.path
+
     async def close(self) -> None:
         await self.db.close()
 

@@ -102,7 +102,7 @@ class InboxWorker:
             company=company.name, store=store, clock=clock, exporter=context.exporter(export_options),
             receiver=context.receiver(), budget=budget,
             folder=folder or InboxFolder(company.folders.inbox, self.options.inbox_layout),
-            hooks=hooks, workdir=workdir or store.db.path.parent / "inbox-work" / company.name,
+            hooks=hooks, workdir=workdir or store.path.parent / "inbox-work" / company.name,
             compression=compression, small_gap=small_gap)
         first = retry_min_seconds or company.sending.retry_min_seconds
         cap = retry_max_seconds or company.sending.retry_max_seconds
