@@ -37,6 +37,7 @@ from .connection import CompanyConnection
 from .inbox.runner import run_inbox
 from .instance import InstanceLock, StartupProblem, check_writable
 from .lifecycle import every, guarded
+from .outbox.sending_off import return_unsent
 from .outbox.worker import OutboxWorker
 from .runtime import Runtime, StoreLimiterPersistence
 
@@ -90,6 +91,9 @@ async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
                           store=StoreLimiterPersistence(store))
     await limiter.load()
     runtime = Runtime(config, store, clock, limiter, once=once)
+    for company in config.companies:
+        if not company.send:       # switched off: give back what was claimed but never sent (sending_off.py)
+            await return_unsent(runtime, company)
     senders = [c.name for c in config.companies if c.send]
     log.info("daemon.started", version=__version__, state_db=str(config.state_db), companies=len(config.companies),
              sending=senders, once=once)
