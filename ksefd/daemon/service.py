@@ -94,6 +94,8 @@ async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
     for company in config.companies:
         if not company.send:       # switched off: give back what was claimed but never sent (sending_off.py)
             await return_unsent(runtime, company)
+        if not (company.send or company.receive) and await store.holds.release(company.name):
+            log.info("outbox.company_resumed", company=company.name, why="neither sends nor receives now")
     senders = [c.name for c in config.companies if c.send]
     log.info("daemon.started", version=__version__, state_db=str(config.state_db), companies=len(config.companies),
              sending=senders, once=once)
