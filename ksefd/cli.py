@@ -40,7 +40,9 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("run", help="run the daemon: send every company's outbox to KSeF")
     p.add_argument("-c", "--config", type=Path, required=True, help="the config file (see config.example.toml)")
     p.add_argument("--once", action="store_true",
-                   help="drain mode: exit once every file dropped so far is finished (accepted or rejected)")
+                   help="drain mode: exit once every file dropped so far is finished (accepted or rejected); "
+                        "exit code 3 if a company could not do what its config asks (on hold, no login, "
+                        "receiving failed)")
 
 
 def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -87,6 +87,15 @@ async def test_a_state_database_under_a_file_stops_the_start_with_exit_78(tmp_pa
     assert "state_db" in err and str(tmp_path / "blocker") in err and "Traceback" not in err
 
 
+async def test_a_state_database_that_is_not_one_stops_the_start_with_exit_78(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "http://127.0.0.1:9/v2", [{"name": "acme", "nip": SELLER, "send": False,
+                                                             "token_file": str(_token(tmp_path))}])
+    (tmp_path / "state.sqlite3").write_bytes(b"an invoice saved here by mistake " * 200)
+    code, _, err = await _ksefd("run", "-c", str(path))
+    assert code == 78, err
+    assert "cannot be used as the state database" in err and "Traceback" not in err
+
+
 def test_a_full_disk_and_a_denied_folder_are_named_with_their_fix(tmp_path: Path) -> None:
     full = OSError(errno.ENOSPC, "No space left on device")
     assert _reason(full) == "the disk is full" and "Free some space" in _fix(full, tmp_path)
