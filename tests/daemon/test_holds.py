@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -171,3 +172,31 @@ async def test_switching_to_send_false_gives_claimed_files_back_untouched_and_st
     await drain(config)                                       # a later run leaves them alone
     assert {p.name: p.read_bytes() for p in outbox.glob("*.xml")} == files
     assert not sim_records(sim)
+
+
+async def test_a_re_drop_while_the_original_is_on_hold_waits_and_gets_the_originals_result(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Issue #10 point 7, the original still on its way: the re-drop is neither sent nor rejected; it waits
+    (across a restart) and gets the original's result under its own name once the original is accepted."""
+    sim, token, good, path = await _broken_company(sim_factory, http, tmp_path)
+    config = load(path)
+    folders = config.companies[0].folders
+    data = invoice("HOLD/REDROP/1")
+    drop(folders.outbox, "FV-1.xml", data)
+    await drain(config)                                       # on hold: the original waits
+    drop(folders.outbox, "FV-1-again.xml", data)
+    await drain(config)
+    states = {r.file_name: r.state for r in await invoice_rows(config, "acme")}
+    assert states["FV-1-again.xml"] == S.CLAIMED and states["FV-1.xml"] in (S.QUEUED, S.HELD)
+    waiting = (folders.outbox / "FV-1-again.state.json").read_text(encoding="utf-8")
+    assert "FV-1.xml" in waiting and "not sent again" in waiting
+    token.write_text(good, encoding="utf-8")
+    await drain(config)
+    assert {r.file_name: r.state for r in await invoice_rows(config, "acme")} == {
+        "FV-1.xml": S.DONE, "FV-1-again.xml": S.REDROP}
+    original = json.loads((folders.sent / "FV-1.ksef.json").read_bytes())
+    record = json.loads((folders.sent / "FV-1-again.ksef.json").read_bytes())
+    assert record["redrop"] is True and record["ksefNumber"] == original["ksefNumber"]
+    assert (folders.sent / "FV-1-again.upo.xml").read_bytes() == (folders.sent / "FV-1.upo.xml").read_bytes()
+    assert not list(folders.rejected.iterdir()) and not list(folders.outbox.glob("*.state.json"))
+    assert len(sim_records(sim)) == 1
