@@ -136,15 +136,15 @@ class CompanyConnection:
         self.runtime = runtime
         self.company = company
         self.current: Connection | None = None
+        self.login_error: str | None = None            # the last login's failure, None once one succeeded
+        self._examined = False           # a hold from a previous run is re-examined by the first ready()
+        self._fingerprint: Fingerprint | None = None   # the credential files as the last login attempt read them
         self._lock = asyncio.Lock()
         self._backoff = Backoff(company.sending.retry_min_seconds, company.sending.retry_max_seconds)
         self._retry_at: dt.datetime | None = None
         self._listeners: list[HoldListener] = []
         self._logins: list[Callable[[], None]] = []
         self._failing = LastingFailure(log.bind(company=company.name), "daemon.connect_failed")
-        self._examined = False           # a hold from a previous run is re-examined by the first ready()
-        self._fingerprint: Fingerprint | None = None   # the credential files as the last login attempt read them
-        self.login_error: str | None = None            # the last login's failure, None once one succeeded
 
     # --- what the halves use --------------------------------------------------------------------
 
@@ -182,9 +182,13 @@ class CompanyConnection:
     # --- logging in -----------------------------------------------------------------------------
 
     async def ready(self) -> float | None:
-        """Connected and not on hold: None. Otherwise the seconds to wait before looking again."""
+        """Connected and not on hold: None. Otherwise the seconds to wait before looking again (at most
+        HOLD_LOOK_SECONDS while on hold, so a fixed credential file or `ksefd resume` is seen soon)."""
         async with self._lock:
-            return await self._ready()
+            wait = await self._ready()
+            if wait is not None and wait > HOLD_LOOK_SECONDS and await self.hold_record() is not None:
+                wait = HOLD_LOOK_SECONDS
+            return wait
 
     async def _ready(self) -> float | None:
         hold = await self.hold_record()
@@ -203,21 +207,17 @@ class CompanyConnection:
                 return (self._retry_at - now).total_seconds()
             log.info("daemon.login_retried_now", company=self.company.name, why=why,
                      on_hold=hold.code if hold is not None else None)
-        self._examined = True
-        self._fingerprint = credential_fingerprint(self.company)
         try:
-            self.current = await connect(self.runtime, self.company)
+            self.current = await self._connect()
         except KsefError as exc:
             failure = classify(exc)
-            self.login_error = failure.message
             if failure.verdict == "hold":
                 await self.hold(failure)
-                return HOLD_LOOK_SECONDS
+                return self.company.sending.hold_retry_seconds
             delay = self._backoff.next_delay()
             self._retry_at = now + dt.timedelta(seconds=delay)
             self._failing.failed(company=self.company.name, error=failure.message, retry_in=delay)
             return delay
-        self.login_error = None
         self._backoff.reset()
         self._retry_at = None
         self._failing.cleared(company=self.company.name)
@@ -225,16 +225,6 @@ class CompanyConnection:
             listener()
         if hold is not None:
             await self.release()
-        return None
-
-    async def _look_again(self, hold: Hold | None) -> str | None:
-        """Why the login should be tried now rather than at the planned retry (None: no reason)."""
-        if not self._examined and hold is not None:
-            return "start-up"                  # the hold is from a previous run: its cause may be gone
-        if self._fingerprint is not None and credential_fingerprint(self.company) != self._fingerprint:
-            return "credential file changed"
-        if await take_resume_request(self.runtime.store, self.company.name):
-            return "ksefd resume"
         return None
 
     # --- holds ----------------------------------------------------------------------------------
@@ -256,3 +246,27 @@ class CompanyConnection:
         for listener in self._listeners:
             await listener(None)
         log.info("outbox.company_resumed", company=self.company.name)
+
+    # --- re-examining a hold (issue #10 point 2) ------------------------------------------------
+
+    async def _connect(self) -> Connection:
+        """`connect`, noting what the credential files looked like and how the login ended."""
+        self._examined = True
+        self._fingerprint = credential_fingerprint(self.company)
+        try:
+            connection = await connect(self.runtime, self.company)
+        except KsefError as exc:
+            self.login_error = classify(exc).message
+            raise
+        self.login_error = None
+        return connection
+
+    async def _look_again(self, hold: Hold | None) -> str | None:
+        """Why the login should be tried now rather than at the planned retry (None: no reason)."""
+        if not self._examined and hold is not None:
+            return "start-up"                  # the hold is from a previous run: its cause may be gone
+        if self._fingerprint is not None and credential_fingerprint(self.company) != self._fingerprint:
+            return "credential file changed"
+        if await take_resume_request(self.runtime.store, self.company.name):
+            return "ksefd resume"
+        return None

@@ -15,7 +15,6 @@ from .sessions import SessionKind, SessionRepo, SessionRow, Upo
 from .states import (
     IN_KSEF_STATES,
     INVOICE_TRANSITIONS,
-    RETURNABLE_STATES,
     SESSION_TRANSITIONS,
     TERMINAL_INVOICE_STATES,
     UNFINISHED_SESSION_STATES,
@@ -25,7 +24,7 @@ from .states import (
 from .store import Store
 
 __all__ = [
-    "INVOICE_TRANSITIONS", "IN_KSEF_STATES", "MIGRATIONS", "RATE_LIMITS", "RETURNABLE_STATES", "SESSION_TRANSITIONS",
+    "INVOICE_TRANSITIONS", "IN_KSEF_STATES", "MIGRATIONS", "RATE_LIMITS", "SESSION_TRANSITIONS",
     "TERMINAL_INVOICE_STATES", "UNFINISHED_SESSION_STATES", "Beat", "Change", "Checkpoint", "Database", "Delivery",
     "Event", "EventRepo", "HeartbeatRepo", "Hold", "HoldRepo", "IllegalTransition", "InboxRepo", "InvoiceRepo",
     "InvoiceRow", "InvoiceState", "KeyValueRepo", "NewInvoice", "SchemaTooNew", "SessionKind", "SessionRepo",

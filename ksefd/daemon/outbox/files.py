@@ -124,9 +124,19 @@ class OutboxFiles:
         except FileNotFoundError:
             return None
 
-    def write_redrop(self, stem: str, suffix: str, data: bytes, record: dict[str, Any], upo: bytes | None) -> None:
+    def read_ksef_json(self, stem: str) -> dict[str, Any]:
+        """sent/STEM.ksef.json as a dict ({} if it is missing or unreadable)."""
+        try:
+            record = json.loads(self.folders.sent.joinpath(f"{stem}.ksef.json").read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return dict(record) if isinstance(record, dict) else {}
+
+    def write_redrop(self, stem: str, file_name: str, data: bytes, record: dict[str, Any],
+                     upo: bytes | None) -> None:
         """sent/STEM.xml (the bytes as dropped), STEM.upo.xml (the original's UPO), then STEM.ksef.json last,
         which is what an ERP waits for. Safe to repeat after a crash (same stem, same content)."""
+        suffix = spool.split_name(file_name)[1]
         spool.write_atomic(self.folders.sent / f"{stem}{suffix}", data, sync_dir=False)
         if upo is not None:
             self.write_upo(stem, upo, sync=False)

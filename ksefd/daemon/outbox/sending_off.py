@@ -16,7 +16,7 @@ import asyncio
 import structlog
 
 from ksefd.config import Company
-from ksefd.store import RETURNABLE_STATES
+from ksefd.store.states import RETURNABLE_STATES
 
 from ..runtime import Runtime
 from .files import OutboxFiles
