@@ -52,6 +52,8 @@ async def test_a_second_daemon_on_the_same_state_database_is_refused_with_the_fi
         code, out, err = await _ksefd("status", "-c", str(path))
         assert code == 0, err
         assert "acme" in out
+        code, out, err = await _ksefd("check", "-c", str(path), "--json")     # its own verdict, not the lock's
+        assert code != 75 and "already running" not in out + err and '"acme"' in out, out + err
         first.send_signal(signal.SIGKILL)      # the kernel drops the lock with the process
         await first.wait()
         second_log = tmp_path / "second.log"
