@@ -253,6 +253,7 @@ class CompanyConnection:
         """`connect`, noting what the credential files looked like and how the login ended."""
         self._examined = True
         self._fingerprint = credential_fingerprint(self.company)
+        await take_resume_request(self.runtime.store, self.company.name)   # this login is the one asked for
         try:
             connection = await connect(self.runtime, self.company)
         except KsefError as exc:
