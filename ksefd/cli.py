@@ -16,9 +16,10 @@ from ksefd.logs import configure_logging
 if TYPE_CHECKING:
     from ksefd.config import Config
 
-EX_CONFIG = 78  # sysexits.h EX_CONFIG: bad configuration (also a data folder or state DB ksefd cannot write)
-EX_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: another ksefd is already running on this state database
-EX_UNFINISHED = 3  # `ksefd run --once`: a company could not do what its config asks (on hold, no login, ...)
+EX_CONFIG = 78           # sysexits.h EX_CONFIG: bad configuration (also a data folder or state DB ksefd cannot write)
+EX_SOFTWARE = 70         # sysexits.h EX_SOFTWARE: the installation is broken (the FA(3) schema cannot be compiled)
+EX_TEMPFAIL = 75         # sysexits.h EX_TEMPFAIL: another ksefd is already running on this state database
+EX_UNFINISHED = 3        # `ksefd run --once`: a company could not do what its config asks (on hold, no login, ...)
 
 
 def _sim_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -189,6 +190,7 @@ async def _run_daemon(config: Config, once: bool) -> int:
     from ksefd.daemon.instance import AlreadyRunning, StartupProblem
     from ksefd.daemon.lifecycle import ShutdownSignals
     from ksefd.daemon.service import serve
+    from ksefd.invoice import SchemaUnavailable
 
     stop, force = asyncio.Event(), asyncio.Event()
     try:
@@ -200,6 +202,9 @@ async def _run_daemon(config: Config, once: bool) -> int:
     except AlreadyRunning as running:
         print(f"ksefd: {running}", file=sys.stderr)
         return EX_TEMPFAIL
+    except SchemaUnavailable as error:
+        print(f"ksefd: {error}", file=sys.stderr)
+        return EX_SOFTWARE
     if once and problems:
         print("ksefd run --once: not everything the config asks could be done:", file=sys.stderr)
         for problem_text in problems:

@@ -30,7 +30,8 @@ import structlog
 from ksefd import __version__
 from ksefd.clock import Clock, SystemClock
 from ksefd.config import Config
-from ksefd.ksef.ratelimit import RateLimiter
+from ksefd.invoice import load_schema
+from ksefd.ksef import RateLimiter
 from ksefd.store import Store
 
 from . import notify
@@ -41,6 +42,7 @@ from .instance import InstanceLock, StartupProblem, check_writable
 from .lifecycle import every, guarded
 from .notify_status import one_line
 from .outbox.sending_off import return_unsent
+from .outbox.watch import OutboxWatcher
 from .outbox.worker import OutboxWorker
 from .runtime import Runtime, StoreLimiterPersistence
 from .status import gather
@@ -87,8 +89,11 @@ async def serve(config: Config, stop: asyncio.Event, *, clock: Clock | None = No
 
 
 async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
+    # Compiled once, before any check thread runs (issue #15 point 6): a broken installation stops the start
+    # here with SchemaUnavailable, not at the first invoice.
+    await asyncio.to_thread(load_schema)
     try:
-        store = await Store.open(config.state_db, clock)
+        store = await Store.open(config.state_db, clock, private_folder=config.state_db.parent != config.data_dir)
     except sqlite3.DatabaseError as error:     # not SQLite, damaged, or a disk error under it
         raise StartupProblem("[daemon] state_db", config.state_db, f"cannot be used as the state database "
                              f"({error})", "If the disk is full, free space; if the file is not ksefd's state "
@@ -117,13 +122,23 @@ class Daemon:
         self.draining = asyncio.Event()
         companies = [c for c in runtime.config.companies if c.send or c.receive]
         self.connections = {c.name: CompanyConnection(runtime, c) for c in companies}
-        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name]) for c in companies if c.send]
+        self.watcher = OutboxWatcher()         # one for every outbox (issue #16 point 4)
+        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name], self.watcher)
+                        for c in companies if c.send]
         self.receivers: list[asyncio.Task[None]] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.problems: list[str] = []           # filled at shutdown (what `--once` reports)
 
     def start(self, group: asyncio.TaskGroup) -> None:
         runtime, draining = self.runtime, self.draining
+        for worker in self.workers:     # the folders first, so that the watcher sees every outbox
+            try:
+                worker.files.prepare()
+            except OSError as exc:      # the worker's own start tries again (and says so); the others go on
+                log.error("outbox.folders_unusable", company=worker.company.name, error=str(exc))
+        if self.workers:
+            self.tasks.append(group.create_task(guarded("outbox-watcher", functools.partial(
+                self.watcher.run, draining), draining), name="outbox-watcher"))
         for worker in self.workers:
             name = f"outbox:{worker.company.name}"
             self.tasks.append(group.create_task(guarded(name, functools.partial(worker.run, draining), draining),
