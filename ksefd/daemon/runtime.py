@@ -55,6 +55,11 @@ class Runtime:
     clients: dict[tuple[str, str | None], KsefClient] = field(default_factory=dict)
     # Bounds CPU-heavy work shared by all companies (batch archives, local checks in threads).
     heavy: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    # Company -> what it failed to do in this run (a receiving cycle that failed, ...): `--once` reports it.
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+    def note_problem(self, company: str, what: str) -> None:
+        self.problems.setdefault(company, []).append(what)
 
     def client_for(self, company: Company) -> KsefClient:
         key = (company.environment, company.base_url)
