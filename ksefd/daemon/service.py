@@ -5,13 +5,14 @@ Phases, each logged (the shape of uvicorn's server: startup -> main loop -> shut
 
 * startup: open the state database (migrations), restore the rate limiter's windows, create one
   connection per company (shared by its outbox and inbox halves) and each sending company's outbox worker;
-* main loop: every company's halves, the limiter's autosave and the heartbeat, all owned by one TaskGroup
+* main loop: every company's halves and the heartbeat, all owned by one TaskGroup
   and each guarded (a failure is logged and retried, never the end of the other companies), until `stop`
   is set, or, with `once=True` (drain mode), until every worker reports that nothing is left to do;
 * drain: workers stop taking new work; what is in flight gets `shutdown_grace_seconds` to finish (cut short
   by `force`, a second signal), then it is cancelled, which is safe: every step is persisted before its
   KSeF call;
-* shutdown (always, also after an error in the TaskGroup): online sessions are closed, the limiter saved,
+* shutdown (always, also after an error in the TaskGroup): online sessions are closed, the limiter's run
+  marked as cleanly ended,
   the clients and the database closed.
 """
 
@@ -36,7 +37,7 @@ from .connection import CompanyConnection
 from .inbox.runner import run_inbox
 from .lifecycle import every, guarded
 from .outbox.worker import OutboxWorker
-from .runtime import Runtime, StoreLimiterPersistence
+from .runtime import Runtime
 
 log = structlog.get_logger("ksefd.daemon")
 
@@ -69,7 +70,7 @@ async def serve(config: Config, stop: asyncio.Event, *, clock: Clock | None = No
 async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
     store = await Store.open(config.state_db, clock)
     limiter = RateLimiter(now=lambda: clock.now().timestamp(), sleep=clock.sleep,
-                          store=StoreLimiterPersistence(store))
+                          journal=store.rate_limits)    # every grant committed before its request (issue #10)
     await limiter.load()
     runtime = Runtime(config, store, clock, limiter, once=once)
     senders = [c.name for c in config.companies if c.send]
@@ -110,10 +111,6 @@ class Daemon:
                 "companies": [c.name for c in runtime.config.companies]})
 
         self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, beat, draining, "heartbeat"), name="heartbeat"))
-        # The limiter's windows, saved every few seconds (and at shutdown) so that a restart does not spend a
-        # quota twice (issue #5 item 4).
-        self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, runtime.limiter.save, draining,
-                                                  "limiter-autosave"), name="limiter-autosave"))
         self.tasks += self.receivers
 
     async def main_loop(self, stop: asyncio.Event, on_progress: Progress | None) -> None:
@@ -168,14 +165,14 @@ class Daemon:
                 task.cancel()
 
     async def shutdown(self) -> None:
-        """Always runs: close online sessions (bounded), save the limiter, close clients and the database."""
+        """Always runs: close online sessions (bounded), mark the limiter's run clean, close clients and the DB."""
         limit = FORCED_CLOSE_SECONDS if self.force.is_set() else max(1.0, self.runtime.config.shutdown_grace_seconds)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(limit):
                 await asyncio.gather(*(w.close_online() for w in self.workers), return_exceptions=True)
         runtime = self.runtime
         with contextlib.suppress(Exception):
-            await runtime.limiter.save()
+            await runtime.limiter.close()
         with contextlib.suppress(Exception):
             await runtime.store.heartbeat.beat("daemon", {"version": __version__, "stopped": True})
         await runtime.close_clients()

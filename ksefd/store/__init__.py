@@ -11,6 +11,7 @@ from .inbox import Checkpoint, Delivery, InboxRepo
 from .invoices import Change, IllegalTransition, InvoiceRepo, InvoiceRow, NewInvoice, StateConflict
 from .kv import RATE_LIMITS, KeyValueRepo
 from .migrations import MIGRATIONS
+from .ratelimits import BootIdentity, PreviousRun, RateLimitJournal, current_boot
 from .sessions import SessionKind, SessionRepo, SessionRow, Upo
 from .states import (
     IN_KSEF_STATES,
@@ -25,8 +26,9 @@ from .store import Store
 
 __all__ = [
     "INVOICE_TRANSITIONS", "IN_KSEF_STATES", "MIGRATIONS", "RATE_LIMITS", "SESSION_TRANSITIONS",
-    "TERMINAL_INVOICE_STATES", "UNFINISHED_SESSION_STATES", "Beat", "Change", "Checkpoint", "Database", "Delivery",
-    "Event", "EventRepo", "HeartbeatRepo", "Hold", "HoldRepo", "IllegalTransition", "InboxRepo", "InvoiceRepo",
-    "InvoiceRow", "InvoiceState", "KeyValueRepo", "NewInvoice", "SchemaTooNew", "SessionKind", "SessionRepo",
-    "SessionRow", "SessionState", "StateConflict", "Store", "StoreError", "Upo",
+    "TERMINAL_INVOICE_STATES", "UNFINISHED_SESSION_STATES", "Beat", "BootIdentity", "Change", "Checkpoint",
+    "Database", "Delivery", "Event", "EventRepo", "HeartbeatRepo", "Hold", "HoldRepo", "IllegalTransition",
+    "InboxRepo", "InvoiceRepo", "InvoiceRow", "InvoiceState", "KeyValueRepo", "NewInvoice", "PreviousRun",
+    "RateLimitJournal", "SchemaTooNew", "SessionKind", "SessionRepo", "SessionRow", "SessionState", "StateConflict",
+    "Store", "StoreError", "Upo", "current_boot",
 ]

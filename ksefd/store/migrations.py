@@ -137,4 +137,21 @@ _V1 = (
     )""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+_V2 = (
+    # The rate limiter's grants (issue #10 point 1): one row per request KSeF was sent, committed before it
+    # was sent (store/ratelimits.py); rows older than an hour are pruned. Times are epoch seconds (REAL),
+    # as the limiter counts them.
+    """CREATE TABLE rate_grants (
+        at        REAL NOT NULL,
+        context   TEXT NOT NULL,                   -- KSeF context key ("" for per-IP public calls)
+        grp       TEXT NOT NULL                    -- rate-limit group (PROTOCOL.md §7)
+    )""",
+    "CREATE INDEX rate_grants_at ON rate_grants (at)",
+    # Running 429 blocks per context: no request goes out before `until` (PROTOCOL.md §7).
+    """CREATE TABLE rate_blocks (
+        context   TEXT PRIMARY KEY,
+        until     REAL NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)

@@ -1,5 +1,5 @@
-"""The client-side limiter (issue #4 item 7): sliding windows per (context, group), shared 429 blocks,
-state that survives a restart. Driven by virtual time: no test really sleeps."""
+"""The client-side limiter (issue #4 item 7): sliding windows per (context, group), shared 429 blocks.
+Driven by virtual time: no test really sleeps. Its durable record: tests/store/test_rate_limit_journal.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from ksefd.ksef.errors import RateLimited
 from ksefd.ksef.ratelimit import (
     PRODUCTION_LIMITS,
     GroupLimits,
-    LimiterSnapshot,
     RateLimiter,
     adopt_server_limits,
     parse_rate_limits,
@@ -112,7 +111,7 @@ async def test_a_429_blocks_every_caller_in_the_context_until_retry_after() -> N
     clock = VirtualClock()
     limiter = limiter_on(clock)
     start = clock.now()
-    limiter.penalise("1111111111", "invoiceSend", 30.0)
+    await limiter.penalise("1111111111", "invoiceSend", 30.0)
     done: dict[str, float] = {}
 
     async def call(group: str) -> None:
@@ -125,8 +124,8 @@ async def test_a_429_blocks_every_caller_in_the_context_until_retry_after() -> N
 
     await clock.drive(asyncio.gather(call("invoiceSend"), call("sessionMisc"), other_context()))
     assert done == {"invoiceSend": 30.0, "sessionMisc": 30.0, "other": 0.0}
-    limiter.penalise("1111111111", "invoiceSend", 5.0)               # a shorter block never shortens one
-    limiter.penalise("1111111111", "invoiceSend", 60.0)
+    await limiter.penalise("1111111111", "invoiceSend", 5.0)         # a shorter block never shortens one
+    await limiter.penalise("1111111111", "invoiceSend", 60.0)
     assert limiter.delay("1111111111", "invoiceSend") == pytest.approx(60.0)
 
 
@@ -194,66 +193,6 @@ async def test_a_positive_global_limit_applies_across_contexts() -> None:
     assert max(stamps) - min(stamps) == pytest.approx(2.0)
 
 
-class MemoryStore:
-    def __init__(self) -> None:
-        self.text: str | None = None
-        self.saves = 0
-
-    async def load(self) -> LimiterSnapshot | None:
-        return None if self.text is None else LimiterSnapshot.from_json(self.text)
-
-    async def save(self, snapshot: LimiterSnapshot) -> None:
-        self.text = snapshot.to_json()     # through JSON, as a database row would hold it
-        self.saves += 1
-
-
-async def test_a_restarted_limiter_does_not_retrip_the_hour_window() -> None:
-    clock = VirtualClock()
-    store = MemoryStore()
-    first = limiter_on(clock, store=store, margin=0.0)
-    first.apply_rate_limits_body("1111111111", {"invoiceMetadata": {"perSecond": 8, "perMinute": 16,
-                                                                    "perHour": 5}})
-    for _ in range(5):
-        await first.acquire("1111111111", "invoiceMetadata")
-    first.penalise("2222222222", "invoiceExport", 600)
-    await first.save()
-
-    clock.t += 120                                                   # the daemon restarts two minutes later
-    second = limiter_on(clock, store=store, margin=0.0)
-    await second.load()
-    assert second.limits_for("1111111111", "invoiceMetadata").per_hour == 5
-    assert second.delay("1111111111", "invoiceMetadata") == pytest.approx(3600 - 120)
-    assert second.delay("2222222222", "invoiceExport") == pytest.approx(600 - 120)
-    fresh = limiter_on(clock, margin=0.0)                            # without the store it would send at once
-    assert fresh.delay("1111111111", "invoiceMetadata") == 0
-
-
-async def test_autosave_saves_only_after_a_change() -> None:
-    clock = VirtualClock()
-    store = MemoryStore()
-    limiter = limiter_on(clock, store=store)
-
-    async def scenario() -> None:
-        saver = asyncio.ensure_future(limiter.autosave(5.0))
-        await clock.sleep(12)
-        assert store.saves == 0
-        await limiter.acquire("c", "other")
-        await clock.sleep(6)
-        assert store.saves == 1
-        await clock.sleep(20)
-        assert store.saves == 1
-        saver.cancel()
-
-    await clock.drive(scenario())
-    snapshot = LimiterSnapshot.from_json(store.text or "")
-    assert list(snapshot.requests) == [("c", "other")]
-
-
-def test_a_snapshot_of_another_version_is_refused() -> None:
-    with pytest.raises(ValueError, match="version"):
-        LimiterSnapshot.from_json('{"version": 99}')
-
-
 # -- against the simulator's production profile, over HTTP -------------------------------------------------
 
 SIM_NIP = "9999999999"
@@ -269,8 +208,11 @@ class CountingGate:
         await self.inner.acquire(context, group)
         self.granted[group] += 1
 
-    def penalise(self, context: str, group: str, retry_after: float) -> None:
-        self.inner.penalise(context, group, retry_after)
+    def ready(self, context: str, group: str) -> bool:
+        return self.inner.ready(context, group)
+
+    async def penalise(self, context: str, group: str, retry_after: float) -> None:
+        await self.inner.penalise(context, group, retry_after)
 
 
 class SharedTime:

@@ -207,7 +207,10 @@ async def test_429_is_reported_to_the_gate_which_owns_the_wait(upstream: Any, ma
         async def acquire(self, context: str, group: str) -> None:
             self.events.append(("acquire", context, group))
 
-        def penalise(self, context: str, group: str, retry_after: float) -> None:
+        def ready(self, context: str, group: str) -> bool:
+            return True
+
+        async def penalise(self, context: str, group: str, retry_after: float) -> None:
             self.events.append(("penalise", context, group, str(retry_after)))
 
     up, base = upstream
