@@ -1,0 +1,95 @@
+"""A crash loop stays inside KSeF's rate limits (issue #10 point 1).
+
+`ksefd run` runs as a real subprocess against the simulator on the production limits (PROTOCOL.md §7:
+invoiceSend 10/s, 30/min, 180/h). 60 invoices go online; the daemon is SIGKILLed and restarted at least ten
+times within 20 s, then runs in drain mode to the end. Every invoice must be accepted exactly once with its
+UPO, and the simulator's tally must show no request that arrived during a 429 block: every grant and block
+was durable before its request, so no restart re-sent into a window it had filled or a block it had earned.
+The longest Retry-After and the time to drain are printed for the issue's note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ksefd.ksef.crypto import sha256_b64
+from ksefd.sim.config import SimConfig
+from ksefd.store import InvoiceState, Store
+from tests.daemon.support import SELLER, drop, invoice, load, read_json, sim_records, token_file, write_config
+from tests.daemon.test_crash import _start, _wait_started
+
+INVOICES = 60
+KILLS = 10
+KILL_LOOP_S = 20.0
+
+
+async def sim_tally(http: aiohttp.ClientSession, sim: Any) -> dict[str, Any]:
+    async with http.get(f"{sim.root_url}/sim/ratelimits") as resp:
+        assert resp.status == 200
+        found: dict[str, Any] = await resp.json()
+        return found
+
+
+@pytest.mark.timeout(240)
+async def test_a_crash_loop_never_sends_into_a_block_or_a_full_window(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    sim = await sim_factory(config=SimConfig(limits_profile="production", processing_delay_s=0.01))
+    token = await token_file(http, sim.base_url, tmp_path, SELLER)
+    path = write_config(tmp_path, sim.base_url, [{"name": "acme", "nip": SELLER, "token_file": str(token)}],
+                        sending={"batch_threshold": 1000, "online_idle_close_seconds": 2},   # online only
+                        daemon={"rescan_interval_seconds": 0.3, "shutdown_grace_seconds": 3})
+    config = load(path)
+    company = config.companies[0]
+    files = {f"FV-{n:03d}.xml": invoice(f"LOOP/{n:03d}") for n in range(INVOICES)}
+    for name, data in files.items():
+        drop(company.folders.outbox, name, data)
+    log = tmp_path / "daemon.log"
+    rng = random.Random(20261206)
+
+    running: list[asyncio.subprocess.Process] = []
+    started = time.monotonic()
+    try:
+        for run in range(1, KILLS + 1):
+            running.append(proc := await _start(path, log))
+            await _wait_started(log, run, proc)
+            await asyncio.sleep(rng.uniform(0.2, 1.0))
+            proc.send_signal(signal.SIGKILL)
+            assert await proc.wait() == -signal.SIGKILL, f"run {run} ended on its own; see {log}"
+        kill_loop = time.monotonic() - started
+        running.append(final := await _start(path, log, "--once"))
+        assert await asyncio.wait_for(final.wait(), 200) == 0, f"see {log}"
+        drained = time.monotonic() - started
+    finally:
+        for proc in running:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert kill_loop <= KILL_LOOP_S, f"{KILLS} kills took {kill_loop:.1f} s"
+
+    # Every invoice accepted exactly once, with its UPO.
+    numbers: dict[str, str] = {}
+    for name, data in files.items():
+        stem = name.removesuffix(".xml")
+        assert (company.folders.sent / name).read_bytes() == data
+        numbers[sha256_b64(data)] = read_json(company.folders.sent / f"{stem}.ksef.json")["ksefNumber"]
+        assert numbers[sha256_b64(data)].encode() in (company.folders.sent / f"{stem}.upo.xml").read_bytes()
+    accepted = [r for r in sim_records(sim) if r["status"]["code"] == 200]
+    assert sorted(r["invoiceHash"] for r in accepted) == sorted(numbers)
+    async with await Store.open(config.state_db) as store:
+        rows = await store.invoices.in_state("acme", *InvoiceState)
+    assert len(rows) == INVOICES and {r.state for r in rows} == {InvoiceState.DONE}
+
+    # KSeF's side: nothing arrived during a block.
+    tally = await sim_tally(http, sim)
+    print(f"\n{KILLS} kills in {kill_loop:.1f} s; drained {INVOICES} invoices in {drained:.1f} s; "
+          f"429s: {tally['tooManyRequests']}, longest Retry-After: {tally['longestRetryAfter']} s, "
+          f"requests during a block: {tally['requestsDuringBlock']}")
+    assert tally["requestsDuringBlock"] == 0, tally
