@@ -12,8 +12,7 @@ Phases, each logged (the shape of uvicorn's server: startup -> main loop -> shut
   by `force`, a second signal), then it is cancelled, which is safe: every step is persisted before its
   KSeF call;
 * shutdown (always, also after an error in the TaskGroup): online sessions are closed, the limiter's run
-  marked as cleanly ended,
-  the clients and the database closed.
+  marked as ended cleanly, the clients and the database closed.
 """
 
 from __future__ import annotations

@@ -23,8 +23,18 @@ import pytest
 from ksefd.ksef.crypto import sha256_b64
 from ksefd.sim.config import SimConfig
 from ksefd.store import InvoiceState, Store
-from tests.daemon.support import SELLER, drop, invoice, load, read_json, sim_records, token_file, write_config
-from tests.daemon.test_crash import _start, _wait_started
+from tests.daemon.support import (
+    SELLER,
+    drop,
+    invoice,
+    load,
+    read_json,
+    sim_records,
+    start_daemon,
+    token_file,
+    wait_logged,
+    write_config,
+)
 
 INVOICES = 60
 KILLS = 10
@@ -58,13 +68,13 @@ async def test_a_crash_loop_never_sends_into_a_block_or_a_full_window(
     started = time.monotonic()
     try:
         for run in range(1, KILLS + 1):
-            running.append(proc := await _start(path, log))
-            await _wait_started(log, run, proc)
+            running.append(proc := await start_daemon(path, log))
+            await wait_logged(log, "daemon.started", run, proc)
             await asyncio.sleep(rng.uniform(0.2, 1.0))
             proc.send_signal(signal.SIGKILL)
             assert await proc.wait() == -signal.SIGKILL, f"run {run} ended on its own; see {log}"
         kill_loop = time.monotonic() - started
-        running.append(final := await _start(path, log, "--once"))
+        running.append(final := await start_daemon(path, log, "--once"))
         assert await asyncio.wait_for(final.wait(), 200) == 0, f"see {log}"
         drained = time.monotonic() - started
     finally:
