@@ -11,6 +11,7 @@ The longest Retry-After and the time to drain are printed for the issue's note.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import signal
 import time
@@ -20,9 +21,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ksefd.clock import SystemClock
 from ksefd.ksef.crypto import sha256_b64
 from ksefd.sim.config import SimConfig
 from ksefd.store import InvoiceState, Store
+from tests.daemon.inbox_support import BUYER_NIP, send_batches, warsaw_day
 from tests.daemon.support import (
     SELLER,
     drop,
@@ -35,6 +38,7 @@ from tests.daemon.support import (
     wait_logged,
     write_config,
 )
+from tests.support.ksef_auth import create_ksef_token
 
 INVOICES = 60
 KILLS = 10
@@ -103,3 +107,64 @@ async def test_a_crash_loop_never_sends_into_a_block_or_a_full_window(
           f"429s: {tally['tooManyRequests']}, longest Retry-After: {tally['longestRetryAfter']} s, "
           f"requests during a block: {tally['requestsDuringBlock']}")
     assert tally["requestsDuringBlock"] == 0, tally
+
+
+RECEIVED = 200
+
+
+@pytest.mark.timeout(240)
+async def test_a_crash_loop_while_receiving_never_sends_into_a_block(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """The same for the inbox (exports, their status, downloads go through the same limiter): a company with
+    receive = true, killed ten times within 20 s while its export runs, then drained: every invoice delivered
+    once, and nothing arrived at KSeF during a block. Each run starts an export (invoiceExport: 8/s, 16/min,
+    20/h on PRD) and reads its limits (`other`: 30/min, shared with this test's own token requests in the
+    buyer's context), so the budget is spent fast."""
+    sim = await sim_factory(config=SimConfig(limits_profile="production", hwm_lag_s=1))
+    clock = SystemClock()
+    sent = {s.ksef_number: s.xml for s in await send_batches(http, sim.base_url, clock, tmp_path, RECEIVED)}
+    await asyncio.sleep(1.2)                                     # the HWM passes the last invoice
+    token = tmp_path / "buyer.token"
+    token.write_text(await create_ksef_token(http, sim.base_url, BUYER_NIP, ["InvoiceRead"]))
+    path = write_config(tmp_path, sim.base_url, [{"name": "buyer", "nip": BUYER_NIP, "token_file": str(token),
+                                                  "send": False, "receive": True}],
+                        daemon={"shutdown_grace_seconds": 2})
+    with path.open("a", encoding="utf-8") as extra:
+        extra.write(f"\n[companies.receiving]\nbackfill_from = {warsaw_day(clock) - dt.timedelta(days=1)}\n")
+    config = load(path)
+    inbox = config.company("buyer").folders.inbox
+    log = tmp_path / "daemon.log"
+    rng = random.Random(10)
+    baseline = await sim_tally(http, sim)                        # the seller's own requests, made without a limiter
+
+    running: list[asyncio.subprocess.Process] = []
+    started = time.monotonic()
+    try:
+        for run in range(1, KILLS + 1):
+            running.append(proc := await start_daemon(path, log))
+            await wait_logged(log, "daemon.started", run, proc)
+            await asyncio.sleep(rng.uniform(0.2, 1.0))
+            proc.send_signal(signal.SIGKILL)
+            assert await proc.wait() == -signal.SIGKILL, f"run {run} ended on its own; see {log}"
+        kill_loop = time.monotonic() - started
+        running.append(final := await start_daemon(path, log, "--once"))
+        assert await asyncio.wait_for(final.wait(), 200) == 0, f"see {log}"
+        drained = time.monotonic() - started
+    finally:
+        for proc in running:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert kill_loop <= KILL_LOOP_S, f"{KILLS} kills took {kill_loop:.1f} s"
+
+    delivered = {p.stem: p.read_bytes() for p in inbox.glob("*.xml")}
+    assert delivered == sent                                     # every invoice, once, byte for byte
+    tally = await sim_tally(http, sim)
+    exports = log.read_text(errors="replace").count('"ksef.export_started"')
+    refused = tally["tooManyRequests"] - baseline["tooManyRequests"]
+    print(f"\nreceiving: {KILLS} kills in {kill_loop:.1f} s, {exports} exports started; {RECEIVED} "
+          f"invoices delivered in {drained:.1f} s; 429s: {refused}, longest Retry-After: "
+          f"{tally['longestRetryAfter']} s, requests during a block: {tally['requestsDuringBlock']}")
+    assert exports >= KILLS                                      # the runs were killed during their exports
+    assert [b for b in tally["duringBlock"] if b["context"] == BUYER_NIP] == []
+    assert tally["requestsDuringBlock"] == baseline["requestsDuringBlock"] == 0, tally
