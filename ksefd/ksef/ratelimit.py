@@ -7,8 +7,9 @@ and a request sent during a block lengthens it, so a client that trips it pays m
 limiter waits instead.
 
 `RateLimiter` implements the transport's `RequestGate` protocol (`acquire` before a request, `ready`
-right before it is sent, `penalise` after a 429). Time is injected (`now` gives wall-clock seconds,
-`sleep` waits), so tests drive it with a fake clock and never really sleep.
+right before it is sent, `answered` once its answer or failure is in, `penalise` after a 429). Time is
+injected (`now` gives wall-clock seconds, `sleep` waits), so tests drive it with a fake clock and never
+really sleep.
 
 Durability (issue #10 point 1): with a `LimiterJournal` (ksefd.store implements it over SQLite), every
 grant and every block is committed before the request it allows is sent (ratelimit_journal.py), so a
@@ -29,7 +30,7 @@ import structlog
 
 from .clock import Sleep
 from .errors import ProtocolError
-from .ratelimit_journal import GroupCommit, LimiterJournal, PreviousRun
+from .ratelimit_journal import Grant, GroupCommit, LimiterJournal, PreviousRun
 
 if TYPE_CHECKING:
     from .auth import AuthSession
@@ -211,28 +212,36 @@ class RateLimiter:
 
     # -- the RequestGate protocol ---------------------------------------------------------------
 
-    async def acquire(self, context: str, group: str) -> None:
+    async def acquire(self, context: str, group: str) -> Grant:
         """Wait until a request of `group` in `context` fits every window and no block runs, count it, and
-        return once that count is durable (the request may then be sent)."""
+        return once that count is durable (the request may then be sent). Call `answered` with the result
+        when the request's answer or failure is in."""
         while True:
             bucket = self._bucket(context, group)
             async with bucket.lock:
                 while (wait := self.delay(context, group)) > 0:
                     log.debug("ratelimit.wait", context=context, group=group, seconds=round(wait, 3))
                     await self._sleep(wait)
-                granted_at = self._grant(context, group)
+                grant = self._grant(context, group)
             if self._commit is not None:
                 await self._commit.flush()
             if self.ready(context, group):
-                # KSeF stamps a request when it arrives; the commit took a moment, so count the grant from
-                # now (a later stamp only frees its slot later). The durable row keeps the earlier time;
-                # `margin` covers the difference after a restart.
-                self._regrant(context, group, granted_at, self._now())
-                return
+                # KSeF stamps a request when it arrives; the commit took a moment, so count it from now (a later
+                # stamp only frees its slot later).
+                self._restamp(grant, self._now())
+                return grant
             # A 429 arrived while this caller waited for the lock, a slot or the commit: the request must not
             # go into the block (it would lengthen it, §7). The grant stays counted; wait for the block's end.
+            self.answered(grant)
             log.info("ratelimit.held_back_by_block", context=context, group=group,
                      seconds=round(self._block_end(context) - self._now(), 3))
+
+    def answered(self, grant: Grant) -> None:
+        """The request's answer (or failure) is in: KSeF counted it at the latest now. Its slot is counted from
+        now, here and, with the journal's next write, after a restart."""
+        self._restamp(grant, self._now())
+        if self._commit is not None:
+            self._commit.queue_answer(grant)
 
     def ready(self, context: str, group: str) -> bool:
         """No known 429 block covers `context` now. The transport asks again right before sending, after any
@@ -289,8 +298,16 @@ class RateLimiter:
         now = self._now()
         previous = await self._journal.start_run()
         grants = await self._journal.grants_since(now - HOUR - self._margin)
-        for context, group, at in grants:
-            self._bucket(context, group).record(at)
+        unanswered: list[tuple[int, float]] = []
+        for row, context, group, at, answered in grants:
+            if answered is None:
+                # Sent (its row committed first) but its answer never recorded: the run ended with it in flight,
+                # or before its answer time was written. KSeF may have counted it as late as that run's end,
+                # which is before now: presume now, and record that so the next start does not move it again.
+                unanswered.append((row, now))
+            self._bucket(context, group).record(now if answered is None else max(at, answered))
+        if unanswered:
+            await self._journal.record([], unanswered, {})
         for context, until in (await self._journal.blocks()).items():
             if until > max(now, self._blocks.get(context, 0.0)):
                 self._blocks[context] = until
@@ -303,11 +320,13 @@ class RateLimiter:
             self._per_context.setdefault(context, table)
         if previous is not None and not previous.clean:
             self._after_unclean_stop(previous, now)
-        log.info("ratelimit.restored", grants=len(grants), blocks=sum(1 for u in self._blocks.values() if u > now),
+        log.info("ratelimit.restored", grants=len(grants), in_flight=len(unanswered),
+                 blocks=sum(1 for u in self._blocks.values() if u > now),
                  clean_stop=previous.clean if previous is not None else None)
 
     async def close(self) -> None:
-        """A clean stop: everything queued is committed and the run is marked as ended cleanly."""
+        """A clean stop: everything queued (answer times too) is committed and the run is marked as ended
+        cleanly."""
         if self._commit is not None and self._journal is not None:
             await self._commit.flush()
             await self._journal.stop_run()
@@ -318,7 +337,8 @@ class RateLimiter:
         * Same boot (a kill -9, a crash, the OOM killer): none. Each request was sent only after its grant
           had committed, and a committed SQLite transaction in WAL mode survives the death of the process
           even with synchronous=NORMAL; only the OS crashing or the power failing can undo it. So the record
-          is complete and nothing is presumed: a crash loop does not slow the company down.
+          is complete; only the requests in flight at the end are uncertain in time, and `load` already
+          counts them from now. Nothing more is presumed: a crash loop does not slow the company down.
         * Another boot, or we cannot tell: the last commits may be lost (WAL with synchronous=NORMAL, though
           every synchronous=FULL commit of the daemon's invoice state syncs them too). The crash came before
           this boot began, so up to then presume the worst for the short windows: every (context, group)
@@ -360,18 +380,19 @@ class RateLimiter:
     def _uses_global(self, group: str) -> bool:
         return bool(self._defaults[GLOBAL_GROUP].windows()) and group != GLOBAL_GROUP
 
-    def _grant(self, context: str, group: str) -> float:
-        now = self._now()
-        self._bucket(context, group).record(now)
+    def _grant(self, context: str, group: str) -> Grant:
+        grant = Grant(context, group, self._now())
+        self._bucket(context, group).record(grant.at)
         if self._uses_global(group):
-            self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP).record(now)
+            self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP).record(grant.at)
         if self._commit is not None:
-            self._commit.queue_grant(context, group, now)
-        return now
+            self._commit.queue_grant(grant)
+        return grant
 
-    def _regrant(self, context: str, group: str, old: float, new: float) -> None:
-        if new <= old:
+    def _restamp(self, grant: Grant, new: float) -> None:
+        if new <= grant.at:
             return
-        self._bucket(context, group).move(old, new)
-        if self._uses_global(group):
-            self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP).move(old, new)
+        self._bucket(grant.context, grant.group).move(grant.at, new)
+        if self._uses_global(grant.group):
+            self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP).move(grant.at, new)
+        grant.at = new

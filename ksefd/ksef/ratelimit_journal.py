@@ -13,10 +13,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-# (context, group, wall-clock seconds) of one request the limiter let through.
-GrantRow = tuple[str, str, float]
+# (row id, context, group, granted at, answered at or None) of one request the limiter let through; times in
+# wall-clock seconds.
+GrantRow = tuple[int, str, str, float, float | None]
+
+
+@dataclass(eq=False)
+class Grant:
+    """One request the limiter let through. `at` is when KSeF may have counted it, as late as we know: the
+    grant, then the moment it was committed, then the moment its answer arrived (KSeF stamps a request on
+    arrival, which is before its answer). `id` is the journal's row, once committed."""
+
+    context: str
+    group: str
+    at: float
+    id: int | None = None
 
 
 class PreviousRun(Protocol):
@@ -56,8 +70,10 @@ class LimiterJournal(Protocol):
         """Context -> the limits table last saved for it (`save_limits` text)."""
         ...
 
-    async def record(self, grants: Sequence[GrantRow], blocks: Mapping[str, float]) -> None:
-        """Commit `grants` and `blocks` in one transaction; return only once it has committed."""
+    async def record(self, grants: Sequence[tuple[str, str, float]], answers: Sequence[tuple[int, float]],
+                     blocks: Mapping[str, float]) -> list[int]:
+        """Commit new grants (context, group, at), answer times of earlier ones (row id, at) and blocks in one
+        transaction; return the new grants' row ids, in order, only once it has committed."""
         ...
 
     async def save_limits(self, context: str, text: str) -> None:
@@ -69,26 +85,33 @@ class LimiterJournal(Protocol):
 
 
 class GroupCommit:
-    """Pending grants and blocks, written by whichever waiter gets the write lock first.
+    """Pending grants, answers and blocks, written by whichever waiter gets the write lock first.
 
     `queue_*` is synchronous (the limiter's in-memory state changes at once); `flush()` returns once a
     transaction holding everything queued before the call has committed. Callers queued while a write is
     running are served together by the next one, so N concurrent grants cost about two transactions,
-    not N. If the write fails, its rows go back to the queue for the next writer and the error is raised
-    to the caller, whose request is then not sent."""
+    not N. Answer times ride along with the next write (they only make the record more precise; a missing
+    one is presumed late, see RateLimiter.load). If the write fails, its rows go back to the queue for the
+    next writer and the error is raised to the caller, whose request is then not sent."""
 
     def __init__(self, journal: LimiterJournal) -> None:
         self._journal = journal
-        self._grants: list[GrantRow] = []
+        self._grants: list[Grant] = []
+        self._answers: dict[int, float] = {}
         self._blocks: dict[str, float] = {}
         self._queued = 0
         self._written = 0
         self._lock = asyncio.Lock()
         self.transactions = 0           # for tests and benchmarks: how many commits the grants cost
 
-    def queue_grant(self, context: str, group: str, at: float) -> None:
-        self._grants.append((context, group, at))
+    def queue_grant(self, grant: Grant) -> None:
+        self._grants.append(grant)
         self._queued += 1
+
+    def queue_answer(self, grant: Grant) -> None:
+        if grant.id is not None:
+            self._answers[grant.id] = grant.at
+            self._queued += 1
 
     def queue_block(self, context: str, until: float) -> None:
         self._blocks[context] = max(until, self._blocks.get(context, 0.0))
@@ -99,14 +122,18 @@ class GroupCommit:
         async with self._lock:
             if self._written >= target:
                 return          # another waiter's transaction carried ours
-            grants, blocks, upto = self._grants, self._blocks, self._queued
-            self._grants, self._blocks = [], {}
+            grants, answers, blocks, upto = self._grants, self._answers, self._blocks, self._queued
+            self._grants, self._answers, self._blocks = [], {}, {}
             try:
-                await self._journal.record(grants, blocks)
+                ids = await self._journal.record([(g.context, g.group, g.at) for g in grants],
+                                                 list(answers.items()), blocks)
             except BaseException:
                 self._grants[:0] = grants
+                self._answers = {**answers, **self._answers}
                 for context, until in blocks.items():
                     self._blocks[context] = max(until, self._blocks.get(context, 0.0))
                 raise
+            for grant, row in zip(grants, ids, strict=True):
+                grant.id = row
             self._written = upto
             self.transactions += 1

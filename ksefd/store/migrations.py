@@ -142,11 +142,14 @@ _V2 = (
     # was sent (store/ratelimits.py); rows older than an hour are pruned. Times are epoch seconds (REAL),
     # as the limiter counts them.
     """CREATE TABLE rate_grants (
-        at        REAL NOT NULL,
+        id        INTEGER PRIMARY KEY,
+        at        REAL NOT NULL,                   -- granted (committed before the request was sent)
+        answered  REAL,                            -- its answer or failure was in; NULL: in flight or unknown
         context   TEXT NOT NULL,                   -- KSeF context key ("" for per-IP public calls)
         grp       TEXT NOT NULL                    -- rate-limit group (PROTOCOL.md §7)
     )""",
-    "CREATE INDEX rate_grants_at ON rate_grants (at)",
+    # When KSeF counted a grant, at the latest: its answer time, else its grant time.
+    "CREATE INDEX rate_grants_counted ON rate_grants (coalesce(answered, at))",
     # Running 429 blocks per context: no request goes out before `until` (PROTOCOL.md §7).
     """CREATE TABLE rate_blocks (
         context   TEXT PRIMARY KEY,

@@ -32,7 +32,8 @@ KEEP_S = 3600.0 + 60.0                 # the hour window and a margin; older gra
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _PROC_STAT = Path("/proc/stat")
 
-Grant = tuple[str, str, float]
+NewGrant = tuple[str, str, float]                       # context, group, granted at
+GrantRow = tuple[int, str, str, float, float | None]    # row id, context, group, granted at, answered at
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,11 @@ class RateLimitJournal:
         async with self._db.transaction() as conn:
             await _put(conn, RUN_KEY, json.dumps(marker), self._now())
 
-    async def grants_since(self, since: float) -> list[Grant]:
-        rows = await self._db.fetch_all("SELECT context, grp, at FROM rate_grants WHERE at > ? ORDER BY at", (since,))
-        return [(str(r[0]), str(r[1]), float(r[2])) for r in rows]
+    async def grants_since(self, since: float) -> list[GrantRow]:
+        """Grants counted after `since` (by their answer time when known, else their grant time)."""
+        rows = await self._db.fetch_all("SELECT id, context, grp, at, answered FROM rate_grants "
+                                        "WHERE coalesce(answered, at) > ? ORDER BY id", (since,))
+        return [(int(r[0]), str(r[1]), str(r[2]), float(r[3]), None if r[4] is None else float(r[4])) for r in rows]
 
     async def blocks(self) -> dict[str, float]:
         rows = await self._db.fetch_all("SELECT context, until FROM rate_blocks")
@@ -104,19 +107,31 @@ class RateLimitJournal:
                                         (RATE_LIMITS, LIMITS_PREFIX + "%"))
         return {str(r[0])[len(LIMITS_PREFIX):]: str(r[1]) for r in rows}
 
-    async def record(self, grants: Sequence[Grant], blocks: Mapping[str, float]) -> None:
-        """One transaction, no fsync (see the module docstring); old grants pruned about once a minute."""
+    async def record(self, grants: Sequence[NewGrant], answers: Sequence[tuple[int, float]],
+                     blocks: Mapping[str, float]) -> list[int]:
+        """One transaction, no fsync (see the module docstring); old grants pruned about once a minute. The new
+        rows' ids are allocated under the write lock (BEGIN IMMEDIATE), so they follow on without a gap."""
         now = self._now().timestamp()
+        ids: list[int] = []
         async with self._db.transaction(synced=False) as conn:
             if grants:
-                await conn.executemany("INSERT INTO rate_grants (context, grp, at) VALUES (?, ?, ?)", grants)
+                async with conn.execute("SELECT coalesce(max(id), 0) FROM rate_grants") as cursor:
+                    row = await cursor.fetchone()
+                first = int(row[0]) + 1 if row else 1
+                ids = list(range(first, first + len(grants)))
+                await conn.executemany("INSERT INTO rate_grants (id, context, grp, at) VALUES (?, ?, ?, ?)",
+                                       [(i, *g) for i, g in zip(ids, grants, strict=True)])
+            if answers:
+                await conn.executemany("UPDATE rate_grants SET answered = max(coalesce(answered, 0), ?) WHERE id = ?",
+                                       [(at, row_id) for row_id, at in answers])
             for context, until in blocks.items():
                 await conn.execute("INSERT INTO rate_blocks (context, until) VALUES (?, ?) ON CONFLICT (context) "
                                    "DO UPDATE SET until = max(until, excluded.until)", (context, until))
             if now - self._pruned_at >= PRUNE_EVERY_S:
-                await conn.execute("DELETE FROM rate_grants WHERE at < ?", (now - KEEP_S,))
+                await conn.execute("DELETE FROM rate_grants WHERE coalesce(answered, at) < ?", (now - KEEP_S,))
                 await conn.execute("DELETE FROM rate_blocks WHERE until < ?", (now,))
                 self._pruned_at = now
+        return ids
 
     async def save_limits(self, context: str, text: str) -> None:
         async with self._db.transaction() as conn:

@@ -23,6 +23,7 @@ from ksefd.ksef.ratelimit import (
     adopt_server_limits,
     parse_rate_limits,
 )
+from ksefd.ksef.ratelimit_journal import Grant
 from ksefd.ksef.transport import RetryPolicy
 from ksefd.sim.clock import ManualClock
 from ksefd.sim.config import SimConfig
@@ -204,12 +205,16 @@ class CountingGate:
         self.inner = inner
         self.granted: Counter[str] = Counter()
 
-    async def acquire(self, context: str, group: str) -> None:
-        await self.inner.acquire(context, group)
+    async def acquire(self, context: str, group: str) -> Grant:
+        grant = await self.inner.acquire(context, group)
         self.granted[group] += 1
+        return grant
 
     def ready(self, context: str, group: str) -> bool:
         return self.inner.ready(context, group)
+
+    def answered(self, grant: Grant) -> None:
+        self.inner.answered(grant)
 
     async def penalise(self, context: str, group: str, retry_after: float) -> None:
         await self.inner.penalise(context, group, retry_after)

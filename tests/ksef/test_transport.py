@@ -210,6 +210,9 @@ async def test_429_is_reported_to_the_gate_which_owns_the_wait(upstream: Any, ma
         def ready(self, context: str, group: str) -> bool:
             return True
 
+        def answered(self, grant: object) -> None:
+            self.events.append(("answered",))
+
         async def penalise(self, context: str, group: str, retry_after: float) -> None:
             self.events.append(("penalise", context, group, str(retry_after)))
 

@@ -14,7 +14,6 @@ import pytest
 
 from ksefd.clock import ManualClock
 from ksefd.ksef.ratelimit import PRODUCTION_LIMITS, RateLimiter
-from ksefd.ksef.ratelimit_journal import GrantRow
 from ksefd.store import BootIdentity, RateLimitJournal, Store
 from tests.ksef.virtual_time import VirtualClock
 from tests.store.conftest import START
@@ -85,8 +84,8 @@ async def test_a_killed_daemon_s_successor_knows_every_window_and_block(start: C
     first: Daemon = await start()  # type: ignore[misc]
     clock: VirtualClock = start.clock  # type: ignore[attr-defined]
     for _ in range(30):                                                 # invoiceSend: 10/s, 30/min, 180/h
-        await clock.drive(first.limiter.acquire(A, "invoiceSend"))
-    await first.limiter.penalise(B, "invoiceExport", 300.0)
+        first.limiter.answered(await clock.drive(first.limiter.acquire(A, "invoiceSend")))   # answered at once
+    await first.limiter.penalise(B, "invoiceExport", 300.0)                              # (answers ride along)
     sent_until = clock.now()
     # kill -9: no close(), no save; the next run starts at once on the same file.
     second: Daemon = await start()  # type: ignore[misc]
@@ -95,6 +94,42 @@ async def test_a_killed_daemon_s_successor_knows_every_window_and_block(start: C
     assert second.limiter.delay(B, "invoiceSend") == pytest.approx(300)      # the block holds the whole context
     assert second.limiter.delay(A, "invoiceExport") == 0                # B's block never touches A
     assert sent_until - START.timestamp() == pytest.approx(2.0)
+
+
+async def test_an_answer_time_rides_with_the_next_write_and_counts_after_a_restart(
+        start: Callable[..., object], db_path: Path) -> None:
+    """KSeF stamps a request when it arrives, after we granted it: the slot is counted from the answer."""
+    daemon: Daemon = await start()  # type: ignore[misc]
+    clock: VirtualClock = start.clock  # type: ignore[attr-defined]
+    first = await daemon.limiter.acquire(A, "onlineSession")
+    clock.t += 0.8                                                      # a slow answer
+    daemon.limiter.answered(first)
+    assert rows(db_path, "SELECT answered FROM rate_grants") == [(None,)]  # no write of its own...
+    await daemon.limiter.acquire(A, "invoiceSend")                      # ...it rides with the next one
+    assert rows(db_path, "SELECT grp, answered FROM rate_grants ORDER BY id") == [
+        ("onlineSession", pytest.approx(START.timestamp() + 0.8)), ("invoiceSend", None)]
+    assert daemon.limiter.transactions == 2
+    clock.t += 59.5
+    second: Daemon = await start()  # type: ignore[misc]                # killed 60.3 s after the grant
+    assert second.limiter.granted(A, "onlineSession") == [pytest.approx(START.timestamp() + 0.8)]
+
+
+async def test_a_request_in_flight_at_a_kill_is_counted_from_the_restart(
+        start: Callable[..., object], db_path: Path) -> None:
+    """Its row was committed before it was sent, but its answer never came back: KSeF may have counted it as
+    late as the moment the process died, which is before the restart. So count it from the restart, once."""
+    daemon: Daemon = await start()  # type: ignore[misc]
+    clock: VirtualClock = start.clock  # type: ignore[attr-defined]
+    for _ in range(10):
+        await daemon.limiter.acquire(A, "invoiceSend")                  # 10/s; killed with them in flight
+    clock.t += 5
+    second: Daemon = await start()  # type: ignore[misc]
+    assert second.limiter.granted(A, "invoiceSend") == [clock.now()] * 10
+    assert second.limiter.delay(A, "invoiceSend") == pytest.approx(1.0)
+    assert {r[0] for r in rows(db_path, "SELECT answered FROM rate_grants")} == {clock.now()}
+    clock.t += 30
+    third: Daemon = await start()  # type: ignore[misc]                 # not moved again
+    assert third.limiter.granted(A, "invoiceSend") == [clock.now() - 30] * 10
 
 
 async def test_grants_taken_together_share_one_transaction(start: Callable[..., object], db_path: Path) -> None:
@@ -176,12 +211,13 @@ class SlowJournal:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    async def record(self, grants: Sequence[GrantRow], blocks: Mapping[str, float]) -> None:
+    async def record(self, grants: Sequence[tuple[str, str, float]], answers: Sequence[tuple[int, float]],
+                     blocks: Mapping[str, float]) -> list[int]:
         self.writing.set()
         await self.go.wait()
         self.clock.busy += 1
         try:
-            await self.inner.record(grants, blocks)
+            return await self.inner.record(grants, answers, blocks)
         finally:
             self.clock.busy -= 1
 
