@@ -157,6 +157,9 @@ async def test_a_crash_loop_while_receiving_never_sends_into_a_block(
                 await proc.wait()
     assert kill_loop <= KILL_LOOP_S, f"{KILLS} kills took {kill_loop:.1f} s"
 
+    async with await Store.open(config.state_db) as store:        # the inbox's calls went through the limiter
+        groups = {row[2] for row in await store.rate_limits.grants_since(0)}
+    assert {"invoiceExport", "invoiceExportStatus"} <= groups
     delivered = {p.stem: p.read_bytes() for p in inbox.glob("*.xml")}
     assert delivered == sent                                     # every invoice, once, byte for byte
     tally = await sim_tally(http, sim)

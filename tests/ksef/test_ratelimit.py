@@ -341,3 +341,39 @@ async def test_limits_read_from_get_rate_limits_are_obeyed(sim_factory: Any, htt
     assert [o for o in outcomes if o is not None] == []
     assert gate.inner.limits_for(f"Nip:{SIM_NIP}", "sessionList") == GroupLimits(2, 3, 4)
     assert clock.now() - start >= dt.timedelta(hours=1)
+
+
+async def test_a_429_in_one_company_never_slows_another(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    """Issue #10: two companies (contexts) share one limiter, as in the daemon. One earns a 429 (its limiter
+    was told a limit far above KSeF's); the other goes on at once, and nothing of either reaches KSeF during
+    the block."""
+    sim = await sim_factory(config=SimConfig(limits_profile="production"))
+    careless = {**PRODUCTION_LIMITS, "sessionList": GroupLimits(1000, 1000, 1000)}
+    limiter = RateLimiter(margin=0.25)
+    tokens = {nip: await create_ksef_token(http, sim.base_url, nip, ["InvoiceWrite", "InvoiceRead"])
+              for nip in (SIM_NIP, "1111111111")}
+    async with KsefClient("test", base_url=sim.base_url, gate=limiter, auth_options=FAST_AUTH,
+                          retry=RetryPolicy(attempts=1)) as client:
+        first, second = (client.context(ContextIdentifier.nip(nip), KsefToken.parse(token))
+                         for nip, token in tokens.items())
+        await first.authenticate()
+        await second.authenticate()
+        limiter.set_limits(first.context.key, careless)
+
+        async def sessions(ctx: Any) -> None:
+            await ctx.request("GET", "/sessions", query={"sessionType": "Online", "pageSize": "10"}, expect=(200,))
+
+        with pytest.raises(RateLimited) as refused:
+            for _ in range(6):                                                    # KSeF allows 5/s
+                await sessions(first)
+        assert refused.value.retry_after >= 1
+        assert limiter.delay(first.context.key, "invoiceSend") > 0.5             # the whole context waits
+        started = asyncio.get_running_loop().time()
+        for _ in range(5):
+            await sessions(second)                                                # 5/s of its own: at once
+        assert asyncio.get_running_loop().time() - started < 0.5
+        assert limiter.delay(second.context.key, "sessionList") > 0              # its own window, now full
+        assert limiter.delay(second.context.key, "invoiceSend") == 0
+    async with http.get(f"{sim.root_url}/sim/ratelimits") as resp:
+        tally = await resp.json()
+    assert tally["tooManyRequests"] == 1 and tally["requestsDuringBlock"] == 0
