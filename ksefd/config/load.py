@@ -184,7 +184,8 @@ class _Builder:
         return Company(name=section.name, nip=section.nip, send=section.send, receive=section.receive,
                        environment=section.environment or ksef.environment, base_url=base_url,
                        credentials=credentials, folders=folders, sending=merged_sending,
-                       receiving=merged_receiving)
+                       receiving=merged_receiving, certificate_renewal=section.certificate_renewal,
+                       renew_before_days=section.renew_before_days)
 
     # values ---------------------------------------------------------------------------------
 
@@ -214,7 +215,8 @@ class _Builder:
                                     "use https (plain http is allowed only for 127.0.0.1/localhost)")
 
     def credentials(self, path: str, section: CompanySection) -> Credentials:
-        names = ("token_file", "certificate", "private_key", "private_key_password_file")
+        names = ("token_file", "certificate", "private_key", "private_key_password_file", "offline_certificate",
+                 "offline_private_key", "offline_private_key_password_file")
         found = {n: self.credential(f"{path}.{n}", getattr(section, n)) for n in names}
         creds = Credentials(**found)
         pkcs12 = section.certificate is not None and section.certificate.lower().endswith(PKCS12_SUFFIXES)
@@ -227,6 +229,14 @@ class _Builder:
         if (section.private_key or section.private_key_password_file) and not section.certificate:
             self.problem(f"{path}.certificate", _MISSING, "is required when private_key or "
                                                           "private_key_password_file is set")
+        offline_pkcs12 = (section.offline_certificate or "").lower().endswith(PKCS12_SUFFIXES)
+        if section.offline_certificate and not section.offline_private_key and not offline_pkcs12:
+            self.problem(f"{path}.offline_private_key", _MISSING, "is required with offline_certificate (the .key "
+                                                                  "file of the Offline certificate)")
+        if (section.offline_private_key or section.offline_private_key_password_file) \
+                and not section.offline_certificate:
+            self.problem(f"{path}.offline_certificate", _MISSING, "is required when offline_private_key or "
+                                                                  "offline_private_key_password_file is set")
         if (section.send or section.receive) and not (section.token_file or section.certificate):
             self.problem(f"{path}.token_file", _MISSING, "or certificate is required: the company sends or "
                                                          "receives, so ksefd must authenticate in its NIP context")

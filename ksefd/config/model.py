@@ -85,6 +85,13 @@ class CompanySection(Strict, frozen=True):
     certificate: str | None = None
     private_key: str | None = None
     private_key_password_file: str | None = None
+    # The KSeF certificate of type Offline that signs KOD II (PROTOCOL.md §8.6), its key and the key's password.
+    offline_certificate: str | None = None
+    offline_private_key: str | None = None
+    offline_private_key_password_file: str | None = None
+    # Renew KSeF certificates this many days before they expire (MF advises two months); false: never.
+    certificate_renewal: bool = True
+    renew_before_days: Annotated[int, msgspec.Meta(ge=1, le=365)] = 60
     environment: Environment | None = None
     base_url: str | None = None
     outbox: str | None = None
@@ -101,6 +108,9 @@ class Credentials:
     certificate: Path | None = None
     private_key: Path | None = None
     private_key_password_file: Path | None = None
+    offline_certificate: Path | None = None
+    offline_private_key: Path | None = None
+    offline_private_key_password_file: Path | None = None
 
     @property
     def kind(self) -> Literal["token", "certificate", "none"]:
@@ -127,6 +137,8 @@ class Company:
     folders: Folders
     sending: SendingOptions
     receiving: ReceivingOptions
+    certificate_renewal: bool = True
+    renew_before_days: int = 60
 
 
 @dataclass(frozen=True)

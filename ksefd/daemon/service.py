@@ -32,15 +32,20 @@ from ksefd.config import Config
 from ksefd.ksef.ratelimit import RateLimiter
 from ksefd.store import Store
 
+from . import notify
+from .certificate_renewal import renew_due_certificates
 from .connection import CompanyConnection
 from .inbox.runner import run_inbox
 from .lifecycle import every, guarded
+from .notify_status import one_line
 from .outbox.worker import OutboxWorker
 from .runtime import Runtime
+from .status import gather
 
 log = structlog.get_logger("ksefd.daemon")
 
 HEARTBEAT_SECONDS = 5.0
+RENEWAL_CHECK_SECONDS = 86_400.0   # KSeF certificates due for renewal: looked at start-up, then daily (issue #13)
 PROGRESS_SECONDS = 0.2
 FORCED_CLOSE_SECONDS = 1.0      # after a forced stop, closing the online sessions gets this long at most
 
@@ -55,6 +60,7 @@ async def serve(config: Config, stop: asyncio.Event, *, clock: Clock | None = No
     is awaited about every 0.2 s while running (e.g. `ksefd demo` reads `runtime.store` there to print a
     live summary; `status.gather` does the reading)."""
     daemon = Daemon(await _startup(config, clock or SystemClock(), once), force or asyncio.Event())
+    notify.ready()                      # systemd Type=notify (systemd/ksefd.service): start-up done
     try:
         async with asyncio.TaskGroup() as group:
             daemon.start(group)
@@ -110,7 +116,18 @@ class Daemon:
                 "companies": [c.name for c in runtime.config.companies]})
 
         self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, beat, draining, "heartbeat"), name="heartbeat"))
+        async def renew() -> None:
+            await renew_due_certificates(runtime.config, runtime.store, runtime.clock, runtime.client_for)
+
+        if not runtime.once:
+            self.tasks.append(group.create_task(every(RENEWAL_CHECK_SECONDS, renew, draining, "certificate-renewal"),
+                                                name="certificate-renewal"))
+        # systemd: WATCHDOG=1 from the loop and STATUS= with a one-line summary (no-ops outside systemd).
+        self.tasks.append(group.create_task(notify.keepalive(draining, self._summary), name="systemd-notify"))
         self.tasks += self.receivers
+
+    async def _summary(self) -> str:
+        return one_line(await gather(self.runtime.store, self.runtime.config, self.runtime.clock))
 
     async def main_loop(self, stop: asyncio.Event, on_progress: Progress | None) -> None:
         """Until `stop`; in drain mode also until every worker reports that it is idle and receiving is done."""
@@ -142,6 +159,7 @@ class Daemon:
         """Stop taking new work; give what is in flight the grace period (or less, if forced); cancel the rest."""
         grace = self.runtime.config.shutdown_grace_seconds
         log.info("daemon.draining", grace_seconds=grace)
+        notify.stopping()
         self.draining.set()
         for worker in self.workers:
             worker.wake()

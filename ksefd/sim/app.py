@@ -13,10 +13,12 @@ from aiohttp import web
 from . import (
     auth,
     batch,
+    certificates,
     control,
     faults,
     limits,
     online,
+    permission_queries,
     ratelimits,
     receiving,
     sessions_query,
@@ -35,7 +37,8 @@ log = structlog.get_logger("ksefd.sim")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Each module registers its own routes; order matters only for readability.
-ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, limits, control)
+ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, limits, certificates, control,
+                 permission_queries)
 
 
 @web.middleware

@@ -42,6 +42,9 @@ class SimConfig:
     export_part_size: int = 50_000_000
     export_max_compressed: int = 1_000_000_000
     export_delay_s: float = 0.0
+    # Seconds a certificate enrollment stays in status 100 before its verdict (PROTOCOL.md §9.3; 0: at the first
+    # look).
+    certificate_enrollment_delay_s: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

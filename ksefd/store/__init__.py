@@ -4,6 +4,7 @@ sessions and UPOs, inbox checkpoints and deliveries, rate-limit snapshots, holds
 Imports nothing from the daemon, the KSeF client or the simulator (DESIGN.md, layers).
 """
 
+from .certificates import RENEWAL_STATES, CertificateRenewalRepo, Renewal
 from .db import Database, SchemaTooNew, StoreError
 from .events import Event, EventRepo
 from .health import Beat, HeartbeatRepo, Hold, HoldRepo
@@ -25,10 +26,10 @@ from .states import (
 from .store import Store
 
 __all__ = [
-    "INVOICE_TRANSITIONS", "IN_KSEF_STATES", "MIGRATIONS", "RATE_LIMITS", "SESSION_TRANSITIONS",
-    "TERMINAL_INVOICE_STATES", "UNFINISHED_SESSION_STATES", "Beat", "BootIdentity", "Change", "Checkpoint",
-    "Database", "Delivery", "Event", "EventRepo", "HeartbeatRepo", "Hold", "HoldRepo", "IllegalTransition",
-    "InboxRepo", "InvoiceRepo", "InvoiceRow", "InvoiceState", "KeyValueRepo", "NewInvoice", "PreviousRun",
-    "RateLimitJournal", "SchemaTooNew", "SessionKind", "SessionRepo", "SessionRow", "SessionState", "StateConflict",
-    "Store", "StoreError", "Upo", "current_boot",
+    "INVOICE_TRANSITIONS", "IN_KSEF_STATES", "MIGRATIONS", "RATE_LIMITS", "RENEWAL_STATES", "SESSION_TRANSITIONS",
+    "TERMINAL_INVOICE_STATES", "UNFINISHED_SESSION_STATES", "Beat", "BootIdentity", "CertificateRenewalRepo",
+    "Change", "Checkpoint", "Database", "Delivery", "Event", "EventRepo", "HeartbeatRepo", "Hold", "HoldRepo",
+    "IllegalTransition", "InboxRepo", "InvoiceRepo", "InvoiceRow", "InvoiceState", "KeyValueRepo", "NewInvoice",
+    "PreviousRun", "RateLimitJournal", "Renewal", "SchemaTooNew", "SessionKind", "SessionRepo", "SessionRow",
+    "SessionState", "StateConflict", "Store", "StoreError", "Upo", "current_boot",
 ]

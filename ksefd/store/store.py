@@ -9,6 +9,7 @@ from typing import Protocol
 
 from ksefd.clock import SystemClock
 
+from .certificates import CertificateRenewalRepo
 from .db import Database
 from .events import EventRepo
 from .health import HeartbeatRepo, HoldRepo
@@ -38,6 +39,7 @@ class Store:
         self.holds = HoldRepo(db, now)
         self.heartbeat = HeartbeatRepo(db, now)
         self.events = EventRepo(db)
+        self.certificates = CertificateRenewalRepo(db, now)
 
     @classmethod
     async def open(cls, path: Path, clock: _Clock | None = None) -> Store:
