@@ -23,14 +23,14 @@ import bisect
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from .clock import Sleep
 from .errors import ProtocolError
-from .ratelimit_journal import Grant, GroupCommit, LimiterJournal, PreviousRun
+from .ratelimit_journal import Grant, GrantRow, GroupCommit, LimiterJournal, PreviousRun
+from .ratelimit_limits import HOUR, MINUTE, PRODUCTION_LIMITS, GroupLimits, parse_rate_limits
 
 if TYPE_CHECKING:
     from .auth import AuthSession
@@ -39,74 +39,9 @@ log = structlog.get_logger("ksefd.ksef.ratelimit")
 
 Now = Callable[[], float]
 
-SECOND, MINUTE, HOUR = 1.0, 60.0, 3600.0
 GLOBAL_GROUP = "global"
 GLOBAL_CONTEXT = "*"          # `global` is per IP across every context (§14.5)
 FALLBACK_GROUP = "other"      # "everything else that is protected" (§7)
-
-
-@dataclass(frozen=True)
-class GroupLimits:
-    """Requests allowed per second, minute and hour; None means no limit (KSeF reports -1)."""
-
-    per_second: int | None
-    per_minute: int | None
-    per_hour: int | None
-
-    def windows(self) -> tuple[tuple[float, int], ...]:
-        pairs = ((SECOND, self.per_second), (MINUTE, self.per_minute), (HOUR, self.per_hour))
-        return tuple((length, limit) for length, limit in pairs if limit is not None)
-
-    def to_json(self) -> list[int]:
-        return [-1 if v is None else v for v in (self.per_second, self.per_minute, self.per_hour)]
-
-    @classmethod
-    def of(cls, per_second: int, per_minute: int, per_hour: int) -> GroupLimits:
-        def none_if_unlimited(value: int) -> int | None:
-            return None if value < 0 else value
-        return cls(none_if_unlimited(per_second), none_if_unlimited(per_minute), none_if_unlimited(per_hour))
-
-
-# PRD defaults, which DEMO mirrors and TEST equals since 2.5.0 (PROTOCOL.md §7, close groups §14.3,
-# anonymous/global/collectiveIdentifier §14.5). Used until `GET /rate-limits` says otherwise.
-PRODUCTION_LIMITS: Mapping[str, GroupLimits] = {
-    "onlineSession": GroupLimits.of(10, 30, 120),
-    "onlineSessionClose": GroupLimits.of(20, 60, 240),
-    "batchSession": GroupLimits.of(10, 20, 60),
-    "batchSessionClose": GroupLimits.of(20, 40, 120),
-    "invoiceSend": GroupLimits.of(10, 30, 180),
-    "invoiceStatus": GroupLimits.of(30, 120, 1200),
-    "sessionList": GroupLimits.of(5, 10, 60),
-    "sessionInvoiceList": GroupLimits.of(10, 20, 200),
-    "sessionMisc": GroupLimits.of(10, 120, 1200),
-    "invoiceMetadata": GroupLimits.of(8, 16, 20),
-    "invoiceExport": GroupLimits.of(8, 16, 20),
-    "invoiceExportStatus": GroupLimits.of(10, 60, 600),
-    "invoiceDownload": GroupLimits.of(8, 16, 64),
-    "other": GroupLimits.of(10, 30, 120),
-    "collectiveIdentifier": GroupLimits.of(20, 120, 240),
-    "anonymous": GroupLimits.of(60, -1, -1),
-    "global": GroupLimits.of(-1, -1, -1),
-}
-
-
-def parse_rate_limits(body: Mapping[str, Any]) -> dict[str, GroupLimits]:
-    """Read an `EffectiveApiRateLimits` body (GET /rate-limits) leniently (§14.7 point 5): groups we
-    do not know are ignored, a malformed entry keeps the default, and -1 means "no limit"."""
-    parsed: dict[str, GroupLimits] = {}
-    for group, default in PRODUCTION_LIMITS.items():
-        entry = body.get(group)
-        if not isinstance(entry, Mapping):
-            parsed[group] = default
-            continue
-        values = [entry.get(name) for name in ("perSecond", "perMinute", "perHour")]
-        numbers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-        if len(numbers) == 3:
-            parsed[group] = GroupLimits.of(*numbers)
-        else:
-            log.warning("ratelimit.malformed_group", group=group, entry=str(entry)[:200])
-            parsed[group] = default
-    return parsed
 
 
 async def adopt_server_limits(limiter: RateLimiter, auth: AuthSession) -> dict[str, GroupLimits]:
@@ -297,7 +232,23 @@ class RateLimiter:
             return
         now = self._now()
         previous = await self._journal.start_run()
-        grants = await self._journal.grants_since(now - HOUR - self._margin)
+        grants, unanswered = await self._take_in(self._journal, now)
+        if unanswered:
+            await self._journal.record([], unanswered, {})
+        if previous is not None and not previous.clean:
+            self._after_unclean_stop(previous, now)
+        log.info("ratelimit.restored", grants=len(grants), in_flight=len(unanswered),
+                 blocks=sum(1 for u in self._blocks.values() if u > now),
+                 clean_stop=previous.clean if previous is not None else None)
+
+    async def observe(self, journal: LimiterJournal) -> None:
+        """Take in what the daemon has recorded (grants, blocks, limits) without writing anything or starting a
+        run: for a process beside it (`ksefd check`), which must not send into a block or a full window either.
+        Requests in flight are counted from now, as after a restart."""
+        await self._take_in(journal, self._now())
+
+    async def _take_in(self, journal: LimiterJournal, now: float) -> tuple[list[GrantRow], list[tuple[int, float]]]:
+        grants = await journal.grants_since(now - HOUR - self._margin)
         unanswered: list[tuple[int, float]] = []
         for row, context, group, at, answered in grants:
             if answered is None:
@@ -306,23 +257,17 @@ class RateLimiter:
                 # which is before now: presume now, and record that so the next start does not move it again.
                 unanswered.append((row, now))
             self._bucket(context, group).record(now if answered is None else max(at, answered))
-        if unanswered:
-            await self._journal.record([], unanswered, {})
-        for context, until in (await self._journal.blocks()).items():
+        for context, until in (await journal.blocks()).items():
             if until > max(now, self._blocks.get(context, 0.0)):
                 self._blocks[context] = until
-        for context, text in (await self._journal.limits()).items():
+        for context, text in (await journal.limits()).items():
             try:
                 table = {g: GroupLimits.of(*v) for g, v in json.loads(text).items()}
             except (ValueError, TypeError):
                 log.warning("ratelimit.saved_limits_unreadable", context=context)
                 continue
             self._per_context.setdefault(context, table)
-        if previous is not None and not previous.clean:
-            self._after_unclean_stop(previous, now)
-        log.info("ratelimit.restored", grants=len(grants), in_flight=len(unanswered),
-                 blocks=sum(1 for u in self._blocks.values() if u > now),
-                 clean_stop=previous.clean if previous is not None else None)
+        return grants, unanswered
 
     async def close(self) -> None:
         """A clean stop: everything queued (answer times too) is committed and the run is marked as ended

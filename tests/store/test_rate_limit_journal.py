@@ -247,3 +247,20 @@ async def test_requests_queued_or_being_granted_when_a_429_arrives_wait_for_the_
     await clock.drive(scenario())
     assert len(released) == 25 and min(released) >= 100.0
     assert daemon.limiter.delay(B, "invoiceSend") == 0                     # another company is not slowed
+
+
+async def test_a_process_beside_the_daemon_observes_its_windows_and_blocks_without_writing(
+        start: Callable[..., object], db_path: Path) -> None:
+    """`ksefd check` beside a running daemon: it must honour the daemon's block and full windows, and must not
+    take over the journal's run marker (the daemon's clean or unclean stop is judged by it)."""
+    daemon: Daemon = await start()  # type: ignore[misc]
+    for _ in range(10):
+        daemon.limiter.answered(await daemon.limiter.acquire(A, "invoiceSend"))
+    await daemon.limiter.penalise(B, "other", 40.0)
+    marker = rows(db_path, "SELECT value FROM kv WHERE key = 'run'")
+    clock: VirtualClock = start.clock  # type: ignore[attr-defined]
+    side = RateLimiter(now=clock.now, sleep=clock.sleep, margin=0.0)
+    await side.observe(daemon.store.rate_limits)
+    assert side.delay(A, "invoiceSend") == pytest.approx(1.0)
+    assert side.delay(B, "other") == pytest.approx(40.0)
+    assert rows(db_path, "SELECT value FROM kv WHERE key = 'run'") == marker
