@@ -27,6 +27,7 @@ from ksefd.sim.config import SimConfig
 from ksefd.store import InvoiceState, Store
 from tests.daemon.inbox_support import BUYER_NIP, send_batches, warsaw_day
 from tests.daemon.support import (
+    OTHER,
     SELLER,
     drop,
     invoice,
@@ -38,7 +39,7 @@ from tests.daemon.support import (
     wait_logged,
     write_config,
 )
-from tests.support.ksef_auth import create_ksef_token
+from tests.support.ksef_auth import access_token, create_ksef_token
 
 INVOICES = 60
 KILLS = 10
@@ -171,3 +172,79 @@ async def test_a_crash_loop_while_receiving_never_sends_into_a_block(
     assert exports >= KILLS                                      # the runs were killed during their exports
     assert [b for b in tally["duringBlock"] if b["context"] == BUYER_NIP] == []
     assert tally["requestsDuringBlock"] == baseline["requestsDuringBlock"] == 0, tally
+
+
+BLOCKED_RECEIVED = 50
+SENT_MEANWHILE = 5
+
+
+@pytest.mark.sends_invalid_requests
+@pytest.mark.timeout(240)
+async def test_a_block_earned_before_a_crash_loop_holds_every_restart_and_no_other_company(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Another client in the buyer's context (here: this test) has spent the minute's 16 exports, so the daemon's
+    export earns a 429 with a Retry-After of about a minute. The daemon is then killed and restarted ten times:
+    no restart may send anything into that block (before issue #10 each restart forgot it, sent again and
+    lengthened it). Meanwhile a second company in the same daemon sends its invoices as if nothing happened."""
+    sim = await sim_factory(config=SimConfig(limits_profile="production", hwm_lag_s=1))
+    clock = SystemClock()
+    received = {s.ksef_number: s.xml for s in await send_batches(http, sim.base_url, clock, tmp_path,
+                                                                  BLOCKED_RECEIVED)}
+    await asyncio.sleep(1.2)                                     # the HWM passes the last invoice
+    buyer_token = tmp_path / "buyer.token"
+    buyer_token.write_text(await create_ksef_token(http, sim.base_url, BUYER_NIP, ["InvoiceRead"]))
+    seller_token = await token_file(http, sim.base_url, tmp_path, SELLER)
+    path = write_config(tmp_path, sim.base_url, [
+        {"name": "acme", "nip": SELLER, "token_file": str(seller_token)},
+        {"name": "buyer", "nip": BUYER_NIP, "token_file": str(buyer_token), "send": False, "receive": True}],
+        sending={"batch_threshold": 1000, "online_idle_close_seconds": 1}, daemon={"shutdown_grace_seconds": 2})
+    with path.open("a", encoding="utf-8") as extra:
+        extra.write(f"\n[companies.receiving]\nbackfill_from = {warsaw_day(clock) - dt.timedelta(days=1)}\n")
+    config = load(path)
+    acme, buyer = config.company("acme"), config.company("buyer")
+    sends = {f"FV-{n}.xml": invoice(f"MEANWHILE/{n}", buyer=OTHER) for n in range(SENT_MEANWHILE)}
+    for name, data in sends.items():
+        drop(acme.folders.outbox, name, data)
+    # The other client: 16 export requests in the buyer's context (refused as malformed, but counted, §7).
+    bearer = {"Authorization": f"Bearer {await access_token(http, sim.base_url, BUYER_NIP, ['InvoiceRead'])}"}
+    for n in range(16):
+        if n == 8:
+            await asyncio.sleep(1.05)                            # 8 per second
+        async with http.post(f"{sim.base_url}/invoices/exports", json={}, headers=bearer) as resp:
+            assert resp.status == 400
+    log = tmp_path / "daemon.log"
+    rng = random.Random(429)
+
+    running: list[asyncio.subprocess.Process] = []
+    started = time.monotonic()
+    try:
+        for run in range(1, KILLS + 1):
+            running.append(proc := await start_daemon(path, log))
+            await wait_logged(log, "ratelimit.429" if run == 1 else "daemon.started", 1 if run == 1 else run, proc)
+            await asyncio.sleep(rng.uniform(0.2, 1.0))
+            proc.send_signal(signal.SIGKILL)
+            assert await proc.wait() == -signal.SIGKILL, f"run {run} ended on its own; see {log}"
+        kill_loop = time.monotonic() - started
+        block = (await sim_tally(http, sim))["blocks"]
+        assert [(b["context"], b["group"]) for b in block] == [(BUYER_NIP, "invoiceExport")]
+        block_left = block[0]["seconds"]
+        running.append(final := await start_daemon(path, log, "--once"))
+        async with asyncio.timeout(block_left):                  # the other company is not held by the block
+            while len(list(acme.folders.sent.glob("*.upo.xml"))) < SENT_MEANWHILE:   # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        meanwhile = time.monotonic() - started
+        assert await asyncio.wait_for(final.wait(), 200) == 0, f"see {log}"
+        drained = time.monotonic() - started
+    finally:
+        for proc in running:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert kill_loop <= KILL_LOOP_S, f"{KILLS} kills took {kill_loop:.1f} s"
+    assert {p.stem: p.read_bytes() for p in buyer.folders.inbox.glob("*.xml")} == received
+    tally = await sim_tally(http, sim)
+    print(f"\nblocked receiving: {KILLS} kills in {kill_loop:.1f} s with {block_left:.0f} s of block left; the other "
+          f"company's {SENT_MEANWHILE} invoices sent by {meanwhile:.1f} s; drained in {drained:.1f} s; 429s: "
+          f"{tally['tooManyRequests']}, longest Retry-After: {tally['longestRetryAfter']} s, requests during a "
+          f"block: {tally['requestsDuringBlock']}")
+    assert tally["tooManyRequests"] == 1 and tally["requestsDuringBlock"] == 0, tally
