@@ -28,13 +28,22 @@ from ksefd.daemon.certificate_files import (
     login_credentials,
     new_paths,
 )
-from ksefd.ksef import key_files
-from ksefd.ksef.auth import ContextIdentifier
-from ksefd.ksef.certificates import CertificateType, build_csr, new_key
-from ksefd.ksef.client import KsefClient, KsefContext
-from ksefd.ksef.credentials import CertificateCredentials, load_certificate, load_certificates, load_pkcs12
-from ksefd.ksef.errors import Forbidden, KsefError
-from ksefd.ksef.qr import certificate_serial_hex
+from ksefd.ksef import (
+    CertificateCredentials,
+    CertificateType,
+    ContextIdentifier,
+    Forbidden,
+    KsefClient,
+    KsefContext,
+    KsefError,
+    build_csr,
+    certificate_serial_hex,
+    key_files,
+    load_certificate,
+    load_certificates,
+    load_pkcs12,
+    new_key,
+)
 
 TYPES: dict[str, CertificateType] = {"authentication": "Authentication", "offline": "Offline"}
 

@@ -16,7 +16,8 @@ from ksefd.logs import configure_logging
 if TYPE_CHECKING:
     from ksefd.config import Config
 
-EX_CONFIG = 78  # sysexits.h EX_CONFIG: bad configuration
+EX_CONFIG = 78           # sysexits.h EX_CONFIG: bad configuration
+EX_SOFTWARE = 70         # sysexits.h EX_SOFTWARE: the installation is broken (the FA(3) schema cannot be compiled)
 
 
 def _sim_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -176,10 +177,15 @@ def _load(path: Path) -> Config:
 async def _run_daemon(config: Config, once: bool) -> int:
     from ksefd.daemon.lifecycle import ShutdownSignals
     from ksefd.daemon.service import serve
+    from ksefd.invoice import SchemaUnavailable
 
     stop, force = asyncio.Event(), asyncio.Event()
-    with ShutdownSignals(stop, force):      # a first signal drains, a second one forces (DESIGN.md convention 2)
-        await serve(config, stop, once=once, force=force)
+    try:
+        with ShutdownSignals(stop, force):  # a first signal drains, a second one forces (DESIGN.md convention 2)
+            await serve(config, stop, once=once, force=force)
+    except SchemaUnavailable as error:
+        print(f"ksefd: {error}", file=sys.stderr)
+        return EX_SOFTWARE
     return 0
 
 

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ksefd.config import Company
-from ksefd.ksef import key_files
-from ksefd.ksef.credentials import CertificateCredentials, load_certificate, load_pkcs12
-from ksefd.ksef.errors import CredentialsError
+from ksefd.ksef import CertificateCredentials, CredentialsError, key_files, load_certificate, load_pkcs12
 
 _PKCS12 = (".p12", ".pfx")
 CONFIG_KEYS = {

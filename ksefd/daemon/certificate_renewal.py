@@ -28,22 +28,23 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ksefd.config import Company, Config
-from ksefd.ksef import key_files
-from ksefd.ksef.auth import ContextIdentifier
-from ksefd.ksef.certificates import (
+from ksefd.ksef import (
+    CertificateCredentials,
     CertificateManager,
     CertificateType,
+    ContextIdentifier,
     EnrollmentFailed,
     EnrollmentPending,
+    KsefClient,
+    KsefError,
     PrivateKey,
     build_csr,
+    certificate_serial_hex,
+    key_files,
+    load_private_key,
     new_key,
     public_key_der,
 )
-from ksefd.ksef.client import KsefClient
-from ksefd.ksef.credentials import CertificateCredentials, load_private_key
-from ksefd.ksef.errors import KsefError
-from ksefd.ksef.qr import certificate_serial_hex
 from ksefd.store import Renewal, Store
 
 from .certificate_files import login_credentials, offline_credentials

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ksefd.ksef import key_files
-from ksefd.ksef.credentials import load_private_key
+from ksefd.ksef import key_files, load_private_key
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,22 @@ import structlog
 
 from ksefd.clock import Clock, SystemClock, warsaw_date
 from ksefd.config import Company, Config
-from ksefd.ksef.auth import ContextIdentifier, Credentials
-from ksefd.ksef.client import KsefClient, KsefContext
-from ksefd.ksef.credentials import CertificateCredentials, KsefToken
-from ksefd.ksef.environments import Environment
-from ksefd.ksef.errors import AuthenticationFailed, KsefError
-from ksefd.ksef.permissions import personal_permissions, token_permissions
-from ksefd.ksef.ratelimit import RateLimiter
-from ksefd.ksef.transport import RetryPolicy, Transport
+from ksefd.ksef import (
+    AuthenticationFailed,
+    CertificateCredentials,
+    ContextIdentifier,
+    Credentials,
+    Environment,
+    KsefClient,
+    KsefContext,
+    KsefError,
+    KsefToken,
+    RateLimiter,
+    RetryPolicy,
+    Transport,
+    personal_permissions,
+    token_permissions,
+)
 
 from .check_local import CERTIFICATE_FIX, check_credentials, check_folders, check_general
 from .check_report import CheckReport, CompanyCheck

@@ -10,9 +10,7 @@ import tempfile
 from pathlib import Path
 
 from ksefd.config import Company, Config
-from ksefd.ksef.auth import Credentials
-from ksefd.ksef.credentials import CertificateCredentials, KsefToken
-from ksefd.ksef.errors import CredentialsError
+from ksefd.ksef import CertificateCredentials, Credentials, CredentialsError, KsefToken
 from ksefd.store.migrations import MIGRATIONS
 
 from .check_report import CheckReport, CompanyCheck

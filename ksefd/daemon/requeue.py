@@ -19,7 +19,7 @@ from ksefd import spool
 from ksefd.clock import Clock, warsaw_date
 from ksefd.config import Company, Config
 from ksefd.invoice import InvoiceRejected, check_invoice
-from ksefd.ksef.crypto import sha256_b64
+from ksefd.ksef import sha256_b64
 from ksefd.store import Store
 
 _REQUEUED = re.compile(r"\.requeue-\d+$")

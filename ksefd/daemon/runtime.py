@@ -17,8 +17,7 @@ import structlog
 
 from ksefd.clock import Clock
 from ksefd.config import Company, Config
-from ksefd.ksef.client import KsefClient
-from ksefd.ksef.ratelimit import RateLimiter
+from ksefd.ksef import KsefClient, RateLimiter
 from ksefd.store import Store
 
 log = structlog.get_logger("ksefd.daemon")

@@ -29,7 +29,8 @@ import structlog
 from ksefd import __version__
 from ksefd.clock import Clock, SystemClock
 from ksefd.config import Config
-from ksefd.ksef.ratelimit import RateLimiter
+from ksefd.invoice import load_schema
+from ksefd.ksef import RateLimiter
 from ksefd.store import Store
 
 from . import notify
@@ -38,6 +39,7 @@ from .connection import CompanyConnection
 from .inbox.runner import run_inbox
 from .lifecycle import every, guarded
 from .notify_status import one_line
+from .outbox.watch import OutboxWatcher
 from .outbox.worker import OutboxWorker
 from .runtime import Runtime
 from .status import gather
@@ -73,7 +75,10 @@ async def serve(config: Config, stop: asyncio.Event, *, clock: Clock | None = No
 
 
 async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
-    store = await Store.open(config.state_db, clock)
+    # Compiled once, before any check thread runs (issue #15 point 6): a broken installation stops the start
+    # here with SchemaUnavailable, not at the first invoice.
+    await asyncio.to_thread(load_schema)
+    store = await Store.open(config.state_db, clock, private_folder=config.state_db.parent != config.data_dir)
     limiter = RateLimiter(now=lambda: clock.now().timestamp(), sleep=clock.sleep,
                           journal=store.rate_limits)    # every grant committed before its request (issue #10)
     await limiter.load()
@@ -93,12 +98,22 @@ class Daemon:
         self.draining = asyncio.Event()
         companies = [c for c in runtime.config.companies if c.send or c.receive]
         self.connections = {c.name: CompanyConnection(runtime, c) for c in companies}
-        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name]) for c in companies if c.send]
+        self.watcher = OutboxWatcher()         # one for every outbox (issue #16 point 4)
+        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name], self.watcher)
+                        for c in companies if c.send]
         self.receivers: list[asyncio.Task[None]] = []
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self, group: asyncio.TaskGroup) -> None:
         runtime, draining = self.runtime, self.draining
+        for worker in self.workers:     # the folders first, so that the watcher sees every outbox
+            try:
+                worker.files.prepare()
+            except OSError as exc:      # the worker's own start tries again (and says so); the others go on
+                log.error("outbox.folders_unusable", company=worker.company.name, error=str(exc))
+        if self.workers:
+            self.tasks.append(group.create_task(guarded("outbox-watcher", functools.partial(
+                self.watcher.run, draining), draining), name="outbox-watcher"))
         for worker in self.workers:
             name = f"outbox:{worker.company.name}"
             self.tasks.append(group.create_task(guarded(name, functools.partial(worker.run, draining), draining),

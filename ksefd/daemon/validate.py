@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ksefd.invoice import InvoiceRejected, check_invoice
-from ksefd.ksef.crypto import sha256_b64
+from ksefd.ksef import sha256_b64
 
 
 @dataclass

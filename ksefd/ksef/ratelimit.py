@@ -256,7 +256,9 @@ class RateLimiter:
                 # or before its answer time was written. KSeF may have counted it as late as that run's end,
                 # which is before now: presume now, and record that so the next start does not move it again.
                 unanswered.append((row, now))
-            self._bucket(context, group).record(now if answered is None else max(at, answered))
+            stamp = now if answered is None else max(at, answered)
+            self._bucket(context, group).record(stamp)
+            self._count_globally(group, stamp)
         for context, until in (await journal.blocks()).items():
             if until > max(now, self._blocks.get(context, 0.0)):
                 self._blocks[context] = until
@@ -267,6 +269,10 @@ class RateLimiter:
                 log.warning("ratelimit.saved_limits_unreadable", context=context)
                 continue
             self._per_context.setdefault(context, table)
+            restored_global = table.get(GLOBAL_GROUP)
+            if restored_global is not None and restored_global.windows() and \
+                    not self._defaults[GLOBAL_GROUP].windows():
+                self._defaults[GLOBAL_GROUP] = restored_global   # per IP: not only for that context
         return grants, unanswered
 
     async def close(self) -> None:
@@ -323,13 +329,20 @@ class RateLimiter:
         return bucket
 
     def _uses_global(self, group: str) -> bool:
-        return bool(self._defaults[GLOBAL_GROUP].windows()) and group != GLOBAL_GROUP
+        # Every request counts in `global`, even while it is -1: when GET /rate-limits turns it positive (§15:
+        # 75/s in the 2.9.0 example), the requests of the last hour already count, as they do on KSeF's side.
+        return group != GLOBAL_GROUP
+
+    def _count_globally(self, group: str, at: float) -> None:
+        if self._uses_global(group):
+            every_request = self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP)
+            every_request.record(at)
+            every_request.prune(self._now(), HOUR + self._margin)
 
     def _grant(self, context: str, group: str) -> Grant:
         grant = Grant(context, group, self._now())
         self._bucket(context, group).record(grant.at)
-        if self._uses_global(group):
-            self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP).record(grant.at)
+        self._count_globally(group, grant.at)
         if self._commit is not None:
             self._commit.queue_grant(grant)
         return grant

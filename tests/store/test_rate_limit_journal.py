@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ksefd.clock import ManualClock
-from ksefd.ksef.ratelimit import PRODUCTION_LIMITS, RateLimiter
+from ksefd.ksef.ratelimit import PRODUCTION_LIMITS, GroupLimits, RateLimiter
 from ksefd.store import BootIdentity, RateLimitJournal, Store
 from tests.ksef.virtual_time import VirtualClock
 from tests.store.conftest import START
@@ -264,3 +264,16 @@ async def test_a_process_beside_the_daemon_observes_its_windows_and_blocks_witho
     assert side.delay(A, "invoiceSend") == pytest.approx(1.0)
     assert side.delay(B, "other") == pytest.approx(40.0)
     assert rows(db_path, "SELECT value FROM kv WHERE key = 'run'") == marker
+
+
+async def test_a_positive_global_limit_survives_a_restart_for_every_context(start: Callable[..., object]) -> None:
+    """`global` is per IP (PROTOCOL.md §14.5, §15): adopted in one context, after a restart it limits all."""
+    first: Daemon = await start()  # type: ignore[misc]
+    first.limiter.set_limits(A, {**PRODUCTION_LIMITS, "global": GroupLimits(2, None, None)})
+    await first.limiter.save_limits(A)
+    first.limiter.answered(await first.limiter.acquire(A, "other"))
+    first.limiter.answered(await first.limiter.acquire(B, "other"))
+    await first.limiter.close()
+    second: Daemon = await start()  # type: ignore[misc]
+    assert second.limiter.limits_for("Nip:3333333333", "global") == GroupLimits(2, None, None)
+    assert second.limiter.delay("Nip:3333333333", "sessionMisc") == pytest.approx(1.0)

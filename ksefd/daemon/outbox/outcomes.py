@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ksefd.config import Company
-from ksefd.ksef import qr
-from ksefd.ksef.errors import KsefError
-from ksefd.ksef.models import SessionInvoice
+from ksefd.ksef import KsefError, SessionInvoice, qr
 from ksefd.store import Change, InvoiceRow, InvoiceState, SessionRow
 
 from ..connection import CompanyConnection
