@@ -5,14 +5,14 @@ Phases, each logged (the shape of uvicorn's server: startup -> main loop -> shut
 
 * startup: open the state database (migrations), restore the rate limiter's windows, create one
   connection per company (shared by its outbox and inbox halves) and each sending company's outbox worker;
-* main loop: every company's halves, the limiter's autosave and the heartbeat, all owned by one TaskGroup
+* main loop: every company's halves and the heartbeat, all owned by one TaskGroup
   and each guarded (a failure is logged and retried, never the end of the other companies), until `stop`
   is set, or, with `once=True` (drain mode), until every worker reports that nothing is left to do;
 * drain: workers stop taking new work; what is in flight gets `shutdown_grace_seconds` to finish (cut short
   by `force`, a second signal), then it is cancelled, which is safe: every step is persisted before its
   KSeF call;
-* shutdown (always, also after an error in the TaskGroup): online sessions are closed, the limiter saved,
-  the clients and the database closed.
+* shutdown (always, also after an error in the TaskGroup): online sessions are closed, the limiter's run
+  marked as ended cleanly, the clients and the database closed.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from .notify_status import one_line
 from .outbox.sending_off import return_unsent
 from .outbox.watch import OutboxWatcher
 from .outbox.worker import OutboxWorker
-from .runtime import Runtime, StoreLimiterPersistence
+from .runtime import Runtime
 from .status import gather
 
 log = structlog.get_logger("ksefd.daemon")
@@ -99,7 +99,7 @@ async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
                              f"({error})", "If the disk is full, free space; if the file is not ksefd's state "
                              "database, point state_db elsewhere.") from None
     limiter = RateLimiter(now=lambda: clock.now().timestamp(), sleep=clock.sleep,
-                          store=StoreLimiterPersistence(store))
+                          journal=store.rate_limits)    # every grant committed before its request (issue #10)
     await limiter.load()
     runtime = Runtime(config, store, clock, limiter, once=once)
     for company in config.companies:
@@ -156,11 +156,6 @@ class Daemon:
                 "companies": [c.name for c in runtime.config.companies]})
 
         self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, beat, draining, "heartbeat"), name="heartbeat"))
-        # The limiter's windows, saved every few seconds (and at shutdown) so that a restart does not spend a
-        # quota twice (issue #5 item 4).
-        self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, runtime.limiter.save, draining,
-                                                  "limiter-autosave"), name="limiter-autosave"))
-
         async def renew() -> None:
             await renew_due_certificates(runtime.config, runtime.store, runtime.clock, runtime.client_for)
 
@@ -227,7 +222,7 @@ class Daemon:
                 task.cancel()
 
     async def shutdown(self) -> None:
-        """Always runs: close online sessions (bounded), save the limiter, close clients and the database."""
+        """Always runs: close online sessions (bounded), mark the limiter's run clean, close clients and the DB."""
         limit = FORCED_CLOSE_SECONDS if self.force.is_set() else max(1.0, self.runtime.config.shutdown_grace_seconds)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(limit):
@@ -236,7 +231,7 @@ class Daemon:
         with contextlib.suppress(Exception):
             self.problems = await self._problems()
         with contextlib.suppress(Exception):
-            await runtime.limiter.save()
+            await runtime.limiter.close()
         with contextlib.suppress(Exception):
             await runtime.store.heartbeat.beat("daemon", {"version": __version__, "stopped": True})
         await runtime.close_clients()

@@ -67,7 +67,7 @@ from .models import ContextLimits, SessionInvoice, SessionStatus
 from .online import FA3, OnlineOptions, OnlineSender, OnlineSession
 from .permissions import personal_permissions, token_permissions
 from .qr import certificate_serial_hex
-from .ratelimit import LimiterSnapshot, RateLimiter, adopt_server_limits
+from .ratelimit import RateLimiter, adopt_server_limits
 from .receiving import (
     KSEF_NUMBER_RE,
     MAX_WINDOW,
@@ -113,7 +113,6 @@ __all__ = [
     "KsefError",
     "KsefException",
     "KsefToken",
-    "LimiterSnapshot",
     "OnlineOptions",
     "OnlineSender",
     "OnlineSession",

@@ -16,6 +16,7 @@ from .health import HeartbeatRepo, HoldRepo
 from .inbox import InboxRepo
 from .invoices import InvoiceRepo
 from .kv import KeyValueRepo
+from .ratelimits import RateLimitJournal
 from .sessions import SessionRepo
 
 
@@ -34,6 +35,7 @@ class Store:
         self.sessions = SessionRepo(db, now)
         self.inbox = InboxRepo(db, now)
         self.kv = KeyValueRepo(db, now)
+        self.rate_limits = RateLimitJournal(db, now)     # ksefd.ksef.ratelimit_journal.LimiterJournal
         self.holds = HoldRepo(db, now)
         self.heartbeat = HeartbeatRepo(db, now)
         self.events = EventRepo(db)
