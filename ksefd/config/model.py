@@ -48,6 +48,8 @@ class DaemonSection(Strict, frozen=True):
     shutdown_grace_seconds: NonNegative = 30.0
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "127.0.0.1:9464": /healthz, /readyz, /metrics and the status page (ksefd/daemon/http_server.py); off if unset
+    http: str | None = None
 
 
 class SendingOptions(Strict, frozen=True):
@@ -154,6 +156,7 @@ class Config:
     log_format: Literal["auto", "console", "json"]
     log_level: Literal["debug", "info", "warning", "error"]
     companies: tuple[Company, ...]
+    http: tuple[str, int] | None = None          # [daemon] http: where the health/metrics endpoint listens
 
     def company(self, name: str) -> Company:
         for company in self.companies:
