@@ -82,7 +82,8 @@ def _hold(c: CompanyStatus) -> str:
     if not c.on_hold:
         return ""
     h = c.on_hold
-    return (f"<p class=\"hold\"><b>On hold</b> since {_e(_when(h['since']))} ({_e(h['code'])}): {_e(h['reason'])}. "
+    reason = str(h["reason"]).rstrip(".")
+    return (f"<p class=\"hold\"><b>On hold</b> since {_e(_when(h['since']))} ({_e(h['code'])}): {_e(reason)}. "
             f"Next try {_e(_when(h['nextRetryAt']))}; held invoices go on by themselves once this is fixed.</p>")
 
 
