@@ -118,7 +118,7 @@ def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ksefd", description="KSeF (API 2.0) daemon for file-based ERPs")
     parser.add_argument("--version", action="version", version=f"ksefd {__version__}")
-    parser.add_argument("--log-format", choices=["auto", "console", "json"], default=None,
+    parser.add_argument("--log-format", choices=["auto", "console", "json", "journal"], default=None,
                         help="log format (default: the config's log_format, else auto)")
     sub = parser.add_subparsers(dest="command", required=True)
     _sim_parser(sub)
