@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _certificate_parser(sub)
     _check_parser(sub)
     _ops_parsers(sub)
+    from ksefd import credentials_cli
+    credentials_cli.add_parser(sub)
     return parser
 
 
@@ -279,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "service":
         from ksefd.winservice import main as service_main
         return service_main(args.action, args.config, args.startup)
+    if args.command == "credentials":       # reads the config leniently: the token file may not exist yet
+        configure_logging(args.log_format or "console", logging.WARNING)
+        from ksefd import credentials_cli
+        return asyncio.run(credentials_cli.run(args))
     if args.command in ("validate", "qr"):        # no config needed, nothing but the files
         configure_logging(args.log_format or "console", logging.WARNING)
         return _validate(args) if args.command == "validate" else _qr(args)
