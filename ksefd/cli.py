@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -193,15 +194,23 @@ async def _run_daemon(config: Config, once: bool) -> int:
 
 async def _show_status(config: Config, as_json: bool) -> int:
     from ksefd.clock import SystemClock
-    from ksefd.daemon.status import gather, render, to_json_text
+    from ksefd.daemon.status import gather, render
     from ksefd.store import Store
 
     if not config.state_db.exists():
         print(f"no state database yet at {config.state_db}: ksefd has not run with this config", file=sys.stderr)
         return 1
+    from ksefd.clock import warsaw_today
+    from ksefd.daemon.credential_expiry import warnings
+
     async with await Store.open(config.state_db) as store:
         status = await gather(store, config, SystemClock())
-    print(to_json_text(status) if as_json else render(status))
+    # Credential ends (issue #12 point 7): every company still on a KSeF token, certificates within 60 days.
+    due = warnings(config, warsaw_today(SystemClock()))
+    if as_json:
+        print(json.dumps({**status.to_json(), "credentialWarnings": due}, ensure_ascii=False, indent=2))
+    else:
+        print(render(status) + ("\n\nCredentials\n" + "\n".join(f"  WARNING {w}" for w in due) if due else ""))
     return 0
 
 
