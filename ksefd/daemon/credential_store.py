@@ -26,7 +26,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from ksefd.config import Environment, nip_is_valid
-from ksefd.ksef import ContextIdentifier, CredentialsError, KsefClient, KsefError, KsefToken
+from ksefd.ksef import ContextIdentifier, CredentialsError, KsefClient, KsefError, KsefToken, key_files
 
 from . import dpapi
 
@@ -201,20 +200,9 @@ def ensure_private_folder(folder: Path) -> None:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically, readable only by its owner (0600) from the first byte."""
+    """Write `data` to `path` atomically, readable only by its owner (0600) from the first byte, in a 0700 folder."""
     ensure_private_folder(path.parent)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")   # mkstemp creates it 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o600)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    key_files.write_private(path, data)
 
 
 def read_secret_text(path: Path) -> str:
