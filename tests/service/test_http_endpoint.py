@@ -4,6 +4,7 @@ flow; the held company shows on /readyz (a hold is ready: a person must act) and
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from aiohttp.test_utils import TestServer
 
 from ksefd.config import ConfigError, load_config
 from ksefd.daemon.metrics import RequestMetrics
-from ksefd.ksef import RateLimited, Transport
+from ksefd.daemon.service import serve
+from ksefd.ksef import Exchange, RateLimited, Transport
 from ksefd.ksef.transport import NO_RETRY
-from tests.daemon.support import OTHER, SELLER, drop, invoice, write_config
-from tests.service.http_support import running_daemon, scrape, total, value, wait_until
+from tests.daemon.support import OTHER, SELLER, drop, invoice, load, token_file, write_config
+from tests.service.http_support import free_port, running_daemon, scrape, total, value, wait_until
 
 
 async def test_metrics_move_as_invoices_flow_and_probes_tell_the_truth(
@@ -106,3 +108,52 @@ def test_http_is_off_by_default_and_only_on_loopback(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as error:
             load_config(write_config(tmp_path, "http://127.0.0.1:9/v2", base, daemon={"http": wrong}))
         assert words in str(error.value)
+
+
+async def test_readyz_names_a_company_that_cannot_reach_ksef(sim_factory: Any, http: aiohttp.ClientSession,
+                                                            tmp_path: Path) -> None:
+    sim = await sim_factory()
+    token = await token_file(http, sim.base_url, tmp_path, SELLER)
+    port = free_port()
+    config = load(write_config(tmp_path, sim.base_url, [
+        {"name": "acme", "nip": SELLER, "token_file": str(token)},
+        {"name": "down", "nip": OTHER, "token_file": str(token), "base_url": f"http://127.0.0.1:{free_port()}/v2"}],
+        daemon={"http": f"127.0.0.1:{port}"}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(config, stop))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async def acme_connected() -> bool:
+            try:
+                async with http.get(f"{url}/readyz") as response:
+                    body = await response.json()
+            except aiohttp.ClientError:
+                return False
+            return bool(body["companies"].get("acme") == "connected")
+
+        await wait_until(acme_connected, "acme connected")
+        async with http.get(f"{url}/readyz") as response:
+            body = await response.json()
+        assert response.status == 503 and body["connecting"] == ["down"] and body["status"] == "not ready"
+        async with http.get(f"{url}/healthz") as response:
+            assert response.status == 200              # alive: not being ready is not a reason to restart it
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_a_failing_observer_never_fails_the_request(sim: Any) -> None:
+    seen: list[Exchange] = []
+
+    def broken(_exchange: Exchange) -> None:
+        raise RuntimeError("a bug in counting")
+
+    transport = Transport(sim.base_url)
+    transport.observers += [broken, seen.append]
+    try:
+        response = await transport.request("POST", "/auth/challenge")
+    finally:
+        await transport.close()
+    assert response.status == 200
+    assert [(e.group, e.template, e.status, e.context) for e in seen] == [
+        ("anonymous", "/auth/challenge", 200, "")] and seen[0].seconds > 0
