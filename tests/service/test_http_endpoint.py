@@ -5,6 +5,7 @@ flow; the held company shows on /readyz (a hold is ready: a person must act) and
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
+from ksefd.clock import ManualClock
 from ksefd.config import ConfigError, load_config
-from ksefd.daemon.metrics import RequestMetrics
+from ksefd.daemon.metrics import RequestMetrics, Snapshot, exposition, snapshot
 from ksefd.daemon.service import serve
 from ksefd.ksef import Exchange, RateLimited, Transport
 from ksefd.ksef.transport import NO_RETRY
+from ksefd.store import InvoiceState, Store
 from tests.daemon.support import OTHER, SELLER, drop, invoice, load, token_file, write_config
 from tests.service.http_support import free_port, running_daemon, scrape, total, value, wait_until
 
@@ -157,3 +161,27 @@ async def test_a_failing_observer_never_fails_the_request(sim: Any) -> None:
     assert response.status == 200
     assert [(e.group, e.template, e.status, e.context) for e in seen] == [
         ("anonymous", "/auth/challenge", 200, "")] and seen[0].seconds > 0
+
+
+async def test_the_oldest_offline_deadline_is_published_only_while_offline_invoices_wait(tmp_path: Path) -> None:
+    (tmp_path / "t").write_text("unused", encoding="utf-8")
+    config = load_config(write_config(tmp_path, "http://127.0.0.1:9/v2",
+                                      [{"name": "acme", "nip": SELLER, "token_file": "t"}]))
+    clock = ManualClock(dt.datetime(2026, 12, 7, 9, 0, tzinfo=dt.UTC))
+    deadlines = [dt.datetime(2026, 12, 9, 22, 59, 59, tzinfo=dt.UTC), dt.datetime(2026, 12, 8, 22, 59, 59,
+                                                                                    tzinfo=dt.UTC)]
+    async with await Store.open(config.state_db, clock) as store:
+        def families(taken: Snapshot) -> dict[str, Any]:
+            text = exposition(RequestMetrics(config), taken).decode()
+            return {f.name: f for f in text_string_to_metric_families(text)}
+
+        assert not families(await snapshot(store, config, clock))[
+            "ksefd_offline_oldest_deadline_timestamp_seconds"].samples
+        for number, deadline in enumerate(deadlines):
+            row = await store.invoices.add("acme", f"FV-{number}.xml", f"hash{number}", 10)
+            await store.invoices.transition(row.id, InvoiceState.CLAIMED, InvoiceState.CHECKED)
+            await store.invoices.transition(row.id, InvoiceState.CHECKED, InvoiceState.OFFLINE, offline=True,
+                                            offline_deadline=deadline)
+        (sample,) = families(await snapshot(store, config, clock))[
+            "ksefd_offline_oldest_deadline_timestamp_seconds"].samples
+    assert sample.labels == {"company": "acme"} and sample.value == min(deadlines).timestamp()

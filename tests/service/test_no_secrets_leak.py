@@ -119,9 +119,10 @@ async def test_a_full_run_leaks_no_secret(recording_sim: tuple[str, list[str]], 
             seen[:] = [text]
             return (value(now, "ksefd_invoices_accepted_total", company="acme") == 1
                     and value(now, "ksefd_invoices_rejected_total", company="acme") == 1
-                    and value(now, "ksefd_invoices_accepted_total", company="beta") == 1)
+                    and value(now, "ksefd_invoices_accepted_total", company="beta") == 1
+                    and ("ksefd_inbox_lag_seconds", (("company", "acme"), ("subject_type", "Subject2"))) in now)
 
-        await wait_until(finished, "both companies' invoices accepted", limit=60)
+        await wait_until(finished, "both companies' invoices accepted, acme's inbox past its first export", limit=60)
         for path in ("/healthz", "/readyz", "/", "/company/acme", "/company/beta"):
             async with http.get(url + path) as response:
                 seen.append(await response.text())
