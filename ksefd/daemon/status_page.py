@@ -1,5 +1,6 @@
 """The read-only HTML status page (issue #12 point 5): `/` lists the companies, `/company/NAME` shows one:
 what is queued, what is held and why, the last errors, today's counts, the inbox and credential warnings.
+The "invoice" column is the id every log line about that invoice carries (`invoice=`).
 
 Everything comes from the state database (as `ksefd status`) and the config; every value is escaped
 (`html.escape`), the page has no form, no script and no external resource, and it shows nothing secret:
@@ -114,13 +115,13 @@ async def company_page(store: Store, config: Config, clock: Clock, company: Comp
             _hold(c), "<h2>Today</h2>", counts]
     waiting = await store.invoices.in_state(company.name, *WAITING, limit=SHOWN_WAITING)
     body += ["<h2>Queued</h2>", _table(
-        ["file", "state", "since", "attempts", "next attempt", "why"],
+        ["file", "state", "since", "attempts", "next attempt", "why", "invoice"],
         [[r.file_name, r.state.value, _when(r.updated_at), r.attempts, _when(r.next_attempt_at),
-          _reason(r.last_error, r.state, c)] for r in waiting])]
+          _reason(r.last_error, r.state, c), r.id] for r in waiting])]
     held = [r for r in waiting if r.state is S.HELD]
     if held:
         body += [f"<h2>Held ({len(held)})</h2><p>Why: {_e(c.on_hold['reason'] if c.on_hold else 'see each row')}</p>"]
-    body += ["<h2>Last errors</h2>", _table(["at", "file", "state", "code", "message"],
+    body += ["<h2>Last errors</h2>", _table(["at", "file", "state", "code", "message", "invoice"],
                                             await _last_errors(store, company.name))]
     if c.receive:
         body += ["<h2>Inbox</h2>", f"<pre>{_e(chr(10).join(inbox_lines(c.inbox)))}</pre>"]
@@ -148,5 +149,5 @@ async def _last_errors(store: Store, company: str) -> list[list[Any]]:
         if not error.get("message") and row is not None and isinstance(row.last_error, dict):
             error = row.last_error
         found.append([_when(event.at), row.file_name if row else f"#{event.invoice_id}", event.to_state,
-                      error.get("code", ""), error.get("message", "")])
+                      error.get("code", ""), error.get("message", ""), event.invoice_id])
     return found
