@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 
 from .connection import CompanyConnection
-from .metrics import RequestMetrics, exposition, snapshot
+from .metrics import ConnectionCollector, RequestMetrics, exposition, snapshot
 from .runtime import Runtime
 from .status import HEARTBEAT_STALE
 from .status_page import company_page, index_page
@@ -102,7 +102,8 @@ class HttpEndpoint:
     async def metrics(self, _request: web.Request) -> web.Response:
         runtime = self.runtime
         taken = await snapshot(runtime.store, runtime.config, runtime.clock)
-        return web.Response(body=exposition(self.requests, taken), headers={"Content-Type": PROMETHEUS_TEXT})
+        text = exposition(self.requests, taken, [ConnectionCollector(await self.company_states())])
+        return web.Response(body=text, headers={"Content-Type": PROMETHEUS_TEXT})
 
     async def index(self, _request: web.Request) -> web.Response:
         runtime = self.runtime

@@ -16,13 +16,14 @@ a file's content.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ksefd import __version__
 from ksefd.clock import Clock, warsaw_date
 from ksefd.config import Config
 from ksefd.ksef import Exchange, KsefClient
@@ -170,6 +171,22 @@ class SnapshotCollector(Collector):
         if taken.heartbeat_age is not None:
             heartbeat.add_metric([], taken.heartbeat_age)
         yield from (depth, accepted, rejected, today, in_doubt, hold, offline, inbox, expiry, heartbeat)
+
+
+class ConnectionCollector(Collector):
+    """What /readyz sees, for alerting: 1 while the company is logged in to KSeF, and the build."""
+
+    def __init__(self, states: Mapping[str, str]) -> None:
+        self.states = states
+
+    def collect(self) -> Iterator[Metric]:
+        connected = GaugeMetricFamily("ksefd_company_connected", "1 while the company is logged in to KSeF (0: "
+                                      "connecting, or on hold; see ksefd_company_on_hold)", labels=["company"])
+        for company, state in sorted(self.states.items()):
+            connected.add_metric([company], 1 if state == "connected" else 0)
+        info = GaugeMetricFamily("ksefd_build_info", "The running ksefd's version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield from (connected, info)
 
 
 def exposition(requests: RequestMetrics, taken: Snapshot, extra: Iterable[Collector] = ()) -> bytes:

@@ -59,6 +59,8 @@ async def test_metrics_move_as_invoices_flow_and_probes_tell_the_truth(
         # Tokens end on 31.12.2026 (PROTOCOL.md §15): the days left are published per company.
         assert ("ksefd_credential_expiry_days", (("company", "acme"), ("kind", "token"))) in after
         assert value(after, "ksefd_heartbeat_age_seconds") < 30
+        assert value(after, "ksefd_company_connected", company="acme") == 1
+        assert value(after, "ksefd_company_connected", company="readonly") == 0
 
         async with http.get(f"{daemon.url}/readyz") as response:
             body = await response.json()
