@@ -101,14 +101,14 @@ class Daemon:
         self.draining = asyncio.Event()
         companies = [c for c in runtime.config.companies if c.send or c.receive]
         self.connections = {c.name: CompanyConnection(runtime, c) for c in companies}
+        # /healthz, /readyz, /metrics and the status page when [daemon] http is set (issue #12 point 5); built
+        # here so that its request metrics watch the KSeF clients before the first call.
+        self.http = HttpEndpoint(runtime, self.connections) if runtime.config.http is not None else None
         self.watcher = OutboxWatcher()         # one for every outbox (issue #16 point 4)
         self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name], self.watcher)
                         for c in companies if c.send]
         self.receivers: list[asyncio.Task[None]] = []
         self.tasks: list[asyncio.Task[None]] = []
-        # /healthz, /readyz, /metrics and the status page when [daemon] http is set (issue #12 point 5); built
-        # here so that its request metrics watch the KSeF clients before the first call.
-        self.http = HttpEndpoint(runtime, self.connections) if runtime.config.http is not None else None
 
     def start(self, group: asyncio.TaskGroup) -> None:
         runtime, draining = self.runtime, self.draining
