@@ -149,3 +149,40 @@ def test_dpapi_is_windows_only_and_plain_files_read_as_text(tmp_path: Path) -> N
     plain = tmp_path / "acme.token"
     plain.write_text("abc\n", encoding="utf-8")
     assert read_secret_text(plain) == "abc\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal is a POSIX thing")
+def test_on_a_terminal_the_token_is_asked_for_without_echo(tmp_path: Path) -> None:
+    import pty
+    import time
+    import warnings
+
+    config = write_config(tmp_path, "http://127.0.0.1:9/v2", [{"name": "acme", "nip": SELLER,
+                                                                "token_file": "secrets/acme.token"}])
+    token = "20251206-EC-0123456789-ABCDEF0123-45|nip-9999999999|" + "ab" * 32
+    with warnings.catch_warnings():      # "multi-threaded fork": the child only execs, which is safe
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid, master = pty.fork()
+    if pid == 0:          # the child: a terminal is its stdin, as for a person at a console
+        os.chdir(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "ksefd", "credentials", "set", "-c", str(config), "acme",
+                                  "--store", "file", "--no-verify"])
+    seen = b""
+    deadline = time.monotonic() + 30
+    while b"not shown" not in seen and time.monotonic() < deadline:
+        seen += os.read(master, 1024)
+    os.write(master, token.encode() + b"\n")
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(master, 1024)
+        except OSError:          # the child ended and closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
+    assert b"KSeF token for acme (not shown" in seen
+    assert token.encode() not in seen and b"abab" not in seen            # never echoed, never printed
+    assert (tmp_path / "secrets" / "acme.token").read_text(encoding="utf-8") == token + "\n"
