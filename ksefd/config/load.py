@@ -59,7 +59,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None,
 
 
 _T = TypeVar("_T", bound=msgspec.Struct)
-_CHOICES = {"environment": "test, demo, prod", "log_format": "auto, console, json",
+_CHOICES = {"environment": "test, demo, prod", "log_format": "auto, console, json, journal",
             "log_level": "debug, info, warning, error", "inbox_layout": "flat, year-month",
             "subject_types": "Subject1, Subject2, Subject3, SubjectAuthorized"}
 _TOP = {"ksef", "daemon", "sending", "receiving", "companies"}
@@ -144,7 +144,8 @@ class _Builder:
                       state_db=self.path(daemon.state_db) if daemon.state_db else data_dir / "state.sqlite3",
                       rescan_interval_seconds=daemon.rescan_interval_seconds,
                       settle_seconds=daemon.settle_seconds, shutdown_grace_seconds=daemon.shutdown_grace_seconds,
-                      log_format=daemon.log_format, log_level=daemon.log_level, companies=ready)
+                      log_format=daemon.log_format, log_level=daemon.log_level, companies=ready,
+                      http=self.listen_address("daemon.http", daemon.http))
 
     def company(self, raw: Any, index: int, ksef: KsefSection, data_dir: Path, sending: Any,
                 receiving: Any) -> Company | None:
@@ -206,6 +207,22 @@ class _Builder:
         elif not nip_is_valid(nip):
             self.problem(path, nip, "fails the NIP checksum (weights 6,5,7,2,3,4,5,6,7 mod 11); check the "
                                     "digits against the company's registration")
+
+    def listen_address(self, path: str, value: str | None) -> tuple[str, int] | None:
+        """[daemon] http = "HOST:PORT". Only a loopback address: the status page and /metrics have no login, so
+        they are for this machine (a reverse proxy or node exporter's textfile can publish them further)."""
+        if value is None:
+            return None
+        host, _, port = value.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            self.problem(path, value, 'is not HOST:PORT; e.g. "127.0.0.1:9464" (port 0: a free port, logged)')
+            return None
+        if not _is_loopback(host):
+            self.problem(path, value, "listens beyond this machine; the status page has no login: use 127.0.0.1 "
+                                      "(or ::1, localhost) and publish it through a reverse proxy if needed")
+            return None
+        return host, int(port)
 
     def check_url(self, path: str, url: str) -> None:
         parts = urlsplit(url)

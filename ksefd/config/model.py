@@ -46,8 +46,10 @@ class DaemonSection(Strict, frozen=True):
     rescan_interval_seconds: Positive = 30.0         # watchfiles misses events on network shares
     settle_seconds: NonNegative = 2.0                # size and mtime unchanged this long = finished
     shutdown_grace_seconds: NonNegative = 30.0
-    log_format: Literal["auto", "console", "json"] = "auto"
+    log_format: Literal["auto", "console", "json", "journal"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "127.0.0.1:9464": /healthz, /readyz, /metrics and the status page (ksefd/daemon/http_server.py); off if unset
+    http: str | None = None
 
 
 class SendingOptions(Strict, frozen=True):
@@ -154,9 +156,10 @@ class Config:
     rescan_interval_seconds: float
     settle_seconds: float
     shutdown_grace_seconds: float
-    log_format: Literal["auto", "console", "json"]
+    log_format: Literal["auto", "console", "json", "journal"]
     log_level: Literal["debug", "info", "warning", "error"]
     companies: tuple[Company, ...]
+    http: tuple[str, int] | None = None          # [daemon] http: where the health/metrics endpoint listens
 
     def company(self, name: str) -> Company:
         for company in self.companies:

@@ -37,6 +37,8 @@ from ksefd.store import Store
 from . import notify
 from .certificate_renewal import renew_due_certificates
 from .connection import CompanyConnection
+from .credential_expiry import warn_daily
+from .http_server import HttpEndpoint
 from .inbox.runner import run_inbox
 from .instance import InstanceLock, StartupProblem, check_writable
 from .lifecycle import every, guarded
@@ -51,6 +53,7 @@ log = structlog.get_logger("ksefd.daemon")
 
 HEARTBEAT_SECONDS = 5.0
 RENEWAL_CHECK_SECONDS = 86_400.0   # KSeF certificates due for renewal: looked at start-up, then daily (issue #13)
+EXPIRY_WARNING_SECONDS = 86_400.0  # credential end warnings: at start-up, then daily (issue #12 point 7)
 PROGRESS_SECONDS = 0.2
 FORCED_CLOSE_SECONDS = 1.0      # after a forced stop, closing the online sessions gets this long at most
 
@@ -122,6 +125,9 @@ class Daemon:
         self.draining = asyncio.Event()
         companies = [c for c in runtime.config.companies if c.send or c.receive]
         self.connections = {c.name: CompanyConnection(runtime, c) for c in companies}
+        # /healthz, /readyz, /metrics and the status page when [daemon] http is set (issue #12 point 5); built
+        # here so that its request metrics watch the KSeF clients before the first call.
+        self.http = HttpEndpoint(runtime, self.connections) if runtime.config.http is not None else None
         self.watcher = OutboxWatcher()         # one for every outbox (issue #16 point 4)
         self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name], self.watcher)
                         for c in companies if c.send]
@@ -162,6 +168,13 @@ class Daemon:
         if not runtime.once:
             self.tasks.append(group.create_task(every(RENEWAL_CHECK_SECONDS, renew, draining, "certificate-renewal"),
                                                 name="certificate-renewal"))
+        if self.http is not None:
+            self.tasks.append(group.create_task(guarded("http", functools.partial(self.http.run, draining), draining),
+                                                name="http"))
+        if not runtime.once:
+            warn = functools.partial(warn_daily, runtime.config, runtime.clock)
+            self.tasks.append(group.create_task(every(EXPIRY_WARNING_SECONDS, warn, draining, "credential-warnings"),
+                                                name="credential-warnings"))
         # systemd: WATCHDOG=1 from the loop and STATUS= with a one-line summary (no-ops outside systemd).
         self.tasks.append(group.create_task(notify.keepalive(draining, self._summary), name="systemd-notify"))
         self.tasks += self.receivers

@@ -77,7 +77,7 @@ from .receiving import (
     parse_instant,
     query_filters,
 )
-from .transport import RetryPolicy, Transport
+from .transport import Exchange, RequestObserver, RetryPolicy, Transport
 
 __all__ = [
     "FA3",
@@ -102,6 +102,7 @@ __all__ = [
     "EnrollmentFailed",
     "EnrollmentPending",
     "Environment",
+    "Exchange",
     "ExportFailed",
     "ExportOptions",
     "ExportPackage",
@@ -124,6 +125,7 @@ __all__ = [
     "RateLimited",
     "RateLimiter",
     "Receiver",
+    "RequestObserver",
     "RetryPolicy",
     "ServerError",
     "SessionInvoice",

@@ -242,7 +242,7 @@ class BatchRunner:
                     else:
                         fetched.append((row, (self.company.folders.sent / f"{row.result_name}.upo.xml").read_bytes()))
                 except KsefError as exc:    # stays ACCEPTED; the next round fetches it again
-                    self.log.warning("outbox.upo_failed", file=row.file_name, error=str(exc))
+                    self.log.warning("outbox.upo_failed", file=row.file_name, invoice=row.id, error=str(exc))
                     self.ledger.show(row, {"ksefNumber": row.ksef_number})
 
         async with asyncio.TaskGroup() as group:

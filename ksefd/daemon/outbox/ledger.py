@@ -111,8 +111,8 @@ class Ledger:
             fields["status_code"] = status_code
         rejected = await self.store.invoices.transition(row.id, from_state or row.state, S.REJECTED, detail=error,
                                                         **fields)
-        self.log.info("outbox.rejected", file=row.file_name, stage=error.get("stage"), code=error.get("code"),
-                      rejected_as=stem)
+        self.log.info("outbox.rejected", file=row.file_name, invoice=row.id, stage=error.get("stage"),
+                      code=error.get("code"), rejected_as=stem)
         self.files.clear_state(rejected)
         self.files.discard_work(rejected)
         self._wake(S.REJECTED)
@@ -232,4 +232,4 @@ class Ledger:
         try:
             self.files.write_state(row, str(row.state), message, {**info, **(extra or {})})
         except OSError as exc:
-            self.log.warning("outbox.state_file_failed", file=row.file_name, error=str(exc))
+            self.log.warning("outbox.state_file_failed", file=row.file_name, invoice=row.id, error=str(exc))

@@ -95,7 +95,7 @@ class OnlineChannel:
             sent = await self.sender.send(data, before_post=before_post)
         except OutcomeUnknown as exc:
             await self.ledger.move(current[0], S.IN_DOUBT, from_state=S.SUBMITTING, detail={"error": str(exc)})
-            self.log.warning("outbox.in_doubt", file=row.file_name, session=exc.session_reference)
+            self.log.warning("outbox.in_doubt", file=row.file_name, invoice=row.id, session=exc.session_reference)
             return None
         except KsefError as exc:
             return await self._failed(current[0], exc)
@@ -111,8 +111,8 @@ class OnlineChannel:
 
     async def _failed(self, row: InvoiceRow, exc: KsefError) -> Failure | None:
         failure = classify(exc)
-        self.log.warning("outbox.send_failed", file=row.file_name, verdict=failure.verdict, code=failure.code,
-                             error=failure.message)
+        self.log.warning("outbox.send_failed", file=row.file_name, invoice=row.id, verdict=failure.verdict,
+                         code=failure.code, error=failure.message)
         if failure.verdict == "hold":
             await self.ledger.hold_one(row, failure, "ksef-send")
             return failure

@@ -115,7 +115,8 @@ class Outcomes:
             row, S.ACCEPTED, from_state=S.PROCESSING, show={"ksefNumber": invoice.ksef_number},
             ksef_number=invoice.ksef_number, result_name=stem, status_code=200,
             detail={"ksefNumber": invoice.ksef_number, "session": session_reference})
-        self.log.info("outbox.accepted", file=row.file_name, ksef_number=invoice.ksef_number, sent_as=stem)
+        self.log.info("outbox.accepted", file=row.file_name, invoice=row.id, ksef_number=invoice.ksef_number,
+                      sent_as=stem)
         return accepted
 
     async def accept_many(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow) -> list[Accepted]:
@@ -130,7 +131,7 @@ class Outcomes:
                    {"ksefNumber": invoice.ksef_number, "session": session.reference})
             for row, invoice, stem in written], S.PROCESSING, S.ACCEPTED)
         for row in rows:
-            self.log.info("outbox.accepted", file=row.file_name, ksef_number=row.ksef_number,
+            self.log.info("outbox.accepted", file=row.file_name, invoice=row.id, ksef_number=row.ksef_number,
                               sent_as=row.result_name)
         # No state file rewrite here: the group's UPOs follow at once and its state files are then removed;
         # an invoice whose UPO cannot be fetched gets its ACCEPTED state file then (batch.BatchRunner._upo_group).
@@ -184,7 +185,7 @@ class Outcomes:
             try:
                 return await sessions.download_presigned_upo(url)
             except KsefError as exc:    # the link expired or storage failed: the API endpoint still has it
-                self.log.info("outbox.upo_link_failed", file=row.file_name, error=str(exc))
+                self.log.info("outbox.upo_link_failed", file=row.file_name, invoice=row.id, error=str(exc))
         assert row.ksef_number is not None
         return await sessions.invoice_upo_by_ksef_number(session_reference, row.ksef_number)
 
@@ -216,7 +217,7 @@ class Outcomes:
         original = await self._original(number, original_session) if number and original_session else None
         if original is not None and original.invoice_hash == row.sha256 and original_session:
             # The same bytes: this invoice was accepted by an earlier send (PROTOCOL.md §13.5).
-            self.log.info("outbox.duplicate_is_same_document", file=row.file_name, ksef_number=number,
+            self.log.info("outbox.duplicate_is_same_document", file=row.file_name, invoice=row.id, ksef_number=number,
                               original_session=original_session)
             moved = await self.ledger.update(
                 row, session_id=await self._session_id(original_session, session),
@@ -274,4 +275,5 @@ class Outcomes:
                  "details": list(invoice.status.details or [])}
         await self.ledger.move(row, S.QUEUED, from_state=S.PROCESSING, attempts=attempts, next_attempt_at=when,
                                last_error=error, invoice_ref=None, detail=error)
-        self.log.info("outbox.send_again", file=row.file_name, code=invoice.status.code, at=when.isoformat())
+        self.log.info("outbox.send_again", file=row.file_name, invoice=row.id, code=invoice.status.code,
+                      at=when.isoformat())
