@@ -45,6 +45,7 @@ from ksefd.ksef import (
 )
 from ksefd.store import Hold
 
+from .credential_store import read_secret_text
 from .failures import Backoff, Failure, LastingFailure, classify
 from .resume import take_resume_request
 from .runtime import Runtime
@@ -75,7 +76,7 @@ def credential_fingerprint(company: Company) -> Fingerprint:
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return read_secret_text(path)          # a `.dpapi` token (Windows, `ksefd credentials set`) is decrypted
     except OSError as exc:
         raise CredentialsError(f"cannot read the {what} {path}: {exc.strerror or exc}; check the path and that "
                                f"ksefd may read it") from exc
