@@ -106,7 +106,7 @@ def test_defaults(tmp_path: Path, creds: dict[str, str]) -> None:
     assert company.receiving.inbox_layout == "flat" and company.receiving.backfill_from is None
     assert company.sending == cfg.SendingOptions()
     assert company.folders == cfg.Folders(*(tmp_path / "data" / "acme" / f
-                                            for f in ("outbox", "sent", "rejected", "inbox")))
+                                            for f in ("outbox", "sent", "rejected", "inbox", "offline")))
 
 
 # --- NIP ---------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None,
 
 
 _T = TypeVar("_T", bound=msgspec.Struct)
-_CHOICES = {"environment": "test, demo, prod", "log_format": "auto, console, json",
+_CHOICES = {"environment": "test, demo, prod", "offline": "auto, off", "log_format": "auto, console, json",
             "log_level": "debug, info, warning, error", "inbox_layout": "flat, year-month",
             "subject_types": "Subject1, Subject2, Subject3, SubjectAuthorized"}
 _TOP = {"ksef", "daemon", "sending", "receiving", "companies"}
@@ -126,6 +126,8 @@ class _Builder:
             receiving = {}
         if ksef and ksef.base_url:
             self.check_url("ksef.base_url", ksef.base_url)
+        if ksef and ksef.latarnia_url:
+            self.check_url("ksef.latarnia_url", ksef.latarnia_url)
         companies_raw = raw.get("companies")
         if not isinstance(companies_raw, list) or not companies_raw:
             self.problem("companies", _MISSING, "at least one [[companies]] block is required")
@@ -139,7 +141,9 @@ class _Builder:
         self.check_unique(ready)
         if self.problems:
             return None
-        return Config(source=source, environment=ksef.environment, base_url=ksef.base_url, data_dir=data_dir,
+        return Config(source=source, environment=ksef.environment, base_url=ksef.base_url,
+                      latarnia_url=ksef.latarnia_url, latarnia_interval_seconds=ksef.latarnia_interval_seconds,
+                      latarnia_problem_interval_seconds=ksef.latarnia_problem_interval_seconds, data_dir=data_dir,
                       state_db=self.path(daemon.state_db) if daemon.state_db else data_dir / "state.sqlite3",
                       rescan_interval_seconds=daemon.rescan_interval_seconds,
                       settle_seconds=daemon.settle_seconds, shutdown_grace_seconds=daemon.shutdown_grace_seconds,
@@ -178,7 +182,7 @@ class _Builder:
             return None
         home = data_dir / section.name
         folders = Folders(*(self.path(getattr(section, f)) if getattr(section, f) else home / f
-                            for f in ("outbox", "sent", "rejected", "inbox")))
+                            for f in ("outbox", "sent", "rejected", "inbox", "offline")))
         # A company that names its own environment does not inherit [ksef].base_url (meant for another).
         base_url = section.base_url or (ksef.base_url if section.environment is None else None)
         return Company(name=section.name, nip=section.nip, send=section.send, receive=section.receive,
@@ -214,7 +218,8 @@ class _Builder:
                                     "use https (plain http is allowed only for 127.0.0.1/localhost)")
 
     def credentials(self, path: str, section: CompanySection) -> Credentials:
-        names = ("token_file", "certificate", "private_key", "private_key_password_file")
+        names = ("token_file", "certificate", "private_key", "private_key_password_file", "offline_certificate",
+                 "offline_private_key", "offline_private_key_password_file")
         found = {n: self.credential(f"{path}.{n}", getattr(section, n)) for n in names}
         creds = Credentials(**found)
         pkcs12 = section.certificate is not None and section.certificate.lower().endswith(PKCS12_SUFFIXES)
@@ -227,6 +232,14 @@ class _Builder:
         if (section.private_key or section.private_key_password_file) and not section.certificate:
             self.problem(f"{path}.certificate", _MISSING, "is required when private_key or "
                                                           "private_key_password_file is set")
+        offline_pkcs12 = (section.offline_certificate or "").lower().endswith(PKCS12_SUFFIXES)
+        if section.offline_certificate and not section.offline_private_key and not offline_pkcs12:
+            self.problem(f"{path}.offline_private_key", _MISSING, "is required with offline_certificate (the .key "
+                                                                  "file of the Offline certificate)")
+        if (section.offline_private_key or section.offline_private_key_password_file) \
+                and not section.offline_certificate:
+            self.problem(f"{path}.offline_certificate", _MISSING, "is required when offline_private_key or "
+                                                                  "offline_private_key_password_file is set")
         if (section.send or section.receive) and not (section.token_file or section.certificate):
             self.problem(f"{path}.token_file", _MISSING, "or certificate is required: the company sends or "
                                                          "receives, so ksefd must authenticate in its NIP context")
@@ -295,7 +308,7 @@ class _Builder:
                 self.problem(f"{path}.nip", company.nip, f"is also the NIP of company \"{holder}\" on {target[0]}; "
                                                          "use one entry per NIP and KSeF environment (they share "
                                                          "rate limits, checkpoints and duplicate checks)")
-            for kind in ("outbox", "sent", "rejected", "inbox"):
+            for kind in ("outbox", "sent", "rejected", "inbox", "offline"):
                 folder = getattr(company.folders, kind).resolve()
                 label = f"the {kind} of company \"{company.name}\""
                 if (holder := folders.setdefault(folder, label)) is not label:

@@ -11,6 +11,7 @@ from .inbox import Checkpoint, Delivery, InboxRepo
 from .invoices import Change, IllegalTransition, InvoiceRepo, InvoiceRow, NewInvoice, StateConflict
 from .kv import RATE_LIMITS, KeyValueRepo
 from .migrations import MIGRATIONS
+from .offline import Announcement, AnnouncementRepo, OfflineInvoice, OfflineRepo
 from .sessions import SessionKind, SessionRepo, SessionRow, Upo
 from .states import (
     IN_KSEF_STATES,
@@ -24,9 +25,41 @@ from .states import (
 from .store import Store
 
 __all__ = [
-    "INVOICE_TRANSITIONS", "IN_KSEF_STATES", "MIGRATIONS", "RATE_LIMITS", "SESSION_TRANSITIONS",
-    "TERMINAL_INVOICE_STATES", "UNFINISHED_SESSION_STATES", "Beat", "Change", "Checkpoint", "Database", "Delivery",
-    "Event", "EventRepo", "HeartbeatRepo", "Hold", "HoldRepo", "IllegalTransition", "InboxRepo", "InvoiceRepo",
-    "InvoiceRow", "InvoiceState", "KeyValueRepo", "NewInvoice", "SchemaTooNew", "SessionKind", "SessionRepo",
-    "SessionRow", "SessionState", "StateConflict", "Store", "StoreError", "Upo",
+    "INVOICE_TRANSITIONS",
+    "IN_KSEF_STATES",
+    "MIGRATIONS",
+    "RATE_LIMITS",
+    "SESSION_TRANSITIONS",
+    "TERMINAL_INVOICE_STATES",
+    "UNFINISHED_SESSION_STATES",
+    "Announcement",
+    "AnnouncementRepo",
+    "Beat",
+    "Change",
+    "Checkpoint",
+    "Database",
+    "Delivery",
+    "Event",
+    "EventRepo",
+    "HeartbeatRepo",
+    "Hold",
+    "HoldRepo",
+    "IllegalTransition",
+    "InboxRepo",
+    "InvoiceRepo",
+    "InvoiceRow",
+    "InvoiceState",
+    "KeyValueRepo",
+    "NewInvoice",
+    "OfflineInvoice",
+    "OfflineRepo",
+    "SchemaTooNew",
+    "SessionKind",
+    "SessionRepo",
+    "SessionRow",
+    "SessionState",
+    "StateConflict",
+    "Store",
+    "StoreError",
+    "Upo",
 ]

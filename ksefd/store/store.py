@@ -15,6 +15,7 @@ from .health import HeartbeatRepo, HoldRepo
 from .inbox import InboxRepo
 from .invoices import InvoiceRepo
 from .kv import KeyValueRepo
+from .offline import AnnouncementRepo, OfflineRepo
 from .sessions import SessionRepo
 
 
@@ -36,6 +37,8 @@ class Store:
         self.holds = HoldRepo(db, now)
         self.heartbeat = HeartbeatRepo(db, now)
         self.events = EventRepo(db)
+        self.announcements = AnnouncementRepo(db, now)
+        self.offline = OfflineRepo(db, now)
 
     @classmethod
     async def open(cls, path: Path, clock: _Clock | None = None) -> Store:
