@@ -32,6 +32,7 @@ from ksefd.config import Config
 from ksefd.ksef.ratelimit import RateLimiter
 from ksefd.store import Store
 
+from .availability import AvailabilityBoard
 from .connection import CompanyConnection
 from .inbox.runner import run_inbox
 from .lifecycle import every, guarded
@@ -87,7 +88,10 @@ class Daemon:
         self.draining = asyncio.Event()
         companies = [c for c in runtime.config.companies if c.send or c.receive]
         self.connections = {c.name: CompanyConnection(runtime, c) for c in companies}
-        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name]) for c in companies if c.send]
+        # Issue #11: one KSeF availability monitor (Latarnia + what the daemon sees) per KSeF target.
+        self.availability = AvailabilityBoard(runtime.config, runtime.store, runtime.clock)
+        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name],
+                                                 self.availability.for_company(c)) for c in companies if c.send]
         self.receivers: list[asyncio.Task[None]] = []
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -110,6 +114,9 @@ class Daemon:
                 "companies": [c.name for c in runtime.config.companies]})
 
         self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, beat, draining, "heartbeat"), name="heartbeat"))
+        if self.workers:        # issue #11: Latarnia polls, shared by the companies of each KSeF target
+            self.tasks.append(group.create_task(guarded("latarnia", functools.partial(self.availability.run, draining),
+                                                        draining), name="latarnia"))
         # The limiter's windows, saved every few seconds (and at shutdown) so that a restart does not spend a
         # quota twice (issue #5 item 4).
         self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, runtime.limiter.save, draining,
@@ -179,5 +186,6 @@ class Daemon:
         with contextlib.suppress(Exception):
             await runtime.store.heartbeat.beat("daemon", {"version": __version__, "stopped": True})
         await runtime.close_clients()
+        await self.availability.close()
         await runtime.store.close()
         log.info("daemon.stopped", forced=self.force.is_set())

@@ -121,6 +121,10 @@ class OfflineRepo:
              _time(item.deadline), item.stem, int(item.kod2), item.warned, int(item.missed), item.corrects_id,
              item.corrects_hash, db_time(self._now())))
 
+    async def discard(self, invoice_id: int) -> None:
+        """The record of an invoice that did not become OFFLINE after all (another task moved it first)."""
+        await self._db_execute("DELETE FROM offline_invoices WHERE invoice_id = ?", (invoice_id,))
+
     async def get(self, invoice_id: int) -> OfflineInvoice | None:
         row = await self._db.fetch_one("SELECT * FROM offline_invoices WHERE invoice_id = ?", (invoice_id,))
         return _offline(row) if row else None
@@ -138,8 +142,8 @@ class OfflineRepo:
         """Offline invoices not yet finished (neither DONE nor REJECTED)."""
         rows = await self._db.fetch_all(
             "SELECT o.* FROM offline_invoices o JOIN invoices i ON i.id = o.invoice_id WHERE o.company = ? AND "
-            "i.state NOT IN ('done', 'rejected', 'accepted', 'upo_saved') ORDER BY o.deadline IS NULL, o.deadline, "
-            "o.invoice_id", (company,))
+            "i.offline = 1 AND i.state NOT IN ('done', 'rejected', 'accepted', 'upo_saved') "
+            "ORDER BY o.deadline IS NULL, o.deadline, o.invoice_id", (company,))
         return [_offline(r) for r in rows]
 
     async def set_deadline(self, invoice_id: int, mode: str, deadline: dt.datetime | None, reason: str) -> None:
@@ -166,6 +170,25 @@ class OfflineRepo:
         row = await self._db.fetch_one("SELECT * FROM offline_invoices WHERE corrects_id = ? ORDER BY invoice_id "
                                        "DESC LIMIT 1", (original_id,))
         return _offline(row) if row else None
+
+    async def queued_offline_ids(self, company: str) -> list[int]:
+        """Offline invoices back in QUEUED (KSeF did not take a send): they return to OFFLINE."""
+        rows = await self._db.fetch_all("SELECT id FROM invoices WHERE company = ? AND state = 'queued' AND "
+                                        "offline = 1 ORDER BY id", (company,))
+        return [int(r[0]) for r in rows]
+
+    async def special(self, company: str) -> list[tuple[int, bool, int | None]]:
+        """Waiting invoices (QUEUED, DEFERRED, HELD; not yet offline) that must be issued offline whatever
+        KSeF's state: (id, offline24 requested through outbox/offline/, the rejected offline invoice with the
+        same seller, type and number that it technically corrects, PROTOCOL.md §8.4)."""
+        rows = await self._db.fetch_all(
+            "SELECT i.id, r.sha256 IS NOT NULL AS requested, (SELECT o.id FROM invoices o WHERE o.company = "
+            "i.company AND o.state = 'rejected' AND o.offline = 1 AND o.status_code IS NOT NULL AND o.status_code "
+            "!= 410 AND o.seller_nip = i.seller_nip AND o.invoice_type = i.invoice_type AND o.invoice_number = "
+            "i.invoice_number AND o.sha256 != i.sha256 ORDER BY o.id LIMIT 1) AS original FROM invoices i "
+            "LEFT JOIN offline_requests r ON r.company = i.company AND r.sha256 = i.sha256 WHERE i.company = ? "
+            "AND i.state IN ('queued', 'deferred', 'held') AND i.offline = 0 ORDER BY i.id", (company,))
+        return [(int(r[0]), bool(r[1]), r[2]) for r in rows if r[1] or r[2] is not None]
 
     # --- offline24 on demand ---------------------------------------------------------------------
 
