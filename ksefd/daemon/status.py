@@ -41,6 +41,7 @@ class CompanyStatus:
     oldest_waiting: dict[str, Any] | None
     last_error: dict[str, Any] | None
     inbox: dict[str, Any] | None = None          # issue #6: the receiving pipeline's status (inbox_status.py)
+    offline: dict[str, Any] | None = None        # issue #11: offline invoices waiting, deadlines, KSeF availability
 
 
 @dataclass
@@ -87,7 +88,27 @@ async def _company(store: Store, name: str, nip: str, send: bool, receive: bool,
         oldest_waiting=None if oldest is None else {
             "file": oldest.file_name, "state": str(oldest.state), "since": oldest.created_at.isoformat()},
         last_error=await _last_error(store, name),
-        inbox=await read_inbox_status(store, name) if receive else None)
+        inbox=await read_inbox_status(store, name) if receive else None,
+        offline=await _offline(store, name) if send else None)
+
+
+async def _offline(store: Store, company: str) -> dict[str, Any]:
+    """Offline invoices not yet in KSeF with their deadlines (PROTOCOL.md §8.1), and KSeF's availability."""
+    waiting = await store.offline.waiting(company)
+    shown = await store.kv.get("availability", company)
+    deadlines = [w.deadline for w in waiting if w.deadline is not None]
+    return {
+        "availability": json.loads(shown) if shown else None,
+        "waiting": len(waiting),
+        "nextDeadline": min(deadlines).isoformat() if deadlines else None,
+        "missed": sum(1 for w in waiting if w.missed),
+        "withoutKod2": sum(1 for w in waiting if not w.kod2 and w.mode != "total-failure"),
+        "totalFailure": sum(1 for w in waiting if w.mode == "total-failure"),
+        "invoices": [{"invoiceId": w.invoice_id, "mode": w.mode, "issuedAt": w.issued_at.isoformat(),
+                      "deadline": w.deadline.isoformat() if w.deadline else None, "deadlineRule": w.reason,
+                      "warned": w.warned, "missed": w.missed, "kod2": w.kod2,
+                      "technicalCorrectionOf": w.corrects_hash} for w in waiting[:50]],
+    }
 
 
 async def _last_error(store: Store, company: str) -> dict[str, Any] | None:
@@ -117,9 +138,31 @@ def render(status: DaemonStatus) -> str:
         if c.last_error:
             e = c.last_error
             lines.append(f"  last error: {e['file']}: {e['code']} {e['message']} ({e['at']})")
+        if c.offline:
+            lines += _offline_lines(c.offline)
         if c.receive:
             lines += render_inbox_lines(c.inbox)
     return "\n".join(lines)
+
+
+def _offline_lines(offline: dict[str, Any]) -> list[str]:
+    lines = []
+    seen = offline.get("availability") or {}
+    if seen.get("state") not in (None, "available"):
+        lines.append(f"  KSeF: {seen['state'].upper()} since {seen.get('since')}: {seen.get('message')}")
+    if offline["waiting"]:
+        lines.append(f"  offline: {offline['waiting']} issued offline, waiting to be sent with offlineMode "
+                     f"(next deadline {offline['nextDeadline'] or 'not set yet'})")
+    if offline["missed"]:
+        lines.append(f"  OFFLINE DEADLINE MISSED for {offline['missed']} invoice(s): they are still sent as soon as "
+                     "KSeF takes them")
+    if offline["withoutKod2"]:
+        lines.append(f"  WARNING: {offline['withoutKod2']} offline invoice(s) without KOD II (no Offline certificate "
+                     "configured): they cannot legally be handed over to the buyer before their KSeF number")
+    if offline["totalFailure"]:
+        lines.append(f"  total failure of KSeF: {offline['totalFailure']} invoice(s) kept queued (no obligation to "
+                     "send); ksefd sends them once KSeF is back")
+    return lines
 
 
 def to_json_text(status: DaemonStatus) -> str:

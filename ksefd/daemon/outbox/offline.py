@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ S = InvoiceState
 AVAILABLE = Verdict("available", None, False, "no availability monitor")
 REVIEW_SECONDS = 60.0            # deadlines and warnings are looked at this often (and on each announcement)
 REQUEST_FOLDER = "offline"       # outbox/offline/: offline24 on demand
+AVAILABILITY = "availability"    # kv namespace: each company's last verdict, for `ksefd status`
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -52,7 +54,7 @@ def _iso(value: dt.datetime | None) -> str | None:
 class OfflineDesk:
     def __init__(self, company: Company, ledger: Ledger, artefacts: OfflineFiles,
                  monitor: KsefAvailability | None, clock: Clock, log: Any, *, settle_seconds: float,
-                 reserved: set[int]) -> None:
+                 rescan_seconds: float, reserved: set[int]) -> None:
         self.company = company
         self.ledger = ledger
         self.store: Store = ledger.store
@@ -64,12 +66,17 @@ class OfflineDesk:
         self.requests = company.folders.outbox / REQUEST_FOLDER
         self.stability = spool.StabilityTracker(clock, settle_seconds)
         self.settle_seconds = settle_seconds
+        self.rescan_seconds = rescan_seconds       # outbox/offline/ is looked at this often (and on each wake-up)
+        # Held while invoices are issued offline, and by the dispatcher while it picks QUEUED invoices to send:
+        # an invoice is either issued offline or sent online, never both at once.
+        self.lock = asyncio.Lock()
         self._signer: Signer | None = None
         self._signer_problem: str | None = None
         self._signer_loaded = False
         self._reviewed_at: dt.datetime | None = None
         self._reviewed_version = -1
         self._repaired = False
+        self._shown: str | None = None
         self.pending = 0
 
     @property
@@ -96,11 +103,25 @@ class OfflineDesk:
         if not self._repaired:
             await self.repair()
         await self.take_requests()
-        wait = await self.issue_due()
+        await self._show_availability()
+        async with self.lock:
+            wait = await self.issue_due()
         await self.review()
+        wait = min(wait, self.rescan_seconds)
         if self.pending:
             wait = min(wait, max(self.settle_seconds / 2, 0.05))
         return wait
+
+    async def _show_availability(self) -> None:
+        """The verdict as `ksefd status` shows it (kv `availability`/<company>), written when it changes."""
+        verdict = self.verdict()
+        body = {**verdict.to_json(), "policy": self.policy,
+                "latarnia": self.monitor.latarnia_url if self.monitor is not None else None,
+                "latarniaError": self.monitor.latarnia_error if self.monitor is not None else None}
+        text = json.dumps(body, sort_keys=True)
+        if text != self._shown:
+            await self.store.kv.put(AVAILABILITY, self.company.name, text)
+            self._shown = text
 
     # --- 1. offline24 on demand -----------------------------------------------------------------
 
@@ -129,19 +150,15 @@ class OfflineDesk:
 
     # --- 2. and 3. issuing ----------------------------------------------------------------------
 
+    async def issue_special(self) -> None:
+        """Requested offline24 and technical corrections (the dispatcher asks first, under the lock)."""
+        await self._special()
+
     async def issue_due(self) -> float:
-        """Issue what must be issued now; returns when to look again (an unreachable KSeF's waiting time)."""
+        """Issue what must be issued now; returns when to look again (an unreachable KSeF's waiting time).
+        Called with `lock` held."""
         wait = 300.0
-        for invoice_id, requested, original in await self.store.offline.special(self.company.name):
-            if invoice_id in self.reserved:
-                continue
-            row = await self.store.invoices.get(invoice_id)
-            if row is None:
-                continue
-            if original is not None:
-                await self._correction(row, original)
-            elif requested:
-                await self.issue(row, OFFLINE24, "offline24 requested by the ERP (outbox/offline/)", "offline24")
+        await self._special()
         if self.policy != "auto":
             return wait
         verdict = self.verdict()
@@ -160,6 +177,18 @@ class OfflineDesk:
             else:
                 wait = min(wait, (row.created_at + after - now).total_seconds())
         return max(0.05, wait)
+
+    async def _special(self) -> None:
+        for invoice_id, requested, original in await self.store.offline.special(self.company.name):
+            if invoice_id in self.reserved:
+                continue
+            row = await self.store.invoices.get(invoice_id)
+            if row is None:
+                continue
+            if original is not None:
+                await self._correction(row, original)
+            elif requested:
+                await self.issue(row, OFFLINE24, "offline24 requested by the ERP (outbox/offline/)", "offline24")
 
     async def issue(self, row: InvoiceRow, mode: str, reason: str, label: str, event_id: int | None = None,
                     corrects: InvoiceRow | None = None) -> InvoiceRow | None:

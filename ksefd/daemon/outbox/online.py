@@ -23,7 +23,7 @@ from typing import Any
 from ksefd.config import Company
 from ksefd.ksef.errors import KsefError, OutcomeUnknown
 from ksefd.ksef.online import FA3, OnlineOptions, OnlineSender, OnlineSession
-from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, Store
+from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, StateConflict, Store
 
 from ..connection import CompanyConnection
 from ..failures import Failure, classify, next_attempt
@@ -99,6 +99,9 @@ class OnlineChannel:
         try:
             sent = await self.sender.send(data, offline_mode=row.offline, hash_of_corrected_invoice=corrected_hash,
                                           before_post=before_post)
+        except StateConflict as exc:       # before the POST: another task moved it (nothing was sent)
+            self.log.info("outbox.send_skipped", file=row.file_name, reason=str(exc))
+            return None
         except OutcomeUnknown as exc:
             self.observe(classify(exc))
             await self.ledger.move(current[0], S.IN_DOUBT, from_state=S.SUBMITTING, detail={"error": str(exc)})

@@ -93,7 +93,8 @@ class OutboxWorker:
         self.offline_files = OfflineFiles(company, connection.qr_host)
         self.outcomes.offline_files = self.offline_files
         self.offline = OfflineDesk(company, self.ledger, self.offline_files, availability, clock, self.log,
-                                   settle_seconds=settle_seconds, reserved=self._reserved)
+                                   settle_seconds=settle_seconds, rescan_seconds=rescan_interval_seconds,
+                                   reserved=self._reserved)
         self._ksef_back = False
         if availability is not None:
             self.channel.observe = self.batches.observe = availability.observe
@@ -225,8 +226,11 @@ class OutboxWorker:
         if self._ksef_back:
             self._ksef_back = False
             await self.ledger.retry_offline_now()
-        await self._promote_deferred()
-        await self.ledger.back_offline(await self.store.offline.queued_offline_ids(self.company.name))
+        # Under the desk's lock: an invoice is issued offline or picked for sending, never both at once.
+        async with self.offline.lock:
+            await self.offline.issue_special()
+            await self._promote_deferred()
+            await self.ledger.back_offline(await self.store.offline.queued_offline_ids(self.company.name))
         self._resume_batches_soon()
         if await self._send_offline():
             return 0.2              # offline invoices first: new work waits until they are all on their way
@@ -235,19 +239,21 @@ class OutboxWorker:
         waiting = await self.store.invoices.due_count(self.company.name, S.QUEUED, now)
         if self.intake.busy and waiting - len(self._reserved) < cap:
             return 0.2               # a drop is still being claimed: see the whole backlog before choosing
-        queued = []
-        if waiting > len(self._reserved):
-            queued = [r for r in await self.store.invoices.due(self.company.name, [S.QUEUED], now, limit=100_000)
-                      if r.id not in self._reserved]
-        attachments = [r for r in queued if r.has_attachment]
-        plain = [r for r in queued if not r.has_attachment]
-        by_batch = attachments + (plain if len(plain) >= self.company.sending.batch_threshold else [])
-        for start in range(0, len(by_batch), cap):
-            if sum(1 for t in self._tasks if t.get_name() == "batch") >= BATCHES_AT_ONCE:
-                break
-            self._start(self._batch(by_batch[start:start + cap]), "batch", by_batch[start:start + cap])
-        if not (len(plain) >= self.company.sending.batch_threshold):
-            await self._send_online(plain)
+        async with self.offline.lock:
+            queued = []
+            if waiting > len(self._reserved):
+                queued = [r for r in await self.store.invoices.due(self.company.name, [S.QUEUED], now,
+                                                                   limit=100_000) if r.id not in self._reserved]
+            attachments = [r for r in queued if r.has_attachment]
+            plain = [r for r in queued if not r.has_attachment]
+            by_batch = attachments + (plain if len(plain) >= self.company.sending.batch_threshold else [])
+            for start in range(0, len(by_batch), cap):
+                if sum(1 for t in self._tasks if t.get_name() == "batch") >= BATCHES_AT_ONCE:
+                    break
+                self._start(self._batch(by_batch[start:start + cap]), "batch", by_batch[start:start + cap])
+            online = [] if len(plain) >= self.company.sending.batch_threshold else plain
+            self._reserved |= {r.id for r in online}       # the desk leaves them alone from now on
+        await self._send_online(online)
         return await self._idle(queued, draining)
 
     async def _send_offline(self) -> bool:
@@ -287,12 +293,18 @@ class OutboxWorker:
         return any(r.id not in self._reserved for r in rows)
 
     async def _send_online(self, rows: list[InvoiceRow]) -> None:
+        """`rows` come reserved (dispatch_once); those not started here are given back."""
         key = self.connection.context.context.key
-        for row in rows:
-            if self.limiter.delay(key, "invoiceSend") > SEND_WAIT_AT_MOST:
-                return
-            await self._online.acquire()
-            self._start(self._online_one(row), "online", [row])
+        started: set[int] = set()
+        try:
+            for row in rows:
+                if self.limiter.delay(key, "invoiceSend") > SEND_WAIT_AT_MOST:
+                    return
+                await self._online.acquire()
+                self._start(self._online_one(row), "online", [row])
+                started.add(row.id)
+        finally:
+            self._reserved -= {r.id for r in rows if r.id not in started}
 
     async def _online_one(self, row: InvoiceRow, corrected_hash: str | None = None) -> None:
         try:
