@@ -19,7 +19,17 @@ from ksefd.ksef.crypto import sha256_b64
 from ksefd.sim.config import SimConfig
 from ksefd.store import InvoiceState, Store
 from tests.daemon.offline_support import FAST_LATARNIA, running, set_outage, wait_for_file
-from tests.daemon.support import SELLER, drop, invoice, load, read_json, sim_records, token_file, write_config
+from tests.daemon.support import (
+    SELLER,
+    drop,
+    invoice,
+    load,
+    read_json,
+    sim_records,
+    today,
+    token_file,
+    write_config,
+)
 from tests.support.ksef_auth import access_token
 from tests.support.online_flow import Online
 
@@ -80,7 +90,14 @@ async def test_offline24_on_demand_and_total_failure(sim_factory: Any, http: aio
                                                      tmp_path: Path) -> None:
     sim, config = await setup(sim_factory, http, tmp_path)
     company = config.companies[0]
+    yesterday = invoice("MIDNIGHT/1", issue_date=today() - dt.timedelta(days=1))
     async with running(config) as task:
+        # The midnight rule (PROTOCOL.md §8.3): sent online, P_1 yesterday: KSeF marks it Offline; not an error.
+        drop(company.folders.outbox, "M-1.xml", yesterday)
+        await wait_for_file(company.folders.sent / "M-1.upo.xml", 20, task)
+        marked = read_json(company.folders.sent / "M-1.ksef.json")
+        assert marked["invoicingMode"] == "Offline" and "offline" not in marked
+        assert not (company.folders.offline / "M-1.offline.json").exists()
         # KSeF available: a file in outbox/offline/ is issued offline24 at once, then sent with offlineMode.
         (company.folders.outbox / "offline").mkdir(parents=True, exist_ok=True)
         drop(company.folders.outbox / "offline", "R-1.xml", invoice("REQ/1"))
@@ -104,6 +121,7 @@ async def test_offline24_on_demand_and_total_failure(sim_factory: Any, http: aio
         await wait_for_file(company.folders.sent / "T-0.upo.xml", 30, task)
     assert not (company.folders.offline / "T-0.offline.json").exists()
     modes = {r["invoiceHash"]: (r["offlineMode"], r["invoicingMode"]) for r in sim_records(sim)}
+    assert modes.pop(sha256_b64(yesterday)) == (False, "Offline")
     assert modes == {sha256_b64(invoice("REQ/1")): (True, "Offline"), sha256_b64(invoice("TOTAL/1")): (True, "Offline"),
                      sha256_b64(invoice("TOTAL/0")): (False, "Online")}
 
@@ -160,4 +178,3 @@ async def test_technical_correction_accepted_and_linked_and_21166_rejected(
         states = {r.file_name: r.state for r in await store.invoices.in_state("acme", *InvoiceState)}
     assert states == {"TECH-1.xml": InvoiceState.REJECTED, "TECH-2.xml": InvoiceState.REJECTED,
                       "TECH-1-fixed.xml": InvoiceState.DONE, "TECH-2-fixed.xml": InvoiceState.REJECTED}
-    _ = dt

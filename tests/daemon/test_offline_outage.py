@@ -89,6 +89,12 @@ async def test_failure_window_two_companies(sim_factory: Any, http: aiohttp.Clie
     received = sim_records(sim)
     assert len(received) == 6 and all(r["offlineMode"] and r["invoicingMode"] == "Offline" for r in received)
     assert all(r["status"]["code"] == 200 for r in received)
+    assert len({r["invoiceHash"] for r in received}) == 6                  # each sent exactly once
+    sessions = {s["referenceNumber"]: s for s in sim.world.store.values("sessions")}
+    batch = [s for s in sessions.values() if s["sessionType"] == "Batch"]
+    assert batch and all(s["offlineMode"] for s in batch)                  # acme's 4: an offline batch session
+    assert all(sessions[r["sessionReferenceNumber"]]["sessionType"] == "Online" for r in received
+               if r["invoiceHash"] in {sha256_b64(d) for d in files[beta].values()})
     async with await Store.open(config.state_db) as store:
         for company in (acme, beta):
             rows = await store.invoices.in_state(company.name, *InvoiceState)

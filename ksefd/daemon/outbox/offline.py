@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ksefd import spool
-from ksefd.clock import Clock
+from ksefd.clock import WARSAW, Clock
 from ksefd.config import Company
 from ksefd.ksef.crypto import sha256_b64
 from ksefd.ksef.errors import CredentialsError
@@ -49,6 +49,13 @@ AVAILABILITY = "availability"    # kv namespace: each company's last verdict, fo
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def last_day(deadline_at: dt.datetime | None) -> str | None:
+    """The last day to send, as a person reads it (Polish calendar day): the deadline is that day's end."""
+    if deadline_at is None:
+        return None
+    return (deadline_at.astimezone(WARSAW) - dt.timedelta(microseconds=1)).date().isoformat()
 
 
 class OfflineDesk:
@@ -220,7 +227,8 @@ class OfflineDesk:
             "issueDate": row.issue_date.isoformat() if row.issue_date else None, "invoiceHash": row.sha256,
             "mode": record.mode, "modeLabel": MODE_LABELS[label], "announced": record.event_id is not None,
             "eventId": record.event_id, "reason": record.reason, "issuedAt": record.issued_at.isoformat(),
-            "deadline": _iso(found.at), "deadlineRule": found.reason, "ksefNumber": None,
+            "deadline": _iso(found.at), "lastDayToSend": last_day(found.at), "deadlineRule": found.reason,
+            "ksefNumber": None,
             "environment": self.company.environment, "warnings": [],
         }
         if record.mode == TOTAL_FAILURE:
@@ -294,7 +302,8 @@ class OfflineDesk:
             if found.at != record.deadline:
                 await self.store.offline.set_deadline(record.invoice_id, record.mode, found.at, found.reason)
                 await asyncio.to_thread(self.artefacts.update, record.stem,
-                                        {"deadline": _iso(found.at), "deadlineRule": found.reason})
+                                        {"deadline": _iso(found.at), "lastDayToSend": last_day(found.at),
+                                         "deadlineRule": found.reason})
                 self.log.warning("offline.deadline_changed", file=row.file_name, deadline=_iso(found.at),
                                  was=_iso(record.deadline), rule=found.reason)
             await self._warn(row, record, found, now)
