@@ -97,6 +97,7 @@ class OfflineDesk:
 
     async def run(self, draining: asyncio.Event) -> None:
         self.requests.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.artefacts.prepare)
         while not draining.is_set():
             try:
                 wait = await self.step()

@@ -78,6 +78,11 @@ class OfflineFiles:
         self.folder = company.folders.offline
         self.qr_host = qr_host
 
+    def prepare(self) -> None:
+        """At start: the folder exists, and temp files a crash left behind are gone."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        spool.remove_stale_temps(self.folder)
+
     def json_path(self, stem: str) -> Path:
         return self.folder / f"{stem}.offline.json"
 
