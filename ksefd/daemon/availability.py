@@ -152,14 +152,16 @@ class KsefAvailability:
         known.update((m.id, m) for m in status.messages)
         changed = await self.store.announcements.record(self.latarnia_url, [_announcement(m) for m in known.values()])
         for item in changed:
-            log.warning("availability.announcement", target=self.target, type=item.type, category=item.category,
+            report = log.warning if item.type == "FAILURE_START" else log.info
+            report("availability.announcement", target=self.target, type=item.type, category=item.category,
                         event_id=item.event_id, title=item.title, start=item.start, end=item.end)
         if changed:
             self.history = await self.store.announcements.history(self.latarnia_url)
             self.version += 1
         if status.status != self.latarnia_status:
             self.latarnia_since = self.clock.now()
-            log.warning("availability.latarnia_status", target=self.target, status=status.status,
+            report = log.info if status.status == "AVAILABLE" else log.warning
+            report("availability.latarnia_status", target=self.target, status=status.status,
                         was=self.latarnia_status)
         self.latarnia_status = status.status
         active = [m for m in status.messages if m.type in ("FAILURE_START", "MAINTENANCE_ANNOUNCEMENT")]

@@ -305,8 +305,10 @@ class OfflineDesk:
                 await asyncio.to_thread(self.artefacts.update, record.stem,
                                         {"deadline": _iso(found.at), "lastDayToSend": last_day(found.at),
                                          "deadlineRule": found.reason})
-                self.log.warning("offline.deadline_changed", file=row.file_name, deadline=_iso(found.at),
-                                 was=_iso(record.deadline), rule=found.reason)
+                # Set once a failure ends (info); moved after it was known, e.g. a new failure (warning).
+                report = self.log.info if record.deadline is None else self.log.warning
+                report("offline.deadline_changed", file=row.file_name, deadline=_iso(found.at),
+                       was=_iso(record.deadline), rule=found.reason)
             await self._warn(row, record, found, now)
 
     async def _warn(self, row: InvoiceRow, record: OfflineInvoice, found: Deadline, now: dt.datetime) -> None:
