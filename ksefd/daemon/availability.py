@@ -30,6 +30,7 @@ import structlog
 
 from ksefd.clock import Clock
 from ksefd.config import Company, Config
+from ksefd.ksef.environments import environment
 from ksefd.ksef.latarnia import LatarniaClient, LatarniaUnavailable, Message, default_url
 from ksefd.store import Announcement, Store
 
@@ -71,13 +72,14 @@ def _announcement(m: Message) -> Announcement:
 
 class KsefAvailability:
     def __init__(self, target: str, latarnia_url: str, store: Store, clock: Clock, *, interval: float,
-                 problem_interval: float) -> None:
+                 problem_interval: float, probe_url: str | None = None) -> None:
         self.target = target
         self.latarnia_url = latarnia_url
         self.store = store
         self.clock = clock
         self.interval = interval
         self.problem_interval = problem_interval
+        self.probe_url = probe_url          # a public KSeF endpoint asked while KSeF seems unreachable
         self.latarnia_status: str | None = None         # last status Latarnia gave; None: never read
         self.latarnia_since: dt.datetime | None = None
         self.active_event: int | None = None
@@ -89,7 +91,7 @@ class KsefAvailability:
         self.version = 0                                  # bumped when the verdict or the history changes
         self.poke = asyncio.Event()
         self._listeners: list[Callable[[Verdict, Verdict], None]] = []
-        self._client = LatarniaClient(latarnia_url) if latarnia_url else None
+        self._client = LatarniaClient(latarnia_url) if latarnia_url or probe_url else None
         self._failing = LastingFailure(log.bind(latarnia=latarnia_url), "availability.latarnia_unreadable")
 
     # --- what the companies use -------------------------------------------------------------------
@@ -136,6 +138,10 @@ class KsefAvailability:
 
     async def poll_once(self) -> None:
         if self._client is None:
+            return
+        if self.unreachable_since is not None and self.probe_url and await self._client.reachable(self.probe_url):
+            self.observe(None)          # KSeF answers again (the daemon holds its sends while it seems down)
+        if not self.latarnia_url:
             return
         before = self.view()
         try:
@@ -220,10 +226,12 @@ class AvailabilityBoard:
             key = self.key(company)
             if key not in self.monitors:
                 url = config.latarnia_url or default_url(company.environment, company.base_url)
+                api = environment(company.environment, company.base_url).api_url
                 self.monitors[key] = KsefAvailability(
                     f"{company.environment}:{company.base_url or 'official'}", url, store, clock,
                     interval=config.latarnia_interval_seconds,
-                    problem_interval=config.latarnia_problem_interval_seconds)
+                    problem_interval=config.latarnia_problem_interval_seconds,
+                    probe_url=f"{api}/security/public-key-certificates")
 
     @staticmethod
     def key(company: Company) -> tuple[str, str | None]:

@@ -112,6 +112,18 @@ class LatarniaClient:
             raise LatarniaUnavailable(f"Latarnia {self.url}/messages did not give a list")
         return [m for m in map(parse_message, body) if m is not None]
 
+    async def reachable(self, url: str) -> bool:
+        """Does KSeF answer at all? A GET of a public endpoint (e.g. `/security/public-key-certificates`):
+        used while the daemon sees KSeF unreachable and no outage is announced, to notice its return."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+        try:
+            async with self._session.get(url, timeout=TIMEOUT) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     async def close(self) -> None:
         if self._own and self._session is not None:
             await self._session.close()

@@ -178,3 +178,29 @@ async def test_technical_correction_accepted_and_linked_and_21166_rejected(
         states = {r.file_name: r.state for r in await store.invoices.in_state("acme", *InvoiceState)}
     assert states == {"TECH-1.xml": InvoiceState.REJECTED, "TECH-2.xml": InvoiceState.REJECTED,
                       "TECH-1-fixed.xml": InvoiceState.DONE, "TECH-2-fixed.xml": InvoiceState.REJECTED}
+
+
+@pytest.mark.timeout(90)
+async def test_ksef_stops_answering_while_connected(sim_factory: Any, http: aiohttp.ClientSession,
+                                                     tmp_path: Path) -> None:
+    """The send that meets the outage stays in doubt (KSeF may have it); the invoices after it are not sent into
+    the void but issued offline (offline24, unannounced); a probe notices KSeF's return and both are sent."""
+    sim, config = await setup(sim_factory, http, tmp_path, offline_after_seconds=1)
+    company = config.companies[0]
+    async with running(config) as task:
+        drop(company.folders.outbox, "C-0.xml", invoice("CONN/0"))
+        await wait_for_file(company.folders.sent / "C-0.upo.xml", 20, task)
+        await faults(http, sim, "5xx=1,html=1")
+        drop(company.folders.outbox, "C-1.xml", invoice("CONN/1"))       # meets the outage: in doubt
+        await wait_for_latarnia(config, "unreachable")
+        drop(company.folders.outbox, "C-2.xml", invoice("CONN/2"))
+        await wait_for_file(company.folders.offline / "C-2.offline.json", 10, task)
+        assert read_json(company.folders.offline / "C-2.offline.json")["mode"] == "offline24"
+        await faults(http, sim, None)
+        await wait_for_file(company.folders.sent / "C-2.upo.xml", 30, task)
+        await wait_for_file(company.folders.sent / "C-1.upo.xml", 30, task)
+    assert not (company.folders.offline / "C-1.offline.json").exists()
+    received = {r["invoiceHash"]: r for r in sim_records(sim)}
+    assert received[sha256_b64(invoice("CONN/2"))]["offlineMode"] is True
+    accepted = [r for r in received.values() if r["status"]["code"] == 200]
+    assert len(accepted) == 3

@@ -99,6 +99,7 @@ class OutboxWorker:
         if availability is not None:
             self.channel.observe = self.batches.observe = availability.observe
             availability.on_change(self._availability_changed)
+            connection.on_login(lambda: availability.observe(None))     # a login is KSeF answering
         self._tasks: set[asyncio.Task[Any]] = set()
         self._group: asyncio.TaskGroup | None = None
         self._recovered = False
@@ -184,8 +185,8 @@ class OutboxWorker:
     async def ready(self) -> float | None:
         """Connected, not on hold and recovered: None. Otherwise the seconds to wait before looking again."""
         wait = await self.connection.ready()
-        if self.availability is not None:       # what the login saw (None: KSeF answered)
-            self.availability.observe(self.connection.last_failure if wait is not None else None)
+        if wait is not None and self.availability is not None and self.connection.last_failure is not None:
+            self.availability.observe(self.connection.last_failure)      # what the failed login saw
         if wait is not None:
             return wait
         if not self._recovered:
@@ -232,6 +233,11 @@ class OutboxWorker:
             await self._promote_deferred()
             await self.ledger.back_offline(await self.store.offline.queued_offline_ids(self.company.name))
         self._resume_batches_soon()
+        if self.offline.verdict().down:
+            # KSeF is down (announced, or it stopped answering): nothing is sent into the void, where each send
+            # would end in doubt; the desk issues waiting invoices offline. Sending resumes when the verdict
+            # changes (Latarnia, or the availability probe seeing KSeF answer again).
+            return LOOP_RETRY_SECONDS
         if await self._send_offline():
             return 0.2              # offline invoices first: new work waits until they are all on their way
         cap = self._batch_cap()
