@@ -175,6 +175,8 @@ _V2 = (
         updated_at      TEXT NOT NULL
     )""",
     "CREATE INDEX offline_invoices_company ON offline_invoices (company)",
+    # The dispatcher's question each round: which offline invoices are back in QUEUED (few, in a large queue).
+    "CREATE INDEX invoices_offline ON invoices (company, state) WHERE offline = 1",
     # Files the ERP dropped into outbox/offline/: offline24 on demand, recorded before the file is moved on.
     """CREATE TABLE offline_requests (
         company      TEXT NOT NULL,

@@ -181,14 +181,21 @@ class OfflineRepo:
         """Waiting invoices (QUEUED, DEFERRED, HELD; not yet offline) that must be issued offline whatever
         KSeF's state: (id, offline24 requested through outbox/offline/, the rejected offline invoice with the
         same seller, type and number that it technically corrects, PROTOCOL.md §8.4)."""
-        rows = await self._db.fetch_all(
-            "SELECT i.id, r.sha256 IS NOT NULL AS requested, (SELECT o.id FROM invoices o WHERE o.company = "
-            "i.company AND o.state = 'rejected' AND o.offline = 1 AND o.status_code IS NOT NULL AND o.status_code "
-            "!= 410 AND o.seller_nip = i.seller_nip AND o.invoice_type = i.invoice_type AND o.invoice_number = "
-            "i.invoice_number AND o.sha256 != i.sha256 ORDER BY o.id LIMIT 1) AS original FROM invoices i "
-            "LEFT JOIN offline_requests r ON r.company = i.company AND r.sha256 = i.sha256 WHERE i.company = ? "
-            "AND i.state IN ('queued', 'deferred', 'held') AND i.offline = 0 ORDER BY i.id", (company,))
-        return [(int(r[0]), bool(r[1]), r[2]) for r in rows if r[1] or r[2] is not None]
+        # Driven from the two small sets (requests; rejected offline invoices) through the hash and key indexes,
+        # so a large queue costs nothing here: the dispatcher asks before every round.
+        waiting = "i.company = ? AND i.state IN ('queued', 'deferred', 'held') AND i.offline = 0"
+        requested = await self._db.fetch_all(
+            f"SELECT i.id FROM offline_requests r JOIN invoices i ON i.company = r.company AND i.sha256 = r.sha256 "
+            f"WHERE r.company = ? AND {waiting}", (company, company))
+        corrections = await self._db.fetch_all(
+            f"SELECT i.id, MIN(o.id) FROM invoices o JOIN invoices i ON i.seller_nip = o.seller_nip AND "
+            f"i.invoice_type = o.invoice_type AND i.invoice_number = o.invoice_number AND i.sha256 != o.sha256 "
+            f"WHERE o.company = ? AND o.state = 'rejected' AND o.offline = 1 AND o.status_code IS NOT NULL AND "
+            f"o.status_code != 410 AND {waiting} GROUP BY i.id", (company, company))
+        found: dict[int, tuple[int, bool, int | None]] = {int(r[0]): (int(r[0]), True, None) for r in requested}
+        for r in corrections:
+            found[int(r[0])] = (int(r[0]), int(r[0]) in found, int(r[1]))
+        return [found[k] for k in sorted(found)]
 
     # --- offline24 on demand ---------------------------------------------------------------------
 
