@@ -16,7 +16,8 @@ from ksefd.logs import configure_logging
 if TYPE_CHECKING:
     from ksefd.config import Config
 
-EX_CONFIG = 78  # sysexits.h EX_CONFIG: bad configuration
+EX_CONFIG = 78           # sysexits.h EX_CONFIG: bad configuration
+EX_SOFTWARE = 70         # sysexits.h EX_SOFTWARE: the installation is broken (the FA(3) schema cannot be compiled)
 
 
 def _sim_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,6 +48,36 @@ def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def _check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("check", help="does the set-up work? folders, state DB, KSeF, login, permissions, expiry")
+    p.add_argument("-c", "--config", type=Path, required=True, help="the config file of the daemon")
+    p.add_argument("companies", nargs="*", metavar="COMPANY", help="check only these companies (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _ops_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("validate", help="run the local checks on invoice files (no network; codes as in rejected/)")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--nip", help="the seller's (company's) NIP")
+    p.add_argument("-c", "--config", type=Path, help="take the NIP from this config's --company")
+    p.add_argument("--company", help="the company in the config whose outbox the files are for")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p = sub.add_parser("qr", help="KOD I (verification QR code) of an invoice in sent/: link and image")
+    p.add_argument("file", type=Path, metavar="FILE", help="sent/NAME.xml or sent/NAME.ksef.json")
+    p.add_argument("-o", "--output", type=Path, help="image to write, .png or .svg (default: ./NAME.qr.png)")
+    p.add_argument("--no-image", action="store_true", help="print the link only")
+    p = sub.add_parser("requeue", help="copy a fixed file from rejected/ back into the outbox (recorded)")
+    p.add_argument("-c", "--config", type=Path, required=True, help="the config file of the daemon")
+    p.add_argument("company", metavar="COMPANY")
+    p.add_argument("name", metavar="NAME", help="the file's name in the company's rejected/ folder")
+    p.add_argument("--force", action="store_true", help="requeue even if the local checks still refuse it")
+    p = sub.add_parser("service", help="Windows: install, remove, start or stop ksefd as a Windows service")
+    p.add_argument("action", choices=["install", "remove", "start", "stop", "restart", "debug"])
+    p.add_argument("-c", "--config", type=Path, help="config file (default: %%ProgramData%%\\ksefd\\ksefd.toml)")
+    p.add_argument("--startup", choices=["auto", "delayed", "manual", "disabled"], default="auto",
+                   help="start type at install (default auto: at boot)")
+
+
 def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="the daemon against the embedded simulator: two demo companies, "
                                     "invoices from the official samples, live summary")
@@ -59,6 +90,34 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         "(KOD I/KOD II) and sent with offlineMode once KSeF is back")
 
 
+def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`ksefd certificate enroll|list|revoke` (ksefd/certificate_cli.py)."""
+    parser = sub.add_parser("certificate", help="KSeF certificates: enroll, list, revoke")
+    commands = parser.add_subparsers(dest="certificate_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", type=Path, required=True, help="the config file")
+        p.add_argument("company", help="the company's name in the config")
+        p.add_argument("--login-certificate", type=Path, help="log in with this certificate (.crt/.pem/.p12) "
+                                                              "instead of the company's configured one")
+        p.add_argument("--login-key", type=Path, help="the private key of --login-certificate")
+        p.add_argument("--login-password-file", type=Path, help="the file with the password of --login-key")
+
+    enroll = commands.add_parser("enroll", help="request a new KSeF certificate for the company's login person")
+    common(enroll)
+    enroll.add_argument("--type", choices=["authentication", "offline"], required=True,
+                        help="authentication: logs in to KSeF; offline: signs KOD II on offline invoices")
+    enroll.add_argument("--key", choices=["ec", "rsa"], default="ec", help="key type (default EC P-256)")
+    enroll.add_argument("--update-config", action="store_true",
+                        help="change the config file (kept as .bak); otherwise the lines to paste are printed")
+    listing = commands.add_parser("list", help="the KSeF certificates of the company's login person")
+    common(listing)
+    revoke = commands.add_parser("revoke", help="revoke a KSeF certificate")
+    common(revoke)
+    revoke.add_argument("serial", help="the certificate's serial number (16 hex digits, see `list`)")
+    revoke.add_argument("--reason", choices=["Unspecified", "Superseded", "KeyCompromise"], default="Unspecified")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ksefd", description="KSeF (API 2.0) daemon for file-based ERPs")
     parser.add_argument("--version", action="version", version=f"ksefd {__version__}")
@@ -69,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _run_parser(sub)
     _status_parser(sub)
+    _certificate_parser(sub)
+    _check_parser(sub)
+    _ops_parsers(sub)
     return parser
 
 
@@ -118,10 +180,15 @@ def _load(path: Path) -> Config:
 async def _run_daemon(config: Config, once: bool) -> int:
     from ksefd.daemon.lifecycle import ShutdownSignals
     from ksefd.daemon.service import serve
+    from ksefd.invoice import SchemaUnavailable
 
     stop, force = asyncio.Event(), asyncio.Event()
-    with ShutdownSignals(stop, force):      # a first signal drains, a second one forces (DESIGN.md convention 2)
-        await serve(config, stop, once=once, force=force)
+    try:
+        with ShutdownSignals(stop, force):  # a first signal drains, a second one forces (DESIGN.md convention 2)
+            await serve(config, stop, once=once, force=force)
+    except SchemaUnavailable as error:
+        print(f"ksefd: {error}", file=sys.stderr)
+        return EX_SOFTWARE
     return 0
 
 
@@ -139,6 +206,69 @@ async def _show_status(config: Config, as_json: bool) -> int:
     return 0
 
 
+async def _run_check(config: Config, companies: list[str], as_json: bool) -> int:
+    from ksefd.daemon.check import run_check
+    from ksefd.daemon.check_report import render, to_json_text
+
+    report = await run_check(config, companies)
+    print(to_json_text(report) if as_json else render(report))
+    return 0 if report.ok else 1
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ksefd.clock import SystemClock, warsaw_today
+    from ksefd.config import ConfigError, nip_is_valid
+    from ksefd.daemon import validate
+
+    nip = args.nip
+    if args.config is not None:
+        try:
+            config = _load(args.config)
+            nip = config.company(args.company).nip if args.company else nip
+        except ConfigError as error:
+            print(f"ksefd: {error}", file=sys.stderr)
+            return EX_CONFIG
+        except KeyError:
+            print(f"ksefd validate: no company {args.company!r} in {args.config}", file=sys.stderr)
+            return 2
+    if not nip or not nip_is_valid(nip):
+        print("ksefd validate: give the seller's NIP: --nip NIP (10 digits), or -c CONFIG --company NAME",
+              file=sys.stderr)
+        return 2
+    verdicts = validate.validate_files(args.files, nip=nip, today=warsaw_today(SystemClock()))
+    print(validate.to_json_text(verdicts) if args.json else validate.render(verdicts))
+    return 0 if all(v.ok for v in verdicts) else 1
+
+
+def _qr(args: argparse.Namespace) -> int:
+    from ksefd.daemon.qr_code import QrError, invoice_code, record_path, write_image
+
+    try:
+        code = invoice_code(args.file)
+        print(code.link)
+        if not args.no_image:
+            stem = record_path(args.file).name.removesuffix(".ksef.json")
+            written = write_image(code, args.output or Path(f"{stem}.qr.png"))
+            print(f"KOD I ({code.label}) written to {written}")
+    except QrError as error:
+        print(f"ksefd qr: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _requeue(config: Config, args: argparse.Namespace) -> int:
+    from ksefd.clock import SystemClock
+    from ksefd.daemon.requeue import RequeueError, requeue
+
+    try:
+        done = await requeue(config, args.company, args.name, SystemClock(), force=args.force)
+    except RequeueError as error:
+        print(f"ksefd requeue: {error}", file=sys.stderr)
+        return 1
+    print(f"{done.source} copied to {done.target} (the rejected copy stays); ksefd sends it as a new invoice")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -149,6 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The live summary is the demo's output; log lines only for warnings and errors.
         configure_logging(args.log_format or "console", logging.WARNING)
         return asyncio.run(_run_demo(args))
+    if args.command == "service":
+        from ksefd.winservice import main as service_main
+        return service_main(args.action, args.config, args.startup)
+    if args.command in ("validate", "qr"):        # no config needed, nothing but the files
+        configure_logging(args.log_format or "console", logging.WARNING)
+        return _validate(args) if args.command == "validate" else _qr(args)
     from ksefd.config import ConfigError
     try:
         config = _load(args.config)
@@ -161,6 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run_daemon(config, args.once))
     if args.command == "status":
         return asyncio.run(_show_status(config, args.json))
+    if args.command == "certificate":
+        from ksefd import certificate_cli
+        return asyncio.run(certificate_cli.run(config, args))
+    if args.command == "check":
+        return asyncio.run(_run_check(config, args.companies, args.json))
+    if args.command == "requeue":
+        return asyncio.run(_requeue(config, args))
     parser.error(f"unknown command {args.command}")
     return 2
 

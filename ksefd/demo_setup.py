@@ -17,8 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ksefd.ksef.client import KsefClient
-from ksefd.ksef.credentials import load_certificate
+from ksefd.ksef import KsefClient, load_certificate
 
 # The official samples' own parties: ABC AGD sp. z o.o. sells to F.H.U. Jan Kowalski (both checksum-valid).
 SELLER = ("abc-agd", "9999999999", "Anna", "Sprzedawczyni")

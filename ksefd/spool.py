@@ -5,6 +5,11 @@ Every write goes to a temporary file in the destination directory (a dot-file en
 so no scanner ever picks it up), is flushed and fsynced, then renamed into place, and the directory
 is fsynced, so after a crash a reader sees either the old state or the whole new file.
 
+Permissions (issue #15 point 7): files the ERP reads (sent/, rejected/, inbox/, outbox/NAME.state.json) are
+created 0640: the ERP runs as the service user or as a member of its group, and nobody else reads invoice
+data. Files and folders only ksefd reads are 0600 / 0700 (`PRIVATE_FILE`, `ensure_private_dir`, e.g. the
+claim folder outbox/.ksefd). The process umask can only narrow these.
+
 Clobbering: ksefd never replaces a different file that an ERP may already have read. `write_new`
 refuses (`SpoolConflict`) and `unique_stem` picks `NAME-2`, `NAME-3`, ... for the next invoice that
 reuses a name, so `sent/NAME.xml` and its companions always describe one invoice. Writing the same
@@ -19,13 +24,18 @@ import datetime as dt
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 
+from .writers import open_for_writing
+
+SHARED_FILE = 0o640    # what the ERP reads: owner and group (the module docstring)
+PRIVATE_FILE = 0o600   # what only ksefd reads
+PRIVATE_DIR = 0o700
 _TEMP_SUFFIX = ".ksefd.tmp"
 _TEMP_NAME = re.compile(r"^\..*\.[0-9a-f]{16}\.ksefd\.tmp$")
 
@@ -75,19 +85,30 @@ class _Look:
 
 
 class StabilityTracker:
-    """A file is finished when its size and mtime are unchanged across two looks `settle_seconds`
-    apart: an ERP that writes in place (no temp name + rename) is never read half-written."""
+    """When may a file in the outbox be read? At once when the operating system says that no process has it
+    open for writing (writers.py: renamed in, or closed by its writer); otherwise, or where that cannot be
+    told, when its size and mtime are unchanged across two looks `settle_seconds` apart, so that an ERP
+    writing in place is never read half-written."""
 
-    def __init__(self, clock: _Clock, settle_seconds: float = 2.0) -> None:
+    def __init__(self, clock: _Clock, settle_seconds: float = 2.0,
+                 writer_check: Callable[[Path], bool | None] = open_for_writing) -> None:
         self._clock = clock
         self._settle = dt.timedelta(seconds=settle_seconds)
         self._looks: dict[Path, _Look] = {}
+        self._writer_check = writer_check
 
     def is_stable(self, path: Path) -> bool:
         try:
             info = path.stat()
         except FileNotFoundError:
             self.forget(path)
+            return False
+        writing = self._writer_check(path)
+        if writing is False:
+            self.forget(path)
+            return True
+        if writing is True:        # still open for writing: whatever its size says, the wait starts again
+            self._looks[path] = _Look(info.st_size, info.st_mtime_ns, self._clock.now())
             return False
         return self.observe(path, info.st_size, info.st_mtime_ns)
 
@@ -122,13 +143,14 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_temp(directory: Path, name: str, data: bytes) -> Path:
-    """A fresh dot-file temp in `directory` holding `data`, fsynced (O_EXCL: never someone else's file).
+def write_temp(directory: Path, name: str, data: bytes, mode: int = SHARED_FILE) -> Path:
+    """A fresh dot-file temp in `directory` holding `data`, fsynced (O_EXCL: never someone else's file),
+    created with `mode` (the final file keeps it: it is renamed or linked into place).
 
     `remove_stale_temps` knows its name, so one left behind by a crash is cleaned up at the next start.
     """
     temp = directory / f".{name}.{secrets.token_hex(8)}{_TEMP_SUFFIX}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     try:
         view = memoryview(data)
         while view:
@@ -142,10 +164,10 @@ def write_temp(directory: Path, name: str, data: bytes) -> Path:
     return temp
 
 
-def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> Path:
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = SHARED_FILE) -> Path:
     """Create or replace `path` atomically (for files ksefd owns). `sync_dir=False` leaves the directory
     fsync to the caller, who then calls `fsync_directory` once for a group of files."""
-    temp = write_temp(path.parent, path.name, data)
+    temp = write_temp(path.parent, path.name, data, mode)
     try:
         os.replace(temp, path)
     except BaseException:
@@ -163,10 +185,10 @@ def same_content(path: Path, data: bytes) -> bool:
         return False
 
 
-def write_new(path: Path, data: bytes, *, sync_dir: bool = True) -> bool:
+def write_new(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = SHARED_FILE) -> bool:
     """Create `path` atomically without ever replacing another file. True if written, False if the
     same bytes were already there; `SpoolConflict` if different bytes are. `sync_dir` as in write_atomic."""
-    temp = write_temp(path.parent, path.name, data)
+    temp = write_temp(path.parent, path.name, data, mode)
     try:
         try:
             os.link(temp, path)   # atomic create-if-absent
@@ -234,6 +256,22 @@ def remove_stale_temps(directory: Path) -> int:
     return removed
 
 
+# --- private folders ----------------------------------------------------------------------------
+
+def ensure_private_dir(path: Path) -> Path:
+    """`path` as a folder only ksefd's user can open (0700), e.g. the claim folder outbox/.ksefd: created so, or
+    narrowed if an earlier version created it wider. Its parents are left as they are (they are the ERP's)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=PRIVATE_DIR)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+    if os.name != "nt" and path.stat().st_mode & 0o077:
+        os.chmod(path, PRIVATE_DIR)
+    return path
+
+
 # --- claim by rename ------------------------------------------------------------------------------
 
 def claim(source: Path, destination: Path, *, sync_dir: bool = True) -> bool:
@@ -269,5 +307,5 @@ def json_bytes(obj: Any) -> bytes:
     return msgspec.json.format(compact, indent=2) + b"\n"
 
 
-def write_json(path: Path, obj: Any, *, sync_dir: bool = True) -> Path:
-    return write_atomic(path, json_bytes(obj), sync_dir=sync_dir)
+def write_json(path: Path, obj: Any, *, sync_dir: bool = True, mode: int = SHARED_FILE) -> Path:
+    return write_atomic(path, json_bytes(obj), sync_dir=sync_dir, mode=mode)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from ksefd import spool
+from ksefd import spool, writers
 from ksefd.clock import ManualClock
 from ksefd.spool import SpoolConflict
 
@@ -40,9 +42,9 @@ def test_split_name() -> None:
     assert spool.split_name("noext") == ("noext", "")
 
 
-def test_stability_needs_two_equal_looks_apart(tmp_path: Path) -> None:
+def test_stability_needs_two_equal_looks_apart_where_writers_cannot_be_seen(tmp_path: Path) -> None:
     clock = ManualClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
-    tracker = spool.StabilityTracker(clock, settle_seconds=2)
+    tracker = spool.StabilityTracker(clock, settle_seconds=2, writer_check=lambda _path: None)
     path = tmp_path / "FV.xml"
     path.write_bytes(b"<Faktura>")
     assert not tracker.is_stable(path)           # first look
@@ -60,7 +62,7 @@ def test_stability_needs_two_equal_looks_apart(tmp_path: Path) -> None:
 
 def test_stability_notices_mtime_change_without_size_change(tmp_path: Path) -> None:
     clock = ManualClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
-    tracker = spool.StabilityTracker(clock, settle_seconds=2)
+    tracker = spool.StabilityTracker(clock, settle_seconds=2, writer_check=lambda _path: None)
     path = tmp_path / "FV.xml"
     assert not tracker.observe(path, 10, 1)
     clock.advance(3)
@@ -154,3 +156,47 @@ def test_json_is_stable_utf8_and_sorted(tmp_path: Path) -> None:
     assert path.read_bytes() == data
     with pytest.raises(TypeError):
         spool.json_bytes({"x": object()})
+
+
+HOLD_OPEN = """
+import sys, time
+with open(sys.argv[1], "ab") as f:
+    f.write(b"<Faktura>")
+    f.flush()
+    print("open", flush=True)
+    sys.stdin.readline()            # the test says when the writer is done
+    f.write(b"</Faktura>")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="read leases are Linux's (writers.py)")
+def test_a_file_is_taken_at_once_when_no_process_writes_it_and_never_while_one_does(tmp_path: Path) -> None:
+    clock = ManualClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    tracker = spool.StabilityTracker(clock, settle_seconds=2)
+    renamed = tmp_path / "RENAMED.xml"
+    (tmp_path / "RENAMED.xml.tmp").write_bytes(b"<Faktura/>")
+    (tmp_path / "RENAMED.xml.tmp").rename(renamed)
+    assert writers.open_for_writing(renamed) is False
+    assert tracker.is_stable(renamed)                 # no settle wait: nobody holds it open for writing
+
+    slow = tmp_path / "SLOW.xml"
+    with subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(slow)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as writer:
+        assert writer.stdout is not None and writer.stdout.readline() == "open\n"
+        assert writers.open_for_writing(slow) is True
+        assert not tracker.is_stable(slow)
+        clock.advance(10)                             # unchanged for longer than settle_seconds, still open
+        assert not tracker.is_stable(slow)
+        assert writer.stdin is not None
+        writer.stdin.write("done\n")
+        writer.stdin.flush()
+        assert writer.wait(10) == 0
+    assert slow.read_bytes() == b"<Faktura></Faktura>"
+    assert tracker.is_stable(slow)                    # closed by its writer: taken at once
+
+
+def test_writers_cannot_tell_for_a_missing_file_or_a_link(tmp_path: Path) -> None:
+    assert writers.open_for_writing(tmp_path / "missing.xml") is None
+    (tmp_path / "real.xml").write_bytes(b"x")
+    (tmp_path / "link.xml").symlink_to(tmp_path / "real.xml")
+    assert writers.open_for_writing(tmp_path / "link.xml") is None      # links are never followed

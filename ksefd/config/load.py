@@ -188,7 +188,8 @@ class _Builder:
         return Company(name=section.name, nip=section.nip, send=section.send, receive=section.receive,
                        environment=section.environment or ksef.environment, base_url=base_url,
                        credentials=credentials, folders=folders, sending=merged_sending,
-                       receiving=merged_receiving)
+                       receiving=merged_receiving, certificate_renewal=section.certificate_renewal,
+                       renew_before_days=section.renew_before_days)
 
     # values ---------------------------------------------------------------------------------
 

@@ -97,6 +97,9 @@ class CompanySection(Strict, frozen=True):
     offline_certificate: str | None = None
     offline_private_key: str | None = None
     offline_private_key_password_file: str | None = None
+    # Renew KSeF certificates this many days before they expire (MF advises two months); false: never.
+    certificate_renewal: bool = True
+    renew_before_days: Annotated[int, msgspec.Meta(ge=1, le=365)] = 60
     environment: Environment | None = None
     base_url: str | None = None
     outbox: str | None = None
@@ -144,6 +147,8 @@ class Company:
     folders: Folders
     sending: SendingOptions
     receiving: ReceivingOptions
+    certificate_renewal: bool = True
+    renew_before_days: int = 60
 
 
 @dataclass(frozen=True)

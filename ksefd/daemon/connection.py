@@ -19,13 +19,19 @@ from pathlib import Path
 import structlog
 
 from ksefd.config import Company
-from ksefd.ksef.auth import ContextIdentifier, Credentials
-from ksefd.ksef.client import KsefContext
-from ksefd.ksef.credentials import KsefToken, load_certificate, load_pkcs12
-from ksefd.ksef.environments import environment
-from ksefd.ksef.errors import CredentialsError, KsefError
-from ksefd.ksef.models import ContextLimits
-from ksefd.ksef.ratelimit import adopt_server_limits
+from ksefd.ksef import (
+    ContextIdentifier,
+    ContextLimits,
+    Credentials,
+    CredentialsError,
+    KsefContext,
+    KsefError,
+    KsefToken,
+    adopt_server_limits,
+    environment,
+    load_certificate,
+    load_pkcs12,
+)
 from ksefd.store import Hold
 
 from .failures import Backoff, Failure, LastingFailure, classify

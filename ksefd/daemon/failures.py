@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ksefd.config import SendingOptions
-from ksefd.ksef.errors import (
+from ksefd.ksef import (
     ApiError,
     AuthenticationFailed,
     CredentialsError,
@@ -34,6 +34,7 @@ from ksefd.ksef.errors import (
     KsefException,
     RateLimited,
     Unauthorized,
+    UnreadableRequest,
 )
 
 Verdict = Literal["transient", "hold", "reject"]
@@ -72,6 +73,11 @@ def classify(exc: BaseException) -> Failure:
                                                f"login: {exc.detail}")
     if isinstance(exc, RateLimited):
         return Failure("transient", "rate-limited", str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, UnreadableRequest):
+        # 21001: KSeF could not read what ksefd sent. The invoice is not at fault and a retry sends the same
+        # bytes: a person (a ksefd maintainer) must look, so the company waits instead of rejecting invoices.
+        return Failure("hold", "ksef-21001", f"KSeF could not read a request ksefd sent (21001): {exc}. This is "
+                                             f"a fault in ksefd, not in the invoice; report it with the log")
     if isinstance(exc, KsefException):
         if exc.retryable:
             return Failure("transient", f"ksef-{exc.code}", str(exc))

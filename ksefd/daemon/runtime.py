@@ -17,8 +17,7 @@ import structlog
 
 from ksefd.clock import Clock
 from ksefd.config import Company, Config
-from ksefd.ksef.client import KsefClient
-from ksefd.ksef.ratelimit import LimiterSnapshot, RateLimiter
+from ksefd.ksef import KsefClient, LimiterSnapshot, RateLimiter
 from ksefd.store import RATE_LIMITS, Store
 
 log = structlog.get_logger("ksefd.daemon")

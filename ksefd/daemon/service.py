@@ -29,19 +29,26 @@ import structlog
 from ksefd import __version__
 from ksefd.clock import Clock, SystemClock
 from ksefd.config import Config
-from ksefd.ksef.ratelimit import RateLimiter
+from ksefd.invoice import load_schema
+from ksefd.ksef import RateLimiter
 from ksefd.store import Store
 
+from . import notify
 from .availability import AvailabilityBoard
+from .certificate_renewal import renew_due_certificates
 from .connection import CompanyConnection
 from .inbox.runner import run_inbox
 from .lifecycle import every, guarded
+from .notify_status import one_line
+from .outbox.watch import OutboxWatcher
 from .outbox.worker import OutboxWorker
 from .runtime import Runtime, StoreLimiterPersistence
+from .status import gather
 
 log = structlog.get_logger("ksefd.daemon")
 
 HEARTBEAT_SECONDS = 5.0
+RENEWAL_CHECK_SECONDS = 86_400.0   # KSeF certificates due for renewal: looked at start-up, then daily (issue #13)
 PROGRESS_SECONDS = 0.2
 FORCED_CLOSE_SECONDS = 1.0      # after a forced stop, closing the online sessions gets this long at most
 
@@ -56,6 +63,7 @@ async def serve(config: Config, stop: asyncio.Event, *, clock: Clock | None = No
     is awaited about every 0.2 s while running (e.g. `ksefd demo` reads `runtime.store` there to print a
     live summary; `status.gather` does the reading)."""
     daemon = Daemon(await _startup(config, clock or SystemClock(), once), force or asyncio.Event())
+    notify.ready()                      # systemd Type=notify (systemd/ksefd.service): start-up done
     try:
         async with asyncio.TaskGroup() as group:
             daemon.start(group)
@@ -68,7 +76,10 @@ async def serve(config: Config, stop: asyncio.Event, *, clock: Clock | None = No
 
 
 async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
-    store = await Store.open(config.state_db, clock)
+    # Compiled once, before any check thread runs (issue #15 point 6): a broken installation stops the start
+    # here with SchemaUnavailable, not at the first invoice.
+    await asyncio.to_thread(load_schema)
+    store = await Store.open(config.state_db, clock, private_folder=config.state_db.parent != config.data_dir)
     limiter = RateLimiter(now=lambda: clock.now().timestamp(), sleep=clock.sleep,
                           store=StoreLimiterPersistence(store))
     await limiter.load()
@@ -88,15 +99,24 @@ class Daemon:
         self.draining = asyncio.Event()
         companies = [c for c in runtime.config.companies if c.send or c.receive]
         self.connections = {c.name: CompanyConnection(runtime, c) for c in companies}
+        self.watcher = OutboxWatcher()         # one for every outbox (issue #16 point 4)
         # Issue #11: one KSeF availability monitor (Latarnia + what the daemon sees) per KSeF target.
         self.availability = AvailabilityBoard(runtime.config, runtime.store, runtime.clock)
-        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name],
+        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name], self.watcher,
                                                  self.availability.for_company(c)) for c in companies if c.send]
         self.receivers: list[asyncio.Task[None]] = []
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self, group: asyncio.TaskGroup) -> None:
         runtime, draining = self.runtime, self.draining
+        for worker in self.workers:     # the folders first, so that the watcher sees every outbox
+            try:
+                worker.files.prepare()
+            except OSError as exc:      # the worker's own start tries again (and says so); the others go on
+                log.error("outbox.folders_unusable", company=worker.company.name, error=str(exc))
+        if self.workers:
+            self.tasks.append(group.create_task(guarded("outbox-watcher", functools.partial(
+                self.watcher.run, draining), draining), name="outbox-watcher"))
         for worker in self.workers:
             name = f"outbox:{worker.company.name}"
             self.tasks.append(group.create_task(guarded(name, functools.partial(worker.run, draining), draining),
@@ -121,7 +141,19 @@ class Daemon:
         # quota twice (issue #5 item 4).
         self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, runtime.limiter.save, draining,
                                                   "limiter-autosave"), name="limiter-autosave"))
+
+        async def renew() -> None:
+            await renew_due_certificates(runtime.config, runtime.store, runtime.clock, runtime.client_for)
+
+        if not runtime.once:
+            self.tasks.append(group.create_task(every(RENEWAL_CHECK_SECONDS, renew, draining, "certificate-renewal"),
+                                                name="certificate-renewal"))
+        # systemd: WATCHDOG=1 from the loop and STATUS= with a one-line summary (no-ops outside systemd).
+        self.tasks.append(group.create_task(notify.keepalive(draining, self._summary), name="systemd-notify"))
         self.tasks += self.receivers
+
+    async def _summary(self) -> str:
+        return one_line(await gather(self.runtime.store, self.runtime.config, self.runtime.clock))
 
     async def main_loop(self, stop: asyncio.Event, on_progress: Progress | None) -> None:
         """Until `stop`; in drain mode also until every worker reports that it is idle and receiving is done."""
@@ -153,6 +185,7 @@ class Daemon:
         """Stop taking new work; give what is in flight the grace period (or less, if forced); cancel the rest."""
         grace = self.runtime.config.shutdown_grace_seconds
         log.info("daemon.draining", grace_seconds=grace)
+        notify.stopping()
         self.draining.set()
         for worker in self.workers:
             worker.wake()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ksefd.clock import WARSAW, Clock
 from ksefd.config import Config
 from ksefd.store import IN_KSEF_STATES, InvoiceState, Store
 
+from .certificate_renewal import renewal_lines
 from .inbox.status import read_inbox_status
 from .inbox.status import render_lines as render_inbox_lines
 
@@ -50,6 +51,7 @@ class DaemonStatus:
     last_heartbeat: str | None
     pid: int | None
     companies: list[CompanyStatus]
+    certificates: list[str] = field(default_factory=list)     # renewals of KSeF certificates (issue #13)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +68,8 @@ async def gather(store: Store, config: Config, clock: Clock) -> DaemonStatus:
     beat = next((b for b in await store.heartbeat.read() if b.component == "daemon"), None)
     running = beat is not None and clock.now() - beat.at < HEARTBEAT_STALE and not (
         isinstance(beat.detail, dict) and beat.detail.get("stopped"))
-    return DaemonStatus(running, beat.at.isoformat() if beat else None, beat.pid if beat else None, companies)
+    return DaemonStatus(running, beat.at.isoformat() if beat else None, beat.pid if beat else None, companies,
+                        await renewal_lines(store, clock.now()))
 
 
 async def _company(store: Store, name: str, nip: str, send: bool, receive: bool, today: dt.datetime
@@ -142,6 +145,9 @@ def render(status: DaemonStatus) -> str:
             lines += _offline_lines(c.offline)
         if c.receive:
             lines += render_inbox_lines(c.inbox)
+    if status.certificates:
+        lines.append("\nKSeF certificates")
+        lines += [f"  {line}" for line in status.certificates]
     return "\n".join(lines)
 
 

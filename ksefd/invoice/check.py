@@ -23,7 +23,7 @@ def check_invoice(data: bytes, *, file_name: str, company_nip: str, today: dt.da
                   ) -> CheckedInvoice:
     """Check one invoice file. `today` is the Europe/Warsaw calendar day (`ksefd.clock.warsaw_today`).
 
-    Order: BOM, encoding, encoding declaration, processing instructions, characters, size,
+    Order: BOM, encoding, encoding declaration, XML version (1.0), processing instructions, characters, size,
     well-formedness (and no DOCTYPE), FA(3) root, XSD, seller NIP, P_1 not in the future.
     """
     text = hygiene.check_text(data)

@@ -15,12 +15,17 @@ _REEXPORT = "Re-export the invoice from the ERP as UTF-8 without BOM and drop it
 
 
 class Code(StrEnum):
+    EMPTY = "empty"                                 # no bytes, or only white space
+    NOT_XML = "not-xml"                             # an image, PDF, archive, other binary, or text that is not XML
+    HTML_PAGE = "html-page"                         # a web page (an error page saved instead of the invoice)
     BOM = "bom"                                     # UTF-8 byte order mark at the start (PROTOCOL.md §4.2)
     ENCODING_UTF16 = "encoding-utf-16"              # UTF-16 file (BOM or NUL bytes)
-    ENCODING_WINDOWS_1250 = "encoding-windows-1250"  # windows-1250 / ISO-8859-2, declared or detected
+    ENCODING_WINDOWS_1250 = "encoding-windows-1250"  # windows-1250 (or either of the two), declared or detected
+    ENCODING_ISO_8859_2 = "encoding-iso-8859-2"     # ISO-8859-2 (Latin-2), declared or detected
     ENCODING_DECLARATION = "encoding-declaration"   # UTF-8 bytes, but the prolog names another encoding
     NOT_UTF8 = "not-utf8"                           # bytes that are not UTF-8, in no recognisable encoding
     PROCESSING_INSTRUCTION = "processing-instruction"
+    XML_VERSION = "xml-version"                     # the declaration says another version than XML 1.0
     XML_CHAR = "xml-char"                           # a character XML 1.0 forbids (control characters, U+FFFE/F)
     DISCOURAGED_CHAR = "discouraged-char"           # a W3C "discouraged" character KSeF refuses
     TOO_LARGE = "too-large"
@@ -29,19 +34,29 @@ class Code(StrEnum):
     NOT_FA3 = "not-fa3"                             # another document type or form version (FA(2), PEF, ...)
     XSD = "xsd"
     SELLER_NIP = "seller-nip"
+    NIP_CHECKSUM = "nip-checksum"                   # the seller's NIP has a wrong check digit (a typo)
     P1_FUTURE = "p1-future"
 
 
 HINTS: dict[Code, str] = {
+    Code.EMPTY: "Export the invoice from the ERP again. If the ERP writes files slowly, let it write elsewhere (or "
+                "under a temporary name) and move the finished file into the outbox.",
+    Code.NOT_XML: "Drop the invoice's XML file as the ERP exports it (FA(3) structure), not a scan, PDF, image, "
+                  "spreadsheet or archive of it.",
+    Code.HTML_PAGE: "Export the invoice from the ERP again as FA(3) XML: this file is a web page (an error page from "
+                    "the ERP, a portal or a proxy), not the invoice.",
     Code.BOM: "Save the file as UTF-8 without BOM (in the ERP's export settings, or in the editor: "
               "'UTF-8' rather than 'UTF-8 with BOM').",
     Code.ENCODING_UTF16: _REEXPORT,
     Code.ENCODING_WINDOWS_1250: _REEXPORT,
+    Code.ENCODING_ISO_8859_2: _REEXPORT,
     Code.ENCODING_DECLARATION: "Set the XML declaration to <?xml version=\"1.0\" encoding=\"UTF-8\"?> and make "
                                "sure the bytes really are UTF-8. " + _REEXPORT,
     Code.NOT_UTF8: _REEXPORT,
     Code.PROCESSING_INSTRUCTION: "Remove the processing instruction (<?...?>) from the file; KSeF allows only "
                                  "the XML declaration at the very start.",
+    Code.XML_VERSION: "Set the XML declaration to <?xml version=\"1.0\" encoding=\"UTF-8\"?> (in the ERP's export "
+                      "settings, or ask its supplier): KSeF accepts only XML 1.0.",
     Code.XML_CHAR: "Remove the character at the given line and column; it is not allowed in XML 1.0 "
                    "(often a stray control character pasted into a description).",
     Code.DISCOURAGED_CHAR: "Remove or replace the character at the given line and column; KSeF refuses W3C "
@@ -57,6 +72,8 @@ HINTS: dict[Code, str] = {
               "the FA(3) schema, then drop it again.",
     Code.SELLER_NIP: "Drop the invoice into the outbox of the company whose NIP is the seller's (Podmiot1), or "
                      "correct the seller NIP in the ERP.",
+    Code.NIP_CHECKSUM: "Correct the seller NIP (Podmiot1) in the ERP: its last digit does not match the first nine, so "
+                       "a digit is mistyped. The company's NIP is in the message.",
     Code.P1_FUTURE: "Correct the issue date (P_1): KSeF refuses an invoice dated after the day it is sent. "
                     "Drop it again on or after its issue date.",
 }

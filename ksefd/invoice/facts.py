@@ -89,6 +89,12 @@ def _buyer(ids: etree._Element | None) -> Buyer:
 def check_seller(facts: Facts, company_nip: str) -> None:
     """Podmiot1 must be the company whose outbox the file came from: the context's NIP."""
     if facts.seller_nip != company_nip:
+        if not nip_checksum_ok(facts.seller_nip):
+            raise InvoiceRejected(Code.NIP_CHECKSUM, f"The seller NIP (Podmiot1) {facts.seller_nip} is not a valid "
+                                                     "NIP: its check digit (the last one) does not match the first "
+                                                     f"nine, so a digit is mistyped. This outbox belongs to NIP "
+                                                     f"{company_nip}.",
+                                  {"sellerNip": facts.seller_nip, "companyNip": company_nip})
         raise InvoiceRejected(Code.SELLER_NIP, f"The seller NIP (Podmiot1) is {facts.seller_nip}, but this outbox "
                                                f"belongs to the company with NIP {company_nip}.",
                               {"sellerNip": facts.seller_nip, "companyNip": company_nip})
@@ -103,3 +109,11 @@ def check_issue_date(facts: Facts, today: dt.date) -> None:
                                               "the future.",
                               {"line": facts.p1_line, "issueDate": facts.issue_date.isoformat(),
                                "today": today.isoformat()})
+
+
+def nip_checksum_ok(nip: str) -> bool:
+    """NIP check digit: weights 6,5,7,2,3,4,5,6,7; the sum mod 11 is the 10th digit (10 is never valid)."""
+    if len(nip) != 10 or not nip.isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(nip[:9], (6, 5, 7, 2, 3, 4, 5, 6, 7), strict=True)) % 11
+    return total != 10 and total == int(nip[9])

@@ -9,10 +9,12 @@ from __future__ import annotations
 import codecs
 import re
 
+from . import sniff
 from .errors import Code, InvoiceRejected
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF32_BOMS = (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")
+_DECLARED_VERSION = re.compile(r"""\A<\?xml\s+version\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 _DECLARED_ENCODING = re.compile(
     rb"""\A<\?xml\s+version\s*=\s*(?:"[^"]*"|'[^']*')\s+encoding\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 
@@ -31,9 +33,13 @@ _COMMENT_OR_CDATA = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>", re.DOTALL)
 
 
 def check_text(data: bytes) -> str:
-    """All the byte- and character-level checks in KSeF's order; returns the decoded text."""
+    """All the byte- and character-level checks in KSeF's order; returns the decoded text. Files that are not
+    XML at all (empty, binary, an HTML page, plain text) are named as such first (sniff.py)."""
+    sniff.check_binary(data)
     check_bom(data)
     text = decode_utf8(data)
+    sniff.check_text_kind(text)
+    check_xml_version(text)
     check_processing_instructions(text)
     check_characters(text)
     return text
@@ -55,7 +61,8 @@ def decode_utf8(data: bytes) -> str:
         raise _undecodable(data, error, declared) from None
     if declared is not None and _canonical(declared) != "utf-8":
         if _canonical(declared) in _WINDOWS_1250_FAMILY:
-            raise InvoiceRejected(Code.ENCODING_WINDOWS_1250,
+            code = Code.ENCODING_ISO_8859_2 if _canonical(declared) == "iso8859-2" else Code.ENCODING_WINDOWS_1250
+            raise InvoiceRejected(code,
                                   f"The XML declaration says encoding=\"{declared}\"; KSeF accepts only UTF-8.",
                                   {"declared": declared})
         raise InvoiceRejected(Code.ENCODING_DECLARATION,
@@ -63,6 +70,18 @@ def decode_utf8(data: bytes) -> str:
                               "(the declaration may be left out, but if present it must say UTF-8).",
                               {"declared": declared})
     return text
+
+
+def check_xml_version(text: str) -> None:
+    """KSeF requires well-formed XML 1.0 (PROTOCOL.md §4.2); libxml2 would parse a 1.1 declaration quietly."""
+    match = _DECLARED_VERSION.match(text)
+    if match is None:
+        return   # no declaration (XML 1.0 by default), or a malformed one the parser names
+    version = match.group(1) if match.group(1) is not None else match.group(2)
+    if version != "1.0":
+        raise InvoiceRejected(Code.XML_VERSION, f"The XML declaration says version=\"{version}\"; KSeF accepts only "
+                                                "XML 1.0 (PROTOCOL.md §4.2).",
+                              {"line": 1, "declared": version})
 
 
 def _reject_wide_encodings(data: bytes) -> None:
@@ -87,7 +106,9 @@ def _utf16_variant(data: bytes) -> str | None:
         return "UTF-16 (big-endian)"
     head = data[:512]
     # ASCII text in UTF-16 has a NUL in every other byte; a stray NUL elsewhere is an xml-char problem.
-    if len(head) >= 8 and head.count(0) * 3 >= len(head):
+    printable = sum(1 for b in head if 0x20 <= b < 0x7F or b in b"\t\r\n")
+    # ...and the other bytes are text: a binary file full of NULs is not UTF-16 (sniff.py names it).
+    if len(head) >= 8 and head.count(0) * 3 >= len(head) and (printable + head.count(0)) * 10 >= len(head) * 9:
         return "UTF-16 (little-endian)" if head[1::2].count(0) > head[0::2].count(0) else "UTF-16 (big-endian)"
     return None
 
@@ -111,15 +132,16 @@ def _undecodable(data: bytes, error: UnicodeDecodeError, declared: str | None) -
     line, column = _byte_position(data, error.start)
     bad = data[error.start]
     high = [b for b in data if b >= 0x80]
-    excerpt = _line_excerpt(data, error.start)
-    details = {"line": line, "column": column, "byte": f"0x{bad:02X}", "excerpt": excerpt}
     guess = _single_byte_guess(high, declared)
+    excerpt = _line_excerpt(data, error.start, "iso-8859-2" if guess == "ISO-8859-2" else "cp1250")
+    details = {"line": line, "column": column, "byte": f"0x{bad:02X}", "excerpt": excerpt}
     if guess is not None:
         details["encoding"] = guess
-        return InvoiceRejected(Code.ENCODING_WINDOWS_1250,
+        return InvoiceRejected(Code.ENCODING_ISO_8859_2 if guess == "ISO-8859-2" else Code.ENCODING_WINDOWS_1250,
                                f"The file is encoded in {guess}, not UTF-8 (first non-UTF-8 byte 0x{bad:02X} at "
                                f"line {line}, column {column}: \"{excerpt}\"). KSeF accepts only UTF-8: "
                                "re-export from the ERP as UTF-8 without BOM.", details)
+    sniff.check_binary_content(data)
     said = ""
     if declared is not None and _canonical(declared) != "utf-8":
         details["declared"] = declared
@@ -153,11 +175,11 @@ def _byte_position(data: bytes, offset: int) -> tuple[int, int]:
     return data.count(b"\n", 0, offset) + 1, column
 
 
-def _line_excerpt(data: bytes, offset: int, width: int = 60) -> str:
+def _line_excerpt(data: bytes, offset: int, encoding: str, width: int = 60) -> str:
     start = max(data.rfind(b"\n", 0, offset) + 1, offset - width // 2)
     end = data.find(b"\n", offset)
     end = min(end if end >= 0 else len(data), offset + width // 2)
-    return data[start:end].decode("cp1250", "replace").strip()
+    return data[start:end].decode(encoding, "replace").strip()
 
 
 def position(text: str, offset: int) -> tuple[int, int]:

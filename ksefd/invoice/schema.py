@@ -1,24 +1,37 @@
-"""Parsing and the FA(3) XSD, offline: the schema is package data (`ksefd/data/xsd/FA3`) read through
-`importlib.resources` with a resolver, so `xsd:import`/`xsd:include` never reach the network and it
-works from a wheel as well as from a source tree.
+"""Parsing and the FA(3) XSD, offline: the schema is package data (`ksefd/data/xsd/FA3`), compiled from
+its files on disk so `xsd:include` never reaches the network, from a wheel as well as from a source tree.
 
-lxml parsers must not be used by two threads at once, so each thread gets its own. The schema is
-compiled once and validation is serialised by a lock: compiling a schema while another thread
-validates fails inside libxml2 (seen in tests), and an XMLSchema keeps its error log on the object.
-Validation of a typical invoice takes well under a millisecond, so the lock costs little.
+Thread safety, by design rather than by luck (issue #15 point 6):
+- The schema is compiled once, before any check thread parses: the daemon calls `load_schema()` at
+  start-up, and `parse()` itself waits for the compiled schema, so no parse in this module ever runs
+  beside the compile. Compiling writes into lxml's main-thread string dictionary, which every other
+  thread's dictionary reads through; it is the one libxml2 step here that must not overlap anything.
+- The includes are loaded from real file paths, never through an lxml `Resolver`. lxml swaps
+  libxml2's process-wide external-entity loader in and out around every parse (`_register_document_loader`
+  / `_reset_document_loader`, not atomic): a parse in any thread could restore the default loader in the
+  middle of a compile, and the default loader cannot serve a custom URL scheme ("Failed to load the
+  document 'ksefd-invoice-xsd:/bazowe/...' for inclusion", in up to a third of fresh processes, see
+  benchmarks/schema_race.py). A file path is served the same by either loader, so the swap is harmless.
+- lxml parsers must not be used by two threads at once, so each thread gets its own.
+- Validation is serialised by a lock: an XMLSchema keeps its error log on the object. Validating a
+  typical invoice takes well under a millisecond, so the lock costs little.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import pathlib
 import re
+import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from lxml import etree
 
+from . import syntax, xsd_messages
 from .errors import Code, InvoiceRejected
 
 FA3_NS = "http://crd.gov.pl/wzor/2025/06/25/13775/"
@@ -31,18 +44,15 @@ _KNOWN_FORMS = {   # root namespaces an ERP may still export, to say which versi
 }
 _XSD_DIR = "data/xsd/FA3"
 _XSD_MAIN = "schemat_FA(3)_v1-0E.xsd"
-_SCHEME = "ksefd-invoice-xsd:/"
-_NAMESPACE_IN_MESSAGE = re.compile(r"\{[^}]*\}")
+_DOCTYPE = re.compile(rb"<!DOCTYPE\s+([^\s\[>]+)")
+_ENTITY_DECLARATION = re.compile(rb"<!ENTITY\s")
+_COMMENT_OR_CDATA = re.compile(rb"<!--.*?-->|<!\[CDATA\[.*?\]\]>", re.DOTALL)
+_NAMESPACE_IN_MESSAGE = re.compile(r"\{[A-Za-z][A-Za-z0-9+.-]*:[^}']*\}")   # {http://...}, not {'VAT', ...}
 MAX_XSD_ERRORS = 10
 
 
-class _PackageResolver(etree.Resolver):
-    def resolve(self, system_url: str | None, public_id: str | None, context: Any) -> Any:  # type: ignore[override]
-        if system_url and system_url.startswith(_SCHEME):
-            relative = system_url[len(_SCHEME):]
-            data = files("ksefd").joinpath(_XSD_DIR, *relative.split("/")).read_bytes()
-            return self.resolve_string(data, context, base_url=system_url)
-        return None
+class SchemaUnavailable(RuntimeError):
+    """The FA(3) schema shipped with ksefd could not be compiled: the installation is broken."""
 
 
 class _PerThread(threading.local):
@@ -61,37 +71,96 @@ def _parser() -> etree.XMLParser:
     return _local.parser
 
 
-@functools.cache
-def _compiled() -> etree.XMLSchema:
-    parser = etree.XMLParser(resolve_entities=False, no_network=True)
-    parser.resolvers.add(_PackageResolver())
-    main = files("ksefd").joinpath(_XSD_DIR, _XSD_MAIN).read_bytes()
-    document = etree.fromstring(main, parser, base_url=_SCHEME + _XSD_MAIN)
-    return etree.XMLSchema(etree.ElementTree(document))
+_schema: etree.XMLSchema | None = None
+
+
+def load_schema() -> None:
+    """Compile the FA(3) schema now. The daemon calls this at start-up, before any check thread runs, so a
+    broken installation stops it at once with a clear message instead of at the first invoice."""
+    fa3_schema()
 
 
 def fa3_schema() -> etree.XMLSchema:
-    """The compiled FA(3) schema, built once (~20 ms). Use it only while holding no other schema work:
-    `validate` below serialises access, because libxml2 fails when a schema is compiled or used by
-    two threads at once and an XMLSchema keeps its error log on the object."""
+    """The compiled FA(3) schema, built once (~20 ms) under the lock that also guards validation."""
+    global _schema
+    schema = _schema
+    if schema is not None:
+        return schema
     with _schema_lock:
-        return _compiled()
+        if _schema is None:
+            _schema = _compile()
+        return _schema
+
+
+def _compile() -> etree.XMLSchema:
+    try:
+        with _on_disk(files("ksefd").joinpath(_XSD_DIR)) as folder:
+            parser = etree.XMLParser(resolve_entities=False, no_network=True)
+            document = etree.parse(str(folder / _XSD_MAIN), parser)
+            return etree.XMLSchema(document)
+    except (OSError, etree.Error) as error:
+        raise SchemaUnavailable(
+            f"The FA(3) schema shipped with ksefd ({_XSD_DIR}/{_XSD_MAIN}) could not be compiled: {error}. "
+            "The installation is damaged: reinstall ksefd.") from error
+
+
+@contextlib.contextmanager
+def _on_disk(folder: Traversable) -> Iterator[pathlib.Path]:
+    """The schema folder as a real directory: itself from a source tree or an unpacked wheel, else (a zip
+    import) a temporary copy, so libxml2 loads the includes from file paths (see the module docstring)."""
+    if isinstance(folder, pathlib.Path):
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="ksefd-xsd-") as temporary:
+        target = pathlib.Path(temporary)
+        _copy_tree(folder, target)
+        yield target
+
+
+def _copy_tree(source: Traversable, target: pathlib.Path) -> None:
+    for item in source.iterdir():
+        if item.is_dir():
+            (target / item.name).mkdir()
+            _copy_tree(item, target / item.name)
+        else:
+            (target / item.name).write_bytes(item.read_bytes())
 
 
 def parse(data: bytes) -> etree._Element:
     """Well-formedness (from the bytes, so line numbers are the file's) and no DOCTYPE."""
+    fa3_schema()   # never parse beside the compile (module docstring); a no-op once compiled
+    _refuse_doctype(data)
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as error:
-        line, column = error.position
-        raise InvoiceRejected(Code.NOT_WELL_FORMED,
-                              f"The file is not well-formed XML: {error.msg} (line {line}, column {column}).",
-                              {"line": line, "column": column, "error": error.msg}) from None
+        found = syntax.explain(error, data)
+        raise InvoiceRejected(Code.NOT_WELL_FORMED, f"The file is not well-formed XML. {found.message}",
+                              {"line": found.line, "column": found.column, "error": found.parser}) from None
     doctype: str = getattr(root.getroottree().docinfo, "doctype", "")   # missing from lxml-stubs
     if doctype:
-        raise InvoiceRejected(Code.DOCTYPE, f"The file has a document type declaration ({doctype}); an FA(3) "
-                                            "invoice must not have one.", {"doctype": doctype})
+        raise _doctype_rejected(doctype, 0)
     return root
+
+
+def _refuse_doctype(data: bytes) -> None:
+    """Before parsing: a DOCTYPE may declare entities (an "entity bomb" expands to gigabytes), so it is refused by
+    its own rule (PROTOCOL.md §4.2, no DTD) before libxml2 reads it, not reported as "not well-formed"."""
+    if b"<!DOCTYPE" not in data:
+        return
+    visible = _COMMENT_OR_CDATA.sub(lambda m: b" " * len(m.group()), data)
+    match = _DOCTYPE.search(visible)
+    if match is not None:
+        entities = len(_ENTITY_DECLARATION.findall(visible, match.start()))
+        raise _doctype_rejected(match.group(1).decode("utf-8", "replace"), entities,
+                                data.count(b"\n", 0, match.start()) + 1)
+
+
+def _doctype_rejected(name: str, entities: int, line: int = 0) -> InvoiceRejected:
+    what = f" declaring {entities} entit{'y' if entities == 1 else 'ies'}" if entities else ""
+    return InvoiceRejected(Code.DOCTYPE, f"The file has a document type declaration (<!DOCTYPE {name} ...>){what}; an "
+                                         "FA(3) invoice must not have one (KSeF refuses DTDs: entities could change "
+                                         "what it reads).",
+                           {"doctype": name, "entities": entities, "line": line})
 
 
 def check_form(root: etree._Element) -> None:
@@ -115,10 +184,23 @@ def validate(root: etree._Element) -> None:
         if schema.validate(root):
             return
         log: Iterable[Any] = schema.error_log   # type: ignore[assignment]  # iterable; stubs disagree
-        errors = [(int(e.line), _readable(str(e.message))) for e in list(log)[:MAX_XSD_ERRORS]]
-    line, first = errors[0]
-    raise InvoiceRejected(Code.XSD, f"The invoice is not valid against the FA(3) schema: line {line}: {first}",
-                          {"line": line, "errors": [f"line {n}: {m}" for n, m in errors]})
+        raw = [(int(e.line), _readable(str(e.message)), str(e.path or "")) for e in list(log)[:MAX_XSD_ERRORS]]
+    tree = root.getroottree()
+    errors = [(line, xsd_messages.explain(message, _node(tree, path)), message) for line, message, path in raw]
+    line, first, _ = errors[0]
+    raise InvoiceRejected(Code.XSD, f"The invoice does not match the FA(3) schema: line {line}: {first}",
+                          {"line": line, "errors": [f"line {n}: {m}" for n, m, _ in errors],
+                           "schemaMessages": [f"line {n}: {m}" for n, _, m in errors]})
+
+
+def _node(tree: etree._ElementTree, path: str) -> etree._Element | None:
+    """The element a schema error is about, from libxml2's path (`/*/*[4]/*[2]`)."""
+    try:
+        found = tree.xpath(path) if path.startswith("/") else []
+    except etree.XPathError:
+        return None
+    first = found[0] if isinstance(found, list) and found else None
+    return first if isinstance(first, etree._Element) else None
 
 
 def _readable(message: str) -> str:

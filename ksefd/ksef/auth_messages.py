@@ -46,8 +46,10 @@ def _certificate_failure(detail: str, identity: str, environment: Environment) -
                  else "verifyCertificateChain was requested, which checks the chain even on TEST")
         return (f"the certificate of {identity} was rejected: its chain cannot be verified or is not trusted; "
                 f"{where}. Use a qualified certificate or a KSeF certificate of type Authentication")
-    if _has(low, "unieważ", "uniewaz", "revok", "zawiesz", "suspend"):
-        return f"the certificate of {identity} is revoked or suspended; get a new certificate"
+    if _has(low, "unieważ", "uniewaz", "odwoła", "odwola", "revok", "zawiesz", "suspend"):
+        # "Certyfikat odwołany" is the wording of the OA status table (PROTOCOL.md §3.4).
+        return (f"the certificate of {identity} is revoked or suspended; get a new certificate (a KSeF one: "
+                f"`ksefd certificate enroll COMPANY --type authentication` with another signature)")
     return (f"the certificate of {identity} was rejected as invalid (expired, not yet valid, or unusable for "
             f"authentication); check its validity dates and that it is an Authentication certificate")
 

@@ -208,7 +208,7 @@ def prepare_batch(invoices: Iterable[BatchInvoice], workdir: Path, *, compressio
     encrypted parts exist, the parts stay until `PreparedBatch.cleanup()`."""
     if not 1 <= part_size <= MAX_PART_SIZE:
         raise BatchBuildError(f"part_size {part_size} must be between 1 and {MAX_PART_SIZE} bytes (PROTOCOL.md §5)")
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)   # plain invoices: only ksefd reads them
     archive = workdir / ARCHIVE_NAMES.get(compression, "batch.bin")
     try:
         entries = build_archive(invoices, archive, compression, max_invoices)

@@ -28,6 +28,7 @@ from .transport import RequestGate, Response, RetryPolicy, Transport
 
 if TYPE_CHECKING:       # imported lazily below: those modules belong to the batch/receiving layer of this package
     from .batch import BatchOptions, BatchSender
+    from .certificates import CertificateManager
     from .export import Exporter, ExportOptions
     from .receiving import Receiver
 
@@ -62,6 +63,11 @@ class KsefContext:
         """Invoice exports in this context (export.py)."""
         from .export import Exporter
         return Exporter(self.auth, self.client.public_keys, sleep=self.client.sleep, options=options)
+
+    def certificates(self) -> CertificateManager:
+        """KSeF certificates of the logged-in subject (certificates.py; enrolling needs a XAdES login)."""
+        from .certificates import CertificateManager
+        return CertificateManager(self.auth, sleep=self.client.sleep)
 
     def receiver(self) -> Receiver:
         """Metadata queries and single downloads in this context (receiving.py)."""

@@ -8,6 +8,7 @@
     ├── RateLimited                429; `retry_after` seconds (PROTOCOL.md §7)
     ├── ApiError                   any other HTTP error answer (status, detail)
     │   ├── KsefException          400 with exception codes (PROTOCOL.md §10.1/10.2)
+    │   │   └── UnreadableRequest  21001: KSeF could not read our body; permanent, never retried (§15)
     │   ├── Unauthorized           401 problem+json
     │   ├── Forbidden              403 problem+json (`reasonCode`, `security`; `timestamp` optional, §14.2)
     │   └── Gone                   410 (expired async status)
@@ -28,9 +29,13 @@ from typing import Any
 # 400 exception codes after which the same request may succeed later or after a client-side fix that the
 # client library applies itself (re-fetch keys, open another session): PROTOCOL.md §6.2, §6.3, §2.1, §14.3.
 RETRYABLE_CODES = frozenset({21165, 21182, 21184, 21470})
+# API 2.9.0 (PROTOCOL.md §15): "Nieczytelna treść." KSeF could not read the request body (not JSON, not UTF-8).
+UNREADABLE_BODY = 21001
 
 # Human hints for the codes a daemon meets most (PROTOCOL.md §10.2).
 CODE_HINTS: dict[int, str] = {
+    21001: "KSeF could not read the request body (not valid JSON or XML, or not UTF-8): a ksefd bug or a body "
+           "damaged on the way (a proxy?); it is not retried - report it with the log",
     9105: "the XAdES signature does not verify; check that the key belongs to the certificate",
     21115: "KSeF rejected the certificate (expired, wrong type, or not accepted in this environment)",
     21117: "the certificate's identifier does not fit the context type",
@@ -166,6 +171,15 @@ class KsefException(ApiError):
     @property
     def details(self) -> list[str]:
         return [d for e in self.errors for d in e.details]
+
+
+class UnreadableRequest(KsefException):
+    """400 with 21001 (PROTOCOL.md §15): KSeF could not read the body we sent. The same bytes would fail again,
+    so this is a permanent request error, never retried as if transient, whatever other codes come with it."""
+
+    def __init__(self, errors: list[ExceptionDetail], *, method: str = "", url: str = "") -> None:
+        super().__init__(errors, method=method, url=url)
+        self.retryable = False
 
 
 class Unauthorized(ApiError):

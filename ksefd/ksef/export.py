@@ -200,7 +200,8 @@ class Exporter:
         info = status.package
         if info is None:
             raise ProtocolError(f"export {started.reference_number} has no package to download")
-        await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+        # 0700: the decrypted parts are invoices; only ksefd reads them (issue #15 point 7).
+        await asyncio.to_thread(workdir.mkdir, mode=0o700, parents=True, exist_ok=True)
         parts = sorted(info.parts, key=lambda p: p.ordinal_number)
         if [p.ordinal_number for p in parts] != list(range(1, len(parts) + 1)):
             raise ProtocolError(f"export {started.reference_number} lists parts {[p.ordinal_number for p in parts]}")

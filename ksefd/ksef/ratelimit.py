@@ -281,8 +281,11 @@ class RateLimiter:
     def snapshot(self) -> LimiterSnapshot:
         now = self._now()
         requests = {}
+        unlimited_global = not self._defaults[GLOBAL_GROUP].windows()
         for key, bucket in self._buckets.items():
             bucket.prune(now, HOUR + self._margin)
+            if unlimited_global and key == (GLOBAL_CONTEXT, GLOBAL_GROUP):
+                continue   # kept in memory for the day `global` turns positive, not worth saving until then
             if bucket.stamps:
                 requests[key] = list(bucket.stamps)
         blocks = {ctx: until for ctx, until in self._blocks.items() if until > now}
@@ -301,6 +304,10 @@ class RateLimiter:
                 self._blocks[context] = until
         for context, table in snapshot.limits.items():
             self._per_context.setdefault(context, dict(table))
+            restored_global = table.get(GLOBAL_GROUP)
+            if restored_global is not None and restored_global.windows() and \
+                    not self._defaults[GLOBAL_GROUP].windows():
+                self._defaults[GLOBAL_GROUP] = restored_global   # per IP: not only for that context
 
     async def load(self) -> None:
         """Restore from the store, if there is one and it holds a state."""
@@ -336,6 +343,10 @@ class RateLimiter:
     def _grant(self, context: str, group: str) -> None:
         now = self._now()
         self._bucket(context, group).record(now)
-        if self._defaults[GLOBAL_GROUP].windows() and group != GLOBAL_GROUP:
-            self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP).record(now)
+        if group != GLOBAL_GROUP:
+            # Recorded even while `global` is -1: when GET /rate-limits turns it positive (§15: 75/s in the
+            # 2.9.0 example), the requests of the last hour already count, as they do on KSeF's side.
+            every_request = self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP)
+            every_request.record(now)
+            every_request.prune(now, HOUR + self._margin)
         self._dirty = True

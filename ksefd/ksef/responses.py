@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from .errors import (
+    UNREADABLE_BODY,
     ApiError,
     ExceptionDetail,
     Forbidden,
@@ -27,6 +28,7 @@ from .errors import (
     RateLimited,
     ServerError,
     Unauthorized,
+    UnreadableRequest,
 )
 
 T = TypeVar("T")
@@ -127,6 +129,8 @@ def error_from_response(response: Response, method: str, template: str, group: s
         errors = _exception_details(data)
         if not errors:
             errors = [ExceptionDetail(0, f"Bad Request: {excerpt(response.body, response.content_type)}")]
+        if any(e.code == UNREADABLE_BODY for e in errors):
+            return UnreadableRequest(errors, method=method, url=template)
         return KsefException(errors, method=method, url=template)
     if status == 401:
         return Unauthorized(401, detail, method=method, url=template)

@@ -55,7 +55,7 @@ import structlog
 from multidict import CIMultiDict
 
 from .clock import Sleep, real_sleep
-from .errors import OutcomeUnknown, RateLimited, ServerError, TransportError
+from .errors import OutcomeUnknown, RateLimited, ServerError, TransportError, UnreadableRequest
 from .responses import Response as Response
 from .responses import error_from_response
 
@@ -272,6 +272,10 @@ class Transport:
                 if self.gate is None or not call.group:
                     await self.sleep(error.retry_after)
                 continue
+            if isinstance(error, UnreadableRequest):
+                # Loud: the body we built could not be read (a bug of ours or damage on the way); no retry.
+                log.error("ksef.unreadable_request", method=call.method, path=call.template, group=call.group,
+                          details=error.details[:3])
             if isinstance(error, ServerError):
                 if not call.replay_safe:
                     raise OutcomeUnknown(f"{error.message}; KSeF may or may not have processed it",

@@ -13,10 +13,14 @@ from aiohttp import web
 from . import (
     auth,
     batch,
+    certificates,
     control,
+    exports,
+    fa3,
     faults,
     limits,
     online,
+    permission_queries,
     ratelimits,
     receiving,
     sessions_query,
@@ -35,7 +39,8 @@ log = structlog.get_logger("ksefd.sim")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Each module registers its own routes; order matters only for readability.
-ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, limits, control)
+ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, exports, limits, certificates,
+                 control, permission_queries)
 
 
 @web.middleware
@@ -66,6 +71,7 @@ async def public_key_certificates(request: web.Request) -> web.Response:
 
 def create_app(config: SimConfig | None = None, clock: Clock | None = None) -> web.Application:
     config = config or SimConfig()
+    fa3.schema()   # compile now, before requests run parses in other threads (fa3.py docstring)
     world = World(config, clock or SystemClock(), Store(config.state_path))
     app = web.Application(middlewares=[error_middleware, faults.middleware, ratelimits.middleware],
                           client_max_size=200 * 1024 * 1024)

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import auth_ops, auth_sessions, permissions, tokens
+from . import auth_ops, auth_sessions, certificate_store, permissions, tokens
 from .clock import epoch_ms, iso
 from .errors import Forbidden, KsefException
 from .ids import reference_number
@@ -21,7 +21,7 @@ from .security import bearer, client_ip
 from .spec import API_PREFIX, check_parameters, json_body
 from .store import Record
 from .world import WORLD, World
-from .xades_verify import certificate_identity, is_self_signed, verify_auth_request
+from .xades_verify import CertificateIdentity, certificate_identity, is_self_signed, verify_auth_request
 
 CHALLENGES = "auth_challenges"
 
@@ -79,19 +79,26 @@ async def xades_signature(request: web.Request) -> web.Response:
     if record is None or problem is not None:
         # Unlike the token path, XAdES has no 450 detail for a bad challenge: it is the documented 400 21111.
         raise KsefException(21111, [problem or ""])
-    identity = certificate_identity(signed.certificate, signed.subject_identifier_type)
+    cert = signed.certificate
+    issued = certificate_store.issued_record(world, cert)
+    if issued is not None:
+        # A KSeF certificate carries the identity of whoever requested it, fingerprint included (§9.3).
+        owner = issued["subjectIdentifier"]
+        identity = CertificateIdentity(owner["type"], owner["value"], False)
+    else:
+        identity = certificate_identity(cert, signed.subject_identifier_type)
     if signed.context_type == "PeppolId" and identity.type == "Pesel":
         # [INFER] a Peppol context belongs to a service provider, never to a natural person.
         raise KsefException(21117, ["Kontekst PeppolId nie może być użyty przez osobę fizyczną."])
     _consume(world, record)
-    cert = signed.certificate
-    method = "QualifiedSeal" if identity.is_seal else "QualifiedSignature"
+    method = "InternalCertificate" if issued else "QualifiedSeal" if identity.is_seal else "QualifiedSignature"
     op = auth_ops.create(
         world, method=method, context={"type": signed.context_type, "value": signed.context_value},
         subject={"type": identity.type, "value": identity.value}, client_ip=client_ip(request),
         extra={"certificate": {"notBefore": cert.not_valid_before_utc.timestamp(),
                                "notAfter": cert.not_valid_after_utc.timestamp(),
-                               "selfSigned": is_self_signed(cert), "verifyChain": verify_chain},
+                               "selfSigned": is_self_signed(cert), "verifyChain": verify_chain,
+                               **certificate_store.login_facts(world, cert)},
                "allowedIps": signed.allowed_ips,
                # The UPO's SkrotDokumentuUwierzytelniajacego: SHA-256 of the document as received (§4.6).
                "documentHash": base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii")})

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from . import permissions, tokens
+from . import certificate_store, permissions, tokens
 from .clock import iso
 from .errors import Gone, KsefException
 from .ids import reference_number
@@ -58,6 +58,9 @@ METHOD_INFO = {
                                                   "displayName": "Podpis kwalifikowany"}),
     "QualifiedSeal": ("QualifiedSeal", {"category": "XadesSignature", "code": "xades.qualified-seal",
                                         "displayName": "Pieczęć kwalifikowana"}),
+    # [INFER] code: the spec gives no codes; the legacy enum names a KSeF certificate InternalCertificate.
+    "InternalCertificate": ("InternalCertificate", {"category": "XadesSignature", "code": "xades.ksef-certificate",
+                                                    "displayName": "Certyfikat KSeF"}),
 }
 
 
@@ -108,6 +111,8 @@ def settle(world: World, op: Record) -> Record:
     op["status"] = status(code, [detail] if detail else None)
     if code == 200 and op.get("ksefTokenRef"):
         tokens.mark_used(world, op["ksefTokenRef"])
+    if code == 200 and (op.get("certificate") or {}).get("ksefSerial"):
+        certificate_store.mark_used(world, op["certificate"]["ksefSerial"])
     world.store.put(TABLE, op["referenceNumber"], op)
     return op
 
@@ -117,7 +122,13 @@ def _verdict(world: World, op: Record) -> tuple[int, str | None]:
         return int(op["failure"][0]), str(op["failure"][1])
     now = world.clock.now().timestamp()
     cert = op.get("certificate")
-    if cert is not None:
+    if cert is not None and cert.get("ksefSerial"):
+        # A KSeF certificate: KSeF's own record decides (revoked, validTo shortened on TEST, Offline type), and
+        # its chain is KSeF's own, so verifyCertificateChain has nothing to refuse (PROTOCOL.md §3.3, §9.3).
+        problem = certificate_store.login_problem(world, cert["ksefSerial"])
+        if problem is not None:
+            return 460, problem
+    elif cert is not None:
         if not cert["notBefore"] <= now <= cert["notAfter"]:
             return 460, CERT_INVALID
         if cert["verifyChain"]:

@@ -38,7 +38,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import aes, invoices, online, presigned, sessions, spec
+from . import aes, invoice_records, invoices, online, presigned, sessions, spec
 from .clock import iso, parse_iso
 from .errors import KsefException
 from .permissions import attachments_allowed
@@ -175,7 +175,7 @@ def unpack(session: dict[str, Any], parts: list[bytes]) -> list[tuple[str, bytes
     key, iv = base64.b64decode(session["encryption"]["key"]), base64.b64decode(session["encryption"]["iv"])
     plain: list[bytes] = []
     for part, data in zip(declared["fileParts"], parts, strict=True):
-        if invoices.b64_sha256(data) != part["fileHash"]:
+        if invoice_records.b64_sha256(data) != part["fileHash"]:
             raise PackageError(405, f"Skrót części {part['ordinalNumber']} nie zgadza się z zadeklarowanym "
                                     "(SHA-256 zaszyfrowanej części, Base64).")
         try:
@@ -187,7 +187,7 @@ def unpack(session: dict[str, Any], parts: list[bytes]) -> list[tuple[str, bytes
     if len(archive) != declared["fileSize"]:
         raise PackageError(405, f"Rozmiar paczki po odszyfrowaniu i złączeniu części ({len(archive)} B) nie zgadza "
                                 f"się z zadeklarowanym ({declared['fileSize']} B).")
-    if invoices.b64_sha256(archive) != declared["fileHash"]:
+    if invoice_records.b64_sha256(archive) != declared["fileHash"]:
         raise PackageError(405, "Skrót paczki po odszyfrowaniu i złączeniu części nie zgadza się z zadeklarowanym.")
     try:
         return _untar(archive) if declared["compressionType"] == "TarGz" else _unzip(archive)
@@ -253,7 +253,7 @@ async def _submit_all(world: World, session: dict[str, Any], files: list[tuple[s
     nip = invoices.context_nip(session["contextType"], session["contextValue"])
     allow_attachments = nip is not None and attachments_allowed(world.store, nip)
     opened = parse_iso(session["dateCreated"])      # §5.7: invoicingDate = the session's opening time
-    done = len(invoices.for_session(world, session["referenceNumber"]))
+    done = len(invoice_records.for_session(world, session["referenceNumber"]))
     session["invoiceCount"] = done                  # ordinals go on from the last recorded invoice
     for position, (name, data) in enumerate(files[done:], start=done + 1):
         await invoices.submit(world, session, data, offline_mode=bool(session["offlineMode"]), invoicing_date=opened,

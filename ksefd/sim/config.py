@@ -30,6 +30,10 @@ class SimConfig:
     environment: str = "TE"
     # Rate-limit profile: "test" and "production" (both the PRD numbers since 2.5.0) or "off".
     limits_profile: str = "test"
+    # The per-IP `global` group across every context and operation (perSecond, perMinute, perHour; -1: no
+    # limit). KSeF reports -1 today; the 2.9.0 example reads 75 per second (PROTOCOL.md §14.5, §15), so a
+    # test can switch it on to check that clients keep inside it. It applies under every profile.
+    global_limit: tuple[int, int, int] = (-1, -1, -1)
     # Fault switches, e.g. "5xx=0.1,latency=0.2" (see faults.py); empty: no faults.
     faults: str = ""
     # How far permanentStorageHwmDate trails "now" (PROTOCOL.md §6.1).
@@ -42,6 +46,9 @@ class SimConfig:
     export_part_size: int = 50_000_000
     export_max_compressed: int = 1_000_000_000
     export_delay_s: float = 0.0
+    # Seconds a certificate enrollment stays in status 100 before its verdict (PROTOCOL.md §9.3; 0: at the first
+    # look).
+    certificate_enrollment_delay_s: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

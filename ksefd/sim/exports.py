@@ -35,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import aes, ids, invoices, online, presigned, receiving, spec, waiting
+from . import aes, ids, invoice_records, invoices, online, presigned, receiving, spec, waiting
 from .clock import iso, parse_iso
 from .errors import Gone, KsefException
 from .spec import API_PREFIX
@@ -138,9 +138,9 @@ async def _build(world: World, reference: str) -> None:
     record = world.store.get(TABLE, reference)
     if record is None or record["built"] or record["status"]["code"] != 100:
         return
-    chosen = [r for r in (invoices.get(world, ref) for ref in record["selection"]) if r is not None]
+    chosen = [r for r in (invoice_records.get(world, ref) for ref in record["selection"]) if r is not None]
     files = [] if record["onlyMetadata"] else [
-        (f"{r['ksefNumber']}.xml", invoices.invoice_bytes(world, r) or b"") for r in chosen]
+        (f"{r['ksefNumber']}.xml", invoice_records.invoice_bytes(world, r) or b"") for r in chosen]
     metadata = [invoices.invoice_metadata(r) for r in chosen]
     encryption = record["encryption"]
     key, iv = base64.b64decode(encryption["key"]), base64.b64decode(encryption["iv"])
@@ -205,8 +205,8 @@ def _package(files: list[tuple[str, bytes]], metadata: list[dict[str, Any]], com
     for start in range(0, len(archive), part_size):
         chunk = archive[start:start + part_size]
         encrypted = aes.encrypt(*key_iv, chunk)
-        parts.append(({"partSize": len(chunk), "partHash": invoices.b64_sha256(chunk),
-                       "encryptedPartSize": len(encrypted), "encryptedPartHash": invoices.b64_sha256(encrypted)},
+        parts.append(({"partSize": len(chunk), "partHash": invoice_records.b64_sha256(chunk),
+                       "encryptedPartSize": len(encrypted), "encryptedPartHash": invoice_records.b64_sha256(encrypted)},
                       encrypted))
     return count, len(archive), parts
 
@@ -272,7 +272,7 @@ async def download_part(request: web.Request) -> web.Response:
                 "<Message>The specified blob does not exist.</Message></Error>")
         return web.Response(status=404, text=body, content_type="application/xml")
     return web.Response(body=data, content_type="application/octet-stream",
-                        headers={"x-ms-meta-hash": invoices.b64_sha256(data)})
+                        headers={"x-ms-meta-hash": invoice_records.b64_sha256(data)})
 
 
 async def resume(app: web.Application) -> None:

@@ -1,18 +1,26 @@
 """The FA(3) invoice schema (package data `ksefd/data/xsd/FA3`) and the facts the simulator reads
 from a valid invoice: seller, buyer, P_1, P_2, RodzajFaktury, amounts, currency, attachment.
 
-The XSD is loaded offline through `importlib.resources` with an lxml resolver, so it works from a
-wheel as well as from a source tree. `facts(root)` expects a document already valid against the
-schema (verification.py runs the XSD first) and returns plain JSON-able values.
+The XSD is compiled offline from its package files on disk (a temporary copy when ksefd is imported
+from a zip), so `xsd:include` is loaded by libxml2 from file paths: never through an lxml Resolver,
+because lxml swaps libxml2's process-wide entity loader around every parse in any thread, and a compile
+that meets a swapped-back default loader cannot load a custom URL scheme (issue #15 point 6). The app
+compiles it when it is built (`create_app`), before it serves a request.
+
+`facts(root)` expects a document already valid against the schema (verification.py runs the XSD first)
+and returns plain JSON-able values.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import pathlib
+import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from decimal import Decimal, InvalidOperation
 from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any, cast
 
 from lxml import etree
@@ -20,7 +28,6 @@ from lxml import etree
 NS = "http://crd.gov.pl/wzor/2025/06/25/13775/"
 XSD_DIR = "data/xsd/FA3"
 XSD_MAIN = "schemat_FA(3)_v1-0E.xsd"
-_SCHEME = "ksefd-xsd:/"
 
 # formCode of the session -> the logical structure the UPO names (PROTOCOL.md §4.6).
 STRUCTURE_NAME = "Schemat_FA(3)_v1-0E.xsd"
@@ -35,33 +42,40 @@ _NET_FIELDS = ("P_13_1", "P_13_2", "P_13_3", "P_13_4", "P_13_5", "P_13_6_1", "P_
 _VAT_FIELDS = ("P_14_1", "P_14_2", "P_14_3", "P_14_4", "P_14_5")
 
 
-class _PackageResolver(etree.Resolver):
-    """Serves `xsd:include`/`xsd:import` of the FA(3) schema from the package, never the network."""
-
-    def resolve(self, system_url: str, public_id: str, context: Any = None) -> Any:
-        if system_url and system_url.startswith(_SCHEME):
-            relative = system_url[len(_SCHEME):]
-            data = files("ksefd").joinpath(XSD_DIR, *relative.split("/")).read_bytes()
-            return self.resolve_string(data, context, base_url=system_url)
-        return None
-
-
 _lock = threading.Lock()
-
-
-@functools.cache
-def _schema() -> etree.XMLSchema:
-    parser = etree.XMLParser(resolve_entities=False, no_network=True)
-    parser.resolvers.add(_PackageResolver())
-    main = files("ksefd").joinpath(XSD_DIR, XSD_MAIN).read_bytes()
-    doc = etree.fromstring(main, parser, base_url=_SCHEME + XSD_MAIN)
-    return etree.XMLSchema(etree.ElementTree(doc))
+_compiled: etree.XMLSchema | None = None
 
 
 def schema() -> etree.XMLSchema:
-    """The compiled FA(3) schema (built once; lxml schemas are not safe to build concurrently)."""
+    """The compiled FA(3) schema, built once under the lock that also serialises validation."""
+    global _compiled
+    if _compiled is not None:
+        return _compiled
     with _lock:
-        return _schema()
+        if _compiled is None:
+            with _on_disk(files("ksefd").joinpath(XSD_DIR)) as folder:
+                parser = etree.XMLParser(resolve_entities=False, no_network=True)
+                _compiled = etree.XMLSchema(etree.parse(str(folder / XSD_MAIN), parser))
+        return _compiled
+
+
+@contextlib.contextmanager
+def _on_disk(folder: Traversable) -> Iterator[pathlib.Path]:
+    if isinstance(folder, pathlib.Path):
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="ksefd-sim-xsd-") as temporary:
+        _copy_tree(folder, pathlib.Path(temporary))
+        yield pathlib.Path(temporary)
+
+
+def _copy_tree(source: Traversable, target: pathlib.Path) -> None:
+    for item in source.iterdir():
+        if item.is_dir():
+            (target / item.name).mkdir()
+            _copy_tree(item, target / item.name)
+        else:
+            (target / item.name).write_bytes(item.read_bytes())
 
 
 def validation_errors(root: etree._Element, limit: int = 5) -> list[str]:

@@ -20,10 +20,11 @@ Use:
         -> stores the record in status 100 and queues it; verdicts come in submission order
            (100 -> 150 -> 200 with a KSeF number, or 410/415/430/435/440/450). `plain=None` records a
            file that could not be decrypted (status 435; pass invoice_hash/invoice_size as declared).
-    invoices.get(world, ref) / by_ksef_number(world, n) / for_session(world, session_ref) / accepted(world)
+    invoice_records.get(world, ref) / by_ksef_number / for_session / accepted / pending_count (the lookups
+        live in invoice_records.py, below this module and sessions.py)
     invoices.invoice_metadata(rec) -> openapi.json InvoiceMetadata (status-200 records only)
     invoices.status_view(rec)       -> SessionInvoiceStatusResponse without the UPO link fields
-    invoices.pending_count(world, session_ref); invoices.cancel(world, rec, 405) for a session error
+    invoices.cancel(world, rec, 405) for a session error
 
 Attachments (`Zalacznik`): the record gets 415 unless `allow_attachments` is True. Online sessions
 pass True only for a technical correction when attachments are enabled for the NIP; batch sessions
@@ -33,13 +34,8 @@ pass the NIP's /testdata/attachment setting.
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
-import hashlib
 import time
-from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -47,73 +43,23 @@ import structlog
 from . import fa3, ids, sessions, verification
 from .clock import WARSAW, iso, parse_iso
 from .errors import KsefException
+from .invoice_records import (
+    PENDING,
+    TABLE,
+    Index,
+    b64_sha256,
+    by_hash,
+    duplicate_key,
+    get,
+    invoice_bytes,
+    status,
+)
+from .invoice_records import (
+    index as _index,
+)
 from .world import World
 
 log = structlog.get_logger("ksefd.sim.invoices")
-
-TABLE = "invoices"
-STATUS = {100: "Faktura przyjęta do dalszego przetwarzania", 150: "Trwa przetwarzanie", 200: "Sukces",
-          405: "Przetwarzanie anulowane z powodu błędu sesji", 410: "Nieprawidłowy zakres uprawnień",
-          415: "Brak możliwości wysyłania faktury z załącznikiem", 430: "Błąd weryfikacji pliku faktury",
-          435: "Błąd odszyfrowania pliku", 440: "Duplikat faktury",
-          450: "Błąd weryfikacji semantyki dokumentu faktury",
-          550: "Operacja została anulowana przez system"}
-PENDING = (100, 150)
-
-
-def status(code: int, details: list[str] | None = None, extensions: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"code": code, "description": STATUS.get(code, f"Nieznany błąd ({code})"),
-            "details": details or None, "extensions": extensions}
-
-
-def b64_sha256(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
-
-
-# in-memory index over the store ---------------------------------------------------------------
-
-@dataclass
-class _Index:
-    by_session: dict[str, list[str]] = field(default_factory=dict)
-    by_ksef: dict[str, str] = field(default_factory=dict)
-    by_hash: dict[str, list[str]] = field(default_factory=dict)
-    accepted: dict[tuple[str, str, str], str] = field(default_factory=dict)   # duplicate key -> ref
-    pending: dict[str, int] = field(default_factory=dict)
-    queue: deque[tuple[str, float]] = field(default_factory=deque)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    worker: asyncio.Task[None] | None = None
-    last_storage: dt.datetime = field(default_factory=lambda: dt.datetime.min.replace(tzinfo=dt.UTC))
-
-    def add(self, rec: dict[str, Any]) -> None:
-        ref = rec["referenceNumber"]
-        self.by_session.setdefault(rec["sessionReferenceNumber"], []).append(ref)
-        self.by_hash.setdefault(rec["invoiceHash"], []).append(ref)
-        if rec["status"]["code"] in PENDING:
-            self.pending[rec["sessionReferenceNumber"]] = self.pending.get(rec["sessionReferenceNumber"], 0) + 1
-        elif rec["status"]["code"] == 200:
-            self.mark_accepted(rec)
-
-    def mark_accepted(self, rec: dict[str, Any]) -> None:
-        self.by_ksef[rec["ksefNumber"]] = rec["referenceNumber"]
-        self.accepted.setdefault(duplicate_key(rec["facts"]), rec["referenceNumber"])
-        self.last_storage = max(self.last_storage, parse_iso(rec["permanentStorageDate"]))
-
-
-def duplicate_key(facts: dict[str, Any]) -> tuple[str, str, str]:
-    """(Podmiot1 NIP, RodzajFaktury, P_2): global, not the file hash (PROTOCOL.md §4.2)."""
-    return (facts["sellerNip"], facts["rodzajFaktury"], facts["invoiceNumber"])
-
-
-def _index(world: World) -> _Index:
-    index: _Index | None = world.services.get("invoices")
-    if index is None:
-        index = _Index()
-        records = sorted(world.store.values(TABLE), key=lambda r: (r["sessionReferenceNumber"], r["ordinalNumber"]))
-        for rec in sorted(records, key=lambda r: r.get("acquisitionDate") or "~"):
-            index.add(rec)
-        world.services["invoices"] = index
-    return index
-
 
 def resume(world: World) -> None:
     """After a restart (--state): requeue undecided invoices and finish sessions left closing."""
@@ -125,44 +71,6 @@ def resume(world: World) -> None:
         if session.pop("finalizing", None):
             world.store.put(sessions.TABLE, session["referenceNumber"], session)
         sessions.maybe_finalize(world, session["referenceNumber"])
-
-
-# lookups ----------------------------------------------------------------------------------------
-
-def get(world: World, reference: str) -> dict[str, Any] | None:
-    return world.store.get(TABLE, reference)
-
-
-def by_ksef_number(world: World, ksef_number: str) -> dict[str, Any] | None:
-    ref = _index(world).by_ksef.get(ksef_number)
-    return get(world, ref) if ref else None
-
-
-def for_session(world: World, session_reference: str) -> list[dict[str, Any]]:
-    """Every invoice of the session, in ordinal order."""
-    refs = _index(world).by_session.get(session_reference, [])
-    records = [r for r in (get(world, ref) for ref in refs) if r is not None]
-    return sorted(records, key=lambda r: r["ordinalNumber"])
-
-
-def by_hash(world: World, invoice_hash: str) -> list[dict[str, Any]]:
-    return [r for r in (get(world, ref) for ref in _index(world).by_hash.get(invoice_hash, [])) if r is not None]
-
-
-def accepted(world: World) -> Iterator[dict[str, Any]]:
-    """Every invoice with a KSeF number (status 200), in acquisition order."""
-    for ref in list(_index(world).by_ksef.values()):
-        rec = get(world, ref)
-        if rec is not None:
-            yield rec
-
-
-def pending_count(world: World, session_reference: str) -> int:
-    return _index(world).pending.get(session_reference, 0)
-
-
-def invoice_bytes(world: World, record: dict[str, Any]) -> bytes | None:
-    return world.store.get_blob(f"invoice/{record['referenceNumber']}")
 
 
 # views ----------------------------------------------------------------------------------------
@@ -267,14 +175,14 @@ def cancel(world: World, record: dict[str, Any], code: int = 405, details: list[
 
 # the pipeline ---------------------------------------------------------------------------------
 
-def _enqueue(world: World, index: _Index, ref: str) -> None:
+def _enqueue(world: World, index: Index, ref: str) -> None:
     index.queue.append((ref, time.monotonic()))
     index.wakeup.set()
     if index.worker is None or index.worker.done():
         index.worker = world.spawn(_worker(world, index))
 
 
-async def _worker(world: World, index: _Index) -> None:
+async def _worker(world: World, index: Index) -> None:
     """One FIFO worker: verdicts follow submission order, so the first of two duplicates wins."""
     while True:
         if not index.queue:

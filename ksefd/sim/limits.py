@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import ratelimits, sessions
+from . import certificate_store, ratelimits, sessions
 from .spec import API_PREFIX, json_body
 from .world import WORLD, World
 
@@ -22,9 +22,6 @@ CONTEXT_LIMITS = "context_limits"
 COLLECTIVE_DEFAULT = {"maxInvoices": 500}          # openapi.json EffectiveContextLimits example, §14.5
 SESSION_GROUPS = ("onlineSession", "batchSession")
 SESSION_FIELDS = ("maxInvoiceSizeInMB", "maxInvoiceWithAttachmentSizeInMB", "maxInvoices")
-# PROTOCOL.md §7: a NIP may enrol 300 times and hold 100 certificates; PESEL or fingerprint 12 and 6.
-SUBJECT_LIMITS = {"Nip": (300, 100)}
-PERSON_LIMITS = (12, 6)
 
 
 def context_limits(world: World, context_value: str) -> dict[str, Any]:
@@ -105,7 +102,9 @@ async def get_subject_limits(request: web.Request) -> web.Response:
     """GET /limits/subject (EffectiveSubjectLimits) for the authenticating subject."""
     world = request.app[WORLD]
     caller = world.caller(request)
-    enrollments, certificates = SUBJECT_LIMITS.get(caller.subject_type, PERSON_LIMITS)
+    # PROTOCOL.md §7: NIP 300 enrollments / 100 certificates, PESEL or fingerprint 12 / 6; TEST overrides apply.
+    enrollments, certificates = certificate_store.subject_limits(world.store, caller.subject_type,
+                                                                 caller.subject_value)
     return web.json_response({"enrollment": {"maxEnrollments": enrollments},
                               "certificate": {"maxCertificates": certificates}})
 

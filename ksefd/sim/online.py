@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import aes, faults, invoices, sessions, spec
+from . import aes, faults, invoice_records, invoices, sessions, spec
 from .clock import iso
 from .errors import KsefException
 from .permissions import attachments_allowed
@@ -94,7 +94,7 @@ def _check_pair(data: bytes, size: int, digest: str, what: str) -> None:
     if len(data) != size:
         raise KsefException(21402, [f"Długość treści nie zgadza się z rozmiarem pliku ({what}: zadeklarowano "
                                     f"{size} B, otrzymano {len(data)} B)."])
-    if invoices.b64_sha256(data) != digest:
+    if invoice_records.b64_sha256(data) != digest:
         raise KsefException(21403, [f"Skrót treści nie zgadza się ze skrótem pliku ({what}: SHA-256 w Base64)."])
 
 

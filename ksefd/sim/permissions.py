@@ -73,20 +73,26 @@ def is_owner(store: Store, context_type: str, context_value: str, ids: set[Ident
     return nip is not None and ("Nip", nip) in ids
 
 
+def owner_permissions(store: Store, context_type: str, context_value: str, ids: set[Identity]) -> list[str]:
+    """What the subject may do as the context's Owner (2.9.0 `ownerPermissions`, PROTOCOL.md §15), or []."""
+    if not is_owner(store, context_type, context_value, ids):
+        return []
+    found = set(OWNER_IMPLIED)
+    nip = _context_nip(context_type, context_value) or ""
+    person = store.get(PERSONS, nip)
+    if person is not None and person.get("isBailiff"):
+        found.add("EnforcementOperations")       # PROTOCOL.md §11: isBailiff=true adds it
+    subject = store.get(SUBJECTS, nip)
+    if subject is not None and subject.get("subjectType") == "EnforcementAuthority":
+        found.add("EnforcementOperations")       # [INFER] an enforcement authority's owner enforces
+    return sorted(found)
+
+
 def effective_permissions(store: Store, context_type: str, context_value: str,
                           id_type: str, id_value: str) -> set[str]:
     """The permissions the subject holds in the context right now."""
     ids = identities(store, id_type, id_value)
-    found: set[str] = set()
-    if is_owner(store, context_type, context_value, ids):
-        found.update(OWNER_IMPLIED)
-        nip = _context_nip(context_type, context_value) or ""
-        person = store.get(PERSONS, nip)
-        if person is not None and person.get("isBailiff"):
-            found.add("EnforcementOperations")       # PROTOCOL.md §11: isBailiff=true adds it
-        subject = store.get(SUBJECTS, nip)
-        if subject is not None and subject.get("subjectType") == "EnforcementAuthority":
-            found.add("EnforcementOperations")       # [INFER] an enforcement authority's owner enforces
+    found: set[str] = set(owner_permissions(store, context_type, context_value, ids))
     for kind, value in ids:
         grant = store.get(GRANTS, grant_key(context_type, context_value, kind, value))
         if grant is not None:
@@ -94,11 +100,14 @@ def effective_permissions(store: Store, context_type: str, context_value: str,
     return found
 
 
-def grant(store: Store, context: dict[str, str], authorized: dict[str, str], permissions: list[str]) -> None:
+def grant(store: Store, context: dict[str, str], authorized: dict[str, str], permissions: list[str],
+          start_date: str = "", descriptions: dict[str, str] | None = None) -> None:
     key = grant_key(context["type"], context["value"], authorized["type"], authorized["value"])
     current = store.get(GRANTS, key) or {"contextIdentifier": dict(context), "authorizedIdentifier": {
-        "type": authorized["type"], "value": normalize(authorized["type"], authorized["value"])}, "permissions": []}
+        "type": authorized["type"], "value": normalize(authorized["type"], authorized["value"])}, "permissions": [],
+        "startDate": start_date}
     current["permissions"] = sorted(set(current["permissions"]) | set(permissions))
+    current["descriptions"] = {**current.get("descriptions", {}), **(descriptions or {})}
     store.put(GRANTS, key, current)
 
 

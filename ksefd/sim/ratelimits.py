@@ -6,6 +6,9 @@
   public and counted per IP in the group `anonymous` (§7: challenge, auth steps, public keys, ...).
 * Profiles (`ksefd sim --limits`, SimConfig.limits_profile): `production` and `test` both apply the PRD
   numbers (CHG 2.5.0: TEST defaults equal PRD); `off` reports -1 ("no limit", §14.5) everywhere.
+* The `global` group (§14.5, §15) is a per-IP limit across every context and operation: -1 unless
+  SimConfig.global_limit sets it; once positive, every limited request also counts in the key
+  ("*", client IP, "global"), checked before the request's own group.
 * Per-context overrides live in store table `rate_limit_overrides` keyed by the context value
   (limits.py: POST /testdata/rate-limits with the 13 groups of ApiRateLimitsOverride, or the
   production profile); DELETE restores the profile's numbers.
@@ -38,6 +41,7 @@ Limits = dict[str, dict[str, int]]
 
 OVERRIDES = "rate_limit_overrides"
 ANONYMOUS = "anonymous"
+GLOBAL = "global"
 MAX_BLOCK_S = 3600.0
 STRIKE_MEMORY_S = 3600.0
 # (field, window seconds, Polish unit for the 429 text as in openapi.json's example)
@@ -56,7 +60,7 @@ PRODUCTION: Limits = {
     "sessionList": _v(5, 10, 60), "sessionInvoiceList": _v(10, 20, 200), "sessionMisc": _v(10, 120, 1200),
     "invoiceMetadata": _v(8, 16, 20), "invoiceExport": _v(8, 16, 20), "invoiceExportStatus": _v(10, 60, 600),
     "invoiceDownload": _v(8, 16, 64), "collectiveIdentifier": _v(20, 120, 240), "other": _v(10, 30, 120),
-    ANONYMOUS: _v(60, -1, -1), "global": _v(-1, -1, -1),
+    ANONYMOUS: _v(60, -1, -1), GLOBAL: _v(-1, -1, -1),
 }
 # openapi.json ApiRateLimitsOverride: the 13 groups POST /testdata/rate-limits may set (§14.5).
 OVERRIDABLE = ("onlineSession", "batchSession", "invoiceSend", "invoiceStatus", "sessionList", "sessionInvoiceList",
@@ -90,6 +94,8 @@ def profile_limits(profile: str) -> Limits:
 def effective_limits(world: World, context_value: str | None) -> Limits:
     """What GET /rate-limits reports and the middleware enforces for a context."""
     limits = profile_limits(world.config.limits_profile)
+    if any(value >= 0 for value in world.config.global_limit):
+        limits[GLOBAL] = _v(*world.config.global_limit)
     override = world.store.get(OVERRIDES, context_value) if context_value else None
     if override:
         limits.update({group: dict(values) for group, values in override["rateLimits"].items()})
@@ -178,9 +184,14 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return await handler(request)
     world = request.app[WORLD]
     context = None if group == ANONYMOUS else _context_of(world, request)
-    limits = effective_limits(world, context)[group]
-    refused = limiter(world).admit((context or "-", client_ip(request), group), limits,
-                                   world.clock.now().timestamp())
+    table = effective_limits(world, context)
+    now, ip = world.clock.now().timestamp(), client_ip(request)
+    refused = None
+    if any(value > 0 for value in table[GLOBAL].values()):
+        refused = limiter(world).admit(("*", ip, GLOBAL), table[GLOBAL], now)
+        group = GLOBAL if refused is not None else group
+    if refused is None:
+        refused = limiter(world).admit((context or "-", ip, group), table[group], now)
     if refused is not None:
         seconds = max(1, math.ceil(refused[0]))
         what = (f"Przekroczono limit {refused[1]} dla grupy {group}." if refused[1] else

@@ -37,7 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import faults, invoices, spec
+from . import faults, invoice_records, invoices, spec
 from .clock import WARSAW, iso, parse_iso
 from .errors import KsefException
 from .security import Caller
@@ -215,7 +215,7 @@ def select(world: World, caller: Caller, filters: dict[str, Any], span: Window,
 
 
 def _candidates(world: World) -> Iterable[dict[str, Any]]:
-    return (r for r in invoices.accepted(world) if r.get("facts") and r.get("permanentStorageDate"))
+    return (r for r in invoice_records.accepted(world) if r.get("facts") and r.get("permanentStorageDate"))
 
 
 # POST /invoices/query/metadata ---------------------------------------------------------------------
@@ -251,10 +251,10 @@ async def download(request: web.Request) -> web.Response:
     world = request.app[WORLD]
     caller = world.caller(request)
     number = request.match_info["ksefNumber"]          # its format was checked by world.caller (21405)
-    record = invoices.by_ksef_number(world, number)
+    record = invoice_records.by_ksef_number(world, number)
     if record is None or not record.get("facts") or not is_party(record, caller):
         raise KsefException(21164, [f"Faktura o numerze KSeF {number} nie została znaleziona."])
-    data = invoices.invoice_bytes(world, record)
+    data = invoice_records.invoice_bytes(world, record)
     if data is None or not visible(world, record, world.clock.now()):
         raise KsefException(21165, [f"Faktura o numerze KSeF {number} została przetworzona, ale nie jest jeszcze "
                                     "dostępna do pobrania. Spróbuj ponownie później."])
@@ -262,8 +262,6 @@ async def download(request: web.Request) -> web.Response:
 
 
 def register(app: web.Application) -> None:
-    from . import exports  # exports builds on this module's selection
-
+    """The metadata query and the download; exports.py (built on this module's selection) registers itself."""
     app.router.add_post(f"{API_PREFIX}/invoices/query/metadata", query_metadata)
     app.router.add_get(f"{API_PREFIX}/invoices/ksef/{{ksefNumber}}", download)
-    exports.register(app)

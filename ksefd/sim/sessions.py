@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import faults, ids, spec, upo
+from . import faults, ids, invoice_records, spec, upo
 from .clock import iso, parse_iso
 from .errors import KsefException
 from .security import Caller
@@ -177,12 +177,10 @@ def begin_closing(world: World, session: dict[str, Any]) -> None:
 
 def maybe_finalize(world: World, reference: str) -> None:
     """Called after every verdict and at closing: finish a closing session with nothing pending."""
-    from . import invoices  # invoices imports this module; the index lives there
-
     session = world.store.get(TABLE, reference)
     if session is None or not session["closing"] or session["status"]["code"] not in (100, 150, 170):
         return
-    if invoices.pending_count(world, reference) == 0 and not session.get("finalizing"):
+    if invoice_records.pending_count(world, reference) == 0 and not session.get("finalizing"):
         session["finalizing"] = True
         world.store.put(TABLE, reference, session)
         world.spawn(_finalize_later(world, reference))
@@ -197,13 +195,11 @@ async def _finalize_later(world: World, reference: str) -> None:
 
 def finalize(world: World, reference: str) -> None:
     """Final status: 440 (no invoices), 445 (none accepted) or 200 with UPO pages of the accepted ones."""
-    from . import invoices
-
     session = world.store.get(TABLE, reference)
     if session is None:
         return
     session.pop("finalizing", None)
-    records = invoices.for_session(world, reference)
+    records = invoice_records.for_session(world, reference)
     accepted = [r["referenceNumber"] for r in records if r["status"]["code"] == 200]
     if not records:
         set_status(world, session, 440, ["Nie przesłano faktur"])

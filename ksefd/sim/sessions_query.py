@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import invoices, paging, presigned, sessions, spec, upo
+from . import invoice_records, invoices, paging, presigned, sessions, spec, upo
 from .clock import iso, parse_iso
 from .errors import KsefException
 from .spec import API_PREFIX
@@ -33,7 +33,7 @@ def _session(request: web.Request) -> tuple[World, dict[str, Any]]:
 
 
 def counts(world: World, reference: str) -> tuple[int, int, int]:
-    records = invoices.for_session(world, reference)
+    records = invoice_records.for_session(world, reference)
     ok = sum(1 for r in records if r["status"]["code"] == 200)
     failed = sum(1 for r in records if r["status"]["code"] >= 400)
     return len(records), ok, failed
@@ -127,7 +127,7 @@ def invoice_view(world: World, request: web.Request, record: dict[str, Any]) -> 
 
 async def _invoice_list(request: web.Request, failed_only: bool) -> web.Response:
     world, session = _session(request)
-    records = invoices.for_session(world, session["referenceNumber"])
+    records = invoice_records.for_session(world, session["referenceNumber"])
     if failed_only:
         records = [r for r in records if r["status"]["code"] >= 400]
     scope = f"invoices:{session['referenceNumber']}:{'failed' if failed_only else 'all'}"
@@ -156,7 +156,7 @@ async def invoice_status(request: web.Request) -> web.Response:
     """GET /sessions/{ref}/invoices/{invoiceRef}."""
     world, session = _session(request)
     reference = request.match_info["invoiceReferenceNumber"]
-    record = _of_session(session, invoices.get(world, reference))
+    record = _of_session(session, invoice_records.get(world, reference))
     if record is None:
         # [INFER] The spec lists only 21405 here; "not found" is a 400 with a code (§4.5), and 21164 says it.
         raise KsefException(21164, [f"Faktura o numerze referencyjnym {reference} nie została znaleziona w sesji "
@@ -195,7 +195,7 @@ def page_upo(world: World, session: dict[str, Any], page_reference: str) -> byte
     page = next((p for p in session.get("upoPages", []) if p["referenceNumber"] == page_reference), None)
     if page is None or session["status"]["code"] != 200:
         return None
-    records = [r for r in (invoices.get(world, ref) for ref in page["invoiceReferences"]) if r is not None]
+    records = [r for r in (invoice_records.get(world, ref) for ref in page["invoiceReferences"]) if r is not None]
     meta = upo.Page(page["number"], page["count"], page["first"], page["last"], page["total"])
     return _cached(world, f"upo/page/{page_reference}",
                    lambda: upo.build(environment=world.config.environment, session=session, invoices=records,
@@ -204,7 +204,7 @@ def page_upo(world: World, session: dict[str, Any], page_reference: str) -> byte
 
 def xml_response(data: bytes) -> web.Response:
     return web.Response(body=data, content_type="application/xml", charset="utf-8",
-                        headers={"x-ms-meta-hash": invoices.b64_sha256(data)})
+                        headers={"x-ms-meta-hash": invoice_records.b64_sha256(data)})
 
 
 def _upo_response(request: web.Request, data: bytes | None, key: str, session: dict[str, Any],
@@ -220,7 +220,7 @@ async def invoice_upo_by_reference(request: web.Request) -> web.Response:
     """GET /sessions/{ref}/invoices/{invoiceRef}/upo."""
     world, session = _session(request)
     reference = request.match_info["invoiceReferenceNumber"]
-    data = invoice_upo(world, _of_session(session, invoices.get(world, reference)))
+    data = invoice_upo(world, _of_session(session, invoice_records.get(world, reference)))
     return _upo_response(request, data, reference, session, f"faktury o numerze referencyjnym {reference}")
 
 
@@ -228,7 +228,7 @@ async def invoice_upo_by_ksef_number(request: web.Request) -> web.Response:
     """GET /sessions/{ref}/invoices/ksef/{ksefNumber}/upo."""
     world, session = _session(request)
     number = request.match_info["ksefNumber"]
-    data = invoice_upo(world, _of_session(session, invoices.by_ksef_number(world, number)))
+    data = invoice_upo(world, _of_session(session, invoice_records.by_ksef_number(world, number)))
     return _upo_response(request, data, number, session, f"o numerze KSeF {number}")
 
 
@@ -248,7 +248,7 @@ async def storage_upo(request: web.Request) -> web.Response:
     kind, name = request.match_info["kind"], request.match_info["name"]
     data: bytes | None = None
     if kind == "invoice":
-        data = invoice_upo(world, _of_session(session, invoices.get(world, name)))
+        data = invoice_upo(world, _of_session(session, invoice_records.get(world, name)))
     elif session is not None and kind == "session":
         data = page_upo(world, session, name)
     if data is None:

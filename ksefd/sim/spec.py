@@ -99,11 +99,14 @@ def _report(errors: list[Any]) -> None:
 async def json_body(request: web.Request) -> dict[str, Any]:
     """Read and validate the JSON request body against the operation's requestBody schema."""
     raw = await request.read()
+    op = operation(request)
     try:
         body = json.loads(raw.decode("utf-8")) if raw else None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KsefException(21405, [f"Treść żądania nie jest poprawnym JSON: {exc}"]) from exc
-    op = operation(request)
+        # API 2.9.0 (PROTOCOL.md §15): 21001 "Nieczytelna treść." on the operations that document it,
+        # 21405 on the others (testdata, limits), whose 400 lists no other code for a broken body.
+        code = 21001 if documents_code(op, 21001) else 21405
+        raise KsefException(code, [f"Treść żądania nie jest poprawnym JSON w UTF-8: {exc}"]) from exc
     name = request_schema_name(op)
     inline = None if name is not None else _inline_request_schema(op)
     if name is not None or inline is not None:
@@ -116,6 +119,12 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise KsefException(21405, ["Treść żądania musi być obiektem JSON."])
     return body
+
+
+def documents_code(op: dict[str, Any], code: int) -> bool:
+    """Whether the operation's 400 answer lists `code` (its description is a table of exception codes)."""
+    description = str(op.get("responses", {}).get("400", {}).get("description", ""))
+    return re.search(rf"(?m)^\|\s*{code}\s*\|", description) is not None
 
 
 # parameters ----------------------------------------------------------------------------------------

@@ -72,7 +72,8 @@ async def grant_permissions(request: web.Request) -> web.Response:
     authorized = body["authorizedIdentifier"]
     _check_identifier(authorized["type"], authorized["value"])
     permissions.grant(world.store, body["contextIdentifier"], authorized,
-                      [p["permissionType"] for p in body["permissions"]])
+                      [p["permissionType"] for p in body["permissions"]], iso(world.clock.now()),
+                      {p["permissionType"]: p["description"] for p in body["permissions"] if p.get("description")})
     return _ok()
 
 

@@ -84,6 +84,10 @@ def _parse(plain: bytes) -> tuple[etree._Element | None, Rejection | None]:
         root = etree.fromstring(plain, parser)
     except etree.XMLSyntaxError as exc:
         return None, _reject(f"Plik faktury nie jest poprawnym dokumentem XML: {exc}")
+    version = root.getroottree().docinfo.xml_version
+    if version != "1.0":   # libxml2 parses a 1.1 declaration quietly; KSeF requires XML 1.0 (PROTOCOL.md §4.2)
+        return None, _reject(f"Deklaracja XML wskazuje wersję {version}; dozwolony jest wyłącznie XML 1.0 "
+                             "(<?xml version=\"1.0\" encoding=\"UTF-8\"?>).")
     doctype: str = root.getroottree().docinfo.doctype   # type: ignore[union-attr]
     if doctype:
         return None, _reject("Plik faktury zawiera deklarację DTD (DOCTYPE), która nie jest dozwolona.")

@@ -4,6 +4,7 @@ sessions and UPOs, inbox checkpoints and deliveries, rate-limit snapshots, holds
 Imports nothing from the daemon, the KSeF client or the simulator (DESIGN.md, layers).
 """
 
+from .certificates import RENEWAL_STATES, CertificateRenewalRepo, Renewal
 from .db import Database, SchemaTooNew, StoreError
 from .events import Event, EventRepo
 from .health import Beat, HeartbeatRepo, Hold, HoldRepo
@@ -29,12 +30,14 @@ __all__ = [
     "IN_KSEF_STATES",
     "MIGRATIONS",
     "RATE_LIMITS",
+    "RENEWAL_STATES",
     "SESSION_TRANSITIONS",
     "TERMINAL_INVOICE_STATES",
     "UNFINISHED_SESSION_STATES",
     "Announcement",
     "AnnouncementRepo",
     "Beat",
+    "CertificateRenewalRepo",
     "Change",
     "Checkpoint",
     "Database",
@@ -53,6 +56,7 @@ __all__ = [
     "NewInvoice",
     "OfflineInvoice",
     "OfflineRepo",
+    "Renewal",
     "SchemaTooNew",
     "SessionKind",
     "SessionRepo",

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from enum import Enum
@@ -44,8 +45,12 @@ class Database:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> Database:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    async def open(cls, path: Path, *, private_folder: bool = False) -> Database:
+        """Open (creating the file and a missing folder) and migrate. The file holds invoice metadata and
+        UPOs, so it is 0600, and so are its -wal and -shm (SQLite gives them the main file's mode).
+        A folder ksefd creates is 0700 with `private_folder`, else 0750: by default the database lies in
+        data_dir, the parent of the companies' folders, which the ERP (the service's group) must traverse."""
+        _prepare_private_file(path, FOLDER_PRIVATE if private_folder else FOLDER_SHARED)
         conn = await aiosqlite.connect(path, isolation_level=None)   # we issue BEGIN/COMMIT ourselves
         try:
             conn.row_factory = aiosqlite.Row
@@ -95,6 +100,28 @@ class Database:
     async def user_version(self) -> int:
         row = await self.fetch_one("PRAGMA user_version")
         return int(row[0]) if row else 0
+
+
+FILE_MODE = 0o600
+FOLDER_PRIVATE = 0o700
+FOLDER_SHARED = 0o750
+
+
+def _prepare_private_file(path: Path, folder_mode: int) -> None:
+    """Create the database file 0600 before SQLite does (it would use 0644), narrow an existing one written by
+    an earlier ksefd, and create a missing folder with `folder_mode` (issue #15 point 7)."""
+    if not path.parent.exists():
+        path.parent.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):   # another process made it meanwhile
+            path.parent.mkdir(mode=folder_mode)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    if os.name == "nt":
+        return
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if name.stat().st_mode & 0o077:
+                os.chmod(name, FILE_MODE)
 
 
 WAL_ATTEMPTS = 100          # x 0.1 s: as long as the busy_timeout

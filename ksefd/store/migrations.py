@@ -137,7 +137,35 @@ _V1 = (
     )""",
 )
 
-_V2 = (
+# KSeF certificate renewal (issue #13): one row per certificate being replaced, its steps in `state`
+# (store/certificates.py), so a daemon killed at any moment resumes without losing the new key or enrolling twice.
+_V2_CERTIFICATE_RENEWALS = (
+    """CREATE TABLE certificate_renewals (
+        id               INTEGER PRIMARY KEY,
+        certificate_type TEXT NOT NULL,              -- Authentication | Offline
+        old_fingerprint  TEXT NOT NULL,              -- SHA-256 of the certificate being replaced
+        old_serial       TEXT NOT NULL,
+        old_valid_to     TEXT NOT NULL,              -- as KSeF reports it (may be shorter than the file says)
+        certificate_path TEXT NOT NULL,              -- the configured files that get the successor
+        key_path         TEXT NOT NULL,
+        password_file    TEXT NOT NULL,
+        companies        TEXT NOT NULL,              -- JSON list of the companies using the certificate
+        state            TEXT NOT NULL,
+        name             TEXT NOT NULL,              -- the successor's certificateName (unique: finds it again)
+        valid_from       TEXT,                       -- the successor's validFrom as requested
+        reference        TEXT,                       -- the enrollment's reference number (...-EH-...)
+        serial           TEXT,                       -- the successor's serial number
+        new_valid_to     TEXT,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  TEXT,
+        last_error       TEXT,
+        created_at       TEXT NOT NULL,
+        updated_at       TEXT NOT NULL,
+        UNIQUE (old_fingerprint, certificate_type)
+    )""",
+)
+
+_V3_OFFLINE = (
     # Latarnia announcements (PROTOCOL.md §1, §8.1), per KSeF target: FAILURE_START / FAILURE_END decide the
     # offline deadlines, so their history outlives the daemon. One row per message id (a newer version of the
     # same message replaces it).
@@ -187,4 +215,4 @@ _V2 = (
     ) WITHOUT ROWID""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_CERTIFICATE_RENEWALS, _V3_OFFLINE)

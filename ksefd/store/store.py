@@ -9,6 +9,7 @@ from typing import Protocol
 
 from ksefd.clock import SystemClock
 
+from .certificates import CertificateRenewalRepo
 from .db import Database
 from .events import EventRepo
 from .health import HeartbeatRepo, HoldRepo
@@ -39,11 +40,13 @@ class Store:
         self.events = EventRepo(db)
         self.announcements = AnnouncementRepo(db, now)
         self.offline = OfflineRepo(db, now)
+        self.certificates = CertificateRenewalRepo(db, now)
 
     @classmethod
-    async def open(cls, path: Path, clock: _Clock | None = None) -> Store:
-        """Open (creating the file and its folder if needed) and migrate to the current schema."""
-        return cls(await Database.open(path), clock or SystemClock())
+    async def open(cls, path: Path, clock: _Clock | None = None, *, private_folder: bool = False) -> Store:
+        """Open (creating the file and its folder if needed) and migrate to the current schema. The file is
+        0600; `private_folder`: a folder ksefd creates is 0700 (not the default data_dir; see Database.open)."""
+        return cls(await Database.open(path, private_folder=private_folder), clock or SystemClock())
 
     async def close(self) -> None:
         await self.db.close()

@@ -36,12 +36,16 @@ CASES: dict[str, tuple[str, bytes]] = {
     "utf16": ("encoding-utf-16", _utf16()),
     "cp1250": ("encoding-windows-1250", _windows_1250()),
     "pi": ("processing-instruction", invoice("LOCAL/3").replace(b"?>", b'?><?xml-stylesheet href="a.xsl"?>', 1)),
+    "xml-1.1": ("xml-version", invoice("LOCAL/10").replace(b'version="1.0"', b'version="1.1"', 1)),
     "control-char": ("xml-char", invoice("LOCAL/4").replace(b"<P_2>", b"<P_2>\x01", 1)),
     "too-large": ("too-large", invoice("LOCAL/5").replace(b"</Faktura>", b"<!--" + b"x" * 3_000_001 + b"-->"
                                                                                         b"</Faktura>")),
     "broken": ("not-well-formed", invoice("LOCAL/6")[:-40]),
     "xsd": ("xsd", invoice("LOCAL/7").replace(b"<P_2>", b"<P_2X>", 1).replace(b"</P_2>", b"</P_2X>", 1)),
     "seller": ("seller-nip", invoice("LOCAL/8", seller=OTHER)),
+    "seller-checksum": ("nip-checksum", invoice("LOCAL/11", seller="1234567890")),
+    "png": ("not-xml", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64)),
+    "html": ("html-page", b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head></html>"),
     "future": ("p1-future", invoice("LOCAL/9", issue_date=today() + dt.timedelta(days=3))),
 }
 

@@ -117,9 +117,14 @@ def test_windows_1250_named_when_cp1250_only_letters_appear() -> None:
 
 def test_iso_8859_2_named() -> None:
     text = sample().decode().replace("ul. Kwiatowa 1 m. 2", "ul. Świętokrzyska 1 m. 2")
-    error = rejected(text.encode("iso-8859-2"), Code.ENCODING_WINDOWS_1250)
+    error = rejected(text.encode("iso-8859-2"), Code.ENCODING_ISO_8859_2)
     assert error.details["encoding"] == "ISO-8859-2"
-    assert "ISO-8859-2" in error.message
+    assert "ISO-8859-2" in error.message and "Świętokrzyska" in error.details["excerpt"]
+
+
+def test_iso_8859_2_declaration_has_its_own_code() -> None:
+    error = rejected(sample().replace(b'encoding="UTF-8"', b'encoding="ISO-8859-2"'), Code.ENCODING_ISO_8859_2)
+    assert error.details["declared"] == "ISO-8859-2"
 
 
 def test_windows_1250_declaration_even_with_ascii_bytes() -> None:
@@ -188,6 +193,21 @@ def test_nel_is_allowed() -> None:
 def test_discouraged_character_by_reference() -> None:
     error = rejected(sample().replace(b"Samplo", b"Sam&#x96;plo"), Code.DISCOURAGED_CHAR)
     assert error.details["line"] == 8
+
+
+@pytest.mark.parametrize("declaration", [b'<?xml version="1.1" encoding="UTF-8"?>', b"<?xml version='1.1'?>",
+                                         b'<?xml version = "1.1" encoding="utf-8" standalone="yes"?>'])
+def test_xml_1_1_declaration_is_refused(declaration: bytes) -> None:
+    data = declaration + sample().split(b"?>", 1)[1]
+    error = rejected(data, Code.XML_VERSION)
+    assert error.details == {"line": 1, "declared": "1.1"}
+    assert "XML 1.0" in error.message and 'version="1.1"' in error.message
+    assert 'version="1.0"' in error.hint
+
+
+def test_xml_1_0_declaration_and_none_are_fine() -> None:
+    check(sample())
+    check(sample().split(b"?>", 1)[1].lstrip())
 
 
 def test_control_character_by_reference_is_not_well_formed() -> None:
@@ -294,9 +314,10 @@ def test_error_json_shape() -> None:
 
 def test_codes_are_stable() -> None:
     assert {c.value for c in Code} == {
-        "bom", "encoding-utf-16", "encoding-windows-1250", "encoding-declaration", "not-utf8",
-        "processing-instruction", "xml-char", "discouraged-char", "too-large", "not-well-formed", "doctype",
-        "not-fa3", "xsd", "seller-nip", "p1-future"}
+        "empty", "not-xml", "html-page", "encoding-iso-8859-2", "nip-checksum", "bom", "encoding-utf-16",
+        "encoding-windows-1250", "encoding-declaration", "not-utf8",
+        "processing-instruction", "xml-version", "xml-char", "discouraged-char", "too-large", "not-well-formed",
+        "doctype", "not-fa3", "xsd", "seller-nip", "p1-future"}
 
 
 def test_checks_run_in_parallel_threads() -> None:

@@ -394,3 +394,74 @@ async def test_limits_read_from_get_rate_limits_are_obeyed(sim_factory: Any, htt
     assert [o for o in outcomes if o is not None] == []
     assert gate.inner.limits_for(f"Nip:{SIM_NIP}", "sessionList") == GroupLimits(2, 3, 4)
     assert clock.now() - start >= dt.timedelta(hours=1)
+
+
+# -- the `global` group once it stops being -1 (API 2.9.0, PROTOCOL.md §14.5, §15) -------------------------
+
+def _with_global(per_second: int) -> dict[str, GroupLimits]:
+    return {**PRODUCTION_LIMITS, "global": GroupLimits(per_second, None, None)}
+
+
+async def test_requests_made_while_global_was_unlimited_count_once_it_turns_positive() -> None:
+    clock = VirtualClock()
+    limiter = limiter_on(clock, margin=0.0)
+
+    async def spend() -> None:
+        for context in ("1111111111", "2222222222", ""):
+            await limiter.acquire(context, "sessionMisc")
+        await limiter.acquire("1111111111", "other")
+
+    await clock.drive(spend())
+    assert limiter.delay("3333333333", "invoiceSend") == 0          # -1: no limit
+    limiter.set_limits("1111111111", _with_global(5))              # GET /rate-limits now says 5 per second
+    assert limiter.delay("3333333333", "invoiceSend") == 0          # 4 of 5 used this second
+    await clock.drive(limiter.acquire("3333333333", "invoiceSend"))
+    assert limiter.delay("4444444444", "invoiceStatus") == pytest.approx(1.0)
+
+
+async def test_a_positive_global_limit_survives_a_restart_for_every_context() -> None:
+    clock = VirtualClock()
+    store = MemoryStore()
+    first = limiter_on(clock, store=store, margin=0.0)
+    first.set_limits("1111111111", _with_global(2))
+    await clock.drive(first.acquire("1111111111", "other"))
+    await clock.drive(first.acquire("2222222222", "other"))
+    await first.save()
+
+    second = limiter_on(clock, store=store, margin=0.0)
+    await second.load()
+    assert second.limits_for("3333333333", "global") == GroupLimits(2, None, None)
+    assert second.delay("3333333333", "sessionMisc") == pytest.approx(1.0)
+
+
+async def test_the_client_keeps_inside_a_positive_global_limit_of_the_simulator(
+        sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    """Two contexts, two groups, one IP: each stays inside its own group, together they would pass 6/s."""
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    sim = await sim_factory(config=SimConfig(limits_profile="production"), clock=clock)
+    other_nip = "1111111111"
+    tokens = [await create_ksef_token(http, sim.base_url, nip, ["InvoiceWrite", "InvoiceRead"])
+              for nip in (SIM_NIP, other_nip)]
+
+    async def sleep(seconds: float) -> None:       # one request at a time: a wait just moves the clock
+        clock.advance(seconds)
+        await asyncio.sleep(0)
+
+    limiter = RateLimiter(now=lambda: clock.now().timestamp(), sleep=sleep)
+    async with KsefClient("test", base_url=sim.base_url, clock=clock, gate=limiter, auth_options=FAST_AUTH,
+                          retry=RetryPolicy(attempts=1)) as client:     # a 429 would surface as RateLimited
+        contexts = [client.context(ContextIdentifier.nip(nip), KsefToken.parse(token))
+                    for nip, token in zip((SIM_NIP, other_nip), tokens, strict=True)]
+        for ctx in contexts:
+            await ctx.authenticate()
+        sim.world.config.global_limit = (6, -1, -1)
+        clock.advance(3600)
+        await adopt_server_limits(limiter, contexts[0].auth)
+        assert limiter.limits_for("", "global") == GroupLimits(6, None, None)
+        start = clock.now()
+        for _ in range(6):
+            for ctx in contexts:
+                await ctx.request("GET", "/sessions", query={"sessionType": "Online", "pageSize": "10"},
+                                  expect=(200,))                       # sessionList: 5/s per context
+                await ctx.request("GET", "/limits/context", expect=(200,))   # other: 10/s per context
+    assert clock.now() - start >= dt.timedelta(seconds=3)             # 25 requests at 6 per second

@@ -50,6 +50,7 @@ MUTATIONS: dict[str, tuple[bytes, int, str]] = {
     "xsd-break": (SAMPLE.replace(b"<RodzajFaktury>VAT</RodzajFaktury>", b"<RodzajFaktury>XYZ</RodzajFaktury>"),
                   430, "RodzajFaktury"),
     "not-well-formed": (SAMPLE[:-40], 430, "XML"),
+    "xml-1.1": (SAMPLE.replace(DECLARATION, b'<?xml version="1.1" encoding="UTF-8"?>'), 430, "XML 1.0"),
     "doctype": (SAMPLE.replace(DECLARATION, DECLARATION + b"\n<!DOCTYPE Faktura>"), 430, "DTD"),
     "p1-in-the-future": (variant("FUT/1", p1=TODAY + dt.timedelta(days=1)), 450, "P_1"),
     "wrong-seller-nip": (SAMPLE.replace(b"<NIP>9999999999</NIP>", b"<NIP>5265877635</NIP>"), 410, "5265877635"),

@@ -211,3 +211,37 @@ async def test_presigned_uploads_are_not_limited(sim_factory: Any, http: aiohttp
     await batch.open(await batch.open_body(archive, encrypted))
     for _ in range(100):
         assert (await batch.put(1, encrypted[0]))[0] == 201
+
+
+async def test_a_positive_global_group_limits_one_ip_across_contexts_and_groups(
+        sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    """`global` (PROTOCOL.md §14.5, §15: 75/s in the 2.9.0 example) is per IP across every context and
+    operation; it is reported by GET /rate-limits and checked before the request's own group."""
+    clock = ManualClock()
+    sim = await sim_factory(config=production(), clock=clock)
+    first = await access_token(http, sim.base_url, NIP)
+    second = await access_token(http, sim.base_url, OTHER_NIP)
+    sim.world.config.global_limit = (6, -1, -1)      # switched on after the logins, as KSeF may do one day
+    clock.advance(3600)
+    async with await get_limits(http, sim.base_url, first) as resp:
+        assert (await expect(resp, 200))["global"] == {"perSecond": 6, "perMinute": -1, "perHour": -1}
+    assert await statuses(http, sim.base_url, second, 2) == [200, 200]          # other group, other context
+    async with http.get(f"{sim.base_url}/security/public-key-certificates") as resp:
+        assert resp.status == 200                                               # anonymous counts too
+    sessions = lambda: http.get(f"{sim.base_url}/sessions", params={"sessionType": "Online", "pageSize": "10"},  # noqa: E731
+                                headers={"Authorization": f"Bearer {first}"})
+    assert await codes(2, sessions) == [200, 200]                               # sessionList: 5 per second
+    async with await sessions() as resp:
+        body = await expect(resp, 429)                                          # the seventh request this second
+    assert "grupy global" in body["status"]["details"][0] and "6 żądań na sekundę" in body["status"]["details"][0]
+    async with from_another_ip() as other:
+        assert await statuses(other, sim.base_url, second, 1) == [200]          # per IP: another address passes
+    clock.advance(5)
+    assert await statuses(http, sim.base_url, second, 1) == [200]
+
+
+async def test_global_group_of_minus_one_limits_nothing(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    clock = ManualClock()
+    sim = await sim_factory(config=SimConfig(limits_profile="off"), clock=clock)
+    token = await access_token(http, sim.base_url, NIP)
+    assert await statuses(http, sim.base_url, token, 100) == [200] * 100

@@ -53,9 +53,17 @@ def _mock_request(request: web.Request, body: bytes) -> MockRequest:
                        content_type=request.content_type if body else None)
 
 
+def _safe(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:   # openapi-core's errors about a body that is not JSON fail their own __str__
+        return "(no message)"
+
+
 def _error_text(exc: Exception) -> str:
     cause = exc.__cause__
-    return f"{type(exc).__name__}: {exc}" + (f" <- {cause!r}"[:2000] if cause else "")
+    return f"{type(exc).__name__}: {_safe(exc)}" + (f" <- {type(cause).__name__}: {_safe(cause)}"[:2000]
+                                                     if cause else "")
 
 
 def conformance_middleware(found: Violations) -> Callable[..., Awaitable[web.StreamResponse]]:

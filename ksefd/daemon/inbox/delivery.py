@@ -40,9 +40,7 @@ from typing import Any
 import structlog
 
 from ksefd import spool
-from ksefd.ksef.crypto import sha256_b64
-from ksefd.ksef.errors import ProtocolError
-from ksefd.ksef.receiving import KSEF_NUMBER_RE, check_ksef_number, parse_instant
+from ksefd.ksef import KSEF_NUMBER_RE, ProtocolError, check_ksef_number, parse_instant, sha256_b64
 from ksefd.store import Delivery, InboxRepo, KeyValueRepo
 
 log = structlog.get_logger("ksefd.daemon.inbox")

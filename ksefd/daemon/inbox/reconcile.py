@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from ksefd.ksef.receiving import MAX_WINDOW, format_instant, parse_instant, query_filters
+from ksefd.ksef import MAX_WINDOW, format_instant, parse_instant, query_filters
 
 from .delivery import DeliveryReport
 from .sync import Pipeline, export_metadata, export_package, fetch_singles

@@ -1,9 +1,11 @@
 """One company's receiving inside `serve` (service.py): wait until the company's shared connection is logged
 in, then run the InboxWorker until `stop`.
 
-In drain mode (`ksefd run --once`) one cycle runs at once, whatever the cadence (a person asked for it),
-and the task ends. A company whose credentials or permissions fail is retried by its connection with
-capped backoff (or held until a person acts) and never stops the others.
+The worker is built on the connection's current login. When the login itself fails during a cycle (the token
+revoked, the certificate expired), the connection puts the company on hold (one hold for both halves) and the
+worker stops; when a new login succeeds (after the hold's retry, with the credential files read again, or by
+the outbox half), a worker is built on it. In drain mode (`ksefd run --once`) one cycle runs at once,
+whatever the cadence (a person asked for it), and the task ends. One company's receiving never stops others.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import structlog
 from ksefd.config import Company
 
 from ..connection import CompanyConnection
+from ..failures import Failure
 from ..runtime import Runtime, sleep_unless_stopped
 from .worker import InboxWorker
 
@@ -23,23 +26,48 @@ log = structlog.get_logger("ksefd.daemon.inbox")
 
 
 async def run_inbox(runtime: Runtime, company: Company, connection: CompanyConnection, stop: asyncio.Event) -> None:
+    relogin = asyncio.Event()
+    connection.on_login(relogin.set)
     while not stop.is_set():
         wait = await connection.ready()
-        if wait is None:
-            break
-        log.info("inbox.waiting_for_connection", company=company.name, retry_in=round(wait, 1))
+        if wait is not None:
+            log.info("inbox.waiting_for_connection", company=company.name, retry_in=round(wait, 1))
+            if runtime.once:
+                return
+            await sleep_unless_stopped(runtime.clock, stop, wait)
+            continue
+        relogin.clear()
+        ended = asyncio.Event()          # this login's worker stops: the daemon stops, or the login changed
+
+        async def login_failed(failure: Failure, ended: asyncio.Event = ended) -> None:
+            await connection.hold(failure)
+            ended.set()
+
+        worker = InboxWorker(company, connection.context, runtime.store, runtime.clock,
+                             workdir=runtime.config.data_dir / ".ksefd-inbox" / company.name,
+                             on_login_failure=login_failed)
         if runtime.once:
+            try:
+                await worker.run_cycle(force=True)
+            except Exception as error:        # one company's receiving never takes the daemon down
+                log.error("inbox.cycle_crashed", company=company.name, error=repr(error),
+                          where=traceback.format_exc(limit=-3))
             return
-        await sleep_unless_stopped(runtime.clock, stop, wait)
-    if stop.is_set():
-        return
-    worker = InboxWorker(company, connection.context, runtime.store, runtime.clock,
-                         workdir=runtime.config.data_dir / ".ksefd-inbox" / company.name)
-    if runtime.once:
+        await _run_until(worker, stop, relogin, ended)
+
+
+async def _run_until(worker: InboxWorker, stop: asyncio.Event, relogin: asyncio.Event, ended: asyncio.Event) -> None:
+    async def watch() -> None:
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(relogin.wait())]
         try:
-            await worker.run_cycle(force=True)
-        except Exception as error:        # one company's receiving never takes the daemon down
-            log.error("inbox.cycle_crashed", company=company.name, error=repr(error),
-                      where=traceback.format_exc(limit=-3))
-    else:
-        await worker.run_forever(stop)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        ended.set()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await worker.run_forever(ended)
+    finally:
+        watcher.cancel()

@@ -16,11 +16,16 @@ from typing import Any
 import structlog
 
 from ksefd import clock as clocks
-from ksefd.ksef.batch_archive import ZIP
-from ksefd.ksef.errors import ProtocolError
-from ksefd.ksef.export import Exporter, ExportFailed, ExportPackage
-from ksefd.ksef.export_package import next_checkpoint
-from ksefd.ksef.receiving import Receiver, parse_instant
+from ksefd.ksef import (
+    ZIP,
+    Exporter,
+    ExportFailed,
+    ExportPackage,
+    ProtocolError,
+    Receiver,
+    next_checkpoint,
+    parse_instant,
+)
 from ksefd.store import Store
 
 from .delivery import Deliverer, DeliveryReport, InboxFolder, ReceivedInvoice, StagingBook, recover

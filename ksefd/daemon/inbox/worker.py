@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,14 +34,20 @@ import structlog
 
 from ksefd import clock as clocks
 from ksefd.config import Company
-from ksefd.ksef.batch_archive import ZIP
-from ksefd.ksef.client import KsefContext
-from ksefd.ksef.errors import AuthenticationFailed, KsefException, RateLimited
-from ksefd.ksef.export import ExportOptions
-from ksefd.ksef.receiving import format_instant, parse_instant, query_filters
+from ksefd.ksef import (
+    ZIP,
+    AuthenticationFailed,
+    ExportOptions,
+    KsefContext,
+    KsefException,
+    RateLimited,
+    format_instant,
+    parse_instant,
+    query_filters,
+)
 from ksefd.store import Store
 
-from ..failures import Backoff, LastingFailure, classify
+from ..failures import Backoff, Failure, LastingFailure, classify
 from ..runtime import sleep_unless_stopped
 from .delivery import InboxFolder
 from .hooks import InvoiceHooks
@@ -79,9 +86,13 @@ class InboxWorker:
                  workdir: Path | None = None, export_options: ExportOptions | None = None,
                  hourly_budget: int | None = SHARED_HOURLY_CALLS, compression: str = ZIP,
                  small_gap: int = SMALL_GAP, retry_min_seconds: float | None = None,
-                 retry_max_seconds: float | None = None, folder: InboxFolder | None = None) -> None:
+                 retry_max_seconds: float | None = None, folder: InboxFolder | None = None,
+                 on_login_failure: Callable[[Failure], Awaitable[None]] | None = None) -> None:
         self.company = company
         self.options = company.receiving
+        # A failure of the login itself is the company's, not this half's: the connection holds the company
+        # (connection.py), so the hold is kept in one place and shown once (issue #9).
+        self._on_login_failure = on_login_failure
         self.store = store
         self.clock = clock
         self._stop: asyncio.Event | None = None
@@ -181,6 +192,9 @@ class InboxWorker:
             raise
         except Exception as error:
             report.failures[subject.name] = self._failed(subject, error)
+            failure = classify(error)
+            if failure.about_credentials and self._on_login_failure is not None:
+                await self._on_login_failure(failure)
             return False
         report.packages += 0 if result.caught_up else 1
         report.delivered += result.report.delivered

@@ -22,11 +22,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ksefd import spool
 from ksefd.config import Company
-from ksefd.ksef.batch import IN_PROGRESS, BatchOptions, BatchSender, OpenedBatch
-from ksefd.ksef.batch_archive import BatchBuildError, BatchInvoice, PreparedBatch, prepare_batch_async
-from ksefd.ksef.errors import KsefError, KsefException
-from ksefd.ksef.models import SessionInvoice, SessionStatus
+from ksefd.ksef import (
+    IN_PROGRESS,
+    BatchBuildError,
+    BatchInvoice,
+    BatchOptions,
+    BatchSender,
+    KsefError,
+    KsefException,
+    OpenedBatch,
+    PreparedBatch,
+    SessionInvoice,
+    SessionStatus,
+    prepare_batch_async,
+)
 from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, Store
 
 from ..connection import CompanyConnection
@@ -79,6 +90,7 @@ class BatchRunner:
         """Send QUEUED invoices (or OFFLINE ones, `offline_mode`: the session's offlineMode applies to all of
         them, so the two never share a session, PROTOCOL.md §8.2) in one batch session. Returns a Failure
         when the company must go on hold."""
+        spool.ensure_private_dir(self.work_dir)        # archives hold plain invoices: only ksefd reads them
         workdir = self.work_dir / secrets.token_hex(6)
         try:
             invoices = [BatchInvoice(entry_name(r), Path(r.work_path or "")) for r in rows]

@@ -34,8 +34,9 @@ class OutboxFiles:
         self.work_dir = work_dir
 
     def prepare(self) -> None:
-        for folder in (self.folders.outbox, self.folders.sent, self.folders.rejected, self.work_dir):
+        for folder in (self.folders.outbox, self.folders.sent, self.folders.rejected):
             folder.mkdir(parents=True, exist_ok=True)
+        spool.ensure_private_dir(self.work_dir)     # claimed invoices: only ksefd reads them (issue #15 point 7)
         for folder in (self.folders.outbox, self.folders.sent, self.folders.rejected, self.work_dir):
             spool.remove_stale_temps(folder)
 

@@ -1,6 +1,6 @@
 """Intake: from a file in the outbox to a queued invoice (issue #5 items 2 and 3).
 
-Files are found three ways: a scan at startup, watchfiles events, and a full rescan every
+Files are found three ways: a scan at startup, watchfiles events (watch.py), and a full rescan every
 `rescan_interval_seconds` (network shares miss events). Only `*.xml` counts; `*.tmp`, dot-files and
 `~$*` are ignored (spool.is_candidate). A file is claimed once its size and mtime have not changed for
 `settle_seconds` (an ERP writing in place is never read half-written), by a rename into the outbox's
@@ -19,25 +19,23 @@ a name used before is simply a new invoice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import watchfiles
-
 from ksefd import spool
 from ksefd.clock import Clock, warsaw_today
 from ksefd.config import Company
 from ksefd.invoice import CheckedInvoice, InvoiceRejected, check_invoice
-from ksefd.ksef.crypto import sha256_b64
+from ksefd.ksef import sha256_b64
 from ksefd.store import InvoiceRow, InvoiceState, NewInvoice
 
 from ..runtime import wait_for
 from .files import STATE_SUFFIX, OutboxFiles
 from .ledger import Ledger
+from .watch import OutboxWatcher
 
 S = InvoiceState
 CHUNK = 500
@@ -81,13 +79,18 @@ class Intake:
 
     # --- loops ----------------------------------------------------------------------------------
 
-    async def run(self, draining: asyncio.Event) -> None:
+    async def run(self, draining: asyncio.Event, watcher: OutboxWatcher | None = None) -> None:
+        """Claim what is dropped until `draining`. `watcher`: the daemon's one watcher of every outbox, which
+        pokes this intake (watch.py); without it, this intake watches its own outbox."""
         await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED, S.CHECKED))
         await self.adopt_orphans()
         await self.clear_stale_states()
         stop_watch = asyncio.Event()
         async with asyncio.TaskGroup() as group:
-            watcher = group.create_task(self._watch(stop_watch))
+            if watcher is None:
+                watcher = OutboxWatcher()
+                watcher.register(self.outbox, self.poke)
+                group.create_task(watcher.run(stop_watch))
             try:
                 while not draining.is_set():
                     await self.scan_once()
@@ -97,16 +100,6 @@ class Intake:
                     await wait_for(self.poke, self.clock, interval)
             finally:
                 stop_watch.set()
-                watcher.cancel()
-
-    async def _watch(self, stop: asyncio.Event) -> None:
-        def only_candidates(_change: watchfiles.Change, path: str) -> bool:
-            return spool.is_candidate(Path(path).name)
-
-        with contextlib.suppress(RuntimeError, OSError):   # no inotify (odd file systems): the rescan covers it
-            async for _changes in watchfiles.awatch(self.outbox, watch_filter=only_candidates, stop_event=stop,
-                                                    recursive=False, debounce=200, step=20):
-                self.poke.set()
 
     async def scan_once(self) -> int:
         """Look at the outbox once; claim, check and queue every finished file. Returns how many."""

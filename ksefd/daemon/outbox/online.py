@@ -21,8 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ksefd.config import Company
-from ksefd.ksef.errors import KsefError, OutcomeUnknown
-from ksefd.ksef.online import FA3, OnlineOptions, OnlineSender, OnlineSession
+from ksefd.ksef import FA3, KsefError, OnlineOptions, OnlineSender, OnlineSession, OutcomeUnknown
 from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, StateConflict, Store
 
 from ..connection import CompanyConnection

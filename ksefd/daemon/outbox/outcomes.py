@@ -20,9 +20,7 @@ from typing import Any
 
 from ksefd import spool
 from ksefd.config import Company
-from ksefd.ksef import qr
-from ksefd.ksef.errors import KsefError
-from ksefd.ksef.models import SessionInvoice
+from ksefd.ksef import KsefError, SessionInvoice, qr
 from ksefd.store import Change, InvoiceRow, InvoiceState, OfflineInvoice, SessionRow
 
 from ..connection import CompanyConnection

@@ -13,8 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ksefd.ksef.errors import KsefError, KsefException
-from ksefd.ksef.models import SessionInvoice
+from ksefd.ksef import KsefError, KsefException, SessionInvoice
 from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, Store
 
 from ..connection import CompanyConnection
@@ -60,6 +59,15 @@ class Tracker:
             return None
         soonest = min(due for due, _ in self._polls.values())
         return max(0.0, (soonest - self.ledger.now()).total_seconds())
+
+    async def has_work(self) -> bool:
+        """Anything online that KSeF is working on, or a session to close or follow."""
+        if self._polls or self.channel.retired:
+            return True
+        if await self.store.invoices.ids_in(self.company, [S.IN_DOUBT, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED],
+                                            "online"):
+            return True
+        return bool(await self.store.sessions.unfinished(self.company, "online"))
 
     async def session(self, session_id: int | None) -> SessionRow | None:
         if session_id is None:

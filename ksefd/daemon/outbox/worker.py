@@ -30,8 +30,7 @@ import structlog
 from ksefd import spool
 from ksefd.clock import Clock
 from ksefd.config import Company
-from ksefd.ksef.errors import KsefError
-from ksefd.ksef.ratelimit import RateLimiter
+from ksefd.ksef import KsefError, RateLimiter
 from ksefd.store import InvoiceRow, InvoiceState, SessionState, Store
 
 from ..availability import KsefAvailability, Verdict
@@ -47,12 +46,14 @@ from .offline_files import OfflineFiles
 from .online import OnlineChannel
 from .outcomes import Outcomes
 from .tracker import Tracker
+from .watch import OutboxWatcher
 
 S = InvoiceState
 T = SessionState
 ONLINE_CONCURRENCY = 4
 BATCHES_AT_ONCE = 2
 LOOP_RETRY_SECONDS = 5.0
+IDLE_LOOK_SECONDS = 300.0      # with nothing to do, a loop still looks this often (a safety net for a missed wake-up)
 SEND_WAIT_AT_MOST = 2.0        # seconds the limiter may make an online send wait before we prefer to wait here
 SETTLED_CHECK_SECONDS = 0.2    # real time: drain mode confirms "nothing to do" this long after it was seen ...
 SETTLED_ROUNDS = 3             # ... this many times in a row (files may be landing)
@@ -64,7 +65,7 @@ class OutboxWorker:
     def __init__(self, company: Company, connection: CompanyConnection, store: Store, clock: Clock,
                  limiter: RateLimiter, *, work_dir: Path, batch_dir: Path, heavy: asyncio.Semaphore,
                  settle_seconds: float = 2.0, rescan_interval_seconds: float = 30.0, once: bool = False,
-                 availability: KsefAvailability | None = None) -> None:
+                 watcher: OutboxWatcher | None = None, availability: KsefAvailability | None = None) -> None:
         self.company = company
         self.connection = connection
         self.store = store
@@ -72,6 +73,7 @@ class OutboxWorker:
         self.limiter = limiter
         self.batch_dir = batch_dir
         self.once = once
+        self.watcher = watcher            # the daemon's one watcher of every outbox (None: intake watches its own)
         self.log = structlog.get_logger("ksefd.daemon.outbox").bind(company=company.name)
         self.files = OutboxFiles(company, work_dir)
         self.ledger = Ledger(company.name, store, self.files, clock.now, self.log)
@@ -82,6 +84,8 @@ class OutboxWorker:
         self.tracker = Tracker(company.name, self.ledger, self.outcomes, self.channel, connection, self.log)
         self.batches = BatchRunner(company, self.ledger, self.outcomes, self.files, connection, work_dir=batch_dir,
                                    heavy=heavy, log=self.log)
+        if watcher is not None:
+            watcher.register(company.folders.outbox, self.intake.poke)
         connection.on_hold_change(self._hold_changed)
         connection.on_login(self.channel.forget)
         self.idle = asyncio.Event()            # set while nothing is left to do without a person
@@ -108,12 +112,13 @@ class OutboxWorker:
 
     @classmethod
     def for_runtime(cls, runtime: Runtime, company: Company, connection: CompanyConnection,
+                    watcher: OutboxWatcher | None = None,
                     availability: KsefAvailability | None = None) -> OutboxWorker:
         return cls(company, connection, runtime.store, runtime.clock, runtime.limiter,
                    work_dir=runtime.work_dir(company), batch_dir=runtime.batch_dir(company), heavy=runtime.heavy,
                    settle_seconds=runtime.config.settle_seconds,
                    rescan_interval_seconds=runtime.config.rescan_interval_seconds, once=runtime.once,
-                   availability=availability)
+                   watcher=watcher, availability=availability)
 
     # --- the loops ----------------------------------------------------------------------------------
 
@@ -123,7 +128,7 @@ class OutboxWorker:
         await asyncio.to_thread(shutil.rmtree, self.batch_dir, True)
         async with asyncio.TaskGroup() as group:
             self._group = group
-            group.create_task(self.intake.run(draining), name=f"intake:{self.company.name}")
+            group.create_task(self.intake.run(draining, self.watcher), name=f"intake:{self.company.name}")
             group.create_task(self._dispatch_loop(draining), name=f"dispatch:{self.company.name}")
             group.create_task(self._track_loop(draining), name=f"track:{self.company.name}")
             group.create_task(self.offline.run(draining), name=f"offline:{self.company.name}")
@@ -166,17 +171,24 @@ class OutboxWorker:
                 self.idle.clear()
 
     async def _track_loop(self, draining: asyncio.Event) -> None:
+        """Follows what KSeF is working on. With nothing to follow it sleeps until the ledger wakes it (an invoice
+        moved into a state the tracker acts on, a session closed, a new login): no timer ticks while idle."""
         while not draining.is_set():
-            wait: float | None = LOOP_RETRY_SECONDS
+            wait: float | None = IDLE_LOOK_SECONDS    # not connected yet: the first login (recover) wakes it
             if self.connection.current is not None and self._recovered:
+                wait = LOOP_RETRY_SECONDS
                 try:
                     failure = await self.tracker.step()
                     if failure is not None:
                         await self.connection.hold(failure)
                     wait = self.tracker.next_wake()
-                    wait = LOOP_RETRY_SECONDS if wait is None else min(wait, LOOP_RETRY_SECONDS)
+                    if wait is not None:
+                        wait = min(wait, LOOP_RETRY_SECONDS)
+                    else:
+                        wait = LOOP_RETRY_SECONDS if await self.tracker.has_work() else IDLE_LOOK_SECONDS
                     self._track_failing.cleared()
                 except Exception as exc:
+                    wait = LOOP_RETRY_SECONDS
                     self._track_failing.failed(error=repr(exc), where=traceback.format_exc(limit=-3))
             await wait_for(self.ledger.track_due, self.clock, wait)
 
@@ -196,6 +208,7 @@ class OutboxWorker:
     async def _hold_changed(self, failure: Failure | None) -> None:
         if failure is None:
             released = await self.ledger.release_held()
+            self.ledger.track_due.set()         # what KSeF was working on before the hold is followed again
             self.log.info("outbox.held_invoices_released", invoices=released)
         else:
             await self.ledger.hold_waiting(failure, self._reserved)
@@ -382,8 +395,9 @@ class OutboxWorker:
         self._start(resume(), "batch-resume", [], wake=False)
 
     async def _idle(self, queued: list[InvoiceRow], draining: asyncio.Event) -> float | None:
-        """When to look again; closes the online session when it has been idle long enough."""
-        waits: list[float] = [self.company.sending.online_idle_close_seconds]
+        """When to look again (with nothing to do: when the ledger wakes the dispatcher, or after IDLE_LOOK_SECONDS);
+        closes the online session when it has been idle long enough."""
+        waits: list[float] = []
         if self.channel.current is not None and not self.channel.busy:
             nothing_left = not queued and not await self._online_in_flight()
             idle = self.channel.idle_for()
@@ -396,7 +410,7 @@ class OutboxWorker:
             waits.append(max(0.0, (upcoming - self.clock.now()).total_seconds()))
         if queued and any(not r.has_attachment for r in queued):
             waits.append(max(0.05, self.limiter.delay(self.connection.context.context.key, "invoiceSend")))
-        return max(0.0, min(waits))
+        return max(0.0, min(waits)) if waits else IDLE_LOOK_SECONDS
 
     async def _online_in_flight(self) -> bool:
         counts = await self.store.invoices.counts(self.company.name)
@@ -424,7 +438,6 @@ class OutboxWorker:
         for a few looks in a row (a file may be landing between two looks)."""
         calm = 0
         while calm < SETTLED_ROUNDS:
-            await self.idle.wait()
             await asyncio.sleep(SETTLED_CHECK_SECONDS)      # real time: a check, not a business timer
             calm = calm + 1 if self.idle.is_set() and await self.settled() else 0
             if calm == 0:

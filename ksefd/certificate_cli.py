@@ -1,0 +1,236 @@
+"""`ksefd certificate enroll|list|revoke`: a company's KSeF certificates (PROTOCOL.md §9.3, §15), logged in with the
+XAdES credential the company already has (a qualified certificate or seal as .p12 or .crt + .key, or a KSeF
+certificate), or with one given on the command line (`--login-certificate`, for a company still on a token).
+
+`enroll` writes the new private key (encrypted, 0600) before the request is sent, so an interrupted run never
+loses the key of a certificate KSeF may issue; then the certificate; then either changes the config
+(`--update-config`, the old file kept as .bak) or prints the exact lines to paste.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from ksefd.clock import SystemClock
+from ksefd.config import Company, Config
+from ksefd.config.edit import update_company
+from ksefd.config.model import ConfigError
+from ksefd.daemon.certificate_files import (
+    CONFIG_KEYS,
+    configured_certificate,
+    default_directory,
+    login_credentials,
+    new_paths,
+)
+from ksefd.ksef import (
+    CertificateCredentials,
+    CertificateType,
+    ContextIdentifier,
+    Forbidden,
+    KsefClient,
+    KsefContext,
+    KsefError,
+    build_csr,
+    certificate_serial_hex,
+    key_files,
+    load_certificate,
+    load_certificates,
+    load_pkcs12,
+    new_key,
+)
+
+TYPES: dict[str, CertificateType] = {"authentication": "Authentication", "offline": "Offline"}
+
+
+@dataclass(frozen=True)
+class LoginFiles:
+    """A certificate given on the command line instead of the company's configured one."""
+
+    certificate: Path
+    private_key: Path | None = None
+    password_file: Path | None = None
+
+    def load(self) -> CertificateCredentials:
+        password = key_files.read_password(self.password_file) if self.password_file else None
+        if self.certificate.suffix.lower() in (".p12", ".pfx"):
+            return load_pkcs12(self.certificate, password)
+        return load_certificate(self.certificate, self.private_key, password)
+
+
+Printer = Callable[[str], None]
+
+
+def _err(text: str) -> None:
+    print(f"ksefd certificate: {text}", file=sys.stderr)
+
+
+def _context(company: Company, login: LoginFiles | None) -> tuple[KsefClient, KsefContext]:
+    credentials = login.load() if login is not None else login_credentials(company)
+    client = KsefClient(company.environment, base_url=company.base_url)
+    return client, client.context(ContextIdentifier.nip(company.nip), credentials)
+
+
+def _company(config: Config, name: str) -> Company | None:
+    try:
+        return config.company(name)
+    except KeyError:
+        _err(f"no company named {name!r} in {config.source}; known: {', '.join(c.name for c in config.companies)}")
+        return None
+
+
+async def enroll_command(config: Config, company_name: str, kind: str, *, update_config: bool = False,
+                         key_type: str = "ec", login: LoginFiles | None = None, out: Printer = print,
+                         out_dir: Path | None = None) -> int:
+    company = _company(config, company_name)
+    if company is None:
+        return 2
+    certificate_type = TYPES[kind]
+    base_dir = config.source.parent if config.source else Path.cwd()
+    try:
+        client, context = _context(company, login)
+    except KsefError as exc:
+        _err(exc.message)
+        return 1
+    try:
+        manager = context.certificates()
+        limits = await manager.limits()
+        if not limits.can_request:
+            _err(f"KSeF allows no new certificate for this person or seal now (enrollments left "
+                 f"{limits.enrollment.remaining}/{limits.enrollment.limit}, certificates left "
+                 f"{limits.certificate.remaining}/{limits.certificate.limit}); revoke unused ones with "
+                 f"`ksefd certificate revoke {company.name} SERIAL`")
+            return 1
+        data = await manager.enrollment_data()
+        paths = new_paths(company, certificate_type, SystemClock().now(), out_dir or default_directory(company,
+                                                                                                        base_dir))
+        key = new_key(key_type)
+        # The key is on disk before KSeF hears of it: whatever happens next, it is not lost (PROTOCOL.md §15).
+        key_files.write_key(paths.private_key, key, key_files.ensure_password_file(paths.password_file))
+        started = await manager.submit(f"ksefd {company.name} {certificate_type}", certificate_type,
+                                       build_csr(data, key))
+        out(f"Enrollment {started.reference_number} sent; waiting for KSeF to issue the certificate…")
+        serial = await manager.wait(started.reference_number)
+        issued = await manager.collect(serial, key, certificate_type, f"ksefd {company.name} {certificate_type}")
+        key_files.write_certificate(paths.certificate, issued.certificate)
+    except KsefError as exc:
+        _err(exc.message)
+        return 1
+    finally:
+        await client.close()
+    out(f"KSeF certificate {serial} ({certificate_type}) valid {issued.certificate.not_valid_before_utc:%Y-%m-%d} "
+        f"to {issued.certificate.not_valid_after_utc:%Y-%m-%d}:")
+    out(f"  certificate  {paths.certificate}")
+    out(f"  private key  {paths.private_key} (encrypted; password in {paths.password_file})")
+    values: dict[str, str | None] = dict(paths.config_values(certificate_type, base_dir))
+    if certificate_type == "Authentication" and company.credentials.token_file is not None:
+        values["token_file"] = None
+    return _apply(config, company, certificate_type, values, update_config, out)
+
+
+def _apply(config: Config, company: Company, certificate_type: str, values: dict[str, str | None],
+           update_config: bool, out: Printer) -> int:
+    reason = f"ksefd certificate enroll, {dt.date.today():%Y-%m-%d}"
+    if update_config and config.source is not None:
+        try:
+            backup = update_company(config.source, company.name, values, reason)
+        except (ConfigError, KeyError, OSError) as exc:
+            _err(f"the config was not changed ({exc}); paste the lines below by hand")
+        else:
+            out(f"Updated company {company.name!r} in {config.source} (previous version: {backup}).")
+            return 0
+    out(f"Paste into the [[companies]] block of {company.name!r} in {config.source or 'the config file'}:")
+    for key, value in values.items():
+        if value is not None:
+            out(f'{key} = "{value}"')
+    if values.get("token_file", "") is None:
+        out(f"and delete its line token_file = \"{company.credentials.token_file}\" (certificate and token_file "
+            "cannot both be set)")
+    return 0
+
+
+def _serial_of(path: Path | None) -> str | None:
+    if path is None or path.suffix.lower() in (".p12", ".pfx"):
+        return None
+    try:
+        return certificate_serial_hex(load_certificates(path.read_bytes(), str(path))[0])
+    except (OSError, KsefError):
+        return None
+
+
+async def list_command(config: Config, company_name: str, *, login: LoginFiles | None = None,
+                       out: Printer = print) -> int:
+    company = _company(config, company_name)
+    if company is None:
+        return 2
+    try:
+        client, context = _context(company, login)
+    except KsefError as exc:
+        _err(exc.message)
+        return 1
+    try:
+        found = await context.certificates().query()
+    except KsefError as exc:
+        _err(exc.message)
+        return 1
+    finally:
+        await client.close()
+    configured = {_serial_of(configured_certificate(company, kind)): kind for kind in CONFIG_KEYS}
+    out(f"{'serial':<16}  {'type':<14}  {'status':<8}  {'valid from':<10}  {'valid to':<10}  name")
+    for item in found:
+        mark = "  <- in config" if item.certificate_serial_number in configured else ""
+        out(f"{item.certificate_serial_number:<16}  {item.type:<14}  {item.status:<8}  {item.valid_from:%Y-%m-%d}  "
+            f"{item.valid_to:%Y-%m-%d}  {item.name}{mark}")
+    if not found:
+        out("no KSeF certificates for this login")
+    return 0
+
+
+async def revoke_command(config: Config, company_name: str, serial: str, *, reason: str = "Unspecified",
+                         login: LoginFiles | None = None, out: Printer = print) -> int:
+    company = _company(config, company_name)
+    if company is None:
+        return 2
+    serial = serial.strip().upper()
+    try:
+        client, context = _context(company, login)
+    except KsefError as exc:
+        _err(exc.message)
+        return 1
+    try:
+        await context.certificates().revoke(serial, reason)
+    except Forbidden as exc:
+        _err(f"KSeF refused: {exc.message}. Revoking needs a login with a signature or certificate, not a KSeF token")
+        return 1
+    except KsefError as exc:
+        _err(exc.message)
+        return 1
+    finally:
+        await client.close()
+    out(f"KSeF certificate {serial} revoked ({reason}).")
+    for kind in CONFIG_KEYS:
+        if _serial_of(configured_certificate(company, kind)) == serial:
+            out(f"Company {company.name!r} still names it in the config ({CONFIG_KEYS[kind][0]}); replace it, e.g. "
+                f"`ksefd certificate enroll {company.name} --type {kind.lower()} --update-config`.")
+    return 0
+
+
+async def run(config: Config, args: argparse.Namespace, stdout: TextIO = sys.stdout) -> int:
+    """Dispatch a parsed `ksefd certificate …` command."""
+    login = LoginFiles(args.login_certificate, args.login_key, args.login_password_file) \
+        if args.login_certificate else None
+
+    def out(text: str) -> None:
+        print(text, file=stdout, flush=True)
+
+    if args.certificate_command == "enroll":
+        return await enroll_command(config, args.company, args.type, update_config=args.update_config,
+                                    key_type=args.key, login=login, out=out)
+    if args.certificate_command == "list":
+        return await list_command(config, args.company, login=login, out=out)
+    return await revoke_command(config, args.company, args.serial, reason=args.reason, login=login, out=out)
