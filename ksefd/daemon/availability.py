@@ -30,8 +30,7 @@ import structlog
 
 from ksefd.clock import Clock
 from ksefd.config import Company, Config
-from ksefd.ksef.environments import environment
-from ksefd.ksef.latarnia import LatarniaClient, LatarniaUnavailable, Message, default_url
+from ksefd.ksef import LatarniaClient, LatarniaUnavailable, Message, default_url, environment
 from ksefd.store import Announcement, Store
 
 from .failures import Failure, LastingFailure

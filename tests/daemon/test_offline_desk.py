@@ -18,16 +18,17 @@ from ksefd.daemon.outbox.ledger import Ledger
 from ksefd.daemon.outbox.offline import OfflineDesk
 from ksefd.daemon.outbox.offline_files import OfflineFiles
 from ksefd.store import Announcement, InvoiceState, Store
+from tests.daemon.offline_support import offline_certificate, verify_kod2
 from tests.daemon.support import SELLER, load, read_json, write_config
 
 S = InvoiceState
 
 
-async def desk_for(tmp_path: Path, clock: ManualClock) -> tuple[OfflineDesk, Store, Any]:
+async def desk_for(tmp_path: Path, clock: ManualClock, **company: Any) -> tuple[OfflineDesk, Store, Any]:
     token = tmp_path / "t.token"
     token.write_text("x\n")
     config = load(write_config(tmp_path, "http://127.0.0.1:9/v2", [{"name": "acme", "nip": SELLER,
-                                                                    "token_file": str(token)}]))
+                                                                    "token_file": str(token), **company}]))
     company = config.companies[0]
     store = await Store.open(config.state_db, clock)
     files = OutboxFiles(company, company.folders.outbox / ".ksefd")
@@ -40,9 +41,10 @@ async def desk_for(tmp_path: Path, clock: ManualClock) -> tuple[OfflineDesk, Sto
     return desk, store, company
 
 
-async def queued(store: Store, issue: dt.date) -> Any:
-    row = await store.invoices.add("acme", "FV-1.xml", "UtQp9Gpc51y+u3xApZjIjgkpZ01js+J8KflSPW8WzIE=", 100,
-                                   seller_nip=SELLER, invoice_type="VAT", invoice_number="FV/1", issue_date=issue)
+async def queued(store: Store, issue: dt.date, name: str = "FV-1.xml",
+                 sha256: str = "UtQp9Gpc51y+u3xApZjIjgkpZ01js+J8KflSPW8WzIE=") -> Any:
+    row = await store.invoices.add("acme", name, sha256, 100, seller_nip=SELLER, invoice_type="VAT",
+                                   invoice_number=name, issue_date=issue)
     row = await store.invoices.transition(row.id, S.CLAIMED, S.CHECKED)
     return await store.invoices.transition(row.id, S.CHECKED, S.QUEUED)
 
@@ -112,5 +114,26 @@ async def test_a_crash_between_the_step_and_the_artefacts_is_repaired(tmp_path: 
         await again.repair()
         assert read_json(path)["mode"] == "failure" and (company.folders.offline / "FV-1.kod1.png").exists()
         await again.store.db.close()
+    finally:
+        await store.close()
+
+
+async def test_kod2_follows_a_renewed_offline_certificate(tmp_path: Path) -> None:
+    """A renewal replaces the certificate's files in place (certificate_switch.py): the next KOD II uses it."""
+    clock = ManualClock(dt.datetime(2026, 3, 4, 8, tzinfo=WARSAW))
+    cert, key = offline_certificate(tmp_path, "first", SELLER, "ec")
+    desk, store, company = await desk_for(tmp_path, clock, offline_certificate=str(cert), offline_private_key=str(key))
+    try:
+        await desk.issue(await queued(store, dt.date(2026, 3, 4)), "failure", "test", "failure", 1)
+        first = read_json(company.folders.offline / "FV-1.offline.json")["kod2"]["link"]
+        verify_kod2(first, cert)
+        newer_cert, newer_key = offline_certificate(tmp_path, "second-renewed", SELLER, "rsa")
+        cert.write_bytes(newer_cert.read_bytes())
+        key.write_bytes(newer_key.read_bytes())
+        row = await queued(store, dt.date(2026, 3, 4), "FV-2.xml", "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=")
+        await desk.issue(row, "failure", "test", "failure", 1)
+        second = read_json(company.folders.offline / "FV-2.offline.json")["kod2"]["link"]
+        verify_kod2(second, cert)
+        assert first.split("/")[7] != second.split("/")[7]          # another certificate serial
     finally:
         await store.close()

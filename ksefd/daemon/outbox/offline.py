@@ -30,15 +30,14 @@ from typing import Any
 from ksefd import spool
 from ksefd.clock import WARSAW, Clock
 from ksefd.config import Company
-from ksefd.ksef.crypto import sha256_b64
-from ksefd.ksef.errors import CredentialsError
+from ksefd.ksef import CredentialsError, sha256_b64
 from ksefd.store import InvoiceRow, InvoiceState, OfflineInvoice, Store
 
 from ..availability import KsefAvailability, Verdict
 from ..runtime import wait_for
 from .deadlines import OFFLINE24, TOTAL_FAILURE, Deadline, deadline, elapsed_share
 from .ledger import Ledger
-from .offline_files import MODE_LABELS, OfflineFiles, Signer, load_signer
+from .offline_files import MODE_LABELS, OfflineFiles, Signer, load_signer, signer_version
 
 S = InvoiceState
 AVAILABLE = Verdict("available", None, False, "no availability monitor")
@@ -79,7 +78,7 @@ class OfflineDesk:
         self.lock = asyncio.Lock()
         self._signer: Signer | None = None
         self._signer_problem: str | None = None
-        self._signer_loaded = False
+        self._signer_loaded: tuple[int, ...] | bool | None = False    # the files' version loaded (False: none)
         self._reviewed_at: dt.datetime | None = None
         self._reviewed_version = -1
         self._repaired = False
@@ -254,8 +253,11 @@ class OfflineDesk:
                           original_hash=original.sha256)
 
     async def _load_signer(self) -> Signer | None:
-        if not self._signer_loaded:
-            self._signer_loaded = True
+        """Loaded once, and again when a renewal replaces the certificate's files."""
+        version = signer_version(self.company)
+        if self._signer_loaded is False or version != self._signer_loaded:
+            self._signer_loaded = version
+            self._signer, self._signer_problem = None, None
             try:
                 self._signer = await asyncio.to_thread(load_signer, self.company)
             except CredentialsError as exc:

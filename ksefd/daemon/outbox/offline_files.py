@@ -22,10 +22,10 @@ from typing import Any
 
 from ksefd import spool
 from ksefd.config import Company
-from ksefd.ksef import qr
-from ksefd.ksef.credentials import CertificateCredentials, load_certificate, load_pkcs12
-from ksefd.ksef.errors import CredentialsError
+from ksefd.ksef import CertificateCredentials, CredentialsError, qr
 from ksefd.store import InvoiceRow
+
+from ..certificate_files import offline_credentials
 
 NO_KOD2 = ("no Offline KSeF certificate is configured (offline_certificate), so KOD II could not be made: "
            "an offline invoice must carry KOD I and KOD II, so it cannot legally be handed over to the buyer yet. "
@@ -51,25 +51,24 @@ class Signer:
 
 def load_signer(company: Company) -> Signer | None:
     """The company's Offline certificate, or None when none is configured. CredentialsError names the file."""
-    files = company.credentials
-    if files.offline_certificate is None:
+    credentials = offline_credentials(company)
+    if credentials is None:
         return None
-    password: bytes | None = None
-    if files.offline_private_key_password_file is not None:
-        try:
-            password = files.offline_private_key_password_file.read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise CredentialsError(f"cannot read the password file {files.offline_private_key_password_file}: "
-                                   f"{exc.strerror or exc}") from exc
-    if files.offline_certificate.suffix.lower() in (".p12", ".pfx"):
-        credentials = load_pkcs12(files.offline_certificate, password)
-    else:
-        credentials = load_certificate(files.offline_certificate, files.offline_private_key, password)
     try:
         qr.check_offline_certificate(credentials.certificate, credentials.private_key)
     except (ValueError, TypeError) as exc:
-        raise CredentialsError(f"{files.offline_certificate}: {exc}") from exc
+        raise CredentialsError(f"{company.credentials.offline_certificate}: {exc}") from exc
     return Signer(credentials)
+
+
+def signer_version(company: Company) -> tuple[int, ...] | None:
+    """Changes when the Offline certificate's files are replaced (a renewal switches them in place)."""
+    files = company.credentials
+    paths = [p for p in (files.offline_certificate, files.offline_private_key) if p is not None]
+    try:
+        return tuple(p.stat().st_mtime_ns for p in paths) or None
+    except OSError:
+        return None
 
 
 class OfflineFiles:
