@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ksefd.clock import SystemClock
+from ksefd.clock import SystemClock, end_of_day, next_business_day, warsaw_date
 from ksefd.daemon import status
 from ksefd.ksef.crypto import sha256_b64
 from ksefd.sim.config import SimConfig
@@ -204,3 +204,21 @@ async def test_ksef_stops_answering_while_connected(sim_factory: Any, http: aioh
     assert received[sha256_b64(invoice("CONN/2"))]["offlineMode"] is True
     accepted = [r for r in received.values() if r["status"]["code"] == 200]
     assert len(accepted) == 3
+
+
+@pytest.mark.timeout(60)
+async def test_announced_unavailability_is_the_ministrys_offline_mode(sim_factory: Any, http: aiohttp.ClientSession,
+                                                                      tmp_path: Path) -> None:
+    """MAINTENANCE (niedostępność): issued at once, deadline the next business day after the window ends."""
+    sim, config = await setup(sim_factory, http, tmp_path)
+    company = config.companies[0]
+    _, end = await set_outage(http, sim, 0, 5, "MAINTENANCE")
+    async with running(config) as task:
+        drop(company.folders.outbox, "N-1.xml", invoice("UNAV/1"))
+        await wait_for_file(company.folders.offline / "N-1.offline.json", 5, task)
+        offline = read_json(company.folders.offline / "N-1.offline.json")
+        assert offline["mode"] == "unavailability" and offline["announced"] is True
+        assert "niedostępność" in offline["modeLabel"]
+        await wait_for_file(company.folders.sent / "N-1.upo.xml", 30, task)
+    assert read_json(company.folders.sent / "N-1.ksef.json")["offline"]["deadline"] == end_of_day(
+        next_business_day(warsaw_date(end))).isoformat()
