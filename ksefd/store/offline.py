@@ -112,11 +112,15 @@ class OfflineRepo:
         self._now = now
 
     async def add(self, item: OfflineInvoice) -> None:
-        """Recorded before the invoice moves to OFFLINE; a repeat after a crash keeps the first record."""
+        """Recorded right before the invoice moves to OFFLINE (offline=1 then). A record left by a crash between
+        the two, for an invoice that never became OFFLINE, is replaced: it describes nothing the ERP has."""
         await self._db_execute(
             "INSERT INTO offline_invoices (invoice_id, company, mode, reason, event_id, issued_at, deadline, stem, "
             "kod2, warned, missed, corrects_id, corrects_hash, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?, ?) ON CONFLICT (invoice_id) DO NOTHING",
+            "?, ?, ?) ON CONFLICT (invoice_id) DO UPDATE SET mode = excluded.mode, reason = excluded.reason, "
+            "event_id = excluded.event_id, issued_at = excluded.issued_at, deadline = excluded.deadline, "
+            "stem = excluded.stem, kod2 = excluded.kod2, warned = 0, missed = 0, corrects_id = excluded.corrects_id, "
+            "corrects_hash = excluded.corrects_hash, updated_at = excluded.updated_at",
             (item.invoice_id, item.company, item.mode, item.reason, item.event_id, db_time(item.issued_at),
              _time(item.deadline), item.stem, int(item.kod2), item.warned, int(item.missed), item.corrects_id,
              item.corrects_hash, db_time(self._now())))

@@ -17,7 +17,7 @@ from ksefd.daemon.outbox.files import OutboxFiles
 from ksefd.daemon.outbox.ledger import Ledger
 from ksefd.daemon.outbox.offline import OfflineDesk
 from ksefd.daemon.outbox.offline_files import OfflineFiles
-from ksefd.store import Announcement, InvoiceState, Store
+from ksefd.store import Announcement, InvoiceState, OfflineInvoice, Store
 from tests.daemon.offline_support import offline_certificate, verify_kod2
 from tests.daemon.support import SELLER, load, read_json, write_config
 
@@ -135,5 +135,22 @@ async def test_kod2_follows_a_renewed_offline_certificate(tmp_path: Path) -> Non
         second = read_json(company.folders.offline / "FV-2.offline.json")["kod2"]["link"]
         verify_kod2(second, cert)
         assert first.split("/")[7] != second.split("/")[7]          # another certificate serial
+    finally:
+        await store.close()
+
+
+async def test_a_record_left_by_a_crash_before_the_step_is_replaced(tmp_path: Path) -> None:
+    clock = ManualClock(dt.datetime(2026, 3, 4, 8, tzinfo=WARSAW))
+    desk, store, _ = await desk_for(tmp_path, clock)
+    try:
+        row = await queued(store, dt.date(2026, 3, 4))
+        stale = OfflineInvoice(row.id, "acme", "failure", "killed before the step", 3, clock.now(), None, "FV-1",
+                               False, 90, True, None, None)
+        await store.offline.add(stale)                       # the record, but the invoice is still QUEUED
+        clock.advance(3600)
+        moved = await desk.issue(row, "offline24", "requested", "offline24")
+        record = await store.offline.get(row.id)
+        assert moved is not None and record is not None
+        assert (record.mode, record.warned, record.missed, record.issued_at) == ("offline24", 0, False, clock.now())
     finally:
         await store.close()
