@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from pathlib import Path
+import traceback
 from typing import Any
 
 from ksefd import spool
@@ -34,6 +34,7 @@ from ksefd.ksef import CredentialsError, sha256_b64
 from ksefd.store import InvoiceRow, InvoiceState, OfflineInvoice, Store
 
 from ..availability import KsefAvailability, Verdict
+from ..failures import LastingFailure
 from ..runtime import wait_for
 from .deadlines import OFFLINE24, TOTAL_FAILURE, Deadline, deadline, elapsed_share
 from .ledger import Ledger
@@ -83,6 +84,7 @@ class OfflineDesk:
         self._reviewed_version = -1
         self._repaired = False
         self._shown: str | None = None
+        self._failing = LastingFailure(log, "offline.step_failed")
         self.pending = 0
 
     @property
@@ -100,8 +102,9 @@ class OfflineDesk:
         while not draining.is_set():
             try:
                 wait = await self.step()
-            except Exception as exc:       # logged and retried; the dispatcher goes on without it
-                self.log.error("offline.step_failed", error=repr(exc))
+                self._failing.cleared()
+            except Exception as exc:       # a bug or a full disk: logged (once, then slowly) and retried
+                self._failing.failed(error=repr(exc), where=traceback.format_exc(limit=-3))
                 wait = 5.0
             await wait_for(self.ledger.offline_due, self.clock, wait)
 
@@ -329,7 +332,3 @@ class OfflineDesk:
         elif 0.5 <= share < 0.9 and record.warned < 50:
             await self.store.offline.mark(record.invoice_id, warned=50)
             self.log.warning("offline.deadline_half", file=row.file_name, deadline=_iso(found.at), gone="50%")
-
-
-def request_folder(outbox: Path) -> Path:
-    return outbox / REQUEST_FOLDER
