@@ -98,18 +98,24 @@ async def _company(store: Store, name: str, nip: str, send: bool, receive: bool,
 async def _offline(store: Store, company: str) -> dict[str, Any]:
     """Offline invoices not yet in KSeF with their deadlines (PROTOCOL.md §8.1), and KSeF's availability."""
     waiting = await store.offline.waiting(company)
+    rows = {r.id: r for r in await store.invoices.get_many([w.invoice_id for w in waiting[:50]])}
     shown = await store.kv.get("availability", company)
     deadlines = [w.deadline for w in waiting if w.deadline is not None]
     return {
         "availability": json.loads(shown) if shown else None,
         "waiting": len(waiting),
         "nextDeadline": min(deadlines).isoformat() if deadlines else None,
+        "nextLastDayToSend": (min(deadlines).astimezone(WARSAW) - dt.timedelta(microseconds=1)).date().isoformat()
+        if deadlines else None,
         "missed": sum(1 for w in waiting if w.missed),
         "withoutKod2": sum(1 for w in waiting if not w.kod2 and w.mode != "total-failure"),
         "totalFailure": sum(1 for w in waiting if w.mode == "total-failure"),
-        "invoices": [{"invoiceId": w.invoice_id, "mode": w.mode, "issuedAt": w.issued_at.isoformat(),
-                      "deadline": w.deadline.isoformat() if w.deadline else None, "deadlineRule": w.reason,
-                      "warned": w.warned, "missed": w.missed, "kod2": w.kod2,
+        "invoices": [{"invoiceId": w.invoice_id, "file": rows[w.invoice_id].file_name if w.invoice_id in rows else None,
+                      "state": str(rows[w.invoice_id].state) if w.invoice_id in rows else None, "mode": w.mode,
+                      "reason": w.reason, "issuedAt": w.issued_at.isoformat(),
+                      "deadline": w.deadline.isoformat() if w.deadline else None,
+                      "lastDayToSend": (w.deadline.astimezone(WARSAW) - dt.timedelta(microseconds=1)).date().isoformat()
+                      if w.deadline else None, "warned": w.warned, "missed": w.missed, "kod2": w.kod2,
                       "technicalCorrectionOf": w.corrects_hash} for w in waiting[:50]],
     }
 
@@ -157,8 +163,9 @@ def _offline_lines(offline: dict[str, Any]) -> list[str]:
     if seen.get("state") not in (None, "available"):
         lines.append(f"  KSeF: {seen['state'].upper()} since {seen.get('since')}: {seen.get('message')}")
     if offline["waiting"]:
-        lines.append(f"  offline: {offline['waiting']} issued offline, waiting to be sent with offlineMode "
-                     f"(next deadline {offline['nextDeadline'] or 'not set yet'})")
+        due = f"the first by the end of {offline['nextLastDayToSend']}" if offline["nextLastDayToSend"] else \
+            "deadline set once the outage ends"
+        lines.append(f"  offline: {offline['waiting']} issued offline, waiting to be sent with offlineMode ({due})")
     if offline["missed"]:
         lines.append(f"  OFFLINE DEADLINE MISSED for {offline['missed']} invoice(s): they are still sent as soon as "
                      "KSeF takes them")

@@ -150,12 +150,12 @@ class OfflineRepo:
             "ORDER BY o.deadline IS NULL, o.deadline, o.invoice_id", (company,))
         return [_offline(r) for r in rows]
 
-    async def set_deadline(self, invoice_id: int, mode: str, deadline: dt.datetime | None, reason: str) -> None:
+    async def set_deadline(self, invoice_id: int, deadline: dt.datetime | None) -> None:
         """A new deadline (a failure announced or ended while it waits, PROTOCOL.md §8.1), mirrored in invoices."""
         now = db_time(self._now())
         async with self._db.transaction() as conn:
-            await conn.execute("UPDATE offline_invoices SET mode = ?, deadline = ?, reason = ?, updated_at = ? "
-                               "WHERE invoice_id = ?", (mode, _time(deadline), reason, now, invoice_id))
+            await conn.execute("UPDATE offline_invoices SET deadline = ?, updated_at = ? WHERE invoice_id = ?",
+                               (_time(deadline), now, invoice_id))
             await conn.execute("UPDATE invoices SET offline_deadline = ? WHERE id = ?", (_time(deadline), invoice_id))
 
     async def mark(self, invoice_id: int, *, warned: int | None = None, missed: bool | None = None) -> None:

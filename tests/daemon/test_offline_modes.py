@@ -77,6 +77,9 @@ async def test_unreachable_without_announcement_is_the_taxpayers_offline24(
         text = status.render(shown)
         assert "UNREACHABLE" in text and "1 issued offline" in text and "without KOD II" in text
         assert shown.companies[0].offline is not None and shown.companies[0].offline["waiting"] == 1
+        listed = shown.companies[0].offline["invoices"][0]
+        assert (listed["file"], listed["state"], listed["mode"]) == ("U-1.xml", "offline", "offline24")
+        assert listed["lastDayToSend"] == offline["lastDayToSend"] and "the first by the end of" in text
         assert sim_records(sim) == []
         await faults(http, sim, None)
         await wait_for_file(company.folders.sent / "U-1.upo.xml", 30, task)

@@ -306,7 +306,7 @@ class OfflineDesk:
                 continue
             found = deadline(record.mode, row.issue_date, record.issued_at, self._history(), now)
             if found.at != record.deadline:
-                await self.store.offline.set_deadline(record.invoice_id, record.mode, found.at, found.reason)
+                await self.store.offline.set_deadline(record.invoice_id, found.at)
                 await asyncio.to_thread(self.artefacts.update, record.stem,
                                         {"deadline": _iso(found.at), "lastDayToSend": last_day(found.at),
                                          "deadlineRule": found.reason})
