@@ -50,6 +50,8 @@ class Verdict:
     announced: bool                 # the Ministry announced it (Latarnia), as opposed to what the daemon saw
     message: str                    # for a person
     event_id: int | None = None
+    answers: bool = False           # announced, yet KSeF answers the daemon (a partial outage): offline invoices
+                                    # may be sent; new ones are still issued offline until the outage ends
 
     @property
     def down(self) -> bool:
@@ -57,7 +59,8 @@ class Verdict:
 
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "since": self.since.isoformat() if self.since else None,
-                "announced": self.announced, "message": self.message, "eventId": self.event_id}
+                "announced": self.announced, "message": self.message, "eventId": self.event_id,
+                "ksefAnswers": self.answers}
 
 
 def is_unreachable(failure: Failure) -> bool:
@@ -86,6 +89,7 @@ class KsefAvailability:
         self.checked_at: dt.datetime | None = None
         self.unreachable_since: dt.datetime | None = None
         self.unreachable_detail: str | None = None
+        self.answering = False              # during an announced outage: the probe of KSeF's API succeeded
         self.history: list[Announcement] = []
         self.version = 0                                  # bumped when the verdict or the history changes
         self.poke = asyncio.Event()
@@ -103,7 +107,8 @@ class KsefAvailability:
         status = self.latarnia_status
         if status in ANNOUNCED:
             return Verdict(ANNOUNCED[status], self.latarnia_since, True,
-                           f"KSeF announced {status} (Latarnia {self.latarnia_url})", self.active_event)
+                           f"KSeF announced {status} (Latarnia {self.latarnia_url})", self.active_event,
+                           answers=self.answering and self.unreachable_since is None)
         if self.unreachable_since is not None:
             return Verdict("unreachable", self.unreachable_since, False,
                            "KSeF cannot be reached and no outage is announced: the taxpayer's offline24 applies "
@@ -120,6 +125,7 @@ class KsefAvailability:
             self.unreachable_since = self.unreachable_detail = None
             log.info("availability.ksef_reachable", target=self.target)
         elif is_unreachable(failure):
+            self.answering = False
             self.unreachable_detail = failure.message
             if self.unreachable_since is not None:
                 return
@@ -138,11 +144,14 @@ class KsefAvailability:
     async def poll_once(self) -> None:
         if self._client is None:
             return
-        if self.unreachable_since is not None and self.probe_url and await self._client.reachable(self.probe_url):
+        troubled = self.unreachable_since is not None or self.latarnia_status in ANNOUNCED
+        reachable = bool(troubled and self.probe_url and await self._client.reachable(self.probe_url))
+        if self.unreachable_since is not None and reachable:
             self.observe(None)          # KSeF answers again (the daemon holds its sends while it seems down)
         if not self.latarnia_url:
             return
         before = self.view()
+        self.answering = reachable
         try:
             status = await self._client.status()
             messages = await self._client.messages()
@@ -207,7 +216,7 @@ class KsefAvailability:
 
     def _changed(self, before: Verdict) -> None:
         after = self.view()
-        if (after.state, after.event_id) == (before.state, before.event_id):
+        if (after.state, after.event_id, after.answers) == (before.state, before.event_id, before.answers):
             return
         self.version += 1
         log.info("availability.changed", target=self.target, state=after.state, was=before.state,

@@ -225,3 +225,28 @@ async def test_announced_unavailability_is_the_ministrys_offline_mode(sim_factor
         await wait_for_file(company.folders.sent / "N-1.upo.xml", 30, task)
     assert read_json(company.folders.sent / "N-1.ksef.json")["offline"]["deadline"] == end_of_day(
         next_business_day(warsaw_date(end))).isoformat()
+
+
+@pytest.mark.timeout(60)
+async def test_announced_failure_while_ksef_answers_sends_offline_invoices_at_once(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """A failure announced on Latarnia while KSeF's API still answers (a partial outage): new invoices are issued
+    offline (failure mode), and, since the probe sees KSeF answer, sent with offlineMode without waiting for the
+    announcement to end."""
+    sim, config = await setup(sim_factory, http, tmp_path)
+    company = config.companies[0]
+    start = dt.datetime.now(dt.UTC)
+    window = {"from": start.isoformat(), "to": (start + dt.timedelta(seconds=40)).isoformat(), "kind": "FAILURE",
+              "blocksApi": False}
+    async with http.post(f"{sim.root_url}/sim/faults", json={"outages": [window]}) as response:
+        assert response.status == 200
+    async with running(config) as task:
+        drop(company.folders.outbox, "P-1.xml", invoice("PART/1"))
+        await wait_for_file(company.folders.offline / "P-1.offline.json", 5, task)
+        await wait_for_file(company.folders.sent / "P-1.upo.xml", 15, task)
+        assert dt.datetime.now(dt.UTC) < start + dt.timedelta(seconds=40)          # still announced
+        shown = (await current_status(config)).companies[0].offline
+        assert shown is not None and shown["availability"]["state"] == "failure"
+        assert shown["availability"]["ksefAnswers"] is True
+    assert read_json(company.folders.offline / "P-1.offline.json")["mode"] == "failure"
+    assert [(r["offlineMode"], r["invoicingMode"]) for r in sim_records(sim)] == [(True, "Offline")]

@@ -146,7 +146,7 @@ class OutboxWorker:
         offline invoices before new work (PROTOCOL.md §8.1), not after the login backoff."""
         if after.down:
             self.ledger.offline_due.set()
-        elif before.down:
+        if (before.down and not after.down) or (after.answers and not before.answers):
             self._ksef_back = True
             self.connection.retry_now()
             self.ledger.dispatch_due.set()
@@ -246,13 +246,16 @@ class OutboxWorker:
             await self._promote_deferred()
             await self.ledger.back_offline(await self.store.offline.queued_offline_ids(self.company.name))
         self._resume_batches_soon()
-        if self.offline.verdict().down:
+        verdict = self.offline.verdict()
+        if verdict.down and not verdict.answers:
             # KSeF is down (announced, or it stopped answering): nothing is sent into the void, where each send
             # would end in doubt; the desk issues waiting invoices offline. Sending resumes when the verdict
             # changes (Latarnia, or the availability probe seeing KSeF answer again).
             return LOOP_RETRY_SECONDS
         if await self._send_offline():
             return 0.2              # offline invoices first: new work waits until they are all on their way
+        if verdict.down:            # an announced outage in which KSeF answers: new invoices are issued offline
+            return LOOP_RETRY_SECONDS
         cap = self._batch_cap()
         now = self.clock.now()
         waiting = await self.store.invoices.due_count(self.company.name, S.QUEUED, now)
