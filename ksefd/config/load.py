@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import ipaddress
 import os
@@ -269,6 +270,7 @@ class _Builder:
                          f"is greater than retry_max_seconds ({_show(options.retry_max_seconds)}); lower it")
 
     def check_receiving(self, path: str, options: ReceivingOptions) -> ReceivingOptions:
+        options = self.check_backfill(path, options)
         if not options.subject_types:
             self.problem(f"{path}.subject_types", [], "is empty; list at least one, e.g. [\"Subject2\"]")
         elif len(set(options.subject_types)) != len(options.subject_types):
@@ -294,6 +296,22 @@ class _Builder:
                                                           "or a command on PATH)")
             return options
         return msgspec.structs.replace(options, hook_command=(found, *options.hook_command[1:]))
+
+    def check_backfill(self, path: str, options: ReceivingOptions) -> ReceivingOptions:
+        """`backfill_from`: a TOML date, "now", or a quoted ISO date (accepted as the date it names)."""
+        value = options.backfill_from
+        if value is None or value == "now" or (isinstance(value, dt.date) and not isinstance(value, dt.datetime)):
+            return options
+        if isinstance(value, str):
+            try:
+                return msgspec.structs.replace(options, backfill_from=dt.date.fromisoformat(value))
+            except ValueError:
+                pass
+        self.problem(f"{path}.backfill_from", value, "is not a date: write a date such as 2026-02-01 (no "
+                                                     "quotes), or \"now\" to skip invoices from before the first "
+                                                     "start; leave it out to start at the first day of the "
+                                                     "previous month")
+        return options
 
     def check_unique(self, companies: tuple[Company, ...]) -> None:
         names: dict[str, str] = {}

@@ -73,7 +73,10 @@ class ReceivingOptions(Strict, frozen=True):
     """Receiving options ([receiving], overridable per company in [companies.receiving])."""
 
     subject_types: tuple[SubjectType, ...] = ("Subject2",)
-    backfill_from: dt.date | None = None             # None: start from the first run, no history
+    # A date, "now" (no history), or None: the first day of the previous month, Polish time, so the first
+    # run fetches the purchases of the VAT period still being booked (issue #10 point 5). `Any` because
+    # msgspec takes one string-like type per field; config/load.py checks the value.
+    backfill_from: Any = None
     inbox_layout: Literal["flat", "year-month"] = "flat"
     cycle_minutes: Annotated[float, msgspec.Meta(ge=1)] = 15.0    # per subject type (PROTOCOL.md §6.4)
     reconcile: bool = True

@@ -17,7 +17,7 @@ from ksefd.config import Config
 from ksefd.store import IN_KSEF_STATES, InvoiceState, Store
 
 from .certificate_renewal import renewal_lines
-from .inbox.status import read_inbox_status
+from .inbox.status import read_inbox_status, receiving_since
 from .inbox.status import render_lines as render_inbox_lines
 
 S = InvoiceState
@@ -43,6 +43,9 @@ class CompanyStatus:
     last_error: dict[str, Any] | None
     inbox: dict[str, Any] | None = None          # issue #6: the receiving pipeline's status (inbox_status.py)
     offline: dict[str, Any] | None = None        # issue #11: offline invoices waiting, deadlines, KSeF availability
+    receiving_since: str | None = None           # where the first receiving window started (issue #10 point 5)
+    returned: int = 0                            # files given back to outbox/ when sending was switched off
+    redrops: int = 0                             # re-drops of accepted invoices answered from the original
 
 
 @dataclass
@@ -92,6 +95,8 @@ async def _company(store: Store, name: str, nip: str, send: bool, receive: bool,
             "file": oldest.file_name, "state": str(oldest.state), "since": oldest.created_at.isoformat()},
         last_error=await _last_error(store, name),
         inbox=await read_inbox_status(store, name) if receive else None,
+        receiving_since=await receiving_since(store, name) if receive else None,
+        returned=counts.get(S.RETURNED, 0), redrops=counts.get(S.REDROP, 0),
         offline=await _offline(store, name) if send else None)
 
 
@@ -138,6 +143,13 @@ def render(status: DaemonStatus) -> str:
         lines.append(f"\n{c.name} (NIP {c.nip}, {mode})")
         lines.append(f"  queued {c.queued}, in KSeF {c.in_ksef}, accepted today {c.accepted_today} "
                      f"(total {c.accepted_total}), rejected today {c.rejected_today} (total {c.rejected_total})")
+        if not c.send:
+            lines.append("  sending is off (send = false in the config): files in outbox/ are left there unsent"
+                         + (f"; {c.returned} claimed file(s) were put back into outbox/" if c.returned else ""))
+        if c.redrops:
+            lines.append(f"  re-drops of invoices already in KSeF: {c.redrops} (answered in sent/ from the original)")
+        if c.receive:
+            lines.append(f"  receiving since {c.receiving_since or 'its first cycle (not run yet)'}")
         if c.on_hold:
             lines.append(f"  ON HOLD since {c.on_hold['since']}: {c.on_hold['reason']} "
                          f"(next retry {c.on_hold['nextRetryAt']})")

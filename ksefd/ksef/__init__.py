@@ -69,7 +69,7 @@ from .models import ContextLimits, SessionInvoice, SessionStatus
 from .online import FA3, OnlineOptions, OnlineSender, OnlineSession
 from .permissions import personal_permissions, token_permissions
 from .qr import certificate_serial_hex
-from .ratelimit import LimiterSnapshot, RateLimiter, adopt_server_limits
+from .ratelimit import RateLimiter, adopt_server_limits
 from .receiving import (
     KSEF_NUMBER_RE,
     MAX_WINDOW,
@@ -118,7 +118,6 @@ __all__ = [
     "LatarniaClient",
     "LatarniaStatus",
     "LatarniaUnavailable",
-    "LimiterSnapshot",
     "Message",
     "OnlineOptions",
     "OnlineSender",

@@ -30,7 +30,8 @@ Retries (DESIGN.md convention 4, issue #4 item 8):
 
 Rate limiting: if a `RequestGate` is given, `acquire(context, group)` runs before every attempt and
 `penalise(context, group, retry_after)` after every 429; the gate is then responsible for the wait (its
-next `acquire` for that context and group must not return before the penalty ends). Without a gate the
+next `acquire` for that context and group must not return before the penalty ends), and `ready` is asked
+right before the bytes go out, so no request leaves into a block that began meanwhile. Without a gate the
 transport sleeps Retry-After itself. `context` is the context identifier ("Nip:5265877635") of the access
 token used, or "" for unauthenticated calls (group "anonymous", counted per IP by KSeF).
 
@@ -56,6 +57,7 @@ from multidict import CIMultiDict
 
 from .clock import Sleep, real_sleep
 from .errors import OutcomeUnknown, RateLimited, ServerError, TransportError, UnreadableRequest
+from .ratelimit_journal import Grant
 from .responses import Response as Response
 from .responses import error_from_response
 
@@ -71,11 +73,19 @@ BearerSource = Callable[[], Awaitable[str]]
 class RequestGate(Protocol):
     """Client-side rate limiter hook (implemented in ratelimit.py). Called once per HTTP attempt."""
 
-    async def acquire(self, context: str, group: str) -> None:
+    async def acquire(self, context: str, group: str) -> Grant | None:
         """Wait until one more request of `group` in `context` fits every window (and any 429 penalty)."""
         ...
 
-    def penalise(self, context: str, group: str, retry_after: float) -> None:
+    def ready(self, context: str, group: str) -> bool:
+        """Asked right before sending: False if a 429 block began since `acquire` returned."""
+        ...
+
+    def answered(self, grant: Grant) -> None:
+        """The request `acquire` let through has its answer (or failed, or was not sent after all)."""
+        ...
+
+    async def penalise(self, context: str, group: str, retry_after: float) -> None:
         """KSeF answered 429 with Retry-After: block `group` in `context` for `retry_after` seconds."""
         ...
 
@@ -238,14 +248,9 @@ class Transport:
         while True:
             attempt += 1
             last = attempt >= policy.attempts
-            if self.gate is not None and call.group:
-                await self.gate.acquire(call.context, call.group)
-            sent = call
-            if call.bearer_source is not None:
-                # Fetched after the limiter's wait, which can last an hour: the token is fresh when sent.
-                sent = replace(call, headers={**call.headers, "Authorization": f"Bearer {await call.bearer_source()}"})
+            sent, grant = await self._admitted(call)
             try:
-                response = await self._send_once(sent, attempt)
+                response = await self._send_counted(sent, grant, attempt)
             except _NotSent as exc:
                 if last:
                     raise exc.error from exc.__cause__
@@ -265,7 +270,7 @@ class Transport:
             error = error_from_response(response, call.method, call.template, call.group, call.context)
             if isinstance(error, RateLimited):
                 if self.gate is not None and call.group:
-                    self.gate.penalise(call.context, call.group, error.retry_after)
+                    await self.gate.penalise(call.context, call.group, error.retry_after)
                 if last or error.retry_after > policy.max_retry_after:
                     raise error
                 log.info("ksef.rate_limited", path=call.template, group=call.group, retry_after=error.retry_after)
@@ -284,6 +289,35 @@ class Transport:
                     await self.sleep(policy.backoff(attempt))
                     continue
             raise error
+
+    async def _admitted(self, call: _Call) -> tuple[_Call, Grant | None]:
+        """Through the gate, with the access token; never into a 429 block that began meanwhile (issue #10)."""
+        while True:
+            grant = await self.gate.acquire(call.context, call.group) if self.gate is not None and call.group else None
+            try:
+                sent = call
+                if call.bearer_source is not None:
+                    # Fetched after the limiter's wait, which can last an hour: the token is fresh when sent.
+                    token = await call.bearer_source()
+                    sent = replace(call, headers={**call.headers, "Authorization": f"Bearer {token}"})
+            except BaseException:
+                self._answered(grant)
+                raise
+            # No await between this check and the send: a 429 seen by a sibling while the token was fetched
+            # sends this request back to the gate, which waits out the block (a request into it lengthens it).
+            if self.gate is None or not call.group or self.gate.ready(call.context, call.group):
+                return sent, grant
+            self._answered(grant)
+
+    async def _send_counted(self, call: _Call, grant: Grant | None, attempt: int) -> Response:
+        try:
+            return await self._send_once(call, attempt)
+        finally:
+            self._answered(grant)   # KSeF counted it by now at the latest (the limiter's window stamp)
+
+    def _answered(self, grant: Grant | None) -> None:
+        if self.gate is not None and grant is not None:
+            self.gate.answered(grant)
 
     async def _send_once(self, call: _Call, attempt: int) -> Response:
         session = self._pooled() if call.replay_safe else self._fresh_connection()

@@ -9,6 +9,9 @@ Latarnia-style status service (PROTOCOL.md §1: `GET /status`, `GET /messages`, 
     POST   /sim/keys/rotate                {"usage": "SymmetricKeyEncryption" | "KsefTokenEncryption"}
     GET    /sim/clock, POST /sim/clock     {"advance": seconds} or {"set": "<ISO-8601>"} (ManualClock only)
     POST   /sim/sessions/{ref}/expire      the session's lifetime (online) or upload window (batch) ends now
+    GET    /sim/ratelimits                 {"requestsDuringBlock": n, "tooManyRequests": n, "longestRetryAfter": s,
+                                           "duringBlock": [{context, ip, group, requests}], "blocks": [...]}:
+                                           requests that arrived during a 429 block (ratelimits.py)
     GET    /status                         {"status": AVAILABLE|MAINTENANCE|FAILURE|TOTAL_FAILURE, "messages"}
     GET    /messages                       every published Latarnia message
 """
@@ -20,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import faults, sessions
+from . import faults, ratelimits, sessions
 from .clock import ManualClock, iso, parse_iso
 from .world import WORLD, World
 
@@ -128,6 +131,12 @@ async def expire_session(request: web.Request) -> web.Response:
     return web.json_response({"referenceNumber": reference, field: session[field]})
 
 
+async def get_ratelimits(request: web.Request) -> web.Response:
+    world = request.app[WORLD]
+    limiter = ratelimits.limiter(world)
+    return web.json_response({**limiter.tally.to_json(), "blocks": limiter.blocks(world.clock.now().timestamp())})
+
+
 # Latarnia ----------------------------------------------------------------------------------------------
 
 def _messages(world: World, only_active: bool = False) -> list[dict[str, Any]]:
@@ -175,5 +184,6 @@ def register(app: web.Application) -> None:
     app.router.add_get("/sim/clock", get_clock)
     app.router.add_post("/sim/clock", move_clock)
     app.router.add_post("/sim/sessions/{referenceNumber}/expire", expire_session)
+    app.router.add_get("/sim/ratelimits", get_ratelimits)
     app.router.add_get("/status", lighthouse_status)
     app.router.add_get("/messages", lighthouse_messages)

@@ -13,6 +13,7 @@ from .invoices import Change, IllegalTransition, InvoiceRepo, InvoiceRow, NewInv
 from .kv import RATE_LIMITS, KeyValueRepo
 from .migrations import MIGRATIONS
 from .offline import Announcement, AnnouncementRepo, OfflineInvoice, OfflineRepo
+from .ratelimits import BootIdentity, PreviousRun, RateLimitJournal, current_boot
 from .sessions import SessionKind, SessionRepo, SessionRow, Upo
 from .states import (
     IN_KSEF_STATES,
@@ -37,6 +38,7 @@ __all__ = [
     "Announcement",
     "AnnouncementRepo",
     "Beat",
+    "BootIdentity",
     "CertificateRenewalRepo",
     "Change",
     "Checkpoint",
@@ -56,6 +58,8 @@ __all__ = [
     "NewInvoice",
     "OfflineInvoice",
     "OfflineRepo",
+    "PreviousRun",
+    "RateLimitJournal",
     "Renewal",
     "SchemaTooNew",
     "SessionKind",
@@ -66,4 +70,5 @@ __all__ = [
     "Store",
     "StoreError",
     "Upo",
+    "current_boot",
 ]

@@ -165,7 +165,27 @@ _V2_CERTIFICATE_RENEWALS = (
     )""",
 )
 
-_V3_OFFLINE = (
+_V3_RATE_LIMITS = (
+    # The rate limiter's grants (issue #10 point 1): one row per request KSeF was sent, committed before it
+    # was sent (store/ratelimits.py); rows older than an hour are pruned. Times are epoch seconds (REAL),
+    # as the limiter counts them.
+    """CREATE TABLE rate_grants (
+        id        INTEGER PRIMARY KEY,
+        at        REAL NOT NULL,                   -- granted (committed before the request was sent)
+        answered  REAL,                            -- its answer or failure was in; NULL: in flight or unknown
+        context   TEXT NOT NULL,                   -- KSeF context key ("" for per-IP public calls)
+        grp       TEXT NOT NULL                    -- rate-limit group (PROTOCOL.md §7)
+    )""",
+    # When KSeF counted a grant, at the latest: its answer time, else its grant time.
+    "CREATE INDEX rate_grants_counted ON rate_grants (coalesce(answered, at))",
+    # Running 429 blocks per context: no request goes out before `until` (PROTOCOL.md §7).
+    """CREATE TABLE rate_blocks (
+        context   TEXT PRIMARY KEY,
+        until     REAL NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+_V4_OFFLINE = (
     # Latarnia announcements (PROTOCOL.md §1, §8.1), per KSeF target: FAILURE_START / FAILURE_END decide the
     # offline deadlines, so their history outlives the daemon. One row per message id (a newer version of the
     # same message replaces it).
@@ -215,4 +235,4 @@ _V3_OFFLINE = (
     ) WITHOUT ROWID""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_CERTIFICATE_RENEWALS, _V3_OFFLINE)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_CERTIFICATE_RENEWALS, _V3_RATE_LIMITS, _V4_OFFLINE)

@@ -17,6 +17,7 @@ from .inbox import InboxRepo
 from .invoices import InvoiceRepo
 from .kv import KeyValueRepo
 from .offline import AnnouncementRepo, OfflineRepo
+from .ratelimits import RateLimitJournal
 from .sessions import SessionRepo
 
 
@@ -35,6 +36,7 @@ class Store:
         self.sessions = SessionRepo(db, now)
         self.inbox = InboxRepo(db, now)
         self.kv = KeyValueRepo(db, now)
+        self.rate_limits = RateLimitJournal(db, now)     # ksefd.ksef.ratelimit_journal.LimiterJournal
         self.holds = HoldRepo(db, now)
         self.heartbeat = HeartbeatRepo(db, now)
         self.events = EventRepo(db)
@@ -47,6 +49,11 @@ class Store:
         """Open (creating the file and its folder if needed) and migrate to the current schema. The file is
         0600; `private_folder`: a folder ksefd creates is 0700 (not the default data_dir; see Database.open)."""
         return cls(await Database.open(path, private_folder=private_folder), clock or SystemClock())
+
+    @property
+    def path(self) -> Path:
+        """The state database's file."""
+        return self.db.path
 
     async def close(self) -> None:
         await self.db.close()

@@ -123,6 +123,46 @@ class Ledger:
         self._wake(S.REJECTED)
         return rejected
 
+    async def redrop(self, row: InvoiceRow, original: InvoiceRow, data: bytes) -> InvoiceRow:
+        """A byte-identical re-drop of an invoice KSeF accepted (original DONE): nothing is sent; its result
+        goes to sent/ under the re-drop's own name (the bytes, the original's UPO, a NAME.ksef.json with
+        `"redrop": true` pointing at the original), then CLAIMED -> REDROP. The stem is recorded in the row
+        first, so a crash in the middle writes the same files again under the same stem."""
+        stem = row.result_name or self.files.redrop_stem(row.file_name, original.result_name)
+        if row.result_name is None:
+            row = await self.store.invoices.update(row.id, row.state, result_name=stem)
+        record = self.files.read_ksef_json(original.result_name) if original.result_name else {}
+        record.update({
+            "file": row.file_name, "redrop": True, "originalFile": original.file_name,
+            "originalResult": f"{original.result_name or original.file_name}", "originalInvoiceId": original.id,
+            "ksefNumber": original.ksef_number, "invoiceHash": row.sha256, "redropReceivedAt":
+                row.created_at.isoformat(),
+            "note": "the same bytes as an invoice KSeF already accepted: not sent again; this is its result"})
+        upo = self.files.read_sent(original.result_name, ".upo.xml") if original.result_name else None
+        if upo is None and original.session_id is not None:
+            saved = await self.store.sessions.upos(original.session_id, invoice_id=original.id)
+            upo = saved[0].xml if saved else None
+        await asyncio.to_thread(self.files.write_redrop, stem, row.file_name, data, record, upo)
+        done = await self.store.invoices.transition(
+            row.id, S.CLAIMED, S.REDROP, ksef_number=original.ksef_number, result_name=stem,
+            detail={"redropOf": original.id, "originalFile": original.file_name, "ksefNumber": original.ksef_number})
+        self.files.clear_state(done)
+        self.files.discard_work(done)
+        self.log.info("outbox.redrop_answered", file=row.file_name, sent_as=stem, original=original.file_name,
+                      ksef_number=original.ksef_number)
+        return done
+
+    async def give_back(self, row: InvoiceRow) -> InvoiceRow:
+        """Sending was switched off: the claimed file goes back to outbox/ with its bytes untouched (a rename),
+        then the row becomes RETURNED (never sent). A crash in between: the next start finds the row still
+        waiting and its working file gone, and only marks it."""
+        name = await asyncio.to_thread(self.files.give_back, row)
+        returned = await self.store.invoices.transition(row.id, row.state, S.RETURNED, result_name=name,
+                                                        detail={"reason": "send = false", "file": name})
+        self.files.clear_state(returned)
+        self.log.info("outbox.returned_to_outbox", file=row.file_name, returned_as=name)
+        return returned
+
     async def finish(self, rows: Sequence[InvoiceRow]) -> list[InvoiceRow]:
         """ACCEPTED (UPO written) -> UPO_SAVED -> DONE, in two commits whatever the number of invoices; then
         the state files and working copies go."""
