@@ -97,6 +97,9 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--dir", type=Path, default=None, help="folder to work in (default: a new temporary one)")
     p.add_argument("--once", action=argparse.BooleanOptionalAction, default=None,
                    help="end when every invoice is done (default: when standard input is not a terminal)")
+    p.add_argument("--outage", type=float, nargs="?", const=20.0, default=None, metavar="SECONDS",
+                   help="KSeF fails for SECONDS (default 20) from the start: the invoices are issued offline "
+                        "(KOD I/KOD II) and sent with offlineMode once KSeF is back")
 
 
 def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -157,7 +160,7 @@ async def _run_demo(args: argparse.Namespace) -> int:
 
     stop = asyncio.Event()
     with ShutdownSignals(stop):
-        return await run_demo(count=args.invoices, once=once, keep=args.dir, stop=stop)
+        return await run_demo(count=args.invoices, once=once, keep=args.dir, stop=stop, outage=args.outage)
 
 
 async def _run_sim(args: argparse.Namespace) -> int:

@@ -59,7 +59,8 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None,
 
 
 _T = TypeVar("_T", bound=msgspec.Struct)
-_CHOICES = {"environment": "test, demo, prod", "log_format": "auto, console, json, journal",
+_CHOICES = {"environment": "test, demo, prod", "offline": "auto, off",
+            "log_format": "auto, console, json, journal",
             "log_level": "debug, info, warning, error", "inbox_layout": "flat, year-month",
             "subject_types": "Subject1, Subject2, Subject3, SubjectAuthorized"}
 _TOP = {"ksef", "daemon", "sending", "receiving", "companies"}
@@ -127,6 +128,8 @@ class _Builder:
             receiving = {}
         if ksef and ksef.base_url:
             self.check_url("ksef.base_url", ksef.base_url)
+        if ksef and ksef.latarnia_url:
+            self.check_url("ksef.latarnia_url", ksef.latarnia_url)
         companies_raw = raw.get("companies")
         if not isinstance(companies_raw, list) or not companies_raw:
             self.problem("companies", _MISSING, "at least one [[companies]] block is required")
@@ -140,7 +143,9 @@ class _Builder:
         self.check_unique(ready)
         if self.problems:
             return None
-        return Config(source=source, environment=ksef.environment, base_url=ksef.base_url, data_dir=data_dir,
+        return Config(source=source, environment=ksef.environment, base_url=ksef.base_url,
+                      latarnia_url=ksef.latarnia_url, latarnia_interval_seconds=ksef.latarnia_interval_seconds,
+                      latarnia_problem_interval_seconds=ksef.latarnia_problem_interval_seconds, data_dir=data_dir,
                       state_db=self.path(daemon.state_db) if daemon.state_db else data_dir / "state.sqlite3",
                       rescan_interval_seconds=daemon.rescan_interval_seconds,
                       settle_seconds=daemon.settle_seconds, shutdown_grace_seconds=daemon.shutdown_grace_seconds,
@@ -180,7 +185,7 @@ class _Builder:
             return None
         home = data_dir / section.name
         folders = Folders(*(self.path(getattr(section, f)) if getattr(section, f) else home / f
-                            for f in ("outbox", "sent", "rejected", "inbox")))
+                            for f in ("outbox", "sent", "rejected", "inbox", "offline")))
         # A company that names its own environment does not inherit [ksef].base_url (meant for another).
         base_url = section.base_url or (ksef.base_url if section.environment is None else None)
         return Company(name=section.name, nip=section.nip, send=section.send, receive=section.receive,
@@ -340,7 +345,7 @@ class _Builder:
                 self.problem(f"{path}.nip", company.nip, f"is also the NIP of company \"{holder}\" on {target[0]}; "
                                                          "use one entry per NIP and KSeF environment (they share "
                                                          "rate limits, checkpoints and duplicate checks)")
-            for kind in ("outbox", "sent", "rejected", "inbox"):
+            for kind in ("outbox", "sent", "rejected", "inbox", "offline"):
                 folder = getattr(company.folders, kind).resolve()
                 label = f"the {kind} of company \"{company.name}\""
                 if (holder := folders.setdefault(folder, label)) is not label:

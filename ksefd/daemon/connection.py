@@ -152,6 +152,7 @@ class CompanyConnection:
         self._listeners: list[HoldListener] = []
         self._logins: list[Callable[[], None]] = []
         self._failing = LastingFailure(log.bind(company=company.name), "daemon.connect_failed")
+        self.last_failure: Failure | None = None      # the last login failure (issue #11: availability), or None
 
     # --- what the halves use --------------------------------------------------------------------
 
@@ -221,18 +222,25 @@ class CompanyConnection:
             if failure.verdict == "hold":
                 await self.hold(failure)
                 return self.company.sending.hold_retry_seconds
+            self.last_failure = failure
             delay = self._backoff.next_delay()
             self._retry_at = now + dt.timedelta(seconds=delay)
             self._failing.failed(company=self.company.name, error=failure.message, retry_in=delay)
             return delay
         self._backoff.reset()
         self._retry_at = None
+        self.last_failure = None
         self._failing.cleared(company=self.company.name)
         for listener in self._logins:
             listener()
         if hold is not None:
             await self.release()
         return None
+
+    def retry_now(self) -> None:
+        """KSeF is back (issue #11: Latarnia says so): the next `ready()` logs in at once, not after the backoff."""
+        self._retry_at = None
+        self._backoff.reset()
 
     # --- holds ----------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from ksefd.ksef import RateLimiter
 from ksefd.store import Store
 
 from . import notify
+from .availability import AvailabilityBoard
 from .certificate_renewal import renew_due_certificates
 from .connection import CompanyConnection
 from .credential_expiry import warn_daily
@@ -129,8 +130,10 @@ class Daemon:
         # here so that its request metrics watch the KSeF clients before the first call.
         self.http = HttpEndpoint(runtime, self.connections) if runtime.config.http is not None else None
         self.watcher = OutboxWatcher()         # one for every outbox (issue #16 point 4)
-        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name], self.watcher)
-                        for c in companies if c.send]
+        # Issue #11: one KSeF availability monitor (Latarnia + what the daemon sees) per KSeF target.
+        self.availability = AvailabilityBoard(runtime.config, runtime.store, runtime.clock)
+        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name], self.watcher,
+                                                 self.availability.for_company(c)) for c in companies if c.send]
         self.receivers: list[asyncio.Task[None]] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.problems: list[str] = []           # filled at shutdown (what `--once` reports)
@@ -162,6 +165,10 @@ class Daemon:
                 "companies": [c.name for c in runtime.config.companies]})
 
         self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, beat, draining, "heartbeat"), name="heartbeat"))
+        if self.workers:        # issue #11: Latarnia polls, shared by the companies of each KSeF target
+            self.tasks.append(group.create_task(guarded("latarnia", functools.partial(self.availability.run, draining),
+                                                        draining), name="latarnia"))
+
         async def renew() -> None:
             await renew_due_certificates(runtime.config, runtime.store, runtime.clock, runtime.client_for)
 
@@ -248,6 +255,7 @@ class Daemon:
         with contextlib.suppress(Exception):
             await runtime.store.heartbeat.beat("daemon", {"version": __version__, "stopped": True})
         await runtime.close_clients()
+        await self.availability.close()
         await runtime.store.close()
         log.info("daemon.stopped", forced=self.force.is_set())
 

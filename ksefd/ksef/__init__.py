@@ -17,6 +17,7 @@ invoice checks or the simulator (DESIGN.md, layers).
     ratelimit    the client-side limiter that keeps inside KSeF's rate limits
     models, crypto, qr
                  the answers' shapes, hashing, and the verification links and QR codes
+    latarnia     KSeF's public status service (PROTOCOL.md §1)
 """
 
 from . import key_files, qr
@@ -63,6 +64,7 @@ from .errors import (
 )
 from .export import Exporter, ExportFailed, ExportOptions, ExportPackage
 from .export_package import next_checkpoint
+from .latarnia import LatarniaClient, LatarniaStatus, LatarniaUnavailable, Message, default_url
 from .models import ContextLimits, SessionInvoice, SessionStatus
 from .online import FA3, OnlineOptions, OnlineSender, OnlineSession
 from .permissions import personal_permissions, token_permissions
@@ -114,6 +116,10 @@ __all__ = [
     "KsefError",
     "KsefException",
     "KsefToken",
+    "LatarniaClient",
+    "LatarniaStatus",
+    "LatarniaUnavailable",
+    "Message",
     "OnlineOptions",
     "OnlineSender",
     "OnlineSession",
@@ -138,6 +144,7 @@ __all__ = [
     "build_csr",
     "certificate_serial_hex",
     "check_ksef_number",
+    "default_url",
     "environment",
     "format_instant",
     "key_files",

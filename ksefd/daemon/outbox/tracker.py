@@ -86,6 +86,7 @@ class Tracker:
                 await part()
             except KsefError as exc:
                 failure = classify(exc)
+                self.channel.observe(failure)          # for the availability monitor (issue #11)
                 self.log.warning("outbox.track_failed", step=part.__name__, code=failure.code,
                                      error=failure.message)
                 if failure.verdict == "hold":
