@@ -146,7 +146,7 @@ class OfflineRepo:
         """Offline invoices not yet finished (neither DONE nor REJECTED)."""
         rows = await self._db.fetch_all(
             "SELECT o.* FROM offline_invoices o JOIN invoices i ON i.id = o.invoice_id WHERE o.company = ? AND "
-            "i.offline = 1 AND i.state NOT IN ('done', 'rejected', 'accepted', 'upo_saved') "
+            "i.offline = 1 AND i.state NOT IN ('done', 'rejected', 'accepted', 'upo_saved', 'returned', 'redrop') "
             "ORDER BY o.deadline IS NULL, o.deadline, o.invoice_id", (company,))
         return [_offline(r) for r in rows]
 

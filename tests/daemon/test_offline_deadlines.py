@@ -110,3 +110,12 @@ def test_elapsed_share() -> None:
     due = warsaw(2026, 3, 6, 0)
     assert elapsed_share(issued, due, warsaw(2026, 3, 5, 0)) == pytest.approx(0.5)
     assert elapsed_share(issued, None, issued) is None
+
+
+def test_unavailability_without_a_known_window_gets_the_stricter_offline24_deadline_not_none() -> None:
+    # Latarnia said MAINTENANCE, but the announcement's window starts after the moment of issue (or is missing).
+    late = maintenance(7, warsaw(2026, 11, 10, 22), warsaw(2026, 11, 11, 2))
+    found = deadline(UNAVAILABILITY, D(2026, 11, 10), warsaw(2026, 11, 10, 21), [late], warsaw(2026, 11, 10, 21, 30))
+    assert found.at is not None and last_day(found.at) == D(2026, 11, 12)     # 11 November is a holiday
+    found = deadline(UNAVAILABILITY, D(2026, 11, 10), warsaw(2026, 11, 10, 21), [], warsaw(2026, 11, 10, 21, 30))
+    assert found.at is not None and found.basis == UNAVAILABILITY

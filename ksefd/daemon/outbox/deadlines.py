@@ -108,7 +108,15 @@ def deadline(mode: str, issue_date: dt.date, issued_at: dt.datetime, history: It
     if mode == UNAVAILABILITY:
         windows = [o for o in events if o.category == "MAINTENANCE" and o.start <= issued_at
                    and (o.end is None or o.end > issued_at)]
-        if not windows or any(w.end is None for w in windows):
+        if not windows:
+            # Latarnia said MAINTENANCE but no announced window covers the moment of issue (missing, or its
+            # start a little later): until one is known the stricter offline24 deadline applies, so the
+            # invoice is never left without one (sending earlier than required is always allowed).
+            day = next_business_day(issue_date)
+            return Deadline(end_of_day(day), UNAVAILABILITY, f"KSeF unavailability without a known announced "
+                                                             f"window: by the next business day after the issue "
+                                                             f"date, {day:%Y-%m-%d}, until the window is known")
+        if any(w.end is None for w in windows):
             return Deadline(None, UNAVAILABILITY, "KSeF unavailability: the next business day after it ends; its "
                                                   "end is not known yet")
         end = max(w.end for w in windows if w.end is not None)

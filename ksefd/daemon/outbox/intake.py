@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from ksefd.invoice import CheckedInvoice, InvoiceRejected, check_invoice
 from ksefd.ksef import sha256_b64
 from ksefd.store import InvoiceRow, InvoiceState, NewInvoice
 
+from ..failures import LastingFailure
 from ..runtime import wait_for
 from .files import STATE_SUFFIX, OutboxFiles
 from .ledger import Ledger
@@ -93,9 +95,13 @@ class Intake:
     async def run(self, draining: asyncio.Event, watcher: OutboxWatcher | None = None) -> None:
         """Claim what is dropped until `draining`. `watcher`: the daemon's one watcher of every outbox, which
         pokes this intake (watch.py); without it, this intake watches its own outbox."""
-        await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED, S.CHECKED))
-        await self.adopt_orphans()
-        await self.clear_stale_states()
+        failing = LastingFailure(self.log, "outbox.intake_failed")
+        try:
+            await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED, S.CHECKED))
+            await self.adopt_orphans()
+            await self.clear_stale_states()
+        except Exception as exc:   # e.g. an unreadable orphan: logged, the loop below tries the outbox anyway
+            failing.failed(error=repr(exc), where=traceback.format_exc(limit=-3))
         stop_watch = asyncio.Event()
         async with asyncio.TaskGroup() as group:
             if watcher is None:
@@ -104,8 +110,14 @@ class Intake:
                 group.create_task(watcher.run(stop_watch))
             try:
                 while not draining.is_set():
-                    await self.scan_once()
-                    await self.settle_redrops()
+                    # A failure here (a network share gone, a file that cannot be read or moved) must not take
+                    # the company's sending down with it: logged, retried at the next look.
+                    try:
+                        await self.scan_once()
+                        await self.settle_redrops()
+                        failing.cleared()
+                    except Exception as exc:
+                        failing.failed(error=repr(exc), where=traceback.format_exc(limit=-3))
                     interval = self.rescan_interval_seconds
                     if self.pending:
                         interval = min(interval, max(self.settle_seconds / 2, 0.05))

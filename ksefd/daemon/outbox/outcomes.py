@@ -20,7 +20,7 @@ from typing import Any
 
 from ksefd import spool
 from ksefd.config import Company
-from ksefd.ksef import KsefError, SessionInvoice, qr
+from ksefd.ksef import KsefError, KsefException, SessionInvoice, qr
 from ksefd.store import Change, InvoiceRow, InvoiceState, OfflineInvoice, SessionRow
 
 from ..connection import CompanyConnection
@@ -31,6 +31,7 @@ from .offline_files import OfflineFiles
 
 S = InvoiceState
 SEND_AGAIN = frozenset({405, 500, 550})
+NO_SUCH_SESSION = 21173     # the original's session cannot be read at all: nothing to compare with
 WRITERS = 4             # threads writing a group's result files
 KSEF_HINTS: dict[int, str] = {
     410: "The credentials ksefd uses may not issue invoices for this seller (Podmiot1). Grant the permission "
@@ -296,9 +297,16 @@ class Outcomes:
         if listing is None or number not in listing:
             try:
                 found = await self.connection.context.sessions.invoices(session_reference, page_size=1000)
-            except KsefError as exc:
+            except KsefException as exc:
+                if NO_SUCH_SESSION not in exc.codes:
+                    raise
                 self.log.warning("outbox.original_unreadable", session=session_reference, error=str(exc))
                 return None
+            except KsefError as exc:
+                # A passing failure (timeout, 5xx, 429) decides nothing: the invoice stays PROCESSING and its
+                # 440 is looked at again, never turned into a rejection of what may be these very bytes.
+                self.log.warning("outbox.original_unreadable_for_now", session=session_reference, error=str(exc))
+                raise
             listing = {i.ksef_number: i for i in found if i.ksef_number}
             self._listings[session_reference] = listing
         return listing.get(number)

@@ -32,7 +32,14 @@ async def return_unsent(runtime: Runtime, company: Company) -> int:
         return 0
     bound = log.bind(company=company.name)
     ledger = Ledger(company.name, runtime.store, files, runtime.clock.now, bound)
-    rows = await runtime.store.invoices.in_state(company.name, *RETURNABLE_STATES)
+    # An invoice issued offline (its KOD I may already be printed and handed over) is not given back: it must
+    # still reach KSeF with offlineMode before its deadline (PROTOCOL.md §8.1, §8.2); it stays and says so.
+    found = await runtime.store.invoices.in_state(company.name, *RETURNABLE_STATES)
+    rows = [r for r in found if not r.offline]
+    for row in (r for r in found if r.offline):
+        bound.warning("outbox.offline_kept_while_sending_off", file=row.file_name, state=str(row.state),
+                      message="issued offline: it still has to be sent to KSeF before its deadline; set "
+                              "send = true again to send it")
     for row in rows:
         await ledger.give_back(row)
     known = await runtime.store.invoices.work_paths(company.name)

@@ -141,9 +141,10 @@ class Tracker:
             session = await self.session(row.session_id)
             if session is None or row.invoice_ref is None:
                 continue
+            # Scheduled before asking: if this one fails, the next round starts with the others, not with it.
+            self._later(row.id)
             invoice = await self.connection.context.sessions.invoice(session.reference, row.invoice_ref)
             if not invoice.is_final:
-                self._later(row.id)
                 continue
             self._polls.pop(row.id, None)
             accepted = await self.outcomes.apply(row, invoice, session)

@@ -123,6 +123,9 @@ class OutboxWorker:
     # --- the loops ----------------------------------------------------------------------------------
 
     async def run(self, draining: asyncio.Event) -> None:
+        # Started again by `guarded` after a failure: what the cancelled tasks left (a send cut after its
+        # intent was recorded, an OPEN batch) is recovered again before anything new is sent.
+        self._recovered = False
         self.files.prepare()
         # Archives of batches a previous run was building: never closed, so never needed (batch.py).
         await asyncio.to_thread(shutil.rmtree, self.batch_dir, True)
@@ -206,12 +209,15 @@ class OutboxWorker:
         return None
 
     async def _hold_changed(self, failure: Failure | None) -> None:
-        if failure is None:
-            released = await self.ledger.release_held()
-            self.ledger.track_due.set()         # what KSeF was working on before the hold is followed again
-            self.log.info("outbox.held_invoices_released", invoices=released)
-        else:
-            await self.ledger.hold_waiting(failure, self._reserved)
+        # Under the desk's lock: the desk issues QUEUED, DEFERRED and HELD invoices offline, and a move of the
+        # whole group must not meet one of them half-way (StateConflict would undo the release).
+        async with self.offline.lock:
+            if failure is None:
+                released = await self.ledger.release_held()
+                self.ledger.track_due.set()     # what KSeF was working on before the hold is followed again
+                self.log.info("outbox.held_invoices_released", invoices=released)
+            else:
+                await self.ledger.hold_waiting(failure, self._reserved)
 
     # --- recovery after a restart ---------------------------------------------------------------------
 
@@ -253,7 +259,9 @@ class OutboxWorker:
             # changes (Latarnia, or the availability probe seeing KSeF answer again).
             return LOOP_RETRY_SECONDS
         if await self._send_offline():
-            return 0.2              # offline invoices first: new work waits until they are all on their way
+            # Offline invoices first: new work waits until they are all on their way; when the limiter holds
+            # them back, look again when it lets the next one through, not in a tight loop.
+            return max(0.2, self.limiter.delay(self.connection.context.context.key, "invoiceSend"))
         if verdict.down:            # an announced outage in which KSeF answers: new invoices are issued offline
             return LOOP_RETRY_SECONDS
         cap = self._batch_cap()
@@ -262,6 +270,9 @@ class OutboxWorker:
         if self.intake.busy and waiting - len(self._reserved) < cap:
             return 0.2               # a drop is still being claimed: see the whole backlog before choosing
         async with self.offline.lock:
+            # Intake may have queued a technical correction or an outbox/offline/ request since the first look:
+            # those are the desk's (§8.4), never plain online sends.
+            await self.offline.issue_special()
             queued = []
             if waiting > len(self._reserved):
                 queued = [r for r in await self.store.invoices.due(self.company.name, [S.QUEUED], now,
