@@ -35,6 +35,16 @@ def _sim_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="seconds an invoice stays in statuses 100/150 before its verdict")
     p.add_argument("--hwm-lag", type=float, default=5.0,
                    help="seconds permanentStorageHwmDate trails now")
+    commands = p.add_subparsers(dest="sim_command", metavar="taxpayer")
+    t = commands.add_parser("taxpayer", help="in a running `ksefd sim`: create a taxpayer and write its KSeF "
+                                             "token (and a login certificate) to files, for testing an ERP")
+    t.add_argument("nip", metavar="NIP", help="the taxpayer's NIP (10 digits, valid check digit)")
+    t.add_argument("--token-out", type=Path, required=True, metavar="FILE", help="write the KSeF token here")
+    t.add_argument("--permissions", default="read,write",
+                   help="the token's permissions: read, write or KSeF names, comma-separated (default read,write)")
+    t.add_argument("--cert-out", type=Path, metavar="FILE", help="also keep a certificate that logs in (PEM)")
+    t.add_argument("--key-out", type=Path, metavar="FILE", help="... and its private key (PEM, not encrypted)")
+    t.add_argument("--url", default=None, help="the simulator's address (default http://127.0.0.1:8080/v2)")
 
 
 def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -96,6 +106,9 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--dir", type=Path, default=None, help="folder to work in (default: a new temporary one)")
     p.add_argument("--once", action=argparse.BooleanOptionalAction, default=None,
                    help="end when every invoice is done (default: when standard input is not a terminal)")
+    p.add_argument("--keep", action="store_true",
+                   help="once the invoices are done, keep the simulator and the daemon running (Ctrl+C stops) "
+                        "and print the config's path: point an ERP at it")
 
 
 def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -154,7 +167,27 @@ async def _run_demo(args: argparse.Namespace) -> int:
 
     stop = asyncio.Event()
     with ShutdownSignals(stop):
-        return await run_demo(count=args.invoices, once=once, keep=args.dir, stop=stop)
+        return await run_demo(count=args.invoices, once=once and not args.keep, keep=args.dir, stop=stop,
+                              stay=args.keep)
+
+
+async def _sim_taxpayer(args: argparse.Namespace) -> int:
+    from ksefd.sandbox import DEFAULT_SIM_URL, SandboxError, config_lines, make_taxpayer, parse_permissions
+
+    base_url = (args.url or DEFAULT_SIM_URL).rstrip("/")
+    try:
+        permissions = parse_permissions(args.permissions)
+        taxpayer = await make_taxpayer(base_url, args.nip, permissions, args.token_out, args.cert_out, args.key_out)
+    except SandboxError as error:
+        print(f"ksefd sim taxpayer: {error}", file=sys.stderr)
+        return 1
+    print(f"Taxpayer {taxpayer.nip} created in the simulator at {base_url}")
+    print(f"KSeF token ({', '.join(taxpayer.permissions)}) written to {taxpayer.token_file}")
+    if taxpayer.certificate:
+        print(f"Login certificate written to {taxpayer.certificate}, its key to {taxpayer.private_key}")
+    print("\nA config for ksefd (ksefd.toml):\n")
+    print(config_lines(taxpayer, base_url))
+    return 0
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
@@ -313,6 +346,9 @@ async def _requeue(config: Config, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "sim" and args.sim_command == "taxpayer":
+        configure_logging(args.log_format or "console", logging.WARNING)
+        return asyncio.run(_sim_taxpayer(args))
     if args.command == "sim":
         configure_logging(args.log_format or "auto")
         return asyncio.run(_run_sim(args))

@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -68,11 +69,13 @@ class LiveSummary:
         self.out = out
         self.seen: dict[str, str] = {}
         self.inbox_seen: set[str] = set()
+        self.before_line: Callable[[], None] = lambda: None     # e.g. end a countdown's line first
 
     async def __call__(self, runtime: Runtime) -> None:
         for key, state, ksef_number in await runtime.store.invoices.changes():
             if self.seen.get(key) != state:
                 self.seen[key] = state
+                self.before_line()
                 extra = f"  KSeF {ksef_number}" if ksef_number and state in ("accepted", "done") else ""
                 note = "  (sent/ has the XML, .ksef.json and .upo.xml)" if state == "done" else ""
                 print(f"  {key:<40} {state:<11}{extra}{note}", file=self.out, flush=True)
@@ -82,14 +85,68 @@ class LiveSummary:
             for path in sorted(company.folders.inbox.rglob("*.xml")):
                 if path.name not in self.inbox_seen:
                     self.inbox_seen.add(path.name)
+                    self.before_line()
                     print(f"  {company.name} inbox <- {path.name}", file=self.out, flush=True)
 
     def all_done(self, expected: int) -> bool:
         return sum(1 for s in self.seen.values() if s in FINAL) >= expected
 
 
+class InboxWait:
+    """What the demo says while the buyer's inbox catches up: one line when the wait starts (the buyer asks
+    KSeF on its own schedule, [receiving] cycle_minutes), then on a terminal a countdown to its next cycle."""
+
+    def __init__(self, out: TextIO, buyer: str, expected: int) -> None:
+        self.out, self.buyer, self.expected = out, buyer, expected
+        self.started: float | None = None
+        self.last_shown = -1
+        self.live = out.isatty()
+
+    async def show(self, runtime: Runtime, now: float, seen: int) -> None:
+        if self.started is None:
+            self.started = now
+            print(f"\nAll invoices are finished at KSeF. Waiting for {self.buyer}'s inbox: it asks KSeF for new "
+                  f"invoices once a cycle ({self._cycle_text(runtime)}); the demo waits at most "
+                  f"{INBOX_WAIT:.0f} s.", file=self.out, flush=True)
+        if not self.live:
+            return
+        left = await self._seconds_to_next_cycle(runtime)
+        text = (f"  waiting for {self.buyer}'s inbox: {seen} of {self.expected} arrived"
+                + (f", next cycle in {left:>3d} s" if left is not None else "") + " ")
+        shown = left if left is not None else int(now - self.started)
+        if shown != self.last_shown:
+            self.last_shown = shown
+            print(f"\r{text}", end="", file=self.out, flush=True)
+
+    def end_line(self) -> None:
+        if self.live and self.last_shown != -1:
+            print(file=self.out, flush=True)     # leave the countdown's line before what follows
+            self.last_shown = -1
+
+    def _cycle_text(self, runtime: Runtime) -> str:
+        company = next((c for c in runtime.config.companies if c.name == self.buyer), None)
+        minutes = company.receiving.cycle_minutes if company else 15.0
+        return f"every {minutes:g} min"
+
+    async def _seconds_to_next_cycle(self, runtime: Runtime) -> int | None:
+        from ksefd.daemon.inbox.status import read_inbox_status
+
+        company = next((c for c in runtime.config.companies if c.name == self.buyer), None)
+        document = await read_inbox_status(runtime.store, self.buyer)
+        if company is None or document is None:
+            return None
+        cycles = [s.get("lastCycleAt") for s in document.get("subjects", {}).values() if s.get("lastCycleAt")]
+        if not cycles:
+            return None
+        last = max(dt.datetime.fromisoformat(str(c)) for c in cycles)
+        next_at = last + dt.timedelta(minutes=company.receiving.cycle_minutes)
+        return max(0, int((next_at - runtime.clock.now()).total_seconds()))
+
+
 async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.Event | None = None,
-                   out: TextIO = sys.stdout) -> int:
+                   out: TextIO = sys.stdout, stay: bool = False) -> int:
+    """`stay` (`ksefd demo --keep`): after the summary, the simulator and the daemon keep running until
+    `stop`, with the config's path printed, for an ERP to be pointed at."""
     folder = keep or Path(tempfile.mkdtemp(prefix="ksefd-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     runner, base_url = await _start_simulator()
@@ -97,30 +154,52 @@ async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.E
     try:
         print(f"KSeF simulator: {base_url}\nDemo folder:    {folder}", file=out)
         seller, buyer = await prepare_companies(base_url, folder)
-        config = load_config(write_config(folder, base_url, seller, buyer))
+        config_path = write_config(folder, base_url, seller, buyer)
+        config = load_config(config_path)
         today = warsaw_date(dt.datetime.now(dt.UTC))
         names = drop_invoices(config.companies[0].folders.outbox, seller.nip, buyer.nip, today, count)
         to_buyer = sum(1 for _, has_nip in names if has_nip)
         print(f"Dropped {len(names)} invoices into {config.companies[0].folders.outbox}"
               f" ({seller.name}, NIP {seller.nip} -> {buyer.name}, NIP {buyer.nip}); Ctrl+C stops.\n", file=out)
         summary = LiveSummary(out)
-        sent_at: list[float] = []
+        waiting = InboxWait(out, buyer.name, to_buyer)
+        summary.before_line = waiting.end_line
+        reported: list[int] = []
+
+        def report() -> int:
+            waiting.end_line()
+            done = sum(1 for s in summary.seen.values() if s == "done")
+            print(f"\n{done} of {len(names)} invoices accepted by KSeF with a UPO; "
+                  f"{len(summary.inbox_seen)} of the {to_buyer} addressed to NIP {buyer.nip} "
+                  f"delivered to {buyer.name}'s inbox.", file=out)
+            print(f"Look around: {folder}/data  (status: ksefd status -c {config_path})", file=out)
+            code = 0 if done == len(names) else 1
+            print("Demo done." if code == 0 else "Demo done, but not every invoice was accepted (see above).",
+                  file=out, flush=True)
+            if stay:
+                print(f"\nStill running (--keep): the simulator at {base_url} and the daemon with the config\n"
+                      f"  {config_path}\nDrop invoices into {config.companies[0].folders.outbox}; more taxpayers: "
+                      f"ksefd sim taxpayer NIP --url {base_url} --token-out FILE. Ctrl+C stops.", file=out, flush=True)
+            elif not once:
+                print("The daemon keeps running; Ctrl+C ends the demo.", file=out, flush=True)
+            reported.append(code)
+            return code
 
         async def progress(runtime: Runtime) -> None:
             await summary(runtime)
-            if not once or not summary.all_done(len(names)):
+            if reported or not summary.all_done(len(names)):
                 return
-            sent_at.append(asyncio.get_running_loop().time()) if not sent_at else None
+            now = asyncio.get_running_loop().time()
             # The buyer's inbox follows on its next cycle; do not wait for it for ever.
-            if len(summary.inbox_seen) >= to_buyer or asyncio.get_running_loop().time() - sent_at[0] > INBOX_WAIT:
-                stop.set()
+            if len(summary.inbox_seen) >= to_buyer or (waiting.started is not None
+                                                        and now - waiting.started > INBOX_WAIT):
+                report()
+                if once:
+                    stop.set()
+                return
+            await waiting.show(runtime, now, len(summary.inbox_seen))
 
         await serve(config, stop, on_progress=progress)
-        done = sum(1 for s in summary.seen.values() if s == "done")
-        print(f"\n{done} of {len(names)} invoices accepted by KSeF with a UPO; "
-              f"{len(summary.inbox_seen)} of the {to_buyer} addressed to NIP {buyer.nip} "
-              f"delivered to {buyer.name}'s inbox.", file=out)
-        print(f"Look around: {folder}/data  (status: ksefd status -c {folder}/ksefd.toml)", file=out)
-        return 0 if done == len(names) else 1
+        return reported[0] if reported else report()
     finally:
         await runner.cleanup()

@@ -31,7 +31,7 @@ class DemoCompany:
     token_file: Path
 
 
-def _self_signed(nip: str, given: str, surname: str, folder: Path) -> tuple[Path, Path]:
+def self_signed(nip: str, given: str, surname: str, folder: Path) -> tuple[Path, Path]:
     """A person's certificate as the Ministry's test tools make them (PROTOCOL.md §11), EC P-256."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([
@@ -51,11 +51,12 @@ def _self_signed(nip: str, given: str, surname: str, folder: Path) -> tuple[Path
     return cert_path, key_path
 
 
-async def mint_token(client: KsefClient, nip: str, cert: Path, key: Path, permissions: list[str]) -> str:
+async def mint_token(client: KsefClient, nip: str, cert: Path, key: Path, permissions: list[str],
+                     description: str = "ksefd demo") -> str:
     """Log in with the certificate into the NIP's context and generate a KSeF token (PROTOCOL.md §9.1)."""
     ctx = client.context(nip, load_certificate(cert, key))
     created = (await ctx.request("POST", "/tokens", json={"permissions": permissions,
-                                                          "description": "ksefd demo"}, expect=(202,))).json()
+                                                          "description": description}, expect=(202,))).json()
     for _ in range(100):
         state = (await ctx.request("GET", "/tokens/{referenceNumber}",
                                    params={"referenceNumber": created["referenceNumber"]})).json()
@@ -72,7 +73,7 @@ async def prepare_companies(base_url: str, folder: Path) -> tuple[DemoCompany, D
     async with KsefClient("test", base_url=base_url) as client:
         for (name, nip, given, surname), permissions in ((SELLER, ["InvoiceWrite", "InvoiceRead"]),
                                                           (BUYER, ["InvoiceRead"])):
-            cert, key = _self_signed(nip, given, surname, secrets_dir)
+            cert, key = self_signed(nip, given, surname, secrets_dir)
             token = await mint_token(client, nip, cert, key, permissions)
             token_file = secrets_dir / f"{name}.token"
             token_file.write_text(token + "\n", encoding="utf-8")
