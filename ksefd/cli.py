@@ -62,6 +62,12 @@ def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def _reload_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("reload", help="make the running daemon read its config again (companies added, removed, "
+                                      "switched on/off, credentials); the same as SIGHUP, also on Windows")
+    p.add_argument("-c", "--config", type=Path, required=True, help="the config file of the daemon")
+
+
 def _resume_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("resume", help="try a company on hold again now (after fixing its token, certificate "
                                       "or permissions); reaches the running daemon")
@@ -150,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _status_parser(sub)
     _resume_parser(sub)
+    _reload_parser(sub)
     _certificate_parser(sub)
     _check_parser(sub)
     _ops_parsers(sub)
@@ -222,13 +229,15 @@ def _load(path: Path) -> Config:
 async def _run_daemon(config: Config, once: bool) -> int:
     from ksefd.daemon.instance import AlreadyRunning, StartupProblem
     from ksefd.daemon.lifecycle import ShutdownSignals
+    from ksefd.daemon.reload import ReloadSignal
     from ksefd.daemon.service import serve
     from ksefd.invoice import SchemaUnavailable
 
-    stop, force = asyncio.Event(), asyncio.Event()
+    stop, force, reload = asyncio.Event(), asyncio.Event(), asyncio.Event()
     try:
-        with ShutdownSignals(stop, force):      # a first signal drains, a second one forces (DESIGN.md convention 2)
-            problems = await serve(config, stop, once=once, force=force)
+        # A first signal drains, a second one forces (DESIGN.md convention 2); SIGHUP reloads the config.
+        with ShutdownSignals(stop, force), ReloadSignal(reload):
+            problems = await serve(config, stop, once=once, force=force, reload=reload)
     except StartupProblem as problem:
         print(f"ksefd: cannot start: {problem}", file=sys.stderr)
         return EX_CONFIG
@@ -264,6 +273,24 @@ async def _resume(config: Config, company: str) -> int:
         outcome = await request_resume(store, company, SystemClock())
     print(outcome.message, file=sys.stderr if outcome.exit_code else sys.stdout)
     return outcome.exit_code
+
+
+async def _reload(config: Config) -> int:
+    from ksefd.clock import SystemClock
+    from ksefd.daemon.reload import request_reload
+    from ksefd.daemon.status import gather
+    from ksefd.store import Store
+
+    if not config.state_db.exists():
+        print(f"ksefd reload: no state database yet at {config.state_db}: ksefd has not run with this config; "
+              f"`ksefd run` reads it at its start", file=sys.stderr)
+        return 1
+    clock = SystemClock()
+    async with await Store.open(config.state_db) as store:
+        running = (await gather(store, config, clock)).running
+        outcome = await request_reload(store, clock.now(), daemon_running=running)
+    print(f"ksefd reload: {outcome.message}", file=sys.stdout if outcome.ok else sys.stderr)
+    return 0 if outcome.ok else EX_CONFIG
 
 
 async def _show_status(config: Config, as_json: bool) -> int:
@@ -376,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_show_status(config, args.json))
     if args.command == "resume":
         return asyncio.run(_resume(config, args.company))
+    if args.command == "reload":
+        return asyncio.run(_reload(config))
     if args.command == "certificate":
         from ksefd import certificate_cli
         return asyncio.run(certificate_cli.run(config, args))

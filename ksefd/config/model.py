@@ -82,6 +82,7 @@ class ReceivingOptions(Strict, frozen=True):
 class CompanySection(Strict, frozen=True):
     name: str
     nip: str
+    enabled: bool = True             # false: the daemon leaves the company alone (no login, no folders)
     send: bool = True
     receive: bool = True
     token_file: str | None = None
@@ -156,7 +157,8 @@ class Config:
     shutdown_grace_seconds: float
     log_format: Literal["auto", "console", "json"]
     log_level: Literal["debug", "info", "warning", "error"]
-    companies: tuple[Company, ...]
+    companies: tuple[Company, ...]           # the enabled ones: what the daemon runs
+    switched_off: tuple[str, ...] = ()       # names of [[companies]] with enabled = false
 
     def company(self, name: str) -> Company:
         for company in self.companies:
