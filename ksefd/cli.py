@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -371,6 +372,19 @@ async def _requeue(config: Config, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()          # here, so that a closed pipe is seen inside the try
+        return code
+    except BrokenPipeError:
+        # `ksefd status | head`: the reader is gone, which is not an error. Python would complain again when
+        # it flushes stdout at exit; point stdout at devnull so that it does not (Python docs, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "sim" and args.sim_command == "taxpayer":

@@ -1,0 +1,131 @@
+"""How `ksefd status` words things for people (issue #14 points 2 and 3): times in Europe/Warsaw without
+microseconds (the JSON keeps ISO 8601 with offsets), the fix next to a hold's reason, the next inbox cycle,
+KSeF's reachability when the daemon recorded it, and never a bare "None".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from ksefd.clock import WARSAW
+
+# The taxpayer's web application (Aplikacja Podatnika) per environment, where permissions are granted and
+# tokens generated (PROTOCOL.md §0, the environments table).
+WEB_APP = {"test": "https://ap-test.ksef.mf.gov.pl/web/", "demo": "https://ap-demo.ksef.mf.gov.pl/web/",
+           "prod": "https://ap.ksef.mf.gov.pl/web/"}
+ENVIRONMENT_LABEL = {"test": "TEST", "demo": "DEMO", "prod": "PRODUCTION"}
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def when(value: Any, missing: str = "unknown") -> str:
+    """An ISO 8601 time (or datetime) as people in Poland read it: 06.12.2026 23:05:12, Warsaw time."""
+    parsed = parse_time(value)
+    return f"{parsed.astimezone(WARSAW):%d.%m.%Y %H:%M:%S}" if parsed else missing
+
+
+def in_words(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{round(seconds / 86400)} days"
+
+
+def relative(value: Any, now: dt.datetime) -> str:
+    """`when(value)` with "in 5 min" / "12 min ago"."""
+    parsed = parse_time(value)
+    if parsed is None:
+        return "unknown"
+    delta = (parsed - now).total_seconds()
+    return f"{when(parsed)} ({'in ' + in_words(delta) if delta >= 0 else in_words(-delta) + ' ago'})"
+
+
+def environment_text(environment: str, base_url: str | None) -> str:
+    label = f"KSeF {ENVIRONMENT_LABEL.get(environment, environment)}"
+    return f"{label} at {base_url}" if base_url else label
+
+
+def hold_fix(code: str, environment: str, company: str, config: str) -> str:
+    """What a person does about a hold, by its stable code (failures.classify), ending with how to try now."""
+    app = WEB_APP.get(environment, WEB_APP["prod"])
+    fixes = {
+        "credentials": "correct the credential file named above (path, content, password) in the config",
+        "authentication-failed": f"the token or certificate is revoked, expired, or for another NIP or environment: "
+                                 f"make a new one in the taxpayer's application (Aplikacja Podatnika) {app} and "
+                                 f"replace the file",
+        "unauthorized": f"make a new token or certificate in the taxpayer's application (Aplikacja Podatnika) {app} "
+                        f"and replace the file",
+        "missing-permission": f"grant the permission named above in the taxpayer's application (Aplikacja "
+                              f"Podatnika) {app}, or use a token that has it",
+        "wrong-url": "check environment and base_url in the config ([ksef] or the company's)",
+        "ksef-21001": "report it to the ksefd maintainers with the log; the invoices wait",
+    }
+    fix = fixes.get(code, "do what the reason says")
+    return f"{fix}; then `ksefd resume -c {config} {company}` tries at once"
+
+
+def availability_lines(seen: dict[str, Any] | None, now: dt.datetime) -> list[str]:
+    """KSeF's and Latarnia's state as the daemon recorded it (kv `availability`); nothing before it does."""
+    if not seen:
+        return []
+    state = str(seen.get("state") or "")
+    if state == "available":
+        return ["  KSeF: reachable"]
+    since = f" since {relative(seen.get('since'), now)}" if seen.get("since") else ""
+    source = "announced on Latarnia" if seen.get("announced") else "seen by ksefd"
+    message = f": {seen['message']}" if seen.get("message") else ""
+    answers = "; KSeF still answers" if seen.get("ksefAnswers") else ""
+    return [f"  KSeF: {state.upper() or 'UNKNOWN'}{since} ({source}){message}{answers}"]
+
+
+def next_inbox_cycle(document: dict[str, Any] | None, cycle_minutes: float) -> dt.datetime | None:
+    """When the inbox looks at KSeF next: the earliest per subject type of its error's retry or its last
+    cycle plus [receiving] cycle_minutes; None before its first cycle (which runs at start)."""
+    if not document:
+        return None
+    found: list[dt.datetime] = []
+    for subject in document.get("subjects", {}).values():
+        error = subject.get("error") or {}
+        retry = parse_time(error.get("retryAt"))
+        last = parse_time(subject.get("lastCycleAt"))
+        if retry is not None:
+            found.append(retry)
+        elif last is not None:
+            found.append(last + dt.timedelta(minutes=cycle_minutes))
+    return min(found) if found else None
+
+
+def inbox_lines(document: dict[str, Any] | None, now: dt.datetime) -> list[str]:
+    if document is None:
+        return ["  inbox: its first cycle has not run yet (it runs when the daemon starts)"]
+    metrics = document.get("metrics", {})
+    lines = [f"  inbox: {document.get('deliveredTotal', 0)} delivered in all, {metrics.get('delivered', 0)} since "
+             f"the daemon started"]
+    for name, subject in sorted(document.get("subjects", {}).items()):
+        lines.append(f"    {name}: invoices up to {when(subject.get('checkpoint'), 'none yet')}, last cycle "
+                     f"{when(subject.get('lastCycleAt'), 'not yet')}")
+        error = subject.get("error")
+        if error:
+            lines.append(f"      ERROR since {when(error.get('since'))}: {error.get('message')} (next try "
+                         f"{relative(error.get('retryAt'), now)})")
+        audit = subject.get("reconcile")
+        if audit:
+            listed = f": {', '.join(audit['missing'][:10])}" if audit.get("missing") else ""
+            lines.append(f"      check of {audit.get('checked', 0)} invoices on {when(audit.get('at'))}: "
+                         f"{audit.get('missingCount', 0)} missing, {audit.get('fetched', 0)} fetched{listed}")
+    return lines
