@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ksefd import __version__
+from ksefd import __version__, i18n
+from ksefd.i18n import _
 from ksefd.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ async def _run_demo(args: argparse.Namespace) -> int:
     from ksefd.demo import run_demo
 
     if args.invoices < 1:
-        print("ksefd demo: --invoices must be at least 1", file=sys.stderr)
+        print(_("ksefd demo: --invoices must be at least 1"), file=sys.stderr)
         return 2
     once = args.once if args.once is not None else not sys.stdin.isatty()
     from ksefd.daemon.lifecycle import ShutdownSignals
@@ -189,11 +190,13 @@ async def _sim_taxpayer(args: argparse.Namespace) -> int:
     except SandboxError as error:
         print(f"ksefd sim taxpayer: {error}", file=sys.stderr)
         return 1
-    print(f"Taxpayer {taxpayer.nip} created in the simulator at {base_url}")
-    print(f"KSeF token ({', '.join(taxpayer.permissions)}) written to {taxpayer.token_file}")
+    print(_("Taxpayer {nip} created in the simulator at {url}", nip=taxpayer.nip, url=base_url))
+    print(_("KSeF token ({permissions}) written to {file}", permissions=", ".join(taxpayer.permissions),
+            file=taxpayer.token_file))
     if taxpayer.certificate:
-        print(f"Login certificate written to {taxpayer.certificate}, its key to {taxpayer.private_key}")
-    print("\nA config for ksefd (ksefd.toml):\n")
+        print(_("Login certificate written to {certificate}, its key to {key}", certificate=taxpayer.certificate,
+                key=taxpayer.private_key))
+    print("\n" + _("A config for ksefd (ksefd.toml):") + "\n")
     print(config_lines(taxpayer, base_url))
     return 0
 
@@ -214,7 +217,7 @@ async def _run_sim(args: argparse.Namespace) -> int:
     from ksefd.daemon.lifecycle import ShutdownSignals
 
     def ready(base_url: str) -> None:
-        print(f"KSeF simulator listening on {base_url}  (Ctrl+C stops)", flush=True)
+        print(_("KSeF simulator listening on {url}  (Ctrl+C stops)", url=base_url), flush=True)
 
     stop = asyncio.Event()
     with ShutdownSignals(stop):
@@ -240,7 +243,7 @@ async def _run_daemon(config: Config, once: bool) -> int:
         with ShutdownSignals(stop, force), ReloadSignal(reload):
             problems = await serve(config, stop, once=once, force=force, reload=reload)
     except StartupProblem as problem:
-        print(f"ksefd: cannot start: {problem}", file=sys.stderr)
+        print(_("ksefd: cannot start: {problem}", problem=problem), file=sys.stderr)
         return EX_CONFIG
     except AlreadyRunning as running:
         print(f"ksefd: {running}", file=sys.stderr)
@@ -249,10 +252,10 @@ async def _run_daemon(config: Config, once: bool) -> int:
         print(f"ksefd: {error}", file=sys.stderr)
         return EX_SOFTWARE
     if once and problems:
-        print("ksefd run --once: not everything the config asks could be done:", file=sys.stderr)
+        print(_("ksefd run --once: not everything the config asks could be done:"), file=sys.stderr)
         for problem_text in problems:
             print(f"  - {problem_text}", file=sys.stderr)
-        print("Fix the above (see `ksefd status`), then run again.", file=sys.stderr)
+        print(_("Fix the above (see `ksefd status`), then run again."), file=sys.stderr)
         return EX_UNFINISHED
     return 0
 
@@ -264,11 +267,13 @@ async def _resume(config: Config, company: str) -> int:
 
     names = [c.name for c in config.companies]
     if company not in names:
-        print(f"ksefd resume: no company {company!r} in {config.source}; the companies are: {', '.join(names)}",
+        print(_("ksefd resume: no company {company} in {config}; the companies are: {names}", company=repr(company),
+                config=config.source, names=", ".join(names)),
               file=sys.stderr)
         return 2
     if not config.state_db.exists():
-        print(f"ksefd resume: no state database yet at {config.state_db}: nothing is on hold", file=sys.stderr)
+        print(_("ksefd resume: no state database yet at {path}: nothing is on hold", path=config.state_db),
+              file=sys.stderr)
         return 0
     async with await Store.open(config.state_db) as store:
         outcome = await request_resume(store, company, SystemClock())
@@ -283,8 +288,8 @@ async def _reload(config: Config) -> int:
     from ksefd.store import Store
 
     if not config.state_db.exists():
-        print(f"ksefd reload: no state database yet at {config.state_db}: ksefd has not run with this config; "
-              f"`ksefd run` reads it at its start", file=sys.stderr)
+        print(_("ksefd reload: no state database yet at {path}: ksefd has not run with this config; `ksefd run` "
+                "reads it at its start", path=config.state_db), file=sys.stderr)
         return 1
     clock = SystemClock()
     async with await Store.open(config.state_db) as store:
@@ -300,7 +305,8 @@ async def _show_status(config: Config, as_json: bool) -> int:
     from ksefd.store import Store
 
     if not config.state_db.exists():
-        print(f"no state database yet at {config.state_db}: ksefd has not run with this config", file=sys.stderr)
+        print(_("no state database yet at {path}: ksefd has not run with this config", path=config.state_db),
+              file=sys.stderr)
         return 1
     async with await Store.open(config.state_db) as store:
         status = await gather(store, config, SystemClock())
@@ -331,10 +337,11 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"ksefd: {error}", file=sys.stderr)
             return EX_CONFIG
         except KeyError:
-            print(f"ksefd validate: no company {args.company!r} in {args.config}", file=sys.stderr)
+            print(_("ksefd validate: no company {company} in {config}", company=repr(args.company),
+                    config=args.config), file=sys.stderr)
             return 2
     if not nip or not nip_is_valid(nip):
-        print("ksefd validate: give the seller's NIP: --nip NIP (10 digits), or -c CONFIG --company NAME",
+        print(_("ksefd validate: give the seller's NIP: --nip NIP (10 digits), or -c CONFIG --company NAME"),
               file=sys.stderr)
         return 2
     verdicts = validate.validate_files(args.files, nip=nip, today=warsaw_today(SystemClock()))
@@ -351,7 +358,7 @@ def _qr(args: argparse.Namespace) -> int:
         if not args.no_image:
             stem = record_path(args.file).name.removesuffix(".ksef.json")
             written = write_image(code, args.output or Path(f"{stem}.qr.png"))
-            print(f"KOD I ({code.label}) written to {written}")
+            print(_("KOD I ({label}) written to {file}", label=code.label, file=written))
     except QrError as error:
         print(f"ksefd qr: {error}", file=sys.stderr)
         return 1
@@ -367,7 +374,8 @@ async def _requeue(config: Config, args: argparse.Namespace) -> int:
     except RequeueError as error:
         print(f"ksefd requeue: {error}", file=sys.stderr)
         return 1
-    print(f"{done.source} copied to {done.target} (the rejected copy stays); ksefd sends it as a new invoice")
+    print(_("{source} copied to {target} (the rejected copy stays); ksefd sends it as a new invoice",
+            source=done.source, target=done.target))
     return 0
 
 
@@ -409,6 +417,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"ksefd: {error}", file=sys.stderr)
         return EX_CONFIG
+    i18n.use(config.language)      # what people read from here on ([daemon] language, issue #14)
     level = getattr(logging, config.log_level.upper())
     configure_logging(args.log_format or config.log_format, level)
     if args.command == "run":

@@ -61,7 +61,7 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None,
 
 _T = TypeVar("_T", bound=msgspec.Struct)
 _CHOICES = {"environment": "test, demo, prod", "log_format": "auto, console, json",
-            "log_level": "debug, info, warning, error", "inbox_layout": "flat, year-month",
+            "log_level": "debug, info, warning, error", "language": "pl, en", "inbox_layout": "flat, year-month",
             "subject_types": "Subject1, Subject2, Subject3, SubjectAuthorized"}
 _TOP = {"ksef", "daemon", "sending", "receiving", "companies"}
 
@@ -155,7 +155,7 @@ class _Builder:
                       rescan_interval_seconds=daemon.rescan_interval_seconds,
                       settle_seconds=daemon.settle_seconds, shutdown_grace_seconds=daemon.shutdown_grace_seconds,
                       log_format=daemon.log_format, log_level=daemon.log_level, companies=ready,
-                      switched_off=switched_off)
+                      switched_off=switched_off, language=daemon.language)
 
     def company(self, raw: Any, index: int, ksef: KsefSection, data_dir: Path, sending: Any,
                 receiving: Any) -> _Entry | None:

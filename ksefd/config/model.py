@@ -48,6 +48,7 @@ class DaemonSection(Strict, frozen=True):
     shutdown_grace_seconds: NonNegative = 30.0
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    language: Literal["pl", "en"] = "pl"             # what people read: status, CLI messages (issue #14)
 
 
 class SendingOptions(Strict, frozen=True):
@@ -159,6 +160,7 @@ class Config:
     log_level: Literal["debug", "info", "warning", "error"]
     companies: tuple[Company, ...]           # the enabled ones: what the daemon runs
     switched_off: tuple[str, ...] = ()       # names of [[companies]] with enabled = false
+    language: Literal["pl", "en"] = "pl"     # [daemon] language
 
     def company(self, name: str) -> Company:
         for company in self.companies:

@@ -12,8 +12,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ksefd import i18n
 from ksefd.clock import WARSAW, Clock
 from ksefd.config import Config
+from ksefd.i18n import _
 from ksefd.store import IN_KSEF_STATES, InvoiceState, Store
 
 from .certificate_renewal import renewal_lines
@@ -72,6 +74,7 @@ class DaemonStatus:
     config: str | None = None                                  # the config file (for the commands suggested)
     switched_off: list[str] = field(default_factory=list)     # companies with enabled = false
     generated_at: str | None = None
+    language: str = "pl"                                       # what `render` speaks ([daemon] language)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,7 +101,7 @@ async def gather(store: Store, config: Config, clock: Clock) -> DaemonStatus:
         isinstance(beat.detail, dict) and beat.detail.get("stopped"))
     return DaemonStatus(running, beat.at.isoformat() if beat else None, beat.pid if beat else None, companies,
                         await renewal_lines(store, clock.now()), str(config.source) if config.source else None,
-                        list(config.switched_off), clock.now().isoformat())
+                        list(config.switched_off), clock.now().isoformat(), config.language)
 
 
 async def _company(store: Store, name: str, nip: str, send: bool, receive: bool, today: dt.datetime
@@ -136,47 +139,62 @@ async def _last_error(store: Store, company: str) -> dict[str, Any] | None:
 
 
 def render(status: DaemonStatus) -> str:
-    """For people: times in Europe/Warsaw without microseconds, the fix next to every hold (issue #14)."""
+    """For people, in the config's language: times in Europe/Warsaw without microseconds, the fix next to
+    every hold (issue #14)."""
+    with i18n.using(status.language):
+        return _render(status)
+
+
+def _render(status: DaemonStatus) -> str:
     now = parse_time(status.generated_at) or dt.datetime.now(dt.UTC)
     config = status.config or "CONFIG"
-    seen = f"last heartbeat {when(status.last_heartbeat)}" if status.last_heartbeat else "never started"
-    lines = [f"ksefd: {'running' if status.running else 'not running'}"
-             + (f" (pid {status.pid}, {seen})" if status.pid else f" ({seen})") + "; times in Europe/Warsaw"]
+    seen = _("last heartbeat {time}", time=when(status.last_heartbeat)) if status.last_heartbeat \
+        else _("never started")
+    state = _("running") if status.running else _("not running")
+    detail = _("pid {pid}, {seen}", pid=status.pid, seen=seen) if status.pid else seen
+    lines = [_("ksefd: {state} ({detail}); times in Europe/Warsaw", state=state, detail=detail)]
     for c in status.companies:
-        mode = {(True, True): "sends and receives", (True, False): "sends only", (False, True): "receives only"
-                }.get((c.send, c.receive), "neither sends nor receives")
-        lines.append(f"\n{c.name} (NIP {c.nip}, {environment_text(c.environment, c.ksef_url)}, {mode})")
+        mode = {(True, True): _("sends and receives"), (True, False): _("sends only"),
+                (False, True): _("receives only")}.get((c.send, c.receive), _("neither sends nor receives"))
+        lines.append("\n" + _("{name} (NIP {nip}, {environment}, {mode})", name=c.name, nip=c.nip,
+                                environment=environment_text(c.environment, c.ksef_url), mode=mode))
         lines += availability_lines(c.availability, now)
         if c.on_hold:
             hold = c.on_hold
-            lines.append(f"  ON HOLD since {when(hold['since'])}: {hold['reason']}")
-            lines.append(f"    fix: {hold_fix(hold['code'], c.environment, c.name, config)}")
+            lines.append(_("  ON HOLD since {since}: {reason}", since=when(hold["since"]), reason=hold["reason"]))
+            lines.append(_("    fix: {fix}", fix=hold_fix(hold["code"], c.environment, c.name, config)))
             if hold.get("nextRetryAt"):
-                lines.append(f"    ksefd tries again by itself {relative(hold['nextRetryAt'], now)}")
+                lines.append(_("    ksefd tries again by itself {time}", time=relative(hold["nextRetryAt"], now)))
         if c.send:
-            lines.append(f"  sending: queued {c.queued}, in KSeF {c.in_ksef}, accepted today {c.accepted_today} "
-                         f"(total {c.accepted_total}), rejected today {c.rejected_today} (total {c.rejected_total})")
+            lines.append(_("  sending: queued {queued}, in KSeF {in_ksef}, accepted today {accepted_today} (total "
+                           "{accepted_total}), rejected today {rejected_today} (total {rejected_total})",
+                           queued=c.queued, in_ksef=c.in_ksef, accepted_today=c.accepted_today,
+                           accepted_total=c.accepted_total, rejected_today=c.rejected_today,
+                           rejected_total=c.rejected_total))
         elif c.returned or c.queued:
-            lines.append("  sending is off (send = false in the config): files in outbox/ are left there unsent"
-                         + (f"; {c.returned} claimed file(s) were put back into outbox/" if c.returned else ""))
+            lines.append(_("  sending is off (send = false in the config): files in outbox/ are left there unsent")
+                         + (_("; {count} claimed file(s) were put back into outbox/", count=c.returned)
+                            if c.returned else ""))
         if c.redrops:
-            lines.append(f"  re-drops of invoices already in KSeF: {c.redrops} (answered in sent/ from the original)")
+            lines.append(_("  re-drops of invoices already in KSeF: {count} (answered in sent/ from the original)",
+                           count=c.redrops))
         if c.oldest_waiting:
-            lines.append(f"  oldest waiting: {c.oldest_waiting['file']} ({c.oldest_waiting['state']} since "
-                         f"{when(c.oldest_waiting['since'])})")
+            lines.append(_("  oldest waiting: {file} ({state} since {since})", file=c.oldest_waiting["file"],
+                           state=c.oldest_waiting["state"], since=when(c.oldest_waiting["since"])))
         if c.last_error:
             e = c.last_error
             code = f"{e['code']}: " if e.get("code") else ""
-            lines.append(f"  last error: {e['file']}: {code}{e.get('message') or 'no details'} ({when(e['at'])})")
+            lines.append(_("  last error: {file}: {code}{message} ({at})", file=e["file"], code=code,
+                           message=e.get("message") or _("no details"), at=when(e["at"])))
         if c.receive:
-            since = when(c.receiving_since) if c.receiving_since else "its first cycle (not run yet)"
-            cycle = relative(c.next_inbox_cycle, now) if c.next_inbox_cycle else "when the daemon starts"
-            lines.append(f"  receiving: invoices since {since}; next inbox cycle {cycle}")
+            since = when(c.receiving_since) if c.receiving_since else _("its first cycle (not run yet)")
+            cycle = relative(c.next_inbox_cycle, now) if c.next_inbox_cycle else _("when the daemon starts")
+            lines.append(_("  receiving: invoices since {since}; next inbox cycle {cycle}", since=since, cycle=cycle))
             lines += inbox_lines(c.inbox, now)
     for name in status.switched_off:
-        lines.append(f"\n{name}: switched off (enabled = false in the config)")
+        lines.append("\n" + _("{name}: switched off (enabled = false in the config)", name=name))
     if status.certificates:
-        lines.append("\nKSeF certificates")
+        lines.append("\n" + _("KSeF certificates"))
         lines += [f"  {line}" for line in status.certificates]
     return "\n".join(lines)
 

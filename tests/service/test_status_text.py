@@ -22,7 +22,7 @@ from ksefd.store import Store
 NOW = dt.datetime(2026, 12, 6, 21, 15, 30, 123456, tzinfo=dt.UTC)       # 22:15:30 in Warsaw (CET)
 
 
-def _config(folder: Path) -> Path:
+def _config(folder: Path, language: str = "en") -> Path:
     for name in ("seller", "buyer", "off"):
         (folder / f"{name}.token").write_text("x\n", encoding="utf-8")
     path = folder / "ksefd.toml"
@@ -32,6 +32,7 @@ environment = "test"
 
 [daemon]
 data_dir = "{folder / 'data'}"
+{f'language = "{language}"' if language else ""}
 
 [receiving]
 cycle_minutes = 15
@@ -119,6 +120,26 @@ async def test_before_anything_ran_status_says_so_in_words(tmp_path: Path) -> No
     assert "next inbox cycle when the daemon starts" in text
     assert "inbox: its first cycle has not run yet" in text
     assert "KSeF:" not in text                     # reachability not recorded: not guessed
+
+
+async def test_status_is_polish_by_default(tmp_path: Path) -> None:
+    config = load_config(_config(tmp_path, language=""))
+    assert config.language == "pl"
+    clock = ManualClock(NOW)
+    async with await Store.open(config.state_db, clock) as store:
+        await _fill(store, clock)
+        text = render(await gather(store, config, clock))
+    assert "ksefd: nie działa (nigdy nie uruchomiony); czas polski (Europe/Warsaw)" in text
+    assert "seller (NIP 5260250274, KSeF TEST (testowe), tylko wysyła)" in text
+    assert "  WSTRZYMANA od 06.12.2026 21:55:30: KSeF refused: the credentials lack InvoiceWrite" in text
+    assert "co zrobić: nadaj wskazane wyżej uprawnienie w Aplikacji Podatnika KSeF https://ap-test.ksef.mf.gov.pl" \
+        in text
+    assert "ksefd sam spróbuje ponownie 06.12.2026 22:25:30 (za 10 min)" in text
+    assert "KSeF: UNREACHABLE od 06.12.2026 22:12:30 (3 min temu) (stwierdzone przez ksefd)" in text
+    assert "buyer (NIP 1111111111, KSeF produkcyjny, tylko odbiera)" in text
+    assert "odbiór: faktury od 01.11.2026 00:00:00; następny cykl odbioru 06.12.2026 22:25:30 (za 10 min)" in text
+    assert "off: wyłączona (enabled = false w konfiguracji)" in text
+    assert "None" not in text
 
 
 def test_status_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
