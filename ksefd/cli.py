@@ -332,6 +332,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.config is not None:
         try:
             config = _load(args.config)
+            i18n.use(config.language)       # the hints as the daemon writes them to error.json
             nip = config.company(args.company).nip if args.company else nip
         except ConfigError as error:
             print(f"ksefd: {error}", file=sys.stderr)

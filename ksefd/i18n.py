@@ -120,10 +120,20 @@ def message_ids(root: Path | None = None) -> dict[str, str]:
     found: dict[str, str] = {}
     for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_" \
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("_", "N_") \
                     and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
                 found.setdefault(node.args[0].value, f"{path.relative_to(root.parent)}:{node.lineno}")
     return found
+
+
+def N_(message: str) -> str:
+    """Marks a message id kept in a table and translated where it is shown (`translate`)."""
+    return message
+
+
+def translate(message: str, language: str | None = None) -> str:
+    """`message` (a message id, no placeholders) in `language` (default: the current one)."""
+    return translations(language or _current).gettext(message)
 
 
 def _(message: str, /, **values: Any) -> str:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from ksefd import i18n
 from ksefd.config import Company, Config, ConfigError, load_config
 from ksefd.store import Store
 
@@ -159,6 +160,7 @@ class Reloader:
         for name in steps.removed + [c.name for c in steps.changed]:
             await self.daemon.remove_company(name)
         runtime.config = new
+        i18n.use(new.language)
         sending_before = {w.company.name for w in self.daemon.workers}
         for company in steps.added + steps.changed:
             if not company.send:     # as at start: claimed but unsent files go back into outbox/

@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from ksefd import __version__
+from ksefd import __version__, i18n
 from ksefd.clock import Clock, SystemClock
 from ksefd.config import Company, Config
 from ksefd.invoice import load_schema
@@ -114,6 +114,7 @@ async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
                           journal=store.rate_limits)    # every grant committed before its request (issue #10)
     await limiter.load()
     runtime = Runtime(config, store, clock, limiter, once=once)
+    i18n.use(config.language)      # error.json hints and other texts for people ([daemon] language, issue #14)
     for company in config.companies:
         if not company.send:       # switched off: give back what was claimed but never sent (sending_off.py)
             await return_unsent(runtime, company)
