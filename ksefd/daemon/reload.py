@@ -31,6 +31,7 @@ import structlog
 
 from ksefd import i18n
 from ksefd.config import Company, Config, ConfigError, load_config
+from ksefd.i18n import _
 from ksefd.store import Store
 
 from .connection import CompanyConnection, Fingerprint, credential_fingerprint
@@ -141,21 +142,22 @@ class Reloader:
         runtime = self.daemon.runtime
         old = runtime.config
         if old.source is None:
-            return ReloadOutcome(False, "this daemon was not started from a config file: nothing to re-read")
+            return ReloadOutcome(False, _("this daemon was not started from a config file: nothing to re-read"))
         try:
             new = await asyncio.to_thread(load_config, old.source)
         except ConfigError as error:       # the same words as `ksefd run` prints at start (cli.py)
             log.error("daemon.reload_rejected", config=str(old.source), problems=error.problems,
                       kept="the running config")
-            return ReloadOutcome(False, f"{error}\nThe running config stays; fix the file and reload again.")
+            return ReloadOutcome(False, _("{error}\nThe running config stays; fix the file and reload again.",
+                                          error=error))
         restart = restart_only_changes(old, new)
         if restart:
             keys = ", ".join(f"[daemon] {key}" for key in restart)
             log.error("daemon.reload_rejected", config=str(old.source), problems=[f"{keys} changed"],
                       kept="the running config")
-            return ReloadOutcome(False, f"{old.source}: {keys} cannot change while ksefd runs: restart it "
-                                        f"(systemctl restart ksefd) to use the new value; the running config "
-                                        f"stays.")
+            return ReloadOutcome(False, _("{config}: {keys} cannot change while ksefd runs: restart it (systemctl "
+                                          "restart ksefd) to use the new value; the running config stays.",
+                                          config=old.source, keys=keys))
         steps = plan(old, new, self.fingerprints)
         for name in steps.removed + [c.name for c in steps.changed]:
             await self.daemon.remove_company(name)
@@ -175,9 +177,10 @@ class Reloader:
         log.info("daemon.reloaded", config=str(old.source), added=added, removed=steps.removed, changed=changed,
                  unchanged=steps.unchanged, switched_off=list(new.switched_off))
         parts = [f"{label}: {', '.join(names)}" for label, names in (
-            ("added", added), ("removed", steps.removed), ("restarted with the new settings", changed),
-            ("unchanged", steps.unchanged)) if names]
-        return ReloadOutcome(True, f"config {old.source} reloaded; " + ("; ".join(parts) or "no companies"))
+            (_("added"), added), (_("removed"), steps.removed), (_("restarted with the new settings"), changed),
+            (_("unchanged"), steps.unchanged)) if names]
+        return ReloadOutcome(True, _("config {config} reloaded; {what}", config=old.source,
+                                     what="; ".join(parts) or _("no companies")))
 
 
 async def watch_reloads(daemon: Reloadable, requested: asyncio.Event, stop: asyncio.Event) -> None:
@@ -214,8 +217,8 @@ async def request_reload(store: Store, now: dt.datetime, *, daemon_running: bool
     asked = now.isoformat()
     await store.kv.put(CONTROL_NAMESPACE, REQUEST_KEY, asked)
     if not daemon_running:
-        return ReloadOutcome(True, "no daemon is running: the request waits, and `ksefd run` reads the config "
-                                   "at its start anyway")
+        return ReloadOutcome(True, _("no daemon is running: the request waits, and `ksefd run` reads the config at "
+                                     "its start anyway"))
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
         await asyncio.sleep(poll_seconds)
@@ -223,5 +226,5 @@ async def request_reload(store: Store, now: dt.datetime, *, daemon_running: bool
         result = json.loads(text) if text else None
         if isinstance(result, dict) and result.get("requestedAt") == asked:
             return ReloadOutcome(bool(result["ok"]), str(result["message"]))
-    return ReloadOutcome(True, "the request was left for the running daemon; it has not answered yet "
-                               "(see its log, or `ksefd status` in a moment)")
+    return ReloadOutcome(True, _("the request was left for the running daemon; it has not answered yet (see its "
+                                 "log, or `ksefd status` in a moment)"))

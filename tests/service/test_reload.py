@@ -30,8 +30,9 @@ def _company(name: str, nip: str, folder: Path, *, send: bool = True, receive: b
             f'token_file = "{folder / (name + ".token")}"\n\n')
 
 
-def _config(base_url: str, companies: str, daemon: str = "daemon") -> str:
+def _config(base_url: str, companies: str, daemon: str = "daemon", language: str = "en") -> str:
     return (f'[ksef]\nenvironment = "test"\nbase_url = "{base_url}"\n\n[{daemon}]\ndata_dir = "data"\n'
+            f'language = "{language}"\n'
             f'settle_seconds = 0.2\nrescan_interval_seconds = 1\nshutdown_grace_seconds = 5\nlog_format = "json"\n'
             f'\n{companies}')
 
@@ -151,7 +152,7 @@ async def test_ksefd_reload_says_why_a_config_is_refused(sim, tmp_path: Path) ->
     """A data_dir change cannot be applied to a running daemon: refused, with the fix (restart)."""
     await make_taxpayer(sim.base_url, A[1], ["InvoiceRead", "InvoiceWrite"], tmp_path / f"{A[0]}.token")
     config = tmp_path / "ksefd.toml"
-    text = _config(sim.base_url, _company(*A, tmp_path))
+    text = _config(sim.base_url, _company(*A, tmp_path)).replace('language = "en"\n', "")     # Polish by default
     config.write_text(text, encoding="utf-8")
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "ksefd", "run", "-c", str(config),
                                                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
@@ -165,7 +166,7 @@ async def test_ksefd_reload_says_why_a_config_is_refused(sim, tmp_path: Path) ->
         config.write_text(text.replace('data_dir = "data"', 'data_dir = "elsewhere"'), encoding="utf-8")
         code, out, err = await _ksefd("reload", "-c", str(moved))       # the state DB the daemon uses
         assert code == 78, out + err
-        assert "[daemon] data_dir" in err and "cannot change while ksefd runs: restart it" in err
+        assert "[daemon] data_dir" in err and "nie może się zmienić, gdy ksefd działa: uruchom go ponownie" in err
         await _until(_drop(tmp_path, A, "FV/A/9"))                       # still sending from data/
     finally:
         process.send_signal(signal.SIGTERM)
