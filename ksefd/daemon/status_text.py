@@ -95,8 +95,10 @@ def availability_lines(seen: dict[str, Any] | None, now: dt.datetime) -> list[st
     source = _("announced on Latarnia") if seen.get("announced") else _("seen by ksefd")
     message = f": {seen['message']}" if seen.get("message") else ""
     answers = _("; KSeF still answers") if seen.get("ksefAnswers") else ""
-    return [_("  KSeF: {state}{since} ({source}){message}{answers}", state=state.upper() or "UNKNOWN", since=since,
-              source=source, message=message, answers=answers)]
+    words = {"unreachable": _("UNREACHABLE"), "unavailability": _("MAINTENANCE"), "failure": _("FAILURE"),
+             "total-failure": _("TOTAL FAILURE")}       # availability.py Verdict.state
+    return [_("  KSeF: {state}{since} ({source}){message}{answers}", state=words.get(state, state.upper()),
+              since=since, source=source, message=message, answers=answers)]
 
 
 def next_inbox_cycle(document: dict[str, Any] | None, cycle_minutes: float) -> dt.datetime | None:

@@ -135,7 +135,7 @@ async def test_status_is_polish_by_default(tmp_path: Path) -> None:
     assert "co zrobić: nadaj wskazane wyżej uprawnienie w Aplikacji Podatnika KSeF https://ap-test.ksef.mf.gov.pl" \
         in text
     assert "ksefd sam spróbuje ponownie 06.12.2026 22:25:30 (za 10 min)" in text
-    assert "KSeF: UNREACHABLE od 06.12.2026 22:12:30 (3 min temu) (stwierdzone przez ksefd)" in text
+    assert "KSeF: NIEOSIĄGALNY od 06.12.2026 22:12:30 (3 min temu) (stwierdzone przez ksefd)" in text
     assert "buyer (NIP 1111111111, KSeF produkcyjny, tylko odbiera)" in text
     assert "odbiór: faktury od 01.11.2026 00:00:00; następny cykl odbioru 06.12.2026 22:25:30 (za 10 min)" in text
     assert "off: wyłączona (enabled = false w konfiguracji)" in text
