@@ -114,6 +114,8 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--dir", type=Path, default=None, help="folder to work in (default: a new temporary one)")
     p.add_argument("--once", action=argparse.BooleanOptionalAction, default=None,
                    help="end when every invoice is done (default: when standard input is not a terminal)")
+    p.add_argument("--language", choices=["pl", "en"], default="pl",
+                   help="the language of the demo and of its config (default pl)")
     p.add_argument("--keep", action="store_true",
                    help="once the invoices are done, keep the simulator and the daemon running (Ctrl+C stops) "
                         "and print the config's path: point an ERP at it")
@@ -168,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run_demo(args: argparse.Namespace) -> int:
     from ksefd.demo import run_demo
 
+    i18n.use(args.language)
     if args.invoices < 1:
         print(_("ksefd demo: --invoices must be at least 1"), file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from ksefd.config import load_config
 from ksefd.daemon.runtime import Runtime
 from ksefd.daemon.service import serve
 from ksefd.demo_setup import prepare_companies, write_config
+from ksefd.i18n import _, current
 from ksefd.samples import has_attachment, make_invoice, sample_bytes, sample_names
 from ksefd.sim.app import create_app
 from ksefd.sim.config import SimConfig
@@ -77,7 +78,7 @@ class LiveSummary:
                 self.seen[key] = state
                 self.before_line()
                 extra = f"  KSeF {ksef_number}" if ksef_number and state in ("accepted", "done") else ""
-                note = "  (sent/ has the XML, .ksef.json and .upo.xml)" if state == "done" else ""
+                note = _("  (sent/ has the XML, .ksef.json and .upo.xml)") if state == "done" else ""
                 print(f"  {key:<40} {state:<11}{extra}{note}", file=self.out, flush=True)
         for company in runtime.config.companies:
             if not company.receive or not company.folders.inbox.exists():
@@ -86,7 +87,8 @@ class LiveSummary:
                 if path.name not in self.inbox_seen:
                     self.inbox_seen.add(path.name)
                     self.before_line()
-                    print(f"  {company.name} inbox <- {path.name}", file=self.out, flush=True)
+                    print(_("  {company} inbox <- {file}", company=company.name, file=path.name), file=self.out,
+                          flush=True)
 
     def all_done(self, expected: int) -> bool:
         return sum(1 for s in self.seen.values() if s in FINAL) >= expected
@@ -105,14 +107,15 @@ class InboxWait:
     async def show(self, runtime: Runtime, now: float, seen: int) -> None:
         if self.started is None:
             self.started = now
-            print(f"\nAll invoices are finished at KSeF. Waiting for {self.buyer}'s inbox: it asks KSeF for new "
-                  f"invoices once a cycle ({self._cycle_text(runtime)}); the demo waits at most "
-                  f"{INBOX_WAIT:.0f} s.", file=self.out, flush=True)
+            print("\n" + _("All invoices are finished at KSeF. Waiting for {buyer}'s inbox: it asks KSeF for new "
+                           "invoices once a cycle ({cycle}); the demo waits at most {seconds} s.", buyer=self.buyer,
+                           cycle=self._cycle_text(runtime), seconds=f"{INBOX_WAIT:.0f}"), file=self.out, flush=True)
         if not self.live:
             return
         left = await self._seconds_to_next_cycle(runtime)
-        text = (f"  waiting for {self.buyer}'s inbox: {seen} of {self.expected} arrived"
-                + (f", next cycle in {left:>3d} s" if left is not None else "") + " ")
+        text = (_("  waiting for {buyer}'s inbox: {seen} of {expected} arrived", buyer=self.buyer, seen=seen,
+                  expected=self.expected)
+                + (_(", next cycle in {seconds} s", seconds=f"{left:>3d}") if left is not None else "") + " ")
         shown = left if left is not None else int(now - self.started)
         if shown != self.last_shown:
             self.last_shown = shown
@@ -126,7 +129,7 @@ class InboxWait:
     def _cycle_text(self, runtime: Runtime) -> str:
         company = next((c for c in runtime.config.companies if c.name == self.buyer), None)
         minutes = company.receiving.cycle_minutes if company else 15.0
-        return f"every {minutes:g} min"
+        return _("every {minutes} min", minutes=f"{minutes:g}")
 
     async def _seconds_to_next_cycle(self, runtime: Runtime) -> int | None:
         from ksefd.daemon.inbox.status import read_inbox_status
@@ -152,15 +155,16 @@ async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.E
     runner, base_url = await _start_simulator()
     stop = stop or asyncio.Event()
     try:
-        print(f"KSeF simulator: {base_url}\nDemo folder:    {folder}", file=out)
+        print(_("KSeF simulator: {url}\nDemo folder:    {folder}", url=base_url, folder=folder), file=out)
         seller, buyer = await prepare_companies(base_url, folder)
-        config_path = write_config(folder, base_url, seller, buyer)
+        config_path = write_config(folder, base_url, seller, buyer, language=current())
         config = load_config(config_path)
         today = warsaw_date(dt.datetime.now(dt.UTC))
         names = drop_invoices(config.companies[0].folders.outbox, seller.nip, buyer.nip, today, count)
         to_buyer = sum(1 for _, has_nip in names if has_nip)
-        print(f"Dropped {len(names)} invoices into {config.companies[0].folders.outbox}"
-              f" ({seller.name}, NIP {seller.nip} -> {buyer.name}, NIP {buyer.nip}); Ctrl+C stops.\n", file=out)
+        print(_("Dropped {count} invoices into {outbox} ({seller}, NIP {seller_nip} -> {buyer}, NIP {buyer_nip}); "
+                "Ctrl+C stops.", count=len(names), outbox=config.companies[0].folders.outbox, seller=seller.name,
+                seller_nip=seller.nip, buyer=buyer.name, buyer_nip=buyer.nip) + "\n", file=out)
         summary = LiveSummary(out)
         waiting = InboxWait(out, buyer.name, to_buyer)
         summary.before_line = waiting.end_line
@@ -169,19 +173,22 @@ async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.E
         def report() -> int:
             waiting.end_line()
             done = sum(1 for s in summary.seen.values() if s == "done")
-            print(f"\n{done} of {len(names)} invoices accepted by KSeF with a UPO; "
-                  f"{len(summary.inbox_seen)} of the {to_buyer} addressed to NIP {buyer.nip} "
-                  f"delivered to {buyer.name}'s inbox.", file=out)
-            print(f"Look around: {folder}/data  (status: ksefd status -c {config_path})", file=out)
+            print("\n" + _("{done} of {count} invoices accepted by KSeF with a UPO; {arrived} of the {to_buyer} "
+                           "addressed to NIP {buyer_nip} delivered to {buyer}'s inbox.", done=done, count=len(names),
+                           arrived=len(summary.inbox_seen), to_buyer=to_buyer, buyer_nip=buyer.nip,
+                           buyer=buyer.name), file=out)
+            print(_("Look around: {folder}/data  (status: ksefd status -c {config})", folder=folder,
+                    config=config_path), file=out)
             code = 0 if done == len(names) else 1
-            print("Demo done." if code == 0 else "Demo done, but not every invoice was accepted (see above).",
+            print(_("Demo done.") if code == 0 else _("Demo done, but not every invoice was accepted (see above)."),
                   file=out, flush=True)
             if stay:
-                print(f"\nStill running (--keep): the simulator at {base_url} and the daemon with the config\n"
-                      f"  {config_path}\nDrop invoices into {config.companies[0].folders.outbox}; more taxpayers: "
-                      f"ksefd sim taxpayer NIP --url {base_url} --token-out FILE. Ctrl+C stops.", file=out, flush=True)
+                print("\n" + _("Still running (--keep): the simulator at {url} and the daemon with the config\n"
+                               "  {config}\nDrop invoices into {outbox}; more taxpayers: ksefd sim taxpayer NIP --url "
+                               "{url} --token-out FILE. Ctrl+C stops.", url=base_url, config=config_path,
+                               outbox=config.companies[0].folders.outbox), file=out, flush=True)
             elif not once:
-                print("The daemon keeps running; Ctrl+C ends the demo.", file=out, flush=True)
+                print(_("The daemon keeps running; Ctrl+C ends the demo."), file=out, flush=True)
             reported.append(code)
             return code
 

@@ -82,7 +82,7 @@ async def prepare_companies(base_url: str, folder: Path) -> tuple[DemoCompany, D
     return companies[0], companies[1]
 
 
-def write_config(folder: Path, base_url: str, seller: DemoCompany, buyer: DemoCompany) -> Path:
+def write_config(folder: Path, base_url: str, seller: DemoCompany, buyer: DemoCompany, language: str = "pl") -> Path:
     path = folder / "ksefd.toml"
     path.write_text(f"""# Written by `ksefd demo`: the daemon against the embedded KSeF simulator.
 [ksef]
@@ -97,6 +97,7 @@ rescan_interval_seconds = 2
 shutdown_grace_seconds = 10
 log_format = "json"
 log_level = "warning"
+language = "{language}"
 
 [receiving]
 cycle_minutes = 1

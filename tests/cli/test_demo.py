@@ -13,8 +13,9 @@ import pytest
 
 @pytest.mark.timeout(240)
 def test_demo_sends_invoices_and_the_buyer_receives_them(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "ksefd", "demo", "--invoices", "3", "--once", "--dir",
-                             str(tmp_path)], capture_output=True, text=True, timeout=230, stdin=subprocess.DEVNULL)
+    result = subprocess.run([sys.executable, "-m", "ksefd", "demo", "--invoices", "3", "--once", "--language", "en",
+                             "--dir", str(tmp_path)], capture_output=True, text=True, timeout=230,
+                            stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 of 3 invoices accepted by KSeF with a UPO" in result.stdout
     assert "3 of the 3 addressed to NIP 1111111111 delivered" in result.stdout

@@ -42,15 +42,17 @@ def test_demo_keep_counts_down_says_done_and_stays_up(tmp_path: Path) -> None:
     seen: list[str] = []
     try:
         deadline = time.monotonic() + 200
-        _read_until(master, r"Waiting for jan-kowalski's inbox: it asks KSeF for new invoices once a cycle "
-                            r"\(every 1 min\)", seen, deadline)
-        _read_until(master, r"\r  waiting for jan-kowalski's inbox: \d of 2 arrived, next cycle in +\d+ s", seen,
-                    deadline)
-        text = _read_until(master, r"Still running \(--keep\)[\s\S]*Ctrl\+C stops\.", seen, deadline)
-        assert "2 of 2 invoices accepted by KSeF with a UPO; 2 of the 2" in text
-        assert "Demo done." in text
+        # Polish, the default: "waiting for jan-kowalski's inbox ... (every 1 min)", then a countdown.
+        _read_until(master, r"Czekam na skrzynkę odbiorczą jan-kowalski: pyta ona KSeF o nowe faktury raz na cykl "
+                            r"\(co 1 min\)", seen, deadline)
+        _read_until(master, r"\r  czekam na skrzynkę odbiorczą jan-kowalski: dotarło \d z 2, następny cykl za +\d+ s",
+                    seen, deadline)
+        text = _read_until(master, r"Nadal działają \(--keep\)[\s\S]*Ctrl\+C zatrzymuje\.", seen, deadline)
+        assert "KSeF przyjął 2 z 2 faktur, każdą z UPO; 2 z 2" in text
+        assert "Demo zakończone." in text                               # "Demo done."
         config = tmp_path / "ksefd.toml"
-        assert "Still running (--keep): the simulator at http://127.0.0.1:" in text and f"  {config}\r\n" in text
+        assert "Nadal działają (--keep): symulator pod adresem http://127.0.0.1:" in text
+        assert f"  {config}\r\n" in text
         status = subprocess.run([sys.executable, "-m", "ksefd", "status", "-c", str(config), "--json"],
                                 capture_output=True, text=True, timeout=60)
         assert json.loads(status.stdout)["running"] is True, status.stdout + status.stderr
