@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -119,6 +120,9 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--keep", action="store_true",
                    help="once the invoices are done, keep the simulator and the daemon running (Ctrl+C stops) "
                         "and print the config's path: point an ERP at it")
+    p.add_argument("--outage", type=float, nargs="?", const=20.0, default=None, metavar="SECONDS",
+                   help="KSeF fails for SECONDS (default 20) from the start: the invoices are issued offline "
+                        "(KOD I/KOD II) and sent with offlineMode once KSeF is back")
 
 
 def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -152,7 +156,7 @@ def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ksefd", description="KSeF (API 2.0) daemon for file-based ERPs")
     parser.add_argument("--version", action="version", version=f"ksefd {__version__}")
-    parser.add_argument("--log-format", choices=["auto", "console", "json"], default=None,
+    parser.add_argument("--log-format", choices=["auto", "console", "json", "journal"], default=None,
                         help="log format (default: the config's log_format, else auto)")
     sub = parser.add_subparsers(dest="command", required=True)
     _sim_parser(sub)
@@ -164,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     _certificate_parser(sub)
     _check_parser(sub)
     _ops_parsers(sub)
+    from ksefd import credentials_cli
+    credentials_cli.add_parser(sub)
     return parser
 
 
@@ -180,7 +186,7 @@ async def _run_demo(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     with ShutdownSignals(stop):
         return await run_demo(count=args.invoices, once=once and not args.keep, keep=args.dir, stop=stop,
-                              stay=args.keep)
+                              stay=args.keep, outage=args.outage)
 
 
 async def _sim_taxpayer(args: argparse.Namespace) -> int:
@@ -304,16 +310,24 @@ async def _reload(config: Config) -> int:
 
 async def _show_status(config: Config, as_json: bool) -> int:
     from ksefd.clock import SystemClock
-    from ksefd.daemon.status import gather, render, to_json_text
+    from ksefd.daemon.status import gather, render
     from ksefd.store import Store
 
     if not config.state_db.exists():
         print(_("no state database yet at {path}: ksefd has not run with this config", path=config.state_db),
               file=sys.stderr)
         return 1
+    from ksefd.clock import warsaw_today
+    from ksefd.daemon.credential_expiry import warnings
+
     async with await Store.open(config.state_db) as store:
         status = await gather(store, config, SystemClock())
-    print(to_json_text(status) if as_json else render(status))
+    # Credential ends (issue #12 point 7): every company still on a KSeF token, certificates within 60 days.
+    due = warnings(config, warsaw_today(SystemClock()))
+    if as_json:
+        print(json.dumps({**status.to_json(), "credentialWarnings": due}, ensure_ascii=False, indent=2))
+    else:
+        print(render(status) + ("\n\nCredentials\n" + "\n".join(f"  WARNING {w}" for w in due) if due else ""))
     return 0
 
 
@@ -412,6 +426,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.command == "service":
         from ksefd.winservice import main as service_main
         return service_main(args.action, args.config, args.startup)
+    if args.command == "credentials":       # reads the config leniently: the token file may not exist yet
+        configure_logging(args.log_format or "console", logging.WARNING)
+        from ksefd import credentials_cli
+        return asyncio.run(credentials_cli.run(args))
     if args.command in ("validate", "qr"):        # no config needed, nothing but the files
         configure_logging(args.log_format or "console", logging.WARNING)
         return _validate(args) if args.command == "validate" else _qr(args)

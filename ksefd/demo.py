@@ -17,13 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+import aiohttp
 from aiohttp import web
 
 from ksefd.clock import warsaw_date
 from ksefd.config import load_config
 from ksefd.daemon.runtime import Runtime
 from ksefd.daemon.service import serve
-from ksefd.demo_setup import prepare_companies, write_config
+from ksefd.demo_setup import offline_certificate, prepare_companies, write_config
 from ksefd.i18n import _, current
 from ksefd.samples import has_attachment, make_invoice, sample_bytes, sample_names
 from ksefd.sim.app import create_app
@@ -31,6 +32,7 @@ from ksefd.sim.config import SimConfig
 
 FINAL = ("done", "rejected")
 INBOX_WAIT = 120.0   # seconds the demo waits for the buyer's inbox after the last invoice is accepted
+OUTAGE_INBOX_WAIT = 10.0
 
 
 async def _start_simulator() -> tuple[web.AppRunner, str]:
@@ -79,6 +81,8 @@ class LiveSummary:
                 self.before_line()
                 extra = f"  KSeF {ksef_number}" if ksef_number and state in ("accepted", "done") else ""
                 note = _("  (sent/ has the XML, .ksef.json and .upo.xml)") if state == "done" else ""
+                if state == "offline":
+                    note = "  (KSeF down: KOD I + KOD II and .offline.json in offline/, ready to print)"
                 print(f"  {key:<40} {state:<11}{extra}{note}", file=self.out, flush=True)
         for company in runtime.config.companies:
             if not company.receive or not company.folders.inbox.exists():
@@ -146,10 +150,21 @@ class InboxWait:
         return max(0, int((next_at - runtime.clock.now()).total_seconds()))
 
 
+async def _announce_outage(base_url: str, seconds: float) -> None:
+    """A FAILURE window from now, announced through the simulator's Latarnia (PROTOCOL.md §1, §8.1)."""
+    root = base_url.removesuffix("/v2")
+    start = dt.datetime.now(dt.UTC)
+    window = {"from": start.isoformat(), "to": (start + dt.timedelta(seconds=seconds)).isoformat(),
+              "kind": "FAILURE", "text": "Awaria KSeF (ksefd demo --outage)"}
+    async with aiohttp.ClientSession() as http, http.post(f"{root}/sim/faults", json={"outages": [window]}) as answer:
+        answer.raise_for_status()
+
+
 async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.Event | None = None,
-                   out: TextIO = sys.stdout, stay: bool = False) -> int:
+                   out: TextIO = sys.stdout, stay: bool = False, outage: float | None = None) -> int:
     """`stay` (`ksefd demo --keep`): after the summary, the simulator and the daemon keep running until
-    `stop`, with the config's path printed, for an ERP to be pointed at."""
+    `stop`, with the config's path printed, for an ERP to be pointed at. `outage`: KSeF fails for that many
+    seconds from the start (`ksefd demo --outage`)."""
     folder = keep or Path(tempfile.mkdtemp(prefix="ksefd-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     runner, base_url = await _start_simulator()
@@ -157,8 +172,15 @@ async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.E
     try:
         print(_("KSeF simulator: {url}\nDemo folder:    {folder}", url=base_url, folder=folder), file=out)
         seller, buyer = await prepare_companies(base_url, folder)
-        config_path = write_config(folder, base_url, seller, buyer, language=current())
+        signer = offline_certificate(folder) if outage else None
+        config_path = write_config(folder, base_url, seller, buyer, signer, language=current())
         config = load_config(config_path)
+        if outage:
+            await _announce_outage(base_url, outage)
+            print(f"KSeF FAILURE announced for {outage:g} s (the simulator's Latarnia; its API answers 503): the "
+                  f"invoices are issued offline at once, with KOD I and KOD II in "
+                  f"{config.companies[0].folders.offline}, and sent with offlineMode when KSeF is back.",
+                  file=out)
         today = warsaw_date(dt.datetime.now(dt.UTC))
         names = drop_invoices(config.companies[0].folders.outbox, seller.nip, buyer.nip, today, count)
         to_buyer = sum(1 for _, has_nip in names if has_nip)
@@ -198,8 +220,10 @@ async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.E
                 return
             now = asyncio.get_running_loop().time()
             # The buyer's inbox follows on its next cycle; do not wait for it for ever.
+            # After an outage the buyer's inbox retries on its own backoff: the demo waits less for it then.
+            wait = INBOX_WAIT if not outage else OUTAGE_INBOX_WAIT
             if len(summary.inbox_seen) >= to_buyer or (waiting.started is not None
-                                                        and now - waiting.started > INBOX_WAIT):
+                                                        and now - waiting.started > wait):
                 report()
                 if once:
                     stop.set()

@@ -46,6 +46,7 @@ from ksefd.ksef import (
 from ksefd.store import Hold
 
 from .advice import explain
+from .credential_store import read_secret_text
 from .failures import Backoff, Failure, LastingFailure, classify
 from .resume import take_resume_request
 from .runtime import Runtime
@@ -77,7 +78,7 @@ def credential_fingerprint(company: Company) -> Fingerprint:
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return read_secret_text(path)          # a `.dpapi` token (Windows, `ksefd credentials set`) is decrypted
     except OSError as exc:
         raise CredentialsError(f"cannot read the {what} {path}: {exc.strerror or exc}; check the path and that "
                                f"ksefd may read it") from exc
@@ -154,6 +155,7 @@ class CompanyConnection:
         self._listeners: list[HoldListener] = []
         self._logins: list[Callable[[], None]] = []
         self._failing = LastingFailure(log.bind(company=company.name), "daemon.connect_failed")
+        self.last_failure: Failure | None = None      # the last login failure (issue #11: availability), or None
 
     # --- what the halves use --------------------------------------------------------------------
 
@@ -223,18 +225,25 @@ class CompanyConnection:
             if failure.verdict == "hold":
                 await self.hold(failure)
                 return self.company.sending.hold_retry_seconds
+            self.last_failure = failure
             delay = self._backoff.next_delay()
             self._retry_at = now + dt.timedelta(seconds=delay)
             self._failing.failed(company=self.company.name, error=failure.message, retry_in=delay)
             return delay
         self._backoff.reset()
         self._retry_at = None
+        self.last_failure = None
         self._failing.cleared(company=self.company.name)
         for listener in self._logins:
             listener()
         if hold is not None:
             await self.release()
         return None
+
+    def retry_now(self) -> None:
+        """KSeF is back (issue #11: Latarnia says so): the next `ready()` logs in at once, not after the backoff."""
+        self._retry_at = None
+        self._backoff.reset()
 
     # --- holds ----------------------------------------------------------------------------------
 

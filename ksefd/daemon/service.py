@@ -35,8 +35,11 @@ from ksefd.ksef import RateLimiter
 from ksefd.store import Store
 
 from . import notify
+from .availability import AvailabilityBoard
 from .certificate_renewal import renew_due_certificates
 from .connection import CompanyConnection
+from .credential_expiry import warn_daily
+from .http_server import HttpEndpoint
 from .inbox.runner import run_inbox
 from .instance import InstanceLock, StartupProblem, check_writable
 from .lifecycle import every, guarded
@@ -59,6 +62,7 @@ def _prepare(worker: OutboxWorker) -> None:
 
 HEARTBEAT_SECONDS = 5.0
 RENEWAL_CHECK_SECONDS = 86_400.0   # KSeF certificates due for renewal: looked at start-up, then daily (issue #13)
+EXPIRY_WARNING_SECONDS = 86_400.0  # credential end warnings: at start-up, then daily (issue #12 point 7)
 PROGRESS_SECONDS = 0.2
 FORCED_CLOSE_SECONDS = 1.0      # after a forced stop, closing the online sessions gets this long at most
 
@@ -135,9 +139,14 @@ class Daemon:
         self.draining = asyncio.Event()
         companies = [c for c in runtime.config.companies if c.send or c.receive]   # enabled ones only (config)
         self.connections = {c.name: CompanyConnection(runtime, c) for c in companies}
+        # /healthz, /readyz, /metrics and the status page when [daemon] http is set (issue #12 point 5); built
+        # here so that its request metrics watch the KSeF clients before the first call.
+        self.http = HttpEndpoint(runtime, self.connections) if runtime.config.http is not None else None
         self.watcher = OutboxWatcher()         # one for every outbox (issue #16 point 4)
-        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name], self.watcher)
-                        for c in companies if c.send]
+        # Issue #11: one KSeF availability monitor (Latarnia + what the daemon sees) per KSeF target.
+        self.availability = AvailabilityBoard(runtime.config, runtime.store, runtime.clock)
+        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name], self.watcher,
+                                                 self.availability.for_company(c)) for c in companies if c.send]
         self.receivers: list[asyncio.Task[None]] = []
         self.tasks: list[asyncio.Task[None]] = []
         # Per company: its own stop (set by the drain, or by a reload that removes or changes the company) and
@@ -169,12 +178,23 @@ class Daemon:
                 "companies": [c.name for c in runtime.config.companies]})
 
         self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, beat, draining, "heartbeat"), name="heartbeat"))
+        if self.workers:        # issue #11: Latarnia polls, shared by the companies of each KSeF target
+            self.tasks.append(group.create_task(guarded("latarnia", functools.partial(self.availability.run, draining),
+                                                        draining), name="latarnia"))
+
         async def renew() -> None:
             await renew_due_certificates(runtime.config, runtime.store, runtime.clock, runtime.client_for)
 
         if not runtime.once:
             self.tasks.append(group.create_task(every(RENEWAL_CHECK_SECONDS, renew, draining, "certificate-renewal"),
                                                 name="certificate-renewal"))
+        if self.http is not None:
+            self.tasks.append(group.create_task(guarded("http", functools.partial(self.http.run, draining), draining),
+                                                name="http"))
+        if not runtime.once:
+            warn = functools.partial(warn_daily, runtime.config, runtime.clock)
+            self.tasks.append(group.create_task(every(EXPIRY_WARNING_SECONDS, warn, draining, "credential-warnings"),
+                                                name="credential-warnings"))
         # systemd: WATCHDOG=1 from the loop and STATUS= with a one-line summary (no-ops outside systemd).
         self.tasks.append(group.create_task(notify.keepalive(draining, self._summary), name="systemd-notify"))
         if not runtime.once:             # SIGHUP or `ksefd reload`: the config file again, per company
@@ -222,7 +242,13 @@ class Daemon:
             stop.set()
         connection = self.connections[company.name] = CompanyConnection(self.runtime, company)
         if company.send:
-            worker = OutboxWorker.for_runtime(self.runtime, company, connection, self.watcher)
+            # A KSeF target (environment + base_url) no company used at start has no availability monitor
+            # until a restart: the worker then runs without one (no offline issuing for it, issue #11).
+            monitor = self.availability.monitors.get(self.availability.key(company))
+            if monitor is None:
+                log.warning("daemon.reload_new_target", company=company.name, environment=company.environment,
+                            fix="restart ksefd to watch this KSeF target's availability (offline mode)")
+            worker = OutboxWorker.for_runtime(self.runtime, company, connection, self.watcher, monitor)
             self.workers.append(worker)
             _prepare(worker)
             self._start_outbox(worker)
@@ -325,6 +351,7 @@ class Daemon:
         with contextlib.suppress(Exception):
             await runtime.store.heartbeat.beat("daemon", {"version": __version__, "stopped": True})
         await runtime.close_clients()
+        await self.availability.close()
         await runtime.store.close()
         log.info("daemon.stopped", forced=self.force.is_set())
 

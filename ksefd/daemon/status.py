@@ -55,6 +55,7 @@ class CompanyStatus:
     oldest_waiting: dict[str, Any] | None
     last_error: dict[str, Any] | None
     inbox: dict[str, Any] | None = None          # issue #6: the receiving pipeline's status (inbox_status.py)
+    offline: dict[str, Any] | None = None        # issue #11: offline invoices waiting, deadlines, KSeF availability
     receiving_since: str | None = None           # where the first receiving window started (issue #10 point 5)
     returned: int = 0                            # files given back to outbox/ when sending was switched off
     redrops: int = 0                             # re-drops of accepted invoices answered from the original
@@ -125,7 +126,33 @@ async def _company(store: Store, name: str, nip: str, send: bool, receive: bool,
         last_error=await _last_error(store, name),
         inbox=await read_inbox_status(store, name) if receive else None,
         receiving_since=await receiving_since(store, name) if receive else None,
-        returned=counts.get(S.RETURNED, 0), redrops=counts.get(S.REDROP, 0))
+        returned=counts.get(S.RETURNED, 0), redrops=counts.get(S.REDROP, 0),
+        offline=await _offline(store, name) if send else None)
+
+
+async def _offline(store: Store, company: str) -> dict[str, Any]:
+    """Offline invoices not yet in KSeF with their deadlines (PROTOCOL.md §8.1), and KSeF's availability."""
+    waiting = await store.offline.waiting(company)
+    rows = {r.id: r for r in await store.invoices.get_many([w.invoice_id for w in waiting[:50]])}
+    shown = await store.kv.get("availability", company)
+    deadlines = [w.deadline for w in waiting if w.deadline is not None]
+    return {
+        "availability": json.loads(shown) if shown else None,
+        "waiting": len(waiting),
+        "nextDeadline": min(deadlines).isoformat() if deadlines else None,
+        "nextLastDayToSend": (min(deadlines).astimezone(WARSAW) - dt.timedelta(microseconds=1)).date().isoformat()
+        if deadlines else None,
+        "missed": sum(1 for w in waiting if w.missed),
+        "withoutKod2": sum(1 for w in waiting if not w.kod2 and w.mode != "total-failure"),
+        "totalFailure": sum(1 for w in waiting if w.mode == "total-failure"),
+        "invoices": [{"invoiceId": w.invoice_id, "file": rows[w.invoice_id].file_name if w.invoice_id in rows else None,
+                      "state": str(rows[w.invoice_id].state) if w.invoice_id in rows else None, "mode": w.mode,
+                      "reason": w.reason, "issuedAt": w.issued_at.isoformat(),
+                      "deadline": w.deadline.isoformat() if w.deadline else None,
+                      "lastDayToSend": (w.deadline.astimezone(WARSAW) - dt.timedelta(microseconds=1)).date().isoformat()
+                      if w.deadline else None, "warned": w.warned, "missed": w.missed, "kod2": w.kod2,
+                      "technicalCorrectionOf": w.corrects_hash} for w in waiting[:50]],
+    }
 
 
 async def _last_error(store: Store, company: str) -> dict[str, Any] | None:
@@ -186,6 +213,8 @@ def _render(status: DaemonStatus) -> str:
             code = f"{e['code']}: " if e.get("code") else ""
             lines.append(_("  last error: {file}: {code}{message} ({at})", file=e["file"], code=code,
                            message=e.get("message") or _("no details"), at=when(e["at"])))
+        if c.offline:
+            lines += _offline_lines(c.offline)
         if c.receive:
             since = when(c.receiving_since) if c.receiving_since else _("its first cycle (not run yet)")
             cycle = relative(c.next_inbox_cycle, now) if c.next_inbox_cycle else _("when the daemon starts")
@@ -197,6 +226,24 @@ def _render(status: DaemonStatus) -> str:
         lines.append("\n" + _("KSeF certificates"))
         lines += [f"  {line}" for line in status.certificates]
     return "\n".join(lines)
+
+
+def _offline_lines(offline: dict[str, Any]) -> list[str]:
+    lines = []           # KSeF's availability itself: availability_lines (status_text.py), in Warsaw time
+    if offline["waiting"]:
+        due = f"the first by the end of {offline['nextLastDayToSend']}" if offline["nextLastDayToSend"] else \
+            "deadline set once the outage ends"
+        lines.append(f"  offline: {offline['waiting']} issued offline, waiting to be sent with offlineMode ({due})")
+    if offline["missed"]:
+        lines.append(f"  OFFLINE DEADLINE MISSED for {offline['missed']} invoice(s): they are still sent as soon as "
+                     "KSeF takes them")
+    if offline["withoutKod2"]:
+        lines.append(f"  WARNING: {offline['withoutKod2']} offline invoice(s) without KOD II (no Offline certificate "
+                     "configured): they cannot legally be handed over to the buyer before their KSeF number")
+    if offline["totalFailure"]:
+        lines.append(f"  total failure of KSeF: {offline['totalFailure']} invoice(s) kept queued (no obligation to "
+                     "send); ksefd sends them once KSeF is back")
+    return lines
 
 
 def to_json_text(status: DaemonStatus) -> str:

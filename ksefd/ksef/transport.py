@@ -35,6 +35,10 @@ right before the bytes go out, so no request leaves into a block that began mean
 transport sleeps Retry-After itself. `context` is the context identifier ("Nip:5265877635") of the access
 token used, or "" for unauthenticated calls (group "anonymous", counted per IP by KSeF).
 
+Observers: `transport.observers` (empty by default) are called after every attempt with an `Exchange`: the
+context, rate-limit group, path template, status (None when no answer came) and seconds. The daemon's /metrics
+counts KSeF latency and 429s there; an observer sees nothing secret and its failure never fails the request.
+
 Logging: method, path template, status, attempt and elapsed time only; never headers, bodies, query strings
 of pre-signed URLs, or tokens.
 """
@@ -65,6 +69,19 @@ log = structlog.get_logger("ksefd.ksef")
 USER_AGENT = "ksefd/0.1"
 _STREAM_ABOVE = 512 * 1024
 
+
+@dataclass(frozen=True)
+class Exchange:
+    """One HTTP attempt as an observer sees it (no URL, header or body: nothing secret)."""
+
+    context: str            # "Nip:5265877635", or "" for unauthenticated and pre-signed calls
+    group: str              # the KSeF rate-limit group, "" for pre-signed storage URLs
+    template: str           # "/sessions/online/{referenceNumber}/invoices"
+    status: int | None      # None: no answer (connection failed, reset, timeout)
+    seconds: float
+
+
+RequestObserver = Callable[[Exchange], None]
 
 # An async source of the access token, read after the rate limiter let the request pass (auth.AuthSession).
 BearerSource = Callable[[], Awaitable[str]]
@@ -174,6 +191,7 @@ class Transport:
         self._session = session
         self._owns_session = session is None
         self._fresh: aiohttp.ClientSession | None = None
+        self.observers: list[RequestObserver] = []
 
     async def close(self) -> None:
         if self._owns_session and self._session is not None:
@@ -333,16 +351,29 @@ class Transport:
                 body = await resp.read()
                 result = Response(resp.status, CIMultiDict(resp.headers), body, resp.content_type)
         except aiohttp.ClientConnectorError as exc:
+            self._observe(call, None, started)
             log.warning("ksef.connect_failed", path=call.template, attempt=attempt, error=type(exc).__name__)
             raise _NotSent(TransportError(f"cannot connect for {call.method} {call.template}: {_scrubbed(exc)}",
                                           method=call.method, url=call.template)) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self._observe(call, None, started)
             reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {_scrubbed(exc)}"
             log.warning("ksef.request_failed", path=call.template, attempt=attempt, reason=reason)
             raise _MaybeSent(reason) from exc
+        self._observe(call, result.status, started)
         log.debug("ksef.response", method=call.method, path=call.template, status=result.status, attempt=attempt,
                   ms=round((time.monotonic() - started) * 1000, 1))
         return result
+
+    def _observe(self, call: _Call, status: int | None, started: float) -> None:
+        if not self.observers:
+            return
+        exchange = Exchange(call.context, call.group, call.template, status, time.monotonic() - started)
+        for observer in self.observers:
+            try:
+                observer(exchange)
+            except Exception as exc:    # counting must never fail a KSeF call
+                log.warning("ksef.observer_failed", error=repr(exc))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ Latarnia-style status service (PROTOCOL.md §1: `GET /status`, `GET /messages`, 
 
     GET    /sim/faults                     the fault switches in force (faults.py)
     POST   /sim/faults                     {"spec": "5xx=0.1,seed=3", "outages": [{"from", "to", "kind",
-                                           "text"}], "unavailableSessions": ["<SO ref>"]}: replaces them
+                                           "text", "blocksApi"}], "unavailableSessions": ["<SO ref>"]}:
+                                           replaces them (blocksApi false: announced only, /v2 answers)
     DELETE /sim/faults                     every switch off
     POST   /sim/keys/rotate                {"usage": "SymmetricKeyEncryption" | "KsefTokenEncryption"}
     GET    /sim/clock, POST /sim/clock     {"advance": seconds} or {"set": "<ISO-8601>"} (ManualClock only)
@@ -62,7 +63,8 @@ def _outage(item: Any, now: Any) -> faults.Outage:
         raise _bad(f"outage dates: {exc}") from None
     if end <= start:
         raise _bad("outage: 'to' must be later than 'from'")
-    return faults.Outage(start, end, kind, str(item.get("text", "")), published=min(now, start))
+    return faults.Outage(start, end, kind, str(item.get("text", "")), published=min(now, start),
+                         blocks_api=bool(item.get("blocksApi", True)))
 
 
 async def set_faults(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from .health import HeartbeatRepo, HoldRepo
 from .inbox import InboxRepo
 from .invoices import InvoiceRepo
 from .kv import KeyValueRepo
+from .offline import AnnouncementRepo, OfflineRepo
 from .ratelimits import RateLimitJournal
 from .sessions import SessionRepo
 
@@ -39,6 +40,8 @@ class Store:
         self.holds = HoldRepo(db, now)
         self.heartbeat = HeartbeatRepo(db, now)
         self.events = EventRepo(db)
+        self.announcements = AnnouncementRepo(db, now)
+        self.offline = OfflineRepo(db, now)
         self.certificates = CertificateRenewalRepo(db, now)
 
     @classmethod

@@ -18,7 +18,7 @@ import datetime as dt
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from ksefd.store import Change, InvoiceRow, InvoiceState, Store
+from ksefd.store import Change, InvoiceRow, InvoiceState, OfflineInvoice, StateConflict, Store
 
 from ..failures import Failure
 from .files import OutboxFiles
@@ -36,10 +36,14 @@ STATE_MESSAGES: dict[InvoiceState, str] = {
     S.ACCEPTED: "accepted by KSeF; fetching its UPO",
     S.UPO_SAVED: "accepted by KSeF; UPO saved",
     S.DEFERRED: "waiting to be retried after a temporary failure",
+    S.OFFLINE: "issued offline: KOD I/II and NAME.offline.json are in the offline folder; ksefd sends it to "
+               "KSeF with offlineMode before its deadline",
     S.HELD: "on hold: the company needs a person's attention (see ksefd status)",
 }
 # Which loop acts after a move into a state.
-DISPATCHER_STATES = frozenset({S.QUEUED, S.DEFERRED, S.REJECTED, S.DONE})
+DISPATCHER_STATES = frozenset({S.QUEUED, S.DEFERRED, S.REJECTED, S.DONE, S.OFFLINE})
+# States an invoice may be issued offline from (the offline desk looks after a move into one of them).
+OFFLINE_DESK_STATES = frozenset({S.QUEUED, S.DEFERRED, S.HELD})
 TRACKER_STATES = frozenset({S.IN_DOUBT, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED})
 
 
@@ -53,6 +57,7 @@ class Ledger:
         self.log = log
         self.dispatch_due = asyncio.Event()      # the dispatcher has something to look at
         self.track_due = asyncio.Event()         # the tracker has something to look at
+        self.offline_due = asyncio.Event()       # the offline desk has something to look at (offline.py)
 
     # --- moves --------------------------------------------------------------------------------------
 
@@ -111,8 +116,8 @@ class Ledger:
             fields["status_code"] = status_code
         rejected = await self.store.invoices.transition(row.id, from_state or row.state, S.REJECTED, detail=error,
                                                         **fields)
-        self.log.info("outbox.rejected", file=row.file_name, stage=error.get("stage"), code=error.get("code"),
-                      rejected_as=stem)
+        self.log.info("outbox.rejected", file=row.file_name, invoice=row.id, stage=error.get("stage"),
+                      code=error.get("code"), rejected_as=stem)
         self.files.clear_state(rejected)
         self.files.discard_work(rejected)
         self._wake(S.REJECTED)
@@ -176,6 +181,31 @@ class Ledger:
         self._wake(S.DONE)
         return done
 
+    # --- offline (PROTOCOL.md §8) ---------------------------------------------------------------------
+
+    async def go_offline(self, row: InvoiceRow, record: OfflineInvoice, show: dict[str, Any]) -> InvoiceRow | None:
+        """Issue an invoice offline: its offline record, then the step to OFFLINE (offline=1 and the deadline
+        in the same commit); None when another task moved it first (it was being sent, say). The caller
+        writes KOD I/II right after; a crash in between is repaired by the desk at the next start."""
+        await self.store.offline.add(record)
+        try:
+            return await self.move(row, S.OFFLINE, show=show, offline=True, offline_deadline=record.deadline,
+                                   next_attempt_at=None, detail={"offline": record.mode, "reason": record.reason})
+        except StateConflict:
+            await self.store.offline.discard(row.id)
+            return None
+
+    async def retry_offline_now(self) -> None:
+        """KSeF is back: offline invoices waiting out a retry backoff are due now (sent before new work)."""
+        ids = [r.id for r in await self.store.invoices.in_state(self.company, S.DEFERRED) if r.offline]
+        await self.move_many(ids, S.DEFERRED, S.OFFLINE, next_attempt_at=None, detail={"offline": "KSeF is back"})
+
+    async def back_offline(self, ids: Sequence[int], from_state: InvoiceState = S.QUEUED) -> list[InvoiceRow]:
+        """Offline invoices that KSeF did not take (back in QUEUED) wait as OFFLINE again."""
+        if not ids:
+            return []
+        return await self.move_many(ids, from_state, S.OFFLINE, detail={"offline": "waits again"})
+
     # --- holds ----------------------------------------------------------------------------------------
 
     async def hold_waiting(self, failure: Failure, busy: Collection[int]) -> None:
@@ -206,6 +236,8 @@ class Ledger:
             self._wake(row.state)
 
     def _wake(self, state: InvoiceState) -> None:
+        if state in OFFLINE_DESK_STATES:
+            self.offline_due.set()
         if state in DISPATCHER_STATES:
             self.dispatch_due.set()
         if state in TRACKER_STATES:
@@ -232,4 +264,4 @@ class Ledger:
         try:
             self.files.write_state(row, str(row.state), message, {**info, **(extra or {})})
         except OSError as exc:
-            self.log.warning("outbox.state_file_failed", file=row.file_name, error=str(exc))
+            self.log.warning("outbox.state_file_failed", file=row.file_name, invoice=row.id, error=str(exc))
