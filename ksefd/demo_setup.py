@@ -31,7 +31,7 @@ class DemoCompany:
     token_file: Path
 
 
-def _self_signed(nip: str, given: str, surname: str, folder: Path, *, offline: bool = False) -> tuple[Path, Path]:
+def self_signed(nip: str, given: str, surname: str, folder: Path, *, offline: bool = False) -> tuple[Path, Path]:
     """A person's certificate as the Ministry's test tools make them (PROTOCOL.md §11), EC P-256; `offline`:
     a certificate of type Offline (keyUsage Non-Repudiation only), which signs KOD II (PROTOCOL.md §8.6)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -59,11 +59,12 @@ def _self_signed(nip: str, given: str, surname: str, folder: Path, *, offline: b
     return cert_path, key_path
 
 
-async def mint_token(client: KsefClient, nip: str, cert: Path, key: Path, permissions: list[str]) -> str:
+async def mint_token(client: KsefClient, nip: str, cert: Path, key: Path, permissions: list[str],
+                     description: str = "ksefd demo") -> str:
     """Log in with the certificate into the NIP's context and generate a KSeF token (PROTOCOL.md §9.1)."""
     ctx = client.context(nip, load_certificate(cert, key))
     created = (await ctx.request("POST", "/tokens", json={"permissions": permissions,
-                                                          "description": "ksefd demo"}, expect=(202,))).json()
+                                                          "description": description}, expect=(202,))).json()
     for _ in range(100):
         state = (await ctx.request("GET", "/tokens/{referenceNumber}",
                                    params={"referenceNumber": created["referenceNumber"]})).json()
@@ -80,7 +81,7 @@ async def prepare_companies(base_url: str, folder: Path) -> tuple[DemoCompany, D
     async with KsefClient("test", base_url=base_url) as client:
         for (name, nip, given, surname), permissions in ((SELLER, ["InvoiceWrite", "InvoiceRead"]),
                                                           (BUYER, ["InvoiceRead"])):
-            cert, key = _self_signed(nip, given, surname, secrets_dir)
+            cert, key = self_signed(nip, given, surname, secrets_dir)
             token = await mint_token(client, nip, cert, key, permissions)
             token_file = secrets_dir / f"{name}.token"
             token_file.write_text(token + "\n", encoding="utf-8")
@@ -92,11 +93,11 @@ async def prepare_companies(base_url: str, folder: Path) -> tuple[DemoCompany, D
 def offline_certificate(folder: Path) -> tuple[Path, Path]:
     """The seller's certificate of type Offline, for KOD II on offline invoices (`ksefd demo --outage`)."""
     _, nip, given, surname = SELLER
-    return _self_signed(nip, given, surname, folder, offline=True)
+    return self_signed(nip, given, surname, folder, offline=True)
 
 
 def write_config(folder: Path, base_url: str, seller: DemoCompany, buyer: DemoCompany,
-                 offline: tuple[Path, Path] | None = None) -> Path:
+                 offline: tuple[Path, Path] | None = None, language: str = "pl") -> Path:
     path = folder / "ksefd.toml"
     signer = "" if offline is None else (f'offline_certificate = "{offline[0].relative_to(folder)}"\n'
                                          f'offline_private_key = "{offline[1].relative_to(folder)}"\n')
@@ -114,6 +115,7 @@ rescan_interval_seconds = 2
 shutdown_grace_seconds = 10
 log_format = "json"
 log_level = "warning"
+language = "{language}"
 
 [receiving]
 cycle_minutes = 1

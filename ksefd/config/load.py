@@ -10,6 +10,7 @@ import re
 import shutil
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -61,9 +62,15 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None,
 _T = TypeVar("_T", bound=msgspec.Struct)
 _CHOICES = {"environment": "test, demo, prod", "offline": "auto, off",
             "log_format": "auto, console, json, journal",
-            "log_level": "debug, info, warning, error", "inbox_layout": "flat, year-month",
+            "log_level": "debug, info, warning, error", "language": "pl, en", "inbox_layout": "flat, year-month",
             "subject_types": "Subject1, Subject2, Subject3, SubjectAuthorized"}
 _TOP = {"ksef", "daemon", "sending", "receiving", "companies"}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    company: Company
+    enabled: bool
 
 
 class _Builder:
@@ -114,7 +121,9 @@ class _Builder:
 
     def build(self, raw: dict[str, Any], source: Path | None) -> Config | None:
         for key in sorted(set(raw) - _TOP):
-            self.problem(key, _MISSING, f"unknown top-level key; known: {', '.join(sorted(_TOP))}")
+            close = difflib.get_close_matches(key, sorted(_TOP), n=1, cutoff=0.6)
+            hint = f"did you mean [{close[0]}]? " if close else ""
+            self.problem(key, _MISSING, f"unknown top-level key; {hint}known: {', '.join(sorted(_TOP))}")
         ksef = self.convert(raw.get("ksef"), KsefSection, "ksef")
         if "daemon" not in raw:
             self.problem("daemon.data_dir", _MISSING, "is required (a [daemon] table with data_dir)")
@@ -139,8 +148,9 @@ class _Builder:
         data_dir = self.path(daemon.data_dir)
         companies = [self.company(item, i, ksef, data_dir, sending, receiving)
                      for i, item in enumerate(companies_raw)]
-        ready = tuple(c for c in companies if c is not None)
-        self.check_unique(ready)
+        switched_off = tuple(c.company.name for c in companies if c is not None and not c.enabled)
+        ready = tuple(c.company for c in companies if c is not None and c.enabled)
+        self.check_unique(tuple(c.company for c in companies if c is not None))
         if self.problems:
             return None
         return Config(source=source, environment=ksef.environment, base_url=ksef.base_url,
@@ -150,14 +160,17 @@ class _Builder:
                       rescan_interval_seconds=daemon.rescan_interval_seconds,
                       settle_seconds=daemon.settle_seconds, shutdown_grace_seconds=daemon.shutdown_grace_seconds,
                       log_format=daemon.log_format, log_level=daemon.log_level, companies=ready,
+                      switched_off=switched_off, language=daemon.language,
                       http=self.listen_address("daemon.http", daemon.http))
 
     def company(self, raw: Any, index: int, ksef: KsefSection, data_dir: Path, sending: Any,
-                receiving: Any) -> Company | None:
+                receiving: Any) -> _Entry | None:
         path = f"companies[{index}]"
         before = len(self.problems)
         try:
-            return self._company(raw, path, ksef, data_dir, sending, receiving)
+            company = self._company(raw, path, ksef, data_dir, sending, receiving)
+            enabled = not (isinstance(raw, dict) and raw.get("enabled") is False)
+            return None if company is None else _Entry(company, enabled)
         finally:
             if isinstance(raw, dict) and isinstance(raw.get("name"), str):
                 for i in range(before, len(self.problems)):

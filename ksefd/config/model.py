@@ -51,6 +51,7 @@ class DaemonSection(Strict, frozen=True):
     shutdown_grace_seconds: NonNegative = 30.0
     log_format: Literal["auto", "console", "json", "journal"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    language: Literal["pl", "en"] = "pl"             # what people read: status, CLI messages (issue #14)
     # "127.0.0.1:9464": /healthz, /readyz, /metrics and the status page (ksefd/daemon/http_server.py); off if unset
     http: str | None = None
 
@@ -92,6 +93,7 @@ class ReceivingOptions(Strict, frozen=True):
 class CompanySection(Strict, frozen=True):
     name: str
     nip: str
+    enabled: bool = True             # false: the daemon leaves the company alone (no login, no folders)
     send: bool = True
     receive: bool = True
     token_file: str | None = None
@@ -171,7 +173,9 @@ class Config:
     shutdown_grace_seconds: float
     log_format: Literal["auto", "console", "json", "journal"]
     log_level: Literal["debug", "info", "warning", "error"]
-    companies: tuple[Company, ...]
+    companies: tuple[Company, ...]           # the enabled ones: what the daemon runs
+    switched_off: tuple[str, ...] = ()       # names of [[companies]] with enabled = false
+    language: Literal["pl", "en"] = "pl"     # [daemon] language
     http: tuple[str, int] | None = None          # [daemon] http: where the health/metrics endpoint listens
 
     def company(self, name: str) -> Company:

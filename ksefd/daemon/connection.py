@@ -45,10 +45,12 @@ from ksefd.ksef import (
 )
 from ksefd.store import Hold
 
+from .advice import explain
 from .credential_store import read_secret_text
 from .failures import Backoff, Failure, LastingFailure, classify
 from .resume import take_resume_request
 from .runtime import Runtime
+from .token_cleaning import note_token_cleaning
 
 log = structlog.get_logger("ksefd.daemon.credentials")
 
@@ -88,6 +90,7 @@ def load_credentials(company: Company) -> Credentials:
     files = company.credentials
     if files.token_file is not None:
         text = _read_text(files.token_file, "token file")
+        note_token_cleaning(company.name, files.token_file, text)
         try:
             return KsefToken.parse(text)
         except CredentialsError as exc:
@@ -247,6 +250,7 @@ class CompanyConnection:
     async def hold(self, failure: Failure) -> None:
         """Put the company on hold (or renew the hold): nothing is sent until a login succeeds again."""
         until = self.runtime.clock.now() + dt.timedelta(seconds=self.company.sending.hold_retry_seconds)
+        failure = explain(self.company, failure)     # where to fix it, for this company (advice.py)
         first = await self.hold_record() is None
         await self.runtime.store.holds.hold(self.company.name, failure.code, failure.message, until)
         self.current = None

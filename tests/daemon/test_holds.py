@@ -74,12 +74,13 @@ async def test_a_hold_from_the_last_run_is_re_examined_at_start_up_not_after_hol
     config = load(path)
     drop(config.companies[0].folders.outbox, "FV-1.xml", invoice("HOLD/START/1"))
     await drain(config)
-    assert (await _hold(path)) is not None and "malformed" in await _status_text(path)
+    shown = await _status_text(path)
+    assert (await _hold(path)) is not None and "malformed" in shown and "WSTRZYMANA od" in shown
     assert [r.state for r in await invoice_rows(config, "acme")] in ([S.HELD], [S.QUEUED])   # not sent
     token.write_text(good, encoding="utf-8")                 # the person fixes the token, then restarts
     await drain(config)
     assert (await _hold(path)) is None
-    assert "ON HOLD" not in await _status_text(path)
+    assert "WSTRZYMANA" not in await _status_text(path)        # "on hold" (Polish by default, issue #14)
     assert [r.state for r in await invoice_rows(config, "acme")] == [S.DONE]
     assert len(sim_records(sim)) == 1
 
@@ -100,7 +101,7 @@ async def test_a_changed_credential_file_clears_the_hold_of_a_running_daemon_wit
         async with asyncio.timeout(15):                                 # hold_retry_seconds is 900
             while [r.state for r in await invoice_rows(config, "acme")] != [S.DONE]:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
-        assert await _hold(path) is None and "ON HOLD" not in await _status_text(path)
+        assert await _hold(path) is None and "WSTRZYMANA" not in await _status_text(path)
     finally:
         stop.set()
         await asyncio.wait_for(running, 30)
@@ -137,7 +138,7 @@ async def test_ksefd_resume_reaches_the_running_daemon_and_clears_the_hold(
         async with asyncio.timeout(20):
             while [r.state for r in await invoice_rows(config, "acme")] != [S.DONE]:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
-        assert "ON HOLD" not in await _status_text(path)
+        assert "WSTRZYMANA" not in await _status_text(path)        # "on hold" (Polish by default, issue #14)
         code, out = await _resume(path)
         assert code == 0 and "not on hold" in out
     finally:
@@ -168,7 +169,7 @@ async def test_switching_to_send_false_gives_claimed_files_back_untouched_and_st
     assert not [p for p in (outbox / ".ksefd").iterdir()]
     assert {r.state for r in await invoice_rows(config, "acme")} == {S.RETURNED}
     text = await _status_text(path)
-    assert "sending is off" in text and "3 claimed file(s) were put back" in text
+    assert "wysyłka wyłączona" in text and "plików odłożonych z powrotem do outbox/: 3" in text
     await drain(config)                                       # a later run leaves them alone
     assert {p.name: p.read_bytes() for p in outbox.glob("*.xml")} == files
     assert not sim_records(sim)

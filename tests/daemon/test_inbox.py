@@ -172,6 +172,7 @@ async def test_by_default_the_first_run_receives_from_the_first_day_of_the_previ
     from ksefd.daemon.inbox.status import receiving_since
     from ksefd.daemon.inbox.worker import first_day_of_previous_month
     from ksefd.daemon.status import DaemonStatus, _company, render
+    from ksefd.daemon.status_text import when
 
     now = dt.datetime.now(dt.UTC)
     boundary = dt.datetime.combine(first_day_of_previous_month(now), dt.time(), tzinfo=WARSAW)
@@ -197,8 +198,8 @@ async def test_by_default_the_first_run_receives_from_the_first_day_of_the_previ
         assert len(first) == 1 and first[0]["start_local"] == boundary.isoformat()
         assert await receiving_since(b.store, "buyer") == boundary.astimezone(dt.UTC).isoformat()
         shown = await _company(b.store, "buyer", b.company.nip, False, True, now)
-        text = render(DaemonStatus(False, None, None, [shown]))
-        assert f"receiving since {boundary.astimezone(dt.UTC).isoformat()}" in text
+        text = render(DaemonStatus(False, None, None, [shown], language="en"))
+        assert f"receiving: invoices since {when(boundary)}" in text        # Warsaw time, for people
     finally:
         await b.close()
 

@@ -75,7 +75,8 @@ async def test_unreachable_without_announcement_is_the_taxpayers_offline24(
         assert offline["deadline"] is not None and "next business day" in offline["deadlineRule"]
         shown = await current_status(config)
         text = status.render(shown)
-        assert "UNREACHABLE" in text and "1 issued offline" in text and "without KOD II" in text
+        assert "KSeF: NIEOSIĄGALNY od" in text          # "UNREACHABLE since", Polish by default (issue #14)
+        assert "1 issued offline" in text and "without KOD II" in text
         assert shown.companies[0].offline is not None and shown.companies[0].offline["waiting"] == 1
         listed = shown.companies[0].offline["invoices"][0]
         assert (listed["file"], listed["state"], listed["mode"]) == ("U-1.xml", "offline", "offline24")

@@ -24,6 +24,8 @@ from ksefd import spool
 from ksefd.config import Company
 from ksefd.store import InvoiceRow
 
+from ..error_text import localize
+
 STATE_SUFFIX = ".state.json"
 
 
@@ -152,7 +154,7 @@ class OutboxFiles:
     def write_rejected(self, file_name: str, data: bytes, error: dict[str, Any]) -> str:
         path = spool.write_unique(self.folders.rejected, file_name, data)
         stem = spool.split_name(path.name)[0]
-        spool.write_json(self.folders.rejected / f"{stem}.error.json", error)
+        spool.write_json(self.folders.rejected / f"{stem}.error.json", localize(error))   # hint: config's language
         return stem
 
     # --- the state of a waiting invoice -------------------------------------------------------------
