@@ -86,7 +86,7 @@ def configure_logging(fmt: str = "auto", level: int = logging.INFO) -> None:
     elif chosen == "journal":
         renderer = render_journal
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(ensure_ascii=False)   # Polish letters readable (issue #14)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -105,3 +105,22 @@ def test_a_lasting_failure_is_logged_when_it_starts_slowly_and_when_it_clears() 
         failing.cleared()
     names = [(c["event"], c.get("times")) for c in captured]
     assert names == [("x.failed", None), ("x.failed", 61), ("x.failed", 121), ("x.failed.cleared", 180)]
+
+
+def test_json_logs_keep_polish_letters_readable(monkeypatch: Any) -> None:
+    # Issue #14 point 1: machine-oriented JSON lines, but "Wrocław" stays "Wrocław", not "Wroc\\u0142aw".
+    import io
+    import logging
+
+    from ksefd.logs import configure_logging
+
+    captured = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", captured)
+    try:
+        configure_logging("json", logging.INFO)
+        structlog.get_logger("t").info("outbox.rejected", city="Wrocław", reason="zła data")
+    finally:
+        structlog.reset_defaults()
+    line = captured.getvalue().strip().splitlines()[-1]
+    assert "Wrocław" in line and "zła data" in line and "\\u" not in line
+    assert json.loads(line)["city"] == "Wrocław"
