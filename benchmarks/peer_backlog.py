@@ -21,6 +21,8 @@ The peer runs in its own process too (`--peer batch|online`), so both CPU figure
 Needs the optional dependency: `pip install -e '.[bench]'` (ksef-client 0.20.0).
 """
 
+# ruff: noqa: ASYNC109, ASYNC240 - a benchmark driver: its file checks and timeouts are the measurement
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _common import NIP, ROOT, process_peak_rss_mb, start_simulator
+from _common import NIP, ROOT, start_simulator
 
 from ksefd.samples import make_invoice, sample_bytes
 from tests.support.ksef_auth import create_ksef_token
