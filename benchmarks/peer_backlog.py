@@ -47,6 +47,10 @@ from ksefd.samples import make_invoice, sample_bytes
 from tests.support.ksef_auth import create_ksef_token
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# KSEFD_BENCH_PROFILE=FILE: the daemon runs under cProfile and writes its profile there when stopped
+PROFILE = ["-m", "cProfile", "-o", os.environ["KSEFD_BENCH_PROFILE"]] if os.environ.get("KSEFD_BENCH_PROFILE") else []
+# KSEFD_BENCH_PYSPY=FILE: py-spy samples every thread of the daemon into FILE (collapsed stacks)
+PYSPY = os.environ.get("KSEFD_BENCH_PYSPY")
 
 
 # --- the peer: ksef-client 0.20.0 as an integrator would drive it ---------------------------------------
@@ -220,7 +224,7 @@ class Daemon:
         started = time.perf_counter()
         with self.log.open("wb") as sink:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "ksefd", "--log-format", "json", "run", "-c", str(self.config),
+                sys.executable, *PROFILE, "-m", "ksefd", "--log-format", "json", "run", "-c", str(self.config),
                 cwd=ROOT, stdout=sink, stderr=sink)
         while time.perf_counter() - started < timeout:
             text = self.log.read_text(errors="replace")
@@ -237,8 +241,12 @@ class Daemon:
         return self.proc.pid
 
     def cpu_seconds(self) -> float:
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """User and system CPU seconds of the daemon so far."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
     def status(self, key: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -278,14 +286,22 @@ async def ksefd_drain(base_url: str, token: str, folder: Path, invoices: list[by
         staging.mkdir()
         for n, data in enumerate(invoices):     # written first, renamed in together: the drop is the rename
             (staging / f"FV-{n:05d}.xml").write_bytes(data)
-        cpu0 = daemon.cpu_seconds()
+        user0, sys0 = daemon.cpu_split()
         started = time.perf_counter()
         for n in range(len(invoices)):
             (staging / f"FV-{n:05d}.xml").rename(outbox / f"FV-{n:05d}.xml")
+        spy = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(daemon.pid), "-r", "250", "-f", "raw",
+            "-o", PYSPY, "--threads", *(["--gil"] if os.environ.get("KSEFD_BENCH_GIL") else []), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        ) if PYSPY else None
         await wait_for_files(sent, ".upo.xml", len(invoices), timeout=600)
+        if spy is not None:
+            spy.send_signal(2)
+            await spy.wait()
         wall = time.perf_counter() - started
-        cpu = daemon.cpu_seconds() - cpu0
-        return {"wall": wall, "cpu_ms": cpu * 1000, "rss_mb": daemon.status("VmHWM") / 1024}
+        user, system = daemon.cpu_split()
+        return {"wall": wall, "cpu_ms": (user - user0 + system - sys0) * 1000, "sys_ms": (system - sys0) * 1000,
+                "rss_mb": daemon.status("VmHWM") / 1024}
     finally:
         await daemon.stop()
 
@@ -324,7 +340,7 @@ async def compare(limits: str, count: int, runs: int, mode: str, extra_sending: 
         ours.append(k)
         ratios.append(k["wall"] / p["wall"])
         print(f"  run {run + 1}: peer {p['wall']:.2f} s, ksefd {k['wall']:.2f} s ({ratios[-1]:.2f}x), ksefd CPU "
-              f"{k['cpu_ms'] / count:.2f} ms/invoice", flush=True)
+              f"{k['cpu_ms'] / count:.2f} ms/invoice ({k['sys_ms'] / count:.2f} in the kernel)", flush=True)
 
     def m(rows: list[dict[str, float]], key: str) -> float:
         return median([r[key] for r in rows])

@@ -124,11 +124,46 @@ class InvoiceRepo:
             return await self._get(conn, invoice_id)
 
     async def add_many(self, company: str, items: Sequence[NewInvoice]) -> list[InvoiceRow]:
-        """Many claimed files in one commit (a large drop), in the order given; all or nothing."""
+        """Many claimed files in one commit (a large drop), in the order given; all or nothing. A few statements
+        whatever the number of files: inside BEGIN IMMEDIATE nobody else writes, so an INTEGER PRIMARY KEY
+        gives the rows of one executemany the ids after the largest, in the order inserted."""
+        if not items:
+            return []
+        now = self._now()
+        ids: list[int] = []
         async with self._db.transaction() as conn:
-            ids = [await self._insert(conn, company, i.file_name, i.sha256, i.size, i.detail, i.fields)
-                   for i in items]
+            start = 0
+            while start < len(items):        # runs of items that set the same columns share one statement
+                names = sorted(items[start].fields)
+                end = start + 1
+                while end < len(items) and sorted(items[end].fields) == names:
+                    end += 1
+                ids += await self._insert_run(conn, company, items[start:end], names, now)
+                start = end
+            await events.record_many(conn, [
+                dict(at=now, kind="invoice", company=company, invoice_id=invoice_id, to_state=InvoiceState.CLAIMED,
+                     detail=item.detail or {"file": item.file_name}) for invoice_id, item in zip(ids, items, strict=True)])
             return await self._get_many(conn, ids)
+
+    async def _insert_run(self, conn: aiosqlite.Connection, company: str, items: Sequence[NewInvoice],
+                          names: list[str], now: dt.datetime) -> list[int]:
+        async with conn.execute("SELECT COALESCE(MAX(id), 0) FROM invoices") as cursor:
+            found = await cursor.fetchone()
+        before = int(found[0]) if found else 0
+        columns = "".join(f", {n}" for n in names)
+        at = db_time(now)
+        rows = []
+        for item in items:
+            _, values = assignments(item.fields, FIELDS, "invoice")
+            rows.append((company, item.file_name, item.sha256, item.size, InvoiceState.CLAIMED.value, at, at, *values))
+        await conn.executemany(
+            f"INSERT INTO invoices (company, file_name, sha256, size, state, created_at, updated_at{columns}) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?{', ?' * len(names)})", rows)
+        async with conn.execute("SELECT id FROM invoices WHERE id > ? ORDER BY id", (before,)) as cursor:
+            ids = [int(r[0]) for r in await cursor.fetchall()]
+        if len(ids) != len(items):
+            raise StoreError(f"add_many: {len(items)} rows inserted, {len(ids)} found after them")
+        return ids
 
     async def _insert(self, conn: aiosqlite.Connection, company: str, file_name: str, sha256: str, size: int,
                       detail: Any, fields: dict[str, Any]) -> int:
@@ -231,6 +266,32 @@ class InvoiceRepo:
     async def find_by_hash(self, company: str, sha256: str) -> list[InvoiceRow]:
         """Earlier invoices with these exact bytes: the same file dropped again (issue #5 item 2)."""
         return await self._select("WHERE company = ? AND sha256 = ? ORDER BY id", (company, sha256))
+
+    async def find_by_hashes(self, company: str, hashes: Iterable[str]) -> dict[str, list[InvoiceRow]]:
+        """`find_by_hash` for many (a drop of many files): hash -> its invoices, oldest first; a few queries."""
+        wanted = sorted(set(hashes))
+        found: dict[str, list[InvoiceRow]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            for row in await self._select(f"WHERE company = ? AND sha256 IN ({', '.join('?' * len(chunk))}) "
+                                          "ORDER BY id", (company, *chunk)):
+                found.setdefault(row.sha256, []).append(row)
+        return found
+
+    async def find_by_keys(self, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], list[InvoiceRow]]:
+        """`find_by_key` for many: (seller NIP, type, number) -> its invoices, oldest first; a few queries."""
+        numbers: dict[tuple[str, str], list[str]] = {}
+        for nip, kind, number in sorted(set(keys)):
+            numbers.setdefault((nip, kind), []).append(number)
+        found: dict[tuple[str, str, str], list[InvoiceRow]] = {}
+        for (nip, kind), wanted in numbers.items():     # the index (seller_nip, invoice_type, invoice_number)
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                for row in await self._select(f"WHERE seller_nip = ? AND invoice_type = ? AND invoice_number IN "
+                                              f"({', '.join('?' * len(chunk))}) ORDER BY id", (nip, kind, *chunk)):
+                    assert row.invoice_number is not None
+                    found.setdefault((nip, kind, row.invoice_number), []).append(row)
+        return found
 
     async def find_by_key(self, seller_nip: str, invoice_type: str, invoice_number: str) -> list[InvoiceRow]:
         """Invoices with KSeF's duplicate key (PROTOCOL.md §4.2), any company."""
