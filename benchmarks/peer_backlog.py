@@ -290,9 +290,10 @@ async def ksefd_drain(base_url: str, token: str, folder: Path, invoices: list[by
         started = time.perf_counter()
         for n in range(len(invoices)):
             (staging / f"FV-{n:05d}.xml").rename(outbox / f"FV-{n:05d}.xml")
+        gil = ["--gil"] if os.environ.get("KSEFD_BENCH_GIL") else []      # only the thread holding the GIL
         spy = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(daemon.pid), "-r", "250", "-f", "raw",
-            "-o", PYSPY, "--threads", *(["--gil"] if os.environ.get("KSEFD_BENCH_GIL") else []), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            "-o", PYSPY, "--threads", *gil, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         ) if PYSPY else None
         await wait_for_files(sent, ".upo.xml", len(invoices), timeout=600)
         if spy is not None:

@@ -142,7 +142,8 @@ class InvoiceRepo:
                 start = end
             await events.record_many(conn, [
                 dict(at=now, kind="invoice", company=company, invoice_id=invoice_id, to_state=InvoiceState.CLAIMED,
-                     detail=item.detail or {"file": item.file_name}) for invoice_id, item in zip(ids, items, strict=True)])
+                     detail=item.detail or {"file": item.file_name})
+                for invoice_id, item in zip(ids, items, strict=True)])
             return await self._get_many(conn, ids)
 
     async def _insert_run(self, conn: aiosqlite.Connection, company: str, items: Sequence[NewInvoice],
