@@ -51,7 +51,10 @@ UPO_DOWNLOADS = 8
 UPO_GROUPS = 2
 RESULT_GROUP = 250          # invoices whose result files share one directory fsync and one commit
 CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or can never be closed
-POLL = BatchOptions(poll_first=0.2, poll_factor=1.5, poll_max=5.0, invoice_page_size=1000)
+# Status polls after close: KSeF processes ~1 000 invoices a second, so a 1.5x back-off to 5 s left a finished
+# session unseen for up to a few seconds. Capped at 1 s, a 10 000-invoice session (~11 s) costs ~15 polls of
+# sessionMisc (120/min, 1200/h per context, PROTOCOL.md §14): a small share even with a batch every few minutes.
+POLL = BatchOptions(poll_first=0.2, poll_factor=1.25, poll_max=1.0, invoice_page_size=1000)
 
 
 def entry_name(row: InvoiceRow) -> str:
