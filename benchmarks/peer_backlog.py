@@ -295,6 +295,11 @@ async def ksefd_drain(base_url: str, token: str, folder: Path, invoices: list[by
             str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(daemon.pid), "-r", "250", "-f", "raw",
             "-o", PYSPY, "--threads", *gil, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         ) if PYSPY else None
+        if os.environ.get("KSEFD_BENCH_STRACE"):     # count the daemon's system calls while it drains
+            spy = await asyncio.create_subprocess_exec(
+                "strace", "-c", "-f", "-p", str(daemon.pid), "-o", os.environ["KSEFD_BENCH_STRACE"],
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            await asyncio.sleep(0.5)
         await wait_for_files(sent, ".upo.xml", len(invoices), timeout=600)
         if spy is not None:
             spy.send_signal(2)
@@ -354,9 +359,11 @@ async def compare(limits: str, count: int, runs: int, mode: str, extra_sending: 
 
 
 async def latency(drops: int) -> None:
+    """Limits off: under the production numbers `invoiceSend` allows 30 a minute, so 100 drops in a row would
+    measure the limiter's waits, not the path."""
     with tempfile.TemporaryDirectory(prefix="ksefd-latency-") as name:
         folder = Path(name)
-        sim, base_url = await start_simulator("--limits", "production", log=folder / "sim.log")
+        sim, base_url = await start_simulator("--limits", "off", log=folder / "sim.log")
         daemon: Daemon | None = None
         try:
             (folder / "acme.token").write_text(await new_token(base_url))
@@ -380,7 +387,7 @@ async def latency(drops: int) -> None:
     ordered = sorted(timings)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     print(f"  drop -> KSeF number  p50 {median(ordered) * 1000:6.0f} ms  p99 {p99 * 1000:6.0f} ms  "
-          f"(max {ordered[-1] * 1000:.0f} ms, {drops} sequential drops, default config)")
+          f"(max {ordered[-1] * 1000:.0f} ms, {drops} sequential drops, default config, limits off)")
 
 
 async def idle(companies: int, seconds: float) -> None:
@@ -409,7 +416,7 @@ async def idle(companies: int, seconds: float) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="ksefd-idle-") as name:
             folder = Path(name)
-            pairs = [(f"c{n:04d}", nip_with_checksum(100_000_000 + n * 7919)) for n in range(companies)]
+            pairs = [(f"c{n:04d}", nip_with_checksum(526_000_000 + n * 97)) for n in range(companies)]
             for company, nip in pairs:
                 (folder / f"{company}.token").write_text(await new_token(base_url, nip))
             daemon = Daemon(daemon_config(folder, base_url, pairs, receive=True))

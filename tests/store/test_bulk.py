@@ -85,3 +85,18 @@ async def test_find_by_hashes_and_keys_answer_as_one_lookup_each_would(store: St
     for key in keys:
         assert by_key.get(key, []) == await store.invoices.find_by_key(*key)
     assert len(by_key[keys[0]]) == 2 and keys[2] not in by_key
+
+
+async def test_transition_steps_walks_several_states_in_one_all_or_nothing_commit(store: Store) -> None:
+    rows = await store.invoices.add_many("acme", [NewInvoice(f"FV{n}.xml", HASHES[n], 1) for n in range(2)])
+    ids = [r.id for r in rows]
+    moved = await store.invoices.transition_steps(ids, [S.CLAIMED, S.CHECKED, S.QUEUED], attempts=0)
+    assert [r.state for r in moved] == [S.QUEUED, S.QUEUED]
+    assert [(e.from_state, e.to_state) for e in await store.events.for_invoice(ids[0])] == [
+        (None, "claimed"), ("claimed", "checked"), ("checked", "queued")]
+    await store.invoices.transition(ids[1], S.QUEUED, S.SUBMITTING)
+    with pytest.raises(StateConflict):       # the second invoice is not where the caller thought
+        await store.invoices.transition_steps(ids, [S.QUEUED, S.SUBMITTING, S.PROCESSING])
+    first = await store.invoices.get(ids[0])
+    assert first is not None and first.state == S.QUEUED          # nothing of the failed walk stayed
+    assert len(await store.events.for_invoice(ids[0])) == 3

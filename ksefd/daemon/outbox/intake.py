@@ -224,9 +224,7 @@ class Intake:
                 await self._finish_row(row, item)
         good = [r for r, i in zip(rows, items, strict=True) if i.checked is not None]
         if good:
-            ids = [r.id for r in good]
-            await self.ledger.move_many(ids, S.CLAIMED, S.CHECKED, state_files=False)
-            await self.ledger.move_many(ids, S.CHECKED, S.QUEUED)
+            await self.ledger.move_many([r.id for r in good], S.CLAIMED, S.QUEUED, through=S.CHECKED)
 
     @staticmethod
     def _facts(item: _Claimed) -> dict[str, Any]:
@@ -247,8 +245,7 @@ class Intake:
             row = await self.ledger.update(row, seller_nip=c.seller_nip, invoice_type=c.invoice_type,
                                            invoice_number=c.invoice_number, issue_date=c.issue_date,
                                            has_attachment=c.has_attachment)
-        checked = await self.ledger.move(row, S.CHECKED, from_state=S.CLAIMED, state_file=False)
-        await self.ledger.move(checked, S.QUEUED)
+        await self.ledger.move_many([row.id], S.CLAIMED, S.QUEUED, through=S.CHECKED)
 
     async def _judge(self, item: _Claimed, exclude: int | None = None) -> None:
         if not await self._same_bytes_before(item, exclude):

@@ -109,7 +109,7 @@ class Outcomes:
         if data is None:
             self.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name, path=row.work_path)
             return None
-        stem = self.files.write_sent(row.file_name, data, row=row)
+        stem = self.files.write_sent(row.file_name, data, row=row, sync=False)   # sent/ fsynced once, below
         self.files.write_ksef_json(stem, self.ksef_record(row, invoice, session_reference, kind, extra))
         accepted = await self.ledger.move(
             row, S.ACCEPTED, from_state=S.PROCESSING, show={"ksefNumber": invoice.ksef_number},

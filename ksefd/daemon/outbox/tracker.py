@@ -10,6 +10,7 @@ it did arrive after all, the new send gets 440 for the same hash, which outcomes
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -28,6 +29,7 @@ IN_DOUBT_GRACE = 5.0
 FIRST_POLL, MAX_POLL = 0.2, 10.0
 SESSION_POLL_MAX = 30.0
 PER_INVOICE_AT_MOST = 10        # more accepted invoices of one session: read its list instead
+POLL_CONCURRENCY = 8            # PROCESSING invoices followed at once (status, outcome, UPO)
 
 
 class Tracker:
@@ -134,21 +136,46 @@ class Tracker:
         self._polls.pop(-row.id, None)
 
     async def poll_processing(self) -> None:
+        """Every due PROCESSING invoice: its status, then its outcome and UPO. A few at once (POLL_CONCURRENCY):
+        one after another, a trickle of many invoices waited on each one's round trips in turn. The first
+        KsefError is raised once the others are done, as step() expects."""
         ids = await self.store.invoices.ids_in(self.company, [S.PROCESSING], "online")
         rows = [r for r in await self.store.invoices.get_many([i for i in ids if self._due(i)]) if r.invoice_ref]
-        for row in rows:
-            session = await self.session(row.session_id)
-            if session is None or row.invoice_ref is None:
-                continue
-            invoice = await self.connection.context.sessions.invoice(session.reference, row.invoice_ref)
-            if not invoice.is_final:
-                self._later(row.id)
-                continue
-            self._polls.pop(row.id, None)
-            accepted = await self.outcomes.apply(row, invoice, session)
-            if accepted is not None:
-                await self._upo(accepted)
-        self.outcomes.forget_listings()
+        gate = asyncio.Semaphore(POLL_CONCURRENCY)
+        errors: list[KsefError] = []
+
+        async def one(row: InvoiceRow) -> None:
+            async with gate:
+                if errors:
+                    return
+                try:
+                    await self._poll_one(row)
+                except KsefError as exc:
+                    errors.append(exc)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for row in rows:
+                    group.create_task(one(row))
+        except BaseExceptionGroup as failed:     # an unexpected error: the others were cancelled; raise it as is
+            raise failed.exceptions[0] from None
+        finally:
+            self.outcomes.forget_listings()
+        if errors:
+            raise errors[0]
+
+    async def _poll_one(self, row: InvoiceRow) -> None:
+        session = await self.session(row.session_id)
+        if session is None or row.invoice_ref is None:
+            return
+        invoice = await self.connection.context.sessions.invoice(session.reference, row.invoice_ref)
+        if not invoice.is_final:
+            self._later(row.id)
+            return
+        self._polls.pop(row.id, None)
+        accepted = await self.outcomes.apply(row, invoice, session)
+        if accepted is not None:
+            await self._upo(accepted)
 
     async def _upo(self, accepted: Accepted) -> None:
         row = accepted.row
