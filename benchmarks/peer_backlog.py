@@ -10,12 +10,13 @@ Prints, each a median of --runs runs where it is a ratio:
   number, UPO to disk) against ksefd with every invoice online (`batch_threshold` above M);
 * drop -> KSeF number: p50 and p99 over D sequential drops (default 100) into a running daemon, default
   config (settle_seconds = 2 included: a file renamed in is taken at once);
+* big (only when asked): ksefd alone draining 10 000 invoices, production limits: wall, CPU, peak RSS, 429s;
 * idle: C companies (default 100, send and receive on) connected and nothing to do: the daemon's CPU % of
   one core over S seconds (default 60), RSS, thread count, and the requests it sent to the simulator in
   that window (the simulator runs in this process for that part, with a counting middleware).
 
-    .venv/bin/python benchmarks/peer_backlog.py [--only backlog,online,latency,idle] [--runs 3]
-        [--invoices 1000] [--online 200] [--drops 100] [--companies 100] [--idle-seconds 60]
+    .venv/bin/python benchmarks/peer_backlog.py [--only backlog,online,latency,idle,big] [--runs 3]
+        [--invoices 1000] [--online 200] [--drops 100] [--companies 100] [--idle-seconds 60] [--big 10000]
 
 The peer runs in its own process too (`--peer batch|online`), so both CPU figures are one process's own.
 Needs the optional dependency: `pip install -e '.[bench]'` (ksef-client 0.20.0).
@@ -358,6 +359,22 @@ async def compare(limits: str, count: int, runs: int, mode: str, extra_sending: 
     print(f"  ksefd / peer         {median(ratios):7.2f}x wall (median of {runs} runs, each on one simulator)")
 
 
+async def big_backlog(count: int) -> None:
+    """ksefd alone: `count` invoices (default 10 000), production limits, default config; 429s from its log."""
+    with tempfile.TemporaryDirectory(prefix="ksefd-big-") as name:
+        folder = Path(name)
+        sim, base_url = await start_simulator("--limits", "production", log=folder / "sim.log")
+        try:
+            k = await ksefd_drain(base_url, await new_token(base_url), folder / "ksefd",
+                                  write_invoices(folder, count, "BIG"))
+            limited = (folder / "ksefd" / "daemon.log").read_text().count('"ksef.rate_limited"')
+        finally:
+            sim.terminate()
+            await sim.wait()
+    print(f"  ksefd {count} invoices  {k['wall']:7.2f} s  {k['cpu_ms'] / count:5.2f} ms CPU/invoice  "
+          f"{k['rss_mb']:4.0f} MB peak RSS  {limited} x 429")
+
+
 async def latency(drops: int) -> None:
     """Limits off: under the production numbers `invoiceSend` allows 30 a minute, so 100 drops in a row would
     measure the limiter's waits, not the path."""
@@ -450,6 +467,9 @@ async def main(args: argparse.Namespace) -> None:
     if "online" in parts:
         print(f"online: {args.online} invoices, limits off, peer one at a time, ksefd all online")
         await compare("off", args.online, args.runs, "online", f"batch_threshold = {args.online + 1}")
+    if "big" in parts:
+        print(f"backlog of {args.big} invoices, production limits, ksefd only")
+        await big_backlog(args.big)
     if "latency" in parts:
         await latency(args.drops)
     if "idle" in parts:
@@ -464,6 +484,7 @@ if __name__ == "__main__":
     parser.add_argument("--invoices", type=int, default=1000)
     parser.add_argument("--online", type=int, default=200)
     parser.add_argument("--drops", type=int, default=100)
+    parser.add_argument("--big", type=int, default=10_000, help="invoices for --only big")
     parser.add_argument("--companies", type=int, default=100)
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--peer", choices=["batch", "online"])
