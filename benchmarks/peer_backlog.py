@@ -441,7 +441,10 @@ async def idle(companies: int, seconds: float) -> None:
             connect = await daemon.start(companies, timeout=900)
             login_requests = sum(counts.values())
             print(f"  {companies} companies connected in {connect:.1f} s with {login_requests} requests "
-                  f"({login_requests / companies:.1f} per company)")
+                  f"({login_requests / companies:.1f} per company): {dict(counts.most_common(8))}")
+            text = daemon.log.read_text()
+            limited, failed = text.count('"ksef.rate_limited"'), text.count('"daemon.connect_failed"')
+            print(f"  daemon log while connecting: {limited} x ksef.rate_limited, {failed} x daemon.connect_failed")
             await asyncio.sleep(10)        # the first inbox cycles and start-up work end
             counts.clear()
             cpu0 = daemon.cpu_seconds()
