@@ -436,6 +436,9 @@ async def idle(companies: int, seconds: float) -> None:
             pairs = [(f"c{n:04d}", nip_with_checksum(526_000_000 + n * 97)) for n in range(companies)]
             for company, nip in pairs:
                 (folder / f"{company}.token").write_text(await new_token(base_url, nip))
+            # The tokens were made from this same IP: let KSeF's per-IP window of public calls (60/s) empty
+            # before the daemon's logins, which cannot know about them.
+            await asyncio.sleep(3)
             daemon = Daemon(daemon_config(folder, base_url, pairs, receive=True))
             counting[0] = True
             connect = await daemon.start(companies, timeout=900)
