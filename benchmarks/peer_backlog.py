@@ -434,8 +434,9 @@ async def idle(companies: int, seconds: float) -> None:
         with tempfile.TemporaryDirectory(prefix="ksefd-idle-") as name:
             folder = Path(name)
             pairs = [(f"c{n:04d}", nip_with_checksum(526_000_000 + n * 97)) for n in range(companies)]
-            for company, nip in pairs:
+            for company, nip in pairs:      # ~5 public calls each, kept under KSeF's 60/s per IP
                 (folder / f"{company}.token").write_text(await new_token(base_url, nip))
+                await asyncio.sleep(0.12)
             # The tokens were made from this same IP: let KSeF's per-IP window of public calls (60/s) empty
             # before the daemon's logins, which cannot know about them.
             await asyncio.sleep(3)
