@@ -213,9 +213,10 @@ class InvoiceRepo:
             for number, (from_state, to_state) in enumerate(steps):
                 last = number == len(steps) - 1
                 sets, values = assignments(fields if last else {}, FIELDS, "invoice")
+                at = db_time(now)
                 cursor = await conn.executemany(
                     f"UPDATE invoices SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?",
-                    [(to_state.value, db_time(now), *values, i, from_state.value) for i in invoice_ids])
+                    [(to_state.value, at, *values, i, from_state.value) for i in invoice_ids])
                 if cursor.rowcount != len(invoice_ids):
                     for invoice_id in invoice_ids:   # name the first one that was not where the caller thought
                         actual = await self._state(conn, invoice_id)
@@ -243,15 +244,22 @@ class InvoiceRepo:
         if len(set(ids)) != len(ids):
             raise StoreError("transition_each: an invoice id is listed twice")
         now = self._now()
+        at = db_time(now)
+        statements: dict[str, list[tuple[Any, ...]]] = {}     # one executemany per set of columns changed
+        for change in changes:
+            sets, values = assignments(change.fields, FIELDS, "invoice")
+            statements.setdefault(sets, []).append((to_state.value, at, *values, change.invoice_id,
+                                                    from_state.value))
         async with self._db.transaction() as conn:
-            for change in changes:
-                sets, values = assignments(change.fields, FIELDS, "invoice")
-                cursor = await conn.execute(
-                    f"UPDATE invoices SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?",
-                    (to_state.value, db_time(now), *values, change.invoice_id, from_state.value))
-                if cursor.rowcount != 1:
-                    raise StateConflict("invoice", change.invoice_id, [from_state],
-                                        await self._state(conn, change.invoice_id))
+            for sets, params in statements.items():
+                cursor = await conn.executemany(
+                    f"UPDATE invoices SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?", params)
+                if cursor.rowcount != len(params):
+                    for *_, invoice_id, _ in params:   # name the first one that was not where the caller thought
+                        actual = await self._state(conn, invoice_id)
+                        if actual != to_state.value:
+                            raise StateConflict("invoice", invoice_id, [from_state], actual)
+                    raise StateConflict("invoice", params[0][-2], [from_state], to_state.value)
             rows = await self._get_many(conn, ids)
             await events.record_many(conn, [
                 dict(at=now, kind="invoice", company=r.company, invoice_id=r.id, session_id=r.session_id,
