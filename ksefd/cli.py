@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ksefd import __version__
+from ksefd import __version__, i18n
+from ksefd.i18n import _
 from ksefd.logs import configure_logging
 
 if TYPE_CHECKING:
     from ksefd.config import Config
 
-EX_CONFIG = 78           # sysexits.h EX_CONFIG: bad configuration
+EX_CONFIG = 78           # sysexits.h EX_CONFIG: bad configuration (also a data folder or state DB ksefd cannot write)
 EX_SOFTWARE = 70         # sysexits.h EX_SOFTWARE: the installation is broken (the FA(3) schema cannot be compiled)
+EX_TEMPFAIL = 75         # sysexits.h EX_TEMPFAIL: another ksefd is already running on this state database
+EX_UNFINISHED = 3        # `ksefd run --once`: a company could not do what its config asks (on hold, no login, ...)
 
 
 def _sim_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,19 +38,44 @@ def _sim_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="seconds an invoice stays in statuses 100/150 before its verdict")
     p.add_argument("--hwm-lag", type=float, default=5.0,
                    help="seconds permanentStorageHwmDate trails now")
+    commands = p.add_subparsers(dest="sim_command", metavar="taxpayer")
+    t = commands.add_parser("taxpayer", help="in a running `ksefd sim`: create a taxpayer and write its KSeF "
+                                             "token (and a login certificate) to files, for testing an ERP")
+    t.add_argument("nip", metavar="NIP", help="the taxpayer's NIP (10 digits, valid check digit)")
+    t.add_argument("--token-out", type=Path, required=True, metavar="FILE", help="write the KSeF token here")
+    t.add_argument("--permissions", default="read,write",
+                   help="the token's permissions: read, write or KSeF names, comma-separated (default read,write)")
+    t.add_argument("--cert-out", type=Path, metavar="FILE", help="also keep a certificate that logs in (PEM)")
+    t.add_argument("--key-out", type=Path, metavar="FILE", help="... and its private key (PEM, not encrypted)")
+    t.add_argument("--url", default=None, help="the simulator's address (default http://127.0.0.1:8080/v2)")
 
 
 def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run the daemon: send every company's outbox to KSeF")
     p.add_argument("-c", "--config", type=Path, required=True, help="the config file (see config.example.toml)")
     p.add_argument("--once", action="store_true",
-                   help="drain mode: exit once every file dropped so far is finished (accepted or rejected)")
+                   help="drain mode: exit once every file dropped so far is finished (accepted or rejected); "
+                        "exit code 3 if a company could not do what its config asks (on hold, no login, "
+                        "receiving failed)")
 
 
 def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="per company: queued, in KSeF, accepted today, rejected, holds, errors")
     p.add_argument("-c", "--config", type=Path, required=True, help="the config file of the daemon")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _reload_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("reload", help="make the running daemon read its config again (companies added, removed, "
+                                      "switched on/off, credentials); the same as SIGHUP, also on Windows")
+    p.add_argument("-c", "--config", type=Path, required=True, help="the config file of the daemon")
+
+
+def _resume_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("resume", help="try a company on hold again now (after fixing its token, certificate "
+                                      "or permissions); reaches the running daemon")
+    p.add_argument("-c", "--config", type=Path, required=True, help="the config file of the daemon")
+    p.add_argument("company", help="the company's name, as in [[companies]] name")
 
 
 def _check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -85,6 +115,14 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--dir", type=Path, default=None, help="folder to work in (default: a new temporary one)")
     p.add_argument("--once", action=argparse.BooleanOptionalAction, default=None,
                    help="end when every invoice is done (default: when standard input is not a terminal)")
+    p.add_argument("--language", choices=["pl", "en"], default="pl",
+                   help="the language of the demo and of its config (default pl)")
+    p.add_argument("--keep", action="store_true",
+                   help="once the invoices are done, keep the simulator and the daemon running (Ctrl+C stops) "
+                        "and print the config's path: point an ERP at it")
+    p.add_argument("--outage", type=float, nargs="?", const=20.0, default=None, metavar="SECONDS",
+                   help="KSeF fails for SECONDS (default 20) from the start: the invoices are issued offline "
+                        "(KOD I/KOD II) and sent with offlineMode once KSeF is back")
 
 
 def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -118,31 +156,58 @@ def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ksefd", description="KSeF (API 2.0) daemon for file-based ERPs")
     parser.add_argument("--version", action="version", version=f"ksefd {__version__}")
-    parser.add_argument("--log-format", choices=["auto", "console", "json"], default=None,
+    parser.add_argument("--log-format", choices=["auto", "console", "json", "journal"], default=None,
                         help="log format (default: the config's log_format, else auto)")
     sub = parser.add_subparsers(dest="command", required=True)
     _sim_parser(sub)
     _demo_parser(sub)
     _run_parser(sub)
     _status_parser(sub)
+    _resume_parser(sub)
+    _reload_parser(sub)
     _certificate_parser(sub)
     _check_parser(sub)
     _ops_parsers(sub)
+    from ksefd import credentials_cli
+    credentials_cli.add_parser(sub)
     return parser
 
 
 async def _run_demo(args: argparse.Namespace) -> int:
     from ksefd.demo import run_demo
 
+    i18n.use(args.language)
     if args.invoices < 1:
-        print("ksefd demo: --invoices must be at least 1", file=sys.stderr)
+        print(_("ksefd demo: --invoices must be at least 1"), file=sys.stderr)
         return 2
     once = args.once if args.once is not None else not sys.stdin.isatty()
     from ksefd.daemon.lifecycle import ShutdownSignals
 
     stop = asyncio.Event()
     with ShutdownSignals(stop):
-        return await run_demo(count=args.invoices, once=once, keep=args.dir, stop=stop)
+        return await run_demo(count=args.invoices, once=once and not args.keep, keep=args.dir, stop=stop,
+                              stay=args.keep, outage=args.outage)
+
+
+async def _sim_taxpayer(args: argparse.Namespace) -> int:
+    from ksefd.sandbox import DEFAULT_SIM_URL, SandboxError, config_lines, make_taxpayer, parse_permissions
+
+    base_url = (args.url or DEFAULT_SIM_URL).rstrip("/")
+    try:
+        permissions = parse_permissions(args.permissions)
+        taxpayer = await make_taxpayer(base_url, args.nip, permissions, args.token_out, args.cert_out, args.key_out)
+    except SandboxError as error:
+        print(f"ksefd sim taxpayer: {error}", file=sys.stderr)
+        return 1
+    print(_("Taxpayer {nip} created in the simulator at {url}", nip=taxpayer.nip, url=base_url))
+    print(_("KSeF token ({permissions}) written to {file}", permissions=", ".join(taxpayer.permissions),
+            file=taxpayer.token_file))
+    if taxpayer.certificate:
+        print(_("Login certificate written to {certificate}, its key to {key}", certificate=taxpayer.certificate,
+                key=taxpayer.private_key))
+    print("\n" + _("A config for ksefd (ksefd.toml):") + "\n")
+    print(config_lines(taxpayer, base_url))
+    return 0
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
@@ -161,7 +226,7 @@ async def _run_sim(args: argparse.Namespace) -> int:
     from ksefd.daemon.lifecycle import ShutdownSignals
 
     def ready(base_url: str) -> None:
-        print(f"KSeF simulator listening on {base_url}  (Ctrl+C stops)", flush=True)
+        print(_("KSeF simulator listening on {url}  (Ctrl+C stops)", url=base_url), flush=True)
 
     stop = asyncio.Event()
     with ShutdownSignals(stop):
@@ -175,31 +240,94 @@ def _load(path: Path) -> Config:
 
 
 async def _run_daemon(config: Config, once: bool) -> int:
+    from ksefd.daemon.instance import AlreadyRunning, StartupProblem
     from ksefd.daemon.lifecycle import ShutdownSignals
+    from ksefd.daemon.reload import ReloadSignal
     from ksefd.daemon.service import serve
     from ksefd.invoice import SchemaUnavailable
 
-    stop, force = asyncio.Event(), asyncio.Event()
+    stop, force, reload = asyncio.Event(), asyncio.Event(), asyncio.Event()
     try:
-        with ShutdownSignals(stop, force):  # a first signal drains, a second one forces (DESIGN.md convention 2)
-            await serve(config, stop, once=once, force=force)
+        # A first signal drains, a second one forces (DESIGN.md convention 2); SIGHUP reloads the config.
+        with ShutdownSignals(stop, force), ReloadSignal(reload):
+            problems = await serve(config, stop, once=once, force=force, reload=reload)
+    except StartupProblem as problem:
+        print(_("ksefd: cannot start: {problem}", problem=problem), file=sys.stderr)
+        return EX_CONFIG
+    except AlreadyRunning as running:
+        print(f"ksefd: {running}", file=sys.stderr)
+        return EX_TEMPFAIL
     except SchemaUnavailable as error:
         print(f"ksefd: {error}", file=sys.stderr)
         return EX_SOFTWARE
+    if once and problems:
+        print(_("ksefd run --once: not everything the config asks could be done:"), file=sys.stderr)
+        for problem_text in problems:
+            print(f"  - {problem_text}", file=sys.stderr)
+        print(_("Fix the above (see `ksefd status`), then run again."), file=sys.stderr)
+        return EX_UNFINISHED
     return 0
+
+
+async def _resume(config: Config, company: str) -> int:
+    from ksefd.clock import SystemClock
+    from ksefd.daemon.resume import request_resume
+    from ksefd.store import Store
+
+    names = [c.name for c in config.companies]
+    if company not in names:
+        print(_("ksefd resume: no company {company} in {config}; the companies are: {names}", company=repr(company),
+                config=config.source, names=", ".join(names)),
+              file=sys.stderr)
+        return 2
+    if not config.state_db.exists():
+        print(_("ksefd resume: no state database yet at {path}: nothing is on hold", path=config.state_db),
+              file=sys.stderr)
+        return 0
+    async with await Store.open(config.state_db) as store:
+        outcome = await request_resume(store, company, SystemClock())
+    print(outcome.message, file=sys.stderr if outcome.exit_code else sys.stdout)
+    return outcome.exit_code
+
+
+async def _reload(config: Config) -> int:
+    from ksefd.clock import SystemClock
+    from ksefd.daemon.reload import request_reload
+    from ksefd.daemon.status import gather
+    from ksefd.store import Store
+
+    if not config.state_db.exists():
+        print(_("ksefd reload: no state database yet at {path}: ksefd has not run with this config; `ksefd run` "
+                "reads it at its start", path=config.state_db), file=sys.stderr)
+        return 1
+    clock = SystemClock()
+    async with await Store.open(config.state_db) as store:
+        running = (await gather(store, config, clock)).running
+        outcome = await request_reload(store, clock.now(), daemon_running=running)
+    print(f"ksefd reload: {outcome.message}", file=sys.stdout if outcome.ok else sys.stderr)
+    return 0 if outcome.ok else EX_CONFIG
 
 
 async def _show_status(config: Config, as_json: bool) -> int:
     from ksefd.clock import SystemClock
-    from ksefd.daemon.status import gather, render, to_json_text
+    from ksefd.daemon.status import gather, render
     from ksefd.store import Store
 
     if not config.state_db.exists():
-        print(f"no state database yet at {config.state_db}: ksefd has not run with this config", file=sys.stderr)
+        print(_("no state database yet at {path}: ksefd has not run with this config", path=config.state_db),
+              file=sys.stderr)
         return 1
+    from ksefd.clock import warsaw_today
+    from ksefd.daemon.credential_expiry import warnings
+
     async with await Store.open(config.state_db) as store:
         status = await gather(store, config, SystemClock())
-    print(to_json_text(status) if as_json else render(status))
+    # Credential ends (issue #12 point 7): every company still on a KSeF token, certificates within 60 days.
+    due = warnings(config, warsaw_today(SystemClock()))
+    if as_json:
+        print(json.dumps({**status.to_json(), "credentialWarnings": due}, ensure_ascii=False, indent=2))
+    else:
+        print(render(status) + ("\n\nCredentials\n" + "\n".join(f"  WARNING {w}" for w in due) if due else ""))
     return 0
 
 
@@ -221,15 +349,17 @@ def _validate(args: argparse.Namespace) -> int:
     if args.config is not None:
         try:
             config = _load(args.config)
+            i18n.use(config.language)       # the hints as the daemon writes them to error.json
             nip = config.company(args.company).nip if args.company else nip
         except ConfigError as error:
             print(f"ksefd: {error}", file=sys.stderr)
             return EX_CONFIG
         except KeyError:
-            print(f"ksefd validate: no company {args.company!r} in {args.config}", file=sys.stderr)
+            print(_("ksefd validate: no company {company} in {config}", company=repr(args.company),
+                    config=args.config), file=sys.stderr)
             return 2
     if not nip or not nip_is_valid(nip):
-        print("ksefd validate: give the seller's NIP: --nip NIP (10 digits), or -c CONFIG --company NAME",
+        print(_("ksefd validate: give the seller's NIP: --nip NIP (10 digits), or -c CONFIG --company NAME"),
               file=sys.stderr)
         return 2
     verdicts = validate.validate_files(args.files, nip=nip, today=warsaw_today(SystemClock()))
@@ -246,7 +376,7 @@ def _qr(args: argparse.Namespace) -> int:
         if not args.no_image:
             stem = record_path(args.file).name.removesuffix(".ksef.json")
             written = write_image(code, args.output or Path(f"{stem}.qr.png"))
-            print(f"KOD I ({code.label}) written to {written}")
+            print(_("KOD I ({label}) written to {file}", label=code.label, file=written))
     except QrError as error:
         print(f"ksefd qr: {error}", file=sys.stderr)
         return 1
@@ -262,13 +392,30 @@ async def _requeue(config: Config, args: argparse.Namespace) -> int:
     except RequeueError as error:
         print(f"ksefd requeue: {error}", file=sys.stderr)
         return 1
-    print(f"{done.source} copied to {done.target} (the rejected copy stays); ksefd sends it as a new invoice")
+    print(_("{source} copied to {target} (the rejected copy stays); ksefd sends it as a new invoice",
+            source=done.source, target=done.target))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()          # here, so that a closed pipe is seen inside the try
+        return code
+    except BrokenPipeError:
+        # `ksefd status | head`: the reader is gone, which is not an error. Python would complain again when
+        # it flushes stdout at exit; point stdout at devnull so that it does not (Python docs, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "sim" and args.sim_command == "taxpayer":
+        configure_logging(args.log_format or "console", logging.WARNING)
+        return asyncio.run(_sim_taxpayer(args))
     if args.command == "sim":
         configure_logging(args.log_format or "auto")
         return asyncio.run(_run_sim(args))
@@ -279,6 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "service":
         from ksefd.winservice import main as service_main
         return service_main(args.action, args.config, args.startup)
+    if args.command == "credentials":       # reads the config leniently: the token file may not exist yet
+        configure_logging(args.log_format or "console", logging.WARNING)
+        from ksefd import credentials_cli
+        return asyncio.run(credentials_cli.run(args))
     if args.command in ("validate", "qr"):        # no config needed, nothing but the files
         configure_logging(args.log_format or "console", logging.WARNING)
         return _validate(args) if args.command == "validate" else _qr(args)
@@ -288,12 +439,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"ksefd: {error}", file=sys.stderr)
         return EX_CONFIG
+    i18n.use(config.language)      # what people read from here on ([daemon] language, issue #14)
     level = getattr(logging, config.log_level.upper())
     configure_logging(args.log_format or config.log_format, level)
     if args.command == "run":
         return asyncio.run(_run_daemon(config, args.once))
     if args.command == "status":
         return asyncio.run(_show_status(config, args.json))
+    if args.command == "resume":
+        return asyncio.run(_resume(config, args.company))
+    if args.command == "reload":
+        return asyncio.run(_reload(config))
     if args.command == "certificate":
         from ksefd import certificate_cli
         return asyncio.run(certificate_cli.run(config, args))

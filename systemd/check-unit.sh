@@ -20,15 +20,19 @@ trap 'rm -rf "$root"' EXIT INT TERM
 fail=0
 
 # A scratch root holds the unit, the targets it refers to and a stand-in for /usr/local/bin/ksefd, so verify
-# checks ExecStart= without ksefd being installed on this machine.
+# checks ExecStart= without ksefd being installed on this machine (and ExecReload='s /bin/kill, which a scratch
+# root lacks).
 mkdir -p "$root/etc/systemd/system" "$root/usr/lib/systemd" "$root/usr/local/bin" \
          "$root/usr/lib/sysusers.d" "$root/usr/lib/tmpfiles.d"
 units=/usr/lib/systemd/system
 [ -d "$units" ] || units=/lib/systemd/system          # distributions without the merged /usr
 cp -R "$units" "$root/usr/lib/systemd/"
 cp "$unit" "$root/etc/systemd/system/ksefd.service"
-printf '#!/bin/sh\nexit 0\n' > "$root/usr/local/bin/ksefd"
-chmod 0755 "$root/usr/local/bin/ksefd"
+mkdir -p "$root/bin"
+for stand_in in "$root/usr/local/bin/ksefd" "$root/bin/kill"; do
+    printf '#!/bin/sh\nexit 0\n' > "$stand_in"
+    chmod 0755 "$stand_in"
+done
 
 if out=$(systemd-analyze verify --man=no --root="$root" ksefd.service 2>&1) && [ -z "$out" ]; then
     echo "verify: OK"

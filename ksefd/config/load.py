@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import ipaddress
 import os
@@ -9,6 +10,7 @@ import re
 import shutil
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -58,10 +60,17 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None,
 
 
 _T = TypeVar("_T", bound=msgspec.Struct)
-_CHOICES = {"environment": "test, demo, prod", "log_format": "auto, console, json",
-            "log_level": "debug, info, warning, error", "inbox_layout": "flat, year-month",
+_CHOICES = {"environment": "test, demo, prod", "offline": "auto, off",
+            "log_format": "auto, console, json, journal",
+            "log_level": "debug, info, warning, error", "language": "pl, en", "inbox_layout": "flat, year-month",
             "subject_types": "Subject1, Subject2, Subject3, SubjectAuthorized"}
 _TOP = {"ksef", "daemon", "sending", "receiving", "companies"}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    company: Company
+    enabled: bool
 
 
 class _Builder:
@@ -112,7 +121,9 @@ class _Builder:
 
     def build(self, raw: dict[str, Any], source: Path | None) -> Config | None:
         for key in sorted(set(raw) - _TOP):
-            self.problem(key, _MISSING, f"unknown top-level key; known: {', '.join(sorted(_TOP))}")
+            close = difflib.get_close_matches(key, sorted(_TOP), n=1, cutoff=0.6)
+            hint = f"did you mean [{close[0]}]? " if close else ""
+            self.problem(key, _MISSING, f"unknown top-level key; {hint}known: {', '.join(sorted(_TOP))}")
         ksef = self.convert(raw.get("ksef"), KsefSection, "ksef")
         if "daemon" not in raw:
             self.problem("daemon.data_dir", _MISSING, "is required (a [daemon] table with data_dir)")
@@ -126,6 +137,8 @@ class _Builder:
             receiving = {}
         if ksef and ksef.base_url:
             self.check_url("ksef.base_url", ksef.base_url)
+        if ksef and ksef.latarnia_url:
+            self.check_url("ksef.latarnia_url", ksef.latarnia_url)
         companies_raw = raw.get("companies")
         if not isinstance(companies_raw, list) or not companies_raw:
             self.problem("companies", _MISSING, "at least one [[companies]] block is required")
@@ -135,22 +148,29 @@ class _Builder:
         data_dir = self.path(daemon.data_dir)
         companies = [self.company(item, i, ksef, data_dir, sending, receiving)
                      for i, item in enumerate(companies_raw)]
-        ready = tuple(c for c in companies if c is not None)
-        self.check_unique(ready)
+        switched_off = tuple(c.company.name for c in companies if c is not None and not c.enabled)
+        ready = tuple(c.company for c in companies if c is not None and c.enabled)
+        self.check_unique(tuple(c.company for c in companies if c is not None))
         if self.problems:
             return None
-        return Config(source=source, environment=ksef.environment, base_url=ksef.base_url, data_dir=data_dir,
+        return Config(source=source, environment=ksef.environment, base_url=ksef.base_url,
+                      latarnia_url=ksef.latarnia_url, latarnia_interval_seconds=ksef.latarnia_interval_seconds,
+                      latarnia_problem_interval_seconds=ksef.latarnia_problem_interval_seconds, data_dir=data_dir,
                       state_db=self.path(daemon.state_db) if daemon.state_db else data_dir / "state.sqlite3",
                       rescan_interval_seconds=daemon.rescan_interval_seconds,
                       settle_seconds=daemon.settle_seconds, shutdown_grace_seconds=daemon.shutdown_grace_seconds,
-                      log_format=daemon.log_format, log_level=daemon.log_level, companies=ready)
+                      log_format=daemon.log_format, log_level=daemon.log_level, companies=ready,
+                      switched_off=switched_off, language=daemon.language,
+                      http=self.listen_address("daemon.http", daemon.http))
 
     def company(self, raw: Any, index: int, ksef: KsefSection, data_dir: Path, sending: Any,
-                receiving: Any) -> Company | None:
+                receiving: Any) -> _Entry | None:
         path = f"companies[{index}]"
         before = len(self.problems)
         try:
-            return self._company(raw, path, ksef, data_dir, sending, receiving)
+            company = self._company(raw, path, ksef, data_dir, sending, receiving)
+            enabled = not (isinstance(raw, dict) and raw.get("enabled") is False)
+            return None if company is None else _Entry(company, enabled)
         finally:
             if isinstance(raw, dict) and isinstance(raw.get("name"), str):
                 for i in range(before, len(self.problems)):
@@ -178,7 +198,7 @@ class _Builder:
             return None
         home = data_dir / section.name
         folders = Folders(*(self.path(getattr(section, f)) if getattr(section, f) else home / f
-                            for f in ("outbox", "sent", "rejected", "inbox")))
+                            for f in ("outbox", "sent", "rejected", "inbox", "offline")))
         # A company that names its own environment does not inherit [ksef].base_url (meant for another).
         base_url = section.base_url or (ksef.base_url if section.environment is None else None)
         return Company(name=section.name, nip=section.nip, send=section.send, receive=section.receive,
@@ -205,6 +225,22 @@ class _Builder:
         elif not nip_is_valid(nip):
             self.problem(path, nip, "fails the NIP checksum (weights 6,5,7,2,3,4,5,6,7 mod 11); check the "
                                     "digits against the company's registration")
+
+    def listen_address(self, path: str, value: str | None) -> tuple[str, int] | None:
+        """[daemon] http = "HOST:PORT". Only a loopback address: the status page and /metrics have no login, so
+        they are for this machine (a reverse proxy or node exporter's textfile can publish them further)."""
+        if value is None:
+            return None
+        host, _, port = value.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            self.problem(path, value, 'is not HOST:PORT; e.g. "127.0.0.1:9464" (port 0: a free port, logged)')
+            return None
+        if not _is_loopback(host):
+            self.problem(path, value, "listens beyond this machine; the status page has no login: use 127.0.0.1 "
+                                      "(or ::1, localhost) and publish it through a reverse proxy if needed")
+            return None
+        return host, int(port)
 
     def check_url(self, path: str, url: str) -> None:
         parts = urlsplit(url)
@@ -265,6 +301,7 @@ class _Builder:
                          f"is greater than retry_max_seconds ({_show(options.retry_max_seconds)}); lower it")
 
     def check_receiving(self, path: str, options: ReceivingOptions) -> ReceivingOptions:
+        options = self.check_backfill(path, options)
         if not options.subject_types:
             self.problem(f"{path}.subject_types", [], "is empty; list at least one, e.g. [\"Subject2\"]")
         elif len(set(options.subject_types)) != len(options.subject_types):
@@ -291,6 +328,22 @@ class _Builder:
             return options
         return msgspec.structs.replace(options, hook_command=(found, *options.hook_command[1:]))
 
+    def check_backfill(self, path: str, options: ReceivingOptions) -> ReceivingOptions:
+        """`backfill_from`: a TOML date, "now", or a quoted ISO date (accepted as the date it names)."""
+        value = options.backfill_from
+        if value is None or value == "now" or (isinstance(value, dt.date) and not isinstance(value, dt.datetime)):
+            return options
+        if isinstance(value, str):
+            try:
+                return msgspec.structs.replace(options, backfill_from=dt.date.fromisoformat(value))
+            except ValueError:
+                pass
+        self.problem(f"{path}.backfill_from", value, "is not a date: write a date such as 2026-02-01 (no "
+                                                     "quotes), or \"now\" to skip invoices from before the first "
+                                                     "start; leave it out to start at the first day of the "
+                                                     "previous month")
+        return options
+
     def check_unique(self, companies: tuple[Company, ...]) -> None:
         names: dict[str, str] = {}
         targets: dict[tuple[str, str], str] = {}
@@ -305,7 +358,7 @@ class _Builder:
                 self.problem(f"{path}.nip", company.nip, f"is also the NIP of company \"{holder}\" on {target[0]}; "
                                                          "use one entry per NIP and KSeF environment (they share "
                                                          "rate limits, checkpoints and duplicate checks)")
-            for kind in ("outbox", "sent", "rejected", "inbox"):
+            for kind in ("outbox", "sent", "rejected", "inbox", "offline"):
                 folder = getattr(company.folders, kind).resolve()
                 label = f"the {kind} of company \"{company.name}\""
                 if (holder := folders.setdefault(folder, label)) is not label:

@@ -37,6 +37,8 @@ from ksefd.ksef import (
     UnreadableRequest,
 )
 
+from .permission_words import missing_permission_text
+
 Verdict = Literal["transient", "hold", "reject"]
 LASTING_LOG_INTERVAL = 300.0      # seconds between repeats of a failure that lasts
 
@@ -47,6 +49,8 @@ class Failure:
     code: str                 # stable: "credentials", "missing-permission", "ksef-21405", "transient", ...
     message: str              # for a person; never a secret
     retry_after: float = 0.0  # seconds KSeF asked us to wait (429)
+    needed_permission: str | None = None          # a 403 missing-permissions: the one to grant (advice.py)
+    present_permissions: tuple[str, ...] = ()
 
     def as_error(self, stage: str) -> dict[str, Any]:
         return {"stage": stage, "code": self.code, "message": self.message}
@@ -66,8 +70,11 @@ def classify(exc: BaseException) -> Failure:
             return Failure("transient", "authentication", str(exc))
         return Failure("hold", "authentication-failed", f"KSeF refused the login: {exc}")
     if isinstance(exc, Forbidden):
-        code = "missing-permission" if exc.reason_code == "missing-permissions" else exc.reason_code or "forbidden"
-        return Failure("hold", code, str(exc))
+        if exc.reason_code == "missing-permissions":
+            text, needed = missing_permission_text(exc.required_permissions, exc.present_permissions, exc.detail)
+            return Failure("hold", "missing-permission", text, needed_permission=needed,
+                           present_permissions=tuple(exc.present_permissions))
+        return Failure("hold", exc.reason_code or "forbidden", str(exc))
     if isinstance(exc, Unauthorized):
         return Failure("hold", "unauthorized", f"KSeF does not accept the credentials (401) even after a new "
                                                f"login: {exc.detail}")

@@ -12,13 +12,26 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ksefd import i18n
 from ksefd.clock import WARSAW, Clock
 from ksefd.config import Config
+from ksefd.i18n import _
 from ksefd.store import IN_KSEF_STATES, InvoiceState, Store
 
 from .certificate_renewal import renewal_lines
-from .inbox.status import read_inbox_status
-from .inbox.status import render_lines as render_inbox_lines
+from .inbox.status import read_inbox_status, receiving_since
+from .status_text import (
+    availability_lines,
+    environment_text,
+    hold_fix,
+    inbox_lines,
+    next_inbox_cycle,
+    parse_time,
+    relative,
+    when,
+)
+
+AVAILABILITY_NAMESPACE = "availability"    # written by the availability monitor (issue #11), per company
 
 S = InvoiceState
 WAITING = (S.CLAIMED, S.CHECKED, S.QUEUED, S.DEFERRED, S.HELD, S.OFFLINE)
@@ -42,6 +55,14 @@ class CompanyStatus:
     oldest_waiting: dict[str, Any] | None
     last_error: dict[str, Any] | None
     inbox: dict[str, Any] | None = None          # issue #6: the receiving pipeline's status (inbox_status.py)
+    offline: dict[str, Any] | None = None        # issue #11: offline invoices waiting, deadlines, KSeF availability
+    receiving_since: str | None = None           # where the first receiving window started (issue #10 point 5)
+    returned: int = 0                            # files given back to outbox/ when sending was switched off
+    redrops: int = 0                             # re-drops of accepted invoices answered from the original
+    environment: str = "test"                    # issue #14 point 3: which KSeF
+    ksef_url: str | None = None                  # None: the environment's official address
+    availability: dict[str, Any] | None = None   # KSeF/Latarnia as the daemon recorded it (kv `availability`)
+    next_inbox_cycle: str | None = None          # when the inbox looks at KSeF next (None: before its first)
 
 
 @dataclass
@@ -51,6 +72,10 @@ class DaemonStatus:
     pid: int | None
     companies: list[CompanyStatus]
     certificates: list[str] = field(default_factory=list)     # renewals of KSeF certificates (issue #13)
+    config: str | None = None                                  # the config file (for the commands suggested)
+    switched_off: list[str] = field(default_factory=list)     # companies with enabled = false
+    generated_at: str | None = None
+    language: str = "pl"                                       # what `render` speaks ([daemon] language)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,12 +88,21 @@ def start_of_today(clock: Clock) -> dt.datetime:
 
 async def gather(store: Store, config: Config, clock: Clock) -> DaemonStatus:
     today = start_of_today(clock)
-    companies = [await _company(store, c.name, c.nip, c.send, c.receive, today) for c in config.companies]
+    companies = []
+    for c in config.companies:
+        found = await _company(store, c.name, c.nip, c.send, c.receive, today)
+        found.environment, found.ksef_url = c.environment, c.base_url
+        shown = await store.kv.get(AVAILABILITY_NAMESPACE, c.name)
+        found.availability = json.loads(shown) if shown else None
+        cycle = next_inbox_cycle(found.inbox, c.receiving.cycle_minutes) if c.receive else None
+        found.next_inbox_cycle = cycle.isoformat() if cycle else None
+        companies.append(found)
     beat = next((b for b in await store.heartbeat.read() if b.component == "daemon"), None)
     running = beat is not None and clock.now() - beat.at < HEARTBEAT_STALE and not (
         isinstance(beat.detail, dict) and beat.detail.get("stopped"))
     return DaemonStatus(running, beat.at.isoformat() if beat else None, beat.pid if beat else None, companies,
-                        await renewal_lines(store, clock.now()))
+                        await renewal_lines(store, clock.now()), str(config.source) if config.source else None,
+                        list(config.switched_off), clock.now().isoformat(), config.language)
 
 
 async def _company(store: Store, name: str, nip: str, send: bool, receive: bool, today: dt.datetime
@@ -90,7 +124,35 @@ async def _company(store: Store, name: str, nip: str, send: bool, receive: bool,
         oldest_waiting=None if oldest is None else {
             "file": oldest.file_name, "state": str(oldest.state), "since": oldest.created_at.isoformat()},
         last_error=await _last_error(store, name),
-        inbox=await read_inbox_status(store, name) if receive else None)
+        inbox=await read_inbox_status(store, name) if receive else None,
+        receiving_since=await receiving_since(store, name) if receive else None,
+        returned=counts.get(S.RETURNED, 0), redrops=counts.get(S.REDROP, 0),
+        offline=await _offline(store, name) if send else None)
+
+
+async def _offline(store: Store, company: str) -> dict[str, Any]:
+    """Offline invoices not yet in KSeF with their deadlines (PROTOCOL.md §8.1), and KSeF's availability."""
+    waiting = await store.offline.waiting(company)
+    rows = {r.id: r for r in await store.invoices.get_many([w.invoice_id for w in waiting[:50]])}
+    shown = await store.kv.get("availability", company)
+    deadlines = [w.deadline for w in waiting if w.deadline is not None]
+    return {
+        "availability": json.loads(shown) if shown else None,
+        "waiting": len(waiting),
+        "nextDeadline": min(deadlines).isoformat() if deadlines else None,
+        "nextLastDayToSend": (min(deadlines).astimezone(WARSAW) - dt.timedelta(microseconds=1)).date().isoformat()
+        if deadlines else None,
+        "missed": sum(1 for w in waiting if w.missed),
+        "withoutKod2": sum(1 for w in waiting if not w.kod2 and w.mode != "total-failure"),
+        "totalFailure": sum(1 for w in waiting if w.mode == "total-failure"),
+        "invoices": [{"invoiceId": w.invoice_id, "file": rows[w.invoice_id].file_name if w.invoice_id in rows else None,
+                      "state": str(rows[w.invoice_id].state) if w.invoice_id in rows else None, "mode": w.mode,
+                      "reason": w.reason, "issuedAt": w.issued_at.isoformat(),
+                      "deadline": w.deadline.isoformat() if w.deadline else None,
+                      "lastDayToSend": (w.deadline.astimezone(WARSAW) - dt.timedelta(microseconds=1)).date().isoformat()
+                      if w.deadline else None, "warned": w.warned, "missed": w.missed, "kod2": w.kod2,
+                      "technicalCorrectionOf": w.corrects_hash} for w in waiting[:50]],
+    }
 
 
 async def _last_error(store: Store, company: str) -> dict[str, Any] | None:
@@ -104,28 +166,84 @@ async def _last_error(store: Store, company: str) -> dict[str, Any] | None:
 
 
 def render(status: DaemonStatus) -> str:
-    lines = [f"ksefd: {'running' if status.running else 'not running'}"
-             + (f" (pid {status.pid}, last heartbeat {status.last_heartbeat})" if status.last_heartbeat else "")]
+    """For people, in the config's language: times in Europe/Warsaw without microseconds, the fix next to
+    every hold (issue #14)."""
+    with i18n.using(status.language):
+        return _render(status)
+
+
+def _render(status: DaemonStatus) -> str:
+    now = parse_time(status.generated_at) or dt.datetime.now(dt.UTC)
+    config = status.config or "CONFIG"
+    seen = _("last heartbeat {time}", time=when(status.last_heartbeat)) if status.last_heartbeat \
+        else _("never started")
+    state = _("running") if status.running else _("not running")
+    detail = _("pid {pid}, {seen}", pid=status.pid, seen=seen) if status.pid else seen
+    lines = [_("ksefd: {state} ({detail}); times in Europe/Warsaw", state=state, detail=detail)]
     for c in status.companies:
-        mode = "/".join(m for m, on in (("send", c.send), ("receive", c.receive)) if on) or "idle"
-        lines.append(f"\n{c.name} (NIP {c.nip}, {mode})")
-        lines.append(f"  queued {c.queued}, in KSeF {c.in_ksef}, accepted today {c.accepted_today} "
-                     f"(total {c.accepted_total}), rejected today {c.rejected_today} (total {c.rejected_total})")
+        mode = {(True, True): _("sends and receives"), (True, False): _("sends only"),
+                (False, True): _("receives only")}.get((c.send, c.receive), _("neither sends nor receives"))
+        lines.append("\n" + _("{name} (NIP {nip}, {environment}, {mode})", name=c.name, nip=c.nip,
+                                environment=environment_text(c.environment, c.ksef_url), mode=mode))
+        lines += availability_lines(c.availability, now)
         if c.on_hold:
-            lines.append(f"  ON HOLD since {c.on_hold['since']}: {c.on_hold['reason']} "
-                         f"(next retry {c.on_hold['nextRetryAt']})")
+            hold = c.on_hold
+            lines.append(_("  ON HOLD since {since}: {reason}", since=when(hold["since"]), reason=hold["reason"]))
+            lines.append(_("    fix: {fix}", fix=hold_fix(hold["code"], c.environment, c.name, config)))
+            if hold.get("nextRetryAt"):
+                lines.append(_("    ksefd tries again by itself {time}", time=relative(hold["nextRetryAt"], now)))
+        if c.send:
+            lines.append(_("  sending: queued {queued}, in KSeF {in_ksef}, accepted today {accepted_today} (total "
+                           "{accepted_total}), rejected today {rejected_today} (total {rejected_total})",
+                           queued=c.queued, in_ksef=c.in_ksef, accepted_today=c.accepted_today,
+                           accepted_total=c.accepted_total, rejected_today=c.rejected_today,
+                           rejected_total=c.rejected_total))
+        elif c.returned or c.queued:
+            lines.append(_("  sending is off (send = false in the config): files in outbox/ are left there unsent")
+                         + (_("; {count} claimed file(s) were put back into outbox/", count=c.returned)
+                            if c.returned else ""))
+        if c.redrops:
+            lines.append(_("  re-drops of invoices already in KSeF: {count} (answered in sent/ from the original)",
+                           count=c.redrops))
         if c.oldest_waiting:
-            lines.append(f"  oldest waiting: {c.oldest_waiting['file']} ({c.oldest_waiting['state']} since "
-                         f"{c.oldest_waiting['since']})")
+            lines.append(_("  oldest waiting: {file} ({state} since {since})", file=c.oldest_waiting["file"],
+                           state=c.oldest_waiting["state"], since=when(c.oldest_waiting["since"])))
         if c.last_error:
             e = c.last_error
-            lines.append(f"  last error: {e['file']}: {e['code']} {e['message']} ({e['at']})")
+            code = f"{e['code']}: " if e.get("code") else ""
+            lines.append(_("  last error: {file}: {code}{message} ({at})", file=e["file"], code=code,
+                           message=e.get("message") or _("no details"), at=when(e["at"])))
+        if c.offline:
+            lines += _offline_lines(c.offline)
         if c.receive:
-            lines += render_inbox_lines(c.inbox)
+            since = when(c.receiving_since) if c.receiving_since else _("its first cycle (not run yet)")
+            cycle = relative(c.next_inbox_cycle, now) if c.next_inbox_cycle else _("when the daemon starts")
+            lines.append(_("  receiving: invoices since {since}; next inbox cycle {cycle}", since=since, cycle=cycle))
+            lines += inbox_lines(c.inbox, now)
+    for name in status.switched_off:
+        lines.append("\n" + _("{name}: switched off (enabled = false in the config)", name=name))
     if status.certificates:
-        lines.append("\nKSeF certificates")
+        lines.append("\n" + _("KSeF certificates"))
         lines += [f"  {line}" for line in status.certificates]
     return "\n".join(lines)
+
+
+def _offline_lines(offline: dict[str, Any]) -> list[str]:
+    lines = []           # KSeF's availability itself: availability_lines (status_text.py), in Warsaw time
+    if offline["waiting"]:
+        due = f"the first by the end of {offline['nextLastDayToSend']}" if offline["nextLastDayToSend"] else \
+            "deadline set once the outage ends"
+        lines.append(f"  offline: {offline['waiting']} issued offline, waiting to be sent with offlineMode ({due})")
+    if offline["missed"]:
+        lines.append(f"  OFFLINE DEADLINE MISSED for {offline['missed']} invoice(s): they are still sent as soon as "
+                     "KSeF takes them")
+    if offline["withoutKod2"]:
+        lines.append(f"  WARNING: {offline['withoutKod2']} offline invoice(s) without KOD II (no Offline certificate "
+                     "configured): they cannot legally be handed over to the buyer before their KSeF number")
+    if offline["totalFailure"]:
+        lines.append(f"  total failure of KSeF: {offline['totalFailure']} invoice(s) kept queued (no obligation to "
+                     "send); ksefd sends them once KSeF is back")
+    return lines
 
 
 def to_json_text(status: DaemonStatus) -> str:

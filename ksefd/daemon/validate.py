@@ -15,6 +15,8 @@ from typing import Any
 from ksefd.invoice import InvoiceRejected, check_invoice
 from ksefd.ksef import sha256_b64
 
+from .error_text import localize
+
 
 @dataclass
 class Verdict:
@@ -34,7 +36,8 @@ def validate_file(path: Path, *, nip: str, today: dt.date) -> Verdict:
     try:
         checked = check_invoice(data, file_name=path.name, company_nip=nip, today=today)
     except InvoiceRejected as rejected:
-        return Verdict(str(path), False, {**rejected.to_dict(), "file": path.name, "invoiceHash": sha256_b64(data)})
+        return Verdict(str(path), False, {**localize(rejected.to_dict()), "file": path.name,
+                                          "invoiceHash": sha256_b64(data)})
     return Verdict(str(path), True, facts={
         "invoiceNumber": checked.invoice_number, "invoiceType": checked.invoice_type,
         "sellerNip": checked.seller_nip, "issueDate": checked.issue_date.isoformat(),

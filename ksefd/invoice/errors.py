@@ -9,9 +9,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from ksefd.i18n import N_
+
 STAGE = "local-check"   # the `stage` of error.json: refused before any KSeF quota was spent (issue #5 item 3)
 
-_REEXPORT = "Re-export the invoice from the ERP as UTF-8 without BOM and drop it into the outbox again."
+# Hints are English message ids (N_): error.json carries them in the config's language (daemon/error_text.py).
+_REEXPORT = N_("Re-export the invoice from the ERP as UTF-8 without BOM and drop it into the outbox again.")
 
 
 class Code(StrEnum):
@@ -39,43 +42,44 @@ class Code(StrEnum):
 
 
 HINTS: dict[Code, str] = {
-    Code.EMPTY: "Export the invoice from the ERP again. If the ERP writes files slowly, let it write elsewhere (or "
-                "under a temporary name) and move the finished file into the outbox.",
-    Code.NOT_XML: "Drop the invoice's XML file as the ERP exports it (FA(3) structure), not a scan, PDF, image, "
-                  "spreadsheet or archive of it.",
-    Code.HTML_PAGE: "Export the invoice from the ERP again as FA(3) XML: this file is a web page (an error page from "
-                    "the ERP, a portal or a proxy), not the invoice.",
-    Code.BOM: "Save the file as UTF-8 without BOM (in the ERP's export settings, or in the editor: "
-              "'UTF-8' rather than 'UTF-8 with BOM').",
+    Code.EMPTY: N_("Export the invoice from the ERP again. If the ERP writes files slowly, let it write elsewhere (or "
+                   "under a temporary name) and move the finished file into the outbox."),
+    Code.NOT_XML: N_("Drop the invoice's XML file as the ERP exports it (FA(3) structure), not a scan, PDF, image, "
+                     "spreadsheet or archive of it."),
+    Code.HTML_PAGE: N_("Export the invoice from the ERP again as FA(3) XML: this file is a web page (an error page "
+                       "from the ERP, a portal or a proxy), not the invoice."),
+    Code.BOM: N_("Save the file as UTF-8 without BOM (in the ERP's export settings, or in the editor: "
+                 "'UTF-8' rather than 'UTF-8 with BOM')."),
     Code.ENCODING_UTF16: _REEXPORT,
     Code.ENCODING_WINDOWS_1250: _REEXPORT,
     Code.ENCODING_ISO_8859_2: _REEXPORT,
-    Code.ENCODING_DECLARATION: "Set the XML declaration to <?xml version=\"1.0\" encoding=\"UTF-8\"?> and make "
-                               "sure the bytes really are UTF-8. " + _REEXPORT,
+    Code.ENCODING_DECLARATION: N_("Set the XML declaration to <?xml version=\"1.0\" encoding=\"UTF-8\"?> and make "
+                                  "sure the bytes really are UTF-8. Re-export the invoice from the ERP as UTF-8 "
+                                  "without BOM and drop it into the outbox again."),
     Code.NOT_UTF8: _REEXPORT,
-    Code.PROCESSING_INSTRUCTION: "Remove the processing instruction (<?...?>) from the file; KSeF allows only "
-                                 "the XML declaration at the very start.",
-    Code.XML_VERSION: "Set the XML declaration to <?xml version=\"1.0\" encoding=\"UTF-8\"?> (in the ERP's export "
-                      "settings, or ask its supplier): KSeF accepts only XML 1.0.",
-    Code.XML_CHAR: "Remove the character at the given line and column; it is not allowed in XML 1.0 "
-                   "(often a stray control character pasted into a description).",
-    Code.DISCOURAGED_CHAR: "Remove or replace the character at the given line and column; KSeF refuses W3C "
-                           "'discouraged' characters (often a windows-1250 dash or quote converted wrongly).",
-    Code.TOO_LARGE: "Split the invoice or shrink it: KSeF accepts at most 1 MB per invoice (3 MB with "
-                    "attachments, which only batch sessions accept).",
-    Code.NOT_WELL_FORMED: "Fix the XML at the given line; the file is not well-formed XML, so the ERP export is "
-                          "broken or the file was edited by hand.",
-    Code.DOCTYPE: "Remove the <!DOCTYPE ...> declaration; an FA(3) invoice needs none.",
-    Code.NOT_FA3: "Export the invoice in the FA(3) structure (namespace http://crd.gov.pl/wzor/2025/06/25/13775/); "
-                  "DEMO and production KSeF accept no other FA version.",
-    Code.XSD: "Correct the element named in the message (see the line number) so the invoice is valid against "
-              "the FA(3) schema, then drop it again.",
-    Code.SELLER_NIP: "Drop the invoice into the outbox of the company whose NIP is the seller's (Podmiot1), or "
-                     "correct the seller NIP in the ERP.",
-    Code.NIP_CHECKSUM: "Correct the seller NIP (Podmiot1) in the ERP: its last digit does not match the first nine, so "
-                       "a digit is mistyped. The company's NIP is in the message.",
-    Code.P1_FUTURE: "Correct the issue date (P_1): KSeF refuses an invoice dated after the day it is sent. "
-                    "Drop it again on or after its issue date.",
+    Code.PROCESSING_INSTRUCTION: N_("Remove the processing instruction (<?...?>) from the file; KSeF allows only "
+                                    "the XML declaration at the very start."),
+    Code.XML_VERSION: N_("Set the XML declaration to <?xml version=\"1.0\" encoding=\"UTF-8\"?> (in the ERP's export "
+                         "settings, or ask its supplier): KSeF accepts only XML 1.0."),
+    Code.XML_CHAR: N_("Remove the character at the given line and column; it is not allowed in XML 1.0 "
+                      "(often a stray control character pasted into a description)."),
+    Code.DISCOURAGED_CHAR: N_("Remove or replace the character at the given line and column; KSeF refuses W3C "
+                              "'discouraged' characters (often a windows-1250 dash or quote converted wrongly)."),
+    Code.TOO_LARGE: N_("Split the invoice or shrink it: KSeF accepts at most 1 MB per invoice (3 MB with "
+                       "attachments, which only batch sessions accept)."),
+    Code.NOT_WELL_FORMED: N_("Fix the XML at the given line; the file is not well-formed XML, so the ERP export is "
+                             "broken or the file was edited by hand."),
+    Code.DOCTYPE: N_("Remove the <!DOCTYPE ...> declaration; an FA(3) invoice needs none."),
+    Code.NOT_FA3: N_("Export the invoice in the FA(3) structure (namespace http://crd.gov.pl/wzor/2025/06/25/13775/); "
+                     "DEMO and production KSeF accept no other FA version."),
+    Code.XSD: N_("Correct the element named in the message (see the line number) so the invoice is valid against "
+                 "the FA(3) schema, then drop it again."),
+    Code.SELLER_NIP: N_("Drop the invoice into the outbox of the company whose NIP is the seller's (Podmiot1), or "
+                        "correct the seller NIP in the ERP."),
+    Code.NIP_CHECKSUM: N_("Correct the seller NIP (Podmiot1) in the ERP: its last digit does not match the first "
+                          "nine, so a digit is mistyped. The company's NIP is in the message."),
+    Code.P1_FUTURE: N_("Correct the issue date (P_1): KSeF refuses an invoice dated after the day it is sent. "
+                       "Drop it again on or after its issue date."),
 }
 
 

@@ -35,8 +35,9 @@ def _token_failure(detail: str, context: str, environment: Environment, token_co
     hint = _TOKEN_ENV
     if environment.is_production:
         hint = "DEMO and TEST tokens do not work on PROD: generate the token in the PROD KSeF web app"
+    # The environments' rule is said once (issue #14 point 5: it used to follow itself in parentheses).
     return (f"KSeF did not accept the token (wrong token) for {environment.label}. Check that it was copied whole, "
-            f"that it was not deleted, and where it comes from: {hint}. ({_TOKEN_ENV}.)")
+            f"that it was not deleted, and where it comes from: {hint}.")
 
 
 def _certificate_failure(detail: str, identity: str, environment: Environment) -> str:

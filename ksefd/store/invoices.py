@@ -371,10 +371,12 @@ class InvoiceRepo:
         return int(row[0]) if row else 0
 
     async def next_attempt_at(self, company: str) -> dt.datetime | None:
-        """The soonest retry time of the company's DEFERRED or QUEUED invoices."""
+        """The soonest retry time of the company's DEFERRED, QUEUED or OFFLINE invoices (an offline invoice KSeF
+        cancelled with 405/550 waits for its retry in OFFLINE)."""
         row = await self._db.fetch_one(
-            "SELECT MIN(next_attempt_at) FROM invoices WHERE company = ? AND state IN (?, ?) AND next_attempt_at "
-            "IS NOT NULL", (company, InvoiceState.DEFERRED.value, InvoiceState.QUEUED.value))
+            "SELECT MIN(next_attempt_at) FROM invoices WHERE company = ? AND state IN (?, ?, ?) AND next_attempt_at "
+            "IS NOT NULL", (company, InvoiceState.DEFERRED.value, InvoiceState.QUEUED.value,
+                            InvoiceState.OFFLINE.value))
         return py_time(row[0]) if row and row[0] else None
 
     async def work_paths(self, company: str) -> dict[str, InvoiceState]:

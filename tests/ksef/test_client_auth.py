@@ -174,11 +174,13 @@ async def test_450_wrong_token_mentions_environments(sim: Any, client_factory: C
         await ctx.authenticate()
     assert caught.value.code == 450
     assert "tokens from DEMO or TEST do not work on PROD" in str(caught.value)
+    assert str(caught.value).count("do not work on") == 2       # the one sentence of the rule, not twice
     prod = client_factory(env=PROD)          # PROD's wording, the simulator's URL
     assert prod.environment.is_production and prod.environment.api_url == sim.base_url
     with pytest.raises(AuthenticationFailed) as on_prod:
         await prod.context(ContextIdentifier.nip(NIP), KsefToken.parse(fake)).authenticate()
     assert "DEMO and TEST tokens do not work on PROD" in str(on_prod.value)
+    assert "tokens from DEMO or TEST" not in str(on_prod.value)          # not said a second time in other words
 
 
 async def test_450_revoked_token(sim: Any, http: aiohttp.ClientSession,

@@ -53,7 +53,8 @@ def test_validate_passes_good_files_and_names_the_code_and_fix_of_bad_ones(tmp_p
     assert body[0]["invoiceHash"] == base64.b64encode(hashlib.sha256(good.read_bytes()).digest()).decode()
 
     text = ksefd("validate", "--nip", SELLER, str(bom)).stdout
-    assert "REFUSED" in text and "[bom]" in text and "fix: Save the file as UTF-8 without BOM" in text
+    assert "REFUSED" in text and "[bom]" in text
+    assert "fix: Zapisz plik w kodowaniu UTF-8 bez BOM" in text       # the hint in Polish by default (issue #14)
 
 
 def test_validate_takes_the_nip_from_the_config(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def test_the_key_settings_are_in_the_unit() -> None:
                  "ConfigurationDirectory=ksefd", "LogsDirectory=ksefd", "SystemCallFilter=@system-service",
                  "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "CapabilityBoundingSet=\n"):
         assert line in text + "\n", line
-    assert "\nExecReload=" not in text      # the daemon does not handle SIGHUP yet
+    assert "\nExecReload=/bin/kill -HUP $MAINPID\n" in text     # SIGHUP reloads the config (daemon/reload.py)
 
 
 @pytest.fixture

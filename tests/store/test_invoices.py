@@ -167,3 +167,14 @@ async def test_state_survives_a_restart(db_path: Path, clock: ManualClock) -> No
         await store.invoices.transition(invoice_id, S.SUBMITTING, S.IN_DOUBT)
         await store.invoices.transition(invoice_id, S.IN_DOUBT, S.ACCEPTED, ksef_number="K")
         assert len(await store.events.for_invoice(invoice_id)) == 6
+
+
+async def test_next_attempt_at_includes_offline_invoices_waiting_for_their_retry(store: Store,
+                                                                               clock: ManualClock) -> None:
+    # An offline invoice KSeF cancelled (405/550) waits in OFFLINE for its retry time; the dispatcher's
+    # timer must know it, or it sleeps until its 5-minute safety look.
+    invoice_id = await claimed(store, "off.xml", sha="3" * 44)
+    await store.invoices.transition(invoice_id, S.CLAIMED, S.CHECKED)
+    retry = clock.now() + dt.timedelta(seconds=90)
+    await store.invoices.transition(invoice_id, S.CHECKED, S.OFFLINE, offline=True, next_attempt_at=retry)
+    assert await store.invoices.next_attempt_at("acme") == retry

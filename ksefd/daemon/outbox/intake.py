@@ -10,10 +10,20 @@ Files are found three ways: a scan at startup, watchfiles events (watch.py), and
 
 A crash after the rename but before the row leaves an "orphan" working file; the next start adopts it.
 The checks run before any KSeF quota is spent (ksefd.invoice.check_invoice). Two more are ksefd's own:
-the same bytes dropped again while the first copy is in KSeF or accepted are not sent twice
-(`duplicate-file`), and an invoice whose (seller NIP, type, P_2) ksefd already got accepted with
-different bytes is refused before KSeF would answer 440 (`duplicate-number`). A different file under
-a name used before is simply a new invoice.
+
+* the same bytes dropped again are never sent twice, and never refused either: ERPs re-export, and the ERP
+  then waits for a result under the new name (issue #10 point 7). When the first copy is finished in KSeF
+  (DONE), the re-drop is answered at once: `sent/NAME.xml` (its bytes), the original's UPO copied to
+  `NAME.upo.xml` and `NAME.ksef.json` with the original's KSeF number plus `"redrop": true` and
+  `"originalFile"`; the row becomes REDROP. The same name dropped again gets `NAME-2` (the original's result
+  stays as it was). While the first copy is still on its way (queued, in KSeF, waiting for its UPO, on
+  hold), the re-drop waits in CLAIMED, its state file saying so, and is answered the same way once the
+  original is done; if the original ends rejected, the re-drop is then checked and sent as a new invoice
+  (as a drop after a rejection always is). Files given back (RETURNED) or re-drops never count as originals;
+* an invoice whose (seller NIP, type, P_2) ksefd already got accepted with different bytes is refused
+  before KSeF would answer 440 (`duplicate-number`).
+
+A different file under a name used before is simply a new invoice.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +43,7 @@ from ksefd.invoice import CheckedInvoice, InvoiceRejected, check_invoice
 from ksefd.ksef import sha256_b64
 from ksefd.store import InvoiceRow, InvoiceState, NewInvoice
 
+from ..failures import LastingFailure
 from ..runtime import wait_for
 from .files import STATE_SUFFIX, OutboxFiles
 from .ledger import Ledger
@@ -40,10 +52,9 @@ from .watch import OutboxWatcher
 S = InvoiceState
 CHUNK = 500
 CHECK_THREADS = 2      # threads for a chunk's local checks (parsing overlaps; invoice/schema.py serialises the XSD)
-SETTLED_STATES = frozenset({S.REJECTED})
+SETTLED_STATES = frozenset({S.REJECTED, S.RETURNED, S.REDROP})   # never an "original" of a re-drop
+REDROP_LOOK_SECONDS = 1.0      # while a re-drop waits for its original, intake looks this often
 ACCEPTED_STATES = frozenset({S.ACCEPTED, S.UPO_SAVED, S.DONE})
-DUPLICATE_FILE_HINT = ("Nothing to do: the invoice is sent once. If you meant to send a changed invoice, the "
-                       "file must differ (e.g. a corrected invoice with its own number).")
 DUPLICATE_NUMBER_HINT = ("Give the invoice its own number (P_2); if it corrects the earlier one, issue a correcting "
                          "invoice (KOR) with a new number.")
 
@@ -56,7 +67,8 @@ class _Claimed:
     sha256: str
     checked: CheckedInvoice | None = None
     rejection: dict[str, Any] | None = None
-    earlier: InvoiceRow | None = None      # an earlier invoice with these bytes (duplicate-file)
+    earlier: InvoiceRow | None = None      # an earlier invoice with these bytes (the original of a re-drop)
+    redrop: bool = False                   # same bytes as `earlier`: answered from it, never sent
 
 
 class Intake:
@@ -76,15 +88,20 @@ class Intake:
         self.poke = asyncio.Event()
         self.pending = 0            # candidates seen but not yet stable
         self.busy = False           # a chunk is being claimed and checked (the dispatcher waits to see it whole)
+        self.redrops_waiting = 0    # re-drops waiting for their original to finish
 
     # --- loops ----------------------------------------------------------------------------------
 
     async def run(self, draining: asyncio.Event, watcher: OutboxWatcher | None = None) -> None:
         """Claim what is dropped until `draining`. `watcher`: the daemon's one watcher of every outbox, which
         pokes this intake (watch.py); without it, this intake watches its own outbox."""
-        await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED, S.CHECKED))
-        await self.adopt_orphans()
-        await self.clear_stale_states()
+        failing = LastingFailure(self.log, "outbox.intake_failed")
+        try:
+            await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED, S.CHECKED))
+            await self.adopt_orphans()
+            await self.clear_stale_states()
+        except Exception as exc:   # e.g. an unreadable orphan: logged, the loop below tries the outbox anyway
+            failing.failed(error=repr(exc), where=traceback.format_exc(limit=-3))
         stop_watch = asyncio.Event()
         async with asyncio.TaskGroup() as group:
             if watcher is None:
@@ -93,10 +110,19 @@ class Intake:
                 group.create_task(watcher.run(stop_watch))
             try:
                 while not draining.is_set():
-                    await self.scan_once()
+                    # A failure here (a network share gone, a file that cannot be read or moved) must not take
+                    # the company's sending down with it: logged, retried at the next look.
+                    try:
+                        await self.scan_once()
+                        await self.settle_redrops()
+                        failing.cleared()
+                    except Exception as exc:
+                        failing.failed(error=repr(exc), where=traceback.format_exc(limit=-3))
                     interval = self.rescan_interval_seconds
                     if self.pending:
                         interval = min(interval, max(self.settle_seconds / 2, 0.05))
+                    if self.redrops_waiting:
+                        interval = min(interval, REDROP_LOOK_SECONDS)
                     await wait_for(self.poke, self.clock, interval)
             finally:
                 stop_watch.set()
@@ -186,8 +212,17 @@ class Intake:
             if row is None or row.state in (S.DONE, S.REJECTED):
                 path.unlink(missing_ok=True)
 
+    async def settle_redrops(self) -> None:
+        """Re-drops waiting in CLAIMED: answered once their original is done (in this task, so never at the
+        same time as a chunk's own moves)."""
+        if not self.redrops_waiting:
+            return
+        await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED))
+
     async def recheck(self, rows: list[InvoiceRow]) -> None:
-        """Rows left CLAIMED or CHECKED by a crash: finish their intake."""
+        """Rows left CLAIMED or CHECKED by a crash, and re-drops waiting for their original: finish their
+        intake."""
+        self.redrops_waiting = 0
         for row in rows:
             if row.state == S.CHECKED:
                 await self.ledger.move(row, S.QUEUED)
@@ -218,7 +253,8 @@ class Intake:
             NewInvoice(item.name, item.sha256, len(item.data), {"file": item.name}, self._facts(item))
             for item in items])
         for index, first in copies.items():     # the oldest with these bytes, as one at a time would find
-            items[index].rejection = _duplicate_file(items[index], items[first].earlier or rows[first])
+            items[index].redrop = True
+            items[index].earlier = items[first].earlier if items[first].redrop else rows[first]
         for row, item in zip(rows, items, strict=True):
             if item.checked is None:
                 await self._finish_row(row, item)
@@ -236,6 +272,9 @@ class Intake:
         return fields
 
     async def _finish_row(self, row: InvoiceRow, item: _Claimed) -> None:
+        if item.redrop:
+            await self._answer_redrop(row, item)
+            return
         if item.rejection is not None:
             await self.ledger.reject(row, item.rejection, from_state=S.CLAIMED)
             return
@@ -246,6 +285,19 @@ class Intake:
                                            invoice_number=c.invoice_number, issue_date=c.issue_date,
                                            has_attachment=c.has_attachment)
         await self.ledger.move_many([row.id], S.CLAIMED, S.QUEUED, through=S.CHECKED)
+
+    async def _answer_redrop(self, row: InvoiceRow, item: _Claimed) -> None:
+        original = item.earlier
+        assert original is not None
+        if original.state == S.DONE:
+            await self.ledger.redrop(row, original, item.data)
+            return
+        self.redrops_waiting += 1
+        self.ledger.show(row, {"redropOf": original.file_name, "message": (
+            f"the same bytes as {original.file_name!r}, which KSeF has not finished yet (state {original.state}); "
+            f"not sent again: its result is copied under this name once it is done")})
+        self.log.info("outbox.redrop_waiting", file=row.file_name, original=original.file_name,
+                      original_state=str(original.state))
 
     async def _judge(self, item: _Claimed, exclude: int | None = None) -> None:
         if not await self._same_bytes_before(item, exclude):
@@ -268,16 +320,20 @@ class Intake:
                 self._number_held(item, c, holders.get((c.seller_nip, c.invoice_type, c.invoice_number), []))
 
     async def _same_bytes_before(self, item: _Claimed, exclude: int | None = None) -> bool:
+        """An earlier invoice with these bytes on its way to KSeF or accepted: then this is a re-drop. Rows
+        at rest in CLAIMED are re-drops waiting themselves (or a crash's leftovers, rechecked in order),
+        never originals: the oldest of them becomes the original once it is checked and queued."""
         return self._seen_before(item, await self.store.invoices.find_by_hash(self.company.name, item.sha256),
                                  exclude)
 
     @staticmethod
     def _seen_before(item: _Claimed, rows: list[InvoiceRow], exclude: int | None = None) -> bool:
-        earlier = [r for r in rows if r.id != exclude and r.state not in SETTLED_STATES]
-        if earlier:
-            item.earlier = earlier[0]
-            item.rejection = _duplicate_file(item, earlier[0])
-        return bool(earlier)
+        """`_same_bytes_before` on rows already looked up (a chunk's lookups are one query: find_by_hashes)."""
+        originals = [r for r in rows if r.id != exclude and r.state not in SETTLED_STATES and r.state != S.CLAIMED]
+        if originals:
+            item.earlier = originals[0]
+            item.redrop = True
+        return bool(originals)
 
     def _check_many(self, items: list[_Claimed], today: dt.date) -> None:
         for item in items:
@@ -302,17 +358,6 @@ class Intake:
         taken = [r for r in rows if r.id != exclude and r.state in ACCEPTED_STATES and r.sha256 != item.sha256]
         if taken:
             item.checked, item.rejection = None, _duplicate_number(item, c, taken[0])
-
-
-def _duplicate_file(item: _Claimed, earlier: InvoiceRow) -> dict[str, Any]:
-    where = (f"accepted as KSeF number {earlier.ksef_number} (sent/{earlier.result_name or earlier.file_name})"
-             if earlier.ksef_number else f"still being processed (state {earlier.state})")
-    return {"stage": "intake", "code": "duplicate-file",
-            "message": f"The same file (identical bytes) was received before as {earlier.file_name!r} on "
-                       f"{earlier.created_at:%Y-%m-%d %H:%M} UTC and is {where}; it was not sent again.",
-            "details": {"earlierFile": earlier.file_name, "earlierState": str(earlier.state),
-                        "ksefNumber": earlier.ksef_number},
-            "hint": DUPLICATE_FILE_HINT, "file": item.name, "invoiceHash": item.sha256}
 
 
 def _duplicate_number(item: _Claimed, checked: CheckedInvoice, earlier: InvoiceRow) -> dict[str, Any]:

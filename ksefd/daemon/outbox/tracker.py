@@ -89,6 +89,7 @@ class Tracker:
                 await part()
             except KsefError as exc:
                 failure = classify(exc)
+                self.channel.observe(failure)          # for the availability monitor (issue #11)
                 self.log.warning("outbox.track_failed", step=part.__name__, code=failure.code,
                                      error=failure.message)
                 if failure.verdict == "hold":
@@ -123,7 +124,7 @@ class Tracker:
             await self.ledger.move(row, S.PROCESSING, from_state=S.IN_DOUBT, invoice_ref=best.reference_number,
                                    status_code=best.status.code,
                                    detail={"resolvedBy": "session invoice list", "reference": best.reference_number})
-            self.log.info("outbox.in_doubt_found", file=row.file_name, reference=best.reference_number)
+            self.log.info("outbox.in_doubt_found", file=row.file_name, invoice=row.id, reference=best.reference_number)
             self._polls.pop(-row.id, None)
             self.schedule(row.id, 0)
             return
@@ -133,7 +134,7 @@ class Tracker:
             return
         await self.ledger.move(row, S.QUEUED, from_state=S.IN_DOUBT, detail={
             "resolvedBy": "session invoice list", "found": False, "session": session.reference})
-        self.log.info("outbox.in_doubt_not_received", file=row.file_name, session=session.reference)
+        self.log.info("outbox.in_doubt_not_received", file=row.file_name, invoice=row.id, session=session.reference)
         self._polls.pop(-row.id, None)
 
     async def poll_processing(self) -> None:
@@ -151,6 +152,8 @@ class Tracker:
             session = await self.session(row.session_id)
             if session is None or row.invoice_ref is None:
                 return
+            # Scheduled before asking: if this one fails, the next round starts with the others, not with it.
+            self._later(row.id)
             answers.append((row, session, await self.connection.context.sessions.invoice(session.reference,
                                                                                          row.invoice_ref)))
 
@@ -159,7 +162,6 @@ class Tracker:
             accepted: dict[int, list[tuple[InvoiceRow, SessionInvoice]]] = {}
             for row, session, invoice in answers:
                 if not invoice.is_final:
-                    self._later(row.id)
                     continue
                 self._polls.pop(row.id, None)
                 if invoice.status.code == 200:
@@ -222,7 +224,7 @@ class Tracker:
         try:
             xml = await self.outcomes.fetch_upo(row, accepted.session_reference, accepted.upo_url)
         except KsefError as exc:
-            self.log.warning("outbox.upo_failed", file=row.file_name, error=str(exc))
+            self.log.warning("outbox.upo_failed", file=row.file_name, invoice=row.id, error=str(exc))
             self._later(row.id)
             return
         await self.outcomes.save_upo(row, xml)

@@ -1,0 +1,142 @@
+"""The language people read (issue #14 point 1): Polish by default, English with `language = "en"` in the
+config's [daemon] section.
+
+Standard gettext: the message ids are the English texts, marked `_("...")` in the code, with `{name}`
+placeholders filled by `str.format` after translation; the catalogues are ordinary .po files in
+ksefd/locale/<lang>/LC_MESSAGES/ksefd.po, which translators edit with the usual tools. They are compiled at
+import by `compile_po` below (the .mo format of GNU gettext, written in pure Python, as CPython's
+Tools/i18n/msgfmt.py does), so neither the build nor CI needs the gettext command-line tools.
+
+Codes (hold codes, error codes, states) stay English and stable; JSON logs stay English.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import gettext
+import io
+import struct
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+Language = Literal["pl", "en"]
+LANGUAGES: tuple[Language, ...] = ("pl", "en")
+DEFAULT: Language = "pl"
+DOMAIN = "ksefd"
+LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+
+_current: Language = DEFAULT
+
+
+def po_path(language: str) -> Path:
+    return LOCALE_DIR / language / "LC_MESSAGES" / f"{DOMAIN}.po"
+
+
+def parse_po(text: str) -> dict[str, str]:
+    """msgid -> msgstr of a .po file (no plurals or contexts: ksefd's messages use neither); the header
+    entry (msgid "") included, as msgfmt keeps it; fuzzy entries left out, as msgfmt does."""
+    entries: dict[str, str] = {}
+    msgid: list[str] | None = None
+    msgstr: list[str] | None = None
+    current: list[str] | None = None
+    fuzzy = pending_fuzzy = False
+
+    def flush() -> None:
+        if msgid is not None and msgstr is not None and not fuzzy:
+            entries["".join(msgid)] = "".join(msgstr)
+
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line.startswith("#,") and "fuzzy" in line:
+            pending_fuzzy = True
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("msgid "):
+            flush()
+            msgid, msgstr, fuzzy, pending_fuzzy = [], None, pending_fuzzy, False
+            current, line = msgid, line[6:]
+        elif line.startswith("msgstr "):
+            msgstr = []
+            current, line = msgstr, line[7:]
+        if current is None or not line.startswith('"'):
+            raise ValueError(f"line {number}: not a .po line: {raw!r}")
+        current.append(ast.literal_eval(line))
+    flush()
+    return entries
+
+
+def compile_po(entries: dict[str, str]) -> bytes:
+    """The GNU .mo file for `entries` (little-endian, no hash table: allowed by the format)."""
+    keys = sorted(entries)
+    ids = [k.encode() for k in keys]
+    strs = [entries[k].encode() for k in keys]
+    header_size = 7 * 4
+    table = header_size + 2 * 8 * len(keys)
+    offsets: list[int] = []
+    data = b""
+    for blob in ids + strs:
+        offsets += [len(blob), table + len(data)]
+        data += blob + b"\0"
+    out = struct.pack("<7I", 0x950412DE, 0, len(keys), header_size, header_size + 8 * len(keys), 0, 0)
+    return out + struct.pack(f"<{len(offsets)}I", *offsets) + data
+
+
+@cache
+def translations(language: str) -> gettext.NullTranslations:
+    path = po_path(language)
+    if not path.exists():
+        return gettext.NullTranslations()
+    return gettext.GNUTranslations(io.BytesIO(compile_po(parse_po(path.read_text(encoding="utf-8")))))
+
+
+def use(language: str) -> None:
+    """Choose the language of every `_()` from now on (the CLI does, once the config is read)."""
+    global _current
+    _current = "en" if language == "en" else DEFAULT
+
+
+@contextlib.contextmanager
+def using(language: str) -> Iterator[None]:
+    """`with using("en"): ...`: another language for a while (a status rendered for its config)."""
+    before = _current
+    use(language)
+    try:
+        yield
+    finally:
+        use(before)
+
+
+def current() -> Language:
+    return _current
+
+
+def message_ids(root: Path | None = None) -> dict[str, str]:
+    """Every `_("...")` in ksefd's code (the catalogues' message ids) -> where it is first used; what
+    xgettext would extract, for translators and for the test that both catalogues are complete."""
+    root = root or Path(__file__).resolve().parent
+    found: dict[str, str] = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("_", "N_") \
+                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                found.setdefault(node.args[0].value, f"{path.relative_to(root.parent)}:{node.lineno}")
+    return found
+
+
+def N_(message: str) -> str:
+    """Marks a message id kept in a table and translated where it is shown (`translate`)."""
+    return message
+
+
+def translate(message: str, language: str | None = None) -> str:
+    """`message` (a message id, no placeholders) in `language` (default: the current one)."""
+    return translations(language or _current).gettext(message)
+
+
+def _(message: str, /, **values: Any) -> str:
+    """`message` in the current language, with `{name}` placeholders filled from `values`."""
+    text = translations(_current).gettext(message)
+    return text.format(**values) if values else text
