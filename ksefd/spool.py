@@ -24,6 +24,7 @@ import datetime as dt
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,15 +236,53 @@ def unique_stem(directory: Path, stem: str, suffix: str, data: bytes,
 
 def write_unique(directory: Path, name: str, data: bytes,
                  companions: Iterable[str] = (".ksef.json", ".upo.xml", ".error.json"), *,
-                 sync_dir: bool = True) -> Path:
-    """Write `data` as `directory/name`, or as `NAME-2.xml`... if that name holds another invoice."""
+                 sync_dir: bool = True, source: Path | None = None) -> Path:
+    """Write `data` as `directory/name`, or as `NAME-2.xml`... if that name holds another invoice.
+    `source`: a file of ksefd's own holding exactly `data`, linked into place if it can be (`link_new`)."""
     stem, suffix = split_name(name)
     companions = tuple(companions)
     while True:
         path = directory / (unique_stem(directory, stem, suffix, data, companions) + suffix)
         with contextlib.suppress(SpoolConflict):   # someone took the name meanwhile: pick again
-            write_new(path, data, sync_dir=sync_dir)
+            if source is not None:
+                link_new(path, data, source, sync_dir=sync_dir)
+            else:
+                write_new(path, data, sync_dir=sync_dir)
             return path
+
+
+def link_new(path: Path, data: bytes, source: Path, *, sync_dir: bool = True, mode: int = SHARED_FILE) -> bool:
+    """`write_new`, but by a hard link of `source` (a private, never-modified file ksefd owns that holds exactly
+    `data`, e.g. a claimed invoice): the bytes are made durable with one fsync of `source` instead of being
+    copied into a temp file, fsynced, linked and the temp removed. Where a link cannot be made (another
+    owner, another file system, no hard links, Windows), it falls back to `write_new`. The same guarantees:
+    never replaces another file; the same bytes already there -> False."""
+    if os.name == "nt":
+        return write_new(path, data, sync_dir=sync_dir, mode=mode)
+    try:
+        fd = os.open(source, os.O_RDONLY)
+    except OSError:
+        return write_new(path, data, sync_dir=sync_dir, mode=mode)
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid() or info.st_size != len(data):
+            return write_new(path, data, sync_dir=sync_dir, mode=mode)
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.fchmod(fd, mode)      # the ERP-facing mode; the source sits in a 0700 folder anyway
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(source, path)   # atomic create-if-absent, as in write_new
+    except FileExistsError:
+        if same_content(path, data):
+            return False
+        raise SpoolConflict(f"{path} exists with different content; ksefd never overwrites it") from None
+    except OSError:
+        return write_new(path, data, sync_dir=sync_dir, mode=mode)
+    if sync_dir:
+        fsync_directory(path.parent)
+    return True
 
 
 def remove_stale_temps(directory: Path) -> int:

@@ -105,6 +105,48 @@ def test_write_new_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FV.xml"]
 
 
+@pytest.mark.skipif(os.name == "nt", reason="Windows always copies")
+def test_link_new_places_ksefds_own_copy_without_writing_it_again(tmp_path: Path) -> None:
+    """A claimed invoice becomes sent/NAME.xml by a hard link (same inode, no second copy), with the ERP-facing
+    mode; a repeat after a crash is a no-op, and other bytes under the name are never replaced."""
+    work, sent = tmp_path / "work", tmp_path / "sent"
+    work.mkdir()
+    sent.mkdir()
+    source = work / "abc.FV.xml"
+    source.write_bytes(b"<Faktura/>")
+    source.chmod(0o600)
+    target = sent / "FV.xml"
+    assert spool.link_new(target, b"<Faktura/>", source) is True
+    assert os.path.samefile(source, target) and target.read_bytes() == b"<Faktura/>"
+    assert target.stat().st_mode & 0o777 == spool.SHARED_FILE
+    assert spool.link_new(target, b"<Faktura/>", source) is False
+    other = work / "def.FV.xml"
+    other.write_bytes(b"<Inna/>")
+    with pytest.raises(SpoolConflict):
+        spool.link_new(target, b"<Inna/>", other)
+    source.unlink()                                  # the working copy is discarded: sent/ keeps the bytes
+    assert target.read_bytes() == b"<Faktura/>" and sorted(p.name for p in sent.iterdir()) == ["FV.xml"]
+
+
+def test_link_new_copies_where_a_link_cannot_be_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "abc.FV.xml"
+    source.write_bytes(b"<Faktura/>")
+    assert spool.link_new(tmp_path / "gone.xml", b"<Faktura/>", tmp_path / "missing.xml") is True
+    assert (tmp_path / "gone.xml").read_bytes() == b"<Faktura/>"
+    real_link = os.link
+
+    def cross_device(src: object, dst: object) -> None:
+        if str(src) == str(source):
+            raise OSError(18, "Invalid cross-device link")      # sent/ on another file system
+        real_link(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", cross_device)
+    target = tmp_path / "FV.xml"
+    assert spool.link_new(target, b"<Faktura/>", source) is True
+    assert target.read_bytes() == b"<Faktura/>" and not os.path.samefile(source, target)
+    assert spool.write_unique(tmp_path, "FV.xml", b"<Faktura/>", source=source) == target   # a repeat
+
+
 def test_unique_stem_and_write_unique(tmp_path: Path) -> None:
     first = spool.write_unique(tmp_path, "FV.xml", b"one")
     assert first.name == "FV.xml"

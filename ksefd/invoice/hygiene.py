@@ -28,6 +28,10 @@ _WINDOWS_1250_FAMILY = {"cp1250", "iso8859-2"}
 # discouraged ranges KSeF refuses: #x7F-#x84, #x86-#x9F, #xFDD0-#xFDEF, #xnFFFE-#xnFFFF.
 _PLANE_ENDS = "".join(f"{chr(p * 0x10000 + 0xFFFE)}{chr(p * 0x10000 + 0xFFFF)}" for p in range(1, 17))
 _BAD_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ufdd0-\ufdef\ufffe\uffff" + _PLANE_ENDS + "]")
+# The same set split for speed: `re` scans a class with the 34 astral ranges ~15x slower than a plain one,
+# and almost no invoice holds a character at or above U+FDD0 (where every other forbidden one is).
+_BAD_LOW = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")
+_FROM_FDD0 = re.compile("[\ufdd0-\U0010ffff]")
 _PI = re.compile(r"<\?([^\s?>]*)")
 _COMMENT_OR_CDATA = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>", re.DOTALL)
 
@@ -204,10 +208,17 @@ def check_processing_instructions(text: str) -> None:
 
 
 def check_characters(text: str) -> None:
-    match = _BAD_CHAR.search(text)
+    match = _first_bad_character(text)
     if match is not None:
         line, column = position(text, match.start())
         raise bad_character(match.group(), {"line": line, "column": column})
+
+
+def _first_bad_character(text: str) -> re.Match[str] | None:
+    """_BAD_CHAR.search(text), quicker: without a character at or above U+FDD0 only the plain class can match."""
+    if _FROM_FDD0.search(text) is not None:
+        return _BAD_CHAR.search(text)
+    return _BAD_LOW.search(text)
 
 
 def find_bad_character(value: str) -> str | None:

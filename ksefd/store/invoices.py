@@ -9,6 +9,7 @@ before touching the database.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,11 +125,47 @@ class InvoiceRepo:
             return await self._get(conn, invoice_id)
 
     async def add_many(self, company: str, items: Sequence[NewInvoice]) -> list[InvoiceRow]:
-        """Many claimed files in one commit (a large drop), in the order given; all or nothing."""
+        """Many claimed files in one commit (a large drop), in the order given; all or nothing. A few statements
+        whatever the number of files: inside BEGIN IMMEDIATE nobody else writes, so an INTEGER PRIMARY KEY
+        gives the rows of one executemany the ids after the largest, in the order inserted."""
+        if not items:
+            return []
+        now = self._now()
+        ids: list[int] = []
         async with self._db.transaction() as conn:
-            ids = [await self._insert(conn, company, i.file_name, i.sha256, i.size, i.detail, i.fields)
-                   for i in items]
+            start = 0
+            while start < len(items):        # runs of items that set the same columns share one statement
+                names = sorted(items[start].fields)
+                end = start + 1
+                while end < len(items) and sorted(items[end].fields) == names:
+                    end += 1
+                ids += await self._insert_run(conn, company, items[start:end], names, now)
+                start = end
+            await events.record_many(conn, [
+                dict(at=now, kind="invoice", company=company, invoice_id=invoice_id, to_state=InvoiceState.CLAIMED,
+                     detail=item.detail or {"file": item.file_name})
+                for invoice_id, item in zip(ids, items, strict=True)])
             return await self._get_many(conn, ids)
+
+    async def _insert_run(self, conn: aiosqlite.Connection, company: str, items: Sequence[NewInvoice],
+                          names: list[str], now: dt.datetime) -> list[int]:
+        async with conn.execute("SELECT COALESCE(MAX(id), 0) FROM invoices") as cursor:
+            found = await cursor.fetchone()
+        before = int(found[0]) if found else 0
+        columns = "".join(f", {n}" for n in names)
+        at = db_time(now)
+        rows = []
+        for item in items:
+            _, values = assignments(item.fields, FIELDS, "invoice")
+            rows.append((company, item.file_name, item.sha256, item.size, InvoiceState.CLAIMED.value, at, at, *values))
+        await conn.executemany(
+            f"INSERT INTO invoices (company, file_name, sha256, size, state, created_at, updated_at{columns}) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?{', ?' * len(names)})", rows)
+        async with conn.execute("SELECT id FROM invoices WHERE id > ? ORDER BY id", (before,)) as cursor:
+            ids = [int(r[0]) for r in await cursor.fetchall()]
+        if len(ids) != len(items):
+            raise StoreError(f"add_many: {len(items)} rows inserted, {len(ids)} found after them")
+        return ids
 
     async def _insert(self, conn: aiosqlite.Connection, company: str, file_name: str, sha256: str, size: int,
                       detail: Any, fields: dict[str, Any]) -> int:
@@ -156,26 +193,45 @@ class InvoiceRepo:
                               *, detail: Any = None, **fields: Any) -> list[InvoiceRow]:
         """All or nothing: e.g. every invoice of a batch to SUBMITTING with its session, in one commit
         (a few statements whatever the number of invoices)."""
-        if to_state not in INVOICE_TRANSITIONS[from_state]:
-            raise IllegalTransition(f"an invoice cannot go from {from_state} to {to_state}")
+        return await self.transition_steps(invoice_ids, [from_state, to_state], detail=detail, **fields)
+
+    async def transition_steps(self, invoice_ids: Sequence[int], states: Sequence[InvoiceState], *,
+                               detail: Any = None, **fields: Any) -> list[InvoiceRow]:
+        """Along `states` (e.g. ACCEPTED -> UPO_SAVED -> DONE) in ONE commit: each step checked and audited as
+        `transition_many` does it, `fields` set with the last; one fsync of the WAL instead of one per step.
+        A crash leaves the invoices in the first state, as if nothing had been done."""
+        steps = list(itertools.pairwise(states))
+        if not steps:
+            raise StoreError("transition_steps: at least two states")
+        for from_state, to_state in steps:
+            if to_state not in INVOICE_TRANSITIONS[from_state]:
+                raise IllegalTransition(f"an invoice cannot go from {from_state} to {to_state}")
         if len(set(invoice_ids)) != len(invoice_ids):
             raise StoreError("transition_many: an invoice id is listed twice")
-        sets, values = assignments(fields, FIELDS, "invoice")
         now = self._now()
         async with self._db.transaction() as conn:
-            cursor = await conn.executemany(
-                f"UPDATE invoices SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?",
-                [(to_state.value, db_time(now), *values, i, from_state.value) for i in invoice_ids])
-            if cursor.rowcount != len(invoice_ids):
-                for invoice_id in invoice_ids:   # name the first one that was not where the caller thought
-                    actual = await self._state(conn, invoice_id)
-                    if actual != to_state.value:
-                        raise StateConflict("invoice", invoice_id, [from_state], actual)
-                raise StateConflict("invoice", invoice_ids[0], [from_state], to_state.value)
-            rows = await self._get_many(conn, invoice_ids)
-            await events.record_many(conn, [
-                dict(at=now, kind="invoice", company=r.company, invoice_id=r.id, session_id=r.session_id,
-                     from_state=from_state, to_state=to_state, detail=detail) for r in rows])
+            for number, (from_state, to_state) in enumerate(steps):
+                last = number == len(steps) - 1
+                sets, values = assignments(fields if last else {}, FIELDS, "invoice")
+                at = db_time(now)
+                cursor = await conn.executemany(
+                    f"UPDATE invoices SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?",
+                    [(to_state.value, at, *values, i, from_state.value) for i in invoice_ids])
+                if cursor.rowcount != len(invoice_ids):
+                    for invoice_id in invoice_ids:   # name the first one that was not where the caller thought
+                        actual = await self._state(conn, invoice_id)
+                        if actual != to_state.value:
+                            raise StateConflict("invoice", invoice_id, [from_state], actual)
+                    raise StateConflict("invoice", invoice_ids[0], [from_state], to_state.value)
+                if last:
+                    rows = await self._get_many(conn, invoice_ids)
+                    sessions = {r.id: r.session_id for r in rows}
+                    companies = {r.id: r.company for r in rows}
+            events_rows = [
+                dict(at=now, kind="invoice", company=companies[i], invoice_id=i, session_id=sessions[i],
+                     from_state=from_state, to_state=to_state, detail=detail)
+                for from_state, to_state in steps for i in invoice_ids]
+            await events.record_many(conn, events_rows)
         return rows
 
     async def transition_each(self, changes: Sequence[Change], from_state: InvoiceState,
@@ -188,15 +244,22 @@ class InvoiceRepo:
         if len(set(ids)) != len(ids):
             raise StoreError("transition_each: an invoice id is listed twice")
         now = self._now()
+        at = db_time(now)
+        statements: dict[str, list[tuple[Any, ...]]] = {}     # one executemany per set of columns changed
+        for change in changes:
+            sets, values = assignments(change.fields, FIELDS, "invoice")
+            statements.setdefault(sets, []).append((to_state.value, at, *values, change.invoice_id,
+                                                    from_state.value))
         async with self._db.transaction() as conn:
-            for change in changes:
-                sets, values = assignments(change.fields, FIELDS, "invoice")
-                cursor = await conn.execute(
-                    f"UPDATE invoices SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?",
-                    (to_state.value, db_time(now), *values, change.invoice_id, from_state.value))
-                if cursor.rowcount != 1:
-                    raise StateConflict("invoice", change.invoice_id, [from_state],
-                                        await self._state(conn, change.invoice_id))
+            for sets, params in statements.items():
+                cursor = await conn.executemany(
+                    f"UPDATE invoices SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?", params)
+                if cursor.rowcount != len(params):
+                    for *_, invoice_id, _ in params:   # name the first one that was not where the caller thought
+                        actual = await self._state(conn, invoice_id)
+                        if actual != to_state.value:
+                            raise StateConflict("invoice", invoice_id, [from_state], actual)
+                    raise StateConflict("invoice", params[0][-2], [from_state], to_state.value)
             rows = await self._get_many(conn, ids)
             await events.record_many(conn, [
                 dict(at=now, kind="invoice", company=r.company, invoice_id=r.id, session_id=r.session_id,
@@ -231,6 +294,32 @@ class InvoiceRepo:
     async def find_by_hash(self, company: str, sha256: str) -> list[InvoiceRow]:
         """Earlier invoices with these exact bytes: the same file dropped again (issue #5 item 2)."""
         return await self._select("WHERE company = ? AND sha256 = ? ORDER BY id", (company, sha256))
+
+    async def find_by_hashes(self, company: str, hashes: Iterable[str]) -> dict[str, list[InvoiceRow]]:
+        """`find_by_hash` for many (a drop of many files): hash -> its invoices, oldest first; a few queries."""
+        wanted = sorted(set(hashes))
+        found: dict[str, list[InvoiceRow]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            for row in await self._select(f"WHERE company = ? AND sha256 IN ({', '.join('?' * len(chunk))}) "
+                                          "ORDER BY id", (company, *chunk)):
+                found.setdefault(row.sha256, []).append(row)
+        return found
+
+    async def find_by_keys(self, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], list[InvoiceRow]]:
+        """`find_by_key` for many: (seller NIP, type, number) -> its invoices, oldest first; a few queries."""
+        numbers: dict[tuple[str, str], list[str]] = {}
+        for nip, kind, number in sorted(set(keys)):
+            numbers.setdefault((nip, kind), []).append(number)
+        found: dict[tuple[str, str, str], list[InvoiceRow]] = {}
+        for (nip, kind), wanted in numbers.items():     # the index (seller_nip, invoice_type, invoice_number)
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                for row in await self._select(f"WHERE seller_nip = ? AND invoice_type = ? AND invoice_number IN "
+                                              f"({', '.join('?' * len(chunk))}) ORDER BY id", (nip, kind, *chunk)):
+                    assert row.invoice_number is not None
+                    found.setdefault((nip, kind, row.invoice_number), []).append(row)
+        return found
 
     async def find_by_key(self, seller_nip: str, invoice_type: str, invoice_number: str) -> list[InvoiceRow]:
         """Invoices with KSeF's duplicate key (PROTOCOL.md §4.2), any company."""

@@ -53,3 +53,50 @@ async def test_save_upos_keeps_each_upo_once(store: Store, clock: ManualClock) -
     upos = await store.sessions.upos(session.id)
     assert [(u.invoice_id, u.reference, u.xml) for u in upos] == [(i, ref, xml) for _, ref, xml, i in items]
 
+
+
+async def test_add_many_with_mixed_facts_keeps_the_order_given(store: Store) -> None:
+    """Rows that set different columns (a checked file, a refused one) go in separate statements; the ids
+    still follow the order of the drop, after any row already there."""
+    first = await store.invoices.add("acme", "old.xml", "o" * 43 + "=", 1)
+    items = [NewInvoice("a.xml", HASHES[0], 1, None, {"work_path": "/w/a", "seller_nip": "9999999999"}),
+             NewInvoice("b.xml", HASHES[1], 2, None, {"work_path": "/w/b"}),
+             NewInvoice("c.xml", HASHES[2], 3, None, {"work_path": "/w/c", "seller_nip": "9999999999"})]
+    rows = await store.invoices.add_many("acme", items)
+    assert [r.file_name for r in rows] == ["a.xml", "b.xml", "c.xml"]
+    assert [r.id for r in rows] == [first.id + 1, first.id + 2, first.id + 3]
+    assert [(r.seller_nip, r.work_path) for r in rows] == [("9999999999", "/w/a"), (None, "/w/b"),
+                                                           ("9999999999", "/w/c")]
+    assert [e.detail for e in await store.events.for_invoice(rows[1].id)] == [{"file": "b.xml"}]
+
+
+async def test_find_by_hashes_and_keys_answer_as_one_lookup_each_would(store: Store) -> None:
+    facts = {"seller_nip": "9999999999", "invoice_type": "VAT"}
+    rows = await store.invoices.add_many("acme", [
+        NewInvoice(f"FV{n}.xml", HASHES[n % 2], 1, None, {**facts, "invoice_number": f"FV/{n % 2}"})
+        for n in range(3)])
+    await store.invoices.add("other", "x.xml", HASHES[0], 1)
+    by_hash = await store.invoices.find_by_hashes("acme", [HASHES[0], HASHES[1], HASHES[2]])
+    for sha in HASHES:
+        assert by_hash.get(sha, []) == await store.invoices.find_by_hash("acme", sha)
+    assert [r.id for r in by_hash[HASHES[0]]] == [rows[0].id, rows[2].id]
+    keys = [("9999999999", "VAT", "FV/0"), ("9999999999", "VAT", "FV/1"), ("9999999999", "KOR", "FV/0")]
+    by_key = await store.invoices.find_by_keys(keys)
+    for key in keys:
+        assert by_key.get(key, []) == await store.invoices.find_by_key(*key)
+    assert len(by_key[keys[0]]) == 2 and keys[2] not in by_key
+
+
+async def test_transition_steps_walks_several_states_in_one_all_or_nothing_commit(store: Store) -> None:
+    rows = await store.invoices.add_many("acme", [NewInvoice(f"FV{n}.xml", HASHES[n], 1) for n in range(2)])
+    ids = [r.id for r in rows]
+    moved = await store.invoices.transition_steps(ids, [S.CLAIMED, S.CHECKED, S.QUEUED], attempts=0)
+    assert [r.state for r in moved] == [S.QUEUED, S.QUEUED]
+    assert [(e.from_state, e.to_state) for e in await store.events.for_invoice(ids[0])] == [
+        (None, "claimed"), ("claimed", "checked"), ("checked", "queued")]
+    await store.invoices.transition(ids[1], S.QUEUED, S.SUBMITTING)
+    with pytest.raises(StateConflict):       # the second invoice is not where the caller thought
+        await store.invoices.transition_steps(ids, [S.QUEUED, S.SUBMITTING, S.PROCESSING])
+    first = await store.invoices.get(ids[0])
+    assert first is not None and first.state == S.QUEUED          # nothing of the failed walk stayed
+    assert len(await store.events.for_invoice(ids[0])) == 3

@@ -52,7 +52,10 @@ UPO_DOWNLOADS = 8
 UPO_GROUPS = 2
 RESULT_GROUP = 250          # invoices whose result files share one directory fsync and one commit
 CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or can never be closed
-POLL = BatchOptions(poll_first=0.2, poll_factor=1.5, poll_max=5.0, invoice_page_size=1000)
+# Status polls after close: KSeF processes ~1 000 invoices a second, so a 1.5x back-off to 5 s left a finished
+# session unseen for up to a few seconds. Capped at 1 s, a 10 000-invoice session (~11 s) costs ~15 polls of
+# sessionMisc (120/min, 1200/h per context, PROTOCOL.md §14): a small share even with a batch every few minutes.
+POLL = BatchOptions(poll_first=0.2, poll_factor=1.25, poll_max=1.0, invoice_page_size=1000)
 
 
 def entry_name(row: InvoiceRow) -> str:
@@ -193,7 +196,8 @@ class BatchRunner:
         if waiting:
             moved = await self.ledger.move_many([r.id for r in waiting], S.SUBMITTING, S.PROCESSING,
                                                 state_files=False)
-            rows = [next((m for m in moved if m.id == r.id), r) for r in rows]
+            by_id = {m.id: m for m in moved}            # a dict: a scan per row was quadratic (10 000: ~5 s)
+            rows = [by_id.get(r.id, r) for r in rows]
         accepted: list[tuple[InvoiceRow, str, str | None]] = []
         plain: list[tuple[InvoiceRow, SessionInvoice]] = []      # accepted by KSeF: handled in groups below
         saved: list[InvoiceRow] = []

@@ -94,9 +94,11 @@ class OutboxFiles:
     # `sync=False` (a group of results, e.g. a batch): each file is still written temp + fsync + rename, and
     # the caller makes the renames durable with one `sync_sent()` before it records them in SQLite.
 
-    def write_sent(self, file_name: str, data: bytes, *, sync: bool = True) -> str:
-        """sent/NAME.xml with the exact bytes; returns the stem chosen (NAME or NAME-2, ...)."""
-        path = spool.write_unique(self.folders.sent, file_name, data, sync_dir=sync)
+    def write_sent(self, file_name: str, data: bytes, *, sync: bool = True, row: InvoiceRow | None = None) -> str:
+        """sent/NAME.xml with the exact bytes; returns the stem chosen (NAME or NAME-2, ...). `row`: the invoice
+        whose working copy holds `data`; it becomes sent/NAME.xml by a hard link where it can (spool.link_new)."""
+        source = Path(row.work_path) if row is not None and row.work_path else None
+        path = spool.write_unique(self.folders.sent, file_name, data, sync_dir=sync, source=source)
         return spool.split_name(path.name)[0]
 
     def write_ksef_json(self, stem: str, record: dict[str, Any], *, sync: bool = True) -> None:

@@ -80,12 +80,14 @@ class Ledger:
 
     async def move_many(self, ids: Sequence[int], from_state: InvoiceState, to_state: InvoiceState, *,
                         show: dict[str, Any] | None = None, state_files: bool = True,
-                        **fields: Any) -> list[InvoiceRow]:
+                        through: InvoiceState | None = None, **fields: Any) -> list[InvoiceRow]:
         """A group in one commit; their state files are written in a worker thread (thousands of small file
-        replacements must not stall the event loop). `state_files=False`: the caller finishes them at once."""
+        replacements must not stall the event loop). `state_files=False`: the caller finishes them at once.
+        `through`: a step on the way, taken in the same commit (e.g. CLAIMED -> CHECKED -> QUEUED)."""
         if not ids:
             return []
-        moved = await self.store.invoices.transition_many(list(ids), from_state, to_state, **fields)
+        states = [from_state, through, to_state] if through is not None else [from_state, to_state]
+        moved = await self.store.invoices.transition_steps(list(ids), states, **fields)
         if state_files:
             await self._show_many(moved, show)
         self._wake(to_state)
@@ -164,19 +166,18 @@ class Ledger:
         return returned
 
     async def finish(self, rows: Sequence[InvoiceRow]) -> list[InvoiceRow]:
-        """ACCEPTED (UPO written) -> UPO_SAVED -> DONE, in two commits whatever the number of invoices; then
+        """ACCEPTED (UPO written) -> UPO_SAVED -> DONE, in one commit whatever the number of invoices; then
         the state files and working copies go."""
         if not rows:
             return []
-        ids = [r.id for r in rows]
-        await self.store.invoices.transition_many(ids, S.ACCEPTED, S.UPO_SAVED)
-        return await self.done(ids, S.UPO_SAVED)
+        return await self.done([r.id for r in rows], S.ACCEPTED)
 
     async def done(self, ids: Sequence[int], from_state: InvoiceState = S.UPO_SAVED) -> list[InvoiceRow]:
-        """UPO_SAVED -> DONE (e.g. after a crash between the two steps)."""
+        """UPO_SAVED -> DONE (e.g. after a crash between the two steps); from ACCEPTED both steps in one commit."""
         if not ids:
             return []
-        done = await self.store.invoices.transition_many(list(ids), from_state, S.DONE)
+        steps = [S.ACCEPTED, S.UPO_SAVED, S.DONE] if from_state == S.ACCEPTED else [from_state, S.DONE]
+        done = await self.store.invoices.transition_steps(list(ids), steps)
         await asyncio.to_thread(self.files.finished, done)
         self._wake(S.DONE)
         return done

@@ -113,7 +113,7 @@ class Outcomes:
         if data is None:
             self.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name, path=row.work_path)
             return None
-        stem = self.files.write_sent(row.file_name, data)
+        stem = self.files.write_sent(row.file_name, data, row=row, sync=False)   # sent/ fsynced once, below
         record = await self.ledger.store.offline.get(row.id) if row.offline else None
         more = self.offline_accepted(row, record, stem, invoice) if row.offline else {}
         self.files.write_ksef_json(stem, self.ksef_record(row, invoice, session_reference, kind,
@@ -156,7 +156,7 @@ class Outcomes:
             if data is None:
                 self.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name, path=row.work_path)
                 return None
-            stem = self.files.write_sent(row.file_name, data, sync=False)
+            stem = self.files.write_sent(row.file_name, data, sync=False, row=row)
             more = self.offline_accepted(row, records.get(row.id), stem, invoice) if row.offline else None
             self.files.write_ksef_json(stem, self.ksef_record(row, invoice, session.reference, session.kind, more),
                                            sync=False)

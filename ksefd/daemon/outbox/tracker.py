@@ -10,7 +10,9 @@ it did arrive after all, the new send gets 440 for the same hash, which outcomes
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ksefd.ksef import KsefError, KsefException, SessionInvoice
@@ -28,6 +30,7 @@ IN_DOUBT_GRACE = 5.0
 FIRST_POLL, MAX_POLL = 0.2, 10.0
 SESSION_POLL_MAX = 30.0
 PER_INVOICE_AT_MOST = 10        # more accepted invoices of one session: read its list instead
+POLL_CONCURRENCY = 8            # PROCESSING invoices followed at once (status, outcome, UPO)
 
 
 class Tracker:
@@ -135,22 +138,86 @@ class Tracker:
         self._polls.pop(-row.id, None)
 
     async def poll_processing(self) -> None:
+        """Every due PROCESSING invoice: its status (a few at once, POLL_CONCURRENCY), then the accepted ones
+        of a session as one group, as a batch's are (outcomes.accept_many: result files written in threads,
+        one fsync of sent/, one commit; then their UPOs fetched a few at once, one commit for them all). One
+        at a time, a trickle of many invoices waited on each one's round trips and commits in turn. The first
+        KsefError is raised once the rest is done, as step() expects."""
         ids = await self.store.invoices.ids_in(self.company, [S.PROCESSING], "online")
         rows = [r for r in await self.store.invoices.get_many([i for i in ids if self._due(i)]) if r.invoice_ref]
-        for row in rows:
+        errors: list[KsefError] = []
+        answers: list[tuple[InvoiceRow, SessionRow, SessionInvoice]] = []
+
+        async def status(row: InvoiceRow) -> None:
             session = await self.session(row.session_id)
             if session is None or row.invoice_ref is None:
-                continue
+                return
             # Scheduled before asking: if this one fails, the next round starts with the others, not with it.
             self._later(row.id)
-            invoice = await self.connection.context.sessions.invoice(session.reference, row.invoice_ref)
-            if not invoice.is_final:
-                continue
-            self._polls.pop(row.id, None)
-            accepted = await self.outcomes.apply(row, invoice, session)
-            if accepted is not None:
-                await self._upo(accepted)
-        self.outcomes.forget_listings()
+            answers.append((row, session, await self.connection.context.sessions.invoice(session.reference,
+                                                                                         row.invoice_ref)))
+
+        try:
+            await self._each(rows, status, errors)
+            accepted: dict[int, list[tuple[InvoiceRow, SessionInvoice]]] = {}
+            for row, session, invoice in answers:
+                if not invoice.is_final:
+                    continue
+                self._polls.pop(row.id, None)
+                if invoice.status.code == 200:
+                    accepted.setdefault(session.id, []).append((row, invoice))
+                    continue
+                try:
+                    done = await self.outcomes.apply(row, invoice, session)
+                    if done is not None:
+                        await self._upo(done)
+                except KsefError as exc:
+                    errors.append(exc)
+            for session_id, items in accepted.items():
+                owner = await self.session(session_id)
+                assert owner is not None
+                await self._upos(await self.outcomes.accept_many(items, owner))
+        finally:
+            self.outcomes.forget_listings()
+        if errors:
+            raise errors[0]
+
+    async def _each(self, items: list[Any], work: Callable[[Any], Awaitable[None]], errors: list[KsefError]) -> None:
+        """`work` for every item, POLL_CONCURRENCY at a time; KsefErrors collected (the rest go on), anything
+        else cancels the others and is raised as itself."""
+        gate = asyncio.Semaphore(POLL_CONCURRENCY)
+
+        async def one(item: Any) -> None:
+            async with gate:
+                try:
+                    await work(item)
+                except KsefError as exc:
+                    errors.append(exc)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for item in items:
+                    group.create_task(one(item))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+
+    async def _upos(self, accepted: list[Accepted]) -> None:
+        """The UPOs of a group of accepted invoices; one commit for those fetched, the others stay ACCEPTED
+        and finish_accepted tries them again later."""
+        fetched: list[tuple[InvoiceRow, bytes]] = []
+
+        async def fetch(item: Accepted) -> None:
+            try:
+                fetched.append((item.row, await self.outcomes.fetch_upo(item.row, item.session_reference,
+                                                                        item.upo_url)))
+            except KsefError as exc:
+                self.log.warning("outbox.upo_failed", file=item.row.file_name, error=str(exc))
+                self.ledger.show(item.row, {"ksefNumber": item.row.ksef_number})
+                self._later(item.row.id)
+
+        await self._each(accepted, fetch, [])
+        await self.outcomes.save_upos(fetched)
+        await self.outcomes.finish([row for row, _ in fetched])
 
     async def _upo(self, accepted: Accepted) -> None:
         row = accepted.row

@@ -1,0 +1,521 @@
+"""ksefd beside a competent `ksef-client` 0.20.0 script on the same simulator (issue #16).
+
+Prints, each a median of --runs runs where it is a ratio:
+* backlog: N invoices (default 1 000) as files on disk, `--limits production`: the peer script (token login,
+  one batch session, wait for processing, every UPO to disk) against `ksefd run` (its own process, default
+  config) draining the same N dropped into the outbox until every NAME.upo.xml is in sent/; wall time of
+  each, the ratio, the daemon's CPU ms per invoice (/proc/PID/stat, from the drop to the last UPO) and its
+  peak RSS (VmHWM);
+* online: M invoices (default 200), limits off: the peer sending one at a time (send, wait for the KSeF
+  number, UPO to disk) against ksefd with every invoice online (`batch_threshold` above M);
+* drop -> KSeF number: p50 and p99 over D sequential drops (default 100) into a running daemon, default
+  config (settle_seconds = 2 included: a file renamed in is taken at once);
+* big (only when asked): ksefd alone draining 10 000 invoices, production limits: wall, CPU, peak RSS, 429s;
+* idle: C companies (default 100, send and receive on) connected and nothing to do: the daemon's CPU % of
+  one core over S seconds (default 60), RSS, thread count, and the requests it sent to the simulator in
+  that window (the simulator runs in this process for that part, with a counting middleware).
+
+    .venv/bin/python benchmarks/peer_backlog.py [--only backlog,online,latency,idle,big] [--runs 3]
+        [--invoices 1000] [--online 200] [--drops 100] [--companies 100] [--idle-seconds 60] [--big 10000]
+
+The peer runs in its own process too (`--peer batch|online`), so both CPU figures are one process's own.
+Needs the optional dependency: `pip install -e '.[bench]'` (ksef-client 0.20.0). ksef-client refuses
+pre-signed URLs on loopback, so the simulator listens on 0.0.0.0 for the backlog and online parts (the
+peer uses this machine's address; ksefd keeps 127.0.0.1). KSEFD_BENCH_PYSPY=FILE (with KSEFD_BENCH_GIL=1)
+or KSEFD_BENCH_STRACE=FILE profile the daemon while it drains.
+
+Measured 2026-12-06 on the shared 2-core machine (other engineers' tests running), medians of 3, main at
+ab1c295 ("before") and branch perf ("after"), each run a few minutes apart:
+                                      before                    after
+    backlog 1 000, ratio to the peer  1.85x (6.92 s / 3.48 s)   1.29x (5.33 s / 4.20 s)
+    ksefd CPU per invoice (backlog)   3.85 ms                   2.80 ms        (peer: 1.0-1.2 ms)
+    ksefd peak RSS (backlog 1 000)    101 MB                    103 MB         (peer: 77 MB)
+    online 200, ratio to the peer     1.05x (4.82 s / 4.57 s)   0.57x (1.98 s / 3.59 s)
+    ksefd CPU per invoice (online)    11.75 ms                  7.95 ms
+    drop -> KSeF number p50 / p99     103 / 310 ms              101 / 305 ms (another run: 102 / 146 ms)
+    backlog 10 000 (ksefd alone)      64.5 s, 3.24 ms, 173 MB   42.7 s, 2.43 ms, 173 MB, 0 x 429
+    idle, 100 companies               0.32 % of a core, 91 MB, 10 threads, 0 requests (after: 0.73 %,
+                                      91 MB, 10 threads, 0 requests; nothing on the idle path changed)
+"""
+
+# ruff: noqa: ASYNC109, ASYNC240 - a benchmark driver: its file checks and timeouts are the measurement
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from _common import NIP, ROOT, start_simulator
+
+from ksefd.samples import make_invoice, sample_bytes
+from tests.support.ksef_auth import create_ksef_token
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# KSEFD_BENCH_PROFILE=FILE: the daemon runs under cProfile and writes its profile there when stopped
+PROFILE = ["-m", "cProfile", "-o", os.environ["KSEFD_BENCH_PROFILE"]] if os.environ.get("KSEFD_BENCH_PROFILE") else []
+# KSEFD_BENCH_PYSPY=FILE: py-spy samples every thread of the daemon into FILE (collapsed stacks)
+PYSPY = os.environ.get("KSEFD_BENCH_PYSPY")
+
+
+# --- the peer: ksef-client 0.20.0 as an integrator would drive it ---------------------------------------
+
+def peer_options(base_url: str) -> Any:
+    """ksef-client refuses pre-signed URLs on loopback or plain http (its SSRF guard), so the peer talks to
+    the simulator on this machine's own address (`--host 0.0.0.0`) with the private-network switch on."""
+    from ksef_client import KsefClientOptions
+    return KsefClientOptions(base_url=base_url, strict_presigned_url_validation=False,
+                             allow_private_network_presigned_urls=True)
+
+
+def peer_batch(base_url: str, token: str, folder: Path, out: Path) -> None:
+    """Token login, one batch session of every XML in `folder`, wait, every UPO into `out`."""
+    from ksef_client import KsefClient
+    from ksef_client import models as m
+    from ksef_client.services import AuthCoordinator
+    from ksef_client.services.workflows import BatchSessionWorkflow
+    from ksef_client.utils.zip_utils import build_zip
+
+    with KsefClient(peer_options(base_url)) as client:
+        token_pem = client.security.get_public_key_certificate_pem(m.PublicKeyCertificateUsage.KSEFTOKENENCRYPTION)
+        access = AuthCoordinator(client.auth).authenticate_with_ksef_token(
+            token=token, public_certificate=token_pem, context_identifier_type="nip",
+            context_identifier_value=NIP, poll_interval_seconds=0.1).access_token
+        files = {p.name: p.read_bytes() for p in sorted(folder.glob("*.xml"))}
+        sym_pem = client.security.get_public_key_certificate_pem(m.PublicKeyCertificateUsage.SYMMETRICKEYENCRYPTION)
+        ref = BatchSessionWorkflow(client.sessions, client.http_client).open_upload_and_close(
+            form_code=m.FormCode(system_code="FA (3)", schema_version="1-0E", value="FA"),
+            zip_bytes=build_zip(files), public_certificate=sym_pem, access_token=access)
+        while True:
+            status = client.sessions.get_session_status(ref, access_token=access)
+            if status.status.code >= 200:
+                break
+            time.sleep(0.1)
+        if status.status.code != 200:
+            raise SystemExit(f"batch session ended with {status.status.code} {status.status.description}")
+        out.mkdir(parents=True, exist_ok=True)
+        continuation: str | None = None
+        saved = 0
+        while True:
+            page = client.sessions.get_session_invoices(ref, page_size=1000, continuation_token=continuation,
+                                                        access_token=access)
+            for inv in page.invoices:        # each UPO from its pre-signed URL (not rate-limited, §14)
+                assert inv.upo_download_url is not None
+                upo = client.http_client.request("GET", inv.upo_download_url, skip_auth=True).content
+                (out / f"{inv.invoice_file_name}.upo.xml").write_bytes(upo)
+                saved += 1
+            continuation = page.continuation_token
+            if not continuation:
+                break
+        if saved != len(files):
+            raise SystemExit(f"only {saved} of {len(files)} UPOs")
+
+
+def peer_online(base_url: str, token: str, folder: Path, out: Path) -> None:
+    """One online session; each file: send, wait for its KSeF number, its UPO into `out`."""
+    from ksef_client import KsefClient
+    from ksef_client import models as m
+    from ksef_client.services import AuthCoordinator, OnlineSessionWorkflow
+
+    with KsefClient(peer_options(base_url)) as client:
+        token_pem = client.security.get_public_key_certificate_pem(m.PublicKeyCertificateUsage.KSEFTOKENENCRYPTION)
+        access = AuthCoordinator(client.auth).authenticate_with_ksef_token(
+            token=token, public_certificate=token_pem, context_identifier_type="nip",
+            context_identifier_value=NIP, poll_interval_seconds=0.1).access_token
+        sym_pem = client.security.get_public_key_certificate_pem(m.PublicKeyCertificateUsage.SYMMETRICKEYENCRYPTION)
+        session = OnlineSessionWorkflow(client.sessions).open_session(
+            form_code=m.FormCode(system_code="FA (3)", schema_version="1-0E", value="FA"),
+            public_certificate=sym_pem, access_token=access)
+        out.mkdir(parents=True, exist_ok=True)
+        for path in sorted(folder.glob("*.xml")):
+            sent = session.send_invoice(path.read_bytes(), access_token=access)
+            while True:
+                st = client.sessions.get_session_invoice_status(session.reference_number, sent.reference_number,
+                                                                access_token=access)
+                if st.status.code >= 200:
+                    break
+                time.sleep(0.02)
+            if st.status.code != 200 or st.ksef_number is None:
+                raise SystemExit(f"{path.name}: {st.status.code} {st.status.description}")
+            upo = client.sessions.get_session_invoice_upo_by_ksef(session.reference_number, st.ksef_number,
+                                                                  access_token=access)
+            (out / f"{path.name}.upo.xml").write_bytes(upo)
+        session.close(access_token=access)
+
+
+async def run_peer(mode: str, base_url: str, token: str, folder: Path) -> dict[str, float]:
+    """The peer in its own process: wall seconds (process start excluded), CPU ms, peak RSS MB."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--peer", mode, "--base-url", base_url, "--token", token, "--dir", str(folder),
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+    stdout, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the peer script failed ({proc.returncode})")
+    return dict(json.loads(stdout.decode().strip().splitlines()[-1]))
+
+
+def peer_main(mode: str, base_url: str, token: str, folder: Path) -> None:
+    import ksef_client  # noqa: F401 - imported before the clock starts, as a long-lived integration would
+    cpu0 = time.process_time()
+    started = time.perf_counter()
+    (peer_batch if mode == "batch" else peer_online)(base_url, token, folder / "in", folder / "out")
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
+    print(json.dumps({"wall": wall, "cpu_ms": cpu * 1000,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+# --- ksefd as its own process ----------------------------------------------------------------------------
+
+def own_address() -> str:
+    """This machine's address on its default route (not loopback), for the peer."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))          # no packet is sent: only the route is looked up
+        return str(s.getsockname()[0])
+
+
+def nip_with_checksum(n: int) -> str:
+    weights = (6, 5, 7, 2, 3, 4, 5, 6, 7)
+    while True:
+        digits = f"{n:09d}"
+        check = sum(int(d) * w for d, w in zip(digits, weights, strict=True)) % 11
+        if check != 10:
+            return digits + str(check)
+        n += 1
+
+
+def write_invoices(folder: Path, count: int, prefix: str, nip: str = NIP) -> list[bytes]:
+    template = sample_bytes("FA_3_Przyklad_1.xml")
+    today = dt.datetime.now(dt.UTC).date()
+    return [make_invoice(template, number=f"{prefix}/{n}", seller_nip=nip, buyer_nip="1111111111",
+                         issue_date=today) for n in range(count)]
+
+
+def drop(outbox: Path, name: str, data: bytes) -> None:
+    """As the README asks of an ERP: write to a temporary name, then rename into the outbox."""
+    tmp = outbox / f".{name}.tmp"
+    tmp.write_bytes(data)
+    tmp.rename(outbox / name)
+
+
+def daemon_config(folder: Path, base_url: str, companies: list[tuple[str, str]], *, receive: bool,
+                  extra_sending: str = "") -> Path:
+    parts = [f'[ksef]\nbase_url = "{base_url}"\n\n[daemon]\ndata_dir = "data"\n']
+    if extra_sending:
+        parts.append(f"[sending]\n{extra_sending}\n")
+    for name, nip in companies:
+        parts.append(textwrap.dedent(f"""
+            [[companies]]
+            name = "{name}"
+            nip = "{nip}"
+            receive = {"true" if receive else "false"}
+            token_file = "{name}.token"
+            """))
+    path = folder / "ksefd.toml"
+    path.write_text("".join(parts))
+    return path
+
+
+class Daemon:
+    """`python -m ksefd run -c CONFIG`, JSON logs to a file; ready once every company logged `daemon.connected`."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.log = config.parent / "daemon.log"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, companies: int, timeout: float = 300) -> float:
+        started = time.perf_counter()
+        with self.log.open("wb") as sink:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, *PROFILE, "-m", "ksefd", "--log-format", "json", "run", "-c", str(self.config),
+                cwd=ROOT, stdout=sink, stderr=sink)
+        while time.perf_counter() - started < timeout:
+            text = self.log.read_text(errors="replace")
+            if text.count('"daemon.connected"') >= companies:
+                return time.perf_counter() - started
+            if self.proc.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"the daemon did not connect:\n{self.log.read_text()[-3000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """User and system CPU seconds of the daemon so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+    def status(self, key: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 60)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def wait_for_files(folder: Path, suffix: str, count: int, timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if folder.is_dir() and sum(1 for n in os.listdir(folder) if n.endswith(suffix)) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise RuntimeError(f"{count} {suffix} files not in {folder} after {timeout} s")
+
+
+async def ksefd_drain(base_url: str, token: str, folder: Path, invoices: list[bytes], *,
+                      extra_sending: str = "") -> dict[str, float]:
+    """The daemon connected and idle; every invoice renamed into the outbox; until every UPO is in sent/."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "acme.token").write_text(token)
+    daemon = Daemon(daemon_config(folder, base_url, [("acme", NIP)], receive=False, extra_sending=extra_sending))
+    try:
+        await daemon.start(1)
+        outbox, sent = folder / "data" / "acme" / "outbox", folder / "data" / "acme" / "sent"
+        staging = folder / "staging"
+        staging.mkdir()
+        for n, data in enumerate(invoices):     # written first, renamed in together: the drop is the rename
+            (staging / f"FV-{n:05d}.xml").write_bytes(data)
+        user0, sys0 = daemon.cpu_split()
+        started = time.perf_counter()
+        for n in range(len(invoices)):
+            (staging / f"FV-{n:05d}.xml").rename(outbox / f"FV-{n:05d}.xml")
+        gil = ["--gil"] if os.environ.get("KSEFD_BENCH_GIL") else []      # only the thread holding the GIL
+        spy = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(daemon.pid), "-r", "250", "-f", "raw",
+            "-o", PYSPY, "--threads", *gil, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        ) if PYSPY else None
+        if os.environ.get("KSEFD_BENCH_STRACE"):     # count the daemon's system calls while it drains
+            spy = await asyncio.create_subprocess_exec(
+                "strace", "-c", "-f", "-p", str(daemon.pid), "-o", os.environ["KSEFD_BENCH_STRACE"],
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            await asyncio.sleep(0.5)
+        await wait_for_files(sent, ".upo.xml", len(invoices), timeout=600)
+        if spy is not None:
+            spy.send_signal(2)
+            await spy.wait()
+        wall = time.perf_counter() - started
+        user, system = daemon.cpu_split()
+        return {"wall": wall, "cpu_ms": (user - user0 + system - sys0) * 1000, "sys_ms": (system - sys0) * 1000,
+                "rss_mb": daemon.status("VmHWM") / 1024}
+    finally:
+        await daemon.stop()
+
+
+async def new_token(base_url: str, nip: str = NIP) -> str:
+    async with aiohttp.ClientSession() as http:
+        return await create_ksef_token(http, base_url, nip, ["InvoiceWrite", "InvoiceRead"])
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+async def compare(limits: str, count: int, runs: int, mode: str, extra_sending: str) -> None:
+    peer: list[dict[str, float]] = []
+    ours: list[dict[str, float]] = []
+    ratios: list[float] = []
+    for run in range(runs):
+        with tempfile.TemporaryDirectory(prefix="ksefd-peer-") as name:
+            folder = Path(name)
+            sim, any_url = await start_simulator("--limits", limits, "--host", "0.0.0.0", log=folder / "sim.log")
+            base_url = any_url.replace("0.0.0.0", "127.0.0.1")          # ksefd: plain http on loopback only
+            try:
+                token = await new_token(base_url)
+                invoices = write_invoices(folder, count, f"P{run}")
+                (folder / "peer" / "in").mkdir(parents=True)
+                for n, data in enumerate(invoices):
+                    (folder / "peer" / "in" / f"FV-{n:05d}.xml").write_bytes(data)
+                p = await run_peer(mode, any_url.replace("0.0.0.0", own_address()), token, folder / "peer")
+                k = await ksefd_drain(base_url, token, folder / "ksefd",
+                                      write_invoices(folder, count, f"K{run}"), extra_sending=extra_sending)
+            finally:
+                sim.terminate()
+                await sim.wait()
+        peer.append(p)
+        ours.append(k)
+        ratios.append(k["wall"] / p["wall"])
+        print(f"  run {run + 1}: peer {p['wall']:.2f} s, ksefd {k['wall']:.2f} s ({ratios[-1]:.2f}x), ksefd CPU "
+              f"{k['cpu_ms'] / count:.2f} ms/invoice ({k['sys_ms'] / count:.2f} in the kernel)", flush=True)
+
+    def m(rows: list[dict[str, float]], key: str) -> float:
+        return median([r[key] for r in rows])
+
+    print(f"  ksef-client script   {m(peer, 'wall'):7.2f} s  {m(peer, 'cpu_ms') / count:5.2f} ms CPU/invoice  "
+          f"{m(peer, 'rss_mb'):4.0f} MB peak RSS")
+    print(f"  ksefd (run)          {m(ours, 'wall'):7.2f} s  {m(ours, 'cpu_ms') / count:5.2f} ms CPU/invoice  "
+          f"{m(ours, 'rss_mb'):4.0f} MB peak RSS")
+    print(f"  ksefd / peer         {median(ratios):7.2f}x wall (median of {runs} runs, each on one simulator)")
+
+
+async def big_backlog(count: int) -> None:
+    """ksefd alone: `count` invoices (default 10 000), production limits, default config; 429s from its log."""
+    with tempfile.TemporaryDirectory(prefix="ksefd-big-") as name:
+        folder = Path(name)
+        sim, base_url = await start_simulator("--limits", "production", log=folder / "sim.log")
+        try:
+            k = await ksefd_drain(base_url, await new_token(base_url), folder / "ksefd",
+                                  write_invoices(folder, count, "BIG"))
+            limited = (folder / "ksefd" / "daemon.log").read_text().count('"ksef.rate_limited"')
+        finally:
+            sim.terminate()
+            await sim.wait()
+    print(f"  ksefd {count} invoices  {k['wall']:7.2f} s  {k['cpu_ms'] / count:5.2f} ms CPU/invoice  "
+          f"{k['rss_mb']:4.0f} MB peak RSS  {limited} x 429")
+
+
+async def latency(drops: int) -> None:
+    """Limits off: under the production numbers `invoiceSend` allows 30 a minute, so 100 drops in a row would
+    measure the limiter's waits, not the path."""
+    with tempfile.TemporaryDirectory(prefix="ksefd-latency-") as name:
+        folder = Path(name)
+        sim, base_url = await start_simulator("--limits", "off", log=folder / "sim.log")
+        daemon: Daemon | None = None
+        try:
+            (folder / "acme.token").write_text(await new_token(base_url))
+            daemon = Daemon(daemon_config(folder, base_url, [("acme", NIP)], receive=False))
+            await daemon.start(1)
+            outbox, sent = folder / "data" / "acme" / "outbox", folder / "data" / "acme" / "sent"
+            invoices = write_invoices(folder, drops, "LAT")
+            timings = []
+            for n, data in enumerate(invoices):
+                started = time.perf_counter()
+                drop(outbox, f"L-{n:05d}.xml", data)
+                target = sent / f"L-{n:05d}.ksef.json"
+                while not target.exists():  # noqa: ASYNC110 - a file appearing gives no event here
+                    await asyncio.sleep(0.002)
+                timings.append(time.perf_counter() - started)
+        finally:
+            if daemon is not None:
+                await daemon.stop()
+            sim.terminate()
+            await sim.wait()
+    ordered = sorted(timings)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    print(f"  drop -> KSeF number  p50 {median(ordered) * 1000:6.0f} ms  p99 {p99 * 1000:6.0f} ms  "
+          f"(max {ordered[-1] * 1000:.0f} ms, {drops} sequential drops, default config, limits off)")
+
+
+async def idle(companies: int, seconds: float) -> None:
+    """The simulator in this process (a middleware counts requests), production limits."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from ksefd.sim.app import create_app
+    from ksefd.sim.config import SimConfig
+
+    counts: Counter[str] = Counter()
+    counting = [False]
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        if counting[0]:
+            counts[f"{request.method} {request.match_info.route.resource.canonical if request.match_info.route.resource else request.path}"] += 1  # noqa: E501
+        return await handler(request)
+
+    app = create_app(SimConfig(limits_profile="production"))
+    app.middlewares.insert(0, count)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    base_url = f"http://127.0.0.1:{server.port}/v2"
+    daemon: Daemon | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="ksefd-idle-") as name:
+            folder = Path(name)
+            pairs = [(f"c{n:04d}", nip_with_checksum(526_000_000 + n * 97)) for n in range(companies)]
+            for company, nip in pairs:      # ~5 public calls each, kept under KSeF's 60/s per IP
+                (folder / f"{company}.token").write_text(await new_token(base_url, nip))
+                await asyncio.sleep(0.12)
+            # The tokens were made from this same IP: let KSeF's per-IP window of public calls (60/s) empty
+            # before the daemon's logins, which cannot know about them.
+            await asyncio.sleep(3)
+            daemon = Daemon(daemon_config(folder, base_url, pairs, receive=True))
+            counting[0] = True
+            connect = await daemon.start(companies, timeout=900)
+            login_requests = sum(counts.values())
+            print(f"  {companies} companies connected in {connect:.1f} s with {login_requests} requests "
+                  f"({login_requests / companies:.1f} per company): {dict(counts.most_common(8))}")
+            text = daemon.log.read_text()
+            limited, failed = text.count('"ksef.rate_limited"'), text.count('"daemon.connect_failed"')
+            print(f"  daemon log while connecting: {limited} x ksef.rate_limited, {failed} x daemon.connect_failed")
+            await asyncio.sleep(10)        # the first inbox cycles and start-up work end
+            counts.clear()
+            cpu0 = daemon.cpu_seconds()
+            started = time.perf_counter()
+            await asyncio.sleep(seconds)
+            cpu = daemon.cpu_seconds() - cpu0
+            elapsed = time.perf_counter() - started
+            print(f"  idle over {elapsed:.0f} s: {cpu / elapsed * 100:.3f} % of a core, RSS "
+                  f"{daemon.status('VmRSS') / 1024:.0f} MB, {daemon.status('Threads')} threads, "
+                  f"{sum(counts.values())} requests to KSeF {dict(counts) if counts else ''}")
+    finally:
+        if daemon is not None:
+            await daemon.stop()
+        await server.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    parts = set(args.only.split(","))
+    print(f"machine: {os.cpu_count()} CPUs; simulator `ksefd sim` in its own process unless said")
+    if "backlog" in parts:
+        print(f"backlog: {args.invoices} invoices, batch, production limits, every UPO on disk")
+        await compare("production", args.invoices, args.runs, "batch", "")
+    if "online" in parts:
+        print(f"online: {args.online} invoices, limits off, peer one at a time, ksefd all online")
+        await compare("off", args.online, args.runs, "online", f"batch_threshold = {args.online + 1}")
+    if "big" in parts:
+        print(f"backlog of {args.big} invoices, production limits, ksefd only")
+        await big_backlog(args.big)
+    if "latency" in parts:
+        await latency(args.drops)
+    if "idle" in parts:
+        print(f"idle: {args.companies} companies, send and receive on (simulator in-process)")
+        await idle(args.companies, args.idle_seconds)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="backlog,online,latency,idle")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--invoices", type=int, default=1000)
+    parser.add_argument("--online", type=int, default=200)
+    parser.add_argument("--drops", type=int, default=100)
+    parser.add_argument("--big", type=int, default=10_000, help="invoices for --only big")
+    parser.add_argument("--companies", type=int, default=100)
+    parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--peer", choices=["batch", "online"])
+    parser.add_argument("--base-url")
+    parser.add_argument("--token")
+    parser.add_argument("--dir", type=Path)
+    args = parser.parse_args()
+    if args.peer:
+        peer_main(args.peer, args.base_url, args.token, args.dir)
+    else:
+        asyncio.run(main(args))
