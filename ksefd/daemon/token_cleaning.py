@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from ksefd.ksef.credentials import clean_token_text
+from ksefd.ksef import clean_token_text
 
 log = structlog.get_logger("ksefd.daemon.credentials")
 

@@ -38,6 +38,7 @@ from .client import KsefClient, KsefContext
 from .credentials import (
     CertificateCredentials,
     KsefToken,
+    clean_token_text,
     load_certificate,
     load_certificates,
     load_pkcs12,
@@ -144,6 +145,7 @@ __all__ = [
     "build_csr",
     "certificate_serial_hex",
     "check_ksef_number",
+    "clean_token_text",
     "default_url",
     "environment",
     "format_instant",
