@@ -19,8 +19,10 @@ a name used before is simply a new invoice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from ksefd.ksef import sha256_b64
 from ksefd.store import InvoiceRow, InvoiceState, NewInvoice
 
 from ..runtime import wait_for
+from . import refusals
 from .files import STATE_SUFFIX, OutboxFiles
 from .ledger import Ledger
 from .watch import OutboxWatcher
@@ -57,6 +60,7 @@ class _Claimed:
     checked: CheckedInvoice | None = None
     rejection: dict[str, Any] | None = None
     earlier: InvoiceRow | None = None      # an earlier invoice with these bytes (duplicate-file)
+    refused: dict[str, Any] | None = None  # could not be read at all (refusals.py): moved, not processed
 
 
 class Intake:
@@ -76,6 +80,9 @@ class Intake:
         self.poke = asyncio.Event()
         self.pending = 0            # candidates seen but not yet stable
         self.busy = False           # a chunk is being claimed and checked (the dispatcher waits to see it whole)
+        # Entries refused and left in the outbox (they could not be moved): name -> what they were when told,
+        # so that each is told once, not at every scan (refusals.py).
+        self.left_in_place: dict[str, tuple[int, int, int]] = {}
 
     # --- loops ----------------------------------------------------------------------------------
 
@@ -93,7 +100,13 @@ class Intake:
                 group.create_task(watcher.run(stop_watch))
             try:
                 while not draining.is_set():
-                    await self.scan_once()
+                    try:
+                        await self.scan_once()
+                    except Exception as exc:      # no file may stop the company (issue #15)
+                        self.log.exception("outbox.intake_failed", company=self.company.name, error=str(exc))
+                        self.pending = 0
+                        with contextlib.suppress(Exception):
+                            await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED))
                     interval = self.rescan_interval_seconds
                     if self.pending:
                         interval = min(interval, max(self.settle_seconds / 2, 0.05))
@@ -103,11 +116,16 @@ class Intake:
 
     async def scan_once(self) -> int:
         """Look at the outbox once; claim, check and queue every finished file. Returns how many."""
+        odd: list[tuple[Path, str]] = []
         try:
-            candidates = await asyncio.to_thread(spool.scan, self.outbox)
+            candidates = await asyncio.to_thread(spool.scan, self.outbox, odd)
         except FileNotFoundError:
             self.outbox.mkdir(parents=True, exist_ok=True)
             return 0
+        for path, kind in odd:
+            if not self._told_before(path):
+                await self._refuse(path, path.name, refusals.not_a_file(path.name, kind))
+        candidates = [p for p in candidates if not self._told_before(p)]
         self.stability.retain(candidates)
         stable = [p for p in candidates if self.stability.is_stable(p)]
         self.pending = len(candidates) - len(stable)
@@ -132,21 +150,86 @@ class Intake:
         await self._process(claimed)
         return len(claimed)
 
+    def _told_before(self, path: Path) -> bool:
+        """An entry refused earlier and left in place, unchanged since (it is not claimed or told again)."""
+        told = self.left_in_place.get(path.name)
+        if told is None:
+            return False
+        try:
+            info = os.lstat(path)
+        except OSError:
+            del self.left_in_place[path.name]
+            return False
+        if (info.st_ino, info.st_mtime_ns, info.st_mode) == told:
+            return True
+        del self.left_in_place[path.name]
+        return False
+
+    async def _refuse(self, source: Path, name: str, error: dict[str, Any]) -> None:
+        """An entry that cannot be an invoice at all (refusals.py): into rejected/ as it is, with its error file,
+        or, when it cannot be moved there, back where the ERP left it with NAME.error.json beside it. Either
+        way a REJECTED row, so `ksefd status` shows it; nothing here may stop the company."""
+        try:
+            stem = await asyncio.to_thread(self.files.move_rejected, source, name, error)
+            where = "rejected"
+            if stem is not None and source.parent == self.files.work_dir:
+                self.files.discard_path(source)       # its name sidecar, if any
+            if stem is None:
+                where = await asyncio.to_thread(self._leave_in_place, source, name, error)
+                if where == "told-before":
+                    return
+            row = (await self.store.invoices.add_many(self.company.name, [
+                NewInvoice(name, sha256_b64(b""), 0, {"file": name}, {})]))[0]
+            await self.store.invoices.transition(row.id, S.CLAIMED, S.REJECTED, detail=error, last_error=error,
+                                                 result_name=stem)
+            self.log.warning("outbox.refused", file=name, code=error.get("code"), rejected_as=stem, left=where)
+            self.ledger.dispatch_due.set()
+        except Exception as exc:      # told in the log; the entry stays where it is
+            self.log.error("outbox.refuse_failed", file=name, code=error.get("code"), error=str(exc))
+
+    def _leave_in_place(self, source: Path, name: str, error: dict[str, Any]) -> str:
+        """The entry stays in (or goes back to) the outbox; NAME.error.json beside it. "told-before" when that
+        error file already says exactly this (the same entry found again after a restart)."""
+        target = self.outbox / name
+        if source != target:
+            if os.path.lexists(target):       # the ERP dropped a new file meanwhile: keep ours hidden, say so
+                raise OSError(f"cannot put {name!r} back into the outbox (the name is taken again)")
+            os.rename(source, target)
+            self.files.discard_path(source)   # its name sidecar, if any
+        info = os.lstat(target)
+        self.left_in_place[name] = (info.st_ino, info.st_mtime_ns, info.st_mode)
+        beside = self.files.error_beside(name)
+        body = spool.json_bytes(error)
+        if spool.same_content(beside, body):
+            return "told-before"
+        spool.write_atomic(beside, body)
+        return "outbox"
+
     def _claim_all(self, paths: list[Path]) -> list[tuple[Path, Path]]:
         """Claim a chunk by renames, then make them durable with one fsync of each folder, before any row
         names a working file: a power cut before that puts the files back in the outbox, nothing else."""
         taken = []
         for path in paths:
-            work = self.files.new_work_path(path.name)
-            if spool.claim(path, work, sync_dir=False):
-                taken.append((path, work))     # else gone, or still locked by its writer (Windows)
+            try:
+                work = self.files.new_work_path(path.name)
+                if spool.claim(path, work, sync_dir=False):
+                    taken.append((path, work))     # else gone, or still locked by its writer (Windows)
+                else:
+                    self.files.discard_path(work)  # its name sidecar, if one was written
+            except OSError as exc:                 # this file only; it stays in the outbox, tried at the next scan
+                self.log.error("outbox.claim_failed", file=path.name, error=str(exc))
         if taken:
             spool.fsync_directory(self.files.work_dir)
             spool.fsync_directory(self.outbox)
         return taken
 
     async def _read(self, work: Path, name: str) -> _Claimed:
-        data = await asyncio.to_thread(work.read_bytes)
+        try:
+            data = await asyncio.to_thread(refusals.read_claimed, work)
+        except refusals.NotAFile as exc:
+            return _Claimed(work, name, b"", "", refused=refusals.not_a_file(name, exc.kind))
+        except OSError as exc:        # not readable by ksefd's user, or an I/O error: this file only (issue #15)
+            return _Claimed(work, name, b"", "", refused=refusals.unreadable(name, exc))
         return _Claimed(work, name, data, sha256_b64(data))
 
     async def adopt_orphans(self) -> None:
@@ -194,6 +277,10 @@ class Intake:
     # --- checks and rows --------------------------------------------------------------------------------
 
     async def _process(self, items: list[_Claimed]) -> None:
+        for item in items:
+            if item.refused is not None:
+                await self._refuse(item.work, item.name, item.refused)
+        items = [item for item in items if item.refused is None]
         if not items:
             return
         first_of: dict[str, int] = {}          # hash -> the chunk's first item with those bytes
@@ -274,6 +361,8 @@ class Intake:
                                          today=today)
         except InvoiceRejected as rejected:
             item.rejection = {**rejected.to_dict(), "file": item.name, "invoiceHash": item.sha256}
+        except Exception as exc:      # a bug in a check must reject this file, not stop the company
+            item.rejection = {**refusals.check_failed(item.name, exc), "invoiceHash": item.sha256}
 
     async def _number_taken(self, item: _Claimed, exclude: int | None = None) -> None:
         c = item.checked
