@@ -125,7 +125,10 @@ class Intake:
         for path, kind in odd:
             if not self._told_before(path):
                 await self._refuse(path, path.name, refusals.not_a_file(path.name, kind))
-        candidates = [p for p in candidates if not self._told_before(p)]
+        for path in [p for p in candidates if not _utf8(p.name)]:
+            shown = _shown_name(path.name)
+            await self._refuse(path, shown, refusals.name_not_utf8(shown))
+        candidates = [p for p in candidates if _utf8(p.name) and not self._told_before(p)]
         self.stability.retain(candidates)
         stable = [p for p in candidates if self.stability.is_stable(p)]
         self.pending = len(candidates) - len(stable)
@@ -372,6 +375,20 @@ class Intake:
                  if r.id != exclude and r.state in ACCEPTED_STATES and r.sha256 != item.sha256]
         if taken:
             item.checked, item.rejection = None, _duplicate_number(item, c, taken[0])
+
+
+def _utf8(name: str) -> bool:
+    """A name that UTF-8 can hold (the state database, JSON and KSeF need that); on Linux a name is any bytes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown_name(name: str) -> str:
+    """A name that is not UTF-8, with U+FFFD for each byte that is not (how a file manager shows it)."""
+    return os.fsencode(name).decode("utf-8", "replace")
 
 
 def _duplicate_file(item: _Claimed, earlier: InvoiceRow) -> dict[str, Any]:

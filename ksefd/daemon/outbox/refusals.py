@@ -77,6 +77,14 @@ def unreadable(name: str, exc: OSError) -> dict[str, Any]:
             "details": {"error": exc.strerror or str(exc), "errno": exc.errno}}
 
 
+def name_not_utf8(shown: str) -> dict[str, Any]:
+    return {"stage": STAGE, "code": "name-not-utf8", "file": shown,
+            "message": f"The file name {shown!r} is not valid UTF-8 (each \ufffd stands for a byte that is not); "
+                       "ksefd cannot record or report such a name, so nothing was sent to KSeF.",
+            "hint": "Let the ERP write file names in UTF-8 (or only Latin letters, digits, '-' and '_'), then drop "
+                    "the file again."}
+
+
 def check_failed(name: str, exc: BaseException) -> dict[str, Any]:
     """An unexpected failure of the local checks themselves (a bug in ksefd or its XML library)."""
     return {"stage": "local-check", "code": "check-failed", "file": name,
