@@ -1,0 +1,41 @@
+"""The crash campaign (issue #15): SIGKILL the daemon (a real `ksefd run` subprocess) at random moments while
+two companies send to each other and receive each other's invoices, restarting it at once each time (a
+systemd crash loop), with 429 bursts on (tests/support/soak.py). Prints the figures and fails unless nothing
+was lost, nothing accepted or delivered twice, and no request was sent into a rate-limit block.
+
+    .venv/bin/python benchmarks/crash_campaign.py [--kills 50] [--invoices 600] [--seed 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ksefd.logs import configure_logging
+from tests.support.soak import crash_campaign
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--invoices", type=int, default=600, help="sent (and received) in all, over 2 companies")
+    parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--keep", type=Path, help="run in this folder and keep it (the daemon's log included)")
+    args = parser.parse_args()
+    configure_logging("json", logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        report = asyncio.run(crash_campaign(folder, args.invoices // 2, args.kills, seed=args.seed, limit_s=3600))
+    print("\n".join(report.lines()))
+    return 0 if not report.verdict.problems and report.counts.during_block == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
