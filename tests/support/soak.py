@@ -41,8 +41,8 @@ from tests.daemon.support import ROOT, invoice, today, token_file
 
 A, B = "9999999999", "1111111111"
 COMPANIES = {"alfa": A, "beta": B}
-SOAK_FAULTS = ("seed={seed},5xx=0.1,html=0.5,drop=0.05,unavailable=0.01,upo_delay=2,late=0.1,late_by=4,"
-               "session_ttl=25,outage={outage_at}:{outage_for}")
+SOAK_FAULTS = ("seed={seed},5xx=0.1,html=0.5,drop=0.05,unavailable=0.05,upo_delay=2,late=0.1,late_by=4,"
+               "session_ttl=10,outage={outage_at}:{outage_for}")
 
 
 @dataclass
@@ -71,6 +71,11 @@ def counting_middleware(counts: Counts) -> Any:
             counts.statuses[exc.status] += 1
             raise
         counts.statuses[response.status] += 1
+        if response.status in (400, 401, 404, 410, 415) and isinstance(response, web.Response) and response.body:
+            text = response.body if isinstance(response.body, bytes) else b""
+            for code in (b"21184", b"21180", b"21181", b"21182"):
+                if code in text:
+                    counts.by_fault[f"ksef-{code.decode()}"] += 1
         if fault := response.headers.get("X-Sim-Fault"):
             counts.by_fault[fault] += 1
         if response.status == 429:
@@ -165,6 +170,23 @@ class Verdict:
     received: int = 0
     repeats_440: int = 0
     problems: list[str] = field(default_factory=list)
+
+
+def progress(world: World) -> str:
+    """One line: per company, invoices with a UPO, files in the inbox, and the states still waiting."""
+    config = world.config()
+    parts = []
+    for company in COMPANIES:
+        folders = config.company(company).folders
+        waiting: Counter[str] = Counter()
+        for path in folders.outbox.glob("*.state.json"):
+            try:
+                waiting[json.loads(path.read_bytes())["state"]] += 1
+            except (OSError, ValueError, KeyError):
+                continue
+        parts.append(f"{company}: {len(list(folders.sent.glob('*.upo.xml')))} sent, "
+                     f"{len(list(folders.inbox.rglob('*.xml')))} received, waiting {dict(waiting)}")
+    return "; ".join(parts)
 
 
 def sent_complete(world: World) -> bool:
@@ -299,24 +321,90 @@ class SoakReport:
                 "problems: " + ("none" if not v.problems else "; ".join(v.problems[:10]))]
 
 
+async def nightly_audit(world: World) -> None:
+    """The daemon's nightly reconciliation (ksefd/daemon/inbox/reconcile.py) run now, on the daemon's own state
+    database: invoices KSeF committed late, behind a high-water mark already passed, are never in a later
+    window (PROTOCOL.md §6.4); the audit is what finds them."""
+    from ksefd.clock import SystemClock as DaemonClock
+    from ksefd.daemon.inbox.worker import InboxWorker
+    from ksefd.ksef.auth import ContextIdentifier
+    from ksefd.ksef.client import KsefClient
+    from ksefd.ksef.credentials import KsefToken
+    config = world.config()
+    clock = DaemonClock()
+    async with await Store.open(config.state_db) as store:
+        for name, nip in COMPANIES.items():
+            company = config.company(name)
+            assert company.credentials.token_file is not None
+            client = KsefClient("test", base_url=world.base_url, clock=clock)
+            try:
+                context = client.context(ContextIdentifier.nip(nip),
+                                         KsefToken.parse(company.credentials.token_file.read_text().strip()))
+                worker = InboxWorker(company, context, store, clock)
+                report = await worker.reconcile("Subject2")
+                print(f"soak: audit {name}: {len(report.missing)} missing, {len(report.fetched)} fetched",
+                      file=sys.stderr, flush=True)
+            except Exception as exc:     # a fault hit the audit: the next round tries again
+                print(f"soak: audit {name} failed: {exc}", file=sys.stderr, flush=True)
+            finally:
+                await client.close()
+
+
+def generous_send_limits(world: World) -> None:
+    """Per-context TEST overrides (as POST /testdata/rate-limits sets them) so that the trickle can go through
+    online sessions at a useful pace: PRD allows 30 online sends a minute, which would make a soak take hours."""
+    from ksefd.sim import ratelimits
+    fast = {"perSecond": 20, "perMinute": 1200, "perHour": 72000}
+    for nip in COMPANIES.values():
+        world.sim_world.store.put(ratelimits.OVERRIDES, nip, {"rateLimits": {
+            "invoiceSend": fast, "onlineSession": fast, "onlineSessionClose": fast, "invoiceStatus": fast}})
+
+
 async def soak(folder: Path, per_company: int, *, seed: int = 1, outage_at: float = 8, outage_for: float = 4,
-               limit_s: float = 900) -> SoakReport:
-    """Each company sends `per_company` invoices to the other under the soak's faults; the daemon runs in
-    drain mode (`serve(once=True)`) again and again, as a timer would start it, until everything is
-    accepted with its UPO and both inboxes are complete."""
+               trickle_share: float = 0.1, limit_s: float = 900) -> SoakReport:
+    """Each company sends `per_company` invoices to the other under the soak's faults. Most are a backlog
+    dropped at once (batch sessions); `trickle_share` of them arrive in waves of 3 while the daemon runs
+    (online sessions, where 21184 and session expiry strike). The daemon runs until everything is accepted
+    with its UPO; then in drain mode (`serve(once=True)`, one inbox cycle each, as a timer would start it)
+    until both inboxes are complete."""
     faults = SOAK_FAULTS.format(seed=seed, outage_at=outage_at, outage_for=outage_for)
     world = await start_world(folder, faults=faults, sending={"batch_threshold": 40}, bursts=True)
+    generous_send_limits(world)
+    names = [f"FV-{n:05d}.xml" for n in range(per_company)]
+    trickle = max(3, int(per_company * trickle_share))
+    backlog, waves = names[:-trickle], [names[-trickle:][i:i + 3] for i in range(0, trickle, 3)]
     try:
         for company in COMPANIES:
-            drop_invoices(world, company, [f"FV-{n:05d}.xml" for n in range(per_company)])
+            drop_invoices(world, company, backlog)
         started = time.perf_counter()
-        runs = 0
+        runs = 1
+        stop = asyncio.Event()
         async with asyncio.timeout(limit_s):
+            daemon = asyncio.ensure_future(serve(world.config(), stop))
+            try:
+                for wave in waves:
+                    await asyncio.sleep(0.4)
+                    for company in COMPANIES:
+                        drop_invoices(world, company, wave)
+                looks = 0
+                while not sent_complete(world) and not daemon.done():
+                    await asyncio.sleep(0.5)
+                    looks += 1
+                    if looks % 20 == 0:
+                        print(f"soak: {progress(world)}", file=sys.stderr, flush=True)
+            finally:
+                stop.set()
+                await daemon
+            audits = 0
             while not (sent_complete(world) and inbox_complete(world)):
                 runs += 1
                 await serve(world.config(), asyncio.Event(), once=True)
+                print(f"soak: run {runs}: {progress(world)}", file=sys.stderr, flush=True)
                 if not inbox_complete(world):
                     await asyncio.sleep(1.0)     # late commits: the HWM passes them a few seconds later
+                if runs >= 4 and not inbox_complete(world) and audits < 3:
+                    audits += 1                  # what is still missing was committed behind the HWM
+                    await nightly_audit(world)
         wall = time.perf_counter() - started
         return SoakReport(per_company * len(COMPANIES), wall, runs, world.counts, verify(world))
     finally:
