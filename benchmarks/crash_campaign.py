@@ -27,12 +27,14 @@ def main() -> int:
     parser.add_argument("--invoices", type=int, default=600, help="sent (and received) in all, over 2 companies")
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (the daemon's log included)")
+    parser.add_argument("--limit", type=float, default=900, help="seconds before the campaign gives up")
     args = parser.parse_args()
     configure_logging("json", logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        report = asyncio.run(crash_campaign(folder, args.invoices // 2, args.kills, seed=args.seed, limit_s=3600))
+        report = asyncio.run(crash_campaign(folder, args.invoices // 2, args.kills, seed=args.seed,
+                                           limit_s=args.limit))
     print("\n".join(report.lines()))
     return 0 if not report.verdict.problems and report.counts.during_block == 0 else 1
 

@@ -451,30 +451,41 @@ async def crash_campaign(folder: Path, per_company: int, kills: int, *, seed: in
     names = [f"FV-{n:05d}.xml" for n in range(per_company)]
     waves = [names[: per_company // 2]] + [names[per_company // 2 + i:: kills] for i in range(kills)]
     started = time.perf_counter()
-    proc: asyncio.subprocess.Process | None = None
-    try:
-        async with asyncio.timeout(limit_s):
-            for run in range(kills):
-                for company in COMPANIES:
-                    drop_invoices(world, company, waves[run])
-                proc = await _daemon(world.config_path, log)
-                await asyncio.sleep(rng.uniform(0.3, max_gap_s))
-                proc.send_signal(signal.SIGKILL)
-                code = await proc.wait()
-                if code != -signal.SIGKILL:
-                    raise AssertionError(f"run {run + 1} ended on its own ({code}); see {log}")
+    running: list[asyncio.subprocess.Process] = []
+
+    async def campaign() -> None:
+        for run in range(kills):
             for company in COMPANIES:
-                drop_invoices(world, company, waves[kills])
-            while not (sent_complete(world) and inbox_complete(world)):
-                proc = await _daemon(world.config_path, log, "--once")
-                if await proc.wait() != 0:
-                    raise AssertionError(f"the drain run failed; see {log}")
-                if not inbox_complete(world):
-                    await asyncio.sleep(1.0)
+                drop_invoices(world, company, waves[run])
+            running.append(proc := await _daemon(world.config_path, log))
+            await asyncio.sleep(rng.uniform(0.3, max_gap_s))
+            proc.send_signal(signal.SIGKILL)
+            code = await proc.wait()
+            if code != -signal.SIGKILL:
+                raise AssertionError(f"run {run + 1} ended on its own ({code}); see {log}")
+        for company in COMPANIES:
+            drop_invoices(world, company, waves[kills])
+        while not (sent_complete(world) and inbox_complete(world)):
+            running.append(proc := await _daemon(world.config_path, log, "--once"))
+            if await proc.wait() != 0:
+                raise AssertionError(f"the drain run failed; see {log}")
+            if not inbox_complete(world):
+                await asyncio.sleep(1.0)
+
+    unfinished = []
+    try:
+        try:
+            async with asyncio.timeout(limit_s):
+                await campaign()
+        except TimeoutError:
+            unfinished.append(f"not finished after {limit_s:.0f} s: {progress(world)}")
         wall = time.perf_counter() - started
-        return CampaignReport(kills, wall, world.counts, verify(world), await final_states(world))
+        verdict = verify(world)
+        verdict.problems[:0] = unfinished
+        return CampaignReport(kills, wall, world.counts, verdict, await final_states(world))
     finally:
-        if proc is not None and proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        for proc in running:          # never leave a daemon behind
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
         await world.close()
