@@ -283,9 +283,12 @@ class Bursts:
         @web.middleware
         async def burst(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                         ) -> web.StreamResponse:
-            who = request.headers.get("Authorization", "")
-            if not request.path.startswith("/v2/") or not who or self.started is None:
+            from ksefd.sim import ratelimits
+            path = ratelimits._spec_path(request) if request.path.startswith("/v2/") else None
+            group = ratelimits.group_of(request.method, path) if path else None
+            if group is None or not request.headers.get("Authorization") or self.started is None:
                 return await handler(request)
+            who = f"{request.headers['Authorization']} {group}"      # KSeF blocks per context and group
             now = time.monotonic()
             if now < self.blocked_until.get(who, 0.0):      # counted by counting_middleware (its text)
                 self.blocked_until[who] = now + self.block_s
