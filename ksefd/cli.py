@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -16,8 +17,10 @@ from ksefd.logs import configure_logging
 if TYPE_CHECKING:
     from ksefd.config import Config
 
-EX_CONFIG = 78           # sysexits.h EX_CONFIG: bad configuration
+EX_CONFIG = 78           # sysexits.h EX_CONFIG: bad configuration (also a data folder or state DB ksefd cannot write)
 EX_SOFTWARE = 70         # sysexits.h EX_SOFTWARE: the installation is broken (the FA(3) schema cannot be compiled)
+EX_TEMPFAIL = 75         # sysexits.h EX_TEMPFAIL: another ksefd is already running on this state database
+EX_UNFINISHED = 3        # `ksefd run --once`: a company could not do what its config asks (on hold, no login, ...)
 
 
 def _sim_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,13 +42,22 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("run", help="run the daemon: send every company's outbox to KSeF")
     p.add_argument("-c", "--config", type=Path, required=True, help="the config file (see config.example.toml)")
     p.add_argument("--once", action="store_true",
-                   help="drain mode: exit once every file dropped so far is finished (accepted or rejected)")
+                   help="drain mode: exit once every file dropped so far is finished (accepted or rejected); "
+                        "exit code 3 if a company could not do what its config asks (on hold, no login, "
+                        "receiving failed)")
 
 
 def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="per company: queued, in KSeF, accepted today, rejected, holds, errors")
     p.add_argument("-c", "--config", type=Path, required=True, help="the config file of the daemon")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _resume_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("resume", help="try a company on hold again now (after fixing its token, certificate "
+                                      "or permissions); reaches the running daemon")
+    p.add_argument("-c", "--config", type=Path, required=True, help="the config file of the daemon")
+    p.add_argument("company", help="the company's name, as in [[companies]] name")
 
 
 def _check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -85,6 +97,9 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--dir", type=Path, default=None, help="folder to work in (default: a new temporary one)")
     p.add_argument("--once", action=argparse.BooleanOptionalAction, default=None,
                    help="end when every invoice is done (default: when standard input is not a terminal)")
+    p.add_argument("--outage", type=float, nargs="?", const=20.0, default=None, metavar="SECONDS",
+                   help="KSeF fails for SECONDS (default 20) from the start: the invoices are issued offline "
+                        "(KOD I/KOD II) and sent with offlineMode once KSeF is back")
 
 
 def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -118,16 +133,19 @@ def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ksefd", description="KSeF (API 2.0) daemon for file-based ERPs")
     parser.add_argument("--version", action="version", version=f"ksefd {__version__}")
-    parser.add_argument("--log-format", choices=["auto", "console", "json"], default=None,
+    parser.add_argument("--log-format", choices=["auto", "console", "json", "journal"], default=None,
                         help="log format (default: the config's log_format, else auto)")
     sub = parser.add_subparsers(dest="command", required=True)
     _sim_parser(sub)
     _demo_parser(sub)
     _run_parser(sub)
     _status_parser(sub)
+    _resume_parser(sub)
     _certificate_parser(sub)
     _check_parser(sub)
     _ops_parsers(sub)
+    from ksefd import credentials_cli
+    credentials_cli.add_parser(sub)
     return parser
 
 
@@ -142,7 +160,7 @@ async def _run_demo(args: argparse.Namespace) -> int:
 
     stop = asyncio.Event()
     with ShutdownSignals(stop):
-        return await run_demo(count=args.invoices, once=once, keep=args.dir, stop=stop)
+        return await run_demo(count=args.invoices, once=once, keep=args.dir, stop=stop, outage=args.outage)
 
 
 async def _run_sim(args: argparse.Namespace) -> int:
@@ -175,31 +193,71 @@ def _load(path: Path) -> Config:
 
 
 async def _run_daemon(config: Config, once: bool) -> int:
+    from ksefd.daemon.instance import AlreadyRunning, StartupProblem
     from ksefd.daemon.lifecycle import ShutdownSignals
     from ksefd.daemon.service import serve
     from ksefd.invoice import SchemaUnavailable
 
     stop, force = asyncio.Event(), asyncio.Event()
     try:
-        with ShutdownSignals(stop, force):  # a first signal drains, a second one forces (DESIGN.md convention 2)
-            await serve(config, stop, once=once, force=force)
+        with ShutdownSignals(stop, force):      # a first signal drains, a second one forces (DESIGN.md convention 2)
+            problems = await serve(config, stop, once=once, force=force)
+    except StartupProblem as problem:
+        print(f"ksefd: cannot start: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    except AlreadyRunning as running:
+        print(f"ksefd: {running}", file=sys.stderr)
+        return EX_TEMPFAIL
     except SchemaUnavailable as error:
         print(f"ksefd: {error}", file=sys.stderr)
         return EX_SOFTWARE
+    if once and problems:
+        print("ksefd run --once: not everything the config asks could be done:", file=sys.stderr)
+        for problem_text in problems:
+            print(f"  - {problem_text}", file=sys.stderr)
+        print("Fix the above (see `ksefd status`), then run again.", file=sys.stderr)
+        return EX_UNFINISHED
     return 0
+
+
+async def _resume(config: Config, company: str) -> int:
+    from ksefd.clock import SystemClock
+    from ksefd.daemon.resume import request_resume
+    from ksefd.store import Store
+
+    names = [c.name for c in config.companies]
+    if company not in names:
+        print(f"ksefd resume: no company {company!r} in {config.source}; the companies are: {', '.join(names)}",
+              file=sys.stderr)
+        return 2
+    if not config.state_db.exists():
+        print(f"ksefd resume: no state database yet at {config.state_db}: nothing is on hold", file=sys.stderr)
+        return 0
+    async with await Store.open(config.state_db) as store:
+        outcome = await request_resume(store, company, SystemClock())
+    print(outcome.message, file=sys.stderr if outcome.exit_code else sys.stdout)
+    return outcome.exit_code
 
 
 async def _show_status(config: Config, as_json: bool) -> int:
     from ksefd.clock import SystemClock
-    from ksefd.daemon.status import gather, render, to_json_text
+    from ksefd.daemon.status import gather, render
     from ksefd.store import Store
 
     if not config.state_db.exists():
         print(f"no state database yet at {config.state_db}: ksefd has not run with this config", file=sys.stderr)
         return 1
+    from ksefd.clock import warsaw_today
+    from ksefd.daemon.credential_expiry import warnings
+
     async with await Store.open(config.state_db) as store:
         status = await gather(store, config, SystemClock())
-    print(to_json_text(status) if as_json else render(status))
+    # Credential ends (issue #12 point 7): every company still on a KSeF token, certificates within 60 days.
+    due = warnings(config, warsaw_today(SystemClock()))
+    if as_json:
+        print(json.dumps({**status.to_json(), "credentialWarnings": due}, ensure_ascii=False, indent=2))
+    else:
+        print(render(status) + ("\n\nCredentials\n" + "\n".join(f"  WARNING {w}" for w in due) if due else ""))
     return 0
 
 
@@ -279,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "service":
         from ksefd.winservice import main as service_main
         return service_main(args.action, args.config, args.startup)
+    if args.command == "credentials":       # reads the config leniently: the token file may not exist yet
+        configure_logging(args.log_format or "console", logging.WARNING)
+        from ksefd import credentials_cli
+        return asyncio.run(credentials_cli.run(args))
     if args.command in ("validate", "qr"):        # no config needed, nothing but the files
         configure_logging(args.log_format or "console", logging.WARNING)
         return _validate(args) if args.command == "validate" else _qr(args)
@@ -294,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run_daemon(config, args.once))
     if args.command == "status":
         return asyncio.run(_show_status(config, args.json))
+    if args.command == "resume":
+        return asyncio.run(_resume(config, args.company))
     if args.command == "certificate":
         from ksefd import certificate_cli
         return asyncio.run(certificate_cli.run(config, args))

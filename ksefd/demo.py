@@ -16,19 +16,21 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
+import aiohttp
 from aiohttp import web
 
 from ksefd.clock import warsaw_date
 from ksefd.config import load_config
 from ksefd.daemon.runtime import Runtime
 from ksefd.daemon.service import serve
-from ksefd.demo_setup import prepare_companies, write_config
+from ksefd.demo_setup import offline_certificate, prepare_companies, write_config
 from ksefd.samples import has_attachment, make_invoice, sample_bytes, sample_names
 from ksefd.sim.app import create_app
 from ksefd.sim.config import SimConfig
 
 FINAL = ("done", "rejected")
 INBOX_WAIT = 120.0   # seconds the demo waits for the buyer's inbox after the last invoice is accepted
+OUTAGE_INBOX_WAIT = 10.0
 
 
 async def _start_simulator() -> tuple[web.AppRunner, str]:
@@ -75,6 +77,8 @@ class LiveSummary:
                 self.seen[key] = state
                 extra = f"  KSeF {ksef_number}" if ksef_number and state in ("accepted", "done") else ""
                 note = "  (sent/ has the XML, .ksef.json and .upo.xml)" if state == "done" else ""
+                if state == "offline":
+                    note = "  (KSeF down: KOD I + KOD II and .offline.json in offline/, ready to print)"
                 print(f"  {key:<40} {state:<11}{extra}{note}", file=self.out, flush=True)
         for company in runtime.config.companies:
             if not company.receive or not company.folders.inbox.exists():
@@ -88,8 +92,18 @@ class LiveSummary:
         return sum(1 for s in self.seen.values() if s in FINAL) >= expected
 
 
+async def _announce_outage(base_url: str, seconds: float) -> None:
+    """A FAILURE window from now, announced through the simulator's Latarnia (PROTOCOL.md §1, §8.1)."""
+    root = base_url.removesuffix("/v2")
+    start = dt.datetime.now(dt.UTC)
+    window = {"from": start.isoformat(), "to": (start + dt.timedelta(seconds=seconds)).isoformat(),
+              "kind": "FAILURE", "text": "Awaria KSeF (ksefd demo --outage)"}
+    async with aiohttp.ClientSession() as http, http.post(f"{root}/sim/faults", json={"outages": [window]}) as answer:
+        answer.raise_for_status()
+
+
 async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.Event | None = None,
-                   out: TextIO = sys.stdout) -> int:
+                   out: TextIO = sys.stdout, outage: float | None = None) -> int:
     folder = keep or Path(tempfile.mkdtemp(prefix="ksefd-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     runner, base_url = await _start_simulator()
@@ -97,7 +111,14 @@ async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.E
     try:
         print(f"KSeF simulator: {base_url}\nDemo folder:    {folder}", file=out)
         seller, buyer = await prepare_companies(base_url, folder)
-        config = load_config(write_config(folder, base_url, seller, buyer))
+        signer = offline_certificate(folder) if outage else None
+        config = load_config(write_config(folder, base_url, seller, buyer, signer))
+        if outage:
+            await _announce_outage(base_url, outage)
+            print(f"KSeF FAILURE announced for {outage:g} s (the simulator's Latarnia; its API answers 503): the "
+                  f"invoices are issued offline at once, with KOD I and KOD II in "
+                  f"{config.companies[0].folders.offline}, and sent with offlineMode when KSeF is back.",
+                  file=out)
         today = warsaw_date(dt.datetime.now(dt.UTC))
         names = drop_invoices(config.companies[0].folders.outbox, seller.nip, buyer.nip, today, count)
         to_buyer = sum(1 for _, has_nip in names if has_nip)
@@ -112,7 +133,9 @@ async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.E
                 return
             sent_at.append(asyncio.get_running_loop().time()) if not sent_at else None
             # The buyer's inbox follows on its next cycle; do not wait for it for ever.
-            if len(summary.inbox_seen) >= to_buyer or asyncio.get_running_loop().time() - sent_at[0] > INBOX_WAIT:
+            # After an outage the buyer's inbox retries on its own backoff: the demo waits less for it then.
+            wait = INBOX_WAIT if not outage else OUTAGE_INBOX_WAIT
+            if len(summary.inbox_seen) >= to_buyer or asyncio.get_running_loop().time() - sent_at[0] > wait:
                 stop.set()
 
         await serve(config, stop, on_progress=progress)

@@ -31,8 +31,9 @@ class DemoCompany:
     token_file: Path
 
 
-def _self_signed(nip: str, given: str, surname: str, folder: Path) -> tuple[Path, Path]:
-    """A person's certificate as the Ministry's test tools make them (PROTOCOL.md §11), EC P-256."""
+def _self_signed(nip: str, given: str, surname: str, folder: Path, *, offline: bool = False) -> tuple[Path, Path]:
+    """A person's certificate as the Ministry's test tools make them (PROTOCOL.md §11), EC P-256; `offline`:
+    a certificate of type Offline (keyUsage Non-Repudiation only), which signs KOD II (PROTOCOL.md §8.6)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([
         x509.NameAttribute(NameOID.GIVEN_NAME, given), x509.NameAttribute(NameOID.SURNAME, surname),
@@ -40,10 +41,17 @@ def _self_signed(nip: str, given: str, surname: str, folder: Path) -> tuple[Path
         x509.NameAttribute(NameOID.COMMON_NAME, f"{given} {surname}"), x509.NameAttribute(NameOID.COUNTRY_NAME, "PL"),
     ])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=365)).sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / f"{nip}.crt", folder / f"{nip}.key"
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+               .not_valid_after(now + dt.timedelta(days=365)))
+    if offline:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=False, content_commitment=True, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False),
+            critical=True)
+    cert = builder.sign(key, hashes.SHA256())
+    stem = f"{nip}-offline" if offline else nip
+    cert_path, key_path = folder / f"{stem}.crt", folder / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
@@ -81,12 +89,22 @@ async def prepare_companies(base_url: str, folder: Path) -> tuple[DemoCompany, D
     return companies[0], companies[1]
 
 
-def write_config(folder: Path, base_url: str, seller: DemoCompany, buyer: DemoCompany) -> Path:
+def offline_certificate(folder: Path) -> tuple[Path, Path]:
+    """The seller's certificate of type Offline, for KOD II on offline invoices (`ksefd demo --outage`)."""
+    _, nip, given, surname = SELLER
+    return _self_signed(nip, given, surname, folder, offline=True)
+
+
+def write_config(folder: Path, base_url: str, seller: DemoCompany, buyer: DemoCompany,
+                 offline: tuple[Path, Path] | None = None) -> Path:
     path = folder / "ksefd.toml"
+    signer = "" if offline is None else (f'offline_certificate = "{offline[0].relative_to(folder)}"\n'
+                                         f'offline_private_key = "{offline[1].relative_to(folder)}"\n')
     path.write_text(f"""# Written by `ksefd demo`: the daemon against the embedded KSeF simulator.
 [ksef]
 environment = "test"
 base_url = "{base_url}"
+latarnia_problem_interval_seconds = 1
 
 [daemon]
 data_dir = "data"
@@ -106,7 +124,7 @@ nip = "{seller.nip}"
 send = true
 receive = false
 token_file = "{seller.token_file.relative_to(folder)}"
-
+{signer}
 [[companies]]
 name = "{buyer.name}"
 nip = "{buyer.nip}"

@@ -67,10 +67,10 @@ def stop_wait_hint_ms(config: Config | None) -> int:
     return int((grace + STOP_MARGIN_SECONDS) * 1000)
 
 
-Serve = Callable[["Config", asyncio.Event], Awaitable[None]]
+Serve = Callable[["Config", asyncio.Event], Awaitable[object]]   # serve() returns the --once problems
 
 
-def _default_serve(config: Config, stop: asyncio.Event) -> Awaitable[None]:
+def _default_serve(config: Config, stop: asyncio.Event) -> Awaitable[object]:
     from ksefd.daemon.service import serve
     return serve(config, stop)
 

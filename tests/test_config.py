@@ -106,7 +106,7 @@ def test_defaults(tmp_path: Path, creds: dict[str, str]) -> None:
     assert company.receiving.inbox_layout == "flat" and company.receiving.backfill_from is None
     assert company.sending == cfg.SendingOptions()
     assert company.folders == cfg.Folders(*(tmp_path / "data" / "acme" / f
-                                            for f in ("outbox", "sent", "rejected", "inbox")))
+                                            for f in ("outbox", "sent", "rejected", "inbox", "offline")))
 
 
 # --- NIP ---------------------------------------------------------------------------------------------
@@ -366,3 +366,28 @@ def test_structs_are_frozen(tmp_path: Path, creds: dict[str, str]) -> None:
 def test_parse_config_from_text(tmp_path: Path, creds: dict[str, str]) -> None:
     config = parse_config(textwrap.dedent(MINIMAL), base_dir=tmp_path, environ=creds)
     assert config.source is None and config.data_dir == tmp_path / "data"
+
+
+# --- offline invoicing (issue #11) -------------------------------------------------------------------
+
+def test_offline_policy_certificate_and_latarnia(tmp_path: Path, creds: dict[str, str]) -> None:
+    config = load_config(write(tmp_path, MINIMAL), environ=creds)
+    acme = config.companies[0]
+    assert (acme.sending.offline, acme.sending.offline_after_seconds) == ("auto", 300)
+    assert acme.folders.offline == tmp_path / "data" / "acme" / "offline"
+    assert config.latarnia_url is None and config.latarnia_interval_seconds == 900
+    body = MINIMAL + '\n[companies.sending]\noffline = "off"\noffline_after_seconds = 60\n'
+    sending = load_config(write(tmp_path, body), environ=creds).companies[0].sending
+    assert (sending.offline, sending.offline_after_seconds) == ("off", 60)
+    found = problems(tmp_path, body.replace('offline = "off"', 'offline = "sometimes"'), creds)
+    assert found == ['companies[0].sending.offline: "sometimes" is invalid: use one of auto, off (company "acme")']
+    signer = MINIMAL.replace('token_file = "acme.token"', 'token_file = "acme.token"\noffline_certificate = "jan.crt"')
+    assert any(p.startswith("companies[0].offline_private_key: is required with offline_certificate")
+               for p in problems(tmp_path, signer, creds))
+    signed = signer + 'offline_private_key = "jan.key"\noffline_private_key_password_file = "jan.pass"\n'
+    files = load_config(write(tmp_path, signed), environ=creds).companies[0].credentials
+    assert files.offline_certificate is not None and files.offline_private_key_password_file is not None
+    remote = '[ksef]\nlatarnia_url = "http://status.example.com"\n' + MINIMAL
+    assert problems(tmp_path, remote, creds)[0].startswith('ksef.latarnia_url: "http://status.example.com" uses plain')
+    fast = '[ksef]\nlatarnia_interval_seconds = 10\n' + MINIMAL
+    assert problems(tmp_path, fast, creds)[0].startswith("ksef.latarnia_interval_seconds: 10 is invalid")

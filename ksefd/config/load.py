@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import ipaddress
 import os
@@ -58,7 +59,8 @@ def parse_config(text: str, *, base_dir: Path, source: Path | None = None,
 
 
 _T = TypeVar("_T", bound=msgspec.Struct)
-_CHOICES = {"environment": "test, demo, prod", "log_format": "auto, console, json",
+_CHOICES = {"environment": "test, demo, prod", "offline": "auto, off",
+            "log_format": "auto, console, json, journal",
             "log_level": "debug, info, warning, error", "inbox_layout": "flat, year-month",
             "subject_types": "Subject1, Subject2, Subject3, SubjectAuthorized"}
 _TOP = {"ksef", "daemon", "sending", "receiving", "companies"}
@@ -126,6 +128,8 @@ class _Builder:
             receiving = {}
         if ksef and ksef.base_url:
             self.check_url("ksef.base_url", ksef.base_url)
+        if ksef and ksef.latarnia_url:
+            self.check_url("ksef.latarnia_url", ksef.latarnia_url)
         companies_raw = raw.get("companies")
         if not isinstance(companies_raw, list) or not companies_raw:
             self.problem("companies", _MISSING, "at least one [[companies]] block is required")
@@ -139,11 +143,14 @@ class _Builder:
         self.check_unique(ready)
         if self.problems:
             return None
-        return Config(source=source, environment=ksef.environment, base_url=ksef.base_url, data_dir=data_dir,
+        return Config(source=source, environment=ksef.environment, base_url=ksef.base_url,
+                      latarnia_url=ksef.latarnia_url, latarnia_interval_seconds=ksef.latarnia_interval_seconds,
+                      latarnia_problem_interval_seconds=ksef.latarnia_problem_interval_seconds, data_dir=data_dir,
                       state_db=self.path(daemon.state_db) if daemon.state_db else data_dir / "state.sqlite3",
                       rescan_interval_seconds=daemon.rescan_interval_seconds,
                       settle_seconds=daemon.settle_seconds, shutdown_grace_seconds=daemon.shutdown_grace_seconds,
-                      log_format=daemon.log_format, log_level=daemon.log_level, companies=ready)
+                      log_format=daemon.log_format, log_level=daemon.log_level, companies=ready,
+                      http=self.listen_address("daemon.http", daemon.http))
 
     def company(self, raw: Any, index: int, ksef: KsefSection, data_dir: Path, sending: Any,
                 receiving: Any) -> Company | None:
@@ -178,7 +185,7 @@ class _Builder:
             return None
         home = data_dir / section.name
         folders = Folders(*(self.path(getattr(section, f)) if getattr(section, f) else home / f
-                            for f in ("outbox", "sent", "rejected", "inbox")))
+                            for f in ("outbox", "sent", "rejected", "inbox", "offline")))
         # A company that names its own environment does not inherit [ksef].base_url (meant for another).
         base_url = section.base_url or (ksef.base_url if section.environment is None else None)
         return Company(name=section.name, nip=section.nip, send=section.send, receive=section.receive,
@@ -205,6 +212,22 @@ class _Builder:
         elif not nip_is_valid(nip):
             self.problem(path, nip, "fails the NIP checksum (weights 6,5,7,2,3,4,5,6,7 mod 11); check the "
                                     "digits against the company's registration")
+
+    def listen_address(self, path: str, value: str | None) -> tuple[str, int] | None:
+        """[daemon] http = "HOST:PORT". Only a loopback address: the status page and /metrics have no login, so
+        they are for this machine (a reverse proxy or node exporter's textfile can publish them further)."""
+        if value is None:
+            return None
+        host, _, port = value.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            self.problem(path, value, 'is not HOST:PORT; e.g. "127.0.0.1:9464" (port 0: a free port, logged)')
+            return None
+        if not _is_loopback(host):
+            self.problem(path, value, "listens beyond this machine; the status page has no login: use 127.0.0.1 "
+                                      "(or ::1, localhost) and publish it through a reverse proxy if needed")
+            return None
+        return host, int(port)
 
     def check_url(self, path: str, url: str) -> None:
         parts = urlsplit(url)
@@ -265,6 +288,7 @@ class _Builder:
                          f"is greater than retry_max_seconds ({_show(options.retry_max_seconds)}); lower it")
 
     def check_receiving(self, path: str, options: ReceivingOptions) -> ReceivingOptions:
+        options = self.check_backfill(path, options)
         if not options.subject_types:
             self.problem(f"{path}.subject_types", [], "is empty; list at least one, e.g. [\"Subject2\"]")
         elif len(set(options.subject_types)) != len(options.subject_types):
@@ -291,6 +315,22 @@ class _Builder:
             return options
         return msgspec.structs.replace(options, hook_command=(found, *options.hook_command[1:]))
 
+    def check_backfill(self, path: str, options: ReceivingOptions) -> ReceivingOptions:
+        """`backfill_from`: a TOML date, "now", or a quoted ISO date (accepted as the date it names)."""
+        value = options.backfill_from
+        if value is None or value == "now" or (isinstance(value, dt.date) and not isinstance(value, dt.datetime)):
+            return options
+        if isinstance(value, str):
+            try:
+                return msgspec.structs.replace(options, backfill_from=dt.date.fromisoformat(value))
+            except ValueError:
+                pass
+        self.problem(f"{path}.backfill_from", value, "is not a date: write a date such as 2026-02-01 (no "
+                                                     "quotes), or \"now\" to skip invoices from before the first "
+                                                     "start; leave it out to start at the first day of the "
+                                                     "previous month")
+        return options
+
     def check_unique(self, companies: tuple[Company, ...]) -> None:
         names: dict[str, str] = {}
         targets: dict[tuple[str, str], str] = {}
@@ -305,7 +345,7 @@ class _Builder:
                 self.problem(f"{path}.nip", company.nip, f"is also the NIP of company \"{holder}\" on {target[0]}; "
                                                          "use one entry per NIP and KSeF environment (they share "
                                                          "rate limits, checkpoints and duplicate checks)")
-            for kind in ("outbox", "sent", "rejected", "inbox"):
+            for kind in ("outbox", "sent", "rejected", "inbox", "offline"):
                 folder = getattr(company.folders, kind).resolve()
                 label = f"the {kind} of company \"{company.name}\""
                 if (holder := folders.setdefault(folder, label)) is not label:

@@ -38,6 +38,9 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class KsefSection(Strict, frozen=True):
     environment: Environment = "test"
     base_url: str | None = None
+    latarnia_url: str | None = None                  # KSeF's status service (PROTOCOL.md §1); default per environment
+    latarnia_interval_seconds: Annotated[float, msgspec.Meta(ge=60)] = 900.0        # while KSeF is available
+    latarnia_problem_interval_seconds: Annotated[float, msgspec.Meta(ge=0.5)] = 60.0   # while something is wrong
 
 
 class DaemonSection(Strict, frozen=True):
@@ -46,8 +49,10 @@ class DaemonSection(Strict, frozen=True):
     rescan_interval_seconds: Positive = 30.0         # watchfiles misses events on network shares
     settle_seconds: NonNegative = 2.0                # size and mtime unchanged this long = finished
     shutdown_grace_seconds: NonNegative = 30.0
-    log_format: Literal["auto", "console", "json"] = "auto"
+    log_format: Literal["auto", "console", "json", "journal"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "127.0.0.1:9464": /healthz, /readyz, /metrics and the status page (ksefd/daemon/http_server.py); off if unset
+    http: str | None = None
 
 
 class SendingOptions(Strict, frozen=True):
@@ -59,13 +64,21 @@ class SendingOptions(Strict, frozen=True):
     retry_min_seconds: Positive = 60.0               # first backoff after a transient failure
     retry_max_seconds: Positive = 3600.0             # backoff cap (doubling in between)
     hold_retry_seconds: Positive = 900.0             # slow retry of a company on hold
+    # Offline invoicing (PROTOCOL.md §8, README "Offline invoicing"): "auto" issues an invoice offline (KOD I/II
+    # written at once, sent later with offlineMode) during an announced outage, or once KSeF has been
+    # unreachable and the invoice has waited offline_after_seconds; "off" lets invoices wait for KSeF.
+    offline: Literal["auto", "off"] = "auto"
+    offline_after_seconds: NonNegative = 300.0
 
 
 class ReceivingOptions(Strict, frozen=True):
     """Receiving options ([receiving], overridable per company in [companies.receiving])."""
 
     subject_types: tuple[SubjectType, ...] = ("Subject2",)
-    backfill_from: dt.date | None = None             # None: start from the first run, no history
+    # A date, "now" (no history), or None: the first day of the previous month, Polish time, so the first
+    # run fetches the purchases of the VAT period still being booked (issue #10 point 5). `Any` because
+    # msgspec takes one string-like type per field; config/load.py checks the value.
+    backfill_from: Any = None
     inbox_layout: Literal["flat", "year-month"] = "flat"
     cycle_minutes: Annotated[float, msgspec.Meta(ge=1)] = 15.0    # per subject type (PROTOCOL.md §6.4)
     reconcile: bool = True
@@ -98,6 +111,7 @@ class CompanySection(Strict, frozen=True):
     sent: str | None = None
     rejected: str | None = None
     inbox: str | None = None
+    offline: str | None = None                       # offline invoices' QR codes, JSON (data_dir/<name>/offline)
     sending: dict[str, Any] | None = None
     receiving: dict[str, Any] | None = None
 
@@ -123,6 +137,7 @@ class Folders:
     sent: Path
     rejected: Path
     inbox: Path
+    offline: Path                 # KOD I / KOD II images and NAME.offline.json of offline invoices
 
 
 @dataclass(frozen=True)
@@ -146,14 +161,18 @@ class Config:
     source: Path | None
     environment: Environment
     base_url: str | None
+    latarnia_url: str | None      # None: per environment (ksefd.ksef.latarnia.default_url)
+    latarnia_interval_seconds: float
+    latarnia_problem_interval_seconds: float
     data_dir: Path
     state_db: Path
     rescan_interval_seconds: float
     settle_seconds: float
     shutdown_grace_seconds: float
-    log_format: Literal["auto", "console", "json"]
+    log_format: Literal["auto", "console", "json", "journal"]
     log_level: Literal["debug", "info", "warning", "error"]
     companies: tuple[Company, ...]
+    http: tuple[str, int] | None = None          # [daemon] http: where the health/metrics endpoint listens
 
     def company(self, name: str) -> Company:
         for company in self.companies:

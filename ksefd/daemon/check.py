@@ -41,6 +41,7 @@ from ksefd.ksef import (
     personal_permissions,
     token_permissions,
 )
+from ksefd.store import Store
 
 from .check_local import CERTIFICATE_FIX, check_credentials, check_folders, check_general
 from .check_report import CheckReport, CompanyCheck
@@ -85,6 +86,7 @@ async def run_check(config: Config, names: Sequence[str] = (), *, clock: Clock |
     check_general(report, config)
     companies = _selected(report, config, names)
     limiter = RateLimiter(now=lambda: clock.now().timestamp(), sleep=clock.sleep)
+    await _observe_daemon_limits(limiter, config)
     targets: dict[tuple[str, str | None], _Target] = {}
     try:
         for company in companies:
@@ -273,3 +275,15 @@ def _permission_fix(company: Company, credentials: Credentials, permission: str,
     who = "the person who generated this token" if isinstance(credentials, KsefToken) else "this certificate's owner"
     return (f"the owner of NIP {company.nip} must grant {permission} to {who} (KSeF web app > Uprawnienia > "
             f"nadaj uprawnienia, or the ZAW-FA form){alternative}")
+
+
+async def _observe_daemon_limits(limiter: RateLimiter, config: Config) -> None:
+    """Beside a running daemon, `ksefd check` shares its KSeF quota: take in the daemon's recorded windows and
+    blocks (read only) so that the check never sends into a block or a full window (issue #10 point 1)."""
+    if not config.state_db.exists():
+        return
+    try:
+        async with await Store.open(config.state_db) as store:
+            await limiter.observe(store.rate_limits)
+    except Exception as exc:      # the check goes on with empty windows; it says why in the log
+        log.warning("check.limits_unreadable", state_db=str(config.state_db), error=str(exc))

@@ -3,9 +3,20 @@ its credentials, its login, its session limits, the backoff of failed logins, an
 
 Credentials are read from the files the config names (DESIGN.md config contract).
 
-Files are read each time a company (re)connects, so a person who replaces an expired token file or a
-renewed certificate sees the company resume at its next hold retry, without a restart. Errors are
-`CredentialsError` naming the file and the fix; nothing secret is ever put into a message or a log.
+Files are read each time a company (re)connects. Errors are `CredentialsError` naming the file and the
+fix; nothing secret is ever put into a message or a log.
+
+A hold outlives its cause only until someone could have fixed it (issue #10 point 2). Besides the slow
+retry every `hold_retry_seconds`, the same login is tried again at once:
+
+* at start-up: a hold left by a previous run is re-examined by the first `ready()`, and released as soon
+  as the login succeeds, so `ksefd status` never shows a reason that no longer holds;
+* when a credential file changes: the size and mtime of the token, certificate, key and password files
+  are compared (a few `stat` calls) at each `ready()` while the company is on hold or backing off; the
+  halves ask at least every HOLD_LOOK_SECONDS while on hold, so a replaced file is noticed within seconds
+  (no thread, no watcher per company);
+* on `ksefd resume -c CONFIG COMPANY`: the command leaves a request in the state database (resume.py),
+  which the next `ready()` takes.
 """
 
 from __future__ import annotations
@@ -34,17 +45,38 @@ from ksefd.ksef import (
 )
 from ksefd.store import Hold
 
+from .credential_store import read_secret_text
 from .failures import Backoff, Failure, LastingFailure, classify
+from .resume import take_resume_request
 from .runtime import Runtime
 
 log = structlog.get_logger("ksefd.daemon.credentials")
 
 _PKCS12 = (".p12", ".pfx")
+HOLD_LOOK_SECONDS = 2.0     # while on hold, the halves ask ready() at least this often (credential files, resume)
+
+Fingerprint = tuple[tuple[str, int, int] | None, ...]
+
+
+def credential_fingerprint(company: Company) -> Fingerprint:
+    """(path, mtime in ns, size) of each credential file the config names; None for a missing one."""
+    files = company.credentials
+    found: list[tuple[str, int, int] | None] = []
+    for path in (files.token_file, files.certificate, files.private_key, files.private_key_password_file):
+        if path is None:
+            continue
+        try:
+            stat = path.stat()
+        except OSError:
+            found.append(None)
+        else:
+            found.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(found)
 
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return read_secret_text(path)          # a `.dpapi` token (Windows, `ksefd credentials set`) is decrypted
     except OSError as exc:
         raise CredentialsError(f"cannot read the {what} {path}: {exc.strerror or exc}; check the path and that "
                                f"ksefd may read it") from exc
@@ -111,12 +143,16 @@ class CompanyConnection:
         self.runtime = runtime
         self.company = company
         self.current: Connection | None = None
+        self.login_error: str | None = None            # the last login's failure, None once one succeeded
+        self._examined = False           # a hold from a previous run is re-examined by the first ready()
+        self._fingerprint: Fingerprint | None = None   # the credential files as the last login attempt read them
         self._lock = asyncio.Lock()
         self._backoff = Backoff(company.sending.retry_min_seconds, company.sending.retry_max_seconds)
         self._retry_at: dt.datetime | None = None
         self._listeners: list[HoldListener] = []
         self._logins: list[Callable[[], None]] = []
         self._failing = LastingFailure(log.bind(company=company.name), "daemon.connect_failed")
+        self.last_failure: Failure | None = None      # the last login failure (issue #11: availability), or None
 
     # --- what the halves use --------------------------------------------------------------------
 
@@ -154,38 +190,57 @@ class CompanyConnection:
     # --- logging in -----------------------------------------------------------------------------
 
     async def ready(self) -> float | None:
-        """Connected and not on hold: None. Otherwise the seconds to wait before looking again."""
+        """Connected and not on hold: None. Otherwise the seconds to wait before looking again (at most
+        HOLD_LOOK_SECONDS while on hold, so a fixed credential file or `ksefd resume` is seen soon)."""
         async with self._lock:
-            return await self._ready()
+            wait = await self._ready()
+            if wait is not None and wait > HOLD_LOOK_SECONDS and await self.hold_record() is not None:
+                wait = HOLD_LOOK_SECONDS
+            return wait
 
     async def _ready(self) -> float | None:
         hold = await self.hold_record()
         now = self.runtime.clock.now()
-        if hold is not None and hold.next_retry_at is not None and now < hold.next_retry_at:
-            return (hold.next_retry_at - now).total_seconds()
         if self.current is not None and hold is None:
             return None
-        if self._retry_at is not None and now < self._retry_at:
-            return (self._retry_at - now).total_seconds()
+        waiting = hold is not None and hold.next_retry_at is not None and now < hold.next_retry_at
+        backing_off = self._retry_at is not None and now < self._retry_at
+        if waiting or backing_off:
+            why = await self._look_again(hold)
+            if why is None:
+                if waiting:
+                    assert hold is not None and hold.next_retry_at is not None
+                    return min((hold.next_retry_at - now).total_seconds(), HOLD_LOOK_SECONDS)
+                assert self._retry_at is not None
+                return (self._retry_at - now).total_seconds()
+            log.info("daemon.login_retried_now", company=self.company.name, why=why,
+                     on_hold=hold.code if hold is not None else None)
         try:
-            self.current = await connect(self.runtime, self.company)
+            self.current = await self._connect()
         except KsefError as exc:
             failure = classify(exc)
             if failure.verdict == "hold":
                 await self.hold(failure)
                 return self.company.sending.hold_retry_seconds
+            self.last_failure = failure
             delay = self._backoff.next_delay()
             self._retry_at = now + dt.timedelta(seconds=delay)
             self._failing.failed(company=self.company.name, error=failure.message, retry_in=delay)
             return delay
         self._backoff.reset()
         self._retry_at = None
+        self.last_failure = None
         self._failing.cleared(company=self.company.name)
         for listener in self._logins:
             listener()
         if hold is not None:
             await self.release()
         return None
+
+    def retry_now(self) -> None:
+        """KSeF is back (issue #11: Latarnia says so): the next `ready()` logs in at once, not after the backoff."""
+        self._retry_at = None
+        self._backoff.reset()
 
     # --- holds ----------------------------------------------------------------------------------
 
@@ -206,3 +261,28 @@ class CompanyConnection:
         for listener in self._listeners:
             await listener(None)
         log.info("outbox.company_resumed", company=self.company.name)
+
+    # --- re-examining a hold (issue #10 point 2) ------------------------------------------------
+
+    async def _connect(self) -> Connection:
+        """`connect`, noting what the credential files looked like and how the login ended."""
+        self._examined = True
+        self._fingerprint = credential_fingerprint(self.company)
+        await take_resume_request(self.runtime.store, self.company.name)   # this login is the one asked for
+        try:
+            connection = await connect(self.runtime, self.company)
+        except KsefError as exc:
+            self.login_error = classify(exc).message
+            raise
+        self.login_error = None
+        return connection
+
+    async def _look_again(self, hold: Hold | None) -> str | None:
+        """Why the login should be tried now rather than at the planned retry (None: no reason)."""
+        if not self._examined and hold is not None:
+            return "start-up"                  # the hold is from a previous run: its cause may be gone
+        if self._fingerprint is not None and credential_fingerprint(self.company) != self._fingerprint:
+            return "credential file changed"
+        if await take_resume_request(self.runtime.store, self.company.name):
+            return "ksefd resume"
+        return None

@@ -4,7 +4,7 @@
   with `signal.signal`, which works on every platform; the first signal asks for a graceful stop (the
   drain), a second one sets `force`, which the drain honours by cutting its grace short. The handlers in
   place before are restored on exit, so a test or an embedding program gets its own back.
-* `guarded`: runs a background duty (the heartbeat, the limiter's save, one company's half) so that its
+* `guarded`: runs a background duty (the heartbeat, the certificate renewal, one company's half) so that its
   failure is logged and retried instead of ending the TaskGroup, and with it every other company.
 """
 

@@ -17,33 +17,10 @@ import structlog
 
 from ksefd.clock import Clock
 from ksefd.config import Company, Config
-from ksefd.ksef import KsefClient, LimiterSnapshot, RateLimiter
-from ksefd.store import RATE_LIMITS, Store
+from ksefd.ksef import KsefClient, RateLimiter
+from ksefd.store import Store
 
 log = structlog.get_logger("ksefd.daemon")
-
-LIMITER_KEY = "limiter"
-
-
-class StoreLimiterPersistence:
-    """`ksefd.ksef.ratelimit.LimiterStore` over the kv table (store/kv.py explains the pairing)."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    async def load(self) -> LimiterSnapshot | None:
-        text = await self._store.kv.get(RATE_LIMITS, LIMITER_KEY)
-        if text is None:
-            return None
-        try:
-            return LimiterSnapshot.from_json(text)
-        except (ValueError, KeyError, TypeError) as exc:   # an older format: start with empty windows
-            log.warning("daemon.limiter_snapshot_unreadable", error=str(exc))
-            return None
-
-    async def save(self, snapshot: LimiterSnapshot) -> None:
-        await self._store.kv.put(RATE_LIMITS, LIMITER_KEY, snapshot.to_json())
-
 
 @dataclass
 class Runtime:
@@ -55,6 +32,11 @@ class Runtime:
     clients: dict[tuple[str, str | None], KsefClient] = field(default_factory=dict)
     # Bounds CPU-heavy work shared by all companies (batch archives, local checks in threads).
     heavy: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    # Company -> what it failed to do in this run (a receiving cycle that failed, ...): `--once` reports it.
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+    def note_problem(self, company: str, what: str) -> None:
+        self.problems.setdefault(company, []).append(what)
 
     def client_for(self, company: Company) -> KsefClient:
         key = (company.environment, company.base_url)

@@ -5,14 +5,14 @@ Phases, each logged (the shape of uvicorn's server: startup -> main loop -> shut
 
 * startup: open the state database (migrations), restore the rate limiter's windows, create one
   connection per company (shared by its outbox and inbox halves) and each sending company's outbox worker;
-* main loop: every company's halves, the limiter's autosave and the heartbeat, all owned by one TaskGroup
+* main loop: every company's halves and the heartbeat, all owned by one TaskGroup
   and each guarded (a failure is logged and retried, never the end of the other companies), until `stop`
   is set, or, with `once=True` (drain mode), until every worker reports that nothing is left to do;
 * drain: workers stop taking new work; what is in flight gets `shutdown_grace_seconds` to finish (cut short
   by `force`, a second signal), then it is cancelled, which is safe: every step is persisted before its
   KSeF call;
-* shutdown (always, also after an error in the TaskGroup): online sessions are closed, the limiter saved,
-  the clients and the database closed.
+* shutdown (always, also after an error in the TaskGroup): online sessions are closed, the limiter's run
+  marked as ended cleanly, the clients and the database closed.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,20 +35,26 @@ from ksefd.ksef import RateLimiter
 from ksefd.store import Store
 
 from . import notify
+from .availability import AvailabilityBoard
 from .certificate_renewal import renew_due_certificates
 from .connection import CompanyConnection
+from .credential_expiry import warn_daily
+from .http_server import HttpEndpoint
 from .inbox.runner import run_inbox
+from .instance import InstanceLock, StartupProblem, check_writable
 from .lifecycle import every, guarded
 from .notify_status import one_line
+from .outbox.sending_off import return_unsent
 from .outbox.watch import OutboxWatcher
 from .outbox.worker import OutboxWorker
-from .runtime import Runtime, StoreLimiterPersistence
+from .runtime import Runtime
 from .status import gather
 
 log = structlog.get_logger("ksefd.daemon")
 
 HEARTBEAT_SECONDS = 5.0
 RENEWAL_CHECK_SECONDS = 86_400.0   # KSeF certificates due for renewal: looked at start-up, then daily (issue #13)
+EXPIRY_WARNING_SECONDS = 86_400.0  # credential end warnings: at start-up, then daily (issue #12 point 7)
 PROGRESS_SECONDS = 0.2
 FORCED_CLOSE_SECONDS = 1.0      # after a forced stop, closing the online sessions gets this long at most
 
@@ -55,34 +62,55 @@ Progress = Callable[[Runtime], Awaitable[None]]
 
 
 async def serve(config: Config, stop: asyncio.Event, *, clock: Clock | None = None, once: bool = False,
-                on_progress: Progress | None = None, force: asyncio.Event | None = None) -> None:
+                on_progress: Progress | None = None, force: asyncio.Event | None = None) -> list[str]:
     """Run the daemon until `stop` is set (or, with `once`, until nothing is left to do).
 
     `force`, when set, cuts the drain short (a second Ctrl+C or SIGTERM). `on_progress(runtime)`, if given,
     is awaited about every 0.2 s while running (e.g. `ksefd demo` reads `runtime.store` there to print a
-    live summary; `status.gather` does the reading)."""
-    daemon = Daemon(await _startup(config, clock or SystemClock(), once), force or asyncio.Event())
-    notify.ready()                      # systemd Type=notify (systemd/ksefd.service): start-up done
+    live summary; `status.gather` does the reading).
+
+    Returns what the configured companies failed to do (empty when each did what its config asks; `ksefd
+    run --once` exits non-zero otherwise, issue #10 point 6). Before anything starts: StartupProblem for a
+    path it cannot write, AlreadyRunning when another daemon holds the state database (instance.py)."""
+    check_writable(config)
+    lock = InstanceLock(config.state_db)
+    lock.acquire()
     try:
-        async with asyncio.TaskGroup() as group:
-            daemon.start(group)
-            try:
-                await daemon.main_loop(stop, on_progress)
-            finally:
-                await daemon.drain()
+        daemon = Daemon(await _startup(config, clock or SystemClock(), once), force or asyncio.Event())
+        notify.ready()                      # systemd Type=notify (systemd/ksefd.service): start-up done
+        try:
+            async with asyncio.TaskGroup() as group:
+                daemon.start(group)
+                try:
+                    await daemon.main_loop(stop, on_progress)
+                finally:
+                    await daemon.drain()
+        finally:
+            await daemon.shutdown()
+        return daemon.problems
     finally:
-        await daemon.shutdown()
+        lock.release()
 
 
 async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
     # Compiled once, before any check thread runs (issue #15 point 6): a broken installation stops the start
     # here with SchemaUnavailable, not at the first invoice.
     await asyncio.to_thread(load_schema)
-    store = await Store.open(config.state_db, clock, private_folder=config.state_db.parent != config.data_dir)
+    try:
+        store = await Store.open(config.state_db, clock, private_folder=config.state_db.parent != config.data_dir)
+    except sqlite3.DatabaseError as error:     # not SQLite, damaged, or a disk error under it
+        raise StartupProblem("[daemon] state_db", config.state_db, f"cannot be used as the state database "
+                             f"({error})", "If the disk is full, free space; if the file is not ksefd's state "
+                             "database, point state_db elsewhere.") from None
     limiter = RateLimiter(now=lambda: clock.now().timestamp(), sleep=clock.sleep,
-                          store=StoreLimiterPersistence(store))
+                          journal=store.rate_limits)    # every grant committed before its request (issue #10)
     await limiter.load()
     runtime = Runtime(config, store, clock, limiter, once=once)
+    for company in config.companies:
+        if not company.send:       # switched off: give back what was claimed but never sent (sending_off.py)
+            await return_unsent(runtime, company)
+        if not (company.send or company.receive) and await store.holds.release(company.name):
+            log.info("outbox.company_resumed", company=company.name, why="neither sends nor receives now")
     senders = [c.name for c in config.companies if c.send]
     log.info("daemon.started", version=__version__, state_db=str(config.state_db), companies=len(config.companies),
              sending=senders, once=once)
@@ -98,11 +126,17 @@ class Daemon:
         self.draining = asyncio.Event()
         companies = [c for c in runtime.config.companies if c.send or c.receive]
         self.connections = {c.name: CompanyConnection(runtime, c) for c in companies}
+        # /healthz, /readyz, /metrics and the status page when [daemon] http is set (issue #12 point 5); built
+        # here so that its request metrics watch the KSeF clients before the first call.
+        self.http = HttpEndpoint(runtime, self.connections) if runtime.config.http is not None else None
         self.watcher = OutboxWatcher()         # one for every outbox (issue #16 point 4)
-        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name], self.watcher)
-                        for c in companies if c.send]
+        # Issue #11: one KSeF availability monitor (Latarnia + what the daemon sees) per KSeF target.
+        self.availability = AvailabilityBoard(runtime.config, runtime.store, runtime.clock)
+        self.workers = [OutboxWorker.for_runtime(runtime, c, self.connections[c.name], self.watcher,
+                                                 self.availability.for_company(c)) for c in companies if c.send]
         self.receivers: list[asyncio.Task[None]] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self.problems: list[str] = []           # filled at shutdown (what `--once` reports)
 
     def start(self, group: asyncio.TaskGroup) -> None:
         runtime, draining = self.runtime, self.draining
@@ -131,10 +165,9 @@ class Daemon:
                 "companies": [c.name for c in runtime.config.companies]})
 
         self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, beat, draining, "heartbeat"), name="heartbeat"))
-        # The limiter's windows, saved every few seconds (and at shutdown) so that a restart does not spend a
-        # quota twice (issue #5 item 4).
-        self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, runtime.limiter.save, draining,
-                                                  "limiter-autosave"), name="limiter-autosave"))
+        if self.workers:        # issue #11: Latarnia polls, shared by the companies of each KSeF target
+            self.tasks.append(group.create_task(guarded("latarnia", functools.partial(self.availability.run, draining),
+                                                        draining), name="latarnia"))
 
         async def renew() -> None:
             await renew_due_certificates(runtime.config, runtime.store, runtime.clock, runtime.client_for)
@@ -142,6 +175,13 @@ class Daemon:
         if not runtime.once:
             self.tasks.append(group.create_task(every(RENEWAL_CHECK_SECONDS, renew, draining, "certificate-renewal"),
                                                 name="certificate-renewal"))
+        if self.http is not None:
+            self.tasks.append(group.create_task(guarded("http", functools.partial(self.http.run, draining), draining),
+                                                name="http"))
+        if not runtime.once:
+            warn = functools.partial(warn_daily, runtime.config, runtime.clock)
+            self.tasks.append(group.create_task(every(EXPIRY_WARNING_SECONDS, warn, draining, "credential-warnings"),
+                                                name="credential-warnings"))
         # systemd: WATCHDOG=1 from the loop and STATUS= with a one-line summary (no-ops outside systemd).
         self.tasks.append(group.create_task(notify.keepalive(draining, self._summary), name="systemd-notify"))
         self.tasks += self.receivers
@@ -202,16 +242,32 @@ class Daemon:
                 task.cancel()
 
     async def shutdown(self) -> None:
-        """Always runs: close online sessions (bounded), save the limiter, close clients and the database."""
+        """Always runs: close online sessions (bounded), mark the limiter's run clean, close clients and the DB."""
         limit = FORCED_CLOSE_SECONDS if self.force.is_set() else max(1.0, self.runtime.config.shutdown_grace_seconds)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(limit):
                 await asyncio.gather(*(w.close_online() for w in self.workers), return_exceptions=True)
         runtime = self.runtime
         with contextlib.suppress(Exception):
-            await runtime.limiter.save()
+            self.problems = await self._problems()
+        with contextlib.suppress(Exception):
+            await runtime.limiter.close()
         with contextlib.suppress(Exception):
             await runtime.store.heartbeat.beat("daemon", {"version": __version__, "stopped": True})
         await runtime.close_clients()
+        await self.availability.close()
         await runtime.store.close()
         log.info("daemon.stopped", forced=self.force.is_set())
+
+    async def _problems(self) -> list[str]:
+        """Per company, what it failed to do: on hold, could not log in, or a receiving cycle failed."""
+        found: list[str] = []
+        for name, connection in self.connections.items():
+            hold = await connection.hold_record()
+            if hold is not None:
+                found.append(f"{name}: on hold ({hold.code}): {hold.reason}")
+            elif connection.login_error is not None:
+                found.append(f"{name}: could not log in to KSeF: {connection.login_error}")
+        for name, reasons in self.runtime.problems.items():
+            found += [f"{name}: {reason}" for reason in reasons]
+        return found

@@ -17,7 +17,7 @@ from ksefd.config import Config
 from ksefd.store import IN_KSEF_STATES, InvoiceState, Store
 
 from .certificate_renewal import renewal_lines
-from .inbox.status import read_inbox_status
+from .inbox.status import read_inbox_status, receiving_since
 from .inbox.status import render_lines as render_inbox_lines
 
 S = InvoiceState
@@ -42,6 +42,10 @@ class CompanyStatus:
     oldest_waiting: dict[str, Any] | None
     last_error: dict[str, Any] | None
     inbox: dict[str, Any] | None = None          # issue #6: the receiving pipeline's status (inbox_status.py)
+    offline: dict[str, Any] | None = None        # issue #11: offline invoices waiting, deadlines, KSeF availability
+    receiving_since: str | None = None           # where the first receiving window started (issue #10 point 5)
+    returned: int = 0                            # files given back to outbox/ when sending was switched off
+    redrops: int = 0                             # re-drops of accepted invoices answered from the original
 
 
 @dataclass
@@ -90,7 +94,35 @@ async def _company(store: Store, name: str, nip: str, send: bool, receive: bool,
         oldest_waiting=None if oldest is None else {
             "file": oldest.file_name, "state": str(oldest.state), "since": oldest.created_at.isoformat()},
         last_error=await _last_error(store, name),
-        inbox=await read_inbox_status(store, name) if receive else None)
+        inbox=await read_inbox_status(store, name) if receive else None,
+        receiving_since=await receiving_since(store, name) if receive else None,
+        returned=counts.get(S.RETURNED, 0), redrops=counts.get(S.REDROP, 0),
+        offline=await _offline(store, name) if send else None)
+
+
+async def _offline(store: Store, company: str) -> dict[str, Any]:
+    """Offline invoices not yet in KSeF with their deadlines (PROTOCOL.md §8.1), and KSeF's availability."""
+    waiting = await store.offline.waiting(company)
+    rows = {r.id: r for r in await store.invoices.get_many([w.invoice_id for w in waiting[:50]])}
+    shown = await store.kv.get("availability", company)
+    deadlines = [w.deadline for w in waiting if w.deadline is not None]
+    return {
+        "availability": json.loads(shown) if shown else None,
+        "waiting": len(waiting),
+        "nextDeadline": min(deadlines).isoformat() if deadlines else None,
+        "nextLastDayToSend": (min(deadlines).astimezone(WARSAW) - dt.timedelta(microseconds=1)).date().isoformat()
+        if deadlines else None,
+        "missed": sum(1 for w in waiting if w.missed),
+        "withoutKod2": sum(1 for w in waiting if not w.kod2 and w.mode != "total-failure"),
+        "totalFailure": sum(1 for w in waiting if w.mode == "total-failure"),
+        "invoices": [{"invoiceId": w.invoice_id, "file": rows[w.invoice_id].file_name if w.invoice_id in rows else None,
+                      "state": str(rows[w.invoice_id].state) if w.invoice_id in rows else None, "mode": w.mode,
+                      "reason": w.reason, "issuedAt": w.issued_at.isoformat(),
+                      "deadline": w.deadline.isoformat() if w.deadline else None,
+                      "lastDayToSend": (w.deadline.astimezone(WARSAW) - dt.timedelta(microseconds=1)).date().isoformat()
+                      if w.deadline else None, "warned": w.warned, "missed": w.missed, "kod2": w.kod2,
+                      "technicalCorrectionOf": w.corrects_hash} for w in waiting[:50]],
+    }
 
 
 async def _last_error(store: Store, company: str) -> dict[str, Any] | None:
@@ -111,6 +143,13 @@ def render(status: DaemonStatus) -> str:
         lines.append(f"\n{c.name} (NIP {c.nip}, {mode})")
         lines.append(f"  queued {c.queued}, in KSeF {c.in_ksef}, accepted today {c.accepted_today} "
                      f"(total {c.accepted_total}), rejected today {c.rejected_today} (total {c.rejected_total})")
+        if not c.send:
+            lines.append("  sending is off (send = false in the config): files in outbox/ are left there unsent"
+                         + (f"; {c.returned} claimed file(s) were put back into outbox/" if c.returned else ""))
+        if c.redrops:
+            lines.append(f"  re-drops of invoices already in KSeF: {c.redrops} (answered in sent/ from the original)")
+        if c.receive:
+            lines.append(f"  receiving since {c.receiving_since or 'its first cycle (not run yet)'}")
         if c.on_hold:
             lines.append(f"  ON HOLD since {c.on_hold['since']}: {c.on_hold['reason']} "
                          f"(next retry {c.on_hold['nextRetryAt']})")
@@ -120,12 +159,35 @@ def render(status: DaemonStatus) -> str:
         if c.last_error:
             e = c.last_error
             lines.append(f"  last error: {e['file']}: {e['code']} {e['message']} ({e['at']})")
+        if c.offline:
+            lines += _offline_lines(c.offline)
         if c.receive:
             lines += render_inbox_lines(c.inbox)
     if status.certificates:
         lines.append("\nKSeF certificates")
         lines += [f"  {line}" for line in status.certificates]
     return "\n".join(lines)
+
+
+def _offline_lines(offline: dict[str, Any]) -> list[str]:
+    lines = []
+    seen = offline.get("availability") or {}
+    if seen.get("state") not in (None, "available"):
+        lines.append(f"  KSeF: {seen['state'].upper()} since {seen.get('since')}: {seen.get('message')}")
+    if offline["waiting"]:
+        due = f"the first by the end of {offline['nextLastDayToSend']}" if offline["nextLastDayToSend"] else \
+            "deadline set once the outage ends"
+        lines.append(f"  offline: {offline['waiting']} issued offline, waiting to be sent with offlineMode ({due})")
+    if offline["missed"]:
+        lines.append(f"  OFFLINE DEADLINE MISSED for {offline['missed']} invoice(s): they are still sent as soon as "
+                     "KSeF takes them")
+    if offline["withoutKod2"]:
+        lines.append(f"  WARNING: {offline['withoutKod2']} offline invoice(s) without KOD II (no Offline certificate "
+                     "configured): they cannot legally be handed over to the buyer before their KSeF number")
+    if offline["totalFailure"]:
+        lines.append(f"  total failure of KSeF: {offline['totalFailure']} invoice(s) kept queued (no obligation to "
+                     "send); ksefd sends them once KSeF is back")
+    return lines
 
 
 def to_json_text(status: DaemonStatus) -> str:

@@ -17,6 +17,7 @@ invoice checks or the simulator (DESIGN.md, layers).
     ratelimit    the client-side limiter that keeps inside KSeF's rate limits
     models, crypto, qr
                  the answers' shapes, hashing, and the verification links and QR codes
+    latarnia     KSeF's public status service (PROTOCOL.md §1)
 """
 
 from . import key_files, qr
@@ -63,11 +64,12 @@ from .errors import (
 )
 from .export import Exporter, ExportFailed, ExportOptions, ExportPackage
 from .export_package import next_checkpoint
+from .latarnia import LatarniaClient, LatarniaStatus, LatarniaUnavailable, Message, default_url
 from .models import ContextLimits, SessionInvoice, SessionStatus
 from .online import FA3, OnlineOptions, OnlineSender, OnlineSession
 from .permissions import personal_permissions, token_permissions
 from .qr import certificate_serial_hex
-from .ratelimit import LimiterSnapshot, RateLimiter, adopt_server_limits
+from .ratelimit import RateLimiter, adopt_server_limits
 from .receiving import (
     KSEF_NUMBER_RE,
     MAX_WINDOW,
@@ -77,7 +79,7 @@ from .receiving import (
     parse_instant,
     query_filters,
 )
-from .transport import RetryPolicy, Transport
+from .transport import Exchange, RequestObserver, RetryPolicy, Transport
 
 __all__ = [
     "FA3",
@@ -102,6 +104,7 @@ __all__ = [
     "EnrollmentFailed",
     "EnrollmentPending",
     "Environment",
+    "Exchange",
     "ExportFailed",
     "ExportOptions",
     "ExportPackage",
@@ -113,7 +116,10 @@ __all__ = [
     "KsefError",
     "KsefException",
     "KsefToken",
-    "LimiterSnapshot",
+    "LatarniaClient",
+    "LatarniaStatus",
+    "LatarniaUnavailable",
+    "Message",
     "OnlineOptions",
     "OnlineSender",
     "OnlineSession",
@@ -125,6 +131,7 @@ __all__ = [
     "RateLimited",
     "RateLimiter",
     "Receiver",
+    "RequestObserver",
     "RetryPolicy",
     "ServerError",
     "SessionInvoice",
@@ -137,6 +144,7 @@ __all__ = [
     "build_csr",
     "certificate_serial_hex",
     "check_ksef_number",
+    "default_url",
     "environment",
     "format_instant",
     "key_files",

@@ -3,12 +3,17 @@
 KSeF counts requests per (context, client IP) and per endpoint group in three sliding windows at once
 (the last 1 s, 60 s and 60 min; PROTOCOL.md §7). Since 2.8 opening and closing a session are separate
 groups (§14.3) and `GET /rate-limits` reports 17 groups (§14.5). A 429 block is dynamic and escalates,
-so a client that trips it pays more each time; this limiter waits instead.
+and a request sent during a block lengthens it, so a client that trips it pays more each time; this
+limiter waits instead.
 
-`RateLimiter` implements the transport's `RequestGate` protocol (`acquire` before a request,
-`penalise` after a 429). Time is injected (`now` gives wall-clock seconds, `sleep` waits), so tests
-drive it with a fake clock and never really sleep. Its state can be saved and restored through a
-`LimiterStore`, so a daemon restarted within the hour does not spend the same budget twice.
+`RateLimiter` implements the transport's `RequestGate` protocol (`acquire` before a request, `ready`
+right before it is sent, `answered` once its answer or failure is in, `penalise` after a 429). Time is
+injected (`now` gives wall-clock seconds, `sleep` waits), so tests drive it with a fake clock and never
+really sleep.
+
+Durability (issue #10 point 1): with a `LimiterJournal` (ksefd.store implements it over SQLite), every
+grant and every block is committed before the request it allows is sent (ratelimit_journal.py), so a
+daemon killed and restarted at once knows its windows and blocks exactly.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ import bisect
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from .clock import Sleep
 from .errors import ProtocolError
+from .ratelimit_journal import Grant, GrantRow, GroupCommit, LimiterJournal, PreviousRun
+from .ratelimit_limits import HOUR, MINUTE, PRODUCTION_LIMITS, GroupLimits, parse_rate_limits
 
 if TYPE_CHECKING:
     from .auth import AuthSession
@@ -33,110 +39,9 @@ log = structlog.get_logger("ksefd.ksef.ratelimit")
 
 Now = Callable[[], float]
 
-SECOND, MINUTE, HOUR = 1.0, 60.0, 3600.0
 GLOBAL_GROUP = "global"
 GLOBAL_CONTEXT = "*"          # `global` is per IP across every context (§14.5)
 FALLBACK_GROUP = "other"      # "everything else that is protected" (§7)
-SNAPSHOT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class GroupLimits:
-    """Requests allowed per second, minute and hour; None means no limit (KSeF reports -1)."""
-
-    per_second: int | None
-    per_minute: int | None
-    per_hour: int | None
-
-    def windows(self) -> tuple[tuple[float, int], ...]:
-        pairs = ((SECOND, self.per_second), (MINUTE, self.per_minute), (HOUR, self.per_hour))
-        return tuple((length, limit) for length, limit in pairs if limit is not None)
-
-    def to_json(self) -> list[int]:
-        return [-1 if v is None else v for v in (self.per_second, self.per_minute, self.per_hour)]
-
-    @classmethod
-    def of(cls, per_second: int, per_minute: int, per_hour: int) -> GroupLimits:
-        def none_if_unlimited(value: int) -> int | None:
-            return None if value < 0 else value
-        return cls(none_if_unlimited(per_second), none_if_unlimited(per_minute), none_if_unlimited(per_hour))
-
-
-# PRD defaults, which DEMO mirrors and TEST equals since 2.5.0 (PROTOCOL.md §7, close groups §14.3,
-# anonymous/global/collectiveIdentifier §14.5). Used until `GET /rate-limits` says otherwise.
-PRODUCTION_LIMITS: Mapping[str, GroupLimits] = {
-    "onlineSession": GroupLimits.of(10, 30, 120),
-    "onlineSessionClose": GroupLimits.of(20, 60, 240),
-    "batchSession": GroupLimits.of(10, 20, 60),
-    "batchSessionClose": GroupLimits.of(20, 40, 120),
-    "invoiceSend": GroupLimits.of(10, 30, 180),
-    "invoiceStatus": GroupLimits.of(30, 120, 1200),
-    "sessionList": GroupLimits.of(5, 10, 60),
-    "sessionInvoiceList": GroupLimits.of(10, 20, 200),
-    "sessionMisc": GroupLimits.of(10, 120, 1200),
-    "invoiceMetadata": GroupLimits.of(8, 16, 20),
-    "invoiceExport": GroupLimits.of(8, 16, 20),
-    "invoiceExportStatus": GroupLimits.of(10, 60, 600),
-    "invoiceDownload": GroupLimits.of(8, 16, 64),
-    "other": GroupLimits.of(10, 30, 120),
-    "collectiveIdentifier": GroupLimits.of(20, 120, 240),
-    "anonymous": GroupLimits.of(60, -1, -1),
-    "global": GroupLimits.of(-1, -1, -1),
-}
-
-
-def parse_rate_limits(body: Mapping[str, Any]) -> dict[str, GroupLimits]:
-    """Read an `EffectiveApiRateLimits` body (GET /rate-limits) leniently (§14.7 point 5): groups we
-    do not know are ignored, a malformed entry keeps the default, and -1 means "no limit"."""
-    parsed: dict[str, GroupLimits] = {}
-    for group, default in PRODUCTION_LIMITS.items():
-        entry = body.get(group)
-        if not isinstance(entry, Mapping):
-            parsed[group] = default
-            continue
-        values = [entry.get(name) for name in ("perSecond", "perMinute", "perHour")]
-        numbers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-        if len(numbers) == 3:
-            parsed[group] = GroupLimits.of(*numbers)
-        else:
-            log.warning("ratelimit.malformed_group", group=group, entry=str(entry)[:200])
-            parsed[group] = default
-    return parsed
-
-
-@dataclass
-class LimiterSnapshot:
-    """Everything needed to resume without re-tripping the limits; JSON-serialisable.
-
-    `requests` maps (context, group) to the wall-clock times of the requests granted within the
-    last hour, `blocks` maps a context to the time its 429 block ends, `limits` keeps the limits
-    each context was told by `GET /rate-limits`."""
-
-    saved_at: float
-    requests: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-    blocks: dict[str, float] = field(default_factory=dict)
-    limits: dict[str, dict[str, GroupLimits]] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps({
-            "version": SNAPSHOT_VERSION,
-            "savedAt": self.saved_at,
-            "requests": [{"context": c, "group": g, "at": stamps} for (c, g), stamps in self.requests.items()],
-            "blocks": self.blocks,
-            "limits": {ctx: {g: v.to_json() for g, v in table.items()} for ctx, table in self.limits.items()},
-        }, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> LimiterSnapshot:
-        raw = json.loads(text)
-        if raw.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"rate-limiter snapshot version {raw.get('version')!r} is not {SNAPSHOT_VERSION}")
-        return cls(
-            saved_at=float(raw["savedAt"]),
-            requests={(r["context"], r["group"]): [float(t) for t in r["at"]] for r in raw["requests"]},
-            blocks={str(c): float(t) for c, t in raw["blocks"].items()},
-            limits={ctx: {g: GroupLimits.of(*v) for g, v in table.items()} for ctx, table in raw["limits"].items()},
-        )
 
 
 async def adopt_server_limits(limiter: RateLimiter, auth: AuthSession) -> dict[str, GroupLimits]:
@@ -146,15 +51,9 @@ async def adopt_server_limits(limiter: RateLimiter, auth: AuthSession) -> dict[s
     body = response.json()
     if not isinstance(body, Mapping):
         raise ProtocolError("GET /rate-limits answered with something other than a JSON object")
-    return limiter.apply_rate_limits_body(auth.context.key, body)
-
-
-class LimiterStore(Protocol):
-    """Where the daemon keeps the limiter's state (SQLite in ksefd.store); the client never knows."""
-
-    async def load(self) -> LimiterSnapshot | None: ...
-
-    async def save(self, snapshot: LimiterSnapshot) -> None: ...
+    parsed = limiter.apply_rate_limits_body(auth.context.key, body)
+    await limiter.save_limits(auth.context.key)
+    return parsed
 
 
 class _Bucket:
@@ -171,6 +70,13 @@ class _Bucket:
             self.stamps.append(at)
         else:   # the wall clock stepped back; keep the list sorted
             bisect.insort(self.stamps, at)
+
+    def move(self, old: float, new: float) -> None:
+        """Re-date one grant (to when its request really left; see `RateLimiter.acquire`)."""
+        at = bisect.bisect_left(self.stamps, old)
+        if at < len(self.stamps) and self.stamps[at] == old:
+            del self.stamps[at]
+        self.record(new)
 
     def prune(self, now: float, keep: float) -> None:
         cut = bisect.bisect_right(self.stamps, now - keep)
@@ -200,16 +106,17 @@ class RateLimiter:
     little, because KSeF stamps a request when it arrives and network latency varies."""
 
     def __init__(self, limits: Mapping[str, GroupLimits] | None = None, *, now: Now = time.time,
-                 sleep: Sleep = asyncio.sleep, margin: float = 0.25, store: LimiterStore | None = None) -> None:
+                 sleep: Sleep = asyncio.sleep, margin: float = 0.25, journal: LimiterJournal | None = None) -> None:
         self._defaults: dict[str, GroupLimits] = dict(limits or PRODUCTION_LIMITS)
         self._per_context: dict[str, dict[str, GroupLimits]] = {}
         self._now = now
         self._sleep = sleep
         self._margin = margin
-        self._store = store
+        self._journal = journal
+        self._commit = GroupCommit(journal) if journal is not None else None
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._blocks: dict[str, float] = {}
-        self._dirty = False
+        self._presumed_full_at: float | None = None
 
     # -- limits ---------------------------------------------------------------------------------
 
@@ -219,7 +126,6 @@ class RateLimiter:
         self._per_context[context] = dict(limits)
         if GLOBAL_GROUP in limits:
             self._defaults[GLOBAL_GROUP] = limits[GLOBAL_GROUP]
-        self._dirty = True
 
     def apply_rate_limits_body(self, context: str, body: Mapping[str, Any]) -> dict[str, GroupLimits]:
         """Parse a `GET /rate-limits` answer and adopt it for `context`."""
@@ -233,37 +139,73 @@ class RateLimiter:
             return self._defaults[GLOBAL_GROUP]
         return table.get(group) or table.get(FALLBACK_GROUP) or self._defaults[FALLBACK_GROUP]
 
+    async def save_limits(self, context: str) -> None:
+        """Keep `context`'s adopted limits for the next run (they apply before it asks KSeF again)."""
+        table = self._per_context.get(context)
+        if self._journal is not None and table is not None:
+            await self._journal.save_limits(context, json.dumps({g: v.to_json() for g, v in table.items()}))
+
     # -- the RequestGate protocol ---------------------------------------------------------------
 
-    async def acquire(self, context: str, group: str) -> None:
-        """Wait until a request of `group` in `context` fits every window, then count it."""
-        bucket = self._bucket(context, group)
-        async with bucket.lock:
-            while True:
-                wait = self.delay(context, group)
-                if wait <= 0:
-                    self._grant(context, group)
-                    return
-                log.debug("ratelimit.wait", context=context, group=group, seconds=round(wait, 3))
-                await self._sleep(wait)
+    async def acquire(self, context: str, group: str) -> Grant:
+        """Wait until a request of `group` in `context` fits every window and no block runs, count it, and
+        return once that count is durable (the request may then be sent). Call `answered` with the result
+        when the request's answer or failure is in."""
+        while True:
+            bucket = self._bucket(context, group)
+            async with bucket.lock:
+                while (wait := self.delay(context, group)) > 0:
+                    log.debug("ratelimit.wait", context=context, group=group, seconds=round(wait, 3))
+                    await self._sleep(wait)
+                grant = self._grant(context, group)
+            if self._commit is not None:
+                await self._commit.flush()
+            if self.ready(context, group):
+                # KSeF stamps a request when it arrives; the commit took a moment, so count it from now (a later
+                # stamp only frees its slot later).
+                self._restamp(grant, self._now())
+                return grant
+            # A 429 arrived while this caller waited for the lock, a slot or the commit: the request must not
+            # go into the block (it would lengthen it, §7). The grant stays counted; wait for the block's end.
+            self.answered(grant)
+            log.info("ratelimit.held_back_by_block", context=context, group=group,
+                     seconds=round(self._block_end(context) - self._now(), 3))
 
-    def penalise(self, context: str, group: str, retry_after: float) -> None:
-        """KSeF answered 429: nobody in this context sends again before Retry-After has passed.
+    def answered(self, grant: Grant) -> None:
+        """The request's answer (or failure) is in: KSeF counted it at the latest now. Its slot is counted from
+        now, here and, with the journal's next write, after a restart."""
+        self._restamp(grant, self._now())
+        if self._commit is not None:
+            self._commit.queue_answer(grant)
+
+    def ready(self, context: str, group: str) -> bool:
+        """No known 429 block covers `context` now. The transport asks again right before sending, after any
+        wait of its own (a fresh access token), so a block that began meanwhile holds the request back."""
+        return self._block_end(context) <= self._now()
+
+    async def penalise(self, context: str, group: str, retry_after: float) -> None:
+        """KSeF answered 429: nobody in this context sends again before Retry-After has passed; returns once
+        the block is durable, so a daemon restarted at once still honours it.
 
         The block is shared by every caller in the context, whatever their group, because KSeF's
-        blocks escalate with each breach (§7) and a second 429 from a sibling would lengthen it."""
+        blocks escalate with each breach (§7) and a second 429 from a sibling would lengthen it. Other
+        contexts (other companies) are not touched, except by a 429 in the per-IP `global` group (§14.5)."""
+        key = GLOBAL_CONTEXT if group == GLOBAL_GROUP else context
         until = self._now() + max(retry_after, 0.0)
-        if until > self._blocks.get(context, 0.0):
-            self._blocks[context] = until
-            self._dirty = True
+        if until > self._blocks.get(key, 0.0):
+            self._blocks[key] = until
+            if self._commit is not None:
+                self._commit.queue_block(key, until)
         log.warning("ratelimit.429", context=context, group=group, retry_after=retry_after)
+        if self._commit is not None:
+            await self._commit.flush()
 
     # -- inspection -----------------------------------------------------------------------------
 
     def delay(self, context: str, group: str) -> float:
         """Seconds an `acquire(context, group)` issued now would wait (0 if it would pass at once)."""
         now = self._now()
-        wait = self._blocks.get(context, 0.0) - now
+        wait = self._block_end(context) - now
         bucket = self._bucket(context, group)
         bucket.prune(now, HOUR + self._margin)
         wait = max(wait, bucket.wait(now, self.limits_for(context, group).windows(), self._margin))
@@ -276,77 +218,139 @@ class RateLimiter:
         """Grant times still inside the hour window (for status pages and tests)."""
         return list(self._bucket(context, group).stamps)
 
+    @property
+    def transactions(self) -> int:
+        """Commits the journal has made so far (grants taken together share one)."""
+        return self._commit.transactions if self._commit is not None else 0
+
     # -- persistence ----------------------------------------------------------------------------
 
-    def snapshot(self) -> LimiterSnapshot:
+    async def load(self) -> None:
+        """Start a run on the journal: restore the grants of the last hour, the running blocks and the
+        limits, and after an unclean stop presume the worst where the record may be incomplete."""
+        if self._journal is None:
+            return
         now = self._now()
-        requests = {}
-        unlimited_global = not self._defaults[GLOBAL_GROUP].windows()
-        for key, bucket in self._buckets.items():
-            bucket.prune(now, HOUR + self._margin)
-            if unlimited_global and key == (GLOBAL_CONTEXT, GLOBAL_GROUP):
-                continue   # kept in memory for the day `global` turns positive, not worth saving until then
-            if bucket.stamps:
-                requests[key] = list(bucket.stamps)
-        blocks = {ctx: until for ctx, until in self._blocks.items() if until > now}
-        return LimiterSnapshot(now, requests, blocks, {c: dict(t) for c, t in self._per_context.items()})
+        previous = await self._journal.start_run()
+        grants, unanswered = await self._take_in(self._journal, now)
+        if unanswered:
+            await self._journal.record([], unanswered, {})
+        if previous is not None and not previous.clean:
+            self._after_unclean_stop(previous, now)
+        log.info("ratelimit.restored", grants=len(grants), in_flight=len(unanswered),
+                 blocks=sum(1 for u in self._blocks.values() if u > now),
+                 clean_stop=previous.clean if previous is not None else None)
 
-    def restore(self, snapshot: LimiterSnapshot) -> None:
-        """Merge a saved state in: grants and blocks add to what we know, limits fill the gaps."""
-        now = self._now()
-        for (context, group), stamps in snapshot.requests.items():
-            bucket = self._bucket(context, group)
-            for at in stamps:
-                if at > now - HOUR - self._margin:
-                    bucket.record(at)
-        for context, until in snapshot.blocks.items():
+    async def observe(self, journal: LimiterJournal) -> None:
+        """Take in what the daemon has recorded (grants, blocks, limits) without writing anything or starting a
+        run: for a process beside it (`ksefd check`), which must not send into a block or a full window either.
+        Requests in flight are counted from now, as after a restart."""
+        await self._take_in(journal, self._now())
+
+    async def _take_in(self, journal: LimiterJournal, now: float) -> tuple[list[GrantRow], list[tuple[int, float]]]:
+        grants = await journal.grants_since(now - HOUR - self._margin)
+        unanswered: list[tuple[int, float]] = []
+        for row, context, group, at, answered in grants:
+            if answered is None:
+                # Sent (its row committed first) but its answer never recorded: the run ended with it in flight,
+                # or before its answer time was written. KSeF may have counted it as late as that run's end,
+                # which is before now: presume now, and record that so the next start does not move it again.
+                unanswered.append((row, now))
+            stamp = now if answered is None else max(at, answered)
+            self._bucket(context, group).record(stamp)
+            self._count_globally(group, stamp)
+        for context, until in (await journal.blocks()).items():
             if until > max(now, self._blocks.get(context, 0.0)):
                 self._blocks[context] = until
-        for context, table in snapshot.limits.items():
-            self._per_context.setdefault(context, dict(table))
+        for context, text in (await journal.limits()).items():
+            try:
+                table = {g: GroupLimits.of(*v) for g, v in json.loads(text).items()}
+            except (ValueError, TypeError):
+                log.warning("ratelimit.saved_limits_unreadable", context=context)
+                continue
+            self._per_context.setdefault(context, table)
             restored_global = table.get(GLOBAL_GROUP)
             if restored_global is not None and restored_global.windows() and \
                     not self._defaults[GLOBAL_GROUP].windows():
                 self._defaults[GLOBAL_GROUP] = restored_global   # per IP: not only for that context
+        return grants, unanswered
 
-    async def load(self) -> None:
-        """Restore from the store, if there is one and it holds a state."""
-        if self._store is None:
+    async def close(self) -> None:
+        """A clean stop: everything queued (answer times too) is committed and the run is marked as ended
+        cleanly."""
+        if self._commit is not None and self._journal is not None:
+            await self._commit.flush()
+            await self._journal.stop_run()
+
+    def _after_unclean_stop(self, previous: PreviousRun, now: float) -> None:
+        """The previous run did not stop cleanly. Which requests can it have sent without a surviving row?
+
+        * Same boot (a kill -9, a crash, the OOM killer): none. Each request was sent only after its grant
+          had committed, and a committed SQLite transaction in WAL mode survives the death of the process
+          even with synchronous=NORMAL; only the OS crashing or the power failing can undo it. So the record
+          is complete; only the requests in flight at the end are uncertain in time, and `load` already
+          counts them from now. Nothing more is presumed: a crash loop does not slow the company down.
+        * Another boot, or we cannot tell: the last commits may be lost (WAL with synchronous=NORMAL, though
+          every synchronous=FULL commit of the daemon's invoice state syncs them too). The crash came before
+          this boot began, so up to then presume the worst for the short windows: every (context, group)
+          used its whole 1 s and 1 min allowance at the boot time (at `now` when the boot time is unknown).
+          The hour window is not presumed full (that would stop every company for an hour after a power
+          cut); the presumed requests do count in it.
+        """
+        if previous.same_boot:
+            log.info("ratelimit.unclean_stop", presumed=False, reason="same boot: every committed grant survived")
             return
-        snapshot = await self._store.load()
-        if snapshot is not None:
-            self.restore(snapshot)
-            log.info("ratelimit.restored", buckets=len(snapshot.requests), blocks=len(snapshot.blocks))
+        at = now if previous.boot_time is None else min(now, previous.boot_time)
+        self._presumed_full_at = at
+        for (context, group), bucket in self._buckets.items():
+            self._presume_full(context, group, bucket)
+        log.warning("ratelimit.unclean_stop", presumed=True, short_windows_full_at=at,
+                    reason="the machine restarted or cannot tell; the last grants may be lost")
 
-    async def save(self) -> None:
-        if self._store is not None:
-            self._dirty = False
-            await self._store.save(self.snapshot())
-
-    async def autosave(self, interval: float = 5.0) -> None:
-        """Save every `interval` seconds when something changed; run it as a task, cancel to stop
-        (a final `save()` on shutdown is the caller's job)."""
-        while True:
-            await self._sleep(interval)
-            if self._dirty:
-                await self.save()
+    def _presume_full(self, context: str, group: str, bucket: _Bucket) -> None:
+        at = self._presumed_full_at
+        if at is None or context == GLOBAL_CONTEXT or at <= self._now() - HOUR - self._margin:
+            return
+        short = [limit for length, limit in self.limits_for(context, group).windows() if length <= MINUTE]
+        for _ in range(max(short, default=0)):
+            bucket.record(at)
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _block_end(self, context: str) -> float:
+        return max(self._blocks.get(context, 0.0), self._blocks.get(GLOBAL_CONTEXT, 0.0))
 
     def _bucket(self, context: str, group: str) -> _Bucket:
         key = (context, group)
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket()
+            self._presume_full(context, group, bucket)
         return bucket
 
-    def _grant(self, context: str, group: str) -> None:
-        now = self._now()
-        self._bucket(context, group).record(now)
-        if group != GLOBAL_GROUP:
-            # Recorded even while `global` is -1: when GET /rate-limits turns it positive (§15: 75/s in the
-            # 2.9.0 example), the requests of the last hour already count, as they do on KSeF's side.
+    def _uses_global(self, group: str) -> bool:
+        # Every request counts in `global`, even while it is -1: when GET /rate-limits turns it positive (§15:
+        # 75/s in the 2.9.0 example), the requests of the last hour already count, as they do on KSeF's side.
+        return group != GLOBAL_GROUP
+
+    def _count_globally(self, group: str, at: float) -> None:
+        if self._uses_global(group):
             every_request = self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP)
-            every_request.record(now)
-            every_request.prune(now, HOUR + self._margin)
-        self._dirty = True
+            every_request.record(at)
+            every_request.prune(self._now(), HOUR + self._margin)
+
+    def _grant(self, context: str, group: str) -> Grant:
+        grant = Grant(context, group, self._now())
+        self._bucket(context, group).record(grant.at)
+        self._count_globally(group, grant.at)
+        if self._commit is not None:
+            self._commit.queue_grant(grant)
+        return grant
+
+    def _restamp(self, grant: Grant, new: float) -> None:
+        if new <= grant.at:
+            return
+        self._bucket(grant.context, grant.group).move(grant.at, new)
+        if self._uses_global(grant.group):
+            self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP).move(grant.at, new)
+        grant.at = new

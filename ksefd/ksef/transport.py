@@ -30,9 +30,14 @@ Retries (DESIGN.md convention 4, issue #4 item 8):
 
 Rate limiting: if a `RequestGate` is given, `acquire(context, group)` runs before every attempt and
 `penalise(context, group, retry_after)` after every 429; the gate is then responsible for the wait (its
-next `acquire` for that context and group must not return before the penalty ends). Without a gate the
+next `acquire` for that context and group must not return before the penalty ends), and `ready` is asked
+right before the bytes go out, so no request leaves into a block that began meanwhile. Without a gate the
 transport sleeps Retry-After itself. `context` is the context identifier ("Nip:5265877635") of the access
 token used, or "" for unauthenticated calls (group "anonymous", counted per IP by KSeF).
+
+Observers: `transport.observers` (empty by default) are called after every attempt with an `Exchange`: the
+context, rate-limit group, path template, status (None when no answer came) and seconds. The daemon's /metrics
+counts KSeF latency and 429s there; an observer sees nothing secret and its failure never fails the request.
 
 Logging: method, path template, status, attempt and elapsed time only; never headers, bodies, query strings
 of pre-signed URLs, or tokens.
@@ -56,6 +61,7 @@ from multidict import CIMultiDict
 
 from .clock import Sleep, real_sleep
 from .errors import OutcomeUnknown, RateLimited, ServerError, TransportError, UnreadableRequest
+from .ratelimit_journal import Grant
 from .responses import Response as Response
 from .responses import error_from_response
 
@@ -64,6 +70,19 @@ USER_AGENT = "ksefd/0.1"
 _STREAM_ABOVE = 512 * 1024
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """One HTTP attempt as an observer sees it (no URL, header or body: nothing secret)."""
+
+    context: str            # "Nip:5265877635", or "" for unauthenticated and pre-signed calls
+    group: str              # the KSeF rate-limit group, "" for pre-signed storage URLs
+    template: str           # "/sessions/online/{referenceNumber}/invoices"
+    status: int | None      # None: no answer (connection failed, reset, timeout)
+    seconds: float
+
+
+RequestObserver = Callable[[Exchange], None]
+
 # An async source of the access token, read after the rate limiter let the request pass (auth.AuthSession).
 BearerSource = Callable[[], Awaitable[str]]
 
@@ -71,11 +90,19 @@ BearerSource = Callable[[], Awaitable[str]]
 class RequestGate(Protocol):
     """Client-side rate limiter hook (implemented in ratelimit.py). Called once per HTTP attempt."""
 
-    async def acquire(self, context: str, group: str) -> None:
+    async def acquire(self, context: str, group: str) -> Grant | None:
         """Wait until one more request of `group` in `context` fits every window (and any 429 penalty)."""
         ...
 
-    def penalise(self, context: str, group: str, retry_after: float) -> None:
+    def ready(self, context: str, group: str) -> bool:
+        """Asked right before sending: False if a 429 block began since `acquire` returned."""
+        ...
+
+    def answered(self, grant: Grant) -> None:
+        """The request `acquire` let through has its answer (or failed, or was not sent after all)."""
+        ...
+
+    async def penalise(self, context: str, group: str, retry_after: float) -> None:
         """KSeF answered 429 with Retry-After: block `group` in `context` for `retry_after` seconds."""
         ...
 
@@ -164,6 +191,7 @@ class Transport:
         self._session = session
         self._owns_session = session is None
         self._fresh: aiohttp.ClientSession | None = None
+        self.observers: list[RequestObserver] = []
 
     async def close(self) -> None:
         if self._owns_session and self._session is not None:
@@ -238,14 +266,9 @@ class Transport:
         while True:
             attempt += 1
             last = attempt >= policy.attempts
-            if self.gate is not None and call.group:
-                await self.gate.acquire(call.context, call.group)
-            sent = call
-            if call.bearer_source is not None:
-                # Fetched after the limiter's wait, which can last an hour: the token is fresh when sent.
-                sent = replace(call, headers={**call.headers, "Authorization": f"Bearer {await call.bearer_source()}"})
+            sent, grant = await self._admitted(call)
             try:
-                response = await self._send_once(sent, attempt)
+                response = await self._send_counted(sent, grant, attempt)
             except _NotSent as exc:
                 if last:
                     raise exc.error from exc.__cause__
@@ -265,7 +288,7 @@ class Transport:
             error = error_from_response(response, call.method, call.template, call.group, call.context)
             if isinstance(error, RateLimited):
                 if self.gate is not None and call.group:
-                    self.gate.penalise(call.context, call.group, error.retry_after)
+                    await self.gate.penalise(call.context, call.group, error.retry_after)
                 if last or error.retry_after > policy.max_retry_after:
                     raise error
                 log.info("ksef.rate_limited", path=call.template, group=call.group, retry_after=error.retry_after)
@@ -285,6 +308,35 @@ class Transport:
                     continue
             raise error
 
+    async def _admitted(self, call: _Call) -> tuple[_Call, Grant | None]:
+        """Through the gate, with the access token; never into a 429 block that began meanwhile (issue #10)."""
+        while True:
+            grant = await self.gate.acquire(call.context, call.group) if self.gate is not None and call.group else None
+            try:
+                sent = call
+                if call.bearer_source is not None:
+                    # Fetched after the limiter's wait, which can last an hour: the token is fresh when sent.
+                    token = await call.bearer_source()
+                    sent = replace(call, headers={**call.headers, "Authorization": f"Bearer {token}"})
+            except BaseException:
+                self._answered(grant)
+                raise
+            # No await between this check and the send: a 429 seen by a sibling while the token was fetched
+            # sends this request back to the gate, which waits out the block (a request into it lengthens it).
+            if self.gate is None or not call.group or self.gate.ready(call.context, call.group):
+                return sent, grant
+            self._answered(grant)
+
+    async def _send_counted(self, call: _Call, grant: Grant | None, attempt: int) -> Response:
+        try:
+            return await self._send_once(call, attempt)
+        finally:
+            self._answered(grant)   # KSeF counted it by now at the latest (the limiter's window stamp)
+
+    def _answered(self, grant: Grant | None) -> None:
+        if self.gate is not None and grant is not None:
+            self.gate.answered(grant)
+
     async def _send_once(self, call: _Call, attempt: int) -> Response:
         session = self._pooled() if call.replay_safe else self._fresh_connection()
         started = time.monotonic()
@@ -299,16 +351,29 @@ class Transport:
                 body = await resp.read()
                 result = Response(resp.status, CIMultiDict(resp.headers), body, resp.content_type)
         except aiohttp.ClientConnectorError as exc:
+            self._observe(call, None, started)
             log.warning("ksef.connect_failed", path=call.template, attempt=attempt, error=type(exc).__name__)
             raise _NotSent(TransportError(f"cannot connect for {call.method} {call.template}: {_scrubbed(exc)}",
                                           method=call.method, url=call.template)) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self._observe(call, None, started)
             reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {_scrubbed(exc)}"
             log.warning("ksef.request_failed", path=call.template, attempt=attempt, reason=reason)
             raise _MaybeSent(reason) from exc
+        self._observe(call, result.status, started)
         log.debug("ksef.response", method=call.method, path=call.template, status=result.status, attempt=attempt,
                   ms=round((time.monotonic() - started) * 1000, 1))
         return result
+
+    def _observe(self, call: _Call, status: int | None, started: float) -> None:
+        if not self.observers:
+            return
+        exchange = Exchange(call.context, call.group, call.template, status, time.monotonic() - started)
+        for observer in self.observers:
+            try:
+                observer(exchange)
+            except Exception as exc:    # counting must never fail a KSeF call
+                log.warning("ksef.observer_failed", error=repr(exc))
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,15 @@ Latarnia-style status service (PROTOCOL.md §1: `GET /status`, `GET /messages`, 
 
     GET    /sim/faults                     the fault switches in force (faults.py)
     POST   /sim/faults                     {"spec": "5xx=0.1,seed=3", "outages": [{"from", "to", "kind",
-                                           "text"}], "unavailableSessions": ["<SO ref>"]}: replaces them
+                                           "text", "blocksApi"}], "unavailableSessions": ["<SO ref>"]}:
+                                           replaces them (blocksApi false: announced only, /v2 answers)
     DELETE /sim/faults                     every switch off
     POST   /sim/keys/rotate                {"usage": "SymmetricKeyEncryption" | "KsefTokenEncryption"}
     GET    /sim/clock, POST /sim/clock     {"advance": seconds} or {"set": "<ISO-8601>"} (ManualClock only)
     POST   /sim/sessions/{ref}/expire      the session's lifetime (online) or upload window (batch) ends now
+    GET    /sim/ratelimits                 {"requestsDuringBlock": n, "tooManyRequests": n, "longestRetryAfter": s,
+                                           "duringBlock": [{context, ip, group, requests}], "blocks": [...]}:
+                                           requests that arrived during a 429 block (ratelimits.py)
     GET    /status                         {"status": AVAILABLE|MAINTENANCE|FAILURE|TOTAL_FAILURE, "messages"}
     GET    /messages                       every published Latarnia message
 """
@@ -19,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import faults, sessions
+from . import faults, ratelimits, sessions
 from .clock import ManualClock, iso, parse_iso
 from .world import WORLD, World
 
@@ -59,7 +63,8 @@ def _outage(item: Any, now: Any) -> faults.Outage:
         raise _bad(f"outage dates: {exc}") from None
     if end <= start:
         raise _bad("outage: 'to' must be later than 'from'")
-    return faults.Outage(start, end, kind, str(item.get("text", "")), published=min(now, start))
+    return faults.Outage(start, end, kind, str(item.get("text", "")), published=min(now, start),
+                         blocks_api=bool(item.get("blocksApi", True)))
 
 
 async def set_faults(request: web.Request) -> web.Response:
@@ -126,6 +131,12 @@ async def expire_session(request: web.Request) -> web.Response:
     return web.json_response({"referenceNumber": reference, field: session[field]})
 
 
+async def get_ratelimits(request: web.Request) -> web.Response:
+    world = request.app[WORLD]
+    limiter = ratelimits.limiter(world)
+    return web.json_response({**limiter.tally.to_json(), "blocks": limiter.blocks(world.clock.now().timestamp())})
+
+
 # Latarnia ----------------------------------------------------------------------------------------------
 
 def _messages(world: World, only_active: bool = False) -> list[dict[str, Any]]:
@@ -173,5 +184,6 @@ def register(app: web.Application) -> None:
     app.router.add_get("/sim/clock", get_clock)
     app.router.add_post("/sim/clock", move_clock)
     app.router.add_post("/sim/sessions/{referenceNumber}/expire", expire_session)
+    app.router.add_get("/sim/ratelimits", get_ratelimits)
     app.router.add_get("/status", lighthouse_status)
     app.router.add_get("/messages", lighthouse_messages)

@@ -12,7 +12,8 @@ SPEC is a comma-separated list of switches (README "Simulator fault switches"):
     latency=S         seconds added to requests; latency_share=P limits it to a share (default 1)
     outage=A:D[:K]    from A seconds after the switch is set, for D seconds, /v2 answers 503 and
                       GET /status reports K (MAINTENANCE, FAILURE or TOTAL_FAILURE; default FAILURE);
-                      may be repeated
+                      may be repeated (POST /sim/faults outages with "blocksApi": false announce one on
+                      Latarnia while /v2 keeps answering)
     upo_delay=S       the session UPO is ready S seconds (simulator clock) after the session is done
     unavailable=P     each invoice send turns its online session "temporarily unavailable" with
                       chance P: that send and every later one get 400 21184 (PROTOCOL.md §14.3)
@@ -63,9 +64,11 @@ class Outage:
     kind: str = "FAILURE"
     text: str = ""
     published: dt.datetime | None = None
+    blocks_api: bool = True      # False: announced on Latarnia only, /v2 keeps answering (a partial failure)
 
     def to_json(self) -> dict[str, Any]:
-        return {"from": iso(self.start), "to": iso(self.end), "kind": self.kind, "text": self.text}
+        return {"from": iso(self.start), "to": iso(self.end), "kind": self.kind, "text": self.text,
+                "blocksApi": self.blocks_api}
 
 
 @dataclass
@@ -154,8 +157,9 @@ class FaultState:
     def chance(self, share: float) -> bool:
         return share > 0 and self.rng.random() < share
 
-    def outage_at(self, now: dt.datetime) -> Outage | None:
-        active = [o for o in self.settings.outages if o.start <= now < o.end]
+    def outage_at(self, now: dt.datetime, *, blocking: bool = False) -> Outage | None:
+        """The most severe outage in force (`blocking`: only those that make /v2 answer 503)."""
+        active = [o for o in self.settings.outages if o.start <= now < o.end and (o.blocks_api or not blocking)]
         return max(active, key=lambda o: SEVERITY[o.kind]) if active else None
 
 
@@ -257,7 +261,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     if not settings.disturbs_requests:
         return await handler(request)
     now = world.clock.now()
-    outage = current.outage_at(now) if api else None
+    outage = current.outage_at(now, blocking=True) if api else None
     if outage is not None:
         return _outage_response(outage, now)
     if settings.latency_s and current.chance(settings.latency_share):

@@ -15,6 +15,9 @@
 * Blocks are dynamic (§7 "grows with repeated breaches"): the first breach blocks until the window
   frees a slot; each further breach within an hour doubles the block, and a request sent during a
   block extends it (capped at one hour). Pre-signed URLs and /sim controls are outside /v2: never limited.
+* Every request that arrives while its (context, IP, group) is blocked is counted, with the 429s and the
+  longest Retry-After given, for tests: `GET /sim/ratelimits` (control.py; issue #10: "no request is ever
+  sent into a known block").
 All times come from the simulator's clock, so tests move a ManualClock instead of sleeping.
 """
 
@@ -110,13 +113,42 @@ class _Bucket:
     last_strike: float = -math.inf
 
 
+@dataclass
+class Tally:
+    """What the limiter refused, for tests (GET /sim/ratelimits)."""
+
+    during_block: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    refused: int = 0
+    longest_retry_after: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requestsDuringBlock": sum(self.during_block.values()), "tooManyRequests": self.refused,
+                "longestRetryAfter": self.longest_retry_after,
+                "duringBlock": [{"context": c, "ip": ip, "group": g, "requests": n}
+                                for (c, ip, g), n in sorted(self.during_block.items())]}
+
+
 class RateLimiter:
     """Sliding windows per key; `admit` records an accepted request or says how long to wait."""
 
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, str, str], _Bucket] = {}
+        self.tally = Tally()
 
     def admit(self, key: tuple[str, str, str], limits: dict[str, int], now: float) -> tuple[float, str] | None:
+        refused = self._admit(key, limits, now)
+        if refused is not None:
+            self.tally.refused += 1
+            self.tally.longest_retry_after = max(self.tally.longest_retry_after, float(math.ceil(refused[0])))
+            if not refused[1]:
+                self.tally.during_block[key] = self.tally.during_block.get(key, 0) + 1
+        return refused
+
+    def blocks(self, now: float) -> list[dict[str, Any]]:
+        return [{"context": c, "ip": ip, "group": g, "seconds": round(b.blocked_until - now, 3)}
+                for (c, ip, g), b in sorted(self._buckets.items()) if b.blocked_until > now]
+
+    def _admit(self, key: tuple[str, str, str], limits: dict[str, int], now: float) -> tuple[float, str] | None:
         """None when the request may pass (it is counted), else (retry-after seconds, the violated window
         as text, or "" for a request sent while blocked)."""
         bucket = self._buckets.setdefault(key, _Bucket())

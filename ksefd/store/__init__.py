@@ -12,6 +12,8 @@ from .inbox import Checkpoint, Delivery, InboxRepo
 from .invoices import Change, IllegalTransition, InvoiceRepo, InvoiceRow, NewInvoice, StateConflict
 from .kv import RATE_LIMITS, KeyValueRepo
 from .migrations import MIGRATIONS
+from .offline import Announcement, AnnouncementRepo, OfflineInvoice, OfflineRepo
+from .ratelimits import BootIdentity, PreviousRun, RateLimitJournal, current_boot
 from .sessions import SessionKind, SessionRepo, SessionRow, Upo
 from .states import (
     IN_KSEF_STATES,
@@ -25,10 +27,48 @@ from .states import (
 from .store import Store
 
 __all__ = [
-    "INVOICE_TRANSITIONS", "IN_KSEF_STATES", "MIGRATIONS", "RATE_LIMITS", "RENEWAL_STATES", "SESSION_TRANSITIONS",
-    "TERMINAL_INVOICE_STATES", "UNFINISHED_SESSION_STATES", "Beat", "CertificateRenewalRepo", "Change", "Checkpoint",
-    "Database", "Delivery",
-    "Event", "EventRepo", "HeartbeatRepo", "Hold", "HoldRepo", "IllegalTransition", "InboxRepo", "InvoiceRepo",
-    "InvoiceRow", "InvoiceState", "KeyValueRepo", "NewInvoice", "Renewal", "SchemaTooNew", "SessionKind", "SessionRepo",
-    "SessionRow", "SessionState", "StateConflict", "Store", "StoreError", "Upo",
+    "INVOICE_TRANSITIONS",
+    "IN_KSEF_STATES",
+    "MIGRATIONS",
+    "RATE_LIMITS",
+    "RENEWAL_STATES",
+    "SESSION_TRANSITIONS",
+    "TERMINAL_INVOICE_STATES",
+    "UNFINISHED_SESSION_STATES",
+    "Announcement",
+    "AnnouncementRepo",
+    "Beat",
+    "BootIdentity",
+    "CertificateRenewalRepo",
+    "Change",
+    "Checkpoint",
+    "Database",
+    "Delivery",
+    "Event",
+    "EventRepo",
+    "HeartbeatRepo",
+    "Hold",
+    "HoldRepo",
+    "IllegalTransition",
+    "InboxRepo",
+    "InvoiceRepo",
+    "InvoiceRow",
+    "InvoiceState",
+    "KeyValueRepo",
+    "NewInvoice",
+    "OfflineInvoice",
+    "OfflineRepo",
+    "PreviousRun",
+    "RateLimitJournal",
+    "Renewal",
+    "SchemaTooNew",
+    "SessionKind",
+    "SessionRepo",
+    "SessionRow",
+    "SessionState",
+    "StateConflict",
+    "Store",
+    "StoreError",
+    "Upo",
+    "current_boot",
 ]

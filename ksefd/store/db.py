@@ -72,17 +72,27 @@ class Database:
             await self._conn.close()
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (cancellation included)."""
+    async def transaction(self, *, synced: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (cancellation included).
+
+        `synced=False` commits with synchronous=NORMAL: no fsync, yet in WAL mode the commit survives the
+        process being killed (only an OS crash or power loss can undo it). For frequent small records that
+        must outlive a kill -9 but not necessarily a power cut (the rate limiter's grants, issue #10)."""
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            if not synced:
+                await self._conn.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield self._conn
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):   # SQLite may have rolled back already
-                    await self._conn.execute("ROLLBACK")
-                raise
-            await self._conn.execute("COMMIT")
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):   # SQLite may have rolled back already
+                        await self._conn.execute("ROLLBACK")
+                    raise
+                await self._conn.execute("COMMIT")
+            finally:
+                if not synced:
+                    await self._conn.execute("PRAGMA synchronous = FULL")
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[aiosqlite.Connection]:

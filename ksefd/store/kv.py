@@ -1,8 +1,5 @@
-"""Small named values kept across restarts, e.g. the KSeF client's rate-limiter snapshot
-(namespace `ratelimit`: sliding-window timestamps and 429 blocks per context and group, issue #5 item 4).
-
-The daemon adapts this to `ksefd.ksef.ratelimit.LimiterStore` (the store does not import the client):
-`load` = `get(RATE_LIMITS, key)` then `LimiterSnapshot.from_json`, `save` = `put(RATE_LIMITS, key, snapshot.to_json())`.
+"""Small named values kept across restarts, e.g. (namespace `ratelimit`) the limits KSeF reported per
+context and the rate limiter's run marker (store/ratelimits.py; the grants and blocks have their own tables).
 """
 
 from __future__ import annotations

@@ -165,4 +165,74 @@ _V2_CERTIFICATE_RENEWALS = (
     )""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_CERTIFICATE_RENEWALS)
+_V3_RATE_LIMITS = (
+    # The rate limiter's grants (issue #10 point 1): one row per request KSeF was sent, committed before it
+    # was sent (store/ratelimits.py); rows older than an hour are pruned. Times are epoch seconds (REAL),
+    # as the limiter counts them.
+    """CREATE TABLE rate_grants (
+        id        INTEGER PRIMARY KEY,
+        at        REAL NOT NULL,                   -- granted (committed before the request was sent)
+        answered  REAL,                            -- its answer or failure was in; NULL: in flight or unknown
+        context   TEXT NOT NULL,                   -- KSeF context key ("" for per-IP public calls)
+        grp       TEXT NOT NULL                    -- rate-limit group (PROTOCOL.md §7)
+    )""",
+    # When KSeF counted a grant, at the latest: its answer time, else its grant time.
+    "CREATE INDEX rate_grants_counted ON rate_grants (coalesce(answered, at))",
+    # Running 429 blocks per context: no request goes out before `until` (PROTOCOL.md §7).
+    """CREATE TABLE rate_blocks (
+        context   TEXT PRIMARY KEY,
+        until     REAL NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+_V4_OFFLINE = (
+    # Latarnia announcements (PROTOCOL.md §1, §8.1), per KSeF target: FAILURE_START / FAILURE_END decide the
+    # offline deadlines, so their history outlives the daemon. One row per message id (a newer version of the
+    # same message replaces it).
+    """CREATE TABLE ksef_announcements (
+        target      TEXT NOT NULL,              -- the Latarnia URL the message came from
+        message_id  TEXT NOT NULL,
+        event_id    INTEGER,
+        category    TEXT NOT NULL,              -- FAILURE | TOTAL_FAILURE | MAINTENANCE
+        type        TEXT NOT NULL,              -- FAILURE_START | FAILURE_END | MAINTENANCE_ANNOUNCEMENT
+        title       TEXT,
+        text        TEXT,
+        start       TEXT,
+        end         TEXT,
+        version     INTEGER,
+        published   TEXT,
+        seen_at     TEXT NOT NULL,
+        PRIMARY KEY (target, message_id)
+    ) WITHOUT ROWID""",
+    # Offline invoices (PROTOCOL.md §8): why and when each was issued offline, its legal deadline, the
+    # artefacts written for the ERP, the warnings already given and a technical correction's original.
+    """CREATE TABLE offline_invoices (
+        invoice_id      INTEGER PRIMARY KEY REFERENCES invoices(id),
+        company         TEXT NOT NULL,
+        mode            TEXT NOT NULL,          -- offline24 | unavailability | failure | total-failure
+        reason          TEXT NOT NULL,
+        event_id        INTEGER,                -- the Latarnia event that made it offline (if announced)
+        issued_at       TEXT NOT NULL,
+        deadline        TEXT,                   -- NULL: none yet (the outage has not ended) or none at all
+        stem            TEXT NOT NULL,          -- offline/STEM.offline.json and its images
+        kod2            INTEGER NOT NULL DEFAULT 0,
+        warned          INTEGER NOT NULL DEFAULT 0,   -- 0, 50, 90: the deadline warnings given
+        missed          INTEGER NOT NULL DEFAULT 0,
+        corrects_id     INTEGER REFERENCES invoices(id),   -- technical correction: the rejected original
+        corrects_hash   TEXT,
+        updated_at      TEXT NOT NULL
+    )""",
+    "CREATE INDEX offline_invoices_company ON offline_invoices (company)",
+    # The dispatcher's question each round: which offline invoices are back in QUEUED (few, in a large queue).
+    "CREATE INDEX invoices_offline ON invoices (company, state) WHERE offline = 1",
+    # Files the ERP dropped into outbox/offline/: offline24 on demand, recorded before the file is moved on.
+    """CREATE TABLE offline_requests (
+        company      TEXT NOT NULL,
+        sha256       TEXT NOT NULL,
+        file_name    TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        PRIMARY KEY (company, sha256)
+    ) WITHOUT ROWID""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_CERTIFICATE_RENEWALS, _V3_RATE_LIMITS, _V4_OFFLINE)

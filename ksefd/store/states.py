@@ -21,13 +21,18 @@ class InvoiceState(StrEnum):
     REJECTED = "rejected"        # locally or by KSeF; rejected/NAME.error.json written or to be written
     DEFERRED = "deferred"        # transient failure before KSeF took it; retried at next_attempt_at
     HELD = "held"                # needs a person (credentials, permissions); resumes by itself once fixed
+    RETURNED = "returned"        # never sent: its file went back to outbox/ untouched (the company has send = false)
+    REDROP = "redrop"            # the same bytes as an invoice KSeF accepted: its result copied under this name
 
 
 S = InvoiceState
+# RETURNED is reachable only from states in which KSeF has never seen the invoice (nothing was sent, no
+# send is on the wire): giving the file back then cannot lose or double anything. REDROP only from
+# CLAIMED: a re-drop is recognised by its hash before it is checked or queued.
 INVOICE_TRANSITIONS: dict[InvoiceState, frozenset[InvoiceState]] = {
-    S.CLAIMED: frozenset({S.CHECKED, S.REJECTED}),
-    S.CHECKED: frozenset({S.QUEUED, S.OFFLINE, S.REJECTED}),
-    S.QUEUED: frozenset({S.SUBMITTING, S.OFFLINE, S.DEFERRED, S.HELD}),
+    S.CLAIMED: frozenset({S.CHECKED, S.REJECTED, S.RETURNED, S.REDROP}),
+    S.CHECKED: frozenset({S.QUEUED, S.OFFLINE, S.REJECTED, S.RETURNED}),
+    S.QUEUED: frozenset({S.SUBMITTING, S.OFFLINE, S.DEFERRED, S.HELD, S.RETURNED}),
     S.OFFLINE: frozenset({S.SUBMITTING, S.DEFERRED, S.HELD}),
     # back to QUEUED: KSeF said the invoice was not taken (21184 "session temporarily unavailable").
     S.SUBMITTING: frozenset({S.PROCESSING, S.IN_DOUBT, S.QUEUED, S.DEFERRED, S.REJECTED, S.HELD}),
@@ -38,11 +43,15 @@ INVOICE_TRANSITIONS: dict[InvoiceState, frozenset[InvoiceState]] = {
     S.PROCESSING: frozenset({S.ACCEPTED, S.REJECTED, S.QUEUED}),
     S.ACCEPTED: frozenset({S.UPO_SAVED}),
     S.UPO_SAVED: frozenset({S.DONE}),
-    S.DEFERRED: frozenset({S.QUEUED, S.OFFLINE, S.HELD}),
-    S.HELD: frozenset({S.QUEUED, S.OFFLINE}),
+    S.DEFERRED: frozenset({S.QUEUED, S.OFFLINE, S.HELD, S.RETURNED}),
+    S.HELD: frozenset({S.QUEUED, S.OFFLINE, S.RETURNED}),
     S.DONE: frozenset(),
     S.REJECTED: frozenset(),
+    S.RETURNED: frozenset(),
+    S.REDROP: frozenset(),
 }
+# States whose invoice KSeF never saw and may be given back to the ERP (send switched off).
+RETURNABLE_STATES = frozenset(s for s, nexts in INVOICE_TRANSITIONS.items() if S.RETURNED in nexts)
 TERMINAL_INVOICE_STATES = frozenset(s for s, nexts in INVOICE_TRANSITIONS.items() if not nexts)
 # Where an invoice waits for KSeF's answer or for a send: what `ksefd status` calls "in KSeF".
 IN_KSEF_STATES = frozenset({S.SUBMITTING, S.IN_DOUBT, S.PROCESSING})

@@ -16,6 +16,8 @@ from .health import HeartbeatRepo, HoldRepo
 from .inbox import InboxRepo
 from .invoices import InvoiceRepo
 from .kv import KeyValueRepo
+from .offline import AnnouncementRepo, OfflineRepo
+from .ratelimits import RateLimitJournal
 from .sessions import SessionRepo
 
 
@@ -34,9 +36,12 @@ class Store:
         self.sessions = SessionRepo(db, now)
         self.inbox = InboxRepo(db, now)
         self.kv = KeyValueRepo(db, now)
+        self.rate_limits = RateLimitJournal(db, now)     # ksefd.ksef.ratelimit_journal.LimiterJournal
         self.holds = HoldRepo(db, now)
         self.heartbeat = HeartbeatRepo(db, now)
         self.events = EventRepo(db)
+        self.announcements = AnnouncementRepo(db, now)
+        self.offline = OfflineRepo(db, now)
         self.certificates = CertificateRenewalRepo(db, now)
 
     @classmethod
@@ -44,6 +49,11 @@ class Store:
         """Open (creating the file and its folder if needed) and migrate to the current schema. The file is
         0600; `private_folder`: a folder ksefd creates is 0700 (not the default data_dir; see Database.open)."""
         return cls(await Database.open(path, private_folder=private_folder), clock or SystemClock())
+
+    @property
+    def path(self) -> Path:
+        """The state database's file."""
+        return self.db.path
 
     async def close(self) -> None:
         await self.db.close()

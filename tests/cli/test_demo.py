@@ -33,3 +33,19 @@ def test_demo_sends_invoices_and_the_buyer_receives_them(tmp_path: Path) -> None
     assert status.returncode == 0, status.stderr
     seller = next(c for c in json.loads(status.stdout)["companies"] if c["name"] == "abc-agd")
     assert seller["accepted_total"] == 3 and seller["rejected_total"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_demo_outage_issues_offline_then_sends_with_offline_mode(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "ksefd", "demo", "--invoices", "2", "--once", "--outage", "5",
+                             "--dir", str(tmp_path)], capture_output=True, text=True, timeout=170,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "KSeF FAILURE announced for 5 s" in result.stdout and "2 of 2 invoices accepted" in result.stdout
+    assert result.stdout.count("KOD I + KOD II") == 2
+    seller = tmp_path / "data" / "abc-agd"
+    for offline in sorted((seller / "offline").glob("*.offline.json")):
+        info = json.loads(offline.read_text("utf-8"))
+        assert info["mode"] == "failure" and info["kod2"]["label"] == "CERTYFIKAT" and info["ksefNumber"]
+        receipt = json.loads((seller / "sent" / offline.name.replace(".offline.json", ".ksef.json")).read_text())
+        assert receipt["invoicingMode"] == "Offline" and receipt["offlineMode"] is True

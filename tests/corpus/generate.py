@@ -33,7 +33,7 @@ class Case:
     case: str        # the generator's name (CONTENT or ENTRIES)
     file: str        # the outbox name ({case}.xml unless the name is the point)
     phase: int       # 1: the first drain; 2: a second drain, after phase 1 was accepted
-    outcome: str     # sent | rejected | ignored | stays
+    outcome: str     # sent | answered (a re-drop: sent/ from its original) | rejected | ignored | stays
     code: str        # error.json's code for rejected / stays; empty otherwise
     what: str
 

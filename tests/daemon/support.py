@@ -59,9 +59,11 @@ def _toml_value(value: Any) -> str:
 
 
 def write_config(folder: Path, base_url: str, companies: Iterable[dict[str, Any]], *,
-                 sending: dict[str, Any] | None = None, daemon: dict[str, Any] | None = None) -> Path:
-    lines = ["[ksef]", 'environment = "test"', f"base_url = {_toml_value(base_url)}", "", "[daemon]",
-             'data_dir = "data"', 'state_db = "state.sqlite3"']
+                 sending: dict[str, Any] | None = None, daemon: dict[str, Any] | None = None,
+                 ksef: dict[str, Any] | None = None) -> Path:
+    lines = ["[ksef]", 'environment = "test"', f"base_url = {_toml_value(base_url)}"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in (ksef or {}).items()]
+    lines += ["", "[daemon]", 'data_dir = "data"', 'state_db = "state.sqlite3"']
     lines += [f"{k} = {_toml_value(v)}" for k, v in {**FAST_DAEMON, **(daemon or {})}.items()]
     sending = {"retry_min_seconds": 1, "retry_max_seconds": 4, "hold_retry_seconds": 5,
                "online_idle_close_seconds": 1, **(sending or {})}

@@ -84,7 +84,7 @@ async def test_sigkill_at_random_moments(sim_factory: Any, http: aiohttp.ClientS
         numbers[sha256_b64(data)] = read_json(company.folders.sent / f"{stem}.ksef.json")["ksefNumber"]
         assert numbers[sha256_b64(data)].encode() in (company.folders.sent / f"{stem}.upo.xml").read_bytes()
     assert not list(company.folders.rejected.iterdir())
-    assert sorted(p.name for p in company.folders.outbox.iterdir()) == [".ksefd"]
+    assert sorted(p.name for p in company.folders.outbox.iterdir()) == [".ksefd", "offline"]
     assert not list((company.folders.outbox / ".ksefd").iterdir())
 
     # KSeF's side: one acceptance per invoice; a second submission only as a 440 of the same document.

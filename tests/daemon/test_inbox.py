@@ -140,13 +140,13 @@ async def test_an_invoice_is_never_delivered_twice_even_after_the_erp_moved_it_a
         await b.close()
 
 
-async def test_without_backfill_the_first_run_starts_at_that_moment_and_keeps_it_across_restarts(
+async def test_backfill_now_starts_at_the_first_run_and_keeps_it_across_restarts(
         sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
     clock = ManualClock(dt.datetime.now(dt.UTC))
     sim = await start(sim_factory, clock)
     await send_batches(http, sim.base_url, clock, tmp_path, 3, prefix="OLD")    # history: not wanted
     clock.advance(60)
-    b = await buyer(sim, http, clock, tmp_path)
+    b = await buyer(sim, http, clock, tmp_path, 'backfill_from = "now"')
     try:
         first_run = clock.now()
         report = await b.worker().run_cycle()                # nothing after the start is final yet: export 420
@@ -160,6 +160,63 @@ async def test_without_backfill_the_first_run_starts_at_that_moment_and_keeps_it
         assert inbox_files(b.inbox) == {s.ksef_number: s.xml for s in new}
     finally:
         await b.close()
+
+
+async def test_by_default_the_first_run_receives_from_the_first_day_of_the_previous_month(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Issue #10 point 5: a new user gets the purchases of the VAT period still being booked, and the first
+    start logs the window; `ksefd status` shows where receiving started."""
+    from structlog.testing import capture_logs
+
+    from ksefd.clock import WARSAW
+    from ksefd.daemon.inbox.status import receiving_since
+    from ksefd.daemon.inbox.worker import first_day_of_previous_month
+    from ksefd.daemon.status import DaemonStatus, _company, render
+
+    now = dt.datetime.now(dt.UTC)
+    boundary = dt.datetime.combine(first_day_of_previous_month(now), dt.time(), tzinfo=WARSAW)
+    assert boundary.day == 1 and (now.astimezone(WARSAW) - boundary).days in range(28, 63)
+    clock = ManualClock(boundary - dt.timedelta(days=3))
+    sim = await start(sim_factory, clock)
+    token = await seller_token(http, sim.base_url, valid_from=clock.now() - dt.timedelta(days=1))
+    clock.set(boundary - dt.timedelta(hours=1))             # the evening before: not wanted
+    await send_batches(http, sim.base_url, clock, tmp_path, 2, prefix="OLD", token=token)
+    clock.set(boundary + dt.timedelta(minutes=30))          # just after midnight, Polish time: wanted
+    previous = await send_batches(http, sim.base_url, clock, tmp_path, 2, prefix="PREV", token=token)
+    clock.set(now - dt.timedelta(hours=1))
+    recent = await send_batches(http, sim.base_url, clock, tmp_path, 2, prefix="NOW", token=token)
+    clock.set(now)
+    b = await buyer(sim, http, clock, tmp_path)                   # no backfill_from
+    assert b.company.receiving.backfill_from is None
+    try:
+        with capture_logs() as logs:
+            report = await b.worker().run_cycle()
+        assert not report.failures
+        assert inbox_files(b.inbox) == {s.ksef_number: s.xml for s in previous + recent}
+        first = [e for e in logs if e["event"] == "inbox.first_window"]
+        assert len(first) == 1 and first[0]["start_local"] == boundary.isoformat()
+        assert await receiving_since(b.store, "buyer") == boundary.astimezone(dt.UTC).isoformat()
+        shown = await _company(b.store, "buyer", b.company.nip, False, True, now)
+        text = render(DaemonStatus(False, None, None, [shown]))
+        assert f"receiving since {boundary.astimezone(dt.UTC).isoformat()}" in text
+    finally:
+        await b.close()
+
+
+def test_backfill_from_takes_a_date_now_or_nothing_and_names_the_fix_otherwise(tmp_path: Path) -> None:
+    import pytest
+
+    from ksefd.config import ConfigError
+
+    def parsed(line: str) -> Any:
+        return company(tmp_path, "t", base_url="http://127.0.0.1:9/v2", receiving=line).receiving.backfill_from
+
+    assert parsed("") is None
+    assert parsed("backfill_from = 2026-02-01") == dt.date(2026, 2, 1)
+    assert parsed('backfill_from = "2026-02-01"') == dt.date(2026, 2, 1)
+    assert parsed('backfill_from = "now"') == "now"
+    with pytest.raises(ConfigError, match=r"backfill_from: \"yesterday\" is not a date.*\"now\""):
+        parsed('backfill_from = "yesterday"')
 
 
 async def test_a_backfill_older_than_100_days_runs_in_adjacent_windows_of_at_most_100_days(

@@ -16,6 +16,7 @@ from tests.daemon.support import (
     drain,
     drop,
     invoice,
+    invoice_rows,
     one_company,
     read_json,
     sim_records,
@@ -103,22 +104,31 @@ async def test_440_for_the_same_bytes_is_success_with_the_original(sim_factory: 
     assert codes == [200, 440]
 
 
-async def test_same_bytes_dropped_again_are_not_sent_twice(sim_factory: Any, http: aiohttp.ClientSession,
-                                                          tmp_path: Path) -> None:
+async def test_same_bytes_dropped_again_are_not_sent_twice_and_answered_under_the_new_name(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Issue #10 point 7: a byte-identical re-drop of an accepted invoice is answered from the original."""
     sim, _, config = await one_company(sim_factory, http, tmp_path)
     data = invoice("KSEF/TWICE")
-    outbox = config.companies[0].folders.outbox
-    drop(outbox, "first.xml", data)
+    folders = config.companies[0].folders
+    drop(folders.outbox, "first.xml", data)
     await drain(config)
-    drop(outbox, "first.xml", data)           # the ERP exports the same invoice again
-    drop(outbox, "copy.xml", data)
+    original = read_json(folders.sent / "first.ksef.json")
+    drop(folders.outbox, "first.xml", data)           # the ERP exports the same invoice again
+    drop(folders.outbox, "copy.xml", data)
     await drain(config)
     assert len(sim_records(sim)) == 1
-    rejected = config.companies[0].folders.rejected
-    for name in ("first", "copy"):
-        error = read_json(rejected / f"{name}.error.json")
-        assert error["code"] == "duplicate-file" and read_json(
-            config.companies[0].folders.sent / "first.ksef.json")["ksefNumber"] in error["message"]
+    assert not list(folders.rejected.iterdir())
+    assert read_json(folders.sent / "first.ksef.json") == original          # the original's result untouched
+    upo = (folders.sent / "first.upo.xml").read_bytes()
+    for stem in ("first-2", "copy"):
+        record = read_json(folders.sent / f"{stem}.ksef.json")
+        assert record["redrop"] is True and record["ksefNumber"] == original["ksefNumber"]
+        assert record["originalFile"] == "first.xml" and record["originalResult"] == "first"
+        assert (folders.sent / f"{stem}.xml").read_bytes() == data
+        assert (folders.sent / f"{stem}.upo.xml").read_bytes() == upo
+    rows = await invoice_rows(config, "acme")
+    assert sorted(str(r.state) for r in rows) == ["done", "redrop", "redrop"]
+    assert not list(folders.outbox.glob("*.state.json"))
 
 
 async def test_a_different_file_under_a_reused_name_is_a_new_invoice(sim_factory: Any, http: aiohttp.ClientSession,

@@ -43,7 +43,7 @@ async def test_official_samples_are_accepted_with_upos(sim_factory: Any, http: a
         upo = etree.fromstring((folder / f"{stem}.upo.xml").read_bytes())
         assert [e.text for e in upo.iter(f"{UPO_NS}NumerKSeFDokumentu")] == [record["ksefNumber"]]
         assert not (outbox / f"{stem}.state.json").exists()
-    assert sorted(p.name for p in outbox.iterdir()) == [".ksefd"]
+    assert sorted(p.name for p in outbox.iterdir()) == [".ksefd", "offline"]    # offline/: offline24 on demand
     assert not list((outbox / ".ksefd").iterdir())                     # working copies discarded once done
     assert not list(config.companies[0].folders.rejected.iterdir())
     async with await Store.open(config.state_db) as store:

@@ -1,5 +1,5 @@
-"""The client-side limiter (issue #4 item 7): sliding windows per (context, group), shared 429 blocks,
-state that survives a restart. Driven by virtual time: no test really sleeps."""
+"""The client-side limiter (issue #4 item 7): sliding windows per (context, group), shared 429 blocks.
+Driven by virtual time: no test really sleeps. Its durable record: tests/store/test_rate_limit_journal.py."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from ksefd.ksef.errors import RateLimited
 from ksefd.ksef.ratelimit import (
     PRODUCTION_LIMITS,
     GroupLimits,
-    LimiterSnapshot,
     RateLimiter,
     adopt_server_limits,
     parse_rate_limits,
 )
+from ksefd.ksef.ratelimit_journal import Grant
 from ksefd.ksef.transport import RetryPolicy
 from ksefd.sim.clock import ManualClock
 from ksefd.sim.config import SimConfig
@@ -112,7 +112,7 @@ async def test_a_429_blocks_every_caller_in_the_context_until_retry_after() -> N
     clock = VirtualClock()
     limiter = limiter_on(clock)
     start = clock.now()
-    limiter.penalise("1111111111", "invoiceSend", 30.0)
+    await limiter.penalise("1111111111", "invoiceSend", 30.0)
     done: dict[str, float] = {}
 
     async def call(group: str) -> None:
@@ -125,8 +125,8 @@ async def test_a_429_blocks_every_caller_in_the_context_until_retry_after() -> N
 
     await clock.drive(asyncio.gather(call("invoiceSend"), call("sessionMisc"), other_context()))
     assert done == {"invoiceSend": 30.0, "sessionMisc": 30.0, "other": 0.0}
-    limiter.penalise("1111111111", "invoiceSend", 5.0)               # a shorter block never shortens one
-    limiter.penalise("1111111111", "invoiceSend", 60.0)
+    await limiter.penalise("1111111111", "invoiceSend", 5.0)         # a shorter block never shortens one
+    await limiter.penalise("1111111111", "invoiceSend", 60.0)
     assert limiter.delay("1111111111", "invoiceSend") == pytest.approx(60.0)
 
 
@@ -194,66 +194,6 @@ async def test_a_positive_global_limit_applies_across_contexts() -> None:
     assert max(stamps) - min(stamps) == pytest.approx(2.0)
 
 
-class MemoryStore:
-    def __init__(self) -> None:
-        self.text: str | None = None
-        self.saves = 0
-
-    async def load(self) -> LimiterSnapshot | None:
-        return None if self.text is None else LimiterSnapshot.from_json(self.text)
-
-    async def save(self, snapshot: LimiterSnapshot) -> None:
-        self.text = snapshot.to_json()     # through JSON, as a database row would hold it
-        self.saves += 1
-
-
-async def test_a_restarted_limiter_does_not_retrip_the_hour_window() -> None:
-    clock = VirtualClock()
-    store = MemoryStore()
-    first = limiter_on(clock, store=store, margin=0.0)
-    first.apply_rate_limits_body("1111111111", {"invoiceMetadata": {"perSecond": 8, "perMinute": 16,
-                                                                    "perHour": 5}})
-    for _ in range(5):
-        await first.acquire("1111111111", "invoiceMetadata")
-    first.penalise("2222222222", "invoiceExport", 600)
-    await first.save()
-
-    clock.t += 120                                                   # the daemon restarts two minutes later
-    second = limiter_on(clock, store=store, margin=0.0)
-    await second.load()
-    assert second.limits_for("1111111111", "invoiceMetadata").per_hour == 5
-    assert second.delay("1111111111", "invoiceMetadata") == pytest.approx(3600 - 120)
-    assert second.delay("2222222222", "invoiceExport") == pytest.approx(600 - 120)
-    fresh = limiter_on(clock, margin=0.0)                            # without the store it would send at once
-    assert fresh.delay("1111111111", "invoiceMetadata") == 0
-
-
-async def test_autosave_saves_only_after_a_change() -> None:
-    clock = VirtualClock()
-    store = MemoryStore()
-    limiter = limiter_on(clock, store=store)
-
-    async def scenario() -> None:
-        saver = asyncio.ensure_future(limiter.autosave(5.0))
-        await clock.sleep(12)
-        assert store.saves == 0
-        await limiter.acquire("c", "other")
-        await clock.sleep(6)
-        assert store.saves == 1
-        await clock.sleep(20)
-        assert store.saves == 1
-        saver.cancel()
-
-    await clock.drive(scenario())
-    snapshot = LimiterSnapshot.from_json(store.text or "")
-    assert list(snapshot.requests) == [("c", "other")]
-
-
-def test_a_snapshot_of_another_version_is_refused() -> None:
-    with pytest.raises(ValueError, match="version"):
-        LimiterSnapshot.from_json('{"version": 99}')
-
-
 # -- against the simulator's production profile, over HTTP -------------------------------------------------
 
 SIM_NIP = "9999999999"
@@ -265,12 +205,19 @@ class CountingGate:
         self.inner = inner
         self.granted: Counter[str] = Counter()
 
-    async def acquire(self, context: str, group: str) -> None:
-        await self.inner.acquire(context, group)
+    async def acquire(self, context: str, group: str) -> Grant:
+        grant = await self.inner.acquire(context, group)
         self.granted[group] += 1
+        return grant
 
-    def penalise(self, context: str, group: str, retry_after: float) -> None:
-        self.inner.penalise(context, group, retry_after)
+    def ready(self, context: str, group: str) -> bool:
+        return self.inner.ready(context, group)
+
+    def answered(self, grant: Grant) -> None:
+        self.inner.answered(grant)
+
+    async def penalise(self, context: str, group: str, retry_after: float) -> None:
+        await self.inner.penalise(context, group, retry_after)
 
 
 class SharedTime:
@@ -396,6 +343,42 @@ async def test_limits_read_from_get_rate_limits_are_obeyed(sim_factory: Any, htt
     assert clock.now() - start >= dt.timedelta(hours=1)
 
 
+async def test_a_429_in_one_company_never_slows_another(sim_factory: Any, http: aiohttp.ClientSession) -> None:
+    """Issue #10: two companies (contexts) share one limiter, as in the daemon. One earns a 429 (its limiter
+    was told a limit far above KSeF's); the other goes on at once, and nothing of either reaches KSeF during
+    the block."""
+    sim = await sim_factory(config=SimConfig(limits_profile="production"))
+    careless = {**PRODUCTION_LIMITS, "sessionList": GroupLimits(1000, 1000, 1000)}
+    limiter = RateLimiter(margin=0.25)
+    tokens = {nip: await create_ksef_token(http, sim.base_url, nip, ["InvoiceWrite", "InvoiceRead"])
+              for nip in (SIM_NIP, "1111111111")}
+    async with KsefClient("test", base_url=sim.base_url, gate=limiter, auth_options=FAST_AUTH,
+                          retry=RetryPolicy(attempts=1)) as client:
+        first, second = (client.context(ContextIdentifier.nip(nip), KsefToken.parse(token))
+                         for nip, token in tokens.items())
+        await first.authenticate()
+        await second.authenticate()
+        limiter.set_limits(first.context.key, careless)
+
+        async def sessions(ctx: Any) -> None:
+            await ctx.request("GET", "/sessions", query={"sessionType": "Online", "pageSize": "10"}, expect=(200,))
+
+        with pytest.raises(RateLimited) as refused:
+            for _ in range(6):                                                    # KSeF allows 5/s
+                await sessions(first)
+        assert refused.value.retry_after >= 1
+        assert limiter.delay(first.context.key, "invoiceSend") > 0.5             # the whole context waits
+        started = asyncio.get_running_loop().time()
+        for _ in range(5):
+            await sessions(second)                                                # 5/s of its own: at once
+        assert asyncio.get_running_loop().time() - started < 0.5
+        assert limiter.delay(second.context.key, "sessionList") > 0              # its own window, now full
+        assert limiter.delay(second.context.key, "invoiceSend") == 0
+    async with http.get(f"{sim.root_url}/sim/ratelimits") as resp:
+        tally = await resp.json()
+    assert tally["tooManyRequests"] == 1 and tally["requestsDuringBlock"] == 0
+
+
 # -- the `global` group once it stops being -1 (API 2.9.0, PROTOCOL.md §14.5, §15) -------------------------
 
 def _with_global(per_second: int) -> dict[str, GroupLimits]:
@@ -417,21 +400,6 @@ async def test_requests_made_while_global_was_unlimited_count_once_it_turns_posi
     assert limiter.delay("3333333333", "invoiceSend") == 0          # 4 of 5 used this second
     await clock.drive(limiter.acquire("3333333333", "invoiceSend"))
     assert limiter.delay("4444444444", "invoiceStatus") == pytest.approx(1.0)
-
-
-async def test_a_positive_global_limit_survives_a_restart_for_every_context() -> None:
-    clock = VirtualClock()
-    store = MemoryStore()
-    first = limiter_on(clock, store=store, margin=0.0)
-    first.set_limits("1111111111", _with_global(2))
-    await clock.drive(first.acquire("1111111111", "other"))
-    await clock.drive(first.acquire("2222222222", "other"))
-    await first.save()
-
-    second = limiter_on(clock, store=store, margin=0.0)
-    await second.load()
-    assert second.limits_for("3333333333", "global") == GroupLimits(2, None, None)
-    assert second.delay("3333333333", "sessionMisc") == pytest.approx(1.0)
 
 
 async def test_the_client_keeps_inside_a_positive_global_limit_of_the_simulator(

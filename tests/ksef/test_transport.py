@@ -207,7 +207,13 @@ async def test_429_is_reported_to_the_gate_which_owns_the_wait(upstream: Any, ma
         async def acquire(self, context: str, group: str) -> None:
             self.events.append(("acquire", context, group))
 
-        def penalise(self, context: str, group: str, retry_after: float) -> None:
+        def ready(self, context: str, group: str) -> bool:
+            return True
+
+        def answered(self, grant: object) -> None:
+            self.events.append(("answered",))
+
+        async def penalise(self, context: str, group: str, retry_after: float) -> None:
             self.events.append(("penalise", context, group, str(retry_after)))
 
     up, base = upstream
@@ -319,3 +325,36 @@ async def test_header_names_are_case_insensitive(upstream: Any, make_transport: 
     assert sleeps.calls == [5.0]
     assert response.headers.get("content-type") == response.headers.get("Content-Type")
     assert response.headers.get("content-type") == "application/json; charset=utf-8"
+
+
+async def test_a_block_that_begins_while_the_token_is_fetched_holds_the_request_back(
+        upstream: Any, make_transport: Any) -> None:
+    """Issue #10: the limiter let the request through, then (while the access token was being fetched) a sibling
+    got a 429; the request must wait for the block's end, never reach KSeF during it (it would lengthen it)."""
+    from ksefd.ksef.ratelimit import RateLimiter
+    from tests.ksef.virtual_time import VirtualClock
+
+    up, base = upstream
+    clock = VirtualClock()
+    limiter = RateLimiter(now=clock.now, sleep=clock.sleep)
+    arrived: list[float] = []
+
+    async def answer(_: web.Request) -> web.StreamResponse:
+        arrived.append(clock.now())
+        return web.json_response({"ok": True})
+
+    up.script = [answer]
+    fetches = 0
+
+    async def token() -> str:
+        nonlocal fetches
+        fetches += 1
+        if fetches == 1:
+            await limiter.penalise("Nip:5265877635", "invoiceSend", 30.0)    # a sibling's 429 meanwhile
+        return BEARER
+
+    transport = make_transport(base, gate=limiter, sleep=clock.sleep)
+    start = clock.now()
+    await clock.drive(transport.request("GET", "/sessions", query={"sessionType": "Online"}, bearer=token,
+                                        context="Nip:5265877635"))
+    assert fetches == 2 and len(arrived) == 1 and arrived[0] - start >= 30.0

@@ -27,7 +27,13 @@ class CountingGate:
     async def acquire(self, context: str, group: str) -> None:
         self.acquired[group] += 1
 
-    def penalise(self, context: str, group: str, retry_after: float) -> None:
+    def ready(self, context: str, group: str) -> bool:
+        return True
+
+    def answered(self, grant: object) -> None:
+        pass
+
+    async def penalise(self, context: str, group: str, retry_after: float) -> None:
         raise AssertionError("no 429 expected")
 
 

@@ -169,7 +169,8 @@ class OutboxModel(RuleBasedStateMachine):
             return
         allowed = to_state in INVOICE_TRANSITIONS[row.state]
         risky = to_state == S.QUEUED and row.state in (S.IN_DOUBT, S.PROCESSING)   # only on KSeF's word
-        if allowed and not risky and to_state not in (S.ACCEPTED, S.REJECTED, S.DONE, S.UPO_SAVED):
+        endings = TERMINAL_INVOICE_STATES | {S.ACCEPTED, S.UPO_SAVED}    # each has its own function in the ledger
+        if allowed and not risky and to_state not in endings:
             assert self.try_move(row, to_state) is not None
         elif not allowed:
             assert self.try_move(row, to_state) is None

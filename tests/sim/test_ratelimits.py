@@ -213,6 +213,32 @@ async def test_presigned_uploads_are_not_limited(sim_factory: Any, http: aiohttp
         assert (await batch.put(1, encrypted[0]))[0] == 201
 
 
+async def test_requests_arriving_during_a_block_are_counted_for_tests(sim_factory: Any,
+                                                                      http: aiohttp.ClientSession) -> None:
+    """GET /sim/ratelimits (issue #10): how many requests arrived while their (context, IP, group) was blocked,
+    how many 429s were given and the longest Retry-After, so a test can assert "nothing was sent into a block"."""
+    sim, clock, token = await production_sim(sim_factory, http)
+
+    async def tally() -> dict[str, Any]:
+        async with http.get(f"{sim.root_url}/sim/ratelimits") as resp:
+            assert resp.status == 200
+            found: dict[str, Any] = await resp.json()
+            return found
+
+    assert (await tally())["requestsDuringBlock"] == 0
+    assert await statuses(http, sim.base_url, token, 11) == [200] * 10 + [429]   # the breach: not "during"
+    after_breach = await tally()
+    assert after_breach["requestsDuringBlock"] == 0 and after_breach["tooManyRequests"] == 1
+    assert [b["group"] for b in after_breach["blocks"]] == ["other"]
+    assert await statuses(http, sim.base_url, token, 2) == [429, 429]            # sent into the block
+    during = await tally()
+    assert during["requestsDuringBlock"] == 2 and during["longestRetryAfter"] == 4
+    assert during["duringBlock"] == [{"context": NIP, "ip": "127.0.0.1", "group": "other", "requests": 2}]
+    clock.advance(3600)
+    assert await statuses(http, sim.base_url, token, 1) == [200]
+    assert (await tally())["requestsDuringBlock"] == 2 and (await tally())["blocks"] == []
+
+
 async def test_a_positive_global_group_limits_one_ip_across_contexts_and_groups(
         sim_factory: Any, http: aiohttp.ClientSession) -> None:
     """`global` (PROTOCOL.md §14.5, §15: 75/s in the 2.9.0 example) is per IP across every context and

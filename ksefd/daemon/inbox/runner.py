@@ -28,14 +28,19 @@ log = structlog.get_logger("ksefd.daemon.inbox")
 async def run_inbox(runtime: Runtime, company: Company, connection: CompanyConnection, stop: asyncio.Event) -> None:
     relogin = asyncio.Event()
     connection.on_login(relogin.set)
+    logged = False
     while not stop.is_set():
         wait = await connection.ready()
         if wait is not None:
-            log.info("inbox.waiting_for_connection", company=company.name, retry_in=round(wait, 1))
+            if not logged:     # the connection answers every few seconds while on hold: log the wait once
+                log.info("inbox.waiting_for_connection", company=company.name, retry_in=round(wait, 1))
+                logged = True
             if runtime.once:
+                runtime.note_problem(company.name, "receiving did not run: the company is not logged in to KSeF")
                 return
             await sleep_unless_stopped(runtime.clock, stop, wait)
             continue
+        logged = False
         relogin.clear()
         ended = asyncio.Event()          # this login's worker stops: the daemon stops, or the login changed
 
@@ -48,10 +53,14 @@ async def run_inbox(runtime: Runtime, company: Company, connection: CompanyConne
                              on_login_failure=login_failed)
         if runtime.once:
             try:
-                await worker.run_cycle(force=True)
+                report = await worker.run_cycle(force=True)
             except Exception as error:        # one company's receiving never takes the daemon down
                 log.error("inbox.cycle_crashed", company=company.name, error=repr(error),
                           where=traceback.format_exc(limit=-3))
+                runtime.note_problem(company.name, f"the receiving cycle failed: {error!r}")
+            else:             # `ksefd run --once` exits 3 on any of these (issue #10 point 6)
+                for subject, error_text in report.failures.items():
+                    runtime.note_problem(company.name, f"receiving {subject} failed: {error_text}")
             return
         await _run_until(worker, stop, relogin, ended)
 

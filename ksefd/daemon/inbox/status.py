@@ -18,6 +18,17 @@ from ksefd.store import Checkpoint, KeyValueRepo, Store
 from .sync import InboxMetrics
 
 STATUS_NAMESPACE = "inbox_status"
+SINCE_NAMESPACE = "inbox_since"        # "<company>/<subject type>" -> where its first window started
+
+
+async def note_receiving_since(kv: KeyValueRepo, company: str, subject_type: str, start: dt.datetime) -> None:
+    await kv.put(SINCE_NAMESPACE, f"{company}/{subject_type}", _time(start) or "")
+
+
+async def receiving_since(store: Store, company: str) -> str | None:
+    """The earliest start of the company's receiving (its first window), None before the first cycle."""
+    found = [v for k, v in (await store.kv.items(SINCE_NAMESPACE)).items() if k.split("/", 1)[0] == company]
+    return min(found) if found else None
 
 
 def _time(value: dt.datetime | None) -> str | None:

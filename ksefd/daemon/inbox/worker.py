@@ -8,7 +8,10 @@ Per subject type (Subject2 by default; `receiving.subject_types`), one checkpoin
 §6.4): exports with dateType PermanentStorage, `restrictToPermanentStorageHwmDate` and adjacent windows,
 each starting exactly where the last one ended (`lastPermanentStorageDate` after a truncated package,
 otherwise the HWM). On the first run the window starts at `receiving.backfill_from` (00:00 Polish time;
-without it, at the first run: no history), and backfill windows are cut at 100 days (§14.4). The
+"now": at the first run, no history; by default the first day of the previous month, so a new user gets
+the purchases of the VAT period still being booked, issue #10 point 5); that start is logged
+(`inbox.first_window`) and kept for `ksefd status` ("receiving since"), and backfill windows are cut at
+100 days (§14.4). The
 checkpoint moves only after every file of the package is delivered; a crash, a failed write or a
 failed download leaves it where it was and the next attempt exports the same window again, which the
 delivered set deduplicates.
@@ -53,12 +56,19 @@ from .delivery import InboxFolder
 from .hooks import InvoiceHooks
 from .reconcile import ReconcileReport, reconcile
 from .schedule import SHARED_HOURLY_CALLS, HourlyBudget, cycle_due, next_reconcile
-from .status import StatusBook
+from .status import StatusBook, note_receiving_since
 from .sync import SMALL_GAP, InboxMetrics, Pipeline, export_package
 
 log = structlog.get_logger("ksefd.daemon.inbox")
 
 SUBJECT_NOT_ALLOWED = 21181       # the subject type is not allowed for this context type (§6.3)
+
+
+def first_day_of_previous_month(now: dt.datetime) -> dt.date:
+    """The default start of receiving: day 1 of the month before `now`'s month in Poland."""
+    today = now.astimezone(clocks.WARSAW).date()
+    last_of_previous = today.replace(day=1) - dt.timedelta(days=1)
+    return last_of_previous.replace(day=1)
 
 
 class _Stopped(Exception):
@@ -102,7 +112,7 @@ class InboxWorker:
             company=company.name, store=store, clock=clock, exporter=context.exporter(export_options),
             receiver=context.receiver(), budget=budget,
             folder=folder or InboxFolder(company.folders.inbox, self.options.inbox_layout),
-            hooks=hooks, workdir=workdir or store.db.path.parent / "inbox-work" / company.name,
+            hooks=hooks, workdir=workdir or store.path.parent / "inbox-work" / company.name,
             compression=compression, small_gap=small_gap)
         first = retry_min_seconds or company.sending.retry_min_seconds
         cap = retry_max_seconds or company.sending.retry_max_seconds
@@ -210,13 +220,18 @@ class InboxWorker:
         start = self._initial_start()
         # Persisted before the first export: a restart must not move the start to its own "now".
         await self.store.inbox.advance(self.company.name, subject_type, start)
-        log.info("inbox.first_window", company=self.company.name, subject=subject_type, start=format_instant(start))
+        await note_receiving_since(self.store.kv, self.company.name, subject_type, start)
+        log.info("inbox.first_window", company=self.company.name, subject=subject_type, start=format_instant(start),
+                 end="now, then continuously", backfill_from=str(self.options.backfill_from or "default"),
+                 start_local=start.astimezone(clocks.WARSAW).isoformat())
         return format_instant(start)
 
     def _initial_start(self) -> dt.datetime:
-        if self.options.backfill_from is None:
+        chosen = self.options.backfill_from
+        if chosen == "now":
             return self.clock.now()
-        midnight = dt.datetime.combine(self.options.backfill_from, dt.time(0), tzinfo=clocks.WARSAW)
+        day = chosen if isinstance(chosen, dt.date) else first_day_of_previous_month(self.clock.now())
+        midnight = dt.datetime.combine(day, dt.time(0), tzinfo=clocks.WARSAW)
         return midnight.astimezone(dt.UTC)
 
     # -- failures --------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ class BatchRunner:
         self.log = log
         self.active: set[int] = set()        # batch sessions a task is handling now
         self._upo_limit = asyncio.Semaphore(UPO_DOWNLOADS)   # shared by the groups of the pipeline
+        # What each open saw, for the availability monitor (None: KSeF answered). Set by the worker.
+        self.observe: Callable[[Failure | None], None] = lambda failure: None
 
     @property
     def sender(self) -> BatchSender:
@@ -83,8 +86,10 @@ class BatchRunner:
 
     # --- a new batch --------------------------------------------------------------------------------
 
-    async def send(self, rows: list[InvoiceRow]) -> Failure | None:
-        """Send QUEUED invoices in one batch session. Returns a Failure when the company must go on hold."""
+    async def send(self, rows: list[InvoiceRow], *, offline_mode: bool = False) -> Failure | None:
+        """Send QUEUED invoices (or OFFLINE ones, `offline_mode`: the session's offlineMode applies to all of
+        them, so the two never share a session, PROTOCOL.md §8.2) in one batch session. Returns a Failure
+        when the company must go on hold."""
         spool.ensure_private_dir(self.work_dir)        # archives hold plain invoices: only ksefd reads them
         workdir = self.work_dir / secrets.token_hex(6)
         try:
@@ -93,21 +98,23 @@ class BatchRunner:
                 prepared = await prepare_batch_async(invoices, workdir)
         except (BatchBuildError, OSError) as exc:
             shutil.rmtree(workdir, ignore_errors=True)
-            return await self._failed(rows, S.QUEUED, KsefError(f"the batch archive could not be built: {exc}"))
+            return await self._failed(rows, rows[0].state, KsefError(f"the batch archive could not be built: {exc}"))
         try:
-            return await self._open_upload_close(rows, prepared)
+            return await self._open_upload_close(rows, prepared, offline_mode)
         finally:
             prepared.cleanup()
             shutil.rmtree(workdir, ignore_errors=True)
 
-    async def _open_upload_close(self, rows: list[InvoiceRow], prepared: PreparedBatch) -> Failure | None:
+    async def _open_upload_close(self, rows: list[InvoiceRow], prepared: PreparedBatch,
+                                 offline_mode: bool) -> Failure | None:
         sender = self.sender
         try:
-            opened = await sender.open(prepared)
+            opened = await sender.open(prepared, offline_mode=offline_mode)
         except KsefError as exc:
-            return await self._failed(rows, S.QUEUED, exc)
+            return await self._failed(rows, rows[0].state, exc)
+        self.observe(None)
         session = await self.store.sessions.add(self.company.name, "batch", opened.reference_number,
-                                                opened_at=self.ledger.now())
+                                                opened_at=self.ledger.now(), offline_mode=offline_mode)
         self.active.add(session.id)          # this task owns it; a resume must not track it too
         try:
             return await self._upload_close(rows, prepared, opened, session)
@@ -118,7 +125,7 @@ class BatchRunner:
                             session: SessionRow) -> Failure | None:
         sender = self.sender
         submitted = await self.ledger.move_many(
-            [r.id for r in rows], S.QUEUED, S.SUBMITTING, show={"sessionReferenceNumber": opened.reference_number},
+            [r.id for r in rows], rows[0].state, S.SUBMITTING, show={"sessionReferenceNumber": opened.reference_number},
             session_id=session.id, mode="batch", next_attempt_at=None, detail={"session": opened.reference_number})
         self.log.info("outbox.batch_opened", session=opened.reference_number, invoices=len(rows),
                           parts=len(prepared.parts))
@@ -242,7 +249,7 @@ class BatchRunner:
                     else:
                         fetched.append((row, (self.company.folders.sent / f"{row.result_name}.upo.xml").read_bytes()))
                 except KsefError as exc:    # stays ACCEPTED; the next round fetches it again
-                    self.log.warning("outbox.upo_failed", file=row.file_name, error=str(exc))
+                    self.log.warning("outbox.upo_failed", file=row.file_name, invoice=row.id, error=str(exc))
                     self.ledger.show(row, {"ksefNumber": row.ksef_number})
 
         async with asyncio.TaskGroup() as group:
@@ -293,6 +300,7 @@ class BatchRunner:
 
     async def _failed(self, rows: list[InvoiceRow], state: InvoiceState, exc: KsefError) -> Failure | None:
         failure = classify(exc)
+        self.observe(failure)
         self.log.warning("outbox.batch_failed", verdict=failure.verdict, code=failure.code, error=failure.message,
                              invoices=len(rows))
         for row in rows:

@@ -98,6 +98,23 @@ class OutboxFiles:
         token = work.name.partition(".")[0]
         (work.parent / f".{token}{NAME_SIDECAR}").unlink(missing_ok=True)
 
+    def give_back(self, row: InvoiceRow) -> str:
+        """Rename the working copy back into the outbox under its original name (or NAME-2.xml ... if the
+        ERP has put another file there since); returns the name it got there."""
+        work = Path(row.work_path) if row.work_path else None
+        if work is None or not work.exists():
+            return row.file_name
+        return self.return_file(work, row.file_name)
+
+    def return_file(self, work: Path, name: str) -> str:
+        stem, suffix = spool.split_name(name)
+        data = work.read_bytes()
+        target = self.folders.outbox / (spool.unique_stem(self.folders.outbox, stem, suffix, data, ()) + suffix)
+        os.replace(work, target)       # same file system (work_dir is inside the outbox): the bytes do not move
+        spool.fsync_directory(self.folders.outbox)
+        spool.fsync_directory(self.work_dir)
+        return target.name
+
     # --- results ----------------------------------------------------------------------------------
 
     # `sync=False` (a group of results, e.g. a batch): each file is still written temp + fsync + rename, and
@@ -116,6 +133,43 @@ class OutboxFiles:
         if path.exists():      # written before a crash; a UPO downloaded again may differ in its signature
             return
         spool.write_new(path, xml, sync_dir=sync)
+
+    def redrop_stem(self, file_name: str, original_stem: str | None) -> str:
+        """A stem in sent/ for a re-drop's result: its own name, never the original's (NAME-2 when the ERP
+        dropped the same name again), never one with a file of another invoice."""
+        stem, suffix = spool.split_name(file_name)
+        number = 1
+        while True:
+            candidate = stem if number == 1 else f"{stem}-{number}"
+            taken = candidate == original_stem or any(
+                (self.folders.sent / (candidate + end)).exists() for end in (suffix, ".ksef.json", ".upo.xml"))
+            if not taken:
+                return candidate
+            number += 1
+
+    def read_sent(self, stem: str, ending: str) -> bytes | None:
+        try:
+            return (self.folders.sent / f"{stem}{ending}").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def read_ksef_json(self, stem: str) -> dict[str, Any]:
+        """sent/STEM.ksef.json as a dict ({} if it is missing or unreadable)."""
+        try:
+            record = json.loads(self.folders.sent.joinpath(f"{stem}.ksef.json").read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return dict(record) if isinstance(record, dict) else {}
+
+    def write_redrop(self, stem: str, file_name: str, data: bytes, record: dict[str, Any],
+                     upo: bytes | None) -> None:
+        """sent/STEM.xml (the bytes as dropped), STEM.upo.xml (the original's UPO), then STEM.ksef.json last,
+        which is what an ERP waits for. Safe to repeat after a crash (same stem, same content)."""
+        suffix = spool.split_name(file_name)[1]
+        spool.write_atomic(self.folders.sent / f"{stem}{suffix}", data, sync_dir=False)
+        if upo is not None:
+            self.write_upo(stem, upo, sync=False)
+        spool.write_json(self.folders.sent / f"{stem}.ksef.json", record, sync_dir=True)
 
     def sync_sent(self) -> None:
         spool.fsync_directory(self.folders.sent)

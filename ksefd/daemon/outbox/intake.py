@@ -10,10 +10,20 @@ Files are found three ways: a scan at startup, watchfiles events (watch.py), and
 
 A crash after the rename but before the row leaves an "orphan" working file; the next start adopts it.
 The checks run before any KSeF quota is spent (ksefd.invoice.check_invoice). Two more are ksefd's own:
-the same bytes dropped again while the first copy is in KSeF or accepted are not sent twice
-(`duplicate-file`), and an invoice whose (seller NIP, type, P_2) ksefd already got accepted with
-different bytes is refused before KSeF would answer 440 (`duplicate-number`). A different file under
-a name used before is simply a new invoice.
+
+* the same bytes dropped again are never sent twice, and never refused either: ERPs re-export, and the ERP
+  then waits for a result under the new name (issue #10 point 7). When the first copy is finished in KSeF
+  (DONE), the re-drop is answered at once: `sent/NAME.xml` (its bytes), the original's UPO copied to
+  `NAME.upo.xml` and `NAME.ksef.json` with the original's KSeF number plus `"redrop": true` and
+  `"originalFile"`; the row becomes REDROP. The same name dropped again gets `NAME-2` (the original's result
+  stays as it was). While the first copy is still on its way (queued, in KSeF, waiting for its UPO, on
+  hold), the re-drop waits in CLAIMED, its state file saying so, and is answered the same way once the
+  original is done; if the original ends rejected, the re-drop is then checked and sent as a new invoice
+  (as a drop after a rejection always is). Files given back (RETURNED) or re-drops never count as originals;
+* an invoice whose (seller NIP, type, P_2) ksefd already got accepted with different bytes is refused
+  before KSeF would answer 440 (`duplicate-number`).
+
+A different file under a name used before is simply a new invoice.
 """
 
 from __future__ import annotations
@@ -43,10 +53,9 @@ from .watch import OutboxWatcher
 S = InvoiceState
 CHUNK = 500
 CHECK_THREADS = 2      # threads for a chunk's local checks (parsing overlaps; invoice/schema.py serialises the XSD)
-SETTLED_STATES = frozenset({S.REJECTED})
+SETTLED_STATES = frozenset({S.REJECTED, S.RETURNED, S.REDROP})   # never an "original" of a re-drop
+REDROP_LOOK_SECONDS = 1.0      # while a re-drop waits for its original, intake looks this often
 ACCEPTED_STATES = frozenset({S.ACCEPTED, S.UPO_SAVED, S.DONE})
-DUPLICATE_FILE_HINT = ("Nothing to do: the invoice is sent once. If you meant to send a changed invoice, the "
-                       "file must differ (e.g. a corrected invoice with its own number).")
 DUPLICATE_NUMBER_HINT = ("Give the invoice its own number (P_2); if it corrects the earlier one, issue a correcting "
                          "invoice (KOR) with a new number.")
 
@@ -59,7 +68,8 @@ class _Claimed:
     sha256: str
     checked: CheckedInvoice | None = None
     rejection: dict[str, Any] | None = None
-    earlier: InvoiceRow | None = None      # an earlier invoice with these bytes (duplicate-file)
+    earlier: InvoiceRow | None = None      # an earlier invoice with these bytes (the original of a re-drop)
+    redrop: bool = False                   # same bytes as `earlier`: answered from it, never sent
     refused: dict[str, Any] | None = None  # could not be read at all (refusals.py): moved, not processed
 
 
@@ -80,6 +90,7 @@ class Intake:
         self.poke = asyncio.Event()
         self.pending = 0            # candidates seen but not yet stable
         self.busy = False           # a chunk is being claimed and checked (the dispatcher waits to see it whole)
+        self.redrops_waiting = 0    # re-drops waiting for their original to finish
         # Entries refused and left in the outbox (they could not be moved): name -> what they were when told,
         # so that each is told once, not at every scan (refusals.py).
         self.left_in_place: dict[str, tuple[int, int, int]] = {}
@@ -102,6 +113,7 @@ class Intake:
                 while not draining.is_set():
                     try:
                         await self.scan_once()
+                        await self.settle_redrops()
                     except Exception as exc:      # no file may stop the company (issue #15)
                         self.log.exception("outbox.intake_failed", company=self.company.name, error=str(exc))
                         self.pending = 0
@@ -110,6 +122,8 @@ class Intake:
                     interval = self.rescan_interval_seconds
                     if self.pending:
                         interval = min(interval, max(self.settle_seconds / 2, 0.05))
+                    if self.redrops_waiting:
+                        interval = min(interval, REDROP_LOOK_SECONDS)
                     await wait_for(self.poke, self.clock, interval)
             finally:
                 stop_watch.set()
@@ -264,8 +278,17 @@ class Intake:
             if row is None or row.state in (S.DONE, S.REJECTED):
                 path.unlink(missing_ok=True)
 
+    async def settle_redrops(self) -> None:
+        """Re-drops waiting in CLAIMED: answered once their original is done (in this task, so never at the
+        same time as a chunk's own moves)."""
+        if not self.redrops_waiting:
+            return
+        await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED))
+
     async def recheck(self, rows: list[InvoiceRow]) -> None:
-        """Rows left CLAIMED or CHECKED by a crash: finish their intake."""
+        """Rows left CLAIMED or CHECKED by a crash, and re-drops waiting for their original: finish their
+        intake."""
+        self.redrops_waiting = 0
         for row in rows:
             if row.state == S.CHECKED:
                 await self.ledger.move(row, S.QUEUED)
@@ -300,7 +323,8 @@ class Intake:
             NewInvoice(item.name, item.sha256, len(item.data), {"file": item.name}, self._facts(item))
             for item in items])
         for index, first in copies.items():     # the oldest with these bytes, as one at a time would find
-            items[index].rejection = _duplicate_file(items[index], items[first].earlier or rows[first])
+            items[index].redrop = True
+            items[index].earlier = items[first].earlier if items[first].redrop else rows[first]
         for row, item in zip(rows, items, strict=True):
             if item.checked is None:
                 await self._finish_row(row, item)
@@ -320,6 +344,9 @@ class Intake:
         return fields
 
     async def _finish_row(self, row: InvoiceRow, item: _Claimed) -> None:
+        if item.redrop:
+            await self._answer_redrop(row, item)
+            return
         if item.rejection is not None:
             await self.ledger.reject(row, item.rejection, from_state=S.CLAIMED)
             return
@@ -331,6 +358,19 @@ class Intake:
                                            has_attachment=c.has_attachment)
         checked = await self.ledger.move(row, S.CHECKED, from_state=S.CLAIMED, state_file=False)
         await self.ledger.move(checked, S.QUEUED)
+
+    async def _answer_redrop(self, row: InvoiceRow, item: _Claimed) -> None:
+        original = item.earlier
+        assert original is not None
+        if original.state == S.DONE:
+            await self.ledger.redrop(row, original, item.data)
+            return
+        self.redrops_waiting += 1
+        self.ledger.show(row, {"redropOf": original.file_name, "message": (
+            f"the same bytes as {original.file_name!r}, which KSeF has not finished yet (state {original.state}); "
+            f"not sent again: its result is copied under this name once it is done")})
+        self.log.info("outbox.redrop_waiting", file=row.file_name, original=original.file_name,
+                      original_state=str(original.state))
 
     async def _judge(self, item: _Claimed, exclude: int | None = None) -> None:
         if not await self._same_bytes_before(item, exclude):
@@ -347,12 +387,15 @@ class Intake:
             await self._number_taken(item)
 
     async def _same_bytes_before(self, item: _Claimed, exclude: int | None = None) -> bool:
-        earlier = [r for r in await self.store.invoices.find_by_hash(self.company.name, item.sha256)
-                   if r.id != exclude and r.state not in SETTLED_STATES]
-        if earlier:
-            item.earlier = earlier[0]
-            item.rejection = _duplicate_file(item, earlier[0])
-        return bool(earlier)
+        """An earlier invoice with these bytes on its way to KSeF or accepted: then this is a re-drop. Rows
+        at rest in CLAIMED are re-drops waiting themselves (or a crash's leftovers, rechecked in order),
+        never originals: the oldest of them becomes the original once it is checked and queued."""
+        originals = [r for r in await self.store.invoices.find_by_hash(self.company.name, item.sha256)
+                     if r.id != exclude and r.state not in SETTLED_STATES and r.state != S.CLAIMED]
+        if originals:
+            item.earlier = originals[0]
+            item.redrop = True
+        return bool(originals)
 
     def _check_many(self, items: list[_Claimed], today: dt.date) -> None:
         for item in items:
@@ -389,17 +432,6 @@ def _utf8(name: str) -> bool:
 def _shown_name(name: str) -> str:
     """A name that is not UTF-8, with U+FFFD for each byte that is not (how a file manager shows it)."""
     return os.fsencode(name).decode("utf-8", "replace")
-
-
-def _duplicate_file(item: _Claimed, earlier: InvoiceRow) -> dict[str, Any]:
-    where = (f"accepted as KSeF number {earlier.ksef_number} (sent/{earlier.result_name or earlier.file_name})"
-             if earlier.ksef_number else f"still being processed (state {earlier.state})")
-    return {"stage": "intake", "code": "duplicate-file",
-            "message": f"The same file (identical bytes) was received before as {earlier.file_name!r} on "
-                       f"{earlier.created_at:%Y-%m-%d %H:%M} UTC and is {where}; it was not sent again.",
-            "details": {"earlierFile": earlier.file_name, "earlierState": str(earlier.state),
-                        "ksefNumber": earlier.ksef_number},
-            "hint": DUPLICATE_FILE_HINT, "file": item.name, "invoiceHash": item.sha256}
 
 
 def _duplicate_number(item: _Claimed, checked: CheckedInvoice, earlier: InvoiceRow) -> dict[str, Any]:

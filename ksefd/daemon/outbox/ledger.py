@@ -18,7 +18,7 @@ import datetime as dt
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from ksefd.store import Change, InvoiceRow, InvoiceState, Store
+from ksefd.store import Change, InvoiceRow, InvoiceState, OfflineInvoice, StateConflict, Store
 
 from ..failures import Failure
 from .files import OutboxFiles
@@ -36,10 +36,14 @@ STATE_MESSAGES: dict[InvoiceState, str] = {
     S.ACCEPTED: "accepted by KSeF; fetching its UPO",
     S.UPO_SAVED: "accepted by KSeF; UPO saved",
     S.DEFERRED: "waiting to be retried after a temporary failure",
+    S.OFFLINE: "issued offline: KOD I/II and NAME.offline.json are in the offline folder; ksefd sends it to "
+               "KSeF with offlineMode before its deadline",
     S.HELD: "on hold: the company needs a person's attention (see ksefd status)",
 }
 # Which loop acts after a move into a state.
-DISPATCHER_STATES = frozenset({S.QUEUED, S.DEFERRED, S.REJECTED, S.DONE})
+DISPATCHER_STATES = frozenset({S.QUEUED, S.DEFERRED, S.REJECTED, S.DONE, S.OFFLINE})
+# States an invoice may be issued offline from (the offline desk looks after a move into one of them).
+OFFLINE_DESK_STATES = frozenset({S.QUEUED, S.DEFERRED, S.HELD})
 TRACKER_STATES = frozenset({S.IN_DOUBT, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED})
 
 
@@ -53,6 +57,7 @@ class Ledger:
         self.log = log
         self.dispatch_due = asyncio.Event()      # the dispatcher has something to look at
         self.track_due = asyncio.Event()         # the tracker has something to look at
+        self.offline_due = asyncio.Event()       # the offline desk has something to look at (offline.py)
 
     # --- moves --------------------------------------------------------------------------------------
 
@@ -111,12 +116,52 @@ class Ledger:
             fields["status_code"] = status_code
         rejected = await self.store.invoices.transition(row.id, from_state or row.state, S.REJECTED, detail=error,
                                                         **fields)
-        self.log.info("outbox.rejected", file=row.file_name, stage=error.get("stage"), code=error.get("code"),
-                      rejected_as=stem)
+        self.log.info("outbox.rejected", file=row.file_name, invoice=row.id, stage=error.get("stage"),
+                      code=error.get("code"), rejected_as=stem)
         self.files.clear_state(rejected)
         self.files.discard_work(rejected)
         self._wake(S.REJECTED)
         return rejected
+
+    async def redrop(self, row: InvoiceRow, original: InvoiceRow, data: bytes) -> InvoiceRow:
+        """A byte-identical re-drop of an invoice KSeF accepted (original DONE): nothing is sent; its result
+        goes to sent/ under the re-drop's own name (the bytes, the original's UPO, a NAME.ksef.json with
+        `"redrop": true` pointing at the original), then CLAIMED -> REDROP. The stem is recorded in the row
+        first, so a crash in the middle writes the same files again under the same stem."""
+        stem = row.result_name or self.files.redrop_stem(row.file_name, original.result_name)
+        if row.result_name is None:
+            row = await self.store.invoices.update(row.id, row.state, result_name=stem)
+        record = self.files.read_ksef_json(original.result_name) if original.result_name else {}
+        record.update({
+            "file": row.file_name, "redrop": True, "originalFile": original.file_name,
+            "originalResult": f"{original.result_name or original.file_name}", "originalInvoiceId": original.id,
+            "ksefNumber": original.ksef_number, "invoiceHash": row.sha256, "redropReceivedAt":
+                row.created_at.isoformat(),
+            "note": "the same bytes as an invoice KSeF already accepted: not sent again; this is its result"})
+        upo = self.files.read_sent(original.result_name, ".upo.xml") if original.result_name else None
+        if upo is None and original.session_id is not None:
+            saved = await self.store.sessions.upos(original.session_id, invoice_id=original.id)
+            upo = saved[0].xml if saved else None
+        await asyncio.to_thread(self.files.write_redrop, stem, row.file_name, data, record, upo)
+        done = await self.store.invoices.transition(
+            row.id, S.CLAIMED, S.REDROP, ksef_number=original.ksef_number, result_name=stem,
+            detail={"redropOf": original.id, "originalFile": original.file_name, "ksefNumber": original.ksef_number})
+        self.files.clear_state(done)
+        self.files.discard_work(done)
+        self.log.info("outbox.redrop_answered", file=row.file_name, sent_as=stem, original=original.file_name,
+                      ksef_number=original.ksef_number)
+        return done
+
+    async def give_back(self, row: InvoiceRow) -> InvoiceRow:
+        """Sending was switched off: the claimed file goes back to outbox/ with its bytes untouched (a rename),
+        then the row becomes RETURNED (never sent). A crash in between: the next start finds the row still
+        waiting and its working file gone, and only marks it."""
+        name = await asyncio.to_thread(self.files.give_back, row)
+        returned = await self.store.invoices.transition(row.id, row.state, S.RETURNED, result_name=name,
+                                                        detail={"reason": "send = false", "file": name})
+        self.files.clear_state(returned)
+        self.log.info("outbox.returned_to_outbox", file=row.file_name, returned_as=name)
+        return returned
 
     async def finish(self, rows: Sequence[InvoiceRow]) -> list[InvoiceRow]:
         """ACCEPTED (UPO written) -> UPO_SAVED -> DONE, in two commits whatever the number of invoices; then
@@ -135,6 +180,31 @@ class Ledger:
         await asyncio.to_thread(self.files.finished, done)
         self._wake(S.DONE)
         return done
+
+    # --- offline (PROTOCOL.md §8) ---------------------------------------------------------------------
+
+    async def go_offline(self, row: InvoiceRow, record: OfflineInvoice, show: dict[str, Any]) -> InvoiceRow | None:
+        """Issue an invoice offline: its offline record, then the step to OFFLINE (offline=1 and the deadline
+        in the same commit); None when another task moved it first (it was being sent, say). The caller
+        writes KOD I/II right after; a crash in between is repaired by the desk at the next start."""
+        await self.store.offline.add(record)
+        try:
+            return await self.move(row, S.OFFLINE, show=show, offline=True, offline_deadline=record.deadline,
+                                   next_attempt_at=None, detail={"offline": record.mode, "reason": record.reason})
+        except StateConflict:
+            await self.store.offline.discard(row.id)
+            return None
+
+    async def retry_offline_now(self) -> None:
+        """KSeF is back: offline invoices waiting out a retry backoff are due now (sent before new work)."""
+        ids = [r.id for r in await self.store.invoices.in_state(self.company, S.DEFERRED) if r.offline]
+        await self.move_many(ids, S.DEFERRED, S.OFFLINE, next_attempt_at=None, detail={"offline": "KSeF is back"})
+
+    async def back_offline(self, ids: Sequence[int], from_state: InvoiceState = S.QUEUED) -> list[InvoiceRow]:
+        """Offline invoices that KSeF did not take (back in QUEUED) wait as OFFLINE again."""
+        if not ids:
+            return []
+        return await self.move_many(ids, from_state, S.OFFLINE, detail={"offline": "waits again"})
 
     # --- holds ----------------------------------------------------------------------------------------
 
@@ -166,6 +236,8 @@ class Ledger:
             self._wake(row.state)
 
     def _wake(self, state: InvoiceState) -> None:
+        if state in OFFLINE_DESK_STATES:
+            self.offline_due.set()
         if state in DISPATCHER_STATES:
             self.dispatch_due.set()
         if state in TRACKER_STATES:
@@ -192,4 +264,4 @@ class Ledger:
         try:
             self.files.write_state(row, str(row.state), message, {**info, **(extra or {})})
         except OSError as exc:
-            self.log.warning("outbox.state_file_failed", file=row.file_name, error=str(exc))
+            self.log.warning("outbox.state_file_failed", file=row.file_name, invoice=row.id, error=str(exc))

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from ksefd.config import Company
 from ksefd.ksef import FA3, KsefError, OnlineOptions, OnlineSender, OnlineSession, OutcomeUnknown
-from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, Store
+from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, StateConflict, Store
 
 from ..connection import CompanyConnection
 from ..failures import Failure, classify, next_attempt
@@ -49,6 +50,8 @@ class OnlineChannel:
         self._lock = asyncio.Lock()
         self._closing: set[int] = set()
         self._sender: OnlineSender | None = None
+        # What each send saw, for the availability monitor (None: KSeF answered). Set by the worker.
+        self.observe: Callable[[Failure | None], None] = lambda failure: None
 
     @property
     def sender(self) -> OnlineSender:
@@ -69,8 +72,9 @@ class OnlineChannel:
 
     # --- sending ------------------------------------------------------------------------------------
 
-    async def send(self, row: InvoiceRow) -> Failure | None:
-        """Send one QUEUED invoice. Returns a Failure when the company must go on hold."""
+    async def send(self, row: InvoiceRow, *, corrected_hash: str | None = None) -> Failure | None:
+        """Send one QUEUED (or OFFLINE: with offlineMode, PROTOCOL.md §8.2) invoice. Returns a Failure when the
+        company must go on hold. `corrected_hash`: a technical correction's original (§8.4)."""
         data = self.files.read_work(row)
         if data is None:
             self.log.error("outbox.work_file_missing", invoice=row.id, path=row.work_path)
@@ -83,7 +87,7 @@ class OnlineChannel:
             used.append(session_row.id)
             self.in_flight[session_row.id] = self.in_flight.get(session_row.id, 0) + 1
             shown = {"sessionReferenceNumber": session.reference_number}
-            if current[0].state == S.QUEUED:
+            if current[0].state in (S.QUEUED, S.OFFLINE):
                 current[0] = await self.ledger.move(
                     current[0], S.SUBMITTING, show=shown, session_id=session_row.id, mode="online",
                     attempts=row.attempts + 1, next_attempt_at=None, detail={"session": session.reference_number})
@@ -92,27 +96,34 @@ class OnlineChannel:
                                                       detail={"movedTo": session.reference_number})
 
         try:
-            sent = await self.sender.send(data, before_post=before_post)
+            sent = await self.sender.send(data, offline_mode=row.offline, hash_of_corrected_invoice=corrected_hash,
+                                          before_post=before_post)
+        except StateConflict as exc:       # before the POST: another task moved it (nothing was sent)
+            self.log.info("outbox.send_skipped", file=row.file_name, reason=str(exc))
+            return None
         except OutcomeUnknown as exc:
+            self.observe(classify(exc))
             await self.ledger.move(current[0], S.IN_DOUBT, from_state=S.SUBMITTING, detail={"error": str(exc)})
-            self.log.warning("outbox.in_doubt", file=row.file_name, session=exc.session_reference)
+            self.log.warning("outbox.in_doubt", file=row.file_name, invoice=row.id, session=exc.session_reference)
             return None
         except KsefError as exc:
-            return await self._failed(current[0], exc)
+            return await self._failed(current[0], exc, corrected_hash)
         finally:
             for session_id in used:
                 self.in_flight[session_id] -= 1
             self.last_used = self.ledger.now()
+        self.observe(None)
         await self.ledger.move(current[0], S.PROCESSING, from_state=S.SUBMITTING,
                                show={"sessionReferenceNumber": sent.session_reference_number},
                                invoice_ref=sent.reference_number, status_code=100,
                                detail={"reference": sent.reference_number})
         return None
 
-    async def _failed(self, row: InvoiceRow, exc: KsefError) -> Failure | None:
+    async def _failed(self, row: InvoiceRow, exc: KsefError, corrected_hash: str | None = None) -> Failure | None:
         failure = classify(exc)
-        self.log.warning("outbox.send_failed", file=row.file_name, verdict=failure.verdict, code=failure.code,
-                             error=failure.message)
+        self.observe(failure)
+        self.log.warning("outbox.send_failed", file=row.file_name, invoice=row.id, verdict=failure.verdict,
+                         code=failure.code, error=failure.message)
         if failure.verdict == "hold":
             await self.ledger.hold_one(row, failure, "ksef-send")
             return failure
@@ -120,6 +131,8 @@ class OnlineChannel:
             error = {**failure.as_error("ksef-send"), "details": getattr(exc, "details", []),
                      "hint": "KSeF refused the request that carried this invoice; the message says why. Correct "
                              "the invoice and drop it again.", "file": row.file_name, "invoiceHash": row.sha256}
+            if corrected_hash:
+                error.update(technical_correction_error(exc, corrected_hash))
             await self.ledger.reject(row, error, from_state=S.SUBMITTING)
             return None
         attempts = row.attempts + (0 if row.state == S.SUBMITTING else 1)
@@ -199,3 +212,22 @@ class OnlineChannel:
 
     def describe(self) -> dict[str, Any]:
         return {"session": self.current.reference if self.current else None, "inFlight": self.busy}
+
+
+CORRECTION_HINTS = {
+    21166: "KSeF already holds a valid technical correction of this offline invoice (21166); nothing more to send. "
+           "See the earlier correction in sent/.",
+    21167: "KSeF does not allow a technical correction of this invoice (21167): the original was accepted, is still "
+           "being processed, was not sent offline, or was rejected for missing permissions. If the original was "
+           "accepted, issue a correcting invoice (KOR) instead.",
+}
+
+
+def technical_correction_error(exc: KsefError, corrected_hash: str) -> dict[str, Any]:
+    """What rejected/NAME.error.json adds for a refused technical correction (PROTOCOL.md §8.4)."""
+    codes = getattr(exc, "codes", ()) or ()
+    hint = next((CORRECTION_HINTS[c] for c in codes if c in CORRECTION_HINTS), None)
+    found: dict[str, Any] = {"technicalCorrectionOf": {"invoiceHash": corrected_hash}}
+    if hint:
+        found["hint"] = hint
+    return found

@@ -18,14 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ksefd import spool
 from ksefd.config import Company
 from ksefd.ksef import KsefError, SessionInvoice, qr
-from ksefd.store import Change, InvoiceRow, InvoiceState, SessionRow
+from ksefd.store import Change, InvoiceRow, InvoiceState, OfflineInvoice, SessionRow
 
 from ..connection import CompanyConnection
 from ..failures import next_attempt
 from .files import OutboxFiles
 from .ledger import Ledger
+from .offline_files import OfflineFiles
 
 S = InvoiceState
 SEND_AGAIN = frozenset({405, 500, 550})
@@ -66,6 +68,7 @@ class Outcomes:
         self.connection = connection
         self.log = log
         self._listings: dict[str, dict[str, SessionInvoice]] = {}   # original session -> ksefNumber -> invoice
+        self.offline_files: OfflineFiles | None = None    # set by the worker: offline invoices' artefacts
 
     def forget_listings(self) -> None:
         self._listings.clear()
@@ -110,19 +113,26 @@ class Outcomes:
             self.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name, path=row.work_path)
             return None
         stem = self.files.write_sent(row.file_name, data)
-        self.files.write_ksef_json(stem, self.ksef_record(row, invoice, session_reference, kind, extra))
+        record = await self.ledger.store.offline.get(row.id) if row.offline else None
+        more = self.offline_accepted(row, record, stem, invoice) if row.offline else {}
+        self.files.write_ksef_json(stem, self.ksef_record(row, invoice, session_reference, kind,
+                                                          {**(extra or {}), **more}))
         accepted = await self.ledger.move(
             row, S.ACCEPTED, from_state=S.PROCESSING, show={"ksefNumber": invoice.ksef_number},
             ksef_number=invoice.ksef_number, result_name=stem, status_code=200,
             detail={"ksefNumber": invoice.ksef_number, "session": session_reference})
-        self.log.info("outbox.accepted", file=row.file_name, ksef_number=invoice.ksef_number, sent_as=stem)
+        self.log.info("outbox.accepted", file=row.file_name, invoice=row.id, ksef_number=invoice.ksef_number,
+                      sent_as=stem)
         return accepted
 
     async def accept_many(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow) -> list[Accepted]:
         """`accept` for a group of one session's invoices (a batch): every file written (temp + fsync + rename),
         the sent/ directory fsynced once, then all of them ACCEPTED in one commit. A crash before the commit
         leaves them PROCESSING, and the next round rewrites the same bytes onto the same stems."""
-        written = await asyncio.to_thread(self._write_accepted, items, session)
+        offline = [row.id for row, _ in items if row.offline]
+        records = {r.invoice_id: r for r in await self.ledger.store.offline.of_company(self.company.name, offline)} \
+            if offline else {}
+        written = await asyncio.to_thread(self._write_accepted, items, session, records)
         if not written:
             return []
         rows = await self.ledger.move_each([
@@ -130,15 +140,15 @@ class Outcomes:
                    {"ksefNumber": invoice.ksef_number, "session": session.reference})
             for row, invoice, stem in written], S.PROCESSING, S.ACCEPTED)
         for row in rows:
-            self.log.info("outbox.accepted", file=row.file_name, ksef_number=row.ksef_number,
+            self.log.info("outbox.accepted", file=row.file_name, invoice=row.id, ksef_number=row.ksef_number,
                               sent_as=row.result_name)
         # No state file rewrite here: the group's UPOs follow at once and its state files are then removed;
         # an invoice whose UPO cannot be fetched gets its ACCEPTED state file then (batch.BatchRunner._upo_group).
         return [Accepted(row, session.reference, invoice.upo_download_url)
                 for row, (_, invoice, _) in zip(rows, written, strict=True)]
 
-    def _write_accepted(self, items: list[tuple[InvoiceRow, SessionInvoice]],
-                        session: SessionRow) -> list[tuple[InvoiceRow, SessionInvoice, str]]:
+    def _write_accepted(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow,
+                        records: dict[int, OfflineInvoice]) -> list[tuple[InvoiceRow, SessionInvoice, str]]:
         def one(item: tuple[InvoiceRow, SessionInvoice]) -> tuple[InvoiceRow, SessionInvoice, str] | None:
             row, invoice = item
             data = self.files.read_work(row)
@@ -146,7 +156,8 @@ class Outcomes:
                 self.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name, path=row.work_path)
                 return None
             stem = self.files.write_sent(row.file_name, data, sync=False)
-            self.files.write_ksef_json(stem, self.ksef_record(row, invoice, session.reference, session.kind),
+            more = self.offline_accepted(row, records.get(row.id), stem, invoice) if row.offline else None
+            self.files.write_ksef_json(stem, self.ksef_record(row, invoice, session.reference, session.kind, more),
                                            sync=False)
             return row, invoice, stem
 
@@ -157,6 +168,49 @@ class Outcomes:
         if written:
             self.files.sync_sent()
         return written
+
+    def offline_accepted(self, row: InvoiceRow, record: OfflineInvoice | None, stem: str,
+                         invoice: SessionInvoice) -> dict[str, Any]:
+        """An offline invoice got its KSeF number: KOD I for reprints labelled with the number (sent/STEM.kod1.*),
+        the offline JSON told, and, for a technical correction, the original's error JSON linked to it
+        (PROTOCOL.md §8.4, §8.5). Returns what NAME.ksef.json adds."""
+        more: dict[str, Any] = {"offlineMode": True}
+        if self.offline_files is None or record is None or not row.seller_nip or not row.issue_date:
+            return more
+        link = qr.invoice_link(self.offline_files.qr_host, row.seller_nip, row.issue_date, row.sha256)
+        assert invoice.ksef_number is not None
+        more["kod1"] = self.offline_files.write_reprint(stem, link, invoice.ksef_number)
+        offline_json = self.offline_files.json_path(record.stem)
+        more["offline"] = {"mode": record.mode, "reason": record.reason, "issuedAt": record.issued_at.isoformat(),
+                           "deadline": _iso(record.deadline), "deadlineMissed": record.missed or (
+                               record.deadline is not None and invoice.acquisition_date is not None
+                               and invoice.acquisition_date >= record.deadline),
+                           "kod2": record.kod2, "json": str(offline_json)}
+        self.offline_files.update(record.stem, {"ksefNumber": invoice.ksef_number, "invoicingMode":
+                                                invoice.invoicing_mode, "sent": f"{stem}.ksef.json",
+                                                "kod1WithKsefNumber": more["kod1"]})
+        if record.corrects_id is not None:
+            more["technicalCorrectionOf"] = self._link_original(record, row, stem, invoice)
+        return more
+
+    def _link_original(self, record: OfflineInvoice, row: InvoiceRow, stem: str,
+                       invoice: SessionInvoice) -> dict[str, Any]:
+        """The original's rejected/NAME.error.json names its correction; returns the link for the correction."""
+        link: dict[str, Any] = {"invoiceHash": record.corrects_hash}
+        original = self.company.folders.rejected
+        for path in sorted(original.glob("*.error.json")):
+            try:
+                body = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(body, dict) and body.get("invoiceHash") == record.corrects_hash:
+                link.update(file=body.get("file"), rejected=str(path))
+                body["technicalCorrection"] = {"file": row.file_name, "invoiceHash": row.sha256,
+                                               "ksefNumber": invoice.ksef_number,
+                                               "sent": str(self.company.folders.sent / f"{stem}.ksef.json")}
+                spool.write_json(path, body)
+                break
+        return link
 
     async def save_upos(self, items: list[tuple[InvoiceRow, bytes]]) -> None:
         """`save_upo` for a group: the files (one directory fsync), then SQLite (one commit)."""
@@ -184,7 +238,7 @@ class Outcomes:
             try:
                 return await sessions.download_presigned_upo(url)
             except KsefError as exc:    # the link expired or storage failed: the API endpoint still has it
-                self.log.info("outbox.upo_link_failed", file=row.file_name, error=str(exc))
+                self.log.info("outbox.upo_link_failed", file=row.file_name, invoice=row.id, error=str(exc))
         assert row.ksef_number is not None
         return await sessions.invoice_upo_by_ksef_number(session_reference, row.ksef_number)
 
@@ -216,7 +270,7 @@ class Outcomes:
         original = await self._original(number, original_session) if number and original_session else None
         if original is not None and original.invoice_hash == row.sha256 and original_session:
             # The same bytes: this invoice was accepted by an earlier send (PROTOCOL.md §13.5).
-            self.log.info("outbox.duplicate_is_same_document", file=row.file_name, ksef_number=number,
+            self.log.info("outbox.duplicate_is_same_document", file=row.file_name, invoice=row.id, ksef_number=number,
                               original_session=original_session)
             moved = await self.ledger.update(
                 row, session_id=await self._session_id(original_session, session),
@@ -274,4 +328,5 @@ class Outcomes:
                  "details": list(invoice.status.details or [])}
         await self.ledger.move(row, S.QUEUED, from_state=S.PROCESSING, attempts=attempts, next_attempt_at=when,
                                last_error=error, invoice_ref=None, detail=error)
-        self.log.info("outbox.send_again", file=row.file_name, code=invoice.status.code, at=when.isoformat())
+        self.log.info("outbox.send_again", file=row.file_name, invoice=row.id, code=invoice.status.code,
+                      at=when.isoformat())

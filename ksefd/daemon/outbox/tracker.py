@@ -86,6 +86,7 @@ class Tracker:
                 await part()
             except KsefError as exc:
                 failure = classify(exc)
+                self.channel.observe(failure)          # for the availability monitor (issue #11)
                 self.log.warning("outbox.track_failed", step=part.__name__, code=failure.code,
                                      error=failure.message)
                 if failure.verdict == "hold":
@@ -120,7 +121,7 @@ class Tracker:
             await self.ledger.move(row, S.PROCESSING, from_state=S.IN_DOUBT, invoice_ref=best.reference_number,
                                    status_code=best.status.code,
                                    detail={"resolvedBy": "session invoice list", "reference": best.reference_number})
-            self.log.info("outbox.in_doubt_found", file=row.file_name, reference=best.reference_number)
+            self.log.info("outbox.in_doubt_found", file=row.file_name, invoice=row.id, reference=best.reference_number)
             self._polls.pop(-row.id, None)
             self.schedule(row.id, 0)
             return
@@ -130,7 +131,7 @@ class Tracker:
             return
         await self.ledger.move(row, S.QUEUED, from_state=S.IN_DOUBT, detail={
             "resolvedBy": "session invoice list", "found": False, "session": session.reference})
-        self.log.info("outbox.in_doubt_not_received", file=row.file_name, session=session.reference)
+        self.log.info("outbox.in_doubt_not_received", file=row.file_name, invoice=row.id, session=session.reference)
         self._polls.pop(-row.id, None)
 
     async def poll_processing(self) -> None:
@@ -155,7 +156,7 @@ class Tracker:
         try:
             xml = await self.outcomes.fetch_upo(row, accepted.session_reference, accepted.upo_url)
         except KsefError as exc:
-            self.log.warning("outbox.upo_failed", file=row.file_name, error=str(exc))
+            self.log.warning("outbox.upo_failed", file=row.file_name, invoice=row.id, error=str(exc))
             self._later(row.id)
             return
         await self.outcomes.save_upo(row, xml)

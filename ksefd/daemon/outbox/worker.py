@@ -33,6 +33,7 @@ from ksefd.config import Company
 from ksefd.ksef import KsefError, RateLimiter
 from ksefd.store import InvoiceRow, InvoiceState, SessionState, Store
 
+from ..availability import KsefAvailability, Verdict
 from ..connection import CompanyConnection
 from ..failures import Failure, LastingFailure
 from ..runtime import Runtime, wait_for
@@ -40,6 +41,8 @@ from .batch import BatchRunner
 from .files import OutboxFiles
 from .intake import Intake
 from .ledger import Ledger
+from .offline import OfflineDesk
+from .offline_files import OfflineFiles
 from .online import OnlineChannel
 from .outcomes import Outcomes
 from .tracker import Tracker
@@ -55,14 +58,14 @@ SEND_WAIT_AT_MOST = 2.0        # seconds the limiter may make an online send wai
 SETTLED_CHECK_SECONDS = 0.2    # real time: drain mode confirms "nothing to do" this long after it was seen ...
 SETTLED_ROUNDS = 3             # ... this many times in a row (files may be landing)
 ACTIVE = (S.CLAIMED, S.CHECKED, S.QUEUED, S.SUBMITTING, S.IN_DOUBT, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED,
-          S.DEFERRED)
+          S.DEFERRED, S.OFFLINE)
 
 
 class OutboxWorker:
     def __init__(self, company: Company, connection: CompanyConnection, store: Store, clock: Clock,
                  limiter: RateLimiter, *, work_dir: Path, batch_dir: Path, heavy: asyncio.Semaphore,
                  settle_seconds: float = 2.0, rescan_interval_seconds: float = 30.0, once: bool = False,
-                 watcher: OutboxWatcher | None = None) -> None:
+                 watcher: OutboxWatcher | None = None, availability: KsefAvailability | None = None) -> None:
         self.company = company
         self.connection = connection
         self.store = store
@@ -88,6 +91,19 @@ class OutboxWorker:
         self.idle = asyncio.Event()            # set while nothing is left to do without a person
         self._online = asyncio.Semaphore(ONLINE_CONCURRENCY)
         self._reserved: set[int] = set()       # invoices a send task holds
+        # Offline invoicing (issue #11): the availability of the company's KSeF, the desk that issues invoices
+        # offline, and what the channels see of KSeF fed back to the availability monitor.
+        self.availability = availability
+        self.offline_files = OfflineFiles(company, connection.qr_host)
+        self.outcomes.offline_files = self.offline_files
+        self.offline = OfflineDesk(company, self.ledger, self.offline_files, availability, clock, self.log,
+                                   settle_seconds=settle_seconds, rescan_seconds=rescan_interval_seconds,
+                                   reserved=self._reserved)
+        self._ksef_back = False
+        if availability is not None:
+            self.channel.observe = self.batches.observe = availability.observe
+            availability.on_change(self._availability_changed)
+            connection.on_login(lambda: availability.observe(None))     # a login is KSeF answering
         self._tasks: set[asyncio.Task[Any]] = set()
         self._group: asyncio.TaskGroup | None = None
         self._recovered = False
@@ -96,12 +112,13 @@ class OutboxWorker:
 
     @classmethod
     def for_runtime(cls, runtime: Runtime, company: Company, connection: CompanyConnection,
-                    watcher: OutboxWatcher | None = None) -> OutboxWorker:
+                    watcher: OutboxWatcher | None = None,
+                    availability: KsefAvailability | None = None) -> OutboxWorker:
         return cls(company, connection, runtime.store, runtime.clock, runtime.limiter,
                    work_dir=runtime.work_dir(company), batch_dir=runtime.batch_dir(company), heavy=runtime.heavy,
                    settle_seconds=runtime.config.settle_seconds,
                    rescan_interval_seconds=runtime.config.rescan_interval_seconds, once=runtime.once,
-                   watcher=watcher)
+                   watcher=watcher, availability=availability)
 
     # --- the loops ----------------------------------------------------------------------------------
 
@@ -114,13 +131,25 @@ class OutboxWorker:
             group.create_task(self.intake.run(draining, self.watcher), name=f"intake:{self.company.name}")
             group.create_task(self._dispatch_loop(draining), name=f"dispatch:{self.company.name}")
             group.create_task(self._track_loop(draining), name=f"track:{self.company.name}")
+            group.create_task(self.offline.run(draining), name=f"offline:{self.company.name}")
         self._group = None
 
     def wake(self) -> None:
         """Look at everything again now (e.g. at the start of the drain)."""
         self.ledger.dispatch_due.set()
         self.ledger.track_due.set()
+        self.ledger.offline_due.set()
         self.intake.poke.set()
+
+    def _availability_changed(self, before: Verdict, after: Verdict) -> None:
+        """KSeF went down: the desk looks at the waiting invoices now. KSeF is back: log in at once and send the
+        offline invoices before new work (PROTOCOL.md §8.1), not after the login backoff."""
+        if after.down:
+            self.ledger.offline_due.set()
+        if (before.down and not after.down) or (after.answers and not before.answers):
+            self._ksef_back = True
+            self.connection.retry_now()
+            self.ledger.dispatch_due.set()
 
     async def close_online(self) -> None:
         """Graceful shutdown: close the online session (its UPO is fetched after the next start)."""
@@ -168,6 +197,8 @@ class OutboxWorker:
     async def ready(self) -> float | None:
         """Connected, not on hold and recovered: None. Otherwise the seconds to wait before looking again."""
         wait = await self.connection.ready()
+        if wait is not None and self.availability is not None and self.connection.last_failure is not None:
+            self.availability.observe(self.connection.last_failure)      # what the failed login saw
         if wait is not None:
             return wait
         if not self._recovered:
@@ -206,46 +237,107 @@ class OutboxWorker:
         wait = await self.ready()
         if wait is not None:
             return wait
-        await self._promote_deferred()
+        if self._ksef_back:
+            self._ksef_back = False
+            await self.ledger.retry_offline_now()
+        # Under the desk's lock: an invoice is issued offline or picked for sending, never both at once.
+        async with self.offline.lock:
+            await self.offline.issue_special()
+            await self._promote_deferred()
+            await self.ledger.back_offline(await self.store.offline.queued_offline_ids(self.company.name))
         self._resume_batches_soon()
+        verdict = self.offline.verdict()
+        if verdict.down and not verdict.answers:
+            # KSeF is down (announced, or it stopped answering): nothing is sent into the void, where each send
+            # would end in doubt; the desk issues waiting invoices offline. Sending resumes when the verdict
+            # changes (Latarnia, or the availability probe seeing KSeF answer again).
+            return LOOP_RETRY_SECONDS
+        if await self._send_offline():
+            return 0.2              # offline invoices first: new work waits until they are all on their way
+        if verdict.down:            # an announced outage in which KSeF answers: new invoices are issued offline
+            return LOOP_RETRY_SECONDS
         cap = self._batch_cap()
         now = self.clock.now()
         waiting = await self.store.invoices.due_count(self.company.name, S.QUEUED, now)
         if self.intake.busy and waiting - len(self._reserved) < cap:
             return 0.2               # a drop is still being claimed: see the whole backlog before choosing
-        queued = []
-        if waiting > len(self._reserved):
-            queued = [r for r in await self.store.invoices.due(self.company.name, [S.QUEUED], now, limit=100_000)
-                      if r.id not in self._reserved]
-        attachments = [r for r in queued if r.has_attachment]
-        plain = [r for r in queued if not r.has_attachment]
-        by_batch = attachments + (plain if len(plain) >= self.company.sending.batch_threshold else [])
+        async with self.offline.lock:
+            queued = []
+            if waiting > len(self._reserved):
+                queued = [r for r in await self.store.invoices.due(self.company.name, [S.QUEUED], now,
+                                                                   limit=100_000) if r.id not in self._reserved]
+            attachments = [r for r in queued if r.has_attachment]
+            plain = [r for r in queued if not r.has_attachment]
+            by_batch = attachments + (plain if len(plain) >= self.company.sending.batch_threshold else [])
+            for start in range(0, len(by_batch), cap):
+                if sum(1 for t in self._tasks if t.get_name() == "batch") >= BATCHES_AT_ONCE:
+                    break
+                self._start(self._batch(by_batch[start:start + cap]), "batch", by_batch[start:start + cap])
+            online = [] if len(plain) >= self.company.sending.batch_threshold else plain
+            self._reserved |= {r.id for r in online}       # the desk leaves them alone from now on
+        await self._send_online(online)
+        return await self._idle(queued, draining)
+
+    async def _send_offline(self) -> bool:
+        """OFFLINE invoices, oldest deadline first, with offlineMode (PROTOCOL.md §8.2): technical corrections
+        online only (§8.4), a backlog in offline batch sessions, the rest online. Nothing during a total
+        failure (no obligation to send; they wait). True while some are still waiting for their turn."""
+        if self.offline.verdict().state == "total-failure":
+            return False
+        now = self.clock.now()
+        rows = [r for r in await self.store.invoices.due(self.company.name, [S.OFFLINE], now, limit=100_000)
+                if r.id not in self._reserved]
+        if not rows:
+            return False
+        rows.sort(key=lambda r: (r.offline_deadline is None, r.offline_deadline or now, r.id))
+        records = {o.invoice_id: o for o in await self.store.offline.of_company(self.company.name,
+                                                                                 [r.id for r in rows])}
+        corrections = [r for r in rows if r.id in records and records[r.id].corrects_hash]
+        plain = [r for r in rows if not (r.id in records and records[r.id].corrects_hash)]
+        attachments = [r for r in plain if r.has_attachment]
+        rest = [r for r in plain if not r.has_attachment]
+        by_batch = attachments + (rest if len(rest) >= self.company.sending.batch_threshold else [])
+        cap = self._batch_cap()
         for start in range(0, len(by_batch), cap):
             if sum(1 for t in self._tasks if t.get_name() == "batch") >= BATCHES_AT_ONCE:
                 break
-            self._start(self._batch(by_batch[start:start + cap]), "batch", by_batch[start:start + cap])
-        if not (len(plain) >= self.company.sending.batch_threshold):
-            await self._send_online(plain)
-        return await self._idle(queued, draining)
+            group = by_batch[start:start + cap]
+            self._start(self._batch(group, offline_mode=True), "batch", group)
+        online = corrections + ([] if len(rest) >= self.company.sending.batch_threshold else rest)
+        online.sort(key=lambda r: (r.offline_deadline is None, r.offline_deadline or now, r.id))
+        key = self.connection.context.context.key
+        for row in online:
+            if self.limiter.delay(key, "invoiceSend") > SEND_WAIT_AT_MOST:
+                break
+            corrected = records[row.id].corrects_hash if row.id in records else None
+            await self._online.acquire()
+            self._start(self._online_one(row, corrected), "online", [row])
+        return any(r.id not in self._reserved for r in rows)
 
     async def _send_online(self, rows: list[InvoiceRow]) -> None:
+        """`rows` come reserved (dispatch_once); those not started here are given back."""
         key = self.connection.context.context.key
-        for row in rows:
-            if self.limiter.delay(key, "invoiceSend") > SEND_WAIT_AT_MOST:
-                return
-            await self._online.acquire()
-            self._start(self._online_one(row), "online", [row])
-
-    async def _online_one(self, row: InvoiceRow) -> None:
+        started: set[int] = set()
         try:
-            failure = await self.channel.send(row)
+            for row in rows:
+                if self.limiter.delay(key, "invoiceSend") > SEND_WAIT_AT_MOST:
+                    return
+                await self._online.acquire()
+                self._start(self._online_one(row), "online", [row])
+                started.add(row.id)
+        finally:
+            self._reserved -= {r.id for r in rows if r.id not in started}
+
+    async def _online_one(self, row: InvoiceRow, corrected_hash: str | None = None) -> None:
+        try:
+            failure = await self.channel.send(row, corrected_hash=corrected_hash)
             if failure is not None:
                 await self.connection.hold(failure)
         finally:
             self._online.release()
 
-    async def _batch(self, rows: list[InvoiceRow]) -> None:
-        failure = await self.batches.send(rows)
+    async def _batch(self, rows: list[InvoiceRow], *, offline_mode: bool = False) -> None:
+        failure = await self.batches.send(rows, offline_mode=offline_mode)
         if failure is not None:
             await self.connection.hold(failure)
 

@@ -1,0 +1,59 @@
+"""`ksefd credentials set -c CONFIG COMPANY`: paste a KSeF token once; it is cleaned, checked against KSeF (a real
+login) and stored the platform's way (ksefd/daemon/credential_store.py says where and why).
+
+The token is read from standard input: without echo when that is a terminal (getpass), else the whole input
+(`systemd-ask-password | ksefd credentials set ...`, or a file redirected in). It is never an argument, so it
+never shows in `ps` or in the shell's history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from pathlib import Path
+from typing import TextIO
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("credentials", help="store a company's KSeF token so that only the service reads it")
+    commands = parser.add_subparsers(dest="credentials_command", required=True)
+    p = commands.add_parser("set", help="read a token on standard input (not echoed), check it with a KSeF "
+                                        "login, store it encrypted (systemd-creds, DPAPI) or in a 0600 file")
+    p.add_argument("-c", "--config", type=Path, required=True, help="the config file of the daemon")
+    p.add_argument("company", metavar="COMPANY", help="the company's name in the config")
+    p.add_argument("--store", choices=["auto", "systemd", "file", "dpapi"], default="auto",
+                   help="auto (default): DPAPI on Windows, systemd-creds when run as root where systemd has it, "
+                        "else a file only its owner can read")
+    p.add_argument("--no-verify", action="store_true", help="store without logging in to KSeF first")
+
+
+def read_token(stdin: TextIO, company: str) -> str:
+    if stdin.isatty():
+        return getpass.getpass(f"KSeF token for {company} (not shown; paste and press Enter): ")
+    return stdin.read()
+
+
+async def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | None = None) -> int:
+    from ksefd.daemon.credential_store import CredentialStoreError, clean_token, read_target, store_token, verify
+
+    stdin, out = stdin or sys.stdin, out or sys.stdout
+    try:
+        target = read_target(args.config, args.company)
+        token = clean_token(read_token(stdin, target.company), target)
+        if not args.no_verify:
+            await verify(target, token)
+            print(f"KSeF ({target.environment.upper()}) accepted the token {token.reference_number} for NIP "
+                  f"{target.nip}", file=out)
+        stored = await asyncio.to_thread(store_token, target, token, args.store)
+    except CredentialStoreError as error:
+        print(f"ksefd credentials: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"ksefd credentials: cannot store the token: {error}", file=sys.stderr)
+        return 1
+    print(f"stored ({stored.kind}): {stored.path}", file=out)
+    for line in stored.instructions:
+        print(f"  {line}", file=out)
+    return 0
