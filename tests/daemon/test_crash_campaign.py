@@ -18,5 +18,5 @@ async def test_crash_campaign_reduced(tmp_path: Path) -> None:
     print("\n" + "\n".join(report.lines()))
     assert report.verdict.problems == []
     assert report.verdict.accepted == 120 and report.verdict.received == 120
-    assert report.counts.during_block == 0
+    assert report.counts.during_block == 0 and report.counts.sim_tally["requestsDuringBlock"] == 0
     assert set(report.states) == {"done"}

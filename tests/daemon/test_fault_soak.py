@@ -18,6 +18,6 @@ async def test_fault_soak_reduced(tmp_path: Path) -> None:
     print("\n" + "\n".join(report.lines()))
     assert report.verdict.problems == []
     assert report.verdict.accepted == 100 and report.verdict.received == 100
-    assert report.counts.during_block == 0
+    assert report.counts.during_block == 0 and report.counts.sim_tally["requestsDuringBlock"] == 0
     assert report.counts.by_fault["5xx"] and report.counts.by_fault["drop"] and report.counts.by_fault["outage"]
     assert report.counts.too_many > 0                   # the bursts happened, and were waited out

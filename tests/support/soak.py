@@ -52,6 +52,7 @@ class Counts:
     too_many: int = 0                # 429 answers
     during_block: int = 0            # requests sent while a rate-limit block was on
     statuses: Counter[int] = field(default_factory=Counter)
+    sim_tally: dict[str, Any] = field(default_factory=dict)    # the simulator's own (GET /sim/ratelimits)
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "faults": dict(self.by_fault), "429": self.too_many,
@@ -105,6 +106,10 @@ class World:
         return load_config(self.config_path)
 
     async def close(self) -> None:
+        from ksefd.sim import ratelimits
+        tally = ratelimits.limiter(self.sim_world).tally.to_json()
+        self.counts.sim_tally = {k: v for k, v in tally.items() if k != "duringBlock"} | {
+            "duringBlock": tally["duringBlock"][:5]}
         await self.server.close()
 
 
@@ -321,6 +326,7 @@ class SoakReport:
                 f"retries (answers that forced one: faults + 429 + 21184-style 400s) "
                 f"{sum(c.by_fault.values()) + c.too_many}; second submissions resolved as 440 {v.repeats_440}",
                 f"statuses {dict(sorted(c.statuses.items()))}",
+                f"simulator's rate-limit tally {c.sim_tally}",
                 "problems: " + ("none" if not v.problems else "; ".join(v.problems[:10]))]
 
 
@@ -430,6 +436,7 @@ class CampaignReport:
                 f"requests {c.requests}; 429 answers {c.too_many}; requests during a rate-limit block "
                 f"{c.during_block}; faults {dict(c.by_fault)}",
                 f"second submissions resolved as 440 of the same document: {v.repeats_440}",
+                f"simulator's rate-limit tally {c.sim_tally}",
                 f"final invoice states {dict(self.states)}",
                 "problems: " + ("none" if not v.problems else "; ".join(v.problems[:10]))]
 
