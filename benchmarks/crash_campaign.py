@@ -3,7 +3,12 @@ two companies send to each other and receive each other's invoices, restarting i
 systemd crash loop), with 429 bursts on (tests/support/soak.py). Prints the figures and fails unless nothing
 was lost, nothing accepted or delivered twice, and no request was sent into a rate-limit block.
 
-    .venv/bin/python benchmarks/crash_campaign.py [--kills 50] [--invoices 600] [--seed 15]
+    .venv/bin/python benchmarks/crash_campaign.py [--kills 50] [--invoices 600] [--seed 15] [--limit 900]
+
+Every start runs an inbox cycle, and KSeF allows 20 exports an hour (PROTOCOL.md §6.4, §7; the daemon keeps
+that budget across restarts): after more than ~20 restarts the inbox waits for the hour to pass, so with 50
+kills receiving finishes only after that wait (the campaign reports what was still missing at --limit).
+Stop it with Ctrl-C, not SIGTERM to this process alone: its daemons are its children.
 """
 
 from __future__ import annotations
