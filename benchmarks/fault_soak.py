@@ -5,6 +5,11 @@ the HWM (tests/support/soak.py). Prints wall time, requests per invoice, faults,
 unless every invoice was accepted exactly once with its UPO and delivered once to the buyer's inbox.
 
     .venv/bin/python benchmarks/fault_soak.py [--invoices 2000] [--seed 1]
+
+Measured 2026-12-06 on the shared 2-core machine, defaults (2 000 sent, the same 2 000 received):
+    69.8 s wall (2 daemon runs); 2 452 requests = 0.61 per invoice sent or received; injected 225 5xx,
+    91 dropped connections, 23 outage answers; 7 answers 429 (bursts), 0 requests during a block;
+    346 answers that forced a retry; every invoice accepted once with its UPO, both inboxes complete.
 """
 
 from __future__ import annotations
