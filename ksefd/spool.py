@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import os
 import re
 import secrets
@@ -39,6 +40,11 @@ PRIVATE_FILE = 0o600   # what only ksefd reads
 PRIVATE_DIR = 0o700
 _TEMP_SUFFIX = ".ksefd.tmp"
 _TEMP_NAME = re.compile(r"^\..*\.[0-9a-f]{16}\.ksefd\.tmp$")
+# File names are at most 255 bytes on Linux file systems (NAME_MAX) and 255 UTF-16 units on NTFS. An ERP may
+# drop a name near that limit, and ksefd adds to it (`NAME-2`, `.error.json`, a temporary suffix), so every
+# name ksefd derives from a dropped one keeps its stem within STEM_MAX_BYTES (issue #15 point 1).
+STEM_MAX_BYTES = 200
+_TEMP_NAME_MAX_BYTES = 160
 
 
 class SpoolConflict(FileExistsError):
@@ -53,19 +59,58 @@ def is_candidate(name: str) -> bool:
             and not name.lower().endswith(".tmp"))
 
 
-def scan(directory: Path) -> list[Path]:
-    """Candidate regular files (symlinks and folders skipped), oldest modification first."""
+def scan(directory: Path, odd: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Candidate regular files, oldest modification first. Symlinks (never followed: the invoice must be the
+    file ksefd claims, not a file elsewhere it may change), FIFOs, folders, devices and sockets with a
+    candidate's name are not candidates; they are added to `odd` as (path, kind) when it is given, so that
+    intake can tell somebody (issue #15 point 3)."""
     found: list[tuple[int, str, Path]] = []
     with os.scandir(directory) as entries:
         for entry in entries:
             if not is_candidate(entry.name):
                 continue
             try:
-                if entry.is_file(follow_symlinks=False):
-                    found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name, Path(entry.path)))
+                info = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue   # removed between listing and stat
+            if stat.S_ISREG(info.st_mode):
+                found.append((info.st_mtime_ns, entry.name, Path(entry.path)))
+            elif odd is not None:
+                odd.append((Path(entry.path), entry_kind(info.st_mode)))
     return [path for _, _, path in sorted(found)]
+
+
+def entry_kind(mode: int) -> str:
+    """What a folder entry is, in the words of the error codes (`symbolic-link`, `fifo`, ...)."""
+    for test, kind in ((stat.S_ISLNK, "symbolic-link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "fifo"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "device-file"), (stat.S_ISBLK, "device-file"),
+                       (stat.S_ISREG, "file")):
+        if test(mode):
+            return kind
+    return "special-file"
+
+
+def cut_utf8(text: str, max_bytes: int) -> str:
+    """The longest prefix of `text` whose UTF-8 form fits `max_bytes` (never half a character)."""
+    data = text.encode("utf-8", "surrogateescape")
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", "ignore")
+
+
+def bounded_stem(stem: str, max_bytes: int = STEM_MAX_BYTES) -> str:
+    """`stem`, or when its UTF-8 form is longer than `max_bytes`, its beginning and `~` and 8 hex digits of
+    its hash, so that two long names that differ only at the end stay apart (issue #15 point 1)."""
+    if len(stem.encode("utf-8", "surrogateescape")) <= max_bytes:
+        return stem
+    digest = hashlib.sha256(stem.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{cut_utf8(stem, max_bytes - 9)}~{digest}"
+
+
+def bounded_name(name: str, max_bytes: int = STEM_MAX_BYTES) -> str:
+    """`name` with its stem bounded as in `bounded_stem` (the suffix, e.g. `.xml`, kept)."""
+    stem, suffix = split_name(name)
+    return bounded_stem(stem, max_bytes) + suffix
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -150,7 +195,7 @@ def write_temp(directory: Path, name: str, data: bytes, mode: int = SHARED_FILE)
 
     `remove_stale_temps` knows its name, so one left behind by a crash is cleaned up at the next start.
     """
-    temp = directory / f".{name}.{secrets.token_hex(8)}{_TEMP_SUFFIX}"
+    temp = directory / f".{cut_utf8(name, _TEMP_NAME_MAX_BYTES)}.{secrets.token_hex(8)}{_TEMP_SUFFIX}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     try:
         view = memoryview(data)
@@ -237,9 +282,11 @@ def unique_stem(directory: Path, stem: str, suffix: str, data: bytes,
 def write_unique(directory: Path, name: str, data: bytes,
                  companions: Iterable[str] = (".ksef.json", ".upo.xml", ".error.json"), *,
                  sync_dir: bool = True, source: Path | None = None) -> Path:
-    """Write `data` as `directory/name`, or as `NAME-2.xml`... if that name holds another invoice.
-    `source`: a file of ksefd's own holding exactly `data`, linked into place if it can be (`link_new`)."""
+    """Write `data` as `directory/name`, or as `NAME-2.xml`... if that name holds another invoice. A stem
+    longer than STEM_MAX_BYTES is shortened (`bounded_stem`). `source`: a file of ksefd's own holding exactly
+    `data`, linked into place if it can be (`link_new`)."""
     stem, suffix = split_name(name)
+    stem = bounded_stem(stem)
     companions = tuple(companions)
     while True:
         path = directory / (unique_stem(directory, stem, suffix, data, companions) + suffix)
@@ -329,6 +376,20 @@ def claim(source: Path, destination: Path, *, sync_dir: bool = True) -> bool:
     if source.parent != destination.parent:
         fsync_directory(source.parent)
     return True
+
+
+def free_stem(directory: Path, stem: str, suffix: str,
+              companions: Iterable[str] = (".ksef.json", ".upo.xml", ".error.json")) -> str:
+    """`stem` (bounded), or `stem-2`, ...: the first for which nothing at all exists yet (for a move by rename,
+    where the bytes cannot be compared: a file ksefd cannot read, a link, a FIFO)."""
+    stem = bounded_stem(stem)
+    companions = tuple(companions)
+    number = 1
+    while True:
+        candidate = stem if number == 1 else f"{stem}-{number}"
+        if not any(os.path.lexists(directory / (candidate + s)) for s in (suffix, *companions)):
+            return candidate
+        number += 1
 
 
 # --- JSON -----------------------------------------------------------------------------------------

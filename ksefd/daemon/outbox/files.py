@@ -27,6 +27,7 @@ from ksefd.store import InvoiceRow
 from ..error_text import localize
 
 STATE_SUFFIX = ".state.json"
+NAME_SIDECAR = ".name"      # .<16 hex>.name in the claim folder: the whole name of a shortened working file
 
 
 class OutboxFiles:
@@ -41,21 +42,42 @@ class OutboxFiles:
         spool.ensure_private_dir(self.work_dir)     # claimed invoices: only ksefd reads them (issue #15 point 7)
         for folder in (self.folders.outbox, self.folders.sent, self.folders.rejected, self.work_dir):
             spool.remove_stale_temps(folder)
+        self.remove_stale_sidecars()
 
     # --- claimed files ----------------------------------------------------------------------------
 
     def new_work_path(self, name: str) -> Path:
-        """`<16 hex>.<original name>`: unique, and the original name survives a crash before the row exists."""
-        return self.work_dir / f"{secrets.token_hex(8)}.{name}"
+        """`<16 hex>.<original name>`: unique, and the original name survives a crash before the row exists.
+        A name too long for that (it would pass the file system's 255 bytes, issue #15 point 1) is shortened
+        (spool.bounded_name), and the whole name is kept in a sidecar `.<16 hex>.name` written first."""
+        token = secrets.token_hex(8)
+        short = spool.bounded_name(name)
+        if short != name:
+            spool.write_atomic(self.work_dir / f".{token}{NAME_SIDECAR}", name.encode("utf-8", "surrogateescape"),
+                               sync_dir=False, mode=spool.PRIVATE_FILE)
+        return self.work_dir / f"{token}.{short}"
 
     @staticmethod
     def original_name(work_path: Path) -> str:
-        return work_path.name.split(".", 1)[1] if "." in work_path.name else work_path.name
+        token, dot, name = work_path.name.partition(".")
+        with contextlib.suppress(OSError):
+            return (work_path.parent / f".{token}{NAME_SIDECAR}").read_bytes().decode("utf-8", "surrogateescape")
+        return name if dot else work_path.name
 
     def work_files(self) -> list[Path]:
+        """Claimed files (anything but ksefd's dot-files: a link or FIFO renamed here in a race is one too)."""
         if not self.work_dir.is_dir():
             return []
-        return sorted(p for p in self.work_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        return sorted(p for p in self.work_dir.iterdir() if not p.name.startswith("."))
+
+    def remove_stale_sidecars(self) -> None:
+        """Name sidecars whose claim never happened or whose working file is gone."""
+        if not self.work_dir.is_dir():
+            return
+        for sidecar in self.work_dir.glob(f".*{NAME_SIDECAR}"):
+            token = sidecar.name[1:-len(NAME_SIDECAR)]
+            if not any(self.work_dir.glob(f"{token}.*")):
+                sidecar.unlink(missing_ok=True)
 
     @staticmethod
     def read_work(row: InvoiceRow) -> bytes | None:
@@ -70,7 +92,13 @@ class OutboxFiles:
     def discard_work(row: InvoiceRow) -> None:
         """The working copy, once its bytes are safe in sent/ or rejected/ (it is ksefd's own copy)."""
         if row.work_path:
-            Path(row.work_path).unlink(missing_ok=True)
+            OutboxFiles.discard_path(Path(row.work_path))
+
+    @staticmethod
+    def discard_path(work: Path) -> None:
+        work.unlink(missing_ok=True)
+        token = work.name.partition(".")[0]
+        (work.parent / f".{token}{NAME_SIDECAR}").unlink(missing_ok=True)
 
     def give_back(self, row: InvoiceRow) -> str:
         """Rename the working copy back into the outbox under its original name (or NAME-2.xml ... if the
@@ -159,10 +187,27 @@ class OutboxFiles:
         spool.write_json(self.folders.rejected / f"{stem}.error.json", localize(error))   # hint: config's language
         return stem
 
+    def move_rejected(self, source: Path, file_name: str, error: dict[str, Any]) -> str | None:
+        """A file ksefd cannot read, or an entry that is no file (a link, a FIFO, a folder), moved into rejected/
+        as it is, by one rename (its bytes are never read), with NAME.error.json beside it. Returns the stem,
+        or None when it cannot be moved (another file system, no permission): the caller leaves it in place."""
+        stem, suffix = spool.split_name(file_name)
+        stem = spool.free_stem(self.folders.rejected, stem, suffix)
+        try:
+            os.rename(source, self.folders.rejected / f"{stem}{suffix}")
+        except OSError:
+            return None
+        spool.write_json(self.folders.rejected / f"{stem}.error.json", error)
+        return stem
+
+    def error_beside(self, file_name: str) -> Path:
+        """outbox/NAME.error.json: the error of an entry that stays in the outbox because it cannot be moved."""
+        return self.folders.outbox / (spool.bounded_stem(spool.split_name(file_name)[0]) + ".error.json")
+
     # --- the state of a waiting invoice -------------------------------------------------------------
 
     def state_path(self, file_name: str) -> Path:
-        return self.folders.outbox / (spool.split_name(file_name)[0] + STATE_SUFFIX)
+        return self.folders.outbox / (spool.bounded_stem(spool.split_name(file_name)[0]) + STATE_SUFFIX)
 
     def write_state(self, row: InvoiceRow, state: str, message: str, extra: dict[str, Any] | None = None) -> None:
         body = {"invoiceId": row.id, "file": row.file_name, "state": state, "message": message,

@@ -29,8 +29,10 @@ A different file under a name used before is simply a new invoice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ from ksefd.store import InvoiceRow, InvoiceState, NewInvoice
 
 from ..failures import LastingFailure
 from ..runtime import wait_for
+from . import refusals
 from .files import STATE_SUFFIX, OutboxFiles
 from .ledger import Ledger
 from .watch import OutboxWatcher
@@ -69,6 +72,7 @@ class _Claimed:
     rejection: dict[str, Any] | None = None
     earlier: InvoiceRow | None = None      # an earlier invoice with these bytes (the original of a re-drop)
     redrop: bool = False                   # same bytes as `earlier`: answered from it, never sent
+    refused: dict[str, Any] | None = None  # could not be read at all (refusals.py): moved, not processed
 
 
 class Intake:
@@ -89,6 +93,9 @@ class Intake:
         self.pending = 0            # candidates seen but not yet stable
         self.busy = False           # a chunk is being claimed and checked (the dispatcher waits to see it whole)
         self.redrops_waiting = 0    # re-drops waiting for their original to finish
+        # Entries refused and left in the outbox (they could not be moved): name -> what they were when told,
+        # so that each is told once, not at every scan (refusals.py).
+        self.left_in_place: dict[str, tuple[int, int, int]] = {}
 
     # --- loops ----------------------------------------------------------------------------------
 
@@ -111,13 +118,17 @@ class Intake:
             try:
                 while not draining.is_set():
                     # A failure here (a network share gone, a file that cannot be read or moved) must not take
-                    # the company's sending down with it: logged, retried at the next look.
+                    # the company's sending down with it (issue #15): logged when it starts, slowly while it
+                    # lasts and when it clears; the chunk's claimed files are checked again.
                     try:
                         await self.scan_once()
                         await self.settle_redrops()
                         failing.cleared()
                     except Exception as exc:
                         failing.failed(error=repr(exc), where=traceback.format_exc(limit=-3))
+                        self.pending = 0
+                        with contextlib.suppress(Exception):
+                            await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED))
                     interval = self.rescan_interval_seconds
                     if self.pending:
                         interval = min(interval, max(self.settle_seconds / 2, 0.05))
@@ -129,11 +140,19 @@ class Intake:
 
     async def scan_once(self) -> int:
         """Look at the outbox once; claim, check and queue every finished file. Returns how many."""
+        odd: list[tuple[Path, str]] = []
         try:
-            candidates = await asyncio.to_thread(spool.scan, self.outbox)
+            candidates = await asyncio.to_thread(spool.scan, self.outbox, odd)
         except FileNotFoundError:
             self.outbox.mkdir(parents=True, exist_ok=True)
             return 0
+        for path, kind in odd:
+            if not self._told_before(path):
+                await self._refuse(path, path.name, refusals.not_a_file(path.name, kind))
+        for path in [p for p in candidates if not _utf8(p.name)]:
+            shown = _shown_name(path.name)
+            await self._refuse(path, shown, refusals.name_not_utf8(shown))
+        candidates = [p for p in candidates if _utf8(p.name) and not self._told_before(p)]
         self.stability.retain(candidates)
         stable = [p for p in candidates if self.stability.is_stable(p)]
         self.pending = len(candidates) - len(stable)
@@ -158,14 +177,74 @@ class Intake:
         await self._process(claimed)
         return len(claimed)
 
+    def _told_before(self, path: Path) -> bool:
+        """An entry refused earlier and left in place, unchanged since (it is not claimed or told again)."""
+        told = self.left_in_place.get(path.name)
+        if told is None:
+            return False
+        try:
+            info = os.lstat(path)
+        except OSError:
+            del self.left_in_place[path.name]
+            return False
+        if (info.st_ino, info.st_mtime_ns, info.st_mode) == told:
+            return True
+        del self.left_in_place[path.name]
+        return False
+
+    async def _refuse(self, source: Path, name: str, error: dict[str, Any]) -> None:
+        """An entry that cannot be an invoice at all (refusals.py): into rejected/ as it is, with its error file,
+        or, when it cannot be moved there, back where the ERP left it with NAME.error.json beside it. Either
+        way a REJECTED row, so `ksefd status` shows it; nothing here may stop the company."""
+        try:
+            stem = await asyncio.to_thread(self.files.move_rejected, source, name, error)
+            where = "rejected"
+            if stem is not None and source.parent == self.files.work_dir:
+                self.files.discard_path(source)       # its name sidecar, if any
+            if stem is None:
+                where = await asyncio.to_thread(self._leave_in_place, source, name, error)
+                if where == "told-before":
+                    return
+            row = (await self.store.invoices.add_many(self.company.name, [
+                NewInvoice(name, sha256_b64(b""), 0, {"file": name}, {})]))[0]
+            await self.store.invoices.transition(row.id, S.CLAIMED, S.REJECTED, detail=error, last_error=error,
+                                                 result_name=stem)
+            self.log.warning("outbox.refused", file=name, code=error.get("code"), rejected_as=stem, left=where)
+            self.ledger.dispatch_due.set()
+        except Exception as exc:      # told in the log; the entry stays where it is
+            self.log.error("outbox.refuse_failed", file=name, code=error.get("code"), error=str(exc))
+
+    def _leave_in_place(self, source: Path, name: str, error: dict[str, Any]) -> str:
+        """The entry stays in (or goes back to) the outbox; NAME.error.json beside it. "told-before" when that
+        error file already says exactly this (the same entry found again after a restart)."""
+        target = self.outbox / name
+        if source != target:
+            if os.path.lexists(target):       # the ERP dropped a new file meanwhile: keep ours hidden, say so
+                raise OSError(f"cannot put {name!r} back into the outbox (the name is taken again)")
+            os.rename(source, target)
+            self.files.discard_path(source)   # its name sidecar, if any
+        info = os.lstat(target)
+        self.left_in_place[name] = (info.st_ino, info.st_mtime_ns, info.st_mode)
+        beside = self.files.error_beside(name)
+        body = spool.json_bytes(error)
+        if spool.same_content(beside, body):
+            return "told-before"
+        spool.write_atomic(beside, body)
+        return "outbox"
+
     def _claim_all(self, paths: list[Path]) -> list[tuple[Path, Path]]:
         """Claim a chunk by renames, then make them durable with one fsync of each folder, before any row
         names a working file: a power cut before that puts the files back in the outbox, nothing else."""
         taken = []
         for path in paths:
-            work = self.files.new_work_path(path.name)
-            if spool.claim(path, work, sync_dir=False):
-                taken.append((path, work))     # else gone, or still locked by its writer (Windows)
+            try:
+                work = self.files.new_work_path(path.name)
+                if spool.claim(path, work, sync_dir=False):
+                    taken.append((path, work))     # else gone, or still locked by its writer (Windows)
+                else:
+                    self.files.discard_path(work)  # its name sidecar, if one was written
+            except OSError as exc:                 # this file only; it stays in the outbox, tried at the next scan
+                self.log.error("outbox.claim_failed", file=path.name, error=str(exc))
         if taken:
             spool.fsync_directory(self.files.work_dir)
             spool.fsync_directory(self.outbox)
@@ -180,7 +259,12 @@ class Intake:
         return claimed
 
     async def _read(self, work: Path, name: str) -> _Claimed:
-        data = await asyncio.to_thread(work.read_bytes)
+        try:
+            data = await asyncio.to_thread(refusals.read_claimed, work)
+        except refusals.NotAFile as exc:
+            return _Claimed(work, name, b"", "", refused=refusals.not_a_file(name, exc.kind))
+        except OSError as exc:        # not readable by ksefd's user, or an I/O error: this file only (issue #15)
+            return _Claimed(work, name, b"", "", refused=refusals.unreadable(name, exc))
         return _Claimed(work, name, data, sha256_b64(data))
 
     async def adopt_orphans(self) -> None:
@@ -237,6 +321,10 @@ class Intake:
     # --- checks and rows --------------------------------------------------------------------------------
 
     async def _process(self, items: list[_Claimed]) -> None:
+        for item in items:
+            if item.refused is not None:
+                await self._refuse(item.work, item.name, item.refused)
+        items = [item for item in items if item.refused is None]
         if not items:
             return
         first_of: dict[str, int] = {}          # hash -> the chunk's first item with those bytes
@@ -345,6 +433,8 @@ class Intake:
                                          today=today)
         except InvoiceRejected as rejected:
             item.rejection = {**rejected.to_dict(), "file": item.name, "invoiceHash": item.sha256}
+        except Exception as exc:      # a bug in a check must reject this file, not stop the company
+            item.rejection = {**refusals.check_failed(item.name, exc), "invoiceHash": item.sha256}
 
     async def _number_taken(self, item: _Claimed, exclude: int | None = None) -> None:
         c = item.checked
@@ -358,6 +448,20 @@ class Intake:
         taken = [r for r in rows if r.id != exclude and r.state in ACCEPTED_STATES and r.sha256 != item.sha256]
         if taken:
             item.checked, item.rejection = None, _duplicate_number(item, c, taken[0])
+
+
+def _utf8(name: str) -> bool:
+    """A name that UTF-8 can hold (the state database, JSON and KSeF need that); on Linux a name is any bytes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown_name(name: str) -> str:
+    """A name that is not UTF-8, with U+FFFD for each byte that is not (how a file manager shows it)."""
+    return os.fsencode(name).decode("utf-8", "replace")
 
 
 def _duplicate_number(item: _Claimed, checked: CheckedInvoice, earlier: InvoiceRow) -> dict[str, Any]:

@@ -39,14 +39,25 @@ class OutboxWatcher:
             return spool.is_candidate(Path(path).name)
 
         log.info("outbox.watching", folders=len(folders))
-        try:
-            async for changes in watchfiles.awatch(*folders, watch_filter=only_candidates, stop_event=stop,
-                                                   recursive=False, debounce=STEP_MS * 4, step=STEP_MS):
-                for _change, path in changes:
-                    poke = self._pokes.get(Path(path).parent)
-                    if poke is not None:
-                        poke.set()
-        except (RuntimeError, OSError) as exc:   # no inotify (odd file systems): intake's rescan covers it
-            log.warning("outbox.watch_unavailable", error=str(exc))
-            with contextlib.suppress(asyncio.CancelledError):
-                await stop.wait()
+        while not stop.is_set():
+            try:
+                async for changes in watchfiles.awatch(*folders, watch_filter=only_candidates, stop_event=stop,
+                                                       recursive=False, debounce=STEP_MS * 4, step=STEP_MS):
+                    for _change, path in changes:
+                        poke = self._pokes.get(Path(path).parent)
+                        if poke is not None:
+                            poke.set()
+                return
+            except (RuntimeError, OSError) as exc:   # no inotify (odd file systems): intake's rescan covers it
+                log.warning("outbox.watch_unavailable", error=str(exc))
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stop.wait()
+                return
+            except Exception as exc:
+                # e.g. a dropped name that is not UTF-8, which watchfiles cannot decode (issue #15): intake
+                # rescans at once (and refuses that name), and watching starts again.
+                log.warning("outbox.watch_restarted", error=str(exc))
+                for poke in self._pokes.values():
+                    poke.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
