@@ -252,20 +252,12 @@ class Intake:
 
     @staticmethod
     def _read_all(taken: list[tuple[Path, Path]]) -> list[_Claimed]:
-        claimed = []
-        for path, work in taken:
-            data = work.read_bytes()
-            claimed.append(_Claimed(work, path.name, data, sha256_b64(data)))
-        return claimed
+        """The chunk's claimed files read in one thread hop; a file that cannot be read is that file's
+        refusal, never the chunk's (issue #15)."""
+        return [_read_claimed(work, path.name) for path, work in taken]
 
     async def _read(self, work: Path, name: str) -> _Claimed:
-        try:
-            data = await asyncio.to_thread(refusals.read_claimed, work)
-        except refusals.NotAFile as exc:
-            return _Claimed(work, name, b"", "", refused=refusals.not_a_file(name, exc.kind))
-        except OSError as exc:        # not readable by ksefd's user, or an I/O error: this file only (issue #15)
-            return _Claimed(work, name, b"", "", refused=refusals.unreadable(name, exc))
-        return _Claimed(work, name, data, sha256_b64(data))
+        return await asyncio.to_thread(_read_claimed, work, name)
 
     async def adopt_orphans(self) -> None:
         """Working files without a row: claimed just before a crash. They continue as if just dropped; a
@@ -471,3 +463,13 @@ def _duplicate_number(item: _Claimed, checked: CheckedInvoice, earlier: InvoiceR
                        f"{earlier.file_name!r}) with different content; KSeF would refuse it as a duplicate (440).",
             "details": {"earlierFile": earlier.file_name, "ksefNumber": earlier.ksef_number},
             "hint": DUPLICATE_NUMBER_HINT, "file": item.name, "invoiceHash": item.sha256}
+
+
+def _read_claimed(work: Path, name: str) -> _Claimed:
+    try:
+        data = refusals.read_claimed(work)
+    except refusals.NotAFile as exc:
+        return _Claimed(work, name, b"", "", refused=refusals.not_a_file(name, exc.kind))
+    except OSError as exc:        # not readable by ksefd's user, or an I/O error: this file only (issue #15)
+        return _Claimed(work, name, b"", "", refused=refusals.unreadable(name, exc))
+    return _Claimed(work, name, data, sha256_b64(data))
