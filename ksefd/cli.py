@@ -190,9 +190,9 @@ async def _run_demo(args: argparse.Namespace) -> int:
 
 
 async def _sim_taxpayer(args: argparse.Namespace) -> int:
-    from ksefd.sandbox import DEFAULT_SIM_URL, SandboxError, config_lines, make_taxpayer, parse_permissions
+    from ksefd.sandbox import DEFAULT_SIM_URL, SandboxError, api_url, config_lines, make_taxpayer, parse_permissions
 
-    base_url = (args.url or DEFAULT_SIM_URL).rstrip("/")
+    base_url = api_url(args.url or DEFAULT_SIM_URL)
     try:
         permissions = parse_permissions(args.permissions)
         taxpayer = await make_taxpayer(base_url, args.nip, permissions, args.token_out, args.cert_out, args.key_out)

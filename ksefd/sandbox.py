@@ -109,6 +109,13 @@ def _write_files(token: str, token_out: Path, cert: tuple[Path, Path | None], ke
         _write_secret(key[1], key[0].read_bytes())
 
 
+def api_url(url: str) -> str:
+    """The simulator's API address from what a person may type: `http://127.0.0.1:8080` (its root, as a
+    browser shows it) or `http://127.0.0.1:8080/v2` (what `ksefd sim` prints) both mean the API under /v2."""
+    url = url.rstrip("/")
+    return url if url.endswith("/v2") else f"{url}/v2"
+
+
 async def make_taxpayer(base_url: str, nip: str, permissions: list[str], token_out: Path,
                         cert_out: Path | None = None, key_out: Path | None = None) -> Taxpayer:
     """Create the taxpayer in the simulator and write its token (and, if asked, the login certificate)."""

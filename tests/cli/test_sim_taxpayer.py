@@ -98,3 +98,11 @@ def test_the_test_pesel_matches_the_spec_pattern() -> None:
     pattern = spec["components"]["schemas"]["Pesel"]["pattern"]
     for nip in (NIP, BUYER, "1111111111", "7010000009"):
         assert re.fullmatch(pattern, pesel_for(nip)), nip
+
+
+def test_the_simulator_address_may_be_given_with_or_without_v2() -> None:
+    from ksefd.sandbox import api_url
+
+    assert api_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080/v2"      # as a browser shows it
+    assert api_url("http://127.0.0.1:8080/") == "http://127.0.0.1:8080/v2"
+    assert api_url("http://127.0.0.1:8080/v2") == "http://127.0.0.1:8080/v2"   # as `ksefd sim` prints it

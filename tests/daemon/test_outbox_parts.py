@@ -141,3 +141,22 @@ async def test_the_online_channel_alone_sends_one_invoice_into_ksef(sim_factory:
     finally:
         await runtime.close_clients()
         await store.close()
+
+
+async def test_intake_cleans_up_what_a_crash_left_of_a_finished_re_drop(tmp_path: Path) -> None:
+    # A re-drop's result is in sent/ and its row REDROP; a crash before its working copy and state file were
+    # removed left both behind. The next start removes them (its bytes are safe in sent/).
+    company = _company(tmp_path)
+    clock = SystemClock()
+    store, files, ledger = await _ledger(tmp_path, company, clock)
+    async with store:
+        work = files.new_work_path("AGAIN.xml")
+        work.write_bytes(invoice("REDROP/1"))
+        row = await store.invoices.add("acme", "AGAIN.xml", "r", 1, work_path=str(work))
+        ledger.show(row)
+        await store.invoices.transition(row.id, S.CLAIMED, S.REDROP, result_name="AGAIN")
+        intake = Intake(company, ledger, files, clock, settle_seconds=0, rescan_interval_seconds=1,
+                        heavy=asyncio.Semaphore(1), log=LOG)
+        await intake.adopt_orphans()
+        await intake.clear_stale_states()
+        assert not work.exists() and _state(company, "AGAIN") is None

@@ -271,7 +271,7 @@ class Intake:
             state = known.get(str(path))
             if state is None:
                 orphans.append(path)
-            elif state in (S.DONE, S.REJECTED):
+            elif state in (S.DONE, S.REJECTED, S.REDROP):     # its bytes are safe in sent/ or rejected/
                 path.unlink(missing_ok=True)
         if orphans:
             self.log.info("outbox.orphans_adopted", count=len(orphans))
@@ -285,7 +285,7 @@ class Intake:
             except (OSError, ValueError):
                 continue
             row = await self.store.invoices.get(invoice_id) if isinstance(invoice_id, int) else None
-            if row is None or row.state in (S.DONE, S.REJECTED):
+            if row is None or row.state in (S.DONE, S.REJECTED, S.REDROP, S.RETURNED):
                 path.unlink(missing_ok=True)
 
     async def settle_redrops(self) -> None:
