@@ -46,7 +46,12 @@ def parse_po(text: str) -> dict[str, str]:
 
     def flush() -> None:
         if msgid is not None and msgstr is not None and not fuzzy:
-            entries["".join(msgid)] = "".join(msgstr)
+            key = "".join(msgid)
+            if key in entries:
+                # msgfmt refuses a duplicate message definition too; the catalogues are merged with git's
+                # union driver (.gitattributes), so a message added on two branches would show up here.
+                raise ValueError(f"message defined twice: {key!r}")
+            entries[key] = "".join(msgstr)
 
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()

@@ -61,3 +61,9 @@ def test_the_language_is_chosen_and_restored() -> None:
         with i18n.using("pl"):
             assert i18n._("  ON HOLD since {since}: {reason}", since="1", reason="r") == "  WSTRZYMANA od 1: r"
     assert i18n.current() == before
+
+
+def test_a_message_defined_twice_is_refused_as_msgfmt_does() -> None:
+    text = 'msgid "a"\nmsgstr "x"\n\nmsgid "a"\nmsgstr "y"\n'
+    with pytest.raises(ValueError, match="defined twice"):
+        i18n.parse_po(text)
