@@ -230,28 +230,30 @@ class AvailabilityBoard:
 
     def __init__(self, config: Config, store: Store, clock: Clock) -> None:
         self.monitors: dict[tuple[str, str | None], KsefAvailability] = {}
+        self.store, self.clock = store, clock
         for company in config.companies:
-            key = self.key(company)
-            if key not in self.monitors:
-                url = config.latarnia_url or default_url(company.environment, company.base_url)
-                api = environment(company.environment, company.base_url).api_url
-                self.monitors[key] = KsefAvailability(
-                    f"{company.environment}:{company.base_url or 'official'}", url, store, clock,
-                    interval=config.latarnia_interval_seconds,
-                    problem_interval=config.latarnia_problem_interval_seconds,
-                    probe_url=f"{api}/security/public-key-certificates")
+            self.ensure(company, config)
 
     @staticmethod
     def key(company: Company) -> tuple[str, str | None]:
         return (company.environment, company.base_url)
 
+    def ensure(self, company: Company, config: Config) -> KsefAvailability:
+        """The monitor of the company's KSeF target, made if no company used that target yet (also for a
+        company a reload adds)."""
+        key = self.key(company)
+        if key not in self.monitors:
+            url = config.latarnia_url or default_url(company.environment, company.base_url)
+            api = environment(company.environment, company.base_url).api_url
+            self.monitors[key] = KsefAvailability(
+                f"{company.environment}:{company.base_url or 'official'}", url, self.store, self.clock,
+                interval=config.latarnia_interval_seconds,
+                problem_interval=config.latarnia_problem_interval_seconds,
+                probe_url=f"{api}/security/public-key-certificates")
+        return self.monitors[key]
+
     def for_company(self, company: Company) -> KsefAvailability:
         return self.monitors[self.key(company)]
-
-    async def run(self, stop: asyncio.Event) -> None:
-        async with asyncio.TaskGroup() as group:
-            for monitor in self.monitors.values():
-                group.create_task(monitor.run(stop), name=f"latarnia:{monitor.target}")
 
     async def close(self) -> None:
         for monitor in self.monitors.values():

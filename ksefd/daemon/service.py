@@ -35,7 +35,7 @@ from ksefd.ksef import RateLimiter
 from ksefd.store import Store
 
 from . import notify
-from .availability import AvailabilityBoard
+from .availability import AvailabilityBoard, KsefAvailability
 from .certificate_renewal import renew_due_certificates
 from .connection import CompanyConnection
 from .credential_expiry import warn_daily
@@ -154,6 +154,7 @@ class Daemon:
         self.company_stops: dict[str, asyncio.Event] = {c.name: asyncio.Event() for c in companies}
         self.company_tasks: dict[str, list[asyncio.Task[None]]] = {c.name: [] for c in companies}
         self.group: asyncio.TaskGroup | None = None
+        self.watched_targets: set[str] = set()      # KSeF targets whose availability monitor runs
         self.reload_requested = asyncio.Event()
         self.watcher_stop = asyncio.Event()
         self.watcher_task: asyncio.Task[None] | None = None
@@ -178,9 +179,8 @@ class Daemon:
                 "companies": [c.name for c in runtime.config.companies]})
 
         self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, beat, draining, "heartbeat"), name="heartbeat"))
-        if self.workers:        # issue #11: Latarnia polls, shared by the companies of each KSeF target
-            self.tasks.append(group.create_task(guarded("latarnia", functools.partial(self.availability.run, draining),
-                                                        draining), name="latarnia"))
+        for worker in self.workers:     # issue #11: Latarnia polls, shared by the companies of each KSeF target
+            self._watch_availability(worker.company)
 
         async def renew() -> None:
             await renew_due_certificates(runtime.config, runtime.store, runtime.clock, runtime.client_for)
@@ -225,6 +225,18 @@ class Daemon:
         self.tasks.append(task)
         return task
 
+    def _watch_availability(self, company: Company) -> KsefAvailability:
+        """The availability monitor of a sending company's KSeF target, polling from its first sending company
+        on (at start or when a reload adds a company on a target no company used before)."""
+        assert self.group is not None
+        monitor = self.availability.ensure(company, self.runtime.config)
+        if monitor.target not in self.watched_targets:
+            self.watched_targets.add(monitor.target)
+            self.tasks.append(self.group.create_task(guarded(
+                f"latarnia:{monitor.target}", functools.partial(monitor.run, self.draining), self.draining),
+                name=f"latarnia:{monitor.target}"))
+        return monitor
+
     def _start_outbox(self, worker: OutboxWorker) -> None:
         name = worker.company.name
         self._task(name, f"outbox:{name}", functools.partial(worker.run, self.company_stops[name]))
@@ -242,12 +254,7 @@ class Daemon:
             stop.set()
         connection = self.connections[company.name] = CompanyConnection(self.runtime, company)
         if company.send:
-            # A KSeF target (environment + base_url) no company used at start has no availability monitor
-            # until a restart: the worker then runs without one (no offline issuing for it, issue #11).
-            monitor = self.availability.monitors.get(self.availability.key(company))
-            if monitor is None:
-                log.warning("daemon.reload_new_target", company=company.name, environment=company.environment,
-                            fix="restart ksefd to watch this KSeF target's availability (offline mode)")
+            monitor = self._watch_availability(company)
             worker = OutboxWorker.for_runtime(self.runtime, company, connection, self.watcher, monitor)
             self.workers.append(worker)
             _prepare(worker)

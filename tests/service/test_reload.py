@@ -172,3 +172,34 @@ async def test_ksefd_reload_says_why_a_config_is_refused(sim, tmp_path: Path) ->
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 30)
         await daemon.reader
+
+
+@pytest.mark.timeout(90)
+async def test_a_company_added_on_a_new_ksef_target_gets_its_availability_monitor(sim, sim_factory,
+                                                                                  tmp_path: Path) -> None:
+    """Offline issuing (issue #11) needs the target's Latarnia watched: a reload that adds a company on a KSeF
+    no company used before starts that target's monitor, without a restart."""
+    other = await sim_factory()
+    await make_taxpayer(sim.base_url, A[1], ["InvoiceRead", "InvoiceWrite"], tmp_path / f"{A[0]}.token")
+    await make_taxpayer(other.base_url, C[1], ["InvoiceRead", "InvoiceWrite"], tmp_path / f"{C[0]}.token")
+    config = tmp_path / "ksefd.toml"
+    config.write_text(_config(sim.base_url, _company(*A, tmp_path)), encoding="utf-8")
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "ksefd", "run", "-c", str(config),
+                                                   stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    daemon = Daemon(process)
+    try:
+        await daemon.wait_event("daemon.started")
+        await daemon.wait_event("availability.latarnia_status", lambda e: e["target"] == f"test:{sim.base_url}")
+        on_other = _company(*C, tmp_path).replace("[[companies]]\n", f'[[companies]]\nenvironment = "test"\n'
+                                                                      f'base_url = "{other.base_url}"\n')
+        config.write_text(_config(sim.base_url, _company(*A, tmp_path) + on_other), encoding="utf-8")
+        process.send_signal(signal.SIGHUP)
+        assert (await daemon.wait_event("daemon.reloaded"))["added"] == ["firma-c"]
+        status = await daemon.wait_event("availability.latarnia_status",
+                                         lambda e: e["target"] == f"test:{other.base_url}")
+        assert status["status"] == "AVAILABLE"
+        await _until(_drop(tmp_path, C, "FV/C/1"))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 30)
+        await daemon.reader
