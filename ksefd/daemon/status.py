@@ -30,6 +30,7 @@ from .status_text import (
     relative,
     when,
 )
+from .words import shown
 
 AVAILABILITY_NAMESPACE = "availability"    # written by the availability monitor (issue #11), per company
 
@@ -90,7 +91,7 @@ async def gather(store: Store, config: Config, clock: Clock) -> DaemonStatus:
     today = start_of_today(clock)
     companies = []
     for c in config.companies:
-        found = await _company(store, c.name, c.nip, c.send, c.receive, today)
+        found = await _company(store, c.name, c.nip, c.send, c.receive, today, config.language)
         found.environment, found.ksef_url = c.environment, c.base_url
         shown = await store.kv.get(AVAILABILITY_NAMESPACE, c.name)
         found.availability = json.loads(shown) if shown else None
@@ -105,8 +106,8 @@ async def gather(store: Store, config: Config, clock: Clock) -> DaemonStatus:
                         list(config.switched_off), clock.now().isoformat(), config.language)
 
 
-async def _company(store: Store, name: str, nip: str, send: bool, receive: bool, today: dt.datetime
-                   ) -> CompanyStatus:
+async def _company(store: Store, name: str, nip: str, send: bool, receive: bool, today: dt.datetime,
+                   language: str) -> CompanyStatus:
     counts = await store.invoices.counts(name)
     hold = await store.holds.get(name)
     oldest = await store.invoices.oldest_waiting(name)
@@ -119,7 +120,7 @@ async def _company(store: Store, name: str, nip: str, send: bool, receive: bool,
         accepted_total=sum(counts.get(s, 0) for s in (S.ACCEPTED, S.UPO_SAVED, S.DONE)),
         rejected_today=rejected_today, rejected_total=counts.get(S.REJECTED, 0),
         on_hold=None if hold is None else {
-            "code": hold.code, "reason": hold.reason, "since": hold.since.isoformat(),
+            "code": hold.code, "reason": shown(hold.reason, language), "since": hold.since.isoformat(),
             "nextRetryAt": hold.next_retry_at.isoformat() if hold.next_retry_at else None},
         oldest_waiting=None if oldest is None else {
             "file": oldest.file_name, "state": str(oldest.state), "since": oldest.created_at.isoformat()},
