@@ -232,18 +232,20 @@ def _render(status: DaemonStatus) -> str:
 def _offline_lines(offline: dict[str, Any]) -> list[str]:
     lines = []           # KSeF's availability itself: availability_lines (status_text.py), in Warsaw time
     if offline["waiting"]:
-        due = f"the first by the end of {offline['nextLastDayToSend']}" if offline["nextLastDayToSend"] else \
-            "deadline set once the outage ends"
-        lines.append(f"  offline: {offline['waiting']} issued offline, waiting to be sent with offlineMode ({due})")
+        due = _("the first by the end of {day}", day=offline["nextLastDayToSend"]) if offline["nextLastDayToSend"] \
+            else _("deadline set once the outage ends")
+        lines.append(_("  offline: {count} issued offline, waiting to be sent with offlineMode ({due})",
+                       count=offline["waiting"], due=due))
     if offline["missed"]:
-        lines.append(f"  OFFLINE DEADLINE MISSED for {offline['missed']} invoice(s): they are still sent as soon as "
-                     "KSeF takes them")
+        lines.append(_("  OFFLINE DEADLINE MISSED for {count} invoice(s): they are still sent as soon as KSeF takes "
+                       "them", count=offline["missed"]))
     if offline["withoutKod2"]:
-        lines.append(f"  WARNING: {offline['withoutKod2']} offline invoice(s) without KOD II (no Offline certificate "
-                     "configured): they cannot legally be handed over to the buyer before their KSeF number")
+        lines.append(_("  WARNING: {count} offline invoice(s) without KOD II (no Offline certificate configured): "
+                       "they cannot legally be handed over to the buyer before their KSeF number; configure "
+                       "offline_certificate for the company", count=offline["withoutKod2"]))
     if offline["totalFailure"]:
-        lines.append(f"  total failure of KSeF: {offline['totalFailure']} invoice(s) kept queued (no obligation to "
-                     "send); ksefd sends them once KSeF is back")
+        lines.append(_("  total failure of KSeF: {count} invoice(s) kept queued (no obligation to send); ksefd "
+                       "sends them once KSeF is back", count=offline["totalFailure"]))
     return lines
 
 
