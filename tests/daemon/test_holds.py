@@ -140,7 +140,7 @@ async def test_ksefd_resume_reaches_the_running_daemon_and_clears_the_hold(
                 await asyncio.sleep(0.1)
         assert "WSTRZYMANA" not in await _status_text(path)        # "on hold" (Polish by default, issue #14)
         code, out = await _resume(path)
-        assert code == 0 and "not on hold" in out
+        assert code == 0 and "nie jest wstrzymana" in out      # not on hold
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)

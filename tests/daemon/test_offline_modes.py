@@ -176,7 +176,7 @@ async def test_technical_correction_accepted_and_linked_and_21166_rejected(
     assert correction["hashOfCorrectedInvoice"] == sha256_b64(broken[1])
     assert correction["correctedInvoiceReference"] == by_hash[sha256_b64(broken[1])]["referenceNumber"]
     refused = read_json(company.folders.rejected / "TECH-2-fixed.error.json")
-    assert refused["code"] == "ksef-21166" and "already" in refused["hint"]
+    assert refused["code"] == "ksef-21166" and "ma już prawidłową korektę" in refused["hint"]   # already
     assert refused["technicalCorrectionOf"]["invoiceHash"] == sha256_b64(broken[2])
     async with await Store.open(config.state_db) as store:
         states = {r.file_name: r.state for r in await store.invoices.in_state("acme", *InvoiceState)}
