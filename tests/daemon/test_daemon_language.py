@@ -153,3 +153,17 @@ async def test_offline_json_speaks_the_configs_language_and_keeps_ksefs_qr_label
         assert issued["reason"] == "offline24 requested by the ERP (outbox/offline/)"
         assert issued["deadlineRule"].startswith("offline24: by the next business day after the issue date")
         assert warning.startswith("no Offline KSeF certificate is configured (offline_certificate)")
+
+
+def test_a_stored_reason_is_put_into_words_in_either_language_and_older_plain_text_is_shown_as_is() -> None:
+    from ksefd.daemon.failures import classify
+    from ksefd.daemon.words import shown
+    from ksefd.ksef import CredentialsError
+
+    failure = classify(CredentialsError("token file /etc/ksefd/acme.token is empty"))
+    stored = failure.stored_reason()
+    assert failure.message == "the credentials cannot be used: token file /etc/ksefd/acme.token is empty"  # the log
+    assert shown(stored, "pl") == "nie można użyć danych uwierzytelniających: token file /etc/ksefd/acme.token is empty"
+    assert shown(stored, "en") == failure.message
+    assert shown("KSeF refused the login: revoked", "pl") == "KSeF refused the login: revoked"   # an older ksefd's
+    assert shown("{not json", "pl") == "{not json"

@@ -18,7 +18,7 @@ import datetime as dt
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from ksefd.i18n import N_, translate
+from ksefd.i18n import N_, _, translate
 from ksefd.store import Change, InvoiceRow, InvoiceState, OfflineInvoice, StateConflict, Store
 
 from ..failures import Failure
@@ -140,7 +140,7 @@ class Ledger:
             "originalResult": f"{original.result_name or original.file_name}", "originalInvoiceId": original.id,
             "ksefNumber": original.ksef_number, "invoiceHash": row.sha256, "redropReceivedAt":
                 row.created_at.isoformat(),
-            "note": "the same bytes as an invoice KSeF already accepted: not sent again; this is its result"})
+            "note": _("the same bytes as an invoice KSeF already accepted: not sent again; this is its result")})
         upo = self.files.read_sent(original.result_name, ".upo.xml") if original.result_name else None
         if upo is None and original.session_id is not None:
             saved = await self.store.sessions.upos(original.session_id, invoice_id=original.id)

@@ -285,7 +285,7 @@ class Outcomes:
             accepted = await self.accept(moved, original, original_session, session.kind, {
                 "resolvedDuplicate": {"invoiceReferenceNumber": invoice.reference_number,
                                       "sessionReferenceNumber": session.reference,
-                                      "note": "a repeated send of these exact bytes; KSeF kept the first"}})
+                                      "note": _("a repeated send of these exact bytes; KSeF kept the first")}})
             return None if accepted is None else Accepted(accepted, original_session, original.upo_download_url)
         if original is None:
             why = _("KSeF says it already holds this seller's invoice {number} as KSeF number {ksef_number} "
