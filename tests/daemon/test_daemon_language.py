@@ -167,3 +167,27 @@ def test_a_stored_reason_is_put_into_words_in_either_language_and_older_plain_te
     assert shown(stored, "en") == failure.message
     assert shown("KSeF refused the login: revoked", "pl") == "KSeF refused the login: revoked"   # an older ksefd's
     assert shown("{not json", "pl") == "{not json"
+
+
+@pytest.mark.parametrize(("language", "expected"), [
+    ("pl", "Faktura jest niezgodna ze schematem FA(3): wiersz {line}: pole P_1 (data wystawienia): wartość "
+           "'15.02.2026' ma niewłaściwą postać; wymagane: data w formacie RRRR-MM-DD (np. 2026-02-15), od "
+           "2006-01-01 do 2050-01-01."),
+    ("en", "The invoice does not match the FA(3) schema: line {line}: field P_1 (issue date / data wystawienia) has "
+           "the value '15.02.2026', which is not a date written as YYYY-MM-DD (e.g. 2026-02-15), between "
+           "2006-01-01 and 2050-01-01."),
+])
+def test_a_schema_error_names_the_field_and_the_form_in_the_language_chosen(language: str, expected: str) -> None:
+    import datetime as dt
+    import re
+
+    from ksefd import i18n
+    from ksefd.invoice import InvoiceRejected, check_invoice
+
+    data = invoice("LANG/XSD/1")
+    data = re.sub(rb"<P_1>[^<]*</P_1>", b"<P_1>15.02.2026</P_1>", data, count=1)
+    line = data[:data.index(b"<P_1>")].count(b"\n") + 1
+    with i18n.using(language), pytest.raises(InvoiceRejected) as refused:
+        check_invoice(data, file_name="FV.xml", company_nip=SELLER, today=dt.date.today())
+    assert refused.value.code == "xsd" and refused.value.details["line"] == line
+    assert refused.value.message == expected.format(line=line)
