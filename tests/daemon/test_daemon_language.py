@@ -106,7 +106,8 @@ async def test_a_hold_and_the_held_invoice_in_polish_then_in_english_after_a_lan
     assert state["message"] == "wstrzymana: firma wymaga interwencji człowieka (zobacz ksefd status)"
     assert state["hold"].startswith("KSeF odmówił: dane uwierzytelniające nie mają uprawnienia InvoiceWrite")
     polish = await _status_text(config)
-    assert "KSeF odmówił: dane uwierzytelniające nie mają uprawnienia InvoiceWrite (posiadane uprawnienia: InvoiceRead)" in polish
+    assert ("KSeF odmówił: dane uwierzytelniające nie mają uprawnienia InvoiceWrite (posiadane uprawnienia: "
+            "InvoiceRead)") in polish
     assert "Nadaj uprawnienie InvoiceWrite osobie lub tokenowi, który loguje się dla NIP 9999999999" in polish
     assert "ustaw dla niej send = false w konfiguracji" in polish
     assert "credentials lack" not in polish
