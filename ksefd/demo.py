@@ -32,7 +32,6 @@ from ksefd.sim.config import SimConfig
 
 FINAL = ("done", "rejected")
 INBOX_WAIT = 120.0   # seconds the demo waits for the buyer's inbox after the last invoice is accepted
-OUTAGE_INBOX_WAIT = 10.0
 
 
 async def _start_simulator() -> tuple[web.AppRunner, str]:
@@ -82,7 +81,7 @@ class LiveSummary:
                 extra = f"  KSeF {ksef_number}" if ksef_number and state in ("accepted", "done") else ""
                 note = _("  (sent/ has the XML, .ksef.json and .upo.xml)") if state == "done" else ""
                 if state == "offline":
-                    note = "  (KSeF down: KOD I + KOD II and .offline.json in offline/, ready to print)"
+                    note = _("  (KSeF down: KOD I + KOD II and .offline.json in offline/, ready to print)")
                 print(f"  {key:<40} {state:<11}{extra}{note}", file=self.out, flush=True)
         for company in runtime.config.companies:
             if not company.receive or not company.folders.inbox.exists():
@@ -177,10 +176,10 @@ async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.E
         config = load_config(config_path)
         if outage:
             await _announce_outage(base_url, outage)
-            print(f"KSeF FAILURE announced for {outage:g} s (the simulator's Latarnia; its API answers 503): the "
-                  f"invoices are issued offline at once, with KOD I and KOD II in "
-                  f"{config.companies[0].folders.offline}, and sent with offlineMode when KSeF is back.",
-                  file=out)
+            print(_("KSeF FAILURE announced for {seconds} s (the simulator's Latarnia; its API answers 503): the "
+                    "invoices are issued offline at once, with KOD I and KOD II in {folder}, and sent with "
+                    "offlineMode when KSeF is back; the buyer's inbox receives them after that.",
+                    seconds=f"{outage:g}", folder=config.companies[0].folders.offline), file=out)
         today = warsaw_date(dt.datetime.now(dt.UTC))
         names = drop_invoices(config.companies[0].folders.outbox, seller.nip, buyer.nip, today, count)
         to_buyer = sum(1 for _, has_nip in names if has_nip)
@@ -219,11 +218,10 @@ async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.E
             if reported or not summary.all_done(len(names)):
                 return
             now = asyncio.get_running_loop().time()
-            # The buyer's inbox follows on its next cycle; do not wait for it for ever.
-            # After an outage the buyer's inbox retries on its own backoff: the demo waits less for it then.
-            wait = INBOX_WAIT if not outage else OUTAGE_INBOX_WAIT
+            # The buyer's inbox follows on its next cycle (after an outage too: the demo's config retries soon,
+            # demo_setup.SHORT_RETRIES); do not wait for it for ever.
             if len(summary.inbox_seen) >= to_buyer or (waiting.started is not None
-                                                        and now - waiting.started > wait):
+                                                        and now - waiting.started > INBOX_WAIT):
                 report()
                 if once:
                     stop.set()

@@ -96,8 +96,18 @@ def offline_certificate(folder: Path) -> tuple[Path, Path]:
     return self_signed(nip, given, surname, folder, offline=True)
 
 
+SHORT_RETRIES = """
+[sending]
+retry_min_seconds = 2
+retry_max_seconds = 8
+"""
+
+
 def write_config(folder: Path, base_url: str, seller: DemoCompany, buyer: DemoCompany,
                  offline: tuple[Path, Path] | None = None, language: str = "pl") -> Path:
+    """`offline` (the seller's Offline certificate and key, `ksefd demo --outage`) also shortens the retries:
+    during the outage the logins, sends and the buyer's inbox cycles fail, and with the usual backoff (60 s,
+    doubling) the buyer would ask KSeF again only minutes after it is back; the demo waits for that inbox."""
     path = folder / "ksefd.toml"
     signer = "" if offline is None else (f'offline_certificate = "{offline[0].relative_to(folder)}"\n'
                                          f'offline_private_key = "{offline[1].relative_to(folder)}"\n')
@@ -119,7 +129,7 @@ language = "{language}"
 
 [receiving]
 cycle_minutes = 1
-
+{"" if offline is None else SHORT_RETRIES}
 [[companies]]
 name = "{seller.name}"
 nip = "{seller.nip}"

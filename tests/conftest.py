@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from ksefd import i18n
 from ksefd.sim.app import create_app
 from ksefd.sim.clock import ManualClock, SystemClock
 from ksefd.sim.config import SimConfig
@@ -38,6 +39,22 @@ class RunningSim:
     def world(self) -> Any:
         from ksefd.sim.world import WORLD
         return self.server.app[WORLD]
+
+
+@pytest.fixture(autouse=True)
+def _language() -> Iterator[None]:
+    """Every test starts in the default language (Polish) and leaves the process's language as it found it:
+    serve() sets it from the config it runs (issue #14), which must not leak into the next test."""
+    with i18n.using(i18n.DEFAULT):
+        yield
+
+
+@pytest.fixture
+def english() -> Iterator[None]:
+    """For tests that read the daemon's texts in English (the message ids): `pytestmark =
+    pytest.mark.usefixtures("english")`; the Polish texts have tests of their own."""
+    with i18n.using("en"):
+        yield
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ import structlog
 
 from ksefd.clock import Clock
 from ksefd.config import Company, Config
+from ksefd.i18n import _
 from ksefd.ksef import LatarniaClient, LatarniaUnavailable, Message, default_url, environment
 from ksefd.store import Announcement, Store
 
@@ -107,13 +108,14 @@ class KsefAvailability:
         status = self.latarnia_status
         if status in ANNOUNCED:
             return Verdict(ANNOUNCED[status], self.latarnia_since, True,
-                           f"KSeF announced {status} (Latarnia {self.latarnia_url})", self.active_event,
+                           _("KSeF announced {status} (Latarnia {url})", status=status, url=str(self.latarnia_url)),
+                           self.active_event,
                            answers=self.answering and self.unreachable_since is None)
         if self.unreachable_since is not None:
             return Verdict("unreachable", self.unreachable_since, False,
-                           "KSeF cannot be reached and no outage is announced: the taxpayer's offline24 applies "
-                           f"({self.unreachable_detail})")
-        return Verdict("available", None, False, "KSeF is available")
+                           _("KSeF cannot be reached and no outage is announced: the taxpayer's offline24 applies "
+                             "({detail})", detail=str(self.unreachable_detail)))
+        return Verdict("available", None, False, _("KSeF is available"))
 
     def observe(self, failure: Failure | None) -> None:
         """What a login or a send saw: None for a KSeF answer, a Failure otherwise (only an unreachable KSeF

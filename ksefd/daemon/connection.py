@@ -252,7 +252,9 @@ class CompanyConnection:
         until = self.runtime.clock.now() + dt.timedelta(seconds=self.company.sending.hold_retry_seconds)
         failure = explain(self.company, failure)     # where to fix it, for this company (advice.py)
         first = await self.hold_record() is None
-        await self.runtime.store.holds.hold(self.company.name, failure.code, failure.message, until)
+        # The reason is kept as message ids with values and put into words when shown (words.py: right after
+        # a change of `language`, too); the log line below stays English.
+        await self.runtime.store.holds.hold(self.company.name, failure.code, failure.stored_reason(), until)
         self.current = None
         for listener in self._listeners:
             await listener(failure)
@@ -276,7 +278,7 @@ class CompanyConnection:
         try:
             connection = await connect(self.runtime, self.company)
         except KsefError as exc:
-            self.login_error = classify(exc).message
+            self.login_error = classify(exc).text()     # for people (`--once`)
             raise
         self.login_error = None
         return connection

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ksefd.config import SendingOptions
+from ksefd.i18n import N_
 from ksefd.ksef import (
     ApiError,
     AuthenticationFailed,
@@ -38,6 +39,7 @@ from ksefd.ksef import (
 )
 
 from .permission_words import missing_permission_text
+from .words import Words, dump, english, render, say
 
 Verdict = Literal["transient", "hold", "reject"]
 LASTING_LOG_INTERVAL = 300.0      # seconds between repeats of a failure that lasts
@@ -51,9 +53,18 @@ class Failure:
     retry_after: float = 0.0  # seconds KSeF asked us to wait (429)
     needed_permission: str | None = None          # a 403 missing-permissions: the one to grant (advice.py)
     present_permissions: tuple[str, ...] = ()
+    words: Words = ()         # the message as message ids with values (words.py): shown in any language
+
+    def text(self, language: str | None = None) -> str:
+        """The message for people, in `language` (default: the current one); `message` is the log's English."""
+        return render(self.words, language) if self.words else self.message
+
+    def stored_reason(self) -> str:
+        """What the store keeps as a hold's reason: put into words when shown (words.py says why)."""
+        return dump(self.words) if self.words else self.message
 
     def as_error(self, stage: str) -> dict[str, Any]:
-        return {"stage": stage, "code": self.code, "message": self.message}
+        return {"stage": stage, "code": self.code, "message": self.text()}
 
     @property
     def about_credentials(self) -> bool:
@@ -61,36 +72,45 @@ class Failure:
         return self.code in ("credentials", "authentication-failed", "unauthorized")
 
 
+def worded(verdict: Verdict, code: str, words: Words, **more: Any) -> Failure:
+    """A Failure whose message people read in their language (the log keeps the English)."""
+    return Failure(verdict, code, english(words), words=words, **more)
+
+
 def classify(exc: BaseException) -> Failure:
-    """The one classification of failures for the outbox and the inbox."""
+    """The one classification of failures for the outbox and the inbox. The values are the client's own
+    words (English, as in the log); the sentence around them is in the reader's language."""
     if isinstance(exc, CredentialsError):
-        return Failure("hold", "credentials", f"the credentials cannot be used: {exc}")
+        return worded("hold", "credentials", say(N_("the credentials cannot be used: {error}"), error=str(exc)))
     if isinstance(exc, AuthenticationFailed):
         if exc.retryable:
             return Failure("transient", "authentication", str(exc))
-        return Failure("hold", "authentication-failed", f"KSeF refused the login: {exc}")
+        return worded("hold", "authentication-failed", say(N_("KSeF refused the login: {error}"), error=str(exc)))
     if isinstance(exc, Forbidden):
         if exc.reason_code == "missing-permissions":
-            text, needed = missing_permission_text(exc.required_permissions, exc.present_permissions, exc.detail)
-            return Failure("hold", "missing-permission", text, needed_permission=needed,
-                           present_permissions=tuple(exc.present_permissions))
-        return Failure("hold", exc.reason_code or "forbidden", str(exc))
+            words, needed = missing_permission_text(exc.required_permissions, exc.present_permissions, exc.detail)
+            return worded("hold", "missing-permission", words, needed_permission=needed,
+                          present_permissions=tuple(exc.present_permissions))
+        return worded("hold", exc.reason_code or "forbidden",
+                      say(N_("KSeF refused the request (403): {error}"), error=str(exc)))
     if isinstance(exc, Unauthorized):
-        return Failure("hold", "unauthorized", f"KSeF does not accept the credentials (401) even after a new "
-                                               f"login: {exc.detail}")
+        return worded("hold", "unauthorized", say(N_("KSeF does not accept the credentials (401) even after a new "
+                                                     "login: {error}"), error=exc.detail))
     if isinstance(exc, RateLimited):
         return Failure("transient", "rate-limited", str(exc), retry_after=exc.retry_after)
     if isinstance(exc, UnreadableRequest):
         # 21001: KSeF could not read what ksefd sent. The invoice is not at fault and a retry sends the same
         # bytes: a person (a ksefd maintainer) must look, so the company waits instead of rejecting invoices.
-        return Failure("hold", "ksef-21001", f"KSeF could not read a request ksefd sent (21001): {exc}. This is "
-                                             f"a fault in ksefd, not in the invoice; report it with the log")
+        return worded("hold", "ksef-21001", say(N_("KSeF could not read a request ksefd sent (21001): {error}. This "
+                                                   "is a fault in ksefd, not in the invoice; report it with the "
+                                                   "log"), error=str(exc)))
     if isinstance(exc, KsefException):
         if exc.retryable:
             return Failure("transient", f"ksef-{exc.code}", str(exc))
         return Failure("reject", f"ksef-{exc.code}", str(exc))
     if isinstance(exc, ApiError) and exc.status == 404:
-        return Failure("hold", "wrong-url", f"{exc} - check [ksef] base_url / environment in the config")
+        return worded("hold", "wrong-url", say(N_("{error} - check [ksef] base_url / environment in the config"),
+                                               error=str(exc)))
     if isinstance(exc, KsefError):
         return Failure("transient", type(exc).__name__, str(exc))
     if isinstance(exc, OSError):

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+from ksefd.i18n import N_
+
+from .words import Words, say
+
 # The permission an ordinary company needs, first: sending, then receiving. The others in KSeF's lists
 # (PefInvoiceWrite, EnforcementOperations, Introspection, ...) belong to special subjects.
 PREFERRED = ("InvoiceWrite", "InvoiceRead", "CredentialsManage", "CredentialsRead")
@@ -13,11 +17,12 @@ def one_permission(required: list[str]) -> str | None:
     return next((p for p in PREFERRED if p in required), required[0] if required else None)
 
 
-def missing_permission_text(required: list[str], present: list[str], detail: str) -> tuple[str, str | None]:
+def missing_permission_text(required: list[str], present: list[str], detail: str) -> tuple[Words, str | None]:
     """(the sentence, the permission) for a 403 missing-permissions; the company's part comes in `explain`."""
     needed = one_permission(required)
-    held = ", ".join(present) or "none"
+    held: str | Words = ", ".join(present) or say(N_("none"))
     if needed is None:
-        return f"KSeF refused: a permission is missing (KSeF did not say which; the credentials hold {held}). " \
-               f"KSeF: {detail}", None
-    return f"KSeF refused: the credentials lack the permission {needed} (they hold {held})", needed
+        return say(N_("KSeF refused: a permission is missing (KSeF did not say which; the credentials hold "
+                      "{held}). KSeF: {detail}"), held=held, detail=detail), None
+    return say(N_("KSeF refused: the credentials lack the permission {needed} (they hold {held})"),
+               needed=needed, held=held), needed

@@ -30,6 +30,7 @@ import structlog
 from ksefd import __version__, i18n
 from ksefd.clock import Clock, SystemClock
 from ksefd.config import Company, Config
+from ksefd.i18n import _
 from ksefd.invoice import load_schema
 from ksefd.ksef import RateLimiter
 from ksefd.store import Store
@@ -50,6 +51,7 @@ from .outbox.worker import OutboxWorker
 from .reload import watch_reloads
 from .runtime import Runtime
 from .status import gather
+from .words import shown
 
 log = structlog.get_logger("ksefd.daemon")
 
@@ -368,9 +370,11 @@ class Daemon:
         for name, connection in self.connections.items():
             hold = await connection.hold_record()
             if hold is not None:
-                found.append(f"{name}: on hold ({hold.code}): {hold.reason}")
+                found.append(_("{company}: on hold ({code}): {reason}", company=name, code=hold.code,
+                               reason=shown(hold.reason)))
             elif connection.login_error is not None:
-                found.append(f"{name}: could not log in to KSeF: {connection.login_error}")
+                found.append(_("{company}: could not log in to KSeF: {reason}", company=name,
+                               reason=connection.login_error))
         for name, reasons in self.runtime.problems.items():
             found += [f"{name}: {reason}" for reason in reasons]
         return found

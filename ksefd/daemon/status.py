@@ -30,6 +30,7 @@ from .status_text import (
     relative,
     when,
 )
+from .words import shown
 
 AVAILABILITY_NAMESPACE = "availability"    # written by the availability monitor (issue #11), per company
 
@@ -90,7 +91,7 @@ async def gather(store: Store, config: Config, clock: Clock) -> DaemonStatus:
     today = start_of_today(clock)
     companies = []
     for c in config.companies:
-        found = await _company(store, c.name, c.nip, c.send, c.receive, today)
+        found = await _company(store, c.name, c.nip, c.send, c.receive, today, config.language)
         found.environment, found.ksef_url = c.environment, c.base_url
         shown = await store.kv.get(AVAILABILITY_NAMESPACE, c.name)
         found.availability = json.loads(shown) if shown else None
@@ -105,8 +106,8 @@ async def gather(store: Store, config: Config, clock: Clock) -> DaemonStatus:
                         list(config.switched_off), clock.now().isoformat(), config.language)
 
 
-async def _company(store: Store, name: str, nip: str, send: bool, receive: bool, today: dt.datetime
-                   ) -> CompanyStatus:
+async def _company(store: Store, name: str, nip: str, send: bool, receive: bool, today: dt.datetime,
+                   language: str) -> CompanyStatus:
     counts = await store.invoices.counts(name)
     hold = await store.holds.get(name)
     oldest = await store.invoices.oldest_waiting(name)
@@ -119,7 +120,7 @@ async def _company(store: Store, name: str, nip: str, send: bool, receive: bool,
         accepted_total=sum(counts.get(s, 0) for s in (S.ACCEPTED, S.UPO_SAVED, S.DONE)),
         rejected_today=rejected_today, rejected_total=counts.get(S.REJECTED, 0),
         on_hold=None if hold is None else {
-            "code": hold.code, "reason": hold.reason, "since": hold.since.isoformat(),
+            "code": hold.code, "reason": shown(hold.reason, language), "since": hold.since.isoformat(),
             "nextRetryAt": hold.next_retry_at.isoformat() if hold.next_retry_at else None},
         oldest_waiting=None if oldest is None else {
             "file": oldest.file_name, "state": str(oldest.state), "since": oldest.created_at.isoformat()},
@@ -231,18 +232,20 @@ def _render(status: DaemonStatus) -> str:
 def _offline_lines(offline: dict[str, Any]) -> list[str]:
     lines = []           # KSeF's availability itself: availability_lines (status_text.py), in Warsaw time
     if offline["waiting"]:
-        due = f"the first by the end of {offline['nextLastDayToSend']}" if offline["nextLastDayToSend"] else \
-            "deadline set once the outage ends"
-        lines.append(f"  offline: {offline['waiting']} issued offline, waiting to be sent with offlineMode ({due})")
+        due = _("the first by the end of {day}", day=offline["nextLastDayToSend"]) if offline["nextLastDayToSend"] \
+            else _("deadline set once the outage ends")
+        lines.append(_("  offline: {count} issued offline, waiting to be sent with offlineMode ({due})",
+                       count=offline["waiting"], due=due))
     if offline["missed"]:
-        lines.append(f"  OFFLINE DEADLINE MISSED for {offline['missed']} invoice(s): they are still sent as soon as "
-                     "KSeF takes them")
+        lines.append(_("  OFFLINE DEADLINE MISSED for {count} invoice(s): they are still sent as soon as KSeF takes "
+                       "them", count=offline["missed"]))
     if offline["withoutKod2"]:
-        lines.append(f"  WARNING: {offline['withoutKod2']} offline invoice(s) without KOD II (no Offline certificate "
-                     "configured): they cannot legally be handed over to the buyer before their KSeF number")
+        lines.append(_("  WARNING: {count} offline invoice(s) without KOD II (no Offline certificate configured): "
+                       "they cannot legally be handed over to the buyer before their KSeF number; configure "
+                       "offline_certificate for the company", count=offline["withoutKod2"]))
     if offline["totalFailure"]:
-        lines.append(f"  total failure of KSeF: {offline['totalFailure']} invoice(s) kept queued (no obligation to "
-                     "send); ksefd sends them once KSeF is back")
+        lines.append(_("  total failure of KSeF: {count} invoice(s) kept queued (no obligation to send); ksefd "
+                       "sends them once KSeF is back", count=offline["totalFailure"]))
     return lines
 
 

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from ksefd import __version__
 from ksefd.clock import WARSAW, Clock, warsaw_date
 from ksefd.config import Company, Config
+from ksefd.i18n import _
 from ksefd.store import InvoiceState, Store
 
 from .credential_expiry import credential_expiry
@@ -84,8 +85,11 @@ def _hold(c: CompanyStatus) -> str:
         return ""
     h = c.on_hold
     reason = str(h["reason"]).rstrip(".")
-    return (f"<p class=\"hold\"><b>On hold</b> since {_e(_when(h['since']))} ({_e(h['code'])}): {_e(reason)}. "
-            f"Next try {_e(_when(h['nextRetryAt']))}; held invoices go on by themselves once this is fixed.</p>")
+    # The reason is in the config's language (status.gather); so is the sentence around it (the daemon's).
+    return (f"<p class=\"hold\"><b>{_e(_('On hold'))}</b> "
+            + _e(_("since {since} ({code}): {reason}. Next try {retry}; held invoices go on by themselves once this "
+                   "is fixed.", since=_when(h["since"]), code=h["code"], reason=reason, retry=_when(h["nextRetryAt"])))
+            + "</p>")
 
 
 async def index_page(store: Store, config: Config, clock: Clock, connected: Mapping[str, str]) -> str:

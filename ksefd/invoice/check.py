@@ -9,6 +9,8 @@ import hashlib
 
 from lxml import etree
 
+from ksefd.i18n import N_, _, translate
+
 from . import facts as _facts
 from . import hygiene, schema
 from .errors import Code, InvoiceRejected
@@ -27,7 +29,7 @@ def check_invoice(data: bytes, *, file_name: str, company_nip: str, today: dt.da
     well-formedness (and no DOCTYPE), FA(3) root, XSD, seller NIP, P_1 not in the future.
     """
     text = hygiene.check_text(data)
-    _check_size(len(data), max_size_with_attachment, "with attachments")
+    _check_size(len(data), max_size_with_attachment, N_("with attachments"))
     root = schema.parse(data)
     if "&#" in text:
         _check_referenced_characters(root)
@@ -35,7 +37,7 @@ def check_invoice(data: bytes, *, file_name: str, company_nip: str, today: dt.da
     schema.validate(root)
     found = _facts.read_facts(root)
     if not found.has_attachment:
-        _check_size(len(data), max_size, "without attachments")
+        _check_size(len(data), max_size, N_("without attachments"))
     _facts.check_seller(found, company_nip)
     _facts.check_issue_date(found, today)
     digest = hashlib.sha256(data).digest()
@@ -49,8 +51,9 @@ def check_invoice(data: bytes, *, file_name: str, company_nip: str, today: dt.da
 
 def _check_size(size: int, limit: int, kind: str) -> None:
     if size > limit:
-        raise InvoiceRejected(Code.TOO_LARGE, f"The file has {_n(size)} bytes; KSeF accepts at most {_n(limit)} "
-                                              f"bytes for an invoice {kind}.",
+        raise InvoiceRejected(Code.TOO_LARGE, _("The file has {size} bytes; KSeF accepts at most {limit} bytes for "
+                                                "an invoice {kind}.", size=_n(size), limit=_n(limit),
+                                                kind=translate(kind)),
                               {"size": size, "limit": limit})
 
 

@@ -9,6 +9,8 @@ from decimal import Decimal
 
 from lxml import etree
 
+from ksefd.i18n import _
+
 from .errors import Code, InvoiceRejected
 from .models import Buyer
 from .schema import FA3_NS
@@ -49,7 +51,8 @@ def _text(node: etree._Element | None, *path: str) -> str | None:
 def _required(root: etree._Element, *path: str) -> str:
     value = _text(root, *path)
     if value is None:   # the XSD makes each of these mandatory; guard against a schema change
-        raise InvoiceRejected(Code.XSD, f"Element {'/'.join(path)} is missing.", {"element": "/".join(path)})
+        raise InvoiceRejected(Code.XSD, _("Element {element} is missing.", element="/".join(path)),
+                              {"element": "/".join(path)})
     return value
 
 
@@ -90,13 +93,15 @@ def check_seller(facts: Facts, company_nip: str) -> None:
     """Podmiot1 must be the company whose outbox the file came from: the context's NIP."""
     if facts.seller_nip != company_nip:
         if not nip_checksum_ok(facts.seller_nip):
-            raise InvoiceRejected(Code.NIP_CHECKSUM, f"The seller NIP (Podmiot1) {facts.seller_nip} is not a valid "
-                                                     "NIP: its check digit (the last one) does not match the first "
-                                                     f"nine, so a digit is mistyped. This outbox belongs to NIP "
-                                                     f"{company_nip}.",
+            raise InvoiceRejected(Code.NIP_CHECKSUM, _("The seller NIP (Podmiot1) {nip} is not a valid NIP: its "
+                                                       "check digit (the last one) does not match the first nine, "
+                                                       "so a digit is mistyped. This outbox belongs to NIP "
+                                                       "{company_nip}.", nip=facts.seller_nip,
+                                                       company_nip=company_nip),
                                   {"sellerNip": facts.seller_nip, "companyNip": company_nip})
-        raise InvoiceRejected(Code.SELLER_NIP, f"The seller NIP (Podmiot1) is {facts.seller_nip}, but this outbox "
-                                               f"belongs to the company with NIP {company_nip}.",
+        raise InvoiceRejected(Code.SELLER_NIP, _("The seller NIP (Podmiot1) is {nip}, but this outbox belongs to the "
+                                                 "company with NIP {company_nip}.", nip=facts.seller_nip,
+                                                 company_nip=company_nip),
                               {"sellerNip": facts.seller_nip, "companyNip": company_nip})
 
 
@@ -104,9 +109,9 @@ def check_issue_date(facts: Facts, today: dt.date) -> None:
     """P_1 must not be later than the day KSeF accepts the invoice (PROTOCOL.md §4.2); `today` is the
     Europe/Warsaw calendar day, as KSeF compares days in Polish time (PROTOCOL.md §8.3)."""
     if facts.issue_date > today:
-        raise InvoiceRejected(Code.P1_FUTURE, f"The issue date P_1 is {facts.issue_date.isoformat()}, after today "
-                                              f"({today.isoformat()}, Polish time); KSeF refuses invoices dated in "
-                                              "the future.",
+        raise InvoiceRejected(Code.P1_FUTURE, _("The issue date P_1 is {issue_date}, after today ({today}, Polish "
+                                                "time); KSeF refuses invoices dated in the future.",
+                                                issue_date=facts.issue_date.isoformat(), today=today.isoformat()),
                               {"line": facts.p1_line, "issueDate": facts.issue_date.isoformat(),
                                "today": today.isoformat()})
 

@@ -7,6 +7,9 @@ Only the fields an ERP export commonly gets wrong are listed; others are named a
 
 from __future__ import annotations
 
+from ksefd import i18n
+from ksefd.i18n import N_, translate
+
 # element -> (English meaning, Polish name)
 MEANINGS: dict[str, tuple[str, str]] = {
     "Faktura": ("the invoice", "faktura"),
@@ -100,21 +103,21 @@ MEANINGS: dict[str, tuple[str, str]] = {
 
 # What a value of a simple type of the schema must look like (the libxml2 message names the type).
 TYPE_FORMATS: dict[str, str] = {
-    "TData": "a date written as YYYY-MM-DD (e.g. 2026-02-15)",
-    "TDataT": "a date written as YYYY-MM-DD (e.g. 2026-02-15), between 2006-01-01 and 2050-01-01",
-    "TDataU": "a date written as YYYY-MM-DD (e.g. 2026-02-15), between 1990-01-01 and 2050-01-01",
-    "TDataCzas": "a date and time written as YYYY-MM-DDThh:mm:ss with a time zone (e.g. 2026-02-15T10:30:00Z), "
-                 "not before 2021-10-01",
-    "TKwotowy": "an amount with a dot as the decimal separator and at most 2 decimal places (e.g. 1234.56)",
-    "TKwotowy2": "an amount with a dot as the decimal separator and at most 8 decimal places (e.g. 12.345678)",
-    "TIlosci": "a quantity with a dot as the decimal separator and at most 6 decimal places (e.g. 2.5)",
-    "TNrNIP": "a NIP: 10 digits without dashes or spaces",
-    "TZnakowy": "text of 1 to 256 characters",
-    "TZnakowy50": "text of 1 to 50 characters",
-    "TZnakowy20": "text of 1 to 20 characters",
-    "TNaturalny": "a whole number greater than 0",
-    "TKodWaluty": "a three-letter ISO 4217 currency code (e.g. PLN, EUR)",
-    "TKodKraju": "a two-letter ISO 3166 country code (e.g. PL, DE)",
+    "TData": N_("a date written as YYYY-MM-DD (e.g. 2026-02-15)"),
+    "TDataT": N_("a date written as YYYY-MM-DD (e.g. 2026-02-15), between 2006-01-01 and 2050-01-01"),
+    "TDataU": N_("a date written as YYYY-MM-DD (e.g. 2026-02-15), between 1990-01-01 and 2050-01-01"),
+    "TDataCzas": N_("a date and time written as YYYY-MM-DDThh:mm:ss with a time zone (e.g. 2026-02-15T10:30:00Z), "
+                    "not before 2021-10-01"),
+    "TKwotowy": N_("an amount with a dot as the decimal separator and at most 2 decimal places (e.g. 1234.56)"),
+    "TKwotowy2": N_("an amount with a dot as the decimal separator and at most 8 decimal places (e.g. 12.345678)"),
+    "TIlosci": N_("a quantity with a dot as the decimal separator and at most 6 decimal places (e.g. 2.5)"),
+    "TNrNIP": N_("a NIP: 10 digits without dashes or spaces"),
+    "TZnakowy": N_("text of 1 to 256 characters"),
+    "TZnakowy50": N_("text of 1 to 50 characters"),
+    "TZnakowy20": N_("text of 1 to 20 characters"),
+    "TNaturalny": N_("a whole number greater than 0"),
+    "TKodWaluty": N_("a three-letter ISO 4217 currency code (e.g. PLN, EUR)"),
+    "TKodKraju": N_("a two-letter ISO 3166 country code (e.g. PL, DE)"),
 }
 
 # Sections whose name tells where in the invoice a field is (the nearest one is named).
@@ -123,13 +126,17 @@ SECTIONS = ("FaWiersz", "Podmiot1", "Podmiot2", "Podmiot3", "PodmiotUpowazniony"
 
 
 def describe(name: str) -> str:
-    """`P_2 (invoice number / numer faktury)`, or the bare name for a field not in the table."""
+    """`P_2 (invoice number / numer faktury)`, or the bare name for a field not in the table; in Polish
+    (the config's language, issue #14) `P_2 (numer faktury)`: the Ministry's own name is enough."""
     meaning = MEANINGS.get(name)
     if meaning is None:
         return name
     english, polish = meaning
+    if i18n.current() == "pl":
+        return f"{name} ({polish})"
     return f"{name} ({english} / {polish})" if english.lower() != polish.lower() else f"{name} ({english})"
 
 
 def type_format(type_name: str) -> str | None:
-    return TYPE_FORMATS.get(type_name)
+    found = TYPE_FORMATS.get(type_name)
+    return translate(found) if found is not None else None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import codecs
 import re
 
+from ksefd.i18n import _
+
 from . import sniff
 from .errors import Code, InvoiceRejected
 
@@ -51,8 +53,8 @@ def check_text(data: bytes) -> str:
 
 def check_bom(data: bytes) -> None:
     if data.startswith(_UTF8_BOM):
-        raise InvoiceRejected(Code.BOM, "The file starts with a UTF-8 byte order mark (BOM, bytes EF BB BF); "
-                                        "KSeF refuses it (PROTOCOL.md §4.2).", {"offset": 0})
+        raise InvoiceRejected(Code.BOM, _("The file starts with a UTF-8 byte order mark (BOM, bytes EF BB BF); "
+                                          "KSeF refuses it (PROTOCOL.md §4.2)."), {"offset": 0})
 
 
 def decode_utf8(data: bytes) -> str:
@@ -67,11 +69,13 @@ def decode_utf8(data: bytes) -> str:
         if _canonical(declared) in _WINDOWS_1250_FAMILY:
             code = Code.ENCODING_ISO_8859_2 if _canonical(declared) == "iso8859-2" else Code.ENCODING_WINDOWS_1250
             raise InvoiceRejected(code,
-                                  f"The XML declaration says encoding=\"{declared}\"; KSeF accepts only UTF-8.",
+                                  _("The XML declaration says encoding=\"{declared}\"; KSeF accepts only UTF-8.",
+                                    declared=declared),
                                   {"declared": declared})
         raise InvoiceRejected(Code.ENCODING_DECLARATION,
-                              f"The XML declaration says encoding=\"{declared}\"; KSeF accepts only UTF-8 "
-                              "(the declaration may be left out, but if present it must say UTF-8).",
+                              _("The XML declaration says encoding=\"{declared}\"; KSeF accepts only UTF-8 "
+                                "(the declaration may be left out, but if present it must say UTF-8).",
+                                declared=declared),
                               {"declared": declared})
     return text
 
@@ -83,19 +87,20 @@ def check_xml_version(text: str) -> None:
         return   # no declaration (XML 1.0 by default), or a malformed one the parser names
     version = match.group(1) if match.group(1) is not None else match.group(2)
     if version != "1.0":
-        raise InvoiceRejected(Code.XML_VERSION, f"The XML declaration says version=\"{version}\"; KSeF accepts only "
-                                                "XML 1.0 (PROTOCOL.md §4.2).",
+        raise InvoiceRejected(Code.XML_VERSION, _("The XML declaration says version=\"{version}\"; KSeF accepts "
+                                                  "only XML 1.0 (PROTOCOL.md §4.2).", version=version),
                               {"line": 1, "declared": version})
 
 
 def _reject_wide_encodings(data: bytes) -> None:
     if data.startswith(_UTF32_BOMS):
-        raise InvoiceRejected(Code.NOT_UTF8, "The file is UTF-32 (it starts with a UTF-32 byte order mark); "
-                                             "KSeF accepts only UTF-8.", {"encoding": "UTF-32"})
+        raise InvoiceRejected(Code.NOT_UTF8, _("The file is UTF-32 (it starts with a UTF-32 byte order mark); "
+                                               "KSeF accepts only UTF-8."), {"encoding": "UTF-32"})
     variant = _utf16_variant(data)
     if variant is not None:
-        raise InvoiceRejected(Code.ENCODING_UTF16, f"The file is {variant}, not UTF-8: KSeF accepts only UTF-8 "
-                                                   "without BOM. Re-export from the ERP as UTF-8 without BOM.",
+        raise InvoiceRejected(Code.ENCODING_UTF16, _("The file is {encoding}, not UTF-8: KSeF accepts only UTF-8 "
+                                                     "without BOM. Re-export from the ERP as UTF-8 without BOM.",
+                                                     encoding=variant),
                               {"encoding": variant})
 
 
@@ -142,16 +147,18 @@ def _undecodable(data: bytes, error: UnicodeDecodeError, declared: str | None) -
     if guess is not None:
         details["encoding"] = guess
         return InvoiceRejected(Code.ENCODING_ISO_8859_2 if guess == "ISO-8859-2" else Code.ENCODING_WINDOWS_1250,
-                               f"The file is encoded in {guess}, not UTF-8 (first non-UTF-8 byte 0x{bad:02X} at "
-                               f"line {line}, column {column}: \"{excerpt}\"). KSeF accepts only UTF-8: "
-                               "re-export from the ERP as UTF-8 without BOM.", details)
+                               _("The file is encoded in {encoding}, not UTF-8 (first non-UTF-8 byte {byte} at "
+                                 "line {line}, column {column}: \"{excerpt}\"). KSeF accepts only UTF-8: re-export "
+                                 "from the ERP as UTF-8 without BOM.", encoding=guess, byte=f"0x{bad:02X}",
+                                 line=str(line), column=str(column), excerpt=excerpt), details)
     sniff.check_binary_content(data)
     said = ""
     if declared is not None and _canonical(declared) != "utf-8":
         details["declared"] = declared
-        said = f" (it declares encoding=\"{declared}\")"
-    return InvoiceRejected(Code.NOT_UTF8, f"The file is not valid UTF-8{said}: byte 0x{bad:02X} at line {line}, "
-                                          f"column {column} cannot be decoded. KSeF accepts only UTF-8.", details)
+        said = _(" (it declares encoding=\"{declared}\")", declared=declared)
+    return InvoiceRejected(Code.NOT_UTF8, _("The file is not valid UTF-8{said}: byte {byte} at line {line}, column "
+                                            "{column} cannot be decoded. KSeF accepts only UTF-8.", said=said,
+                                            byte=f"0x{bad:02X}", line=str(line), column=str(column)), details)
 
 
 def _single_byte_guess(high: list[int], declared: str | None) -> str | None:
@@ -202,8 +209,9 @@ def check_processing_instructions(text: str) -> None:
             continue   # the declaration; a misplaced one is a well-formedness error the parser names
         line, column = position(text, match.start())
         raise InvoiceRejected(Code.PROCESSING_INSTRUCTION,
-                              f"Processing instruction <?{target} ...?> at line {line}, column {column}; KSeF "
-                              "accepts no processing instructions (PROTOCOL.md §4.2).",
+                              _("Processing instruction <?{target} ...?> at line {line}, column {column}; KSeF "
+                                "accepts no processing instructions (PROTOCOL.md §4.2).", target=target,
+                                line=str(line), column=str(column)),
                               {"line": line, "column": column, "target": target})
 
 
@@ -230,11 +238,14 @@ def find_bad_character(value: str) -> str | None:
 def bad_character(char: str, where: dict[str, int]) -> InvoiceRejected:
     point = ord(char)
     name = f"U+{point:04X}"
-    at = f"line {where['line']}" + (f", column {where['column']}" if "column" in where else "")
+    at = _("line {line}, column {column}", line=str(where["line"]), column=str(where["column"])) \
+        if "column" in where else _("line {line}", line=str(where["line"]))
     details = {**where, "character": name}
     if point < 0x20 or point in (0xFFFE, 0xFFFF):
-        return InvoiceRejected(Code.XML_CHAR, f"Character {name} at {at} is not allowed in XML 1.0.", details)
-    why = " (a C1 control character: usually a windows-1250 dash or quote converted wrongly)" \
+        return InvoiceRejected(Code.XML_CHAR, _("Character {character} at {at} is not allowed in XML 1.0.",
+                                                character=name, at=at), details)
+    why = _(" (a C1 control character: usually a windows-1250 dash or quote converted wrongly)") \
         if 0x80 <= point <= 0x9F else ""
-    return InvoiceRejected(Code.DISCOURAGED_CHAR, f"Character {name} at {at} is a W3C discouraged character"
-                                                  f"{why}; KSeF refuses it (PROTOCOL.md §4.2).", details)
+    return InvoiceRejected(Code.DISCOURAGED_CHAR, _("Character {character} at {at} is a W3C discouraged "
+                                                    "character{why}; KSeF refuses it (PROTOCOL.md §4.2).",
+                                                    character=name, at=at, why=why), details)

@@ -31,6 +31,8 @@ from typing import Any
 
 from lxml import etree
 
+from ksefd.i18n import _
+
 from . import syntax, xsd_messages
 from .errors import Code, InvoiceRejected
 
@@ -134,7 +136,8 @@ def parse(data: bytes) -> etree._Element:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as error:
         found = syntax.explain(error, data)
-        raise InvoiceRejected(Code.NOT_WELL_FORMED, f"The file is not well-formed XML. {found.message}",
+        raise InvoiceRejected(Code.NOT_WELL_FORMED, _("The file is not well-formed XML. {explanation}",
+                                                      explanation=found.message),
                               {"line": found.line, "column": found.column, "error": found.parser}) from None
     doctype: str = getattr(root.getroottree().docinfo, "doctype", "")   # missing from lxml-stubs
     if doctype:
@@ -156,10 +159,11 @@ def _refuse_doctype(data: bytes) -> None:
 
 
 def _doctype_rejected(name: str, entities: int, line: int = 0) -> InvoiceRejected:
-    what = f" declaring {entities} entit{'y' if entities == 1 else 'ies'}" if entities else ""
-    return InvoiceRejected(Code.DOCTYPE, f"The file has a document type declaration (<!DOCTYPE {name} ...>){what}; an "
-                                         "FA(3) invoice must not have one (KSeF refuses DTDs: entities could change "
-                                         "what it reads).",
+    what = "" if not entities else _(" declaring 1 entity") if entities == 1 else \
+        _(" declaring {count} entities", count=str(entities))
+    return InvoiceRejected(Code.DOCTYPE, _("The file has a document type declaration (<!DOCTYPE {name} ...>){what}; "
+                                           "an FA(3) invoice must not have one (KSeF refuses DTDs: entities could "
+                                           "change what it reads).", name=name, what=what),
                            {"doctype": name, "entities": entities, "line": line})
 
 
@@ -171,10 +175,11 @@ def check_form(root: etree._Element) -> None:
     found = _KNOWN_FORMS.get(qname.namespace or "")
     if found is None and qname.localname == "Faktura" and (qname.namespace or "").startswith("http://crd.gov.pl/"):
         found = "FA (another version)"
-    what = f"in the {found} structure" if found else \
-        f"a <{qname.localname}> document in namespace \"{qname.namespace or ''}\""
-    raise InvoiceRejected(Code.NOT_FA3, f"The file is {what}, not an FA(3) invoice (<Faktura> in namespace "
-                                        f"\"{FA3_NS}\").",
+    what = _("in the {form} structure", form=found) if found else \
+        _("a <{element}> document in namespace \"{namespace}\"", element=qname.localname,
+          namespace=qname.namespace or "")
+    raise InvoiceRejected(Code.NOT_FA3, _("The file is {what}, not an FA(3) invoice (<Faktura> in namespace "
+                                          "\"{namespace}\").", what=what, namespace=FA3_NS),
                           {"root": qname.localname, "namespace": qname.namespace or "", "form": found})
 
 
@@ -187,8 +192,9 @@ def validate(root: etree._Element) -> None:
         raw = [(int(e.line), _readable(str(e.message)), str(e.path or "")) for e in list(log)[:MAX_XSD_ERRORS]]
     tree = root.getroottree()
     errors = [(line, xsd_messages.explain(message, _node(tree, path)), message) for line, message, path in raw]
-    line, first, _ = errors[0]
-    raise InvoiceRejected(Code.XSD, f"The invoice does not match the FA(3) schema: line {line}: {first}",
+    line, first = errors[0][0], errors[0][1]
+    raise InvoiceRejected(Code.XSD, _("The invoice does not match the FA(3) schema: line {line}: {explanation}",
+                                      line=str(line), explanation=first),
                           {"line": line, "errors": [f"line {n}: {m}" for n, m, _ in errors],
                            "schemaMessages": [f"line {n}: {m}" for n, _, m in errors]})
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from ksefd.i18n import _
+
 # libxml2 xmlParserErrors numbers (include/libxml/xmlerror.h)
 _DOCUMENT_EMPTY = 4
 _DOCUMENT_END = 5
@@ -57,52 +59,54 @@ def explain(error: etree.XMLSyntaxError, data: bytes) -> Explained:
     line, column = error.position
     raw = str(error.msg or "")
     parser = clean(raw)
-    at = f"line {line}, column {column}"
+    at = _("line {line}, column {column}", line=str(line), column=str(column))
     code = int(getattr(error, "code", 0) or 0)   # libxml2 xmlParserErrors; missing from lxml-stubs
     return Explained(_sentence(code, raw, at, line, data), line, column, parser)
 
 
 def _sentence(code: int, text: str, at: str, line: int, data: bytes) -> str:
+    """In the reader's language (issue #14); `parser` in the details keeps libxml2's English."""
     if _truncated(code, text, line, data):
         last = data.count(b"\n") + 1
-        return (f"The file ends before the XML is complete (at line {last}): it was cut off, or copied before the "
-                "ERP finished writing it.")
+        return _("The file ends before the XML is complete (at line {line}): it was cut off, or copied before the "
+                 "ERP finished writing it.", line=str(last))
     if code == _DOCUMENT_EMPTY:
-        return f"There is no XML element where the invoice should start ({at})."
+        return _("There is no XML element where the invoice should start ({at}).", at=at)
     if code == _DOCUMENT_END:
-        return (f"There is more content after the end of the invoice's root element ({at}): two invoices in one "
-                "file, or leftovers of an earlier file.")
+        return _("There is more content after the end of the invoice's root element ({at}): two invoices in one "
+                 "file, or leftovers of an earlier file.", at=at)
     if (found := _MISMATCH.search(text)) is not None:
-        opened = "" if int(found["line"]) == line else f" opened at line {found['line']}"
-        return (f"The element <{found['open']}>{opened} is closed with </{found['close']}> ({at}): the closing tag "
-                "must have the same name.")
+        opened = "" if int(found["line"]) == line else _(" opened at line {line}", line=found["line"])
+        return _("The element <{opening}>{opened} is closed with </{closing}> ({at}): the closing tag must have the "
+                 "same name.", opening=found["open"], opened=opened, closing=found["close"], at=at)
     if code == _UNDECLARED_ENTITY and (found := _ENTITY.search(text)) is not None:
-        return (f"Unknown entity &{found['name']}; ({at}): XML knows only &amp; &lt; &gt; &quot; &apos; and "
-                "numeric ones such as &#160;.")
+        return _("Unknown entity &{name}; ({at}): XML knows only &amp; &lt; &gt; &quot; &apos; and numeric ones "
+                 "such as &#160;.", name=found["name"], at=at)
     if code == _ENTITYREF_SEMICOL_MISSING or (code == _NAME_REQUIRED and "EntityRef" in text):
-        return f"A bare '&' ({at}): in XML text an ampersand must be written as &amp; (e.g. \"A &amp; B\")."
+        return _("A bare '&' ({at}): in XML text an ampersand must be written as &amp; (e.g. \"A &amp; B\").", at=at)
     if code == _NAME_REQUIRED:
-        return f"A '<' that does not start an element ({at}): in XML text a less-than sign must be written as &lt;."
+        return _("A '<' that does not start an element ({at}): in XML text a less-than sign must be written as "
+                 "&lt;.", at=at)
     if code == _INVALID_CHAR_REF:
-        return f"A character reference (&#...;) names a character XML 1.0 does not allow ({at})."
+        return _("A character reference (&#...;) names a character XML 1.0 does not allow ({at}).", at=at)
     if code in (_ATTRIBUTE_NOT_STARTED, _ATTRIBUTE_WITHOUT_VALUE):
-        return f"An attribute value is not in quotes ({at}): write it as name=\"value\"."
+        return _("An attribute value is not in quotes ({at}): write it as name=\"value\".", at=at)
     if code == _ATTRIBUTE_REDEFINED and (found := _ATTRIBUTE.search(text)) is not None:
-        return f"The attribute {found['name']} appears twice in one element ({at})."
+        return _("The attribute {name} appears twice in one element ({at}).", name=found["name"], at=at)
     if code == _COMMENT_NOT_FINISHED:
-        return f"A comment (<!-- ...) is never closed with --> (reported at {at})."
+        return _("A comment (<!-- ...) is never closed with --> (reported at {at}).", at=at)
     if code == _RESERVED_XML_NAME:
-        return (f"The XML declaration (<?xml ...?>) must be the very first thing in the file ({at}): remove what "
-                "is before it (an empty line, spaces or another declaration).")
+        return _("The XML declaration (<?xml ...?>) must be the very first thing in the file ({at}): remove what "
+                 "is before it (an empty line, spaces or another declaration).", at=at)
     if code == _UNDEFINED_NAMESPACE and (found := _PREFIX.search(text)) is not None:
-        return (f"The element <{found['prefix']}:{found['name']}> uses the prefix {found['prefix']}: without "
-                f"declaring it (xmlns:{found['prefix']}=\"...\") ({at}).")
+        return _("The element <{prefix}:{name}> uses the prefix {prefix}: without declaring it "
+                 "(xmlns:{prefix}=\"...\") ({at}).", prefix=found["prefix"], name=found["name"], at=at)
     if code == _GT_REQUIRED and (found := _START_TAG.search(text)) is not None:
-        return f"The start tag <{found['name']} is not closed with '>' ({at})."
+        return _("The start tag <{name} is not closed with '>' ({at}).", name=found["name"], at=at)
     if "depth" in text.lower():
-        return (f"The XML is nested more than 256 levels deep ({at}); no FA(3) invoice is: the file is damaged or "
-                "is not an invoice.")
-    return f"The XML structure is broken at {at}."
+        return _("The XML is nested more than 256 levels deep ({at}); no FA(3) invoice is: the file is damaged or "
+                 "is not an invoice.", at=at)
+    return _("The XML structure is broken at {at}.", at=at)
 
 
 def _truncated(code: int, text: str, line: int, data: bytes) -> bool:

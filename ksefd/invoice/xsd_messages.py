@@ -12,6 +12,8 @@ import re
 
 from lxml import etree
 
+from ksefd.i18n import N_, _, translate
+
 from .fields import SECTIONS, describe, type_format
 
 _ELEMENT = r"^Element '(?P<el>[^']+)'(?:, attribute '(?P<attr>[^']+)')?: "
@@ -39,9 +41,9 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [(name, re.compile(_ELEMENT + bod
     ("attribute-missing", r"The attribute '(?P<missing>[^']+)' is required but missing\.$"),
 ]]
 _LONG_SET = 15   # an enumeration longer than this (currencies, countries) is described, not listed
-_CODE_FORMATS = {"KodWaluty": "a three-letter ISO 4217 currency code (e.g. PLN, EUR, USD)",
-                 "KodKraju": "a two-letter ISO 3166 country code (e.g. PL, DE)",
-                 "KodUE": "a two-letter EU country code (e.g. DE, FR; EL for Greece)"}
+_CODE_FORMATS = {"KodWaluty": N_("a three-letter ISO 4217 currency code (e.g. PLN, EUR, USD)"),
+                 "KodKraju": N_("a two-letter ISO 3166 country code (e.g. PL, DE)"),
+                 "KodUE": N_("a two-letter EU country code (e.g. DE, FR; EL for Greece)")}
 
 
 def explain(message: str, element: etree._Element | None) -> str:
@@ -54,57 +56,75 @@ def explain(message: str, element: etree._Element | None) -> str:
 
 
 def _sentence(kind: str, match: re.Match[str], element: etree._Element | None) -> str:
+    """In the reader's language (issue #14); element names, values and limits as found."""
     name = match.group("el")
     attribute = match.groupdict().get("attr")
     where = _where(element, name)
-    field = f"attribute {attribute} of {describe(name)}" if attribute else f"field {describe(name)}"
+    field = _("attribute {attribute} of {element}", attribute=attribute, element=describe(name)) if attribute \
+        else _("field {element}", element=describe(name))
     subject = f"{field}{where}"
     groups = match.groupdict()
-    value = groups.get("value")
+    value = groups.get("value") or ""
     if kind == "unexpected":
         expected = _names(groups["expected"])
         if len(expected) == 1:
             wanted = expected[0]
-            return (f"field {describe(wanted)} was expected{where} but {describe(name)} was found: {wanted} is "
-                    f"missing, or {name} is in the wrong place or not part of FA(3).")
-        return (f"{describe(name)} was found{where} where one of {_listed(expected)} was expected: a required field "
-                f"is missing, or {name} is in the wrong place or not part of FA(3).")
+            return _("field {wanted} was expected{where} but {found} was found: {wanted_name} is missing, or {name} is "
+                     "in the wrong place or not part of FA(3).", wanted=describe(wanted), where=where,
+                     found=describe(name), wanted_name=wanted, name=name)
+        return _("{found} was found{where} where one of {expected} was expected: a required field is missing, or "
+                 "{name} is in the wrong place or not part of FA(3).", found=describe(name), where=where,
+                 expected=_listed(expected), name=name)
     if kind == "incomplete":
         expected = _names(groups["expected"])
-        missing = f"field {describe(expected[0])} is" if len(expected) == 1 else f"one of {_listed(expected)} is"
-        return f"{describe(name)}{where} is incomplete: {missing} missing."
+        missing = _("field {element} is", element=describe(expected[0])) if len(expected) == 1 else \
+            _("one of {expected} is", expected=_listed(expected))
+        return _("{element}{where} is incomplete: {missing} missing.", element=describe(name), where=where,
+                 missing=missing)
     if kind == "not-allowed":
-        return f"{subject} is not allowed here: it is in the wrong place, repeated too often, or not part of FA(3)."
+        return _("{subject} is not allowed here: it is in the wrong place, repeated too often, or not part of "
+                 "FA(3).", subject=subject)
     if kind == "type":
         form = type_format(groups.get("type") or "")
-        return f"{subject} has the value '{value}', which is not {form or 'valid for this field'}."
+        return _("{subject} has the value '{value}', which is not {form}.", subject=subject, value=value,
+                 form=form or _("valid for this field"))
     if kind == "enumeration":
         allowed = [item.strip().strip("'") for item in groups["set"].split(",")]
         if name in _CODE_FORMATS and not attribute:
-            return f"{subject} has the value '{value}', which is not {_CODE_FORMATS[name]}."
+            return _("{subject} has the value '{value}', which is not {form}.", subject=subject, value=value,
+                     form=translate(_CODE_FORMATS[name]))
         if len(allowed) > _LONG_SET:
-            return (f"{subject} has the value '{value}', which is not one of the {len(allowed)} codes the schema "
-                    f"allows (e.g. {', '.join(allowed[:3])}).")
-        return f"{subject} has the value '{value}'; allowed values: {', '.join(allowed)}."
+            return _("{subject} has the value '{value}', which is not one of the {count} codes the schema allows "
+                     "(e.g. {examples}).", subject=subject, value=value, count=str(len(allowed)),
+                     examples=", ".join(allowed[:3]))
+        return _("{subject} has the value '{value}'; allowed values: {allowed}.", subject=subject, value=value,
+                 allowed=", ".join(allowed))
     if kind == "pattern":
-        form = "a NIP: 10 digits without dashes or spaces" if name == "NIP" and not attribute else \
-            "in the form the schema requires"
-        return f"{subject} has the value '{value}', which is not {form}."
+        form = _("a NIP: 10 digits without dashes or spaces") if name == "NIP" and not attribute else \
+            _("in the form the schema requires")
+        return _("{subject} has the value '{value}', which is not {form}.", subject=subject, value=value, form=form)
     if kind == "too-short":
         if groups["length"] == "0":
-            return f"{subject} is empty: fill it in or leave the element out if it is optional."
-        return f"{subject} is too short: {groups['length']} characters, at least {groups['limit']} required."
+            return _("{subject} is empty: fill it in or leave the element out if it is optional.", subject=subject)
+        return _("{subject} is too short: {length} characters, at least {limit} required.", subject=subject,
+                 length=groups["length"], limit=groups["limit"])
     if kind == "too-long":
-        return f"{subject} is too long: {groups['length']} characters, at most {groups['limit']} allowed."
+        return _("{subject} is too long: {length} characters, at most {limit} allowed.", subject=subject,
+                 length=groups["length"], limit=groups["limit"])
     if kind == "digits":
-        return f"{subject} has the value '{value}', which has more than {groups['limit']} digits."
+        return _("{subject} has the value '{value}', which has more than {limit} digits.", subject=subject,
+                 value=value, limit=groups["limit"])
     if kind == "decimals":
-        return f"{subject} has the value '{value}', which has more than {groups['limit']} decimal places."
+        return _("{subject} has the value '{value}', which has more than {limit} decimal places.", subject=subject,
+                 value=value, limit=groups["limit"])
     if kind == "too-small":
-        return f"{subject} has the value '{value}', below the smallest allowed value {groups['limit']}."
+        return _("{subject} has the value '{value}', below the smallest allowed value {limit}.", subject=subject,
+                 value=value, limit=groups["limit"])
     if kind == "too-big":
-        return f"{subject} has the value '{value}', above the largest allowed value {groups['limit']}."
-    return f"{describe(name)}{where}: attribute {groups['missing']} is missing."   # attribute-missing
+        return _("{subject} has the value '{value}', above the largest allowed value {limit}.", subject=subject,
+                 value=value, limit=groups["limit"])
+    return _("{element}{where}: attribute {missing} is missing.", element=describe(name), where=where,
+             missing=groups["missing"])   # attribute-missing
 
 
 def _names(listed: str) -> list[str]:
@@ -125,8 +145,9 @@ def _where(element: etree._Element | None, name: str) -> str:
         if local in SECTIONS:
             if local == "FaWiersz":
                 number = next((c.text for c in node if etree.QName(c).localname == "NrWierszaFa"), None)
-                return f" in invoice line {number.strip()} (FaWiersz)" if number else " in an invoice line (FaWiersz)"
-            return f" in {describe(local)}"
+                return _(" in invoice line {number} (FaWiersz)", number=number.strip()) if number else \
+                    _(" in an invoice line (FaWiersz)")
+            return _(" in {section}", section=describe(local))
         node = node.getparent()
     return ""
 

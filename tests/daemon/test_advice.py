@@ -27,8 +27,8 @@ def _setup(folder: Path, base_url: str) -> Path:
                                                  buyer_nip="9999999999", issue_date=dt.date.today()))
     config = folder / "ksefd.toml"
     config.write_text(f'[ksef]\nenvironment = "test"\nbase_url = "{base_url}"\n\n[daemon]\ndata_dir = "data"\n'
-                      f'settle_seconds = 0\nshutdown_grace_seconds = 2\n\n[[companies]]\nname = "firma"\n'
-                      f'nip = "{NIP}"\nreceive = false\ntoken_file = "firma.token"\n', encoding="utf-8")
+                      f'settle_seconds = 0\nshutdown_grace_seconds = 2\nlanguage = "en"\n\n[[companies]]\n'
+                      f'name = "firma"\nnip = "{NIP}"\nreceive = false\ntoken_file = "firma.token"\n', encoding="utf-8")
     return config
 
 

@@ -134,13 +134,13 @@ async def test_ksefd_resume_reaches_the_running_daemon_and_clears_the_hold(
         await asyncio.sleep(3)                               # longer than the daemon's look at the files
         assert await _hold(path) is not None
         code, out = await _resume(path)
-        assert code == 0 and "resumed" in out, out
+        assert code == 0 and "wznowiona" in out, out            # resumed (the config's default language)
         async with asyncio.timeout(20):
             while [r.state for r in await invoice_rows(config, "acme")] != [S.DONE]:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
         assert "WSTRZYMANA" not in await _status_text(path)        # "on hold" (Polish by default, issue #14)
         code, out = await _resume(path)
-        assert code == 0 and "not on hold" in out
+        assert code == 0 and "nie jest wstrzymana" in out      # not on hold
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
@@ -190,7 +190,7 @@ async def test_a_re_drop_while_the_original_is_on_hold_waits_and_gets_the_origin
     states = {r.file_name: r.state for r in await invoice_rows(config, "acme")}
     assert states["FV-1-again.xml"] == S.CLAIMED and states["FV-1.xml"] in (S.QUEUED, S.HELD)
     waiting = (folders.outbox / "FV-1-again.state.json").read_text(encoding="utf-8")
-    assert "FV-1.xml" in waiting and "not sent again" in waiting
+    assert "FV-1.xml" in waiting and "nie jest wysyłany ponownie" in waiting   # not sent again
     token.write_text(good, encoding="utf-8")
     await drain(config)
     assert {r.file_name: r.state for r in await invoice_rows(config, "acme")} == {

@@ -59,7 +59,7 @@ async def test_attachment_goes_by_batch_and_415_is_reported(sim_factory: Any, ht
     drop(config.companies[0].folders.outbox, "with-attachment.xml", data)
     await drain(config)
     error = read_json(config.companies[0].folders.rejected / "with-attachment.error.json")
-    assert error["code"] == "ksef-415" and "batch" in error["hint"]
+    assert error["code"] == "ksef-415" and "sesjach wsadowych" in error["hint"]     # batch sessions (pl default)
     records = sim_records(sim)
     assert [(r["sessionType"], r["status"]["code"]) for r in records] == [("Batch", 415)]
 
@@ -85,7 +85,7 @@ async def test_440_for_different_bytes_is_a_rejection_that_says_so(sim_factory: 
     drop(config.companies[0].folders.outbox, "again.xml", other)
     await drain(config)
     error = read_json(config.companies[0].folders.rejected / "again.error.json")
-    assert error["code"] == "ksef-440" and original in error["message"] and "different content" in error["message"]
+    assert error["code"] == "ksef-440" and original in error["message"] and "z inną treścią" in error["message"]
     assert not list(config.companies[0].folders.sent.iterdir())
 
 

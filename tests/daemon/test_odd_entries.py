@@ -226,7 +226,7 @@ async def test_a_file_the_daemon_cannot_read_is_rejected_and_the_rest_sent(
     for name in ("FV 2.xml", "FV 4.xml"):
         error = read_json(folders.rejected / name.replace(".xml", ".error.json"))
         assert error["code"] == "unreadable-file" and error["file"] == name
-        assert "may not read" in error["message"] and "0640" in error["hint"]
+        assert "nie ma prawa odczytu" in error["message"] and "0640" in error["hint"]   # may not read (pl)
         assert (folders.rejected / name).stat().st_size > 0                # moved as it is, bytes untouched
     assert not list(claim_dir.iterdir())
     rows = {r.file_name: str(r.state) for r in await invoice_rows(config, "acme")}

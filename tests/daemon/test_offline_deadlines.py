@@ -12,6 +12,8 @@ from ksefd.clock import WARSAW
 from ksefd.daemon.outbox.deadlines import FAILURE, OFFLINE24, TOTAL_FAILURE, UNAVAILABILITY, deadline, elapsed_share
 from ksefd.store import Announcement
 
+pytestmark = pytest.mark.usefixtures("english")   # the texts as their message ids (English)
+
 D = dt.date
 
 

@@ -8,6 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 from structlog.testing import capture_logs
 
@@ -20,6 +21,8 @@ from ksefd.daemon.outbox.offline_files import OfflineFiles
 from ksefd.store import Announcement, InvoiceState, OfflineInvoice, Store
 from tests.daemon.offline_support import offline_certificate, verify_kod2
 from tests.daemon.support import SELLER, load, read_json, write_config
+
+pytestmark = pytest.mark.usefixtures("english")   # the texts as their message ids (English)
 
 S = InvoiceState
 

@@ -69,18 +69,18 @@ async def test_unreachable_without_announcement_is_the_taxpayers_offline24(
         await wait_for_file(company.folders.offline / "U-1.offline.json", 20, task)
         offline = read_json(company.folders.offline / "U-1.offline.json")
         assert offline["mode"] == "offline24" and offline["announced"] is False
-        assert "no outage is announced" in offline["modeLabel"] and "offline24" in offline["modeLabel"]
+        assert "nie ogłoszono niedostępności" in offline["modeLabel"] and "offline24" in offline["modeLabel"]
         assert offline["kod1"]["label"] == "OFFLINE" and offline["kod2"] is None
         assert any("KOD II" in w for w in offline["warnings"])
-        assert offline["deadline"] is not None and "next business day" in offline["deadlineRule"]
+        assert offline["deadline"] is not None and "następnego dnia roboczego" in offline["deadlineRule"]
         shown = await current_status(config)
         text = status.render(shown)
         assert "KSeF: NIEOSIĄGALNY od" in text          # "UNREACHABLE since", Polish by default (issue #14)
-        assert "1 issued offline" in text and "without KOD II" in text
+        assert "wystawione offline: 1" in text and "bez KOD II" in text      # 1 issued offline, without KOD II
         assert shown.companies[0].offline is not None and shown.companies[0].offline["waiting"] == 1
         listed = shown.companies[0].offline["invoices"][0]
         assert (listed["file"], listed["state"], listed["mode"]) == ("U-1.xml", "offline", "offline24")
-        assert listed["lastDayToSend"] == offline["lastDayToSend"] and "the first by the end of" in text
+        assert listed["lastDayToSend"] == offline["lastDayToSend"] and "pierwsza do końca dnia" in text
         assert sim_records(sim) == []
         await faults(http, sim, None)
         await wait_for_file(company.folders.sent / "U-1.upo.xml", 30, task)
@@ -108,7 +108,7 @@ async def test_offline24_on_demand_and_total_failure(sim_factory: Any, http: aio
         await wait_for_file(company.folders.sent / "R-1.upo.xml", 20, task)
         requested = read_json(company.folders.offline / "R-1.offline.json")
         assert requested["mode"] == "offline24" and requested["ksefNumber"]
-        assert "requested by the ERP" in requested["reason"]
+        assert "zlecony przez system ERP" in requested["reason"]           # requested by the ERP
         # A total failure: no QR codes, kept queued (no obligation to send), sent once KSeF is back. The daemon
         # learns of it when a send fails (503) and asks Latarnia at once, not at the next regular poll. That
         # send itself stays in doubt (KSeF may have taken it) until KSeF can say; it is not issued offline.
@@ -120,7 +120,7 @@ async def test_offline24_on_demand_and_total_failure(sim_factory: Any, http: aio
         total = read_json(company.folders.offline / "T-1.offline.json")
         assert total["mode"] == "total-failure" and total["kod1"] is None and total["deadline"] is None
         text = status.render(await current_status(config))
-        assert "total failure of KSeF: 1 invoice(s) kept queued" in text
+        assert "awaria całkowita KSeF: faktury wstrzymane w kolejce: 1" in text      # total failure: kept queued
         await wait_for_file(company.folders.sent / "T-1.upo.xml", 30, task)
         await wait_for_file(company.folders.sent / "T-0.upo.xml", 30, task)
     assert not (company.folders.offline / "T-0.offline.json").exists()
@@ -176,7 +176,7 @@ async def test_technical_correction_accepted_and_linked_and_21166_rejected(
     assert correction["hashOfCorrectedInvoice"] == sha256_b64(broken[1])
     assert correction["correctedInvoiceReference"] == by_hash[sha256_b64(broken[1])]["referenceNumber"]
     refused = read_json(company.folders.rejected / "TECH-2-fixed.error.json")
-    assert refused["code"] == "ksef-21166" and "already" in refused["hint"]
+    assert refused["code"] == "ksef-21166" and "ma już prawidłową korektę" in refused["hint"]   # already
     assert refused["technicalCorrectionOf"]["invoiceHash"] == sha256_b64(broken[2])
     async with await Store.open(config.state_db) as store:
         states = {r.file_name: r.state for r in await store.invoices.in_state("acme", *InvoiceState)}

@@ -12,6 +12,8 @@ import pytest
 from ksefd.invoice import Code, InvoiceRejected, check_invoice
 from tests.conftest import SAMPLES
 
+pytestmark = pytest.mark.usefixtures("english")   # the checker's messages as their ids
+
 INVOICES = sorted((SAMPLES / "invoices").glob("*.xml"))
 SELLER = "9999999999"
 TODAY = dt.date(2026, 11, 22)

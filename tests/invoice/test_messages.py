@@ -13,6 +13,8 @@ from ksefd.invoice import Code, InvoiceRejected, check_invoice
 from ksefd.invoice.facts import nip_checksum_ok
 from tests.conftest import SAMPLES
 
+pytestmark = pytest.mark.usefixtures("english")   # the checker's messages as their ids
+
 SAMPLE = (SAMPLES / "invoices" / "FA_3_Przyklad_1.xml").read_bytes()
 LIBXML2_WORDS = re.compile(r"xmlCtxt|XML_PARSE|xmlParse|, line \d+, column \d+.*line \d+|Expected is|facet|atomic type")
 

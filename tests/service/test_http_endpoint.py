@@ -70,7 +70,7 @@ async def test_metrics_move_as_invoices_flow_and_probes_tell_the_truth(
         async with http.get(f"{daemon.url}/company/readonly") as response:
             page = await response.text()
             assert response.status == 200 and "default-src 'none'" in response.headers["Content-Security-Policy"]
-        assert "On hold" in page and "RO-1.xml" in page and "held" in page
+        assert "Wstrzymana" in page and "RO-1.xml" in page and "held" in page     # on hold (default language)
         async with http.get(f"{daemon.url}/company/acme") as response:
             page = await response.text()
         assert "FV-3.xml" in page and "seller-nip" in page            # the last error, with its code

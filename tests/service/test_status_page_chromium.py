@@ -60,7 +60,7 @@ async def test_status_pages_render_in_chromium(sim_factory: Any, http: aiohttp.C
     assert "<h1>ksefd status</h1>" in dom["index"] and 'href="/company/readonly"' in dom["index"]
     assert "on hold: missing-permission" in dom["index"] and "is <span class=\"ok\">running</span>" in dom["index"]
     readonly = dom["readonly"]
-    assert "<b>On hold</b>" in readonly and "RO-1.xml" in readonly and "<td>held</td>" in readonly
+    assert "<b>Wstrzymana</b>" in readonly and "RO-1.xml" in readonly and "<td>held</td>" in readonly
     assert "missing-permission" in readonly
     assert "logs in with a KSeF token" in readonly and "docs/certificates.md" in readonly   # point 7
     acme = dom["acme"]

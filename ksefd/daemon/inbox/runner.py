@@ -16,6 +16,7 @@ import traceback
 import structlog
 
 from ksefd.config import Company
+from ksefd.i18n import _
 
 from ..connection import CompanyConnection
 from ..failures import Failure
@@ -36,7 +37,8 @@ async def run_inbox(runtime: Runtime, company: Company, connection: CompanyConne
                 log.info("inbox.waiting_for_connection", company=company.name, retry_in=round(wait, 1))
                 logged = True
             if runtime.once:
-                runtime.note_problem(company.name, "receiving did not run: the company is not logged in to KSeF")
+                runtime.note_problem(company.name, _("receiving did not run: the company is not logged in to "
+                                                      "KSeF"))
                 return
             await sleep_unless_stopped(runtime.clock, stop, wait)
             continue
@@ -57,10 +59,11 @@ async def run_inbox(runtime: Runtime, company: Company, connection: CompanyConne
             except Exception as error:        # one company's receiving never takes the daemon down
                 log.error("inbox.cycle_crashed", company=company.name, error=repr(error),
                           where=traceback.format_exc(limit=-3))
-                runtime.note_problem(company.name, f"the receiving cycle failed: {error!r}")
+                runtime.note_problem(company.name, _("the receiving cycle failed: {error}", error=repr(error)))
             else:             # `ksefd run --once` exits 3 on any of these (issue #10 point 6)
                 for subject, error_text in report.failures.items():
-                    runtime.note_problem(company.name, f"receiving {subject} failed: {error_text}")
+                    runtime.note_problem(company.name, _("receiving {subject} failed: {error}", subject=subject,
+                                                          error=error_text))
             return
         await _run_until(worker, stop, relogin, ended)
 

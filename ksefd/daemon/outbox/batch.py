@@ -24,6 +24,7 @@ from typing import Any
 
 from ksefd import spool
 from ksefd.config import Company
+from ksefd.i18n import _
 from ksefd.ksef import (
     IN_PROGRESS,
     BatchBuildError,
@@ -264,7 +265,9 @@ class BatchRunner:
 
     async def _not_processed(self, row: InvoiceRow, status: SessionStatus) -> None:
         """KSeF's session ended without listing this invoice (e.g. a package error): send it again later."""
-        error = {"stage": "ksef", "code": f"ksef-session-{status.status.code}", "message": status.status.description,
+        error = {"stage": "ksef", "code": f"ksef-session-{status.status.code}", "message": _(
+                     "KSeF ended the session without this invoice ({code}: {description}); ksefd sends it again "
+                     "later.", code=str(status.status.code), description=str(status.status.description)),
                  "details": list(status.status.details or [])}
         attempts = row.attempts + 1
         await self.ledger.move(row, S.DEFERRED, from_state=S.SUBMITTING, attempts=attempts, last_error=error,

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ksefd.clock import add_business_days, end_of_day, next_business_day, warsaw_date
+from ksefd.i18n import _
 from ksefd.store import Announcement
 
 OFFLINE24 = "offline24"
@@ -48,7 +49,7 @@ class Outage:
 class Deadline:
     at: dt.datetime | None         # the first instant that is too late (end of the last allowed day, Warsaw)
     basis: str                     # offline24 | unavailability | failure | total-failure: which rule applies
-    reason: str                    # for a person
+    reason: str                    # for a person, in the config's language (the log names `basis`)
 
 
 def outages(history: Iterable[Announcement]) -> list[Outage]:
@@ -81,11 +82,12 @@ def _day(when: dt.datetime) -> str:
 
 def _after_failures(failures: list[Outage], why: str) -> Deadline:
     if any(f.end is None for f in failures):
-        return Deadline(None, FAILURE, f"{why}: 7 business days after the failure ends; it has not ended yet")
+        return Deadline(None, FAILURE, _("{why}: 7 business days after the failure ends; it has not ended yet",
+                                         why=why))
     last = max(f.end for f in failures if f.end is not None)
     day = add_business_days(warsaw_date(last), FAILURE_DAYS)
-    return Deadline(end_of_day(day), FAILURE, f"{why}: 7 business days after the failure ended on {_day(last)}, "
-                                              f"so by {day:%Y-%m-%d}")
+    return Deadline(end_of_day(day), FAILURE, _("{why}: 7 business days after the failure ended on {ended}, so by "
+                                                "{day}", why=why, ended=_day(last), day=f"{day:%Y-%m-%d}"))
 
 
 def deadline(mode: str, issue_date: dt.date, issued_at: dt.datetime, history: Iterable[Announcement],
@@ -93,18 +95,18 @@ def deadline(mode: str, issue_date: dt.date, issued_at: dt.datetime, history: It
     """The deadline of an invoice still waiting to be sent (call again when announcements change)."""
     events = [o for o in outages(history) if o.start <= now]
     if mode == TOTAL_FAILURE:
-        return Deadline(None, TOTAL_FAILURE, "total failure of KSeF: no obligation to send (PROTOCOL.md §8.1); "
-                                             "ksefd sends it once KSeF is back")
+        return Deadline(None, TOTAL_FAILURE, _("total failure of KSeF: no obligation to send (PROTOCOL.md §8.1); "
+                                               "ksefd sends it once KSeF is back"))
     # Failures going on when the invoice was issued, or announced since: they restart the count.
     failures = [o for o in events if o.category == "FAILURE" and (o.end is None or o.end > issued_at)]
     if mode == FAILURE:
         if not failures:
             failures = [o for o in events if o.category == "FAILURE" and o.start <= issued_at][-1:]
         if not failures:
-            return Deadline(None, FAILURE, "failure mode, but no FAILURE announcement is known yet")
-        return _after_failures(failures, "failure (awaria) announced by KSeF")
+            return Deadline(None, FAILURE, _("failure mode, but no FAILURE announcement is known yet"))
+        return _after_failures(failures, _("failure (awaria) announced by KSeF"))
     if failures:
-        return _after_failures(failures, f"{mode} invoice waiting when a KSeF failure was announced")
+        return _after_failures(failures, _("{mode} invoice waiting when a KSeF failure was announced", mode=mode))
     if mode == UNAVAILABILITY:
         windows = [o for o in events if o.category == "MAINTENANCE" and o.start <= issued_at
                    and (o.end is None or o.end > issued_at)]
@@ -113,19 +115,22 @@ def deadline(mode: str, issue_date: dt.date, issued_at: dt.datetime, history: It
             # start a little later): until one is known the stricter offline24 deadline applies, so the
             # invoice is never left without one (sending earlier than required is always allowed).
             day = next_business_day(issue_date)
-            return Deadline(end_of_day(day), UNAVAILABILITY, f"KSeF unavailability without a known announced "
-                                                             f"window: by the next business day after the issue "
-                                                             f"date, {day:%Y-%m-%d}, until the window is known")
+            return Deadline(end_of_day(day), UNAVAILABILITY, _("KSeF unavailability without a known announced "
+                                                               "window: by the next business day after the issue "
+                                                               "date, {day}, until the window is known",
+                                                               day=f"{day:%Y-%m-%d}"))
         if any(w.end is None for w in windows):
-            return Deadline(None, UNAVAILABILITY, "KSeF unavailability: the next business day after it ends; its "
-                                                  "end is not known yet")
+            return Deadline(None, UNAVAILABILITY, _("KSeF unavailability: the next business day after it ends; its "
+                                                    "end is not known yet"))
         end = max(w.end for w in windows if w.end is not None)
         day = next_business_day(warsaw_date(end))
-        return Deadline(end_of_day(day), UNAVAILABILITY, f"KSeF unavailability ending {_day(end)}: by the next "
-                                                         f"business day, {day:%Y-%m-%d}")
+        return Deadline(end_of_day(day), UNAVAILABILITY, _("KSeF unavailability ending {ended}: by the next "
+                                                           "business day, {day}", ended=_day(end),
+                                                           day=f"{day:%Y-%m-%d}"))
     day = next_business_day(issue_date)
-    return Deadline(end_of_day(day), OFFLINE24, f"offline24: by the next business day after the issue date "
-                                                f"{issue_date:%Y-%m-%d} (P_1), {day:%Y-%m-%d}")
+    return Deadline(end_of_day(day), OFFLINE24, _("offline24: by the next business day after the issue date "
+                                                  "{issue_date} (P_1), {day}", issue_date=f"{issue_date:%Y-%m-%d}",
+                                                  day=f"{day:%Y-%m-%d}"))
 
 
 def elapsed_share(issued_at: dt.datetime, at: dt.datetime | None, now: dt.datetime) -> float | None:

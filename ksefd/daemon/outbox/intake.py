@@ -41,6 +41,7 @@ from typing import Any
 from ksefd import spool
 from ksefd.clock import Clock, warsaw_today
 from ksefd.config import Company
+from ksefd.i18n import N_, _
 from ksefd.invoice import CheckedInvoice, InvoiceRejected, check_invoice
 from ksefd.ksef import sha256_b64
 from ksefd.store import InvoiceRow, InvoiceState, NewInvoice
@@ -58,8 +59,8 @@ CHECK_THREADS = 2      # threads for a chunk's local checks (parsing overlaps; i
 SETTLED_STATES = frozenset({S.REJECTED, S.RETURNED, S.REDROP})   # never an "original" of a re-drop
 REDROP_LOOK_SECONDS = 1.0      # while a re-drop waits for its original, intake looks this often
 ACCEPTED_STATES = frozenset({S.ACCEPTED, S.UPO_SAVED, S.DONE})
-DUPLICATE_NUMBER_HINT = ("Give the invoice its own number (P_2); if it corrects the earlier one, issue a correcting "
-                         "invoice (KOR) with a new number.")
+DUPLICATE_NUMBER_HINT = N_("Give the invoice its own number (P_2); if it corrects the earlier one, issue a "
+                           "correcting invoice (KOR) with a new number.")
 
 
 @dataclass
@@ -171,7 +172,7 @@ class Intake:
 
     async def _take(self, paths: list[Path]) -> int:
         taken = await asyncio.to_thread(self._claim_all, paths)
-        for path, _ in taken:
+        for path, _work in taken:
             self.stability.forget(path)
         claimed = await asyncio.to_thread(self._read_all, taken)     # one thread hop for the chunk, not one per file
         await self._process(claimed)
@@ -373,9 +374,9 @@ class Intake:
             await self.ledger.redrop(row, original, item.data)
             return
         self.redrops_waiting += 1
-        self.ledger.show(row, {"redropOf": original.file_name, "message": (
-            f"the same bytes as {original.file_name!r}, which KSeF has not finished yet (state {original.state}); "
-            f"not sent again: its result is copied under this name once it is done")})
+        self.ledger.show(row, {"redropOf": original.file_name, "message": _(
+            "the same bytes as {file}, which KSeF has not finished yet (state {state}); not sent again: its result "
+            "is copied under this name once it is done", file=repr(original.file_name), state=str(original.state))})
         self.log.info("outbox.redrop_waiting", file=row.file_name, original=original.file_name,
                       original_state=str(original.state))
 
@@ -458,9 +459,11 @@ def _shown_name(name: str) -> str:
 
 def _duplicate_number(item: _Claimed, checked: CheckedInvoice, earlier: InvoiceRow) -> dict[str, Any]:
     return {"stage": "local-check", "code": "duplicate-number",
-            "message": f"Invoice number {checked.invoice_number!r} ({checked.invoice_type}) of seller "
-                       f"{checked.seller_nip} is already in KSeF as {earlier.ksef_number} (file "
-                       f"{earlier.file_name!r}) with different content; KSeF would refuse it as a duplicate (440).",
+            "message": _("Invoice number {number} ({type}) of seller {nip} is already in KSeF as {ksef_number} (file "
+                         "{file}) with different content; KSeF would refuse it as a duplicate (440).",
+                         number=repr(checked.invoice_number), type=str(checked.invoice_type),
+                         nip=str(checked.seller_nip), ksef_number=str(earlier.ksef_number),
+                         file=repr(earlier.file_name)),
             "details": {"earlierFile": earlier.file_name, "ksefNumber": earlier.ksef_number},
             "hint": DUPLICATE_NUMBER_HINT, "file": item.name, "invoiceHash": item.sha256}
 

@@ -18,6 +18,7 @@ import datetime as dt
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+from ksefd.i18n import N_, _, translate
 from ksefd.store import Change, InvoiceRow, InvoiceState, OfflineInvoice, StateConflict, Store
 
 from ..failures import Failure
@@ -25,20 +26,20 @@ from .files import OutboxFiles
 
 S = InvoiceState
 
-# What the state file tells a person while an invoice waits.
+# What the state file tells a person while an invoice waits: message ids, written in the config's language.
 STATE_MESSAGES: dict[InvoiceState, str] = {
-    S.CLAIMED: "received by ksefd; being checked",
-    S.CHECKED: "passed the local checks",
-    S.QUEUED: "waiting to be sent to KSeF",
-    S.SUBMITTING: "being sent to KSeF",
-    S.IN_DOUBT: "sent to KSeF, the answer was lost; ksefd is asking KSeF what happened",
-    S.PROCESSING: "in KSeF, waiting for its KSeF number",
-    S.ACCEPTED: "accepted by KSeF; fetching its UPO",
-    S.UPO_SAVED: "accepted by KSeF; UPO saved",
-    S.DEFERRED: "waiting to be retried after a temporary failure",
-    S.OFFLINE: "issued offline: KOD I/II and NAME.offline.json are in the offline folder; ksefd sends it to "
-               "KSeF with offlineMode before its deadline",
-    S.HELD: "on hold: the company needs a person's attention (see ksefd status)",
+    S.CLAIMED: N_("received by ksefd; being checked"),
+    S.CHECKED: N_("passed the local checks"),
+    S.QUEUED: N_("waiting to be sent to KSeF"),
+    S.SUBMITTING: N_("being sent to KSeF"),
+    S.IN_DOUBT: N_("sent to KSeF, the answer was lost; ksefd is asking KSeF what happened"),
+    S.PROCESSING: N_("in KSeF, waiting for its KSeF number"),
+    S.ACCEPTED: N_("accepted by KSeF; fetching its UPO"),
+    S.UPO_SAVED: N_("accepted by KSeF; UPO saved"),
+    S.DEFERRED: N_("waiting to be retried after a temporary failure"),
+    S.OFFLINE: N_("issued offline: KOD I/II and NAME.offline.json are in the offline folder; ksefd sends it to "
+                  "KSeF with offlineMode before its deadline"),
+    S.HELD: N_("on hold: the company needs a person's attention (see ksefd status)"),
 }
 # Which loop acts after a move into a state.
 DISPATCHER_STATES = frozenset({S.QUEUED, S.DEFERRED, S.REJECTED, S.DONE, S.OFFLINE})
@@ -139,7 +140,7 @@ class Ledger:
             "originalResult": f"{original.result_name or original.file_name}", "originalInvoiceId": original.id,
             "ksefNumber": original.ksef_number, "invoiceHash": row.sha256, "redropReceivedAt":
                 row.created_at.isoformat(),
-            "note": "the same bytes as an invoice KSeF already accepted: not sent again; this is its result"})
+            "note": _("the same bytes as an invoice KSeF already accepted: not sent again; this is its result")})
         upo = self.files.read_sent(original.result_name, ".upo.xml") if original.result_name else None
         if upo is None and original.session_id is not None:
             saved = await self.store.sessions.upos(original.session_id, invoice_id=original.id)
@@ -213,12 +214,12 @@ class Ledger:
         """The company went on hold: its waiting invoices (not those a send task holds) become HELD."""
         for state in (S.QUEUED, S.DEFERRED):
             ids = [i for i in await self.store.invoices.ids_in(self.company, [state]) if i not in busy]
-            await self.move_many(ids, state, S.HELD, show={"hold": failure.message},
+            await self.move_many(ids, state, S.HELD, show={"hold": failure.text()},
                                  detail={"hold": failure.code})
 
     async def hold_one(self, row: InvoiceRow, failure: Failure, stage: str) -> InvoiceRow:
         """An invoice whose own send found the reason for the hold."""
-        return await self.move(row, S.HELD, show={"hold": failure.message}, last_error=failure.as_error(stage))
+        return await self.move(row, S.HELD, show={"hold": failure.text()}, last_error=failure.as_error(stage))
 
     async def release_held(self) -> int:
         ids = await self.store.invoices.ids_in(self.company, [S.HELD])
@@ -254,7 +255,7 @@ class Ledger:
         await asyncio.to_thread(write_all)
 
     def _write_state(self, row: InvoiceRow, extra: dict[str, Any] | None, now: dt.datetime) -> None:
-        message = STATE_MESSAGES.get(row.state, str(row.state))
+        message = translate(STATE_MESSAGES[row.state]) if row.state in STATE_MESSAGES else str(row.state)
         info: dict[str, Any] = {"updatedAt": now.isoformat()}
         if row.next_attempt_at is not None and row.state in (S.DEFERRED, S.QUEUED):
             info["nextAttemptAt"] = row.next_attempt_at.isoformat()

@@ -30,6 +30,7 @@ from typing import Any
 from ksefd import spool
 from ksefd.clock import WARSAW, Clock
 from ksefd.config import Company
+from ksefd.i18n import _, translate
 from ksefd.ksef import CredentialsError, sha256_b64
 from ksefd.store import InvoiceRow, InvoiceState, OfflineInvoice, Store
 
@@ -198,7 +199,7 @@ class OfflineDesk:
             if original is not None:
                 await self._correction(row, original)
             elif requested:
-                await self.issue(row, OFFLINE24, "offline24 requested by the ERP (outbox/offline/)", "offline24")
+                await self.issue(row, OFFLINE24, _("offline24 requested by the ERP (outbox/offline/)"), "offline24")
 
     async def issue(self, row: InvoiceRow, mode: str, reason: str, label: str, event_id: int | None = None,
                     corrects: InvoiceRow | None = None) -> InvoiceRow | None:
@@ -228,15 +229,15 @@ class OfflineDesk:
             "invoiceId": row.id, "file": row.file_name, "invoiceNumber": row.invoice_number,
             "invoiceType": row.invoice_type, "sellerNip": row.seller_nip,
             "issueDate": row.issue_date.isoformat() if row.issue_date else None, "invoiceHash": row.sha256,
-            "mode": record.mode, "modeLabel": MODE_LABELS[label], "announced": record.event_id is not None,
+            "mode": record.mode, "modeLabel": translate(MODE_LABELS[label]), "announced": record.event_id is not None,
             "eventId": record.event_id, "reason": record.reason, "issuedAt": record.issued_at.isoformat(),
             "deadline": _iso(found.at), "lastDayToSend": last_day(found.at), "deadlineRule": found.reason,
             "ksefNumber": None,
             "environment": self.company.environment, "warnings": [],
         }
         if record.mode == TOTAL_FAILURE:
-            body["warnings"] = ["total failure of KSeF: the invoice may be issued without QR codes (PROTOCOL.md "
-                                "§8.1); ksefd sends it once KSeF is back"]
+            body["warnings"] = [_("total failure of KSeF: the invoice may be issued without QR codes (PROTOCOL.md "
+                                  "§8.1); ksefd sends it once KSeF is back")]
         if corrects is not None:
             body["technicalCorrectionOf"] = {"file": corrects.file_name, "invoiceHash": corrects.sha256,
                                              "rejected": corrects.result_name}
@@ -248,8 +249,9 @@ class OfflineDesk:
             return
         first = await self.store.offline.get(original_id)
         mode = first.mode if first is not None else OFFLINE24
-        moved = await self.issue(row, mode, f"technical correction of {original.file_name!r}, which KSeF rejected "
-                                            f"(status {original.status_code}); PROTOCOL.md §8.4", mode if
+        moved = await self.issue(row, mode, _("technical correction of {file}, which KSeF rejected (status "
+                                              "{status}); PROTOCOL.md §8.4", file=repr(original.file_name),
+                                              status=str(original.status_code)), mode if
                                  mode != OFFLINE24 else "offline24", corrects=original)
         if moved is not None:
             self.log.info("offline.technical_correction", file=row.file_name, original=original.file_name,
@@ -264,8 +266,10 @@ class OfflineDesk:
             try:
                 self._signer = await asyncio.to_thread(load_signer, self.company)
             except CredentialsError as exc:
-                self._signer_problem = (f"the Offline certificate cannot be used ({exc}), so KOD II could not be "
-                                        "made: the invoice cannot legally be handed over to the buyer yet")
+                self._signer_problem = _("the Offline certificate cannot be used ({error}), so KOD II could not be "
+                                         "made: the invoice cannot legally be handed over to the buyer yet; "
+                                         "replace the certificate files named in offline_certificate",
+                                         error=str(exc))
                 self.log.error("offline.certificate_unusable", error=str(exc))
         return self._signer
 
@@ -313,7 +317,7 @@ class OfflineDesk:
                 # Set once a failure ends (info); moved after it was known, e.g. a new failure (warning).
                 report = self.log.info if record.deadline is None else self.log.warning
                 report("offline.deadline_changed", file=row.file_name, deadline=_iso(found.at),
-                       was=_iso(record.deadline), rule=found.reason)
+                       was=_iso(record.deadline), rule=found.basis)
             await self._warn(row, record, found, now)
 
     async def _warn(self, row: InvoiceRow, record: OfflineInvoice, found: Deadline, now: dt.datetime) -> None:

@@ -22,21 +22,25 @@ from typing import Any
 
 from ksefd import spool
 from ksefd.config import Company
+from ksefd.i18n import N_, translate
 from ksefd.ksef import CertificateCredentials, CredentialsError, qr
 from ksefd.store import InvoiceRow
 
 from ..certificate_files import offline_credentials
 
-NO_KOD2 = ("no Offline KSeF certificate is configured (offline_certificate), so KOD II could not be made: "
-           "an offline invoice must carry KOD I and KOD II, so it cannot legally be handed over to the buyer yet. "
-           "Configure the company's Offline certificate, or wait for the KSeF number (KOD I with the number).")
+# Message ids, written in the config's language. Not the labels printed under the QR codes: those are
+# KSeF's ("OFFLINE", "CERTYFIKAT", PROTOCOL.md §8) and stay exactly as specified (qr.OFFLINE_LABEL, ...).
+NO_KOD2 = N_("no Offline KSeF certificate is configured (offline_certificate), so KOD II could not be made: "
+             "an offline invoice must carry KOD I and KOD II, so it cannot legally be handed over to the buyer yet. "
+             "Configure the company's Offline certificate, or wait for the KSeF number (KOD I with the number).")
 MODE_LABELS = {
-    "offline24": "offline24: the taxpayer's offline mode (tryb offline24)",
-    "offline24-unreachable": "offline24: KSeF cannot be reached and no outage is announced, so this is the "
-                             "taxpayer's offline24 (not the Ministry's unavailability mode)",
-    "unavailability": "offline: KSeF unavailability announced by the Ministry (tryb offline, niedostępność)",
-    "failure": "awaryjny: KSeF failure announced by the Ministry (tryb awaryjny)",
-    "total-failure": "awaria całkowita: total KSeF failure; no QR codes and no obligation to send (PROTOCOL.md §8.1)",
+    "offline24": N_("offline24: the taxpayer's offline mode (tryb offline24)"),
+    "offline24-unreachable": N_("offline24: KSeF cannot be reached and no outage is announced, so this is the "
+                                "taxpayer's offline24 (not the Ministry's unavailability mode)"),
+    "unavailability": N_("offline: KSeF unavailability announced by the Ministry (tryb offline, niedostępność)"),
+    "failure": N_("awaryjny: KSeF failure announced by the Ministry (tryb awaryjny)"),
+    "total-failure": N_("awaria całkowita: total KSeF failure; no QR codes and no obligation to send (PROTOCOL.md "
+                        "§8.1)"),
 }
 
 
@@ -116,7 +120,7 @@ class OfflineFiles:
                 kod2 = signer.link(self.qr_host, self.company.nip, row.seller_nip, row.sha256)
                 body["kod2"] = self._images(stem, "kod2", kod2, qr.CERTIFICATE_LABEL)
             else:
-                warnings.append(signer_problem or NO_KOD2)
+                warnings.append(signer_problem or translate(NO_KOD2))
         body["warnings"] = warnings
         spool.fsync_directory(self.folder)
         spool.write_json(self.json_path(stem), body)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ksefd.config import Company
+from ksefd.i18n import N_
 from ksefd.ksef import FA3, KsefError, OnlineOptions, OnlineSender, OnlineSession, OutcomeUnknown
 from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, StateConflict, Store
 
@@ -129,8 +130,9 @@ class OnlineChannel:
             return failure
         if failure.verdict == "reject" and row.state == S.SUBMITTING:
             error = {**failure.as_error("ksef-send"), "details": getattr(exc, "details", []),
-                     "hint": "KSeF refused the request that carried this invoice; the message says why. Correct "
-                             "the invoice and drop it again.", "file": row.file_name, "invoiceHash": row.sha256}
+                     "hint": N_("KSeF refused the request that carried this invoice; the message says why. "
+                                "Correct the invoice and drop it again."),
+                     "file": row.file_name, "invoiceHash": row.sha256}
             if corrected_hash:
                 error.update(technical_correction_error(exc, corrected_hash))
             await self.ledger.reject(row, error, from_state=S.SUBMITTING)
@@ -215,11 +217,11 @@ class OnlineChannel:
 
 
 CORRECTION_HINTS = {
-    21166: "KSeF already holds a valid technical correction of this offline invoice (21166); nothing more to send. "
-           "See the earlier correction in sent/.",
-    21167: "KSeF does not allow a technical correction of this invoice (21167): the original was accepted, is still "
-           "being processed, was not sent offline, or was rejected for missing permissions. If the original was "
-           "accepted, issue a correcting invoice (KOR) instead.",
+    21166: N_("KSeF already holds a valid technical correction of this offline invoice (21166); nothing more to "
+              "send. See the earlier correction in sent/."),
+    21167: N_("KSeF does not allow a technical correction of this invoice (21167): the original was accepted, is "
+              "still being processed, was not sent offline, or was rejected for missing permissions. If the "
+              "original was accepted, issue a correcting invoice (KOR) instead."),
 }
 
 

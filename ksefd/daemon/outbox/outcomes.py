@@ -20,6 +20,7 @@ from typing import Any
 
 from ksefd import spool
 from ksefd.config import Company
+from ksefd.i18n import N_, _
 from ksefd.ksef import KsefError, KsefException, SessionInvoice, qr
 from ksefd.store import Change, InvoiceRow, InvoiceState, OfflineInvoice, SessionRow
 
@@ -33,18 +34,22 @@ S = InvoiceState
 SEND_AGAIN = frozenset({405, 500, 550})
 NO_SUCH_SESSION = 21173     # the original's session cannot be read at all: nothing to compare with
 WRITERS = 4             # threads writing a group's result files
+# Message ids: NAME.error.json carries them in the config's language (error_text.localize).
 KSEF_HINTS: dict[int, str] = {
-    410: "The credentials ksefd uses may not issue invoices for this seller (Podmiot1). Grant the permission "
-         "in KSeF, or drop the invoice into the outbox of the seller's company.",
-    415: "Invoices with attachments (Zalacznik) need attachments enabled for the taxpayer in e-Urząd Skarbowy; "
-         "ksefd sends them in batch sessions only. Enable it, or remove the attachment, and drop the file again.",
-    430: "KSeF found the file invalid (schema, encoding or size). Correct it in the ERP and drop it again.",
-    435: "KSeF could not decrypt the file. This is not a problem with the invoice; report it to ksefd's "
-         "maintainers with the log, then drop the file again.",
-    440: "KSeF already holds an invoice with this seller NIP, invoice type and number (P_2). If this is a "
-         "correction, issue a correcting invoice (KOR) with its own number; otherwise give it a new number.",
-    450: "KSeF refused the content (semantic check). Correct the fields named in the details and drop it again.",
+    410: N_("The credentials ksefd uses may not issue invoices for this seller (Podmiot1). Grant the permission "
+            "in KSeF, or drop the invoice into the outbox of the seller's company."),
+    415: N_("Invoices with attachments (Zalacznik) need attachments enabled for the taxpayer in e-Urząd Skarbowy; "
+            "ksefd sends them in batch sessions only. Enable it, or remove the attachment, and drop the file "
+            "again."),
+    430: N_("KSeF found the file invalid (schema, encoding or size). Correct it in the ERP and drop it again."),
+    435: N_("KSeF could not decrypt the file. This is not a problem with the invoice; report it to ksefd's "
+            "maintainers with the log, then drop the file again."),
+    440: N_("KSeF already holds an invoice with this seller NIP, invoice type and number (P_2). If this is a "
+            "correction, issue a correcting invoice (KOR) with its own number; otherwise give it a new number."),
+    450: N_("KSeF refused the content (semantic check). Correct the fields named in the details and drop it "
+            "again."),
 }
+OTHER_HINT = N_("Correct the invoice as KSeF's description (ksefStatus) says, then drop it into the outbox again.")
 
 
 @dataclass(frozen=True)
@@ -280,15 +285,17 @@ class Outcomes:
             accepted = await self.accept(moved, original, original_session, session.kind, {
                 "resolvedDuplicate": {"invoiceReferenceNumber": invoice.reference_number,
                                       "sessionReferenceNumber": session.reference,
-                                      "note": "a repeated send of these exact bytes; KSeF kept the first"}})
+                                      "note": _("a repeated send of these exact bytes; KSeF kept the first")}})
             return None if accepted is None else Accepted(accepted, original_session, original.upo_download_url)
         if original is None:
-            why = (f"KSeF says it already holds this seller's invoice {row.invoice_number!r} as KSeF number {number} "
-                   f"(session {original_session}); ksefd could not read that original to compare it")
+            why = _("KSeF says it already holds this seller's invoice {number} as KSeF number {ksef_number} "
+                    "(session {session}); ksefd could not read that original to compare it",
+                    number=repr(row.invoice_number), ksef_number=str(number), session=str(original_session))
         else:
-            why = (f"KSeF already holds this seller's invoice {row.invoice_number!r} as KSeF number {number} with "
-                   f"different content (hash {original.invoice_hash}, this file {row.sha256}); this file was not "
-                   f"accepted")
+            why = _("KSeF already holds this seller's invoice {number} as KSeF number {ksef_number} with different "
+                    "content (hash {hash}, this file {this_hash}); this file was not accepted",
+                    number=repr(row.invoice_number), ksef_number=str(number), hash=str(original.invoice_hash),
+                    this_hash=row.sha256)
         await self.reject(row, invoice, session.reference, message=why)
         return None
 
@@ -320,8 +327,11 @@ class Outcomes:
     async def reject(self, row: InvoiceRow, invoice: SessionInvoice, session_reference: str,
                      message: str | None = None) -> None:
         code = invoice.status.code
-        error = {"stage": "ksef", "code": f"ksef-{code}", "message": message or invoice.status.description,
-                 "details": list(invoice.status.details or []), "hint": KSEF_HINTS.get(code, ""),
+        # ksefd's sentence in the config's language; KSeF's own words stay as sent, under ksefStatus.
+        said = message or _("KSeF rejected the invoice (code {code}): {description}", code=str(code),
+                            description=str(invoice.status.description))
+        error = {"stage": "ksef", "code": f"ksef-{code}", "message": said,
+                 "details": list(invoice.status.details or []), "hint": KSEF_HINTS.get(code, OTHER_HINT),
                  "ksefStatus": {"code": code, "description": invoice.status.description,
                                 "details": list(invoice.status.details or []),
                                 "extensions": invoice.status.extensions},
@@ -332,7 +342,9 @@ class Outcomes:
     async def send_again(self, row: InvoiceRow, invoice: SessionInvoice) -> None:
         attempts = row.attempts + 1
         when = next_attempt(self.ledger.now(), self.company.sending, attempts)
-        error = {"stage": "ksef", "code": f"ksef-{invoice.status.code}", "message": invoice.status.description,
+        error = {"stage": "ksef", "code": f"ksef-{invoice.status.code}", "message": _(
+                     "KSeF cancelled the processing of the invoice ({code}: {description}); ksefd sends it again "
+                     "by itself.", code=str(invoice.status.code), description=str(invoice.status.description)),
                  "details": list(invoice.status.details or [])}
         await self.ledger.move(row, S.QUEUED, from_state=S.PROCESSING, attempts=attempts, next_attempt_at=when,
                                last_error=error, invoice_ref=None, detail=error)

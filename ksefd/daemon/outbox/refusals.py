@@ -15,18 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from ksefd import spool
+from ksefd.i18n import N_, _, translate
 
 STAGE = "intake"
-HINT_SAVE_AS_FILE = ("Save the invoice itself as an ordinary file in the outbox (write NAME.tmp, then rename it "
-                     "to NAME.xml); remove this entry.")
+# Message ids: error.json carries them in the config's language (the `_()` below; codes stay English).
+HINT_SAVE_AS_FILE = N_("Save the invoice itself as an ordinary file in the outbox (write NAME.tmp, then rename it "
+                       "to NAME.xml); remove this entry.")
 WHAT: dict[str, tuple[str, str]] = {    # kind -> (what it is, why ksefd does not take it)
-    "symbolic-link": ("a symbolic link", "ksefd does not follow links: the invoice must be the file in the outbox "
-                                         "itself, so that nobody can change it after ksefd took it"),
-    "folder": ("a folder", "only files can be invoices"),
-    "fifo": ("a named pipe (FIFO)", "ksefd never reads from pipes (reading would wait for a writer forever)"),
-    "socket": ("a socket", "only files can be invoices"),
-    "device-file": ("a device file", "only files can be invoices"),
-    "special-file": ("a special file", "only files can be invoices"),
+    "symbolic-link": (N_("a symbolic link"), N_("ksefd does not follow links: the invoice must be the file in the "
+                                                "outbox itself, so that nobody can change it after ksefd took it")),
+    "folder": (N_("a folder"), N_("only files can be invoices")),
+    "fifo": (N_("a named pipe (FIFO)"), N_("ksefd never reads from pipes (reading would wait for a writer forever)")),
+    "socket": (N_("a socket"), N_("only files can be invoices")),
+    "device-file": (N_("a device file"), N_("only files can be invoices")),
+    "special-file": (N_("a special file"), N_("only files can be invoices")),
 }
 
 
@@ -60,33 +62,37 @@ def read_claimed(path: Path) -> bytes:
 def not_a_file(name: str, kind: str) -> dict[str, Any]:
     what, why = WHAT.get(kind, WHAT["special-file"])
     return {"stage": STAGE, "code": kind, "file": name,
-            "message": f"{name!r} in the outbox is {what}, not a file: {why}. Nothing was sent to KSeF.",
-            "hint": HINT_SAVE_AS_FILE}
+            "message": _("{name} in the outbox is {what}, not a file: {why}. Nothing was sent to KSeF.",
+                         name=repr(name), what=translate(what), why=translate(why)),
+            "hint": translate(HINT_SAVE_AS_FILE)}
 
 
 def unreadable(name: str, exc: OSError) -> dict[str, Any]:
     if isinstance(exc, PermissionError):
         return {"stage": STAGE, "code": "unreadable-file", "file": name,
-                "message": f"ksefd's user may not read {name!r} (permission denied); nothing was sent to KSeF.",
-                "hint": "Let the ERP create files ksefd's user or group can read (e.g. mode 0640 with ksefd's "
-                        "group, or umask 027), then drop the file again.",
+                "message": _("ksefd's user may not read {name} (permission denied); nothing was sent to KSeF.",
+                             name=repr(name)),
+                "hint": _("Let the ERP create files ksefd's user or group can read (e.g. mode 0640 with ksefd's "
+                          "group, or umask 027), then drop the file again."),
                 "details": {"error": exc.strerror or str(exc)}}
     return {"stage": STAGE, "code": "read-failed", "file": name,
-            "message": f"ksefd could not read {name!r}: {exc.strerror or exc}; nothing was sent to KSeF.",
-            "hint": "Check the disk or network share the outbox is on, then drop the file again.",
+            "message": _("ksefd could not read {name}: {error}; nothing was sent to KSeF.", name=repr(name),
+                         error=str(exc.strerror or exc)),
+            "hint": _("Check the disk or network share the outbox is on, then drop the file again."),
             "details": {"error": exc.strerror or str(exc), "errno": exc.errno}}
 
 
 def name_not_utf8(shown: str) -> dict[str, Any]:
     return {"stage": STAGE, "code": "name-not-utf8", "file": shown,
-            "message": f"The file name {shown!r} is not valid UTF-8 (each \ufffd stands for a byte that is not); "
-                       "ksefd cannot record or report such a name, so nothing was sent to KSeF.",
-            "hint": "Let the ERP write file names in UTF-8 (or only Latin letters, digits, '-' and '_'), then drop "
-                    "the file again."}
+            "message": _("The file name {name} is not valid UTF-8 (each \ufffd stands for a byte that is not); "
+                         "ksefd cannot record or report such a name, so nothing was sent to KSeF.", name=repr(shown)),
+            "hint": _("Let the ERP write file names in UTF-8 (or only Latin letters, digits, '-' and '_'), then drop "
+                      "the file again.")}
 
 
 def check_failed(name: str, exc: BaseException) -> dict[str, Any]:
     """An unexpected failure of the local checks themselves (a bug in ksefd or its XML library)."""
     return {"stage": "local-check", "code": "check-failed", "file": name,
-            "message": f"ksefd could not check {name!r} ({type(exc).__name__}: {exc}); nothing was sent to KSeF.",
-            "hint": "Please report this to ksefd's maintainers with the file; then fix it or drop it again."}
+            "message": _("ksefd could not check {name} ({error}); nothing was sent to KSeF.", name=repr(name),
+                         error=f"{type(exc).__name__}: {exc}"),
+            "hint": _("Please report this to ksefd's maintainers with the file; then fix it or drop it again.")}
