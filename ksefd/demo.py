@@ -24,6 +24,7 @@ from ksefd.clock import warsaw_date
 from ksefd.config import load_config
 from ksefd.daemon.runtime import Runtime
 from ksefd.daemon.service import serve
+from ksefd.daemon.state_words import state_label
 from ksefd.demo_setup import offline_certificate, prepare_companies, write_config
 from ksefd.i18n import _, current
 from ksefd.samples import has_attachment, make_invoice, sample_bytes, sample_names
@@ -82,7 +83,7 @@ class LiveSummary:
                 note = _("  (sent/ has the XML, .ksef.json and .upo.xml)") if state == "done" else ""
                 if state == "offline":
                     note = _("  (KSeF down: KOD I + KOD II and .offline.json in offline/, ready to print)")
-                print(f"  {key:<40} {state:<11}{extra}{note}", file=self.out, flush=True)
+                print(f"  {key:<40} {state_label(state):<13}{extra}{note}", file=self.out, flush=True)
         for company in runtime.config.companies:
             if not company.receive or not company.folders.inbox.exists():
                 continue

@@ -15,7 +15,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from ksefd import __version__
+from ksefd import __version__, i18n
 from ksefd.clock import WARSAW, Clock, warsaw_date
 from ksefd.config import Company, Config
 from ksefd.i18n import _
@@ -23,6 +23,7 @@ from ksefd.store import InvoiceState, Store
 
 from .credential_expiry import credential_expiry
 from .inbox.status import render_lines as inbox_lines
+from .state_words import state_label
 from .status import WAITING, CompanyStatus, DaemonStatus, gather
 
 S = InvoiceState
@@ -58,20 +59,22 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], *, raw_first: boo
         cells = [c if raw_first and i == 0 else _e(c) for i, c in enumerate(row)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     if not body:
-        return "<p>none</p>"
+        return f"<p>{_e(_('none'))}</p>"
     return f"<table><tr>{head_html}</tr>{''.join(body)}</table>"
 
 
 def _page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
+    return (f"<!DOCTYPE html><html lang=\"{i18n.current()}\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
             f"<meta name=\"viewport\" content=\"width=device-width\"><style>{_STYLE}</style></head>"
-            f"<body>{body}<hr><small>ksefd {_e(__version__)} &middot; read-only &middot; "
-            f"<a href=\"/metrics\">metrics</a></small></body></html>")
+            f"<body>{body}<hr><small>ksefd {_e(__version__)} &middot; {_e(_('read-only'))} &middot; "
+            f"<a href=\"/metrics\">{_e(_('metrics'))}</a></small></body></html>")
 
 
 def _running(status: DaemonStatus) -> str:
-    state = "<span class=\"ok\">running</span>" if status.running else "<span class=\"bad\">not running</span>"
-    return f"<p>ksefd is {state}; last heartbeat {_e(_when(status.last_heartbeat))}</p>"
+    state = (f"<span class=\"ok\">{_e(_('running'))}</span>" if status.running
+             else f"<span class=\"bad\">{_e(_('not running'))}</span>")
+    sentence = _e(_("ksefd is {state}; last heartbeat {when}"))      # translated, escaped, then filled
+    return "<p>" + sentence.format(state=state, when=_e(_when(status.last_heartbeat))) + "</p>"
 
 
 def _warning(company: Company, clock: Clock) -> str:
@@ -97,39 +100,51 @@ async def index_page(store: Store, config: Config, clock: Clock, connected: Mapp
     rows = []
     for c in status.companies:
         link = f"<a href=\"/company/{quote(c.name)}\">{_e(c.name)}</a>"
-        rows.append([link, c.nip, connected.get(c.name, "idle"), c.queued, c.in_ksef, c.accepted_today,
-                     c.rejected_today, f"{c.on_hold['code']}: {c.on_hold['reason']}" if c.on_hold else ""])
+        rows.append([link, c.nip, _connection_words(connected.get(c.name, "idle")), c.queued, c.in_ksef,
+                     c.accepted_today, c.rejected_today,
+                     f"{c.on_hold['code']}: {c.on_hold['reason']}" if c.on_hold else ""])
     warnings = "".join(_warning(c, clock) for c in config.companies if c.send or c.receive)
-    table = _table(["company", "NIP", "KSeF", "queued", "in KSeF", "accepted today", "rejected today", "on hold"],
-                   rows, raw_first=True)
+    table = _table([_("company"), "NIP", "KSeF", _("queued"), _("in KSeF"), _("accepted today"), _("rejected today"),
+                    _("on hold")], rows, raw_first=True)
     certificates = "".join(f"<li>{_e(line)}</li>" for line in status.certificates)
-    body = (f"<h1>ksefd status</h1>{_running(status)}{warnings}{table}"
-            + (f"<h2>KSeF certificates</h2><ul>{certificates}</ul>" if certificates else ""))
-    return _page("ksefd status", body)
+    title = _("ksefd status")
+    body = (f"<h1>{_e(title)}</h1>{_running(status)}{warnings}{table}"
+            + (f"<h2>{_e(_('KSeF certificates'))}</h2><ul>{certificates}</ul>" if certificates else ""))
+    return _page(title, body)
 
 
 async def company_page(store: Store, config: Config, clock: Clock, company: Company, connected: str) -> str:
     status = await gather(store, config, clock)
     c = next(s for s in status.companies if s.name == company.name)
-    mode = "/".join(m for m, on in (("send", c.send), ("receive", c.receive)) if on) or "idle"
-    counts = _table(["queued", "in KSeF", "accepted today", "rejected today", "accepted in all", "rejected in all"],
+    mode = "/".join(m for m, on in ((_("send"), c.send), (_("receive"), c.receive)) if on) or _("idle")
+    counts = _table([_("queued"), _("in KSeF"), _("accepted today"), _("rejected today"), _("accepted in all"),
+                     _("rejected in all")],
                     [[c.queued, c.in_ksef, c.accepted_today, c.rejected_today, c.accepted_total, c.rejected_total]])
-    body = [f"<p><a href=\"/\">&larr; all companies</a></p><h1>{_e(c.name)}</h1>",
-            f"<p>NIP {_e(c.nip)}, {_e(mode)}, KSeF: {_e(connected)}</p>", _running(status), _warning(company, clock),
-            _hold(c), "<h2>Today</h2>", counts]
+    body = [f"<p><a href=\"/\">&larr; {_e(_('all companies'))}</a></p><h1>{_e(c.name)}</h1>",
+            f"<p>NIP {_e(c.nip)}, {_e(mode)}, KSeF: {_e(_connection_words(connected))}</p>", _running(status),
+            _warning(company, clock), _hold(c), f"<h2>{_e(_('Today'))}</h2>", counts]
     waiting = await store.invoices.in_state(company.name, *WAITING, limit=SHOWN_WAITING)
-    body += ["<h2>Queued</h2>", _table(
-        ["file", "state", "since", "attempts", "next attempt", "why", "invoice"],
-        [[r.file_name, r.state.value, _when(r.updated_at), r.attempts, _when(r.next_attempt_at),
+    body += [f"<h2>{_e(_('Queued'))}</h2>", _table(
+        [_("file"), _("state"), _("since"), _("attempts"), _("next attempt"), _("why"), _("invoice")],
+        [[r.file_name, state_label(r.state), _when(r.updated_at), r.attempts, _when(r.next_attempt_at),
           _reason(r.last_error, r.state, c), r.id] for r in waiting])]
     held = [r for r in waiting if r.state is S.HELD]
     if held:
-        body += [f"<h2>Held ({len(held)})</h2><p>Why: {_e(c.on_hold['reason'] if c.on_hold else 'see each row')}</p>"]
-    body += ["<h2>Last errors</h2>", _table(["at", "file", "state", "code", "message", "invoice"],
-                                            await _last_errors(store, company.name))]
+        why = c.on_hold["reason"] if c.on_hold else _("see each row")
+        body += [f"<h2>{_e(_('Held ({count})', count=len(held)))}</h2><p>{_e(_('Why: {reason}', reason=why))}</p>"]
+    errors = await _last_errors(store, company.name)
+    body += [f"<h2>{_e(_('Last errors'))}</h2>",
+             _table([_("at"), _("file"), _("state"), _("code"), _("message"), _("invoice")], errors)]
     if c.receive:
-        body += ["<h2>Inbox</h2>", f"<pre>{_e(chr(10).join(inbox_lines(c.inbox)))}</pre>"]
+        body += [f"<h2>{_e(_('Inbox'))}</h2>", f"<pre>{_e(chr(10).join(inbox_lines(c.inbox)))}</pre>"]
     return _page(f"ksefd: {company.name}", "".join(body))
+
+
+def _connection_words(state: str) -> str:
+    """http_server.company_states' words ("connected", "connecting", "on hold: CODE", "idle") for people."""
+    head, _sep, code = state.partition(": ")
+    words = {"connected": _("connected"), "connecting": _("connecting"), "on hold": _("on hold"), "idle": _("idle")}
+    return f"{words.get(head, head)}: {code}" if code else words.get(head, head)
 
 
 def _reason(error: Any, state: InvoiceState, c: CompanyStatus) -> str:
@@ -152,6 +167,6 @@ async def _last_errors(store: Store, company: str) -> list[list[Any]]:
         error = error.get("error", error) if isinstance(error.get("error"), dict) else error
         if not error.get("message") and row is not None and isinstance(row.last_error, dict):
             error = row.last_error
-        found.append([_when(event.at), row.file_name if row else f"#{event.invoice_id}", event.to_state,
+        found.append([_when(event.at), row.file_name if row else f"#{event.invoice_id}", state_label(event.to_state or ""),
                       error.get("code", ""), error.get("message", ""), event.invoice_id])
     return found

@@ -70,7 +70,8 @@ async def test_metrics_move_as_invoices_flow_and_probes_tell_the_truth(
         async with http.get(f"{daemon.url}/company/readonly") as response:
             page = await response.text()
             assert response.status == 200 and "default-src 'none'" in response.headers["Content-Security-Policy"]
-        assert "Wstrzymana" in page and "RO-1.xml" in page and "held" in page     # on hold (default language)
+        assert "Wstrzymana" in page and "RO-1.xml" in page and "<td>wstrzymana</td>" in page   # on hold (Polish)
+        assert "<th>następna próba</th>" in page and '<html lang="pl">' in page
         async with http.get(f"{daemon.url}/company/acme") as response:
             page = await response.text()
         assert "FV-3.xml" in page and "seller-nip" in page            # the last error, with its code

@@ -57,10 +57,10 @@ async def test_status_pages_render_in_chromium(sim_factory: Any, http: aiohttp.C
             await chromium(tmp_path / f"shot-{name}", f"--screenshot={shot}", "--window-size=1280,900",
                            daemon.url + path)
             assert (await asyncio.to_thread(shot.stat)).st_size > 5_000
-    assert "<h1>ksefd status</h1>" in dom["index"] and 'href="/company/readonly"' in dom["index"]
-    assert "on hold: missing-permission" in dom["index"] and "is <span class=\"ok\">running</span>" in dom["index"]
+    assert "<h1>stan ksefd</h1>" in dom["index"] and 'href="/company/readonly"' in dom["index"]
+    assert "wstrzymana: missing-permission" in dom["index"] and "<span class=\"ok\">działa</span>" in dom["index"]
     readonly = dom["readonly"]
-    assert "<b>Wstrzymana</b>" in readonly and "RO-1.xml" in readonly and "<td>held</td>" in readonly
+    assert "<b>Wstrzymana</b>" in readonly and "RO-1.xml" in readonly and "<td>wstrzymana</td>" in readonly
     assert "missing-permission" in readonly
     assert "logs in with a KSeF token" in readonly and "docs/certificates.md" in readonly   # point 7
     acme = dom["acme"]
