@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, TextIO
 
+from ksefd.i18n import _
+
 if TYPE_CHECKING:
     from ksefd.config import Config
 
@@ -148,8 +150,8 @@ def main(action: str, config: Path | None, startup: str = "auto") -> int:
     """`ksefd service ACTION`: Windows only; elsewhere it says what to use instead."""
     if sys.platform == "win32":   # pragma: no cover - Windows only
         return _windows_main(action, config, startup)
-    print("ksefd service: Windows services exist only on Windows; on Linux install the systemd unit "
-          "(systemd/ksefd.service, docs/service.md)", file=sys.stderr)
+    print(_("ksefd service: Windows services exist only on Windows; on Linux install the systemd unit "
+            "(systemd/ksefd.service, docs/service.md)"), file=sys.stderr)
     return 2
 
 
@@ -161,8 +163,8 @@ if sys.platform == "win32":   # pragma: no cover - pywin32 exists only on Window
     def _windows_main(action: str, config: Path | None, startup: str) -> int:
         chosen = (config or Path(default_paths().config)).absolute()
         if action == "install" and not chosen.exists():
-            print(f"ksefd service: {chosen} does not exist; write the config first (config.example.toml)",
-                  file=sys.stderr)
+            print(_("ksefd service: {config} does not exist; write the config first (config.example.toml)",
+                    config=chosen), file=sys.stderr)
             return EX_CONFIG
         win32serviceutil.HandleCommandLine(KsefdService, argv=framework_argv(action, startup))
         if action == "install":

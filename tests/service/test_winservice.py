@@ -54,7 +54,7 @@ def test_the_cli_says_what_to_use_outside_windows() -> None:
         pytest.skip("on Windows the command talks to the Service Control Manager")
     result = subprocess.run([sys.executable, "-m", "ksefd", "service", "install"], capture_output=True, text=True,
                             timeout=60, check=False)
-    assert result.returncode == 2 and "systemd" in result.stderr
+    assert result.returncode == 2 and "w Linuksie zainstaluj jednostkę systemd" in result.stderr    # Polish by default
     result = subprocess.run([sys.executable, "-m", "ksefd", "service", "reload"], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 2 and "invalid choice" in result.stderr
