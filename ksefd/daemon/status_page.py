@@ -168,5 +168,6 @@ async def _last_errors(store: Store, company: str) -> list[list[Any]]:
         if not error.get("message") and row is not None and isinstance(row.last_error, dict):
             error = row.last_error
         found.append([_when(event.at), row.file_name if row else f"#{event.invoice_id}",
-                      state_label(event.to_state or ""), error.get("code", ""), error.get("message", ""), event.invoice_id])
+                      state_label(event.to_state or ""), error.get("code", ""), error.get("message", ""),
+                      event.invoice_id])
     return found
