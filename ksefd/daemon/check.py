@@ -241,8 +241,14 @@ def _auth_fix(code: int, company: Company, credentials: Credentials) -> str:
 
 
 def row_needs(company: Company) -> str:
-    wanted = [NEEDS[k] for k, on in (("send", company.send), ("receive", company.receive)) if on]
-    return _(" and ").join(wanted) or "InvoiceRead"
+    wanted = [permission_words(NEEDS[k]) for k, on in (("send", company.send), ("receive", company.receive)) if on]
+    return _(" and ").join(wanted) or permission_words("InvoiceRead")
+
+
+def permission_words(permission: str) -> str:
+    """KSeF's name of a permission with the words of the taxpayer's application (Aplikacja Podatnika)."""
+    return {"InvoiceWrite": _("InvoiceWrite (issuing invoices)"),
+            "InvoiceRead": _("InvoiceRead (viewing invoices)")}.get(permission, permission)
 
 
 async def _judge_permissions(row: CompanyCheck, company: Company, ctx: KsefContext, credentials: Credentials
@@ -279,7 +285,7 @@ async def _judge_permissions(row: CompanyCheck, company: Company, ctx: KsefConte
             lacks_scope = scope is not None and permission not in scope
             row.add("error", "permissions", _("{action} = true in the config, but {identity} lacks {permission} in "
                                               "NIP {nip}", action=action, identity=row.identity,
-                                              permission=permission, nip=company.nip),
+                                              permission=permission_words(permission), nip=company.nip),
                     _permission_fix(company, credentials, permission, action, lacks_scope))
 
 
@@ -290,19 +296,20 @@ def _permission_fix(company: Company, credentials: Credentials, permission: str,
                                    company=company.name)
     app = WEB_APP.get(company.environment, WEB_APP["prod"])
     if isinstance(credentials, KsefToken) and lacks_scope:
-        return _("a token's permissions are fixed when it is generated (PROTOCOL.md §9.1): generate a new token "
+        # A token's permissions are fixed when it is generated (PROTOCOL.md §9.1).
+        return _("a token's permissions are fixed when it is generated: generate a new token "
                  "in the taxpayer's application (Aplikacja Podatnika {app}), logged in to NIP {nip}, ticking "
                  "{permission} (and {other} if needed), save it into {file} and revoke the old one{alternative}",
-                 app=app, nip=company.nip, permission=permission,
-                 other="InvoiceRead" if permission == "InvoiceWrite" else "InvoiceWrite",
+                 app=app, nip=company.nip, permission=permission_words(permission),
+                 other=permission_words("InvoiceRead" if permission == "InvoiceWrite" else "InvoiceWrite"),
                  file=company.credentials.token_file, alternative=alternative)
     if isinstance(credentials, KsefToken):
         return _("the owner of NIP {nip} must grant {permission} to the person who generated this token (the "
                  "taxpayer's application, Aplikacja Podatnika {app} > Uprawnienia, or the ZAW-FA form){alternative}",
-                 nip=company.nip, permission=permission, app=app, alternative=alternative)
+                 nip=company.nip, permission=permission_words(permission), app=app, alternative=alternative)
     return _("the owner of NIP {nip} must grant {permission} to this certificate's owner (the taxpayer's "
              "application, Aplikacja Podatnika {app} > Uprawnienia, or the ZAW-FA form){alternative}",
-             nip=company.nip, permission=permission, app=app, alternative=alternative)
+             nip=company.nip, permission=permission_words(permission), app=app, alternative=alternative)
 
 
 async def _observe_daemon_limits(limiter: RateLimiter, config: Config) -> None:

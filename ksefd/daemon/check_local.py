@@ -160,10 +160,9 @@ def _judge_token(row: CompanyCheck, company: Company, token: KsefToken, today: d
                   nip=company.nip))
         return None
     if row.days_left < 0:
-        text = _("logs in with a KSeF token: token login ended on 31.12.2026 (PROTOCOL.md §9.1)")
+        text = _("logs in with a KSeF token: token login ended on 31.12.2026")
     else:
-        text = _("logs in with a KSeF token: token login ends on 31.12.2026, in {days} days (PROTOCOL.md §9.1)",
-                 days=row.days_left)
+        text = _("logs in with a KSeF token: token login ends on 31.12.2026, in {days} days", days=row.days_left)
     row.add("warning", "expiry", text, token_fix())
     return token
 

@@ -49,7 +49,7 @@ class Expiry:
         last_day = f"{self.last_day:%d.%m.%Y}"
         if self.kind == "token":
             if days < 0:
-                return _("{company} logs in with a KSeF token: token login ended on {date} (PROTOCOL.md §15). Move "
+                return _("{company} logs in with a KSeF token: token login ended on {date}. Move "
                          "it to a KSeF certificate (`ksefd certificate enroll`, see {doc})", company=self.company,
                          date=last_day, doc=CERTIFICATES_DOC)
             return _("{company} logs in with a KSeF token: token login ends on {date} (in {days} days). Move it to "

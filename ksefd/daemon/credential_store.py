@@ -127,8 +127,7 @@ def clean_token(text: str, company: Target) -> KsefToken:
     try:
         token = KsefToken.parse(text)
     except CredentialsError as exc:
-        raise CredentialStoreError(_("{error}; paste the whole token as the KSeF web app shows it",
-                                     error=exc)) from None
+        raise CredentialStoreError(str(exc)) from None        # it says how to paste the token
     if token.context_part.lower() != f"nip-{company.nip}":
         raise CredentialStoreError(_("this token was issued for {issued_for}, the company {company} is NIP {nip}: "
                                      "generate the token in the context of NIP {nip}", issued_for=token.context_part,

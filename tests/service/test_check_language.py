@@ -42,7 +42,7 @@ async def test_check_speaks_polish_by_default(sim: Any, http: aiohttp.ClientSess
                for line in lines)
     assert any(line.startswith("bez-zapisu") and "NIE" in line and line.rstrip().endswith("BŁĄD") for line in lines)
     assert "  BŁĄD    [permissions] send = true w konfiguracji, ale token KSeF " in out
-    assert f"nie ma uprawnienia InvoiceWrite w NIP {NO_WRITE}" in out
+    assert f"nie ma uprawnienia InvoiceWrite (wystawianie faktur) w NIP {NO_WRITE}" in out
     assert "co zrobić: uprawnienia tokenu ustala się przy jego generowaniu" in out
     assert "Aplikacji Podatnika (https://ap-test.ksef.mf.gov.pl/web/)" in out
     assert "albo ustaw send = false dla firmy bez-zapisu, jeśli nie ma wysyłać faktur" in out
