@@ -13,6 +13,10 @@ from .status_text import when
 
 Level = Literal["ok", "warning", "error"]
 _MARK = {"ok": N_("OK"), "warning": N_("WARNING"), "error": N_("ERROR")}
+# The topics are codes (the JSON keeps them); the text shows them in the reader's language.
+_TOPIC = {"config": N_("[config]"), "folders": N_("[folders]"), "state_db": N_("[state_db]"), "ksef": N_("[ksef]"),
+          "latarnia": N_("[latarnia]"), "clock": N_("[clock]"), "credentials": N_("[credentials]"),
+          "expiry": N_("[expiry]"), "auth": N_("[auth]"), "permissions": N_("[permissions]")}
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def _finding_lines(finding: Finding, indent: str) -> list[str]:
-    lines = [f"{indent}{translate(_MARK[finding.level]):<7} [{finding.topic}] {finding.message}"]
+    topic = translate(_TOPIC[finding.topic]) if finding.topic in _TOPIC else f"[{finding.topic}]"
+    lines = [f"{indent}{translate(_MARK[finding.level]):<7} {topic} {finding.message}"]
     if finding.fix:
         lines.append(f"{indent}        " + _("fix: {fix}", fix=finding.fix))
     return lines

@@ -34,19 +34,19 @@ async def test_check_speaks_polish_by_default(sim: Any, http: aiohttp.ClientSess
     lines = out.splitlines()
     assert lines[0].startswith(f"ksefd check: {config} (") and lines[0].endswith("; czas polski, Europe/Warsaw)")
     assert "." not in lines[0].split("(")[1].split(";")[0].split()[-1]           # no microseconds
-    assert f"OK      [ksef] KSeF TEST pod adresem {sim.base_url} odpowiada" in out
-    assert f"OK      [latarnia] Latarnia ({sim.root_url}): KSeF TEST dostępny" in out
+    assert f"OK      [KSeF] KSeF TEST pod adresem {sim.base_url} odpowiada" in out
+    assert f"OK      [Latarnia] Latarnia ({sim.root_url}): KSeF TEST dostępny" in out
     header = next(line for line in lines if line.startswith("FIRMA"))
     assert header.split() == ["FIRMA", "NIP", "ŚRODOWISKO", "LOGOWANIE", "WAŻNE", "DO", "WYSYŁKA", "ODBIÓR", "WYNIK"]
     assert any(line.startswith("pelna") and "token KSeF" in line and "31.12.2026" in line and "OK, uwagi: 1" in line
                for line in lines)
     assert any(line.startswith("bez-zapisu") and "NIE" in line and line.rstrip().endswith("BŁĄD") for line in lines)
-    assert "  BŁĄD    [permissions] send = true w konfiguracji, ale token KSeF " in out
+    assert "  BŁĄD    [uprawnienia] send = true w konfiguracji, ale token KSeF " in out
     assert f"nie ma uprawnienia InvoiceWrite (wystawianie faktur) w NIP {NO_WRITE}" in out
     assert "co zrobić: uprawnienia tokenu ustala się przy jego generowaniu" in out
     assert "Aplikacji Podatnika (https://ap-test.ksef.mf.gov.pl/web/)" in out
     assert "albo ustaw send = false dla firmy bez-zapisu, jeśli nie ma wysyłać faktur" in out
-    assert "  UWAGA   [expiry] loguje się tokenem KSeF: logowanie tokenem kończy się 31.12.2026" in out
+    assert "  UWAGA   [ważność] loguje się tokenem KSeF: logowanie tokenem kończy się 31.12.2026" in out
     assert "przenieś tę firmę na certyfikat KSeF" in out
     assert out.rstrip().endswith("zastosuj powyższe poprawki i uruchom ksefd check ponownie")
     for english in ("does not answer", "fix:", "COMPANY", "WARNING", "ERROR", "lacks", "logs in with"):

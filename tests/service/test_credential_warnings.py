@@ -15,6 +15,7 @@ import aiohttp
 import structlog
 from cryptography.hazmat.primitives import serialization
 
+from ksefd import i18n
 from ksefd.clock import ManualClock, SystemClock, warsaw_today
 from ksefd.daemon.credential_expiry import credential_expiry, warn_daily
 from ksefd.daemon.service import serve
@@ -54,6 +55,19 @@ async def test_the_daily_warning_names_the_token_companies_and_certificates_with
     assert expiry is not None
     assert expiry.warning(expiry.last_day - dt.timedelta(days=61)) is None
     assert expiry.warning(expiry.last_day - dt.timedelta(days=60)) is not None
+    # What `ksefd status` and the status page show: the config's language, dates as people in Poland write them.
+    day = f"{expiry.last_day:%d.%m.%Y}"
+    with i18n.using("pl"):
+        soon = expiry.warning(expiry.last_day - dt.timedelta(days=30))
+        gone = expiry.warning(expiry.last_day + dt.timedelta(days=2))
+    assert soon == (f"soon: certyfikat KSeF {tmp_path / 'soon.crt'} wygasa {day} (za 30 dni). Odnów go (`ksefd "
+                    "certificate enroll`, zob. docs/certificates.md); ksefd użyje nowych plików przy następnym "
+                    "logowaniu, bez restartu")
+    assert gone is not None and gone.startswith(f"soon: certyfikat KSeF {tmp_path / 'soon.crt'} wygasł {day}. ")
+    with i18n.using("en"):
+        soon = expiry.warning(expiry.last_day - dt.timedelta(days=30))
+    assert soon is not None and soon.startswith(f"soon: the KSeF certificate {tmp_path / 'soon.crt'} expires on "
+                                                f"{day} (in 30 days). Renew it")
 
 
 async def test_the_daemon_warns_at_start_and_status_lists_the_token_company(
