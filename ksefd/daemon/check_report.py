@@ -120,8 +120,7 @@ def render(report: CheckReport) -> str:
             if (c.days_left or 0) >= 0 else _("{date} (expired)", date=_date(c.expires))
         result = (_("OK") if not c.warnings else _("OK, warnings: {count}", count=c.warnings)) if c.ok \
             else _("FAIL")
-        login = {"token": _("token"), "certificate": _("certificate"), "none": _("none")}.get(c.credential,
-                                                                                              c.credential)
+        login = {"token": _("token"), "certificate": _("certificate"), "none": "-"}.get(c.credential, c.credential)
         rows.append([c.name, c.nip, c.environment, login, expires, _yes_no(c.send, c.can_send),
                      _yes_no(c.receive, c.can_receive), result])
     lines += ["", *_table(rows)]

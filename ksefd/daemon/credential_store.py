@@ -91,7 +91,7 @@ def read_target(config_path: Path, company: str) -> Target:
     if not entries:
         known = ", ".join(str(c.get("name")) for c in raw.get("companies") or [] if isinstance(c, dict))
         raise CredentialStoreError(_("no company {company} in {config} (companies: {names})", company=repr(company),
-                                     config=source, names=known or _("none")))
+                                     config=source, names=known or _("no companies")))
     entry, ksef = entries[0], raw.get("ksef") or {}
     nip = str(entry.get("nip", ""))
     if not nip_is_valid(nip):

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 
 from ksefd.clock import Clock
-from ksefd.i18n import _
 from ksefd.store import Store
 
 RESUME_NAMESPACE = "resume"
@@ -40,15 +39,14 @@ async def request_resume(store: Store, company: str, clock: Clock, *, wait_secon
                          poll_seconds: float = 0.2) -> ResumeOutcome:
     hold = await store.holds.get(company)
     if hold is None:
-        return ResumeOutcome(0, _("company {company} is not on hold; nothing to resume", company=repr(company)))
+        return ResumeOutcome(0, f"company {company!r} is not on hold; nothing to resume")
     await store.kv.put(RESUME_NAMESPACE, company, clock.now().isoformat())
     beat = next((b for b in await store.heartbeat.read() if b.component == "daemon"), None)
     running = beat is not None and clock.now() - beat.at < HEARTBEAT_FRESH and not (
         isinstance(beat.detail, dict) and beat.detail.get("stopped"))
     if not running:
-        return ResumeOutcome(0, _("company {company} is on hold ({code}: {reason}). No daemon is running: the hold "
-                                  "is re-examined as soon as `ksefd run` starts.", company=repr(company),
-                                  code=hold.code, reason=hold.reason))
+        return ResumeOutcome(0, f"company {company!r} is on hold ({hold.code}: {hold.reason}). No daemon is "
+                                f"running: the hold is re-examined as soon as `ksefd run` starts.")
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:       # real time: waiting for another process
         await asyncio.sleep(poll_seconds)
@@ -56,11 +54,9 @@ async def request_resume(store: Store, company: str, clock: Clock, *, wait_secon
             continue                          # not taken yet
         now_hold = await store.holds.get(company)
         if now_hold is None:
-            return ResumeOutcome(0, _("company {company} resumed: the login succeeded and the hold is cleared",
-                                      company=repr(company)))
+            return ResumeOutcome(0, f"company {company!r} resumed: the login succeeded and the hold is cleared")
         if now_hold.updated_at > hold.updated_at:
-            return ResumeOutcome(1, _("company {company} is still on hold: {reason} ({code}). Fix that, then run "
-                                      "`ksefd resume` again.", company=repr(company), reason=now_hold.reason,
-                                      code=now_hold.code))
-    return ResumeOutcome(0, _("the request to resume {company} was left for the running daemon (pid {pid}); see "
-                              "`ksefd status` in a moment", company=repr(company), pid=beat.pid if beat else "?"))
+            return ResumeOutcome(1, f"company {company!r} is still on hold: {now_hold.reason} "
+                                    f"({now_hold.code}). Fix that, then run `ksefd resume` again.")
+    return ResumeOutcome(0, f"the request to resume {company!r} was left for the running daemon (pid "
+                            f"{beat.pid if beat else '?'}); see `ksefd status` in a moment")

@@ -134,13 +134,13 @@ async def test_ksefd_resume_reaches_the_running_daemon_and_clears_the_hold(
         await asyncio.sleep(3)                               # longer than the daemon's look at the files
         assert await _hold(path) is not None
         code, out = await _resume(path)
-        assert code == 0 and "wznowiona: logowanie się powiodło" in out, out          # Polish by default
+        assert code == 0 and "resumed" in out, out
         async with asyncio.timeout(20):
             while [r.state for r in await invoice_rows(config, "acme")] != [S.DONE]:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
         assert "WSTRZYMANA" not in await _status_text(path)        # "on hold" (Polish by default, issue #14)
         code, out = await _resume(path)
-        assert code == 0 and "nie jest wstrzymana" in out
+        assert code == 0 and "not on hold" in out
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
