@@ -155,7 +155,7 @@ async def test_due_certificate_of_two_companies_is_renewed_once(world: World) ->
     assert line.startswith("Authentication certificate of acme, beta: renewed, now ") and old_serial in line
     with i18n.using("pl"):         # `ksefd status` in the config's language, dates as in Poland
         line = describe(row, world.clock.now())
-    assert line.startswith("Certyfikat KSeF (Uwierzytelnianie) firm acme, beta: odnowiony, teraz ")
+    assert line.startswith("Certyfikat KSeF (Uwierzytelnianie; firmy: acme, beta): odnowiony, teraz ")
     assert old_serial in line and re.search(r"zachowany, ważny do \d\d\.\d\d\.\d{4}\)$", line)
     assert token_companies(config) == []
 
