@@ -1,11 +1,12 @@
 """`ksefd check -c CONFIG [COMPANY…]`: does the set-up work, before invoices are at stake (issue #12 item 3)?
 
 In order: the config (loaded by the CLI), data_dir and the state database (check_local.py); each KSeF target
-answers, and how far this machine's clock is from KSeF's (the `Date` header); Latarnia, where the
-environment has one; then per company: its folders, its credential files and their expiry, a real login into
-its NIP context, its permissions (`POST /permissions/query/personal/grants` with the 2.9.0 `ownerPermissions`;
-a token's own permissions from `GET /tokens/{ref}`) and whether they allow what the config asks: sending
-needs InvoiceWrite, receiving needs InvoiceRead (PROTOCOL.md §9.2, openapi.json `x-required-permissions`).
+answers, and how far this machine's clock is from KSeF's (the `Date` header); Latarnia, the one the daemon
+asks (availability.py: `[ksef] latarnia_url`, the environment's, or a base_url's origin); then per company:
+its folders, its credential files and their expiry, a real login into its NIP context, its permissions
+(`POST /permissions/query/personal/grants` with the 2.9.0 `ownerPermissions`; a token's own permissions from
+`GET /tokens/{ref}`) and whether they allow what the config asks: sending needs InvoiceWrite, receiving needs
+InvoiceRead (PROTOCOL.md §9.2, openapi.json `x-required-permissions`).
 Each problem comes with the fix to apply. The login is logged out at the end (DELETE /auth/sessions/current).
 
 A company fails when it cannot do what its config asks; warnings (an expiring certificate, token login ending
