@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ksefd.clock import SystemClock
+from ksefd.clock import WARSAW, SystemClock
 from ksefd.config import Company, Config
 from ksefd.config.edit import update_company
 from ksefd.config.model import ConfigError
@@ -28,6 +28,7 @@ from ksefd.daemon.certificate_files import (
     login_credentials,
     new_paths,
 )
+from ksefd.i18n import _
 from ksefd.ksef import (
     CertificateCredentials,
     CertificateType,
@@ -66,6 +67,21 @@ class LoginFiles:
 Printer = Callable[[str], None]
 
 
+def _day(moment: dt.datetime) -> str:
+    """A date as people in Poland read it (Warsaw time): 31.12.2026."""
+    return f"{moment.astimezone(WARSAW):%d.%m.%Y}"
+
+
+def _type_name(certificate_type: str) -> str:
+    """KSeF's certificate type in words (the values stay KSeF's: Authentication, Offline)."""
+    return {"Authentication": _("Authentication"), "Offline": _("Offline")}.get(certificate_type, certificate_type)
+
+
+def _status_name(status: str) -> str:
+    return {"Active": _("Active"), "Blocked": _("Blocked"), "Revoked": _("Revoked"),
+            "Expired": _("Expired")}.get(status, status)
+
+
 def _err(text: str) -> None:
     print(f"ksefd certificate: {text}", file=sys.stderr)
 
@@ -80,7 +96,8 @@ def _company(config: Config, name: str) -> Company | None:
     try:
         return config.company(name)
     except KeyError:
-        _err(f"no company named {name!r} in {config.source}; known: {', '.join(c.name for c in config.companies)}")
+        _err(_("no company named {name} in {config}; known: {names}", name=repr(name), config=config.source,
+               names=", ".join(c.name for c in config.companies)))
         return None
 
 
@@ -101,10 +118,12 @@ async def enroll_command(config: Config, company_name: str, kind: str, *, update
         manager = context.certificates()
         limits = await manager.limits()
         if not limits.can_request:
-            _err(f"KSeF allows no new certificate for this person or seal now (enrollments left "
-                 f"{limits.enrollment.remaining}/{limits.enrollment.limit}, certificates left "
-                 f"{limits.certificate.remaining}/{limits.certificate.limit}); revoke unused ones with "
-                 f"`ksefd certificate revoke {company.name} SERIAL`")
+            _err(_("KSeF allows no new certificate for this person or seal now (enrollments left {enrollments}, "
+                   "certificates left {certificates}); revoke unused ones with `ksefd certificate revoke -c "
+                   "{config} {company} SERIAL`",
+                   enrollments=f"{limits.enrollment.remaining}/{limits.enrollment.limit}",
+                   certificates=f"{limits.certificate.remaining}/{limits.certificate.limit}",
+                   config=config.source, company=company.name))
             return 1
         data = await manager.enrollment_data()
         paths = new_paths(company, certificate_type, SystemClock().now(), out_dir or default_directory(company,
@@ -114,7 +133,8 @@ async def enroll_command(config: Config, company_name: str, kind: str, *, update
         key_files.write_key(paths.private_key, key, key_files.ensure_password_file(paths.password_file))
         started = await manager.submit(f"ksefd {company.name} {certificate_type}", certificate_type,
                                        build_csr(data, key))
-        out(f"Enrollment {started.reference_number} sent; waiting for KSeF to issue the certificate…")
+        out(_("Enrollment {reference} sent; waiting for KSeF to issue the certificate…",
+              reference=started.reference_number))
         serial = await manager.wait(started.reference_number)
         issued = await manager.collect(serial, key, certificate_type, f"ksefd {company.name} {certificate_type}")
         key_files.write_certificate(paths.certificate, issued.certificate)
@@ -123,10 +143,12 @@ async def enroll_command(config: Config, company_name: str, kind: str, *, update
         return 1
     finally:
         await client.close()
-    out(f"KSeF certificate {serial} ({certificate_type}) valid {issued.certificate.not_valid_before_utc:%Y-%m-%d} "
-        f"to {issued.certificate.not_valid_after_utc:%Y-%m-%d}:")
-    out(f"  certificate  {paths.certificate}")
-    out(f"  private key  {paths.private_key} (encrypted; password in {paths.password_file})")
+    out(_("KSeF certificate {serial} ({type}) valid from {start} to {end}:", serial=serial,
+          type=_type_name(certificate_type), start=_day(issued.certificate.not_valid_before_utc),
+          end=_day(issued.certificate.not_valid_after_utc)))
+    out(_("  certificate  {file}", file=paths.certificate))
+    out(_("  private key  {file} (encrypted; password in {password_file})", file=paths.private_key,
+          password_file=paths.password_file))
     values: dict[str, str | None] = dict(paths.config_values(certificate_type, base_dir))
     if certificate_type == "Authentication" and company.credentials.token_file is not None:
         values["token_file"] = None
@@ -140,17 +162,19 @@ def _apply(config: Config, company: Company, certificate_type: str, values: dict
         try:
             backup = update_company(config.source, company.name, values, reason)
         except (ConfigError, KeyError, OSError) as exc:
-            _err(f"the config was not changed ({exc}); paste the lines below by hand")
+            _err(_("the config was not changed ({error}); paste the lines below by hand", error=exc))
         else:
-            out(f"Updated company {company.name!r} in {config.source} (previous version: {backup}).")
+            out(_("Updated company {company} in {config} (previous version: {backup}).", company=repr(company.name),
+                  config=config.source, backup=backup))
             return 0
-    out(f"Paste into the [[companies]] block of {company.name!r} in {config.source or 'the config file'}:")
+    out(_("Paste into the [[companies]] block of {company} in {config}:", company=repr(company.name),
+          config=config.source or _("the config file")))
     for key, value in values.items():
         if value is not None:
             out(f'{key} = "{value}"')
     if values.get("token_file", "") is None:
-        out(f"and delete its line token_file = \"{company.credentials.token_file}\" (certificate and token_file "
-            "cannot both be set)")
+        out(_("and delete its line token_file = \"{file}\" (certificate and token_file cannot both be set)",
+              file=company.credentials.token_file))
     return 0
 
 
@@ -181,13 +205,14 @@ async def list_command(config: Config, company_name: str, *, login: LoginFiles |
     finally:
         await client.close()
     configured = {_serial_of(configured_certificate(company, kind)): kind for kind in CONFIG_KEYS}
-    out(f"{'serial':<16}  {'type':<14}  {'status':<8}  {'valid from':<10}  {'valid to':<10}  name")
+    out(f"{_('serial'):<16}  {_('type'):<16}  {_('status'):<11}  {_('valid from'):<10}  {_('valid to'):<10}  "
+        f"{_('name')}")
     for item in found:
-        mark = "  <- in config" if item.certificate_serial_number in configured else ""
-        out(f"{item.certificate_serial_number:<16}  {item.type:<14}  {item.status:<8}  {item.valid_from:%Y-%m-%d}  "
-            f"{item.valid_to:%Y-%m-%d}  {item.name}{mark}")
+        mark = _("  <- in config") if item.certificate_serial_number in configured else ""
+        out(f"{item.certificate_serial_number:<16}  {_type_name(item.type):<16}  {_status_name(item.status):<11}  "
+            f"{_day(item.valid_from)}  {_day(item.valid_to)}  {item.name}{mark}")
     if not found:
-        out("no KSeF certificates for this login")
+        out(_("no KSeF certificates for this login"))
     return 0
 
 
@@ -205,18 +230,20 @@ async def revoke_command(config: Config, company_name: str, serial: str, *, reas
     try:
         await context.certificates().revoke(serial, reason)
     except Forbidden as exc:
-        _err(f"KSeF refused: {exc.message}. Revoking needs a login with a signature or certificate, not a KSeF token")
+        _err(_("KSeF refused: {message}. Revoking needs a login with a signature or certificate, not a KSeF token",
+               message=exc.message))
         return 1
     except KsefError as exc:
         _err(exc.message)
         return 1
     finally:
         await client.close()
-    out(f"KSeF certificate {serial} revoked ({reason}).")
+    out(_("KSeF certificate {serial} revoked ({reason}).", serial=serial, reason=reason))
     for kind in CONFIG_KEYS:
         if _serial_of(configured_certificate(company, kind)) == serial:
-            out(f"Company {company.name!r} still names it in the config ({CONFIG_KEYS[kind][0]}); replace it, e.g. "
-                f"`ksefd certificate enroll {company.name} --type {kind.lower()} --update-config`.")
+            out(_("Company {company} still names it in the config ({key}); replace it, e.g. `ksefd certificate "
+                  "enroll -c {config} {name} --type {type} --update-config`.", company=repr(company.name),
+                  key=CONFIG_KEYS[kind][0], config=config.source, name=company.name, type=kind.lower()))
     return 0
 
 

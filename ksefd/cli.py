@@ -327,7 +327,8 @@ async def _show_status(config: Config, as_json: bool) -> int:
     if as_json:
         print(json.dumps({**status.to_json(), "credentialWarnings": due}, ensure_ascii=False, indent=2))
     else:
-        print(render(status) + ("\n\nCredentials\n" + "\n".join(f"  WARNING {w}" for w in due) if due else ""))
+        print(render(status) + ("\n\n" + _("Credentials") + "\n" + "\n".join(_("  WARNING {warning}", warning=w)
+                                                                             for w in due) if due else ""))
     return 0
 
 

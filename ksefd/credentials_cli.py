@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import sys
+import tomllib
 from pathlib import Path
 from typing import TextIO
+
+from ksefd import i18n
+from ksefd.i18n import _
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,29 +36,40 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def read_token(stdin: TextIO, company: str) -> str:
     if stdin.isatty():
-        return getpass.getpass(f"KSeF token for {company} (not shown; paste and press Enter): ")
+        return getpass.getpass(_("KSeF token for {company} (not shown; paste and press Enter): ", company=company))
     return stdin.read()
+
+
+def config_language(path: Path) -> str:
+    """[daemon] language of the config, read leniently as read_target reads the rest (this command runs before
+    the token file the full validation wants exists); Polish when it cannot be read."""
+    with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        language = tomllib.loads(path.expanduser().read_text(encoding="utf-8")).get("daemon", {}).get("language")
+        return language if language in i18n.LANGUAGES else i18n.DEFAULT
+    return i18n.DEFAULT
 
 
 async def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | None = None) -> int:
     from ksefd.daemon.credential_store import CredentialStoreError, clean_token, read_target, store_token, verify
 
     stdin, out = stdin or sys.stdin, out or sys.stdout
+    i18n.use(config_language(args.config))
     try:
         target = read_target(args.config, args.company)
         token = clean_token(read_token(stdin, target.company), target)
         if not args.no_verify:
             await verify(target, token)
-            print(f"KSeF ({target.environment.upper()}) accepted the token {token.reference_number} for NIP "
-                  f"{target.nip}", file=out)
+            print(_("KSeF ({environment}) accepted the token {reference} for NIP {nip}",
+                    environment=target.environment.upper(), reference=token.reference_number, nip=target.nip),
+                  file=out)
         stored = await asyncio.to_thread(store_token, target, token, args.store)
     except CredentialStoreError as error:
         print(f"ksefd credentials: {error}", file=sys.stderr)
         return 1
     except OSError as error:
-        print(f"ksefd credentials: cannot store the token: {error}", file=sys.stderr)
+        print(_("ksefd credentials: cannot store the token: {error}", error=error), file=sys.stderr)
         return 1
-    print(f"stored ({stored.kind}): {stored.path}", file=out)
+    print(_("stored ({kind}): {path}", kind=stored.kind, path=stored.path), file=out)
     for line in stored.instructions:
         print(f"  {line}", file=out)
     return 0

@@ -19,6 +19,7 @@ from typing import overload
 import aiohttp
 
 from ksefd.demo_setup import mint_token, self_signed
+from ksefd.i18n import _
 from ksefd.ksef import KsefClient
 
 DEFAULT_SIM_URL = "http://127.0.0.1:8080/v2"    # `ksefd sim` without --host/--port
@@ -51,11 +52,12 @@ def parse_permissions(text: str) -> list[str]:
         name = PERMISSION_NAMES.get(part.lower()) or by_lower.get(part.lower())
         if name is None:
             known = ", ".join([*PERMISSION_NAMES, *TOKEN_PERMISSIONS])
-            raise SandboxError(f"--permissions: unknown permission {part!r}; use any of: {known}")
+            raise SandboxError(_("--permissions: unknown permission {name}; use any of: {known}", name=repr(part),
+                                 known=known))
         if name not in wanted:
             wanted.append(name)
     if not wanted:
-        raise SandboxError("--permissions: give at least one, e.g. read,write")
+        raise SandboxError(_("--permissions: give at least one, e.g. read,write"))
     return wanted
 
 
@@ -77,12 +79,12 @@ async def _create_person(base_url: str, nip: str) -> None:
                 return
             text = await reply.text()
     except aiohttp.ClientError as error:
-        raise SandboxError(f"no simulator answers at {base_url} ({error}); start one with `ksefd sim` "
-                           f"or give its address with --url") from error
+        raise SandboxError(_("no simulator answers at {url} ({error}); start one with `ksefd sim` or give its "
+                             "address with --url", url=base_url, error=error)) from error
     if "30001" in text:     # the person exists already: a second run only makes a new token
         return
-    raise SandboxError(f"the simulator at {base_url} refused to create the taxpayer {nip}: HTTP {reply.status} "
-                       f"{text[:300]}")
+    raise SandboxError(_("the simulator at {url} refused to create the taxpayer {nip}: HTTP {status} {text}",
+                         url=base_url, nip=nip, status=reply.status, text=text[:300]))
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -122,9 +124,10 @@ async def make_taxpayer(base_url: str, nip: str, permissions: list[str], token_o
     from ksefd.config import nip_is_valid
 
     if not nip_is_valid(nip):
-        raise SandboxError(f"{nip!r} is not a valid NIP (10 digits with a correct check digit), e.g. 9999999999")
+        raise SandboxError(_("{nip} is not a valid NIP (10 digits with a correct check digit), e.g. 9999999999",
+                             nip=repr(nip)))
     if (cert_out is None) != (key_out is None):
-        raise SandboxError("give both --cert-out and --key-out, or neither")
+        raise SandboxError(_("give both --cert-out and --key-out, or neither"))
     # absolute: the config printed for pasting works from any folder
     token_out, cert_out, key_out = _absolute(token_out), _absolute(cert_out), _absolute(key_out)
     await _create_person(base_url, nip)
@@ -134,7 +137,8 @@ async def make_taxpayer(base_url: str, nip: str, permissions: list[str], token_o
             async with KsefClient("test", base_url=base_url) as client:
                 token = await mint_token(client, nip, cert, key, permissions, "ksefd sim taxpayer")
         except Exception as error:      # the simulator's own words: a refused permission, a stopped simulator
-            raise SandboxError(f"the simulator at {base_url} did not issue a token for {nip}: {error}") from error
+            raise SandboxError(_("the simulator at {url} did not issue a token for {nip}: {error}", url=base_url,
+                                 nip=nip, error=error)) from error
         _write_files(token, token_out, (cert, cert_out), (key, key_out))
     return Taxpayer(nip, permissions, token_out, cert_out, key_out)
 

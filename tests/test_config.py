@@ -46,7 +46,7 @@ MINIMAL = """
 def problems(tmp_path: Path, body: str, environ: dict[str, str]) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, body), environ=environ)
-    return caught.value.problems
+    return caught.value.english        # the same problems in the file's language: test_config_language.py
 
 
 # --- the example and the contract ------------------------------------------------------------------
@@ -170,7 +170,8 @@ def test_not_toml(tmp_path: Path, creds: dict[str, str]) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "nope.toml")
-    assert "no such file" in str(caught.value)
+    assert "nie ma takiego pliku" in str(caught.value)          # no config, no language: Polish, the default
+    assert caught.value.english == [f"{tmp_path / 'nope.toml'}: no such file; pass the config file with -c PATH"]
 
 
 def test_many_problems_are_reported_together(tmp_path: Path, creds: dict[str, str]) -> None:
@@ -197,7 +198,7 @@ def test_many_problems_are_reported_together(tmp_path: Path, creds: dict[str, st
 def test_error_message_lists_the_source(tmp_path: Path, creds: dict[str, str]) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, MINIMAL.replace("5265877635", "5265877636")), environ=creds)
-    assert str(caught.value).startswith(f"invalid configuration in {tmp_path / 'ksefd.toml'}:\n  - companies[0].nip")
+    assert str(caught.value).startswith(f"błędna konfiguracja w pliku {tmp_path / 'ksefd.toml'}:\n  - companies[0].nip")
 
 
 # --- credentials ------------------------------------------------------------------------------------

@@ -34,14 +34,14 @@ def test_a_switched_off_company_still_needs_a_unique_name(tmp_path: Path, creds:
     """
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, body), environ=creds)
-    assert any("acme" in p for p in caught.value.problems)
+    assert any("acme" in p for p in caught.value.english)
 
 
 def test_a_mistyped_section_gets_did_you_mean(tmp_path: Path, creds: dict[str, str]) -> None:  # noqa: F811
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, MINIMAL.replace("[daemon]", "[deamon]")), environ=creds)
     assert "deamon: unknown top-level key; did you mean [daemon]? known: companies, daemon, ksef, receiving, " \
-           "sending" in caught.value.problems
+           "sending" in caught.value.english
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, MINIMAL + "\n[zzz]\n"), environ=creds)
-    assert "zzz: unknown top-level key; known: companies, daemon, ksef, receiving, sending" in caught.value.problems
+    assert "zzz: unknown top-level key; known: companies, daemon, ksef, receiving, sending" in caught.value.english

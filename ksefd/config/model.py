@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from ksefd.i18n import N_, translate
+
 Environment = Literal["test", "demo", "prod"]
 SubjectType = Literal["Subject1", "Subject2", "Subject3", "SubjectAuthorized"]
 NIP_WEIGHTS = (6, 5, 7, 2, 3, 4, 5, 6, 7)
@@ -24,11 +26,16 @@ NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 class ConfigError(Exception):
     """The configuration is unusable; `problems` lists every finding. The CLI exits 78 (EX_CONFIG)."""
 
-    def __init__(self, problems: list[str], source: Path | None = None) -> None:
-        self.problems = problems
+    def __init__(self, problems: list[str], source: Path | None = None, *, language: str = "en",
+                 english: list[str] | None = None) -> None:
+        self.problems = problems                     # in `language`, for people (the file's [daemon] language)
+        self.english = english if english is not None else problems      # for the logs (issue #14)
         self.source = source
-        where = f" in {source}" if source else ""
-        super().__init__(f"invalid configuration{where}:\n" + "\n".join(f"  - {p}" for p in problems))
+        if source:
+            header = translate(N_("invalid configuration in {file}:"), language).format(file=source)
+        else:
+            header = translate(N_("invalid configuration:"), language)
+        super().__init__(header + "\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

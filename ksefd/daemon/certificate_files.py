@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ksefd.config import Company
+from ksefd.i18n import _
 from ksefd.ksef import CertificateCredentials, CredentialsError, key_files, load_certificate, load_pkcs12
 
 _PKCS12 = (".p12", ".pfx")
@@ -39,10 +40,11 @@ def login_credentials(company: Company) -> CertificateCredentials:
     """The certificate the company logs in with (XAdES); a KSeF token cannot enroll (PROTOCOL.md §9.3: 25001)."""
     files = company.credentials
     if files.certificate is None:
-        raise CredentialsError(f"company {company.name} logs in with a KSeF token ({files.token_file}); KSeF issues "
-                               "certificates only after a login with a signature: give a qualified certificate or "
-                               "seal with --login-certificate/--login-key/--login-password-file, or set "
-                               "`certificate` and `private_key` for this company in the config")
+        raise CredentialsError(_("company {company} logs in with a KSeF token ({file}); KSeF issues certificates "
+                                 "only after a login with a signature: give a qualified certificate or seal with "
+                                 "--login-certificate/--login-key/--login-password-file, or set `certificate` and "
+                                 "`private_key` for this company in the config", company=company.name,
+                                 file=files.token_file))
     return _load(files.certificate, files.private_key, files.private_key_password_file)
 
 

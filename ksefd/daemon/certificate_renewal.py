@@ -27,7 +27,9 @@ from typing import Protocol
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ksefd.clock import WARSAW
 from ksefd.config import Company, Config
+from ksefd.i18n import _
 from ksefd.ksef import (
     CertificateCredentials,
     CertificateManager,
@@ -316,21 +318,27 @@ def token_companies(config: Config) -> list[str]:
 
 
 def describe(row: Renewal, now: dt.datetime) -> str:
-    """One line of `ksefd status` about a renewal."""
+    """One line of `ksefd status` about a renewal, in the current language, dates in Warsaw time."""
     who = ", ".join(row.companies)
+    kind = _("Authentication") if row.certificate_type == "Authentication" else _("Offline")
     if row.state == "switched":
-        until = f" until {row.new_valid_to:%Y-%m-%d}" if row.new_valid_to else ""
-        return (f"{row.certificate_type} certificate of {who}: renewed, now {row.serial}{until} "
-                f"(old {row.old_serial} kept until {row.old_valid_to:%Y-%m-%d})")
-    text = (f"{row.certificate_type} certificate {row.old_serial} of {who} expires {row.old_valid_to:%Y-%m-%d}: "
-            f"renewal {row.state}")
+        until = _(" until {date}", date=_day(row.new_valid_to)) if row.new_valid_to else ""
+        return _("{type} certificate of {companies}: renewed, now {serial}{until} (old {old} kept until {date})",
+                 type=kind, companies=who, serial=row.serial, until=until, old=row.old_serial,
+                 date=_day(row.old_valid_to))
+    text = _("{type} certificate {serial} of {companies} expires {date}: renewal {state}", type=kind,
+             serial=row.old_serial, companies=who, date=_day(row.old_valid_to), state=row.state)
     if row.state == "saved" and row.valid_from is not None:
-        text += f", successor {row.serial} used from {row.valid_from:%Y-%m-%d}"
+        text += _(", successor {serial} used from {date}", serial=row.serial, date=_day(row.valid_from))
     if row.last_error:
-        retry = f", next try {row.next_attempt_at:%Y-%m-%d %H:%M} UTC" if row.next_attempt_at and \
-            row.next_attempt_at > now else ""
-        text += f"; last error: {row.last_error}{retry}"
+        retry = _(", next try {time}", time=f"{row.next_attempt_at.astimezone(WARSAW):%d.%m.%Y %H:%M}") \
+            if row.next_attempt_at and row.next_attempt_at > now else ""
+        text += _("; last error: {error}{retry}", error=row.last_error, retry=retry)
     return text
+
+
+def _day(moment: dt.datetime) -> str:
+    return f"{moment.astimezone(WARSAW):%d.%m.%Y}"
 
 
 async def renewal_lines(store: Store, now: dt.datetime) -> list[str]:

@@ -1,11 +1,12 @@
 """`ksefd check -c CONFIG [COMPANY…]`: does the set-up work, before invoices are at stake (issue #12 item 3)?
 
 In order: the config (loaded by the CLI), data_dir and the state database (check_local.py); each KSeF target
-answers, and how far this machine's clock is from KSeF's (the `Date` header); Latarnia, where the
-environment has one; then per company: its folders, its credential files and their expiry, a real login into
-its NIP context, its permissions (`POST /permissions/query/personal/grants` with the 2.9.0 `ownerPermissions`;
-a token's own permissions from `GET /tokens/{ref}`) and whether they allow what the config asks: sending
-needs InvoiceWrite, receiving needs InvoiceRead (PROTOCOL.md §9.2, openapi.json `x-required-permissions`).
+answers, and how far this machine's clock is from KSeF's (the `Date` header); Latarnia, the one the daemon
+asks (availability.py: `[ksef] latarnia_url`, the environment's, or a base_url's origin); then per company:
+its folders, its credential files and their expiry, a real login into its NIP context, its permissions
+(`POST /permissions/query/personal/grants` with the 2.9.0 `ownerPermissions`; a token's own permissions from
+`GET /tokens/{ref}`) and whether they allow what the config asks: sending needs InvoiceWrite, receiving needs
+InvoiceRead (PROTOCOL.md §9.2, openapi.json `x-required-permissions`).
 Each problem comes with the fix to apply. The login is logged out at the end (DELETE /auth/sessions/current).
 
 A company fails when it cannot do what its config asks; warnings (an expiring certificate, token login ending
@@ -25,6 +26,7 @@ import structlog
 
 from ksefd.clock import Clock, SystemClock, warsaw_date
 from ksefd.config import Company, Config
+from ksefd.i18n import _
 from ksefd.ksef import (
     AuthenticationFailed,
     CertificateCredentials,
@@ -38,13 +40,15 @@ from ksefd.ksef import (
     RateLimiter,
     RetryPolicy,
     Transport,
+    default_url,
     personal_permissions,
     token_permissions,
 )
 from ksefd.store import Store
 
-from .check_local import CERTIFICATE_FIX, check_credentials, check_folders, check_general
+from .check_local import certificate_fix, check_credentials, check_folders, check_general
 from .check_report import CheckReport, CompanyCheck
+from .status_text import WEB_APP
 
 log = structlog.get_logger("ksefd.daemon.check")
 
@@ -80,7 +84,8 @@ def skew_seconds(server_date: str, before: dt.datetime, after: dt.datetime) -> f
 async def run_check(config: Config, names: Sequence[str] = (), *, clock: Clock | None = None,
                     status_url: Callable[[Environment], str] | None = None) -> CheckReport:
     """Check the companies named in `names` (all when empty). `status_url(environment)` gives the Latarnia
-    base URL to ask (default: the environment's own, none for a base_url set in the config)."""
+    base URL to ask (default: as the daemon finds it, availability.py: [ksef] latarnia_url, else the
+    environment's own, or for a base_url of the config's own its origin, where `ksefd sim` serves Latarnia)."""
     clock = clock or SystemClock()
     report = CheckReport(config=str(config.source), checked_at=clock.now().isoformat(timespec="seconds"))
     check_general(report, config)
@@ -94,9 +99,12 @@ async def run_check(config: Config, names: Sequence[str] = (), *, clock: Clock |
             if key not in targets:
                 targets[key] = _Target(KsefClient(company.environment, base_url=company.base_url, clock=clock,
                                                   gate=limiter, sleep=clock.sleep))
-        for (_, base_url), target in targets.items():
+        for (name, base_url), target in targets.items():
             target.reachable = await _probe_ksef(report, target.client, clock)
-            await _probe_latarnia(report, target.client.environment, status_url, overridden=base_url is not None)
+            env = target.client.environment
+            url = status_url(env) if status_url is not None else \
+                config.latarnia_url or default_url(name, base_url)
+            await _probe_latarnia(report, env, url)
         gate = asyncio.Semaphore(CONCURRENCY)
 
         async def one(company: Company) -> CompanyCheck:
@@ -114,8 +122,8 @@ def _selected(report: CheckReport, config: Config, names: Sequence[str]) -> list
     known = {c.name: c for c in config.companies}
     unknown = [n for n in names if n not in known]
     for name in unknown:
-        report.add("error", "config", f"no company named {name!r} in {config.source}",
-                   f"use one of: {', '.join(known)}")
+        report.add("error", "config", _("no company named {name} in {config}", name=repr(name), config=config.source),
+                   _("use one of: {names}", names=", ".join(known)))
     return [known[n] for n in dict.fromkeys(names) if n in known] if names else list(config.companies)
 
 
@@ -126,52 +134,59 @@ async def _probe_ksef(report: CheckReport, client: KsefClient, clock: Clock) -> 
         response = await client.transport.request("GET", "/security/public-key-certificates", expect=(200,),
                                                   retry=PROBE_RETRY, time_limit=30)
     except KsefError as exc:
-        report.add("error", "ksef", f"KSeF {env.label} at {env.api_url} does not answer: {exc}",
-                   "check this machine's internet connection, proxy and firewall (HTTPS to the KSeF host must be "
-                   "allowed), and base_url in the config; KSeF's status is on Latarnia and the MF website")
+        report.add("error", "ksef", _("KSeF {environment} at {url} does not answer: {error}",
+                                      environment=env.label, url=env.api_url, error=exc),
+                   _("check this machine's internet connection, proxy and firewall (HTTPS to the KSeF host must be "
+                     "allowed), and base_url in the config; KSeF's status is on Latarnia and the MF website"))
         return False
     after = clock.now()
-    report.add("ok", "ksef", f"KSeF {env.label} at {env.api_url} answers")
+    report.add("ok", "ksef", _("KSeF {environment} at {url} answers", environment=env.label, url=env.api_url))
     skew = skew_seconds(response.headers.get("Date", ""), before, after)
     if skew is None:
-        report.add("warning", "clock", f"KSeF {env.label} sent no usable Date header; clock skew not checked")
+        report.add("warning", "clock", _("KSeF {environment} sent no usable Date header; clock skew not checked",
+                                         environment=env.label))
     elif abs(skew) > SKEW_WARNING_SECONDS:
-        side = "behind" if skew > 0 else "ahead of"
-        report.add("warning", "clock", f"this machine's clock is {abs(skew):.0f} s {side} KSeF {env.label}",
-                   "turn on time synchronisation (Linux: timedatectl set-ntp true; Windows: w32tm /resync); "
-                   "signatures, offline deadlines and the logs rely on the right time")
+        text = _("this machine's clock is {seconds} s behind KSeF {environment}") if skew > 0 else \
+            _("this machine's clock is {seconds} s ahead of KSeF {environment}")
+        report.add("warning", "clock", text.format(seconds=f"{abs(skew):.0f}", environment=env.label),
+                   _("turn on time synchronisation (Linux: timedatectl set-ntp true; Windows: w32tm /resync); "
+                     "signatures, offline deadlines and the logs rely on the right time"))
     else:
-        report.add("ok", "clock", f"clock within {SKEW_WARNING_SECONDS:.0f} s of KSeF {env.label} "
-                                  f"({skew:+.1f} s)")
+        report.add("ok", "clock", _("clock within {limit} s of KSeF {environment} ({skew} s)",
+                                    limit=f"{SKEW_WARNING_SECONDS:.0f}", environment=env.label, skew=f"{skew:+.1f}"))
     return True
 
 
-async def _probe_latarnia(report: CheckReport, env: Environment, status_url: Callable[[Environment], str] | None,
-                          *, overridden: bool) -> None:
-    """Latarnia (PROTOCOL.md §1): GET /status -> {status: AVAILABLE|MAINTENANCE|FAILURE|TOTAL_FAILURE}. Not
-    asked for a base_url of the config's own (e.g. the simulator): the official status says nothing about it."""
-    url = status_url(env) if status_url is not None else "" if overridden else env.status_url
+async def _probe_latarnia(report: CheckReport, env: Environment, url: str) -> None:
+    """Latarnia (PROTOCOL.md §1): GET /status -> {status: AVAILABLE|MAINTENANCE|FAILURE|TOTAL_FAILURE}, at the
+    URL the daemon asks too (run_check); for a base_url of the config's own that is its origin (the simulator
+    serves Latarnia there; another server may not, which is a warning, not a failure)."""
     if not url:
-        report.add("ok", "latarnia", f"no Latarnia for {env.api_url}; not checked")
+        report.add("ok", "latarnia", _("no Latarnia for {url}; not checked", url=env.api_url))
         return
     transport = Transport(url.rstrip("/"), retry=PROBE_RETRY, timeout=15)
     try:
         body = (await transport.request("GET", "/status", expect=(200,))).json()
     except KsefError as exc:
-        report.add("warning", "latarnia", f"Latarnia {url} does not answer: {exc}",
-                   "not needed for sending; check the firewall if ksefd should see KSeF's announced failures")
+        report.add("warning", "latarnia", _("Latarnia {url} does not answer: {error}", url=url, error=exc),
+                   _("not needed for sending; check the firewall if ksefd should see KSeF's announced failures"))
         return
     finally:
         await transport.close()
     status = str(body.get("status", "")) if isinstance(body, dict) else ""
     if status == "AVAILABLE":
-        report.add("ok", "latarnia", f"Latarnia ({env.label}): KSeF available")
+        report.add("ok", "latarnia", _("Latarnia ({url}): KSeF {environment} available", url=url,
+                                       environment=env.label))
         return
-    titles = "; ".join(str(m.get("title", "")) for m in body.get("messages") or [] if isinstance(m, dict))
-    report.add("warning", "latarnia", f"Latarnia ({env.label}) reports {status or 'an unknown status'}"
-                                      f"{': ' + titles if titles else ''}",
-               "KSeF announced a maintenance or failure: invoices wait in the outbox (or follow the offline "
-               "rules of PROTOCOL.md §8) until it ends")
+    messages = body.get("messages") if isinstance(body, dict) else None
+    titles = "; ".join(str(m.get("title") or m.get("text") or "") for m in messages or [] if isinstance(m, dict))
+    words = {"MAINTENANCE": _("a maintenance (MAINTENANCE)"), "FAILURE": _("a failure (FAILURE)"),
+             "TOTAL_FAILURE": _("a total failure (TOTAL_FAILURE)")}
+    report.add("warning", "latarnia", _("Latarnia ({url}) reports {status} of KSeF {environment}{titles}", url=url,
+                                        status=words.get(status) or status or _("an unknown status"),
+                                        environment=env.label, titles=f": {titles}" if titles else ""),
+               _("KSeF announced a maintenance or failure: invoices wait in the outbox (or are issued in offline "
+                 "mode when the config allows it) until it ends"))
 
 
 async def check_company(company: Company, target: _Target, clock: Clock) -> CompanyCheck:
@@ -182,7 +197,7 @@ async def check_company(company: Company, target: _Target, clock: Clock) -> Comp
     if credentials is None:
         return row
     if not target.reachable:
-        row.add("error", "auth", "not checked: KSeF does not answer (see above)", "fix the connection first")
+        row.add("error", "auth", _("not checked: KSeF does not answer (see above)"), _("fix the connection first"))
         return row
     ctx = target.client.context(ContextIdentifier.nip(company.nip), credentials)
     try:
@@ -191,11 +206,11 @@ async def check_company(company: Company, target: _Target, clock: Clock) -> Comp
         row.add("error", "auth", exc.message, _auth_fix(exc.code, company, credentials))
         return row
     except KsefError as exc:
-        row.add("error", "auth", f"login into NIP {company.nip} failed: {exc}",
-                "retry later; if it persists, check the connection and KSeF's status (Latarnia)")
+        row.add("error", "auth", _("login into NIP {nip} failed: {error}", nip=company.nip, error=exc),
+                _("retry later; if it persists, check the connection and KSeF's status (Latarnia)"))
         return row
     row.authenticated = True
-    row.add("ok", "auth", f"logged in to NIP {company.nip} ({row.identity})")
+    row.add("ok", "auth", _("logged in to NIP {nip} ({identity})", nip=company.nip, identity=row.identity))
     try:
         await _judge_permissions(row, company, ctx, credentials)
     finally:
@@ -206,25 +221,35 @@ async def check_company(company: Company, target: _Target, clock: Clock) -> Comp
 
 def _auth_fix(code: int, company: Company, credentials: Credentials) -> str:
     where = f"KSeF {company.environment.upper()}"
+    app = WEB_APP.get(company.environment, WEB_APP["prod"])
     if code == 415:
-        return (f"the owner of NIP {company.nip} must grant {row_needs(company)} to this person or certificate "
-                f"(KSeF web app > Uprawnienia, or the ZAW-FA form at the tax office)")
+        return _("the owner of NIP {nip} must grant {permissions} to this person or certificate (the taxpayer's "
+                 "application, Aplikacja Podatnika {app} > Uprawnienia, or the ZAW-FA form at the tax office)",
+                 nip=company.nip, permissions=row_needs(company), app=app)
     if code == 450:
-        return (f"generate a new KSeF token in the {where} web app, logged in to NIP {company.nip}, with "
-                f"{row_needs(company)}, and save it into {company.credentials.token_file}; a token works only in "
-                f"the environment that issued it")
+        return _("generate a new KSeF token in the {environment} taxpayer's application (Aplikacja Podatnika "
+                 "{app}), logged in to NIP {nip}, with {permissions}, and save it into {file}; a token works only "
+                 "in the environment that issued it", environment=where, app=app, nip=company.nip,
+                 permissions=row_needs(company), file=company.credentials.token_file)
     if code == 460:
-        return CERTIFICATE_FIX
+        return certificate_fix()
     if code in (500, 550):
-        return "KSeF could not finish the login; run ksefd check again later"
+        return _("KSeF could not finish the login; run ksefd check again later")
     if isinstance(credentials, KsefToken):
-        return f"check the token in {company.credentials.token_file} and that it comes from {where}"
-    return "check the certificate files named in the config"
+        return _("check the token in {file} and that it comes from {environment}",
+                 file=company.credentials.token_file, environment=where)
+    return _("check the certificate files named in the config")
 
 
 def row_needs(company: Company) -> str:
-    wanted = [NEEDS[k] for k, on in (("send", company.send), ("receive", company.receive)) if on]
-    return " and ".join(wanted) or "InvoiceRead"
+    wanted = [permission_words(NEEDS[k]) for k, on in (("send", company.send), ("receive", company.receive)) if on]
+    return _(" and ").join(wanted) or permission_words("InvoiceRead")
+
+
+def permission_words(permission: str) -> str:
+    """KSeF's name of a permission with the words of the taxpayer's application (Aplikacja Podatnika)."""
+    return {"InvoiceWrite": _("InvoiceWrite (issuing invoices)"),
+            "InvoiceRead": _("InvoiceRead (viewing invoices)")}.get(permission, permission)
 
 
 async def _judge_permissions(row: CompanyCheck, company: Company, ctx: KsefContext, credentials: Credentials
@@ -233,7 +258,7 @@ async def _judge_permissions(row: CompanyCheck, company: Company, ctx: KsefConte
     try:
         mine = await personal_permissions(ctx)
     except KsefError as exc:
-        row.add("warning", "permissions", f"could not list the permissions: {exc}")
+        row.add("warning", "permissions", _("could not list the permissions: {error}", error=exc))
     else:
         held = mine.held
         row.owner_permissions = None if mine.owner is None else list(mine.owner)
@@ -246,7 +271,7 @@ async def _judge_permissions(row: CompanyCheck, company: Company, ctx: KsefConte
         try:
             scope = frozenset((await token_permissions(ctx, credentials.reference_number)).permissions)
         except KsefError as exc:
-            row.add("warning", "permissions", f"could not read the token's permissions: {exc}")
+            row.add("warning", "permissions", _("could not read the token's permissions: {error}", error=exc))
         else:
             # A token may do what it was generated with, while its author still holds it (PROTOCOL.md §9.1).
             effective = scope & held if held else scope
@@ -254,27 +279,38 @@ async def _judge_permissions(row: CompanyCheck, company: Company, ctx: KsefConte
         return
     row.permissions = sorted(effective)
     row.can_send, row.can_receive = NEEDS["send"] in effective, NEEDS["receive"] in effective
-    row.add("ok", "permissions", f"may: {', '.join(row.permissions) or 'nothing'}")
+    row.add("ok", "permissions", _("may: {permissions}", permissions=", ".join(row.permissions) or _("nothing")))
     for action, wanted in (("send", company.send), ("receive", company.receive)):
         permission = NEEDS[action]
         if wanted and permission not in effective:
             lacks_scope = scope is not None and permission not in scope
-            row.add("error", "permissions", f"{action} = true in the config, but {row.identity} lacks {permission} "
-                                            f"in NIP {company.nip}",
+            row.add("error", "permissions", _("{action} = true in the config, but {identity} lacks {permission} in "
+                                              "NIP {nip}", action=action, identity=row.identity,
+                                              permission=permission_words(permission), nip=company.nip),
                     _permission_fix(company, credentials, permission, action, lacks_scope))
 
 
 def _permission_fix(company: Company, credentials: Credentials, permission: str, action: str,
                     lacks_scope: bool) -> str:
-    alternative = f"; or set {action} = false for company {company.name} if it should not {action}"
+    alternative = _("; or set send = false for company {company} if it should not send", company=company.name) \
+        if action == "send" else _("; or set receive = false for company {company} if it should not receive",
+                                   company=company.name)
+    app = WEB_APP.get(company.environment, WEB_APP["prod"])
     if isinstance(credentials, KsefToken) and lacks_scope:
-        return (f"a token's permissions are fixed when it is generated (PROTOCOL.md §9.1): generate a new token "
-                f"in the KSeF web app, logged in to NIP {company.nip}, ticking {permission} (and "
-                f"{'InvoiceRead' if permission == 'InvoiceWrite' else 'InvoiceWrite'} if needed), save it into "
-                f"{company.credentials.token_file} and revoke the old one{alternative}")
-    who = "the person who generated this token" if isinstance(credentials, KsefToken) else "this certificate's owner"
-    return (f"the owner of NIP {company.nip} must grant {permission} to {who} (KSeF web app > Uprawnienia > "
-            f"nadaj uprawnienia, or the ZAW-FA form){alternative}")
+        # A token's permissions are fixed when it is generated (PROTOCOL.md §9.1).
+        return _("a token's permissions are fixed when it is generated: generate a new token "
+                 "in the taxpayer's application (Aplikacja Podatnika {app}), logged in to NIP {nip}, ticking "
+                 "{permission} (and {other} if needed), save it into {file} and revoke the old one{alternative}",
+                 app=app, nip=company.nip, permission=permission_words(permission),
+                 other=permission_words("InvoiceRead" if permission == "InvoiceWrite" else "InvoiceWrite"),
+                 file=company.credentials.token_file, alternative=alternative)
+    if isinstance(credentials, KsefToken):
+        return _("the owner of NIP {nip} must grant {permission} to the person who generated this token (the "
+                 "taxpayer's application, Aplikacja Podatnika {app} > Uprawnienia, or the ZAW-FA form){alternative}",
+                 nip=company.nip, permission=permission_words(permission), app=app, alternative=alternative)
+    return _("the owner of NIP {nip} must grant {permission} to this certificate's owner (the taxpayer's "
+             "application, Aplikacja Podatnika {app} > Uprawnienia, or the ZAW-FA form){alternative}",
+             nip=company.nip, permission=permission_words(permission), app=app, alternative=alternative)
 
 
 async def _observe_daemon_limits(limiter: RateLimiter, config: Config) -> None:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from ksefd.i18n import N_, _, translate
+
+from .status_text import when
+
 Level = Literal["ok", "warning", "error"]
-_MARK = {"ok": "OK", "warning": "WARNING", "error": "ERROR"}
+_MARK = {"ok": N_("OK"), "warning": N_("WARNING"), "error": N_("ERROR")}
+# The topics are codes (the JSON keeps them); the text shows them in the reader's language.
+_TOPIC = {"config": N_("[config]"), "folders": N_("[folders]"), "state_db": N_("[state_db]"), "ksef": N_("[ksef]"),
+          "latarnia": N_("[latarnia]"), "clock": N_("[clock]"), "credentials": N_("[credentials]"),
+          "expiry": N_("[expiry]"), "auth": N_("[auth]"), "permissions": N_("[permissions]")}
 
 
 @dataclass(frozen=True)
@@ -73,10 +82,18 @@ def to_json_text(report: CheckReport) -> str:
     return json.dumps(to_json(report), ensure_ascii=False, indent=2)
 
 
+def _date(iso: str) -> str:
+    """An ISO date of the report (JSON keeps ISO) as people in Poland write it: 31.12.2026."""
+    try:
+        return f"{dt.date.fromisoformat(iso):%d.%m.%Y}"
+    except ValueError:
+        return iso
+
+
 def _yes_no(wanted: bool, able: bool | None) -> str:
     if not wanted:
         return "-"
-    return "?" if able is None else "yes" if able else "NO"
+    return "?" if able is None else _("yes") if able else _("NO")
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -85,22 +102,26 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def _finding_lines(finding: Finding, indent: str) -> list[str]:
-    lines = [f"{indent}{_MARK[finding.level]:<7} [{finding.topic}] {finding.message}"]
+    topic = translate(_TOPIC[finding.topic]) if finding.topic in _TOPIC else f"[{finding.topic}]"
+    lines = [f"{indent}{translate(_MARK[finding.level]):<7} {topic} {finding.message}"]
     if finding.fix:
-        lines.append(f"{indent}        fix: {finding.fix}")
+        lines.append(f"{indent}        " + _("fix: {fix}", fix=finding.fix))
     return lines
 
 
 def render(report: CheckReport) -> str:
-    lines = [f"ksefd check: {report.config} ({report.checked_at})", ""]
+    lines = [_("ksefd check: {config} ({time}; times in Europe/Warsaw)", config=report.config,
+               time=when(report.checked_at)), ""]
     for finding in report.findings:
         lines += _finding_lines(finding, "")
-    rows = [["COMPANY", "NIP", "ENV", "LOGIN", "EXPIRES", "SEND", "RECEIVE", "RESULT"]]
+    rows = [[_("COMPANY"), "NIP", _("ENV"), _("LOGIN"), _("EXPIRES"), _("SEND"), _("RECEIVE"), _("RESULT")]]
     for c in report.companies:
-        expires = "-" if c.expires is None else f"{c.expires} ({c.days_left} d)" if (c.days_left or 0) >= 0 \
-            else f"{c.expires} (expired)"
-        result = ("OK" if not c.warnings else f"OK, {c.warnings} warning{'s' * (c.warnings > 1)}") if c.ok else "FAIL"
-        rows.append([c.name, c.nip, c.environment, c.credential, expires, _yes_no(c.send, c.can_send),
+        expires = "-" if c.expires is None else _("{date} ({days} d)", date=_date(c.expires), days=c.days_left) \
+            if (c.days_left or 0) >= 0 else _("{date} (expired)", date=_date(c.expires))
+        result = (_("OK") if not c.warnings else _("OK, warnings: {count}", count=c.warnings)) if c.ok \
+            else _("FAIL")
+        login = {"token": _("token"), "certificate": _("certificate"), "none": "-"}.get(c.credential, c.credential)
+        rows.append([c.name, c.nip, c.environment, login, expires, _yes_no(c.send, c.can_send),
                      _yes_no(c.receive, c.can_receive), result])
     lines += ["", *_table(rows)]
     for c in report.companies:
@@ -109,6 +130,7 @@ def render(report: CheckReport) -> str:
             lines += ["", f"{c.name} ({c.nip}):"]
             for finding in shown:
                 lines += _finding_lines(finding, "  ")
-    lines += ["", "all companies can do what their config asks" if report.ok
-              else "some companies cannot do what their config asks: apply the fixes above, then run ksefd check again"]
+    lines += ["", _("all companies can do what their config asks") if report.ok
+              else _("some companies cannot do what their config asks: apply the fixes above, then run ksefd check "
+                     "again")]
     return "\n".join(lines)

@@ -19,8 +19,10 @@ from typing import Literal
 
 import structlog
 
+from ksefd import i18n
 from ksefd.clock import Clock, warsaw_date
 from ksefd.config import Company, Config
+from ksefd.i18n import _
 from ksefd.ksef import CredentialsError, load_certificates, load_pkcs12
 
 from .check_local import CERTIFICATE_WARNING_DAYS, TOKEN_LOGIN_LAST_DAY
@@ -42,17 +44,26 @@ class Expiry:
         return (self.last_day - today).days
 
     def warning(self, today: dt.date) -> str | None:
-        """What a person should read about it today, or None when nothing is due yet."""
+        """What a person should read about it today (in the current language), or None when nothing is due yet."""
         days = self.days_left(today)
+        last_day = f"{self.last_day:%d.%m.%Y}"
         if self.kind == "token":
-            when = "has ended" if days < 0 else f"ends on {self.last_day} (in {days} days)"
-            return (f"{self.company} logs in with a KSeF token: token login {when} (PROTOCOL.md §15). Move it to a "
-                    f"KSeF certificate (`ksefd certificate enroll`, see {CERTIFICATES_DOC})")
+            if days < 0:
+                return _("{company} logs in with a KSeF token: token login ended on {date}. Move "
+                         "it to a KSeF certificate (`ksefd certificate enroll`, see {doc})", company=self.company,
+                         date=last_day, doc=CERTIFICATES_DOC)
+            return _("{company} logs in with a KSeF token: token login ends on {date} (in {days} days). Move it to "
+                     "a KSeF certificate (`ksefd certificate enroll`, see {doc})", company=self.company,
+                     date=last_day, days=days, doc=CERTIFICATES_DOC)
         if days > CERTIFICATE_WARNING_DAYS:
             return None
-        when = f"expired on {self.last_day}" if days < 0 else f"expires on {self.last_day} (in {days} days)"
-        return (f"{self.company}: the certificate {self.source} {when}. Renew it (`ksefd certificate enroll`, see "
-                f"{CERTIFICATES_DOC}); ksefd picks up the new files at its next login, no restart needed")
+        if days < 0:
+            return _("{company}: the KSeF certificate {file} expired on {date}. Renew it (`ksefd certificate "
+                     "enroll`, see {doc}); ksefd picks up the new files at its next login, no restart needed",
+                     company=self.company, file=self.source, date=last_day, doc=CERTIFICATES_DOC)
+        return _("{company}: the KSeF certificate {file} expires on {date} (in {days} days). Renew it (`ksefd "
+                 "certificate enroll`, see {doc}); ksefd picks up the new files at its next login, no restart "
+                 "needed", company=self.company, file=self.source, date=last_day, days=days, doc=CERTIFICATES_DOC)
 
 
 _cache: dict[tuple[Path, int], dt.date] = {}
@@ -101,7 +112,8 @@ async def warn_daily(config: Config, clock: Clock) -> None:
     """One log line per company whose credential needs attention; the daemon runs this at start and daily."""
     today = warsaw_date(clock.now())
     for expiry in expiries(config):
-        message = expiry.warning(today)
+        with i18n.using("en"):        # JSON logs stay English (issue #14 point 1)
+            message = expiry.warning(today)
         if message is not None:
             log.warning("credentials.expiring", company=expiry.company, kind=expiry.kind,
                         last_day=expiry.last_day.isoformat(), days_left=expiry.days_left(today), advice=message)

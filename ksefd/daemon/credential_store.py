@@ -33,6 +33,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from ksefd.config import Environment, nip_is_valid
+from ksefd.i18n import _
 from ksefd.ksef import ContextIdentifier, CredentialsError, KsefClient, KsefError, KsefToken, key_files
 
 from . import dpapi
@@ -85,24 +86,28 @@ def read_target(config_path: Path, company: str) -> Target:
     try:
         raw: dict[str, Any] = tomllib.loads(source.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise CredentialStoreError(f"cannot read the config {source}: {exc}") from None
+        raise CredentialStoreError(_("cannot read the config {config}: {error}", config=source, error=exc)) from None
     entries = [c for c in raw.get("companies") or [] if isinstance(c, dict) and c.get("name") == company]
     if not entries:
         known = ", ".join(str(c.get("name")) for c in raw.get("companies") or [] if isinstance(c, dict))
-        raise CredentialStoreError(f"no company {company!r} in {source} (companies: {known or 'none'})")
+        raise CredentialStoreError(_("no company {company} in {config} (companies: {names})", company=repr(company),
+                                     config=source, names=known or _("no companies")))
     entry, ksef = entries[0], raw.get("ksef") or {}
     nip = str(entry.get("nip", ""))
     if not nip_is_valid(nip):
-        raise CredentialStoreError(f"{source}: company {company}: nip {nip!r} is not a valid NIP; correct it first")
+        raise CredentialStoreError(_("{config}: company {company}: nip {nip} is not a valid NIP; correct it first",
+                                     config=source, company=company, nip=repr(nip)))
     environment = entry.get("environment") or ksef.get("environment") or "test"
     if environment not in ("test", "demo", "prod"):
-        raise CredentialStoreError(f"{source}: environment {environment!r} is not test, demo or prod")
+        raise CredentialStoreError(_("{config}: environment {environment} is not test, demo or prod", config=source,
+                                     environment=repr(environment)))
     base_url = entry.get("base_url") or ksef.get("base_url")
     if base_url is not None:
         parts = urlsplit(str(base_url))
         if parts.scheme != "https" and not (parts.scheme == "http" and _loopback(parts.hostname or "")):
-            raise CredentialStoreError(f"{source}: base_url {base_url} is not https: the token would travel "
-                                       f"unencrypted; use https (plain http only for 127.0.0.1)")
+            raise CredentialStoreError(_("{config}: base_url {url} is not https: the token would travel "
+                                         "unencrypted; use https (plain http only for 127.0.0.1)", config=source,
+                                         url=base_url))
     token_file = entry.get("token_file")
     return Target(company, nip, cast(Environment, environment), None if base_url is None else str(base_url),
                   None if token_file is None else str(token_file), source.parent)
@@ -122,10 +127,11 @@ def clean_token(text: str, company: Target) -> KsefToken:
     try:
         token = KsefToken.parse(text)
     except CredentialsError as exc:
-        raise CredentialStoreError(f"{exc}; paste the whole token as the KSeF web app shows it") from None
+        raise CredentialStoreError(str(exc)) from None        # it says how to paste the token
     if token.context_part.lower() != f"nip-{company.nip}":
-        raise CredentialStoreError(f"this token was issued for {token.context_part}, the company {company.company} is "
-                                   f"NIP {company.nip}: generate the token in the context of NIP {company.nip}")
+        raise CredentialStoreError(_("this token was issued for {issued_for}, the company {company} is NIP {nip}: "
+                                     "generate the token in the context of NIP {nip}", issued_for=token.context_part,
+                                     company=company.company, nip=company.nip))
     return token
 
 
@@ -135,9 +141,11 @@ async def verify(company: Target, token: KsefToken) -> None:
         try:
             await client.context(ContextIdentifier.nip(company.nip), token).authenticate()
         except KsefError as exc:
-            raise CredentialStoreError(f"KSeF refused the token ({type(exc).__name__}): {exc}; check that the token "
-                                       f"is active in the KSeF web app and belongs to {company.environment.upper()} "
-                                       f"(or store it anyway with --no-verify)") from None
+            raise CredentialStoreError(_("KSeF refused the token ({kind}): {error}; check that the token is active "
+                                         "in the taxpayer's application (Aplikacja Podatnika) and belongs to KSeF "
+                                         "{environment} (or store it anyway with --no-verify)",
+                                         kind=type(exc).__name__, error=exc,
+                                         environment=company.environment.upper())) from None
 
 
 def choose(store: Store) -> Literal["systemd", "file", "dpapi"]:
@@ -158,21 +166,24 @@ def store_token(company: Target, token: KsefToken, store: Store = "auto") -> Sto
         path = folder / f"{name}.cred"
         _encrypt_with_systemd(name, token, path)
         return Stored(kind, path, name, [
-            f"add to the unit (sudo systemctl edit ksefd): LoadCredentialEncrypted={name}:{path}",
-            f'and name it in the config: token_file = "{name}" (company {company.company})',
-            "then: sudo systemctl daemon-reload && sudo systemctl restart ksefd (systemd decrypts it at start)"])
+            _("add to the unit (sudo systemctl edit ksefd): LoadCredentialEncrypted={name}:{path}", name=name,
+              path=path),
+            _('and name it in the config: token_file = "{name}" (company {company})', name=name,
+              company=company.company),
+            _("then: sudo systemctl daemon-reload && sudo systemctl restart ksefd (systemd decrypts it at start)")])
     if kind == "dpapi":
         path = folder / f"{name}.dpapi"
         write_private(path, dpapi.protect(token.value.encode("utf-8")))
-        return Stored(kind, path, path.name, [f'set token_file = "{path}" for company {company.company}',
-                                              "encrypted with DPAPI for this machine: only this machine can read it"])
+        return Stored(kind, path, path.name, [
+            _('set token_file = "{path}" for company {company}', path=path, company=company.company),
+            _("encrypted with DPAPI for this machine: only this machine can read it")])
     configured = company.configured_path
     path = configured if configured is not None else folder / name
     write_private(path, (token.value + "\n").encode("utf-8"))
-    notes = [f"stored as a plain file readable only by its owner (0600): {path}"]
+    notes = [_("stored as a plain file readable only by its owner (0600): {path}", path=path)]
     if path != configured:
-        notes.append(f'set token_file = "{path}" for company {company.company}')
-    notes.append("the daemon reads it at the company's next login: no restart needed")
+        notes.append(_('set token_file = "{path}" for company {company}', path=path, company=company.company))
+    notes.append(_("the daemon reads it at the company's next login: no restart needed"))
     return Stored("file", path, path.name, notes)
 
 
@@ -183,13 +194,13 @@ def _encrypt_with_systemd(name: str, token: KsefToken, path: Path) -> None:
         result = subprocess.run(["systemd-creds", "encrypt", f"--name={name}", "-", str(temp)],
                                 input=token.value.encode("utf-8"), capture_output=True, timeout=60, check=False)
     except OSError as exc:
-        raise CredentialStoreError(f"cannot run systemd-creds: {exc}; use --store file") from None
+        raise CredentialStoreError(_("cannot run systemd-creds: {error}; use --store file", error=exc)) from None
     if result.returncode != 0:
         with contextlib.suppress(OSError):
             temp.unlink()
         why = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["(no message)"]
-        raise CredentialStoreError(f"systemd-creds encrypt failed: {why[0]}; run this as root (sudo), or use "
-                                   f"--store file")
+        raise CredentialStoreError(_("systemd-creds encrypt failed: {why}; run this as root (sudo), or use "
+                                     "--store file", why=why[0]))
     os.chmod(temp, 0o600)
     os.replace(temp, path)
 

@@ -13,6 +13,8 @@ import ctypes
 import sys
 from typing import Any
 
+from ksefd.i18n import _
+
 CRYPTPROTECT_UI_FORBIDDEN = 0x1
 CRYPTPROTECT_LOCAL_MACHINE = 0x4
 ENTROPY = b"ksefd credential v1"
@@ -33,7 +35,7 @@ def _blob(data: bytes) -> tuple[_Blob, Any]:
 
 def _crypt32() -> Any:
     if sys.platform != "win32":
-        raise DpapiUnavailable("DPAPI exists only on Windows; on Linux use --store systemd or --store file")
+        raise DpapiUnavailable(_("DPAPI exists only on Windows; on Linux use --store systemd or --store file"))
     return ctypes.windll.crypt32      # type: ignore[attr-defined,unused-ignore]
 
 
@@ -51,8 +53,8 @@ def _call(function: str, data: bytes) -> bytes:
                                         ctypes.byref(result))
     del keep, keep_entropy
     if not ok:
-        raise DpapiUnavailable(f"DPAPI {function} failed (Windows error {ctypes.GetLastError()})"  # type: ignore[attr-defined,unused-ignore]
-                               )
+        raise DpapiUnavailable(_("DPAPI {operation} failed (Windows error {code})", operation=function,
+                                 code=ctypes.GetLastError()))  # type: ignore[attr-defined,unused-ignore]
     try:
         return ctypes.string_at(result.pbData, result.cbData)
     finally:

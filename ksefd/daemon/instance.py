@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ksefd.config import Config
+from ksefd.i18n import _
 
 EX_TEMPFAIL = 75   # sysexits.h: "try again later": another daemon runs on this state database
 
@@ -34,12 +35,12 @@ class AlreadyRunning(Exception):
     def __init__(self, lock_path: Path, pid: int | None) -> None:
         self.lock_path = lock_path
         self.pid = pid
-        holder = f"process {pid}" if pid else "another process"
-        super().__init__(
-            f"another ksefd is already running on the state database {lock_path.with_suffix('')} "
-            f"({holder} holds {lock_path}). Only one daemon may use a state database: stop that one first "
-            f"(e.g. `systemctl stop ksefd` or `kill {pid or 'PID'}`), or give this config its own "
-            f"[daemon] state_db. `ksefd status -c CONFIG` works beside the running daemon.")
+        holder = _("process {pid}", pid=pid) if pid else _("another process")
+        super().__init__(_(
+            "another ksefd is already running on the state database {database} ({holder} holds {lock}). Only one "
+            "daemon may use a state database: stop that one first (e.g. `systemctl stop ksefd` or `kill {pid}`), or "
+            "give this config its own [daemon] state_db. `ksefd status -c CONFIG` works beside the running daemon.",
+            database=lock_path.with_suffix(""), holder=holder, lock=lock_path, pid=pid or "PID"))
 
 
 class StartupProblem(Exception):
@@ -156,12 +157,12 @@ def check_writable(config: Config) -> None:
 
 def check_folder(key: str, folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
-        raise StartupProblem(key, folder, "is a file, not a folder",
-                             "Move that file away, or point the setting at a folder.")
+        raise StartupProblem(key, folder, _("is a file, not a folder"),
+                             _("Move that file away, or point the setting at a folder."))
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise StartupProblem(key, folder, f"is missing and cannot be created ({_reason(error)})",
+        raise StartupProblem(key, folder, _("is missing and cannot be created ({reason})", reason=_reason(error)),
                              _fix(error, folder, create=True)) from None
     probe = folder / f".ksefd-write-test-{secrets.token_hex(4)}.tmp"
     try:
@@ -170,7 +171,8 @@ def check_folder(key: str, folder: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as error:
-        raise StartupProblem(key, folder, f"is not writable ({_reason(error)})", _fix(error, folder)) from None
+        raise StartupProblem(key, folder, _("is not writable ({reason})", reason=_reason(error)),
+                             _fix(error, folder)) from None
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
@@ -178,46 +180,45 @@ def check_folder(key: str, folder: Path) -> None:
 
 def check_file(key: str, path: Path) -> None:
     if path.is_dir():
-        raise StartupProblem(key, path, "is a folder, not a file",
-                             "Give the path of a file (e.g. state.sqlite3), not of a folder.")
+        raise StartupProblem(key, path, _("is a folder, not a file"),
+                             _("Give the path of a file (e.g. state.sqlite3), not of a folder."))
     if not path.exists():
         return              # created by SQLite in a folder already found writable
     try:
         with path.open("r+b"):
             pass
     except OSError as error:
-        raise StartupProblem(key, path, f"cannot be opened for writing ({_reason(error)})",
+        raise StartupProblem(key, path, _("cannot be opened for writing ({reason})", reason=_reason(error)),
                              _fix(error, path)) from None
 
 
 def _reason(error: OSError) -> str:
     code = error.errno
     if code == errno.ENOSPC or code == getattr(errno, "EDQUOT", None):
-        return "the disk is full"
+        return _("the disk is full")
     if code == errno.EROFS:
-        return "the file system is read-only"
+        return _("the file system is read-only")
     if code in (errno.EACCES, errno.EPERM):
-        return "permission denied"
+        return _("permission denied")
     if code in (errno.ENOTDIR, errno.EEXIST):
-        return "a file stands where a folder is expected on the way"
+        return _("a file stands where a folder is expected on the way")
     if code == errno.ENOENT:
-        return "a folder on the way does not exist"
+        return _("a folder on the way does not exist")
     return error.strerror or str(error)
 
 
 def _fix(error: OSError, path: Path, *, create: bool = False) -> str:
     code = error.errno
     if code == errno.ENOSPC or code == getattr(errno, "EDQUOT", None):
-        return "Free some space on that disk (or raise the quota), then start ksefd again."
+        return _("Free some space on that disk (or raise the quota), then start ksefd again.")
     if code == errno.EROFS:
-        return "Put the folder on a writable disk, or mount it read-write."
+        return _("Put the folder on a writable disk, or mount it read-write.")
     if code in (errno.EACCES, errno.EPERM):
-        user = _user()
-        return (f"Let the user ksefd runs as{user} write there (e.g. `chown` the folder to it), "
-                f"or choose another path in the config.")
+        return _("Let the user ksefd runs as{user} write there (e.g. `chown` the folder to it), or choose another "
+                 "path in the config.", user=_user())
     if create:
-        return f"Create {path} yourself, or choose another path in the config."
-    return "Check the path in the config."
+        return _("Create {path} yourself, or choose another path in the config.", path=path)
+    return _("Check the path in the config.")
 
 
 def _user() -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ksefd import spool
+from ksefd.i18n import _
 from ksefd.ksef import qr
 
 
@@ -40,19 +41,21 @@ def invoice_code(given: Path) -> InvoiceCode:
     try:
         record: dict[str, Any] = json.loads(path.read_bytes())
     except FileNotFoundError:
-        raise QrError(f"{path} does not exist: KOD I is made for an invoice KSeF accepted; give a file from the "
-                      f"company's sent/ folder") from None
+        raise QrError(_("{file} does not exist: KOD I is made for an invoice KSeF accepted; give a file from the "
+                        "company's sent/ folder", file=path)) from None
     except (OSError, ValueError) as exc:
-        raise QrError(f"{path} cannot be read as JSON ({exc})") from exc
+        raise QrError(_("{file} cannot be read as JSON ({error})", file=path, error=exc)) from exc
     missing = [k for k in ("ksefNumber", "sellerNip", "issueDate", "invoiceHash") if not record.get(k)]
     if missing:
-        raise QrError(f"{path} lacks {', '.join(missing)}; it is not a ksefd record of an accepted invoice")
+        raise QrError(_("{file} lacks {keys}; it is not a ksefd record of an accepted invoice", file=path,
+                        keys=", ".join(missing)))
     xml = path.with_name(path.name.removesuffix(".ksef.json") + ".xml")
     if xml.exists():
         actual = base64.b64encode(qr.invoice_hash_of(xml.read_bytes())).decode("ascii")
         if actual != record["invoiceHash"]:
-            raise QrError(f"{xml} is not the file KSeF accepted (its SHA-256 differs from invoiceHash in "
-                          f"{path.name}); it was changed after sending: use the original bytes")
+            raise QrError(_("{file} is not the file KSeF accepted (its SHA-256 differs from invoiceHash in "
+                            "{record}); it was changed after sending: use the original bytes", file=xml,
+                            record=path.name))
     host = qr.qr_host(str(record.get("environment") or "test"))
     link = qr.invoice_link(host, record["sellerNip"], dt.date.fromisoformat(record["issueDate"]),
                            record["invoiceHash"])
@@ -66,5 +69,5 @@ def write_image(code: InvoiceCode, output: Path, scale: int = 5) -> Path:
     elif output.suffix.lower() == ".png":
         data = qr.qr_png(code.link, code.label, scale)
     else:
-        raise QrError(f"{output}: the image must end in .png or .svg")
+        raise QrError(_("{file}: the image must end in .png or .svg", file=output))
     return spool.write_atomic(output, data)

@@ -146,7 +146,7 @@ class Reloader:
         try:
             new = await asyncio.to_thread(load_config, old.source)
         except ConfigError as error:       # the same words as `ksefd run` prints at start (cli.py)
-            log.error("daemon.reload_rejected", config=str(old.source), problems=error.problems,
+            log.error("daemon.reload_rejected", config=str(old.source), problems=error.english,
                       kept="the running config")
             return ReloadOutcome(False, _("{error}\nThe running config stays; fix the file and reload again.",
                                           error=error))

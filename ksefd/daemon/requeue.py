@@ -18,6 +18,7 @@ from pathlib import Path
 from ksefd import spool
 from ksefd.clock import Clock, warsaw_date
 from ksefd.config import Company, Config
+from ksefd.i18n import _
 from ksefd.invoice import InvoiceRejected, check_invoice
 from ksefd.ksef import sha256_b64
 from ksefd.store import Store
@@ -39,14 +40,15 @@ class Requeued:
 def rejected_file(company: Company, name: str) -> Path:
     """rejected/NAME (".xml" may be left out); only a plain file name, never a path."""
     if not name or Path(name).name != name or name in (".", ".."):
-        raise RequeueError(f"{name!r}: give the file's name in {company.folders.rejected}, not a path")
+        raise RequeueError(_("{name}: give the file's name in {folder}, not a path", name=repr(name),
+                             folder=company.folders.rejected))
     candidates = [name] if name.lower().endswith(".xml") else [name, f"{name}.xml"]
     for candidate in candidates:
         path = company.folders.rejected / candidate
         if path.is_file():
             return path
-    raise RequeueError(f"{company.folders.rejected / candidates[-1]} does not exist; list the folder to see the "
-                       f"names of rejected invoices")
+    raise RequeueError(_("{file} does not exist; list the folder to see the names of rejected invoices",
+                         file=company.folders.rejected / candidates[-1]))
 
 
 def new_name(company: Company, source: Path) -> str:
@@ -71,18 +73,20 @@ async def requeue(config: Config, company_name: str, name: str, clock: Clock, *,
     try:
         company = config.company(company_name)
     except KeyError:
-        raise RequeueError(f"no company named {company_name!r}; use one of: "
-                           f"{', '.join(c.name for c in config.companies)}") from None
+        raise RequeueError(_("no company named {name}; use one of: {names}", name=repr(company_name),
+                             names=", ".join(c.name for c in config.companies))) from None
     if not company.send:
-        raise RequeueError(f"company {company.name} has send = false: nothing would send the file")
+        raise RequeueError(_("company {company} has send = false: nothing would send the file; set send = true "
+                             "first", company=company.name))
     source = rejected_file(company, name)
     data = source.read_bytes()
     if not force:
         try:
             check_invoice(data, file_name=source.name, company_nip=company.nip, today=warsaw_date(clock.now()))
         except InvoiceRejected as rejected:
-            raise RequeueError(f"{source} would be refused again: [{rejected.code}] {rejected.message} "
-                               f"Fix: {rejected.hint} (--force requeues it anyway)") from None
+            raise RequeueError(_("{file} would be refused again: [{code}] {message} Fix: {hint} (--force requeues "
+                                 "it anyway)", file=source, code=rejected.code, message=rejected.message,
+                                 hint=rejected.hint)) from None
     company.folders.outbox.mkdir(parents=True, exist_ok=True)
     while True:
         target = company.folders.outbox / new_name(company, source)

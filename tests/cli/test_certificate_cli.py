@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from ksefd import i18n
 from ksefd.certificate_cli import run
 from ksefd.cli import build_parser
 from ksefd.config import load_config
@@ -30,7 +31,8 @@ async def csim(sim_factory: Any) -> Any:
     return await sim_factory(config=SimConfig(limits_profile="off"))
 
 
-def write_config(tmp_path: Path, base_url: str, credentials: str) -> Path:
+def write_config(tmp_path: Path, base_url: str, credentials: str, language: str = "en") -> Path:
+    """These tests read English (language = "en"); Polish, the default: test_polish_by_default below."""
     path = tmp_path / "ksefd.toml"
     path.write_text(f"""# my config
 [ksef]
@@ -38,6 +40,7 @@ base_url = "{base_url}"
 
 [daemon]
 data_dir = "data"
+language = "{language}"
 
 [[companies]]
 name = "acme"          # the shop
@@ -63,7 +66,9 @@ def qualified_files(tmp_path: Path) -> tuple[Path, Path, Path]:
 async def cli(config_path: Path, *argv: str) -> tuple[int, str]:
     args = build_parser().parse_args(["certificate", *argv[:1], "-c", str(config_path), *argv[1:]])
     out = io.StringIO()
-    code = await run(load_config(config_path), args, stdout=out)
+    config = load_config(config_path)
+    with i18n.using(config.language):          # as the CLI does once the config is read (cli.py)
+        code = await run(config, args, stdout=out)
     return code, out.getvalue()
 
 
@@ -129,3 +134,31 @@ async def test_unknown_company_and_token_revoke(csim: Any, http: aiohttp.ClientS
     assert code == 2 and "no company named 'nobody'" in capsys.readouterr().err
     code, _ = await cli(config_path, "revoke", "acme", "0123456789ABCDEF")
     assert code == 1 and "logs in with a KSeF token" in capsys.readouterr().err
+
+
+async def test_polish_by_default(csim: Any, http: aiohttp.ClientSession, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    token = await create_ksef_token(http, csim.base_url, NIP, ["InvoiceWrite", "InvoiceRead"])
+    (tmp_path / "acme.token").write_text(token)
+    config_path = write_config(tmp_path, csim.base_url, 'token_file = "acme.token"', language="pl")
+    code, _ = await cli(config_path, "list", "nobody")
+    assert code == 2 and "nie ma firmy 'nobody'; znane firmy: acme" in capsys.readouterr().err
+    code, _ = await cli(config_path, "enroll", "acme", "--type", "authentication")
+    err = capsys.readouterr().err
+    assert code == 1 and "firma acme loguje się tokenem KSeF" in err and "--login-certificate" in err
+    crt, key, password = qualified_files(tmp_path)
+    login = ["--login-certificate", str(crt), "--login-key", str(key), "--login-password-file", str(password)]
+    code, out = await cli(config_path, "enroll", "acme", "--type", "authentication", *login)
+    assert code == 0, capsys.readouterr().err
+    assert "wysłany; czekam, aż KSeF wystawi certyfikat…" in out
+    assert "(Uwierzytelnianie) ważny od " in out and "klucz prywatny" in out and "(zaszyfrowany; hasło w pliku" in out
+    assert "Wklej do bloku [[companies]] firmy 'acme' w pliku" in out
+    assert 'i usuń jej wiersz token_file = "' in out
+    code, out = await cli(config_path, "list", "acme", *login)
+    header, row = out.splitlines()[:2]
+    assert header.split()[:3] == ["numer", "typ", "stan"] and "Uwierzytelnianie" in row and "Aktywny" in row
+    serial = row.split()[0]
+    code, out = await cli(config_path, "revoke", "acme", serial, *login)
+    assert code == 0 and f"Certyfikat KSeF {serial} unieważniony (Unspecified)." in out
+    for english in ("Enrollment", "valid", "Paste", "revoked", "serial"):
+        assert english not in out, english

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ksefd import i18n
 from ksefd.samples import has_attachment, make_invoice, sample_bytes, sample_names
 from ksefd.sandbox import SandboxError, parse_permissions, pesel_for
 from ksefd.sim.permissions import PERSONS
@@ -79,16 +80,18 @@ async def test_the_certificate_written_logs_in_and_a_second_run_reuses_the_taxpa
 async def test_a_stopped_simulator_and_a_bad_nip_are_told_apart(tmp_path: Path) -> None:
     code, _, err = await _ksefd("sim", "taxpayer", NIP, "--url", "http://127.0.0.1:9/v2",
                                 "--token-out", str(tmp_path / "t"))
-    assert code == 1 and "no simulator answers at http://127.0.0.1:9/v2" in err and "ksefd sim" in err
+    # Polish, the default (no config to name another language)
+    assert code == 1 and "pod adresem http://127.0.0.1:9/v2 nie odpowiada żaden symulator" in err
+    assert "uruchom go poleceniem `ksefd sim`" in err
     code, _, err = await _ksefd("sim", "taxpayer", "1234567890", "--token-out", str(tmp_path / "t"))
-    assert code == 1 and "is not a valid NIP" in err
+    assert code == 1 and "to nie jest poprawny NIP" in err
     assert not (tmp_path / "t").exists()
 
 
 def test_permission_names_short_and_official() -> None:
     assert parse_permissions("read, write") == ["InvoiceRead", "InvoiceWrite"]
     assert parse_permissions("InvoiceRead,introspection") == ["InvoiceRead", "Introspection"]
-    with pytest.raises(SandboxError, match="unknown permission 'send'"):
+    with i18n.using("en"), pytest.raises(SandboxError, match="unknown permission 'send'"):
         parse_permissions("send")
 
 

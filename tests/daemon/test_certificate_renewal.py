@@ -6,6 +6,7 @@ from the database); one person's certificate used by two companies renewed once;
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from ksefd import i18n
 from ksefd.config import Company, Config, load_config
 from ksefd.daemon.certificate_renewal import CertificateRenewer, describe, token_companies
 from ksefd.ksef import key_files, qr
@@ -148,8 +150,13 @@ async def test_due_certificate_of_two_companies_is_renewed_once(world: World) ->
     await world.renew(config)                                # the successor is not due: no new enrollment
     assert len(await ksef_certificates(world)) == 2
     (row,) = await world.rows()
-    line = describe(row, world.clock.now())
+    with i18n.using("en"):
+        line = describe(row, world.clock.now())
     assert line.startswith("Authentication certificate of acme, beta: renewed, now ") and old_serial in line
+    with i18n.using("pl"):         # `ksefd status` in the config's language, dates as in Poland
+        line = describe(row, world.clock.now())
+    assert line.startswith("Certyfikat KSeF (Uwierzytelnianie; firmy: acme, beta): odnowiony, teraz ")
+    assert old_serial in line and re.search(r"zachowany, ważny do \d\d\.\d\d\.\d{4}\)$", line)
     assert token_companies(config) == []
 
 
@@ -204,8 +211,11 @@ async def test_refused_enrollment_is_recorded_and_retried_with_a_fresh_key(world
         pass
     rows = await world.renew(config)
     assert rows[0].state == "planned" and "550" in (rows[0].last_error or "")
-    assert "renewal planned; last error: KSeF refused" in describe(rows[0], world.clock.now())
-    assert "next try" in describe(rows[0], world.clock.now())
+    with i18n.using("en"):
+        assert "renewal planned; last error: KSeF refused" in describe(rows[0], world.clock.now())
+        assert "next try" in describe(rows[0], world.clock.now())
+    with i18n.using("pl"):
+        assert "odnowienie, etap planned; ostatni błąd: " in describe(rows[0], world.clock.now())
     assert not (world.tmp / "jan.next.key").exists()
     assert await world.renew(config) == [rows[0]]           # waits for next_attempt_at
     world.clock.advance(3601)

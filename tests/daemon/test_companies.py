@@ -135,4 +135,4 @@ def test_bad_config_exits_78(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "ksefd", "run", "-c", str(path)], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 78
-    assert "fails the NIP checksum" in done.stderr
+    assert "ma błędną cyfrę kontrolną NIP" in done.stderr        # fails the NIP checksum (Polish by default)

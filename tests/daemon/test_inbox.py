@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -216,8 +217,10 @@ def test_backfill_from_takes_a_date_now_or_nothing_and_names_the_fix_otherwise(t
     assert parsed("backfill_from = 2026-02-01") == dt.date(2026, 2, 1)
     assert parsed('backfill_from = "2026-02-01"') == dt.date(2026, 2, 1)
     assert parsed('backfill_from = "now"') == "now"
-    with pytest.raises(ConfigError, match=r"backfill_from: \"yesterday\" is not a date.*\"now\""):
+    with pytest.raises(ConfigError) as caught:
         parsed('backfill_from = "yesterday"')
+    assert re.search(r"backfill_from: \"yesterday\" is not a date.*\"now\"", "\n".join(caught.value.english))
+    assert 'backfill_from: "yesterday" to nie jest data' in str(caught.value)          # Polish by default
 
 
 async def test_a_backfill_older_than_100_days_runs_in_adjacent_windows_of_at_most_100_days(

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ksefd import i18n
 from ksefd.daemon.instance import StartupProblem, _fix, _reason, check_folder
 from ksefd.sim.config import SimConfig
 from tests.daemon.support import ROOT, SELLER, start_daemon, token_file, wait_logged, write_config
@@ -47,13 +48,14 @@ async def test_a_second_daemon_on_the_same_state_database_is_refused_with_the_fi
         await wait_logged(log, "daemon.started", 1, first)
         code, _, err = await _ksefd("run", "-c", str(path), limit=20)
         assert code == 75, err
-        assert f"process {first.pid}" in err and "already running" in err and "Traceback" not in err
+        # No language in the config: Polish, the default (issue #14).
+        assert f"proces {first.pid} trzyma" in err and "działa już inny ksefd" in err and "Traceback" not in err
         assert "state.sqlite3" in err
         code, out, err = await _ksefd("status", "-c", str(path))
         assert code == 0, err
         assert "acme" in out
         code, out, err = await _ksefd("check", "-c", str(path), "--json")     # its own verdict, not the lock's
-        assert code != 75 and "already running" not in out + err and '"acme"' in out, out + err
+        assert code != 75 and "działa już inny ksefd" not in out + err and '"acme"' in out, out + err
         first.send_signal(signal.SIGKILL)      # the kernel drops the lock with the process
         await first.wait()
         second_log = tmp_path / "second.log"
@@ -76,7 +78,8 @@ async def test_a_data_folder_that_is_a_file_stops_the_start_with_exit_78_the_pat
     (tmp_path / "data").write_text("not a folder")
     code, _, err = await _ksefd("run", "-c", str(path))
     assert code == 78, err
-    assert str(tmp_path / "data") in err and "is a file, not a folder" in err and "Traceback" not in err
+    assert str(tmp_path / "data") in err and "to plik, a nie folder. Przenieś ten plik" in err
+    assert "Traceback" not in err
 
 
 async def test_a_state_database_under_a_file_stops_the_start_with_exit_78(tmp_path: Path) -> None:
@@ -100,12 +103,17 @@ async def test_a_state_database_that_is_not_one_stops_the_start_with_exit_78(tmp
 
 def test_a_full_disk_and_a_denied_folder_are_named_with_their_fix(tmp_path: Path) -> None:
     full = OSError(errno.ENOSPC, "No space left on device")
-    assert _reason(full) == "the disk is full" and "Free some space" in _fix(full, tmp_path)
     denied = OSError(errno.EACCES, "Permission denied")
-    assert _reason(denied) == "permission denied" and "chown" in _fix(denied, tmp_path)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(StartupProblem, match="cannot be created"):
-        check_folder("company 'acme' outbox", tmp_path / "file" / "outbox")
+    with i18n.using("en"):
+        assert _reason(full) == "the disk is full" and "Free some space" in _fix(full, tmp_path)
+        assert _reason(denied) == "permission denied" and "chown" in _fix(denied, tmp_path)
+        with pytest.raises(StartupProblem, match="cannot be created"):
+            check_folder("company 'acme' outbox", tmp_path / "file" / "outbox")
+    with i18n.using("pl"):
+        assert _reason(full) == "dysk jest pełny" and "Zwolnij miejsce" in _fix(full, tmp_path)
+        with pytest.raises(StartupProblem, match="nie można go utworzyć"):
+            check_folder("company 'acme' outbox", tmp_path / "file" / "outbox")
 
 
 @pytest.mark.timeout(60)

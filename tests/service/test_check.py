@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 
+from ksefd import i18n
 from ksefd.clock import SystemClock
 from ksefd.config import Config
 from ksefd.daemon.check import run_check, skew_seconds
@@ -32,6 +33,13 @@ NO_WRITE = "1234567825"
 EXPIRED = "1234567831"
 OWNER_CERT = "1234567848"
 PESEL = "15062788702"
+
+
+@pytest.fixture(autouse=True)
+def english() -> Any:
+    """These tests read the findings in English (`language = "en"`); Polish, the default: test_check_language.py."""
+    with i18n.using("en"):
+        yield
 
 
 @pytest.fixture
@@ -137,7 +145,7 @@ async def test_cli_exit_code_and_json(sim, http: aiohttp.ClientSession, tmp_path
     body = json.loads(out)
     assert code == 1 and body["ok"] is False and body["companies"][0]["findings"][-1]["fix"]
     code, out = await ksefd("check", "-c", str(config.source), "nobody")
-    assert code == 1 and "no company named 'nobody'" in out
+    assert code == 1 and "nie ma firmy 'nobody'" in out          # the config's language: Polish by default
 
 
 async def test_certificate_owner_and_expiry_warning(sim, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import aiohttp
 import structlog
 from cryptography.hazmat.primitives import serialization
 
-from ksefd.clock import ManualClock
+from ksefd import i18n
+from ksefd.clock import ManualClock, SystemClock, warsaw_today
 from ksefd.daemon.credential_expiry import credential_expiry, warn_daily
 from ksefd.daemon.service import serve
 from tests.daemon.support import OTHER, ROOT, SELLER, load, one_company, write_config
@@ -54,6 +55,19 @@ async def test_the_daily_warning_names_the_token_companies_and_certificates_with
     assert expiry is not None
     assert expiry.warning(expiry.last_day - dt.timedelta(days=61)) is None
     assert expiry.warning(expiry.last_day - dt.timedelta(days=60)) is not None
+    # What `ksefd status` and the status page show: the config's language, dates as people in Poland write them.
+    day = f"{expiry.last_day:%d.%m.%Y}"
+    with i18n.using("pl"):
+        soon = expiry.warning(expiry.last_day - dt.timedelta(days=30))
+        gone = expiry.warning(expiry.last_day + dt.timedelta(days=2))
+    assert soon == (f"soon: certyfikat KSeF {tmp_path / 'soon.crt'} wygasa {day} (za 30 dni). Odnów go (`ksefd "
+                    "certificate enroll`, zob. docs/certificates.md); ksefd użyje nowych plików przy następnym "
+                    "logowaniu, bez restartu")
+    assert gone is not None and gone.startswith(f"soon: certyfikat KSeF {tmp_path / 'soon.crt'} wygasł {day}. ")
+    with i18n.using("en"):
+        soon = expiry.warning(expiry.last_day - dt.timedelta(days=30))
+    assert soon is not None and soon.startswith(f"soon: the KSeF certificate {tmp_path / 'soon.crt'} expires on "
+                                                f"{day} (in 30 days). Renew it")
 
 
 async def test_the_daemon_warns_at_start_and_status_lists_the_token_company(
@@ -68,15 +82,31 @@ async def test_the_daemon_warns_at_start_and_status_lists_the_token_company(
             await asyncio.sleep(0.05)
         stop.set()
         await asyncio.wait_for(task, 30)
-    assert [c["company"] for c in captured if c["event"] == "credentials.expiring"] == ["acme"]
-    for extra in ((), ("--json",)):
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ksefd", "status", "-c", str(config.source),
-                                                    *extra, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        text = out.decode()
-        if extra:
-            (warning,) = json.loads(text)["credentialWarnings"]
-            assert warning.startswith("acme logs in with a KSeF token")
-        else:
-            assert "WARNING acme logs in with a KSeF token: token login ends on 2026-12-31" in text
-            assert "docs/certificates.md" in text
+    [logged] = [c for c in captured if c["event"] == "credentials.expiring"]
+    assert logged["company"] == "acme" and logged["advice"].startswith("acme logs in with a KSeF token")  # English
+    assert config.source is not None
+    days = (dt.date(2026, 12, 31) - warsaw_today(SystemClock())).days
+    for language in ("pl", "en"):            # Polish by default; English with language = "en"
+        if language == "en":
+            text = config.source.read_text(encoding="utf-8").replace("[daemon]\n", '[daemon]\nlanguage = "en"\n')
+            config.source.write_text(text, encoding="utf-8")
+        for extra in ((), ("--json",)):
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ksefd", "status", "-c",
+                                                        str(config.source), *extra, cwd=ROOT,
+                                                        stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            text = out.decode()
+            if extra:
+                (warning,) = json.loads(text)["credentialWarnings"]
+                assert warning.startswith("acme loguje się tokenem KSeF" if language == "pl"
+                                          else "acme logs in with a KSeF token")
+                continue
+            section = text[text.index("\n\nDane logowania" if language == "pl" else "\n\nCredentials"):]
+            if language == "pl":
+                assert section.strip().splitlines()[1:] == [
+                    f"  UWAGA acme loguje się tokenem KSeF: logowanie tokenem kończy się 31.12.2026 (za {days} dni). "
+                    "Przenieś firmę na certyfikat KSeF (`ksefd certificate enroll`, zob. docs/certificates.md)"]
+            else:
+                assert section.strip().splitlines()[1:] == [
+                    f"  WARNING acme logs in with a KSeF token: token login ends on 31.12.2026 (in {days} days). "
+                    "Move it to a KSeF certificate (`ksefd certificate enroll`, see docs/certificates.md)"]

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ksefd import i18n
 from ksefd.daemon.credential_store import read_secret_text
 from ksefd.daemon.dpapi import DpapiUnavailable, protect
 from ksefd.daemon.service import serve
@@ -38,9 +39,12 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-async def setup(sim_factory: Any, http: aiohttp.ClientSession, folder: Path, token_file: str) -> tuple[Any, Path]:
+async def setup(sim_factory: Any, http: aiohttp.ClientSession, folder: Path, token_file: str,
+                language: str = "en") -> tuple[Any, Path]:
+    """The config of one company; in English (these tests read English), Polish in test_polish_by_default."""
     sim = await sim_factory(config=SimConfig(limits_profile="off"))
-    config = write_config(folder, sim.base_url, [{"name": "acme", "nip": SELLER, "token_file": token_file}])
+    config = write_config(folder, sim.base_url, [{"name": "acme", "nip": SELLER, "token_file": token_file}],
+                          daemon={"language": language})
     return sim, config
 
 
@@ -142,9 +146,30 @@ async def test_a_replaced_token_file_resumes_the_company_without_a_restart(
         await asyncio.wait_for(task, 30)
 
 
+async def test_polish_by_default(sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    sim, config = await setup(sim_factory, http, tmp_path, "secrets/acme.token", language="pl")
+    other = await create_ksef_token(http, sim.base_url, OTHER, ["InvoiceRead"])
+    code, _, err = await ksefd("credentials", "set", "-c", str(config), "acme", "--store", "file", stdin=other)
+    assert code == 1 and err == (f"ksefd credentials: ten token wydano dla nip-{OTHER}, a firma acme ma NIP {SELLER}: "
+                                 f"wygeneruj token w kontekście NIP {SELLER}\n")
+    code, _, err = await ksefd("credentials", "set", "-c", str(config), "nobody", stdin=other)
+    assert code == 1 and f"w pliku {config} nie ma firmy 'nobody' (firmy: acme)" in err
+    token = await create_ksef_token(http, sim.base_url, SELLER, ["InvoiceWrite", "InvoiceRead"])
+    code, out, err = await ksefd("credentials", "set", "-c", str(config), "acme", "--store", "file", stdin=token)
+    assert code == 0, err
+    stored = tmp_path / "secrets" / "acme.token"
+    assert out.splitlines() == [
+        f"KSeF (TEST) przyjął token {token.split('|')[0]} dla NIP {SELLER}",
+        f"zapisano (file): {stored}",
+        f"  zapisano jako zwykły plik, który może czytać tylko jego właściciel (0600): {stored}",
+        "  demon odczyta go przy następnym logowaniu firmy: restart niepotrzebny"]
+
+
 def test_dpapi_is_windows_only_and_plain_files_read_as_text(tmp_path: Path) -> None:
     if sys.platform != "win32":
-        with pytest.raises(DpapiUnavailable, match="only on Windows"):
+        with i18n.using("en"), pytest.raises(DpapiUnavailable, match="only on Windows"):
+            protect(b"x")
+        with i18n.using("pl"), pytest.raises(DpapiUnavailable, match="tylko w Windows; w Linuksie użyj"):
             protect(b"x")
     plain = tmp_path / "acme.token"
     plain.write_text("abc\n", encoding="utf-8")
@@ -169,7 +194,7 @@ def test_on_a_terminal_the_token_is_asked_for_without_echo(tmp_path: Path) -> No
                                   "--store", "file", "--no-verify"])
     seen = b""
     deadline = time.monotonic() + 30
-    while b"not shown" not in seen and time.monotonic() < deadline:
+    while b"niewidoczny" not in seen and time.monotonic() < deadline:        # Polish, the default
         seen += os.read(master, 1024)
     os.write(master, token.encode() + b"\n")
     while time.monotonic() < deadline:
@@ -183,6 +208,6 @@ def test_on_a_terminal_the_token_is_asked_for_without_echo(tmp_path: Path) -> No
     _, status = os.waitpid(pid, 0)
     os.close(master)
     assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
-    assert b"KSeF token for acme (not shown" in seen
+    assert "Token KSeF dla acme (niewidoczny; wklej i naciśnij Enter)".encode() in seen
     assert token.encode() not in seen and b"abab" not in seen            # never echoed, never printed
     assert (tmp_path / "secrets" / "acme.token").read_text(encoding="utf-8") == token + "\n"

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ksefd import i18n
 from ksefd.clock import SystemClock
 from ksefd.daemon.qr_code import QrError, invoice_code
 from ksefd.daemon.requeue import RequeueError, requeue
@@ -113,10 +114,10 @@ def test_qr_refuses_a_changed_file_and_a_file_not_sent(tmp_path: Path) -> None:
         "invoiceHash": base64.b64encode(hashlib.sha256(data).digest()).decode(), "environment": "prod"}))
     assert invoice_code(tmp_path / "FV 1.xml").link.startswith("https://qr.ksef.mf.gov.pl/invoice/")
     (tmp_path / "FV 1.xml").write_bytes(data + b"\n")
-    with pytest.raises(QrError, match="changed after sending"):
+    with i18n.using("en"), pytest.raises(QrError, match="changed after sending"):
         invoice_code(tmp_path / "FV 1.xml")
-    result = ksefd("qr", str(tmp_path / "FV 2.xml"))
-    assert result.returncode == 1 and "sent/ folder" in result.stderr
+    result = ksefd("qr", str(tmp_path / "FV 2.xml"))          # no config: Polish, the default
+    assert result.returncode == 1 and "podaj plik z folderu sent/ firmy" in result.stderr
 
 
 # --- requeue -------------------------------------------------------------------------------------
@@ -158,14 +159,16 @@ async def test_requeue_refuses_what_would_fail_again_and_paths(tmp_path: Path) -
     rejected = config.company("acme").folders.rejected
     rejected.mkdir(parents=True)
     (rejected / "bad.xml").write_bytes(BOM + invoice("FV/2"))
-    with pytest.raises(RequeueError, match=r"would be refused again: \[bom\]"):
+    with i18n.using("en"), pytest.raises(RequeueError, match=r"would be refused again: \[bom\]"):
+        await requeue(config, "acme", "bad.xml", SystemClock())
+    with i18n.using("pl"), pytest.raises(RequeueError, match=r"zostałby znowu odrzucony: \[bom\]"):
         await requeue(config, "acme", "bad.xml", SystemClock())
     assert not config.company("acme").folders.outbox.exists()
     assert (await requeue(config, "acme", "bad.xml", SystemClock(), force=True)).target.name == "bad.requeue-1.xml"
     for name in ("../bad.xml", "missing.xml"):
         with pytest.raises(RequeueError):
             await requeue(config, "acme", name, SystemClock())
-    with pytest.raises(RequeueError, match="no company"):
+    with i18n.using("en"), pytest.raises(RequeueError, match="no company"):
         await requeue(config, "nobody", "bad.xml", SystemClock())
 
 

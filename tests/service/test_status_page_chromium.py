@@ -62,7 +62,7 @@ async def test_status_pages_render_in_chromium(sim_factory: Any, http: aiohttp.C
     readonly = dom["readonly"]
     assert "<b>Wstrzymana</b>" in readonly and "RO-1.xml" in readonly and "<td>wstrzymana</td>" in readonly
     assert "missing-permission" in readonly
-    assert "logs in with a KSeF token" in readonly and "docs/certificates.md" in readonly   # point 7
+    assert "loguje się tokenem KSeF" in readonly and "docs/certificates.md" in readonly   # point 7 (Polish by default)
     acme = dom["acme"]
     assert "<td>1</td>" in acme                           # accepted today
     assert "seller-nip" in acme                           # the last error's code

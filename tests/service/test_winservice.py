@@ -102,4 +102,4 @@ def test_run_configured_with_a_bad_config_exits_78_and_logs(tmp_path: Path) -> N
             f"sys.exit(run_configured(Path({config!r}), Path({log!r}), lambda runner: None))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 78
-    assert "invalid configuration" in (tmp_path / "logs" / "k.log").read_text()
+    assert "błędna konfiguracja w pliku" in (tmp_path / "logs" / "k.log").read_text()      # invalid configuration
