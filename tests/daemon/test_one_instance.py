@@ -128,7 +128,7 @@ async def test_run_once_exits_3_when_a_company_could_not_log_in(
         {"name": "broken", "nip": "5265877635", "token_file": str(bad)}])
     code, _, err = await _ksefd("run", "-c", str(path), "--once")
     assert code == 3, err
-    assert "broken: on hold" in err and "bad.token" in err
+    assert "broken: wstrzymana" in err and "bad.token" in err          # Polish by default
     assert "good:" not in err
 
 
