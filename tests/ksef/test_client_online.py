@@ -295,7 +295,7 @@ async def test_sends_reuse_keep_alive_connections(sim_factory: Any, token_contex
         pass
     for n in range(1, 11):
         await sender.send(invoice(n))
-    assert await tally() == {"connections": 1, "requests": 10}
+    assert await tally() == {"connections": 1, "requests": 10, "maxInFlight": 1}
     await asyncio.gather(*(sender.send(invoice(n)) for n in range(11, 15)))
     sends = await tally()
     assert sends["requests"] == 14 and sends["connections"] <= 4, sends

@@ -23,6 +23,7 @@ from ..failures import Failure, classify
 from .ledger import Ledger
 from .online import OnlineChannel
 from .outcomes import Accepted, Outcomes
+from .polling import ProcessingTime
 
 S = InvoiceState
 T = SessionState
@@ -45,6 +46,8 @@ class Tracker:
         self.log = log
         self._polls: dict[int, tuple[dt.datetime, float]] = {}      # invoice or session id -> (due, delay)
         self._sessions: dict[int, SessionRow] = {}
+        self.processing_time = ProcessingTime()      # when to ask first about a sent invoice (polling.py)
+        self._shown: set[int] = set()                 # PROCESSING invoices whose state file says so
 
     def schedule(self, key: int, delay: float) -> None:
         self._polls[key] = (self.ledger.now() + dt.timedelta(seconds=delay), delay)
@@ -144,7 +147,8 @@ class Tracker:
         at a time, a trickle of many invoices waited on each one's round trips and commits in turn. The first
         KsefError is raised once the rest is done, as step() expects."""
         ids = await self.store.invoices.ids_in(self.company, [S.PROCESSING], "online")
-        rows = [r for r in await self.store.invoices.get_many([i for i in ids if self._due(i)]) if r.invoice_ref]
+        rows = [r for r in await self.store.invoices.get_many([i for i in ids if self._due(i)])
+                if r.invoice_ref and self._first_ask_due(r)]
         errors: list[KsefError] = []
         answers: list[tuple[InvoiceRow, SessionRow, SessionInvoice]] = []
 
@@ -162,8 +166,11 @@ class Tracker:
             accepted: dict[int, list[tuple[InvoiceRow, SessionInvoice]]] = {}
             for row, session, invoice in answers:
                 if not invoice.is_final:
+                    self._show_processing(row, session)
                     continue
                 self._polls.pop(row.id, None)
+                self._shown.discard(row.id)
+                self.processing_time.observe(invoice)
                 if invoice.status.code == 200:
                     accepted.setdefault(session.id, []).append((row, invoice))
                     continue
@@ -181,6 +188,21 @@ class Tracker:
             self.outcomes.forget_listings()
         if errors:
             raise errors[0]
+
+    def _show_processing(self, row: InvoiceRow, session: SessionRow) -> None:
+        """NAME.state.json says "in KSeF" once KSeF said it is still working on it (online.py writes none for
+        the send itself, which usually lasts milliseconds); once per invoice."""
+        if row.id not in self._shown:
+            self._shown.add(row.id)
+            self.ledger.show(row, {"sessionReferenceNumber": session.reference})
+
+    def _first_ask_due(self, row: InvoiceRow) -> bool:
+        """A PROCESSING invoice seen for the first time is first asked about when KSeF usually has its verdict,
+        counted from the send (polling.py); then `_later` doubles the wait. True when it is due now."""
+        if row.id not in self._polls:
+            wait, step = self.processing_time.first()
+            self._polls[row.id] = (row.updated_at + dt.timedelta(seconds=wait), step)
+        return self._due(row.id)
 
     async def _each(self, items: list[Any], work: Callable[[Any], Awaitable[None]], errors: list[KsefError]) -> None:
         """`work` for every item, POLL_CONCURRENCY at a time; KsefErrors collected (the rest go on), anything

@@ -1,0 +1,133 @@
+"""The online trickle (issue #16). When the tracker asks KSeF about a sent online invoice (polling.py): first
+when KSeF usually has its verdict, learned from KSeF's own dates, then less and less often; the tracker on its
+own, with the simulator over HTTP, real SQLite and folders, and an injected clock for the daemon's side. And
+how many online sends go at once (the daemon in drain mode)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+
+from ksefd.clock import ManualClock, SystemClock
+from ksefd.daemon.connection import CompanyConnection
+from ksefd.daemon.outbox.files import OutboxFiles
+from ksefd.daemon.outbox.ledger import Ledger
+from ksefd.daemon.outbox.online import OnlineChannel
+from ksefd.daemon.outbox.outcomes import Outcomes
+from ksefd.daemon.outbox.polling import MAX_POLL, START, ProcessingTime, again
+from ksefd.daemon.outbox.tracker import Tracker
+from ksefd.daemon.outbox.worker import ONLINE_CONCURRENCY
+from ksefd.daemon.runtime import Runtime
+from ksefd.ksef import SessionInvoice
+from ksefd.ksef.models import StatusInfo
+from ksefd.ksef.ratelimit import RateLimiter
+from ksefd.store import InvoiceState, Store
+from tests.daemon.support import drain, drop, invoice, one_company
+
+S = InvoiceState
+LOG = structlog.get_logger("test")
+STATUS = "GET /v2/sessions/{referenceNumber}/invoices/{invoiceReferenceNumber}"
+T0 = dt.datetime(2026, 12, 7, 9, 0, tzinfo=dt.UTC)
+
+
+def accepted(seconds: float) -> SessionInvoice:
+    return SessionInvoice(ordinal_number=1, reference_number="R", invoice_hash="h", invoicing_date=T0,
+                          status=StatusInfo(code=200, description="ok"),
+                          acquisition_date=T0 + dt.timedelta(seconds=seconds))
+
+
+def test_the_first_wait_follows_ksefs_own_processing_time() -> None:
+    timing = ProcessingTime()
+    assert timing.first()[0] == START
+    for _ in range(30):
+        timing.observe(accepted(2.0))            # KSeF took 2 s from acceptance to the KSeF number
+    wait, step = timing.first()
+    assert 1.9 < wait <= 2.0 and again(step) == wait / 4          # then a quarter, a half, the whole ...
+    timing.observe(SessionInvoice(ordinal_number=2, reference_number="R2", invoice_hash="h", invoicing_date=T0,
+                                  status=StatusInfo(code=450, description="bad")))   # a rejection: no dates
+    assert timing.first()[0] == wait
+    for _ in range(30):
+        timing.observe(accepted(3600))
+    assert timing.first()[0] <= MAX_POLL and again(MAX_POLL) == MAX_POLL
+
+
+async def test_a_sent_invoice_is_first_asked_about_when_ksef_usually_has_its_verdict(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    sim, _, config = await one_company(sim_factory, http, tmp_path)
+    company = config.companies[0]
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    store = await Store.open(tmp_path / "state.sqlite3", clock)
+    files = OutboxFiles(company, company.folders.outbox / ".ksefd")
+    files.prepare()
+    ledger = Ledger(company.name, store, files, clock.now, LOG)
+    system = SystemClock()
+    runtime = Runtime(config, store, system, RateLimiter(now=lambda: system.now().timestamp(), sleep=system.sleep))
+
+    async def status_requests() -> int:
+        async with http.get(f"{sim.root_url}/sim/connections") as response:
+            tally = await response.json()
+        return int(tally["operations"].get(STATUS, {}).get("requests", 0))
+
+    async def send(number: int) -> int:
+        work = files.new_work_path(f"FV-{number}.xml")
+        work.write_bytes(invoice(f"POLL/{number}"))
+        row = await store.invoices.add("acme", f"FV-{number}.xml", f"h{number}", 1, work_path=str(work))
+        row = await ledger.move(await ledger.move(row, S.CHECKED), S.QUEUED)
+        assert await channel.send(row) is None
+        return row.id
+
+    async def state(invoice_id: int) -> S:
+        row = await store.invoices.get(invoice_id)
+        assert row is not None
+        return row.state
+
+    try:
+        connection = CompanyConnection(runtime, company)
+        assert await connection.ready() is None
+        outcomes = Outcomes(company, ledger, files, connection, LOG)
+        channel = OnlineChannel(company, ledger, outcomes, files, connection, LOG)
+        tracker = Tracker(company.name, ledger, outcomes, channel, connection, LOG)
+
+        first = await send(1)
+        assert await tracker.step() is None
+        assert await status_requests() == 0 and await state(first) == S.PROCESSING    # not asked at once ...
+        assert tracker.next_wake() == START                                          # ... but after the guess
+        clock.advance(START)
+        assert await tracker.step() is None
+        assert await status_requests() == 1 and await state(first) == S.DONE
+        learned = tracker.processing_time.estimate
+        assert learned < START            # the simulator decides within milliseconds: the guess moves towards it
+
+        second = await send(2)
+        assert await tracker.step() is None and await status_requests() == 1
+        wait = tracker.next_wake()
+        assert wait is not None and wait == pytest.approx(max(0.01, learned), abs=1e-5) and wait < START
+        clock.advance(wait)
+        assert await tracker.step() is None
+        assert await status_requests() == 2 and await state(second) == S.DONE
+        await channel.close_current("test")
+    finally:
+        await runtime.close_clients()
+        await store.close()
+
+
+async def test_up_to_ten_online_sends_go_at_once(sim_factory: Any, http: aiohttp.ClientSession,
+                                                 tmp_path: Path) -> None:
+    """A trickle is not sent one by one: as many sends at once as KSeF takes in a second (invoiceSend 10/s,
+    PROTOCOL.md §7; the limiter keeps the rate), each sent once."""
+    sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=100)
+    async with http.post(f"{sim.root_url}/sim/faults", json={"spec": "latency=0.05"}):
+        pass                       # every answer takes a while, so sends overlap whenever the daemon lets them
+    outbox = config.companies[0].folders.outbox
+    for n in range(24):
+        drop(outbox, f"FV-{n}.xml", invoice(f"TRICKLE/{n}"))
+    await drain(config)
+    async with http.get(f"{sim.root_url}/sim/connections") as response:
+        sends = (await response.json())["operations"]["POST /v2/sessions/online/{referenceNumber}/invoices"]
+    assert sends["requests"] == 24 and sends["maxInFlight"] == ONLINE_CONCURRENCY == 10, sends
+    assert len(list(config.companies[0].folders.sent.glob("*.upo.xml"))) == 24
