@@ -5,6 +5,7 @@ how many online sends go at once (the daemon in drain mode)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import structlog
 from ksefd.clock import ManualClock, SystemClock
 from ksefd.daemon.connection import CompanyConnection
 from ksefd.daemon.outbox.files import OutboxFiles
+from ksefd.daemon.outbox.grouped import GroupedMove
 from ksefd.daemon.outbox.ledger import Ledger
 from ksefd.daemon.outbox.online import OnlineChannel
 from ksefd.daemon.outbox.outcomes import Outcomes
@@ -26,8 +28,8 @@ from ksefd.daemon.runtime import Runtime
 from ksefd.ksef import SessionInvoice
 from ksefd.ksef.models import StatusInfo
 from ksefd.ksef.ratelimit import RateLimiter
-from ksefd.store import InvoiceState, Store
-from tests.daemon.support import drain, drop, invoice, one_company
+from ksefd.store import Change, InvoiceState, StateConflict, Store
+from tests.daemon.support import SELLER, drain, drop, invoice, load, one_company, write_config
 
 S = InvoiceState
 LOG = structlog.get_logger("test")
@@ -131,3 +133,34 @@ async def test_up_to_ten_online_sends_go_at_once(sim_factory: Any, http: aiohttp
         sends = (await response.json())["operations"]["POST /v2/sessions/online/{referenceNumber}/invoices"]
     assert sends["requests"] == 24 and sends["maxInFlight"] == ONLINE_CONCURRENCY == 10, sends
     assert len(list(config.companies[0].folders.sent.glob("*.upo.xml"))) == 24
+
+
+async def test_concurrent_sends_share_commits_and_a_conflict_fails_only_its_own(tmp_path: Path) -> None:
+    """grouped.py: steps arriving while a commit runs go together in the next one; an invoice another task moved
+    meanwhile fails alone."""
+    clock = ManualClock(T0)
+    store = await Store.open(tmp_path / "state.sqlite3", clock)
+    async with store:
+        (tmp_path / "acme.token").write_text("unused\n")
+        company = load(write_config(tmp_path, "http://127.0.0.1:9/v2", [
+            {"name": "acme", "nip": SELLER, "token_file": "acme.token"}])).companies[0]
+        ledger = Ledger("acme", store, OutboxFiles(company, tmp_path / "work"), clock.now, LOG)
+        rows = []
+        for n in range(6):
+            row = await store.invoices.add("acme", f"FV-{n}.xml", f"h{n}", 1)
+            rows.append(await store.invoices.transition_steps([row.id], [S.CLAIMED, S.CHECKED, S.QUEUED]))
+        ids = [r[0].id for r in rows]
+        await store.invoices.transition(ids[3], S.QUEUED, S.HELD)        # moved by another task meanwhile
+        group = GroupedMove(ledger, S.QUEUED, S.SUBMITTING)
+        results = await asyncio.gather(*(group.move(Change(i, {"mode": "online", "attempts": 1}, {"n": i}))
+                                         for i in ids), return_exceptions=True)
+        assert isinstance(results[3], StateConflict)
+        assert [r.state for n, r in enumerate(results) if n != 3] == [S.SUBMITTING] * 5     # type: ignore[union-attr]
+        assert group.commits == 5              # the first alone, the others together: refused, then each alone
+        states = {r.id: r.state for r in await store.invoices.get_many(ids)}
+        assert [states[i] for i in ids] == [S.SUBMITTING] * 3 + [S.HELD] + [S.SUBMITTING] * 2
+        ledger.track_due.clear()
+        group = GroupedMove(ledger, S.SUBMITTING, S.PROCESSING)
+        moved = await asyncio.gather(*(group.move(Change(i, {"invoice_ref": f"R{i}"})) for i in ids[:3]))
+        assert [r.invoice_ref for r in moved] == [f"R{i}" for i in ids[:3]] and group.commits == 2
+        assert ledger.track_due.is_set()

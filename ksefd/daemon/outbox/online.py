@@ -27,11 +27,12 @@ from typing import Any
 
 from ksefd.config import Company
 from ksefd.ksef import FA3, KsefError, OnlineOptions, OnlineSender, OnlineSession, OutcomeUnknown
-from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, StateConflict, Store
+from ksefd.store import Change, InvoiceRow, InvoiceState, SessionRow, SessionState, StateConflict, Store
 
 from ..connection import CompanyConnection
 from ..failures import Failure, classify, next_attempt
 from .files import OutboxFiles
+from .grouped import GroupedMove
 from .ledger import Ledger
 from .outcomes import Outcomes
 
@@ -55,6 +56,9 @@ class OnlineChannel:
         self._lock = asyncio.Lock()
         self._closing: set[int] = set()
         self._sender: OnlineSender | None = None
+        # Concurrent sends' steps share commits (grouped.py); no state file for either (module docstring).
+        self._submitting = {state: GroupedMove(ledger, state, S.SUBMITTING) for state in (S.QUEUED, S.OFFLINE)}
+        self._processing = GroupedMove(ledger, S.SUBMITTING, S.PROCESSING)
         # What each send saw, for the availability monitor (None: KSeF answered). Set by the worker.
         self.observe: Callable[[Failure | None], None] = lambda failure: None
 
@@ -93,13 +97,12 @@ class OnlineChannel:
             self.in_flight[session_row.id] = self.in_flight.get(session_row.id, 0) + 1
             shown = {"sessionReferenceNumber": session.reference_number}
             if current[0].state in (S.QUEUED, S.OFFLINE):
-                # No state file for SUBMITTING and PROCESSING here (module docstring): both usually last
-                # milliseconds, and rewriting NAME.state.json twice per invoice on the event loop was a fifth
-                # of the trickle's time (issue #16).
-                current[0] = await self.ledger.move(
-                    current[0], S.SUBMITTING, session_id=session_row.id, mode="online",
-                    attempts=row.attempts + 1, next_attempt_at=None, detail={"session": session.reference_number},
-                    state_file=False)
+                # No state file for SUBMITTING and PROCESSING (module docstring): both usually last milliseconds,
+                # and rewriting NAME.state.json twice per invoice on the event loop was a fifth of the trickle's
+                # time (issue #16).
+                current[0] = await self._submitting[current[0].state].move(Change(
+                    current[0].id, {"session_id": session_row.id, "mode": "online", "attempts": row.attempts + 1,
+                                    "next_attempt_at": None}, {"session": session.reference_number}))
             else:   # the client moved it to a new session (21184/21180/21155: not taken by the old one)
                 current[0] = await self.ledger.update(current[0], show=shown, session_id=session_row.id,
                                                       detail={"movedTo": session.reference_number})
@@ -122,9 +125,8 @@ class OnlineChannel:
                 self.in_flight[session_id] -= 1
             self.last_used = self.ledger.now()
         self.observe(None)
-        await self.ledger.move(current[0], S.PROCESSING, from_state=S.SUBMITTING,
-                               invoice_ref=sent.reference_number, status_code=100,
-                               detail={"reference": sent.reference_number}, state_file=False)
+        await self._processing.move(Change(current[0].id, {"invoice_ref": sent.reference_number, "status_code": 100},
+                                           {"reference": sent.reference_number}))
         return None
 
     async def _failed(self, row: InvoiceRow, exc: KsefError, corrected_hash: str | None = None) -> Failure | None:
