@@ -74,7 +74,8 @@ def create_app(config: SimConfig | None = None, clock: Clock | None = None) -> w
     config = config or SimConfig()
     fa3.schema()   # compile now, before requests run parses in other threads (fa3.py docstring)
     world = World(config, clock or SystemClock(), Store(config.state_path))
-    app = web.Application(middlewares=[connections.middleware, error_middleware, faults.middleware,
+    # Tests insert their own middlewares right inside the error middleware (index 1): it stays first.
+    app = web.Application(middlewares=[error_middleware, connections.middleware, faults.middleware,
                                        ratelimits.middleware],
                           client_max_size=200 * 1024 * 1024)
     app[WORLD] = world

@@ -11,6 +11,7 @@ it did arrive after all, the new send gets 440 for the same hash, which outcomes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -151,6 +152,7 @@ class Tracker:
                 if r.invoice_ref and self._first_ask_due(r)]
         errors: list[KsefError] = []
         answers: list[tuple[InvoiceRow, SessionRow, SessionInvoice]] = []
+        upos: dict[int, bytes] = {}     # fetched by the task that got the link: one round of round trips, not two
 
         async def status(row: InvoiceRow) -> None:
             session = await self.session(row.session_id)
@@ -158,8 +160,12 @@ class Tracker:
                 return
             # Scheduled before asking: if this one fails, the next round starts with the others, not with it.
             self._later(row.id)
-            answers.append((row, session, await self.connection.context.sessions.invoice(session.reference,
-                                                                                         row.invoice_ref)))
+            invoice = await self.connection.context.sessions.invoice(session.reference, row.invoice_ref)
+            answers.append((row, session, invoice))
+            if invoice.status.code == 200 and invoice.upo_download_url:
+                with contextlib.suppress(KsefError):       # _upos fetches it the usual way then
+                    upos[row.id] = await self.connection.context.sessions.download_presigned_upo(
+                        invoice.upo_download_url)
 
         try:
             await self._each(rows, status, errors)
@@ -183,7 +189,7 @@ class Tracker:
             for session_id, items in accepted.items():
                 owner = await self.session(session_id)
                 assert owner is not None
-                await self._upos(await self.outcomes.accept_many(items, owner))
+                await self._upos(await self.outcomes.accept_many(items, owner), upos)
         finally:
             self.outcomes.forget_listings()
         if errors:
@@ -223,15 +229,16 @@ class Tracker:
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
 
-    async def _upos(self, accepted: list[Accepted]) -> None:
+    async def _upos(self, accepted: list[Accepted], prefetched: dict[int, bytes] | None = None) -> None:
         """The UPOs of a group of accepted invoices; one commit for those fetched, the others stay ACCEPTED
         and finish_accepted tries them again later."""
         fetched: list[tuple[InvoiceRow, bytes]] = []
 
         async def fetch(item: Accepted) -> None:
             try:
-                fetched.append((item.row, await self.outcomes.fetch_upo(item.row, item.session_reference,
-                                                                        item.upo_url)))
+                xml = (prefetched or {}).get(item.row.id)
+                fetched.append((item.row, xml or await self.outcomes.fetch_upo(item.row, item.session_reference,
+                                                                               item.upo_url)))
             except KsefError as exc:
                 self.log.warning("outbox.upo_failed", file=item.row.file_name, error=str(exc))
                 self.ledger.show(item.row, {"ksefNumber": item.row.ksef_number})
