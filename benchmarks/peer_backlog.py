@@ -36,6 +36,21 @@ ab1c295 ("before") and branch perf ("after"), each run a few minutes apart:
     backlog 10 000 (ksefd alone)      64.5 s, 3.24 ms, 173 MB   42.7 s, 2.43 ms, 173 MB, 0 x 429
     idle, 100 companies               0.32 % of a core, 91 MB, 10 threads, 0 requests (after: 0.73 %,
                                       91 MB, 10 threads, 0 requests; nothing on the idle path changed)
+
+Online trickle and drop latency (`--only online,latency`), 2026-12-07, main at ff6d364 ("before") then branch
+perf-online ("after") one right after the other, medians of 3, load average 4.7-7.3 (the peer's wall time swings
+4.1-8.5 s with the load; ksefd's after-figure does not: 1.54-1.75 s):
+                                      before                    after
+    online 200, ksefd wall            3.54 s                    1.57 s
+    the peer in the same runs         6.99 s                    4.61 s
+    online 200, ratio to the peer     0.74x (runs 0.41-0.77x)   0.33x (runs 0.22-0.38x)
+    ksefd CPU per invoice (online)    8.05 ms                   4.35 ms        (peer: 3.5 ms)
+    drop -> KSeF number p50 / p99     154 / 438 ms              102 / 306 ms
+The ratio fell since the issue (3.3-4.8x) mostly because the peer got faster (15.6 s then, 4.1-8.5 s now, same
+script) while ksefd stayed at 3.2-3.5 s. ksefd's own costs per online invoice were: a fresh TCP connection per
+send, about five status questions (at once, then after 0.2, 0.4 ... s, so results came in clumps every ~0.45 s),
+NAME.state.json rewritten twice on the event loop, a commit per step per invoice, four sends at once, and full
+GC passes over the start-up objects.
 """
 
 # ruff: noqa: ASYNC109, ASYNC240 - a benchmark driver: its file checks and timeouts are the measurement

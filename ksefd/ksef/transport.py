@@ -24,9 +24,13 @@ Retries (DESIGN.md convention 4, issue #4 item 8):
 * A 429 means KSeF refused the request without processing it, so any request is retried after Retry-After,
   as long as the wait is at most `RetryPolicy.max_retry_after`; otherwise RateLimited is raised.
 * A request that is not replay-safe (an invoice send) is never re-sent after it may have reached KSeF:
-  a reset, timeout or 5xx raises OutcomeUnknown. Such requests go over a fresh connection, so a keep-alive
-  connection that the server had already closed cannot turn into a false "outcome unknown". A connection
-  that could not be opened at all is retried (nothing was sent).
+  a reset, timeout or 5xx raises OutcomeUnknown. A connection that could not be opened at all is retried
+  (nothing was sent). Such requests keep their own pool of keep-alive connections (issue #16: a fresh TCP
+  connection per invoice cost a handshake each, a TLS one on KSeF), reused only while idle for less than
+  `SEND_KEEPALIVE_SECONDS`, well inside the idle timeout of common servers (Apache's 5 s is the shortest),
+  so a connection the server had already closed is rarely met. When it is, the send ends OutcomeUnknown
+  and the daemon resolves it from the session's invoice list by hash (never re-sent blindly; aiohttp retries
+  a stale connection only for idempotent methods, never for POST).
 
 Rate limiting: if a `RequestGate` is given, `acquire(context, group)` runs before every attempt and
 `penalise(context, group, retry_after)` after every 429; the gate is then responsible for the wait (its
@@ -68,6 +72,7 @@ from .responses import error_from_response
 log = structlog.get_logger("ksefd.ksef")
 USER_AGENT = "ksefd/0.1"
 _STREAM_ABOVE = 512 * 1024
+SEND_KEEPALIVE_SECONDS = 3.0    # idle keep-alive connections for sends are closed after this (see above)
 
 
 @dataclass(frozen=True)
@@ -211,10 +216,12 @@ class Transport:
             self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
         return self._session
 
-    def _fresh_connection(self) -> aiohttp.ClientSession:
+    def _sending(self) -> aiohttp.ClientSession:
+        """The pool for requests that are not replay-safe (module docstring: short keep-alive)."""
         if self._fresh is None:
-            self._fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
-                                                headers={"User-Agent": USER_AGENT})
+            self._fresh = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(keepalive_timeout=SEND_KEEPALIVE_SECONDS),
+                headers={"User-Agent": USER_AGENT})
         return self._fresh
 
     def url(self, template: str, params: Mapping[str, str] | None = None) -> str:
@@ -338,7 +345,7 @@ class Transport:
             self.gate.answered(grant)
 
     async def _send_once(self, call: _Call, attempt: int) -> Response:
-        session = self._pooled() if call.replay_safe else self._fresh_connection()
+        session = self._pooled() if call.replay_safe else self._sending()
         started = time.monotonic()
         # aiohttp warns that big raw bytes bodies block the loop; a fresh BytesIO per attempt streams them.
         data: bytes | io.BytesIO | None = call.body

@@ -14,6 +14,7 @@ from . import (
     auth,
     batch,
     certificates,
+    connections,
     control,
     exports,
     fa3,
@@ -40,7 +41,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Each module registers its own routes; order matters only for readability.
 ROUTE_MODULES = (auth, tokens, testdata, online, sessions_query, batch, receiving, exports, limits, certificates,
-                 control, permission_queries)
+                 control, connections, permission_queries)
 
 
 @web.middleware
@@ -73,7 +74,9 @@ def create_app(config: SimConfig | None = None, clock: Clock | None = None) -> w
     config = config or SimConfig()
     fa3.schema()   # compile now, before requests run parses in other threads (fa3.py docstring)
     world = World(config, clock or SystemClock(), Store(config.state_path))
-    app = web.Application(middlewares=[error_middleware, faults.middleware, ratelimits.middleware],
+    # Tests insert their own middlewares right inside the error middleware (index 1): it stays first.
+    app = web.Application(middlewares=[error_middleware, connections.middleware, faults.middleware,
+                                       ratelimits.middleware],
                           client_max_size=200 * 1024 * 1024)
     app[WORLD] = world
     app.router.add_get(f"{API_PREFIX}/security/public-key-certificates", public_key_certificates)

@@ -12,6 +12,9 @@ Latarnia-style status service (PROTOCOL.md §1: `GET /status`, `GET /messages`, 
     GET    /sim/ratelimits                 {"requestsDuringBlock": n, "tooManyRequests": n, "longestRetryAfter": s,
                                            "duringBlock": [{context, ip, group, requests}], "blocks": [...]}:
                                            requests that arrived during a 429 block (ratelimits.py)
+    GET    /sim/connections                {"connections": n, "requests": n, "operations": {"POST /v2/…": {…}}}:
+                                           TCP connections clients used, requests over them (connections.py);
+                                           DELETE starts the tally again
     GET    /status                         {"status": AVAILABLE|MAINTENANCE|FAILURE|TOTAL_FAILURE, "messages"}
     GET    /messages                       every published Latarnia message
 """

@@ -275,3 +275,27 @@ async def test_a_duplicate_reports_the_original_ksef_number(sim_factory: Any, to
     assert duplicate.status.extensions is not None
     assert duplicate.status.extensions["originalKsefNumber"] == original.ksef_number
     assert duplicate.status.extensions["originalSessionReferenceNumber"] == first.session_reference_number
+
+
+async def test_sends_reuse_keep_alive_connections(sim_factory: Any, token_context: Callable[..., Any],
+                                                  http: aiohttp.ClientSession) -> None:
+    """Issue #16: a fresh TCP connection per invoice cost a handshake each (a TLS one on KSeF). Sends one after
+    another go over one kept-alive connection, a few at once over a few; each POSTed once."""
+    sim = await sim_factory(config=SimConfig(limits_profile="off"))
+    ctx = await token_context(sim)
+    sender = ctx.online()
+    await sender.send(invoice(0))                       # opens the session
+
+    async def tally() -> dict[str, Any]:
+        async with http.get(f"{sim.root_url}/sim/connections") as response:
+            found: dict[str, Any] = await response.json()
+        return found["operations"]["POST /v2/sessions/online/{referenceNumber}/invoices"]
+
+    async with http.delete(f"{sim.root_url}/sim/connections"):
+        pass
+    for n in range(1, 11):
+        await sender.send(invoice(n))
+    assert await tally() == {"connections": 1, "requests": 10, "maxInFlight": 1}
+    await asyncio.gather(*(sender.send(invoice(n)) for n in range(11, 15)))
+    sends = await tally()
+    assert sends["requests"] == 14 and sends["connections"] <= 4, sends

@@ -7,6 +7,11 @@ after a crash every invoice that may be in KSeF names the session to look in. A 
 (OutcomeUnknown) makes the invoice IN_DOUBT, resolved by the tracker from the session's invoice list by
 hash; it is never re-sent blindly.
 
+State files: NAME.state.json keeps saying "waiting to be sent" (or "issued offline") through the send; the
+tracker rewrites it once KSeF answers that the invoice is still being processed, so an invoice accepted at
+the first question goes from that straight to its result in sent/. Any other outcome of the send (in
+doubt, deferred, held, rejected) writes its own.
+
 The session is opened by the client on first use, replaced by it at its invoice cap or before expiry
 (the old one closed by it), and closed here after `online_idle_close_seconds` without sends, at
 shutdown, or in drain mode once nothing is waiting. Closing persists CLOSING first; the tracker then
@@ -23,11 +28,12 @@ from typing import Any
 from ksefd.config import Company
 from ksefd.i18n import N_
 from ksefd.ksef import FA3, KsefError, OnlineOptions, OnlineSender, OnlineSession, OutcomeUnknown
-from ksefd.store import InvoiceRow, InvoiceState, SessionRow, SessionState, StateConflict, Store
+from ksefd.store import Change, InvoiceRow, InvoiceState, SessionRow, SessionState, StateConflict, Store
 
 from ..connection import CompanyConnection
 from ..failures import Failure, classify, next_attempt
 from .files import OutboxFiles
+from .grouped import GroupedMove
 from .ledger import Ledger
 from .outcomes import Outcomes
 
@@ -51,6 +57,9 @@ class OnlineChannel:
         self._lock = asyncio.Lock()
         self._closing: set[int] = set()
         self._sender: OnlineSender | None = None
+        # Concurrent sends' steps share commits (grouped.py); no state file for either (module docstring).
+        self._submitting = {state: GroupedMove(ledger, state, S.SUBMITTING) for state in (S.QUEUED, S.OFFLINE)}
+        self._processing = GroupedMove(ledger, S.SUBMITTING, S.PROCESSING)
         # What each send saw, for the availability monitor (None: KSeF answered). Set by the worker.
         self.observe: Callable[[Failure | None], None] = lambda failure: None
 
@@ -89,9 +98,12 @@ class OnlineChannel:
             self.in_flight[session_row.id] = self.in_flight.get(session_row.id, 0) + 1
             shown = {"sessionReferenceNumber": session.reference_number}
             if current[0].state in (S.QUEUED, S.OFFLINE):
-                current[0] = await self.ledger.move(
-                    current[0], S.SUBMITTING, show=shown, session_id=session_row.id, mode="online",
-                    attempts=row.attempts + 1, next_attempt_at=None, detail={"session": session.reference_number})
+                # No state file for SUBMITTING and PROCESSING (module docstring): both usually last milliseconds,
+                # and rewriting NAME.state.json twice per invoice on the event loop was a fifth of the trickle's
+                # time (issue #16).
+                current[0] = await self._submitting[current[0].state].move(Change(
+                    current[0].id, {"session_id": session_row.id, "mode": "online", "attempts": row.attempts + 1,
+                                    "next_attempt_at": None}, {"session": session.reference_number}))
             else:   # the client moved it to a new session (21184/21180/21155: not taken by the old one)
                 current[0] = await self.ledger.update(current[0], show=shown, session_id=session_row.id,
                                                       detail={"movedTo": session.reference_number})
@@ -114,10 +126,8 @@ class OnlineChannel:
                 self.in_flight[session_id] -= 1
             self.last_used = self.ledger.now()
         self.observe(None)
-        await self.ledger.move(current[0], S.PROCESSING, from_state=S.SUBMITTING,
-                               show={"sessionReferenceNumber": sent.session_reference_number},
-                               invoice_ref=sent.reference_number, status_code=100,
-                               detail={"reference": sent.reference_number})
+        await self._processing.move(Change(current[0].id, {"invoice_ref": sent.reference_number, "status_code": 100},
+                                           {"reference": sent.reference_number}))
         return None
 
     async def _failed(self, row: InvoiceRow, exc: KsefError, corrected_hash: str | None = None) -> Failure | None:

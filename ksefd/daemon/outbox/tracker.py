@@ -11,6 +11,7 @@ it did arrive after all, the new send gets 440 for the same hash, which outcomes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +24,7 @@ from ..failures import Failure, classify
 from .ledger import Ledger
 from .online import OnlineChannel
 from .outcomes import Accepted, Outcomes
+from .polling import ProcessingTime
 
 S = InvoiceState
 T = SessionState
@@ -45,6 +47,8 @@ class Tracker:
         self.log = log
         self._polls: dict[int, tuple[dt.datetime, float]] = {}      # invoice or session id -> (due, delay)
         self._sessions: dict[int, SessionRow] = {}
+        self.processing_time = ProcessingTime()      # when to ask first about a sent invoice (polling.py)
+        self._shown: set[int] = set()                 # PROCESSING invoices whose state file says so
 
     def schedule(self, key: int, delay: float) -> None:
         self._polls[key] = (self.ledger.now() + dt.timedelta(seconds=delay), delay)
@@ -144,9 +148,11 @@ class Tracker:
         at a time, a trickle of many invoices waited on each one's round trips and commits in turn. The first
         KsefError is raised once the rest is done, as step() expects."""
         ids = await self.store.invoices.ids_in(self.company, [S.PROCESSING], "online")
-        rows = [r for r in await self.store.invoices.get_many([i for i in ids if self._due(i)]) if r.invoice_ref]
+        rows = [r for r in await self.store.invoices.get_many([i for i in ids if self._due(i)])
+                if r.invoice_ref and self._first_ask_due(r)]
         errors: list[KsefError] = []
         answers: list[tuple[InvoiceRow, SessionRow, SessionInvoice]] = []
+        upos: dict[int, bytes] = {}     # fetched by the task that got the link: one round of round trips, not two
 
         async def status(row: InvoiceRow) -> None:
             session = await self.session(row.session_id)
@@ -154,16 +160,23 @@ class Tracker:
                 return
             # Scheduled before asking: if this one fails, the next round starts with the others, not with it.
             self._later(row.id)
-            answers.append((row, session, await self.connection.context.sessions.invoice(session.reference,
-                                                                                         row.invoice_ref)))
+            invoice = await self.connection.context.sessions.invoice(session.reference, row.invoice_ref)
+            answers.append((row, session, invoice))
+            if invoice.status.code == 200 and invoice.upo_download_url:
+                with contextlib.suppress(KsefError):       # _upos fetches it the usual way then
+                    upos[row.id] = await self.connection.context.sessions.download_presigned_upo(
+                        invoice.upo_download_url)
 
         try:
             await self._each(rows, status, errors)
             accepted: dict[int, list[tuple[InvoiceRow, SessionInvoice]]] = {}
             for row, session, invoice in answers:
                 if not invoice.is_final:
+                    self._show_processing(row, session)
                     continue
                 self._polls.pop(row.id, None)
+                self._shown.discard(row.id)
+                self.processing_time.observe(invoice)
                 if invoice.status.code == 200:
                     accepted.setdefault(session.id, []).append((row, invoice))
                     continue
@@ -176,11 +189,26 @@ class Tracker:
             for session_id, items in accepted.items():
                 owner = await self.session(session_id)
                 assert owner is not None
-                await self._upos(await self.outcomes.accept_many(items, owner))
+                await self._upos(await self.outcomes.accept_many(items, owner), upos)
         finally:
             self.outcomes.forget_listings()
         if errors:
             raise errors[0]
+
+    def _show_processing(self, row: InvoiceRow, session: SessionRow) -> None:
+        """NAME.state.json says "in KSeF" once KSeF said it is still working on it (online.py writes none for
+        the send itself, which usually lasts milliseconds); once per invoice."""
+        if row.id not in self._shown:
+            self._shown.add(row.id)
+            self.ledger.show(row, {"sessionReferenceNumber": session.reference})
+
+    def _first_ask_due(self, row: InvoiceRow) -> bool:
+        """A PROCESSING invoice seen for the first time is first asked about when KSeF usually has its verdict,
+        counted from the send (polling.py); then `_later` doubles the wait. True when it is due now."""
+        if row.id not in self._polls:
+            wait, step = self.processing_time.first()
+            self._polls[row.id] = (row.updated_at + dt.timedelta(seconds=wait), step)
+        return self._due(row.id)
 
     async def _each(self, items: list[Any], work: Callable[[Any], Awaitable[None]], errors: list[KsefError]) -> None:
         """`work` for every item, POLL_CONCURRENCY at a time; KsefErrors collected (the rest go on), anything
@@ -201,15 +229,16 @@ class Tracker:
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
 
-    async def _upos(self, accepted: list[Accepted]) -> None:
+    async def _upos(self, accepted: list[Accepted], prefetched: dict[int, bytes] | None = None) -> None:
         """The UPOs of a group of accepted invoices; one commit for those fetched, the others stay ACCEPTED
         and finish_accepted tries them again later."""
         fetched: list[tuple[InvoiceRow, bytes]] = []
 
         async def fetch(item: Accepted) -> None:
             try:
-                fetched.append((item.row, await self.outcomes.fetch_upo(item.row, item.session_reference,
-                                                                        item.upo_url)))
+                xml = (prefetched or {}).get(item.row.id)
+                fetched.append((item.row, xml or await self.outcomes.fetch_upo(item.row, item.session_reference,
+                                                                               item.upo_url)))
             except KsefError as exc:
                 self.log.warning("outbox.upo_failed", file=item.row.file_name, error=str(exc))
                 self.ledger.show(item.row, {"ksefNumber": item.row.ksef_number})

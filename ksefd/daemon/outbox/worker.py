@@ -50,7 +50,7 @@ from .watch import OutboxWatcher
 
 S = InvoiceState
 T = SessionState
-ONLINE_CONCURRENCY = 4
+ONLINE_CONCURRENCY = 10     # online sends at once: as many as KSeF takes in a second (invoiceSend 10/s, PROTOCOL.md §7)
 BATCHES_AT_ONCE = 2
 LOOP_RETRY_SECONDS = 5.0
 IDLE_LOOK_SECONDS = 300.0      # with nothing to do, a loop still looks this often (a safety net for a missed wake-up)

@@ -1,0 +1,166 @@
+"""The online trickle (issue #16). When the tracker asks KSeF about a sent online invoice (polling.py): first
+when KSeF usually has its verdict, learned from KSeF's own dates, then less and less often; the tracker on its
+own, with the simulator over HTTP, real SQLite and folders, and an injected clock for the daemon's side. And
+how many online sends go at once (the daemon in drain mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+
+from ksefd.clock import ManualClock, SystemClock
+from ksefd.daemon.connection import CompanyConnection
+from ksefd.daemon.outbox.files import OutboxFiles
+from ksefd.daemon.outbox.grouped import GroupedMove
+from ksefd.daemon.outbox.ledger import Ledger
+from ksefd.daemon.outbox.online import OnlineChannel
+from ksefd.daemon.outbox.outcomes import Outcomes
+from ksefd.daemon.outbox.polling import MAX_POLL, START, ProcessingTime, again
+from ksefd.daemon.outbox.tracker import Tracker
+from ksefd.daemon.outbox.worker import ONLINE_CONCURRENCY
+from ksefd.daemon.runtime import Runtime
+from ksefd.ksef import SessionInvoice
+from ksefd.ksef.models import StatusInfo
+from ksefd.ksef.ratelimit import RateLimiter
+from ksefd.store import Change, InvoiceState, StateConflict, Store
+from tests.daemon.support import SELLER, drain, drop, invoice, load, one_company, write_config
+
+S = InvoiceState
+LOG = structlog.get_logger("test")
+STATUS = "GET /v2/sessions/{referenceNumber}/invoices/{invoiceReferenceNumber}"
+T0 = dt.datetime(2026, 12, 7, 9, 0, tzinfo=dt.UTC)
+
+
+def accepted(seconds: float) -> SessionInvoice:
+    return SessionInvoice(ordinal_number=1, reference_number="R", invoice_hash="h", invoicing_date=T0,
+                          status=StatusInfo(code=200, description="ok"),
+                          acquisition_date=T0 + dt.timedelta(seconds=seconds))
+
+
+def test_the_first_wait_follows_ksefs_own_processing_time() -> None:
+    timing = ProcessingTime()
+    assert timing.first()[0] == START
+    for _ in range(30):
+        timing.observe(accepted(2.0))            # KSeF took 2 s from acceptance to the KSeF number
+    wait, step = timing.first()
+    assert 1.9 < wait <= 2.0 and again(step) == wait / 4          # then a quarter, a half, the whole ...
+    timing.observe(SessionInvoice(ordinal_number=2, reference_number="R2", invoice_hash="h", invoicing_date=T0,
+                                  status=StatusInfo(code=450, description="bad")))   # a rejection: no dates
+    assert timing.first()[0] == wait
+    for _ in range(30):
+        timing.observe(accepted(3600))
+    assert timing.first()[0] <= MAX_POLL and again(MAX_POLL) == MAX_POLL
+
+
+async def test_a_sent_invoice_is_first_asked_about_when_ksef_usually_has_its_verdict(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    sim, _, config = await one_company(sim_factory, http, tmp_path)
+    company = config.companies[0]
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    store = await Store.open(tmp_path / "state.sqlite3", clock)
+    files = OutboxFiles(company, company.folders.outbox / ".ksefd")
+    files.prepare()
+    ledger = Ledger(company.name, store, files, clock.now, LOG)
+    system = SystemClock()
+    runtime = Runtime(config, store, system, RateLimiter(now=lambda: system.now().timestamp(), sleep=system.sleep))
+
+    async def status_requests() -> int:
+        async with http.get(f"{sim.root_url}/sim/connections") as response:
+            tally = await response.json()
+        return int(tally["operations"].get(STATUS, {}).get("requests", 0))
+
+    async def send(number: int) -> int:
+        work = files.new_work_path(f"FV-{number}.xml")
+        work.write_bytes(invoice(f"POLL/{number}"))
+        row = await store.invoices.add("acme", f"FV-{number}.xml", f"h{number}", 1, work_path=str(work))
+        row = await ledger.move(await ledger.move(row, S.CHECKED), S.QUEUED)
+        assert await channel.send(row) is None
+        return row.id
+
+    async def state(invoice_id: int) -> S:
+        row = await store.invoices.get(invoice_id)
+        assert row is not None
+        return row.state
+
+    try:
+        connection = CompanyConnection(runtime, company)
+        assert await connection.ready() is None
+        outcomes = Outcomes(company, ledger, files, connection, LOG)
+        channel = OnlineChannel(company, ledger, outcomes, files, connection, LOG)
+        tracker = Tracker(company.name, ledger, outcomes, channel, connection, LOG)
+
+        first = await send(1)
+        assert await tracker.step() is None
+        assert await status_requests() == 0 and await state(first) == S.PROCESSING    # not asked at once ...
+        assert tracker.next_wake() == START                                          # ... but after the guess
+        clock.advance(START)
+        assert await tracker.step() is None
+        assert await status_requests() == 1 and await state(first) == S.DONE
+        learned = tracker.processing_time.estimate
+        assert learned < START            # the simulator decides within milliseconds: the guess moves towards it
+
+        second = await send(2)
+        assert await tracker.step() is None and await status_requests() == 1
+        wait = tracker.next_wake()
+        assert wait is not None and wait == pytest.approx(max(0.01, learned), abs=1e-5) and wait < START
+        clock.advance(wait)
+        assert await tracker.step() is None
+        assert await status_requests() == 2 and await state(second) == S.DONE
+        await channel.close_current("test")
+    finally:
+        await runtime.close_clients()
+        await store.close()
+
+
+async def test_up_to_ten_online_sends_go_at_once(sim_factory: Any, http: aiohttp.ClientSession,
+                                                 tmp_path: Path) -> None:
+    """A trickle is not sent one by one: as many sends at once as KSeF takes in a second (invoiceSend 10/s,
+    PROTOCOL.md §7; the limiter keeps the rate), each sent once."""
+    sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=100)
+    async with http.post(f"{sim.root_url}/sim/faults", json={"spec": "latency=0.05"}):
+        pass                       # every answer takes a while, so sends overlap whenever the daemon lets them
+    outbox = config.companies[0].folders.outbox
+    for n in range(24):
+        drop(outbox, f"FV-{n}.xml", invoice(f"TRICKLE/{n}"))
+    await drain(config)
+    async with http.get(f"{sim.root_url}/sim/connections") as response:
+        sends = (await response.json())["operations"]["POST /v2/sessions/online/{referenceNumber}/invoices"]
+    assert sends["requests"] == 24 and sends["maxInFlight"] == ONLINE_CONCURRENCY == 10, sends
+    assert len(list(config.companies[0].folders.sent.glob("*.upo.xml"))) == 24
+
+
+async def test_concurrent_sends_share_commits_and_a_conflict_fails_only_its_own(tmp_path: Path) -> None:
+    """grouped.py: steps arriving while a commit runs go together in the next one; an invoice another task moved
+    meanwhile fails alone."""
+    clock = ManualClock(T0)
+    store = await Store.open(tmp_path / "state.sqlite3", clock)
+    async with store:
+        (tmp_path / "acme.token").write_text("unused\n")
+        company = load(write_config(tmp_path, "http://127.0.0.1:9/v2", [
+            {"name": "acme", "nip": SELLER, "token_file": "acme.token"}])).companies[0]
+        ledger = Ledger("acme", store, OutboxFiles(company, tmp_path / "work"), clock.now, LOG)
+        rows = []
+        for n in range(6):
+            row = await store.invoices.add("acme", f"FV-{n}.xml", f"h{n}", 1)
+            rows.append(await store.invoices.transition_steps([row.id], [S.CLAIMED, S.CHECKED, S.QUEUED]))
+        ids = [r[0].id for r in rows]
+        await store.invoices.transition(ids[3], S.QUEUED, S.HELD)        # moved by another task meanwhile
+        group = GroupedMove(ledger, S.QUEUED, S.SUBMITTING)
+        results = await asyncio.gather(*(group.move(Change(i, {"mode": "online", "attempts": 1}, {"n": i}))
+                                         for i in ids), return_exceptions=True)
+        assert isinstance(results[3], StateConflict)
+        assert [r.state for n, r in enumerate(results) if n != 3] == [S.SUBMITTING] * 5     # type: ignore[union-attr]
+        assert group.commits == 5              # the first alone, the others together: refused, then each alone
+        states = {r.id: r.state for r in await store.invoices.get_many(ids)}
+        assert [states[i] for i in ids] == [S.SUBMITTING] * 3 + [S.HELD] + [S.SUBMITTING] * 2
+        ledger.track_due.clear()
+        group = GroupedMove(ledger, S.SUBMITTING, S.PROCESSING)
+        moved = await asyncio.gather(*(group.move(Change(i, {"invoice_ref": f"R{i}"})) for i in ids[:3]))
+        assert [r.invoice_ref for r in moved] == [f"R{i}" for i in ids[:3]] and group.commits == 2
+        assert ledger.track_due.is_set()
