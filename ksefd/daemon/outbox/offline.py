@@ -39,6 +39,7 @@ from ..runtime import wait_for
 from .deadlines import OFFLINE24, TOTAL_FAILURE, Deadline, deadline, elapsed_share
 from .ledger import Ledger
 from .offline_files import MODE_LABELS, OfflineFiles, Signer, load_signer, signer_version
+from .watch import OutboxWatcher
 
 S = InvoiceState
 AVAILABLE = Verdict("available", None, False, "no availability monitor")
@@ -74,6 +75,7 @@ class OfflineDesk:
         self.stability = spool.StabilityTracker(clock, settle_seconds)
         self.settle_seconds = settle_seconds
         self.rescan_seconds = rescan_seconds       # outbox/offline/ is looked at this often (and on each wake-up)
+        self.watcher: OutboxWatcher | None = None  # the daemon's watcher, when it watches outbox/offline/ too
         # Held while invoices are issued offline, and by the dispatcher while it picks QUEUED invoices to send:
         # an invoice is either issued offline or sent online, never both at once.
         self.lock = asyncio.Lock()
@@ -117,7 +119,10 @@ class OfflineDesk:
         async with self.lock:
             wait = await self.issue_due()
         await self.review()
-        wait = min(wait, self.rescan_seconds)
+        rescan = self.rescan_seconds
+        if self.watcher is not None:     # inotify reports every request dropped here: the rescan is a safety net
+            rescan = self.watcher.rescan_interval(self.requests, rescan)
+        wait = min(wait, rescan)
         if self.pending:
             wait = min(wait, max(self.settle_seconds / 2, 0.05))
         return wait
