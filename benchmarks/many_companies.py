@@ -114,10 +114,13 @@ async def run(companies: int, seconds: float, drops: int) -> None:
                                                          'data_dir = "data"\nsettle_seconds = 0\n', 1))
             daemon = Daemon(config)
             counting[0] = True
+            sim_cpu = time.process_time()
             connect = await daemon.start(companies, timeout=1800)
+            sim_cpu = time.process_time() - sim_cpu
             total = sum(counts.values())
             print(f"  all connected in {connect:.1f} s with {total} requests ({total / companies:.2f} per company), "
-                  f"{sum(refused.values())} x 429 {dict(refused) if refused else ''}")
+                  f"{sum(refused.values())} x 429 {dict(refused) if refused else ''}; CPU meanwhile: daemon "
+                  f"{daemon.cpu_seconds():.1f} s, simulator {sim_cpu:.1f} s")
             for op, n in counts.most_common():
                 print(f"      {n:6d}  {op}")
             async with aiohttp.ClientSession() as http, http.get(base_url[:-3] + "/sim/ratelimits") as resp:
@@ -156,6 +159,8 @@ async def run(companies: int, seconds: float, drops: int) -> None:
                 noticed.append(time.perf_counter() - begun)
                 await asyncio.sleep(1.5)
             await daemon.stop()      # before its folders are removed
+            if os.environ.get("KSEFD_BENCH_LOG"):         # FILE: the daemon's log is kept there
+                Path(os.environ["KSEFD_BENCH_LOG"]).write_bytes(daemon.log.read_bytes())
             print(f"  drop into the last company's outbox taken after: median "
                   f"{statistics.median(noticed) * 1000:.0f} ms, max {max(noticed) * 1000:.0f} ms ({drops} drops)")
     finally:

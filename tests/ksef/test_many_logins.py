@@ -21,6 +21,7 @@ from ksefd.ksef.credentials import KsefToken
 from ksefd.ksef.ratelimit_flight import FRESH_SECONDS, InFlight
 from ksefd.sim.app import create_app
 from ksefd.sim.config import SimConfig
+from tests.ksef.virtual_time import VirtualClock
 from tests.support.ksef_auth import create_ksef_token
 
 FAST = AuthOptions(poll_first=0.01, poll_max=0.05, poll_budget=10)
@@ -153,3 +154,23 @@ async def test_one_public_call_at_a_time_until_one_passes() -> None:
         flight.leave()
     await asyncio.gather(*tasks)
     assert entered == list(range(6))
+
+
+async def test_public_calls_are_paced_closer_to_the_per_ip_limit_than_a_contexts_calls() -> None:
+    """60/s per IP for the public calls, widened by 0.1 s (an answered call is stamped no earlier than KSeF
+    stamped it); a context's groups keep the full margin. 1 000 logins x 4 public calls: ~73 s, not ~83 s."""
+    clock = VirtualClock()
+    limiter = RateLimiter(now=clock.now, sleep=clock.sleep)      # the default margin, 0.25 s
+    start = clock.now()
+
+    async def calls(context: str, group: str, count: int) -> list[float]:
+        times = []
+        for _ in range(count):
+            limiter.answered(await limiter.acquire(context, group))
+            times.append(round(clock.now() - start, 3))
+        return times
+
+    public = await clock.drive(calls("", "anonymous", 181))
+    assert public[:60] == [0.0] * 60 and public[60] == 1.1 and public[120] == 2.2 and public[180] == 3.3
+    status = await clock.drive(calls("5265877635", "invoiceStatus", 31))          # 30/s
+    assert status[30] - status[0] == 1.25
