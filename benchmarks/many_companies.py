@@ -18,7 +18,7 @@ public calls do not count in the daemon's per-IP window (KSeF counts public oper
 §7); the daemon itself uses 127.0.0.1.
 """
 
-# ruff: noqa: ASYNC110 - a benchmark driver: polling the outbox is the measurement
+# ruff: noqa: ASYNC110, ASYNC240 - a benchmark driver: polling the outbox is the measurement
 
 from __future__ import annotations
 
