@@ -67,6 +67,7 @@ class OutboxWatcher:
         from .inotify import GONE, IN_Q_OVERFLOW, Inotify, local_folders
 
         watches: dict[int, Path] = {}
+        local: set[Path] = set()
         inotify = Inotify()
         loop = asyncio.get_running_loop()
         try:
@@ -94,7 +95,8 @@ class OutboxWatcher:
             finally:
                 loop.remove_reader(inotify.fd)
         finally:
-            self._trusted = set()
+            if self._trusted is local:    # not a newer run's (a reload restarts the watcher)
+                self._trusted = set()
             inotify.close()
 
     async def _run_watchfiles(self, folders: list[Path], stop: asyncio.Event) -> None:
