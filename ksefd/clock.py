@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Container
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-import holidays
-
 WARSAW = ZoneInfo("Europe/Warsaw")
-_POLISH_HOLIDAYS = holidays.country_holidays("PL")   # years are filled in lazily on lookup
+_POLISH_HOLIDAYS: Container[dt.date] | None = None   # made at the first lookup (issue #16: holidays costs ~10 MB)
 
 
 class Clock(Protocol):
@@ -99,7 +98,14 @@ def end_of_day(day: dt.date) -> dt.datetime:
 
 def is_business_day(day: dt.date) -> bool:
     """Monday to Friday and not a Polish public holiday (Saturdays count as days off, as in tax law)."""
-    return day.weekday() < 5 and day not in _POLISH_HOLIDAYS
+    global _POLISH_HOLIDAYS
+    if day.weekday() >= 5:
+        return False
+    if _POLISH_HOLIDAYS is None:
+        import holidays  # only offline deadlines ask; an idle daemon never does
+
+        _POLISH_HOLIDAYS = holidays.country_holidays("PL")   # years are filled in lazily on lookup
+    return day not in _POLISH_HOLIDAYS
 
 
 def next_business_day(day: dt.date) -> dt.date:

@@ -23,7 +23,7 @@ import functools
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -40,7 +40,6 @@ from .availability import AvailabilityBoard, KsefAvailability
 from .certificate_renewal import renew_due_certificates
 from .connection import CompanyConnection
 from .credential_expiry import warn_daily
-from .http_server import HttpEndpoint
 from .inbox.runner import run_inbox
 from .instance import InstanceLock, StartupProblem, check_writable
 from .lifecycle import every, guarded
@@ -54,6 +53,9 @@ from .status import gather
 from .words import shown
 
 log = structlog.get_logger("ksefd.daemon")
+
+if TYPE_CHECKING:
+    from .http_server import HttpEndpoint  # imported only when [daemon] http is set: prometheus costs ~10 MB
 
 
 def _prepare(worker: OutboxWorker) -> None:
@@ -143,7 +145,10 @@ class Daemon:
         self.connections = {c.name: CompanyConnection(runtime, c) for c in companies}
         # /healthz, /readyz, /metrics and the status page when [daemon] http is set (issue #12 point 5); built
         # here so that its request metrics watch the KSeF clients before the first call.
-        self.http = HttpEndpoint(runtime, self.connections) if runtime.config.http is not None else None
+        self.http: HttpEndpoint | None = None
+        if runtime.config.http is not None:
+            from .http_server import HttpEndpoint
+            self.http = HttpEndpoint(runtime, self.connections)
         self.watcher = OutboxWatcher()         # one for every outbox (issue #16 point 4)
         # Issue #11: one KSeF availability monitor (Latarnia + what the daemon sees) per KSeF target.
         self.availability = AvailabilityBoard(runtime.config, runtime.store, runtime.clock)

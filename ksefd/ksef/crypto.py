@@ -167,17 +167,25 @@ class PublicKeys:
 
     async def refresh(self) -> list[PublicKey]:
         async with self._lock:
-            response = await self._transport.request("GET", "/security/public-key-certificates")
-            self._keys = [_load(item) for item in response.decode(list[PublicKeyCertificate])]
-            self._fetched_at = self._clock.now()
-            return list(self._keys)
+            return await self._fetch()
+
+    async def _fetch(self) -> list[PublicKey]:
+        response = await self._transport.request("GET", "/security/public-key-certificates")
+        self._keys = [_load(item) for item in response.decode(list[PublicKeyCertificate])]
+        self._fetched_at = self._clock.now()
+        return list(self._keys)
 
     async def get(self, usage: str) -> PublicKey:
         now = self._clock.now()
         stale = self._fetched_at is None or now - self._fetched_at > self._max_age
         chosen = None if stale else select_key(self._keys, usage, now)
         if chosen is None:
-            await self.refresh()
+            fetched = self._fetched_at
+            async with self._lock:
+                # Many companies log in at once (issue #16 point 4): the first one fetches; the others waited
+                # for it here and take its answer, so the keys are fetched once per KSeF target, not per login.
+                if self._fetched_at == fetched:
+                    await self._fetch()
             chosen = select_key(self._keys, usage, self._clock.now())
         if chosen is None:
             raise ProtocolError(f"KSeF publishes no {usage} key that is valid now "

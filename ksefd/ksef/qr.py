@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from .environments import ENVIRONMENTS
-from .qr_image import render_png, render_svg
 
 # PROTOCOL.md §1, QR verification host per environment (environments.py holds the URLs).
 QR_HOSTS = {name: urlsplit(env.qr_url).netloc for name, env in ENVIRONMENTS.items()}
@@ -169,9 +168,13 @@ def invoice_label(ksef_number: str | None) -> str:
 
 def qr_png(link: str, label: str, scale: int = 5) -> bytes:
     """The QR code of `link` as a PNG with `label` centred underneath (at least 5 px per module)."""
+    from .qr_image import render_png  # segno only when a QR code is drawn (issue #16: idle memory)
+
     return render_png(link, label, scale=scale)
 
 
 def qr_svg(link: str, label: str, scale: int = 5) -> str:
     """The QR code of `link` as an SVG document with `label` as text underneath."""
+    from .qr_image import render_svg
+
     return render_svg(link, label, scale=scale)

@@ -29,6 +29,7 @@ import structlog
 
 from .clock import Sleep
 from .errors import ProtocolError
+from .ratelimit_flight import InFlight
 from .ratelimit_journal import Grant, GrantRow, GroupCommit, LimiterJournal, PreviousRun
 from .ratelimit_limits import HOUR, MINUTE, PRODUCTION_LIMITS, GroupLimits, parse_rate_limits
 
@@ -42,6 +43,12 @@ Now = Callable[[], float]
 GLOBAL_GROUP = "global"
 GLOBAL_CONTEXT = "*"          # `global` is per IP across every context (§14.5)
 FALLBACK_GROUP = "other"      # "everything else that is protected" (§7)
+PER_IP_CONTEXT = ""           # unauthenticated calls (the transport's context ""): KSeF counts them per IP (§7)
+PER_IP_IN_FLIGHT = 8          # of those, at most this many on the way at once (ratelimit_flight.py)
+# ... and their windows are widened less: an answered call's stamp is its answer time, never earlier than KSeF's
+# arrival stamp, so only the few calls in flight need a margin (for their latency jitter), and a 429 there
+# costs one call (ratelimit_flight.py). 1 000 companies log in at ~55/s instead of 48/s (issue #16 point 4).
+PER_IP_MARGIN = 0.1
 
 
 async def adopt_server_limits(limiter: RateLimiter, auth: AuthSession) -> dict[str, GroupLimits]:
@@ -117,6 +124,7 @@ class RateLimiter:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._blocks: dict[str, float] = {}
         self._presumed_full_at: float | None = None
+        self._flight = InFlight(PER_IP_IN_FLIGHT, blocked=lambda: not self.ready(PER_IP_CONTEXT, "anonymous"))
 
     # -- limits ---------------------------------------------------------------------------------
 
@@ -152,14 +160,22 @@ class RateLimiter:
         return once that count is durable (the request may then be sent). Call `answered` with the result
         when the request's answer or failure is in."""
         while True:
-            bucket = self._bucket(context, group)
-            async with bucket.lock:
-                while (wait := self.delay(context, group)) > 0:
-                    log.debug("ratelimit.wait", context=context, group=group, seconds=round(wait, 3))
-                    await self._sleep(wait)
-                grant = self._grant(context, group)
-            if self._commit is not None:
-                await self._commit.flush()
+            per_ip = context == PER_IP_CONTEXT
+            if per_ip:        # a place among the public calls in flight (issue #16 point 4), given back by `answered`
+                await self._flight.enter()
+            try:
+                bucket = self._bucket(context, group)
+                async with bucket.lock:
+                    while (wait := self.delay(context, group)) > 0:
+                        log.debug("ratelimit.wait", context=context, group=group, seconds=round(wait, 3))
+                        await self._sleep(wait)
+                    grant = self._grant(context, group)
+                if self._commit is not None:
+                    await self._commit.flush()
+            except BaseException:
+                if per_ip:
+                    self._flight.leave()
+                raise
             if self.ready(context, group):
                 # KSeF stamps a request when it arrives; the commit took a moment, so count it from now (a later
                 # stamp only frees its slot later).
@@ -177,6 +193,8 @@ class RateLimiter:
         self._restamp(grant, self._now())
         if self._commit is not None:
             self._commit.queue_answer(grant)
+        if grant.context == PER_IP_CONTEXT:
+            self._flight.leave()
 
     def ready(self, context: str, group: str) -> bool:
         """No known 429 block covers `context` now. The transport asks again right before sending, after any
@@ -191,6 +209,8 @@ class RateLimiter:
         blocks escalate with each breach (§7) and a second 429 from a sibling would lengthen it. Other
         contexts (other companies) are not touched, except by a 429 in the per-IP `global` group (§14.5)."""
         key = GLOBAL_CONTEXT if group == GLOBAL_GROUP else context
+        if key in (GLOBAL_CONTEXT, PER_IP_CONTEXT):    # a per-IP block: one public call at a time until one passes
+            self._flight.penalised()
         until = self._now() + max(retry_after, 0.0)
         if until > self._blocks.get(key, 0.0):
             self._blocks[key] = until
@@ -208,7 +228,8 @@ class RateLimiter:
         wait = self._block_end(context) - now
         bucket = self._bucket(context, group)
         bucket.prune(now, HOUR + self._margin)
-        wait = max(wait, bucket.wait(now, self.limits_for(context, group).windows(), self._margin))
+        margin = min(self._margin, PER_IP_MARGIN) if context == PER_IP_CONTEXT else self._margin
+        wait = max(wait, bucket.wait(now, self.limits_for(context, group).windows(), margin))
         global_windows = self._defaults[GLOBAL_GROUP].windows()
         if global_windows and group != GLOBAL_GROUP:
             wait = max(wait, self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP).wait(now, global_windows, self._margin))

@@ -4,7 +4,9 @@ announced while an offline24 invoice waits moving its deadline. Real SQLite and 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,9 @@ from ksefd.clock import WARSAW, ManualClock
 from ksefd.daemon.availability import KsefAvailability
 from ksefd.daemon.outbox.files import OutboxFiles
 from ksefd.daemon.outbox.ledger import Ledger
-from ksefd.daemon.outbox.offline import OfflineDesk
+from ksefd.daemon.outbox.offline import REVIEW_SECONDS, OfflineDesk
 from ksefd.daemon.outbox.offline_files import OfflineFiles
+from ksefd.daemon.outbox.watch import OutboxWatcher
 from ksefd.store import Announcement, InvoiceState, OfflineInvoice, Store
 from tests.daemon.offline_support import offline_certificate, verify_kod2
 from tests.daemon.support import SELLER, load, read_json, write_config
@@ -156,4 +159,30 @@ async def test_a_record_left_by_a_crash_before_the_step_is_replaced(tmp_path: Pa
         assert moved is not None and record is not None
         assert (record.mode, record.warned, record.missed, record.issued_at) == ("offline24", 0, False, clock.now())
     finally:
+        await store.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux's")
+async def test_a_watched_desk_sleeps_long_unless_an_offline_invoice_waits_for_its_deadline(tmp_path: Path) -> None:
+    """Issue #16 point 4: with outbox/offline/ watched (inotify, local disk) an idle desk is not woken every
+    rescan; while an invoice issued offline waits, its deadline and warnings are still looked at every minute."""
+    clock = ManualClock(dt.datetime(2026, 3, 4, 8, tzinfo=WARSAW))
+    desk, store, _company = await desk_for(tmp_path, clock)
+    desk.rescan_seconds = 30.0
+    watcher, stop = OutboxWatcher(), asyncio.Event()
+    watcher.register(desk.requests, desk.ledger.offline_due, create=True)
+    desk.watcher = watcher
+    task = asyncio.create_task(watcher.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            while watcher.rescan_interval(desk.requests, 30.0) == 30.0:  # noqa: ASYNC110 (the watcher starts)
+                await asyncio.sleep(0.01)
+        assert await desk.step() > REVIEW_SECONDS                 # nothing to look after: no minute wake-ups
+        row = await queued(store, clock.now().date())
+        assert await desk.issue(row, "offline24", "test", "offline24") is not None
+        clock.advance(REVIEW_SECONDS)
+        assert await desk.step() <= REVIEW_SECONDS
+    finally:
+        stop.set()
+        await task
         await store.close()

@@ -19,9 +19,9 @@ from tests.daemon.support import drop, invoice, invoice_rows, one_company
 S = InvoiceState
 
 
-async def _until(config: Any, states: set[InvoiceState], limit: float = 20.0) -> None:
+async def _until(config: Any, states: set[InvoiceState], limit: float = 20.0, count: int = 1) -> None:
     async with asyncio.timeout(limit):
-        while not (rows := await invoice_rows(config, "acme")) or not {r.state for r in rows} <= states:  # noqa: ASYNC110
+        while len(rows := await invoice_rows(config, "acme")) < count or not {r.state for r in rows} <= states:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
 
@@ -39,7 +39,8 @@ async def test_intake_failing_while_a_send_is_on_the_wire_leaves_the_send_alone(
             async with http.post(f"{sim.root_url}/sim/faults", json={"spec": "latency=3"}) as resp:
                 assert resp.status == 200
             drop(outbox, "SLOW.xml", invoice("CONTAINED/2"))
-            await _until(config, {S.DONE, S.SUBMITTING})       # on the wire for 3 s
+            # On the wire for 3 s (its row first: intake is poked at once, the outbox must not go during its claim)
+            await _until(config, {S.DONE, S.SUBMITTING}, count=2)
             aside = outbox.with_name("outbox-aside")
             outbox.rename(aside)                               # the ERP's share is gone: intake cannot scan it
             outbox.write_bytes(b"not a folder")

@@ -130,7 +130,7 @@ class Intake:
                         self.pending = 0
                         with contextlib.suppress(Exception):
                             await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED))
-                    interval = self.rescan_interval_seconds
+                    interval = watcher.rescan_interval(self.outbox, self.rescan_interval_seconds)
                     if self.pending:
                         interval = min(interval, max(self.settle_seconds / 2, 0.05))
                     if self.redrops_waiting:

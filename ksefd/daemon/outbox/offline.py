@@ -40,6 +40,7 @@ from ..runtime import wait_for
 from .deadlines import OFFLINE24, TOTAL_FAILURE, Deadline, deadline, elapsed_share
 from .ledger import Ledger
 from .offline_files import MODE_LABELS, OfflineFiles, Signer, load_signer, signer_version
+from .watch import OutboxWatcher
 
 S = InvoiceState
 AVAILABLE = Verdict("available", None, False, "no availability monitor")
@@ -75,6 +76,8 @@ class OfflineDesk:
         self.stability = spool.StabilityTracker(clock, settle_seconds)
         self.settle_seconds = settle_seconds
         self.rescan_seconds = rescan_seconds       # outbox/offline/ is looked at this often (and on each wake-up)
+        self.watcher: OutboxWatcher | None = None  # the daemon's watcher, when it watches outbox/offline/ too
+        self._offline_waiting = False              # the last review found invoices issued offline, not yet sent
         # Held while invoices are issued offline, and by the dispatcher while it picks QUEUED invoices to send:
         # an invoice is either issued offline or sent online, never both at once.
         self.lock = asyncio.Lock()
@@ -118,7 +121,12 @@ class OfflineDesk:
         async with self.lock:
             wait = await self.issue_due()
         await self.review()
-        wait = min(wait, self.rescan_seconds)
+        rescan = self.rescan_seconds
+        if self.watcher is not None:     # inotify reports every request dropped here: the rescan is a safety net
+            rescan = self.watcher.rescan_interval(self.requests, rescan)
+        wait = min(wait, rescan)
+        if self._offline_waiting:        # their deadlines and warnings are looked at every REVIEW_SECONDS
+            wait = min(wait, REVIEW_SECONDS)
         if self.pending:
             wait = min(wait, max(self.settle_seconds / 2, 0.05))
         return wait
@@ -304,7 +312,9 @@ class OfflineDesk:
                 and (now - self._reviewed_at).total_seconds() < REVIEW_SECONDS):
             return
         self._reviewed_at, self._reviewed_version = now, version
-        for record in await self.store.offline.waiting(self.company.name):
+        records = await self.store.offline.waiting(self.company.name)
+        self._offline_waiting = bool(records)
+        for record in records:
             row = await self.store.invoices.get(record.invoice_id)
             if row is None or row.issue_date is None:
                 continue

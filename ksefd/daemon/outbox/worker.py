@@ -99,6 +99,9 @@ class OutboxWorker:
         self.offline = OfflineDesk(company, self.ledger, self.offline_files, availability, clock, self.log,
                                    settle_seconds=settle_seconds, rescan_seconds=rescan_interval_seconds,
                                    reserved=self._reserved)
+        if watcher is not None:        # outbox/offline/ too: an offline24 request is seen when it lands
+            watcher.register(self.offline.requests, self.ledger.offline_due, create=True)
+            self.offline.watcher = watcher
         self._ksef_back = False
         if availability is not None:
             self.channel.observe = self.batches.observe = availability.observe

@@ -1,0 +1,201 @@
+"""Many companies on one daemon (issue #16 point 4): logins at scale, then idle cost.
+
+For each C in --companies (default 100,1000), with the simulator in this process (`--limits production`,
+a middleware counting requests per operation and their 429s) and `ksefd run` as its own process (default
+config, send and receive on for every company, except `settle_seconds = 0` so that "noticed" is "claimed"):
+* connected: seconds from the start of the process until every company logged `daemon.connected`; the
+  requests sent by operation, the 429s the simulator answered (and the requests sent into a block:
+  GET /sim/ratelimits);
+* idle: CPU % of one core over --idle-seconds (from /proc/PID/stat), RSS, threads, and the requests sent to
+  KSeF in that window (the inbox cycles are 15 min apart, so the window lies between two of them);
+* drop noticed: one invoice renamed into the LAST company's outbox; milliseconds until the daemon took it
+  (the file left the outbox), medians of --drops drops, one every 1.5 s.
+
+    .venv/bin/python benchmarks/many_companies.py [--companies 100,1000] [--idle-seconds 60] [--drops 5]
+
+The tokens are made before the daemon starts, from other loopback addresses (127.0.0.2...) so that their
+public calls do not count in the daemon's per-IP window (KSeF counts public operations per IP, PROTOCOL.md
+§7); the daemon itself uses 127.0.0.1. KSEFD_BENCH_PYSPY=FILE samples the idle daemon with py-spy (collapsed
+stacks), KSEFD_BENCH_LOG=FILE keeps the daemon's log, KSEFD_BENCH_PROFILE=FILE runs it under cProfile.
+
+Measured 2026-12-07 on the shared 2-core machine, one after the other with this script: main at ff6d364
+("before") and branch perf-many ("after"), --idle-seconds 120 --drops 5 (load average 9.0 -> 5.8 during
+"before", 7.4 -> 2.3 during "after"):
+                                   before                               after
+    100: all connected             14.1 s, 905 requests (9.05 each)     13.9 s, 719 requests (7.19 each)
+         public keys fetched       100 times                            once
+         429s                      0                                    0
+         idle, % of a core         0.80 % (0.96 s CPU in 120 s)         0.067 % (0.08 s CPU in 120 s)
+         RSS, threads              95 MB, 10                            77 MB, 8
+         requests while idle       0                                    0
+         drop taken (last outbox)  median 94 ms, max 106 ms             median 4 ms, max 9 ms
+    1000: all connected            113.5 s, 9 058 requests, 0 x 429     102.5 s, 7 926 requests, 0 x 429
+                                                                        (another run: 93.5 s)
+         idle, % of a core         5.09 % (6.11 s CPU in 120 s)         0.15 % (0.18 s CPU in 120 s)
+         RSS, threads              159 MB, 10                           140 MB, 8
+         requests while idle       0                                    0
+         drop taken (last outbox)  median 88 ms, max 100 ms             median 3 ms, max 7 ms
+"""
+
+# ruff: noqa: ASYNC110, ASYNC240 - a benchmark driver: polling the outbox is the measurement
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from _common import ROOT  # noqa: F401 - puts the repository on sys.path
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from peer_backlog import Daemon, daemon_config, nip_with_checksum, write_invoices
+
+from ksefd.sim.app import create_app
+from ksefd.sim.config import SimConfig
+from tests.support.ksef_auth import _json, self_signed_certificate, xades_login
+
+PYSPY = os.environ.get("KSEFD_BENCH_PYSPY")   # FILE: py-spy samples the idle daemon into it (collapsed stacks)
+TOKEN_IPS = 25          # loopback addresses the tokens are made from (each has its own 60/s public window)
+
+
+async def make_token(http: aiohttp.ClientSession, base_url: str, nip: str) -> str:
+    """A KSeF token for `nip`'s context: owner XAdES login with an EC certificate (quick to make), POST /tokens."""
+    cert, key = self_signed_certificate(nip=nip, key_type="ec")
+    tokens = await xades_login(http, base_url, context_nip=nip, cert=cert, key=key)
+    headers = {"Authorization": f"Bearer {tokens.access_token}"}
+    async with http.post(f"{base_url}/tokens", json={"permissions": ["InvoiceWrite", "InvoiceRead"],
+                                                     "description": "bench"}, headers=headers) as resp:
+        created = await _json(resp, 202)
+    while True:
+        async with http.get(f"{base_url}/tokens/{created['referenceNumber']}", headers=headers) as resp:
+            if (await _json(resp, 200))["status"] == "Active":
+                return str(created["token"])
+        await asyncio.sleep(0.02)
+
+
+async def make_tokens(base_url: str, folder: Path, pairs: list[tuple[str, str]]) -> None:
+    async def one_ip(n: int) -> None:
+        connector = aiohttp.TCPConnector(local_addr=(f"127.0.0.{n + 2}", 0))
+        async with aiohttp.ClientSession(connector=connector) as http:
+            for company, nip in pairs[n::TOKEN_IPS]:
+                (folder / f"{company}.token").write_text(await make_token(http, base_url, nip))
+                await asyncio.sleep(0.1)      # about 5 public calls per token: well under 60/s per address
+    await asyncio.gather(*(one_ip(n) for n in range(TOKEN_IPS)))
+
+
+async def run(companies: int, seconds: float, drops: int) -> None:
+    counts: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
+    counting = [False]
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not counting[0] or not request.path.startswith("/v2/"):
+            return await handler(request)
+        resource = request.match_info.route.resource
+        name = f"{request.method} {resource.canonical if resource else request.path}"
+        counts[name] += 1
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status == 429:
+                refused[name] += 1
+            raise
+        if response.status == 429:
+            refused[name] += 1
+        return response
+
+    app = create_app(SimConfig(limits_profile="production"))
+    app.middlewares.insert(0, count)
+    server = TestServer(app, host="0.0.0.0")
+    await server.start_server()
+    base_url = f"http://127.0.0.1:{server.port}/v2"
+    daemon: Daemon | None = None
+    load = os.getloadavg()[0]
+    print(f"{companies} companies (load average {load:.2f})")
+    try:
+        with tempfile.TemporaryDirectory(prefix="ksefd-many-", ignore_cleanup_errors=True) as name:
+            folder = Path(name)
+            pairs = [(f"c{n:04d}", nip_with_checksum(526_000_000 + n * 97)) for n in range(companies)]
+            started = time.perf_counter()
+            await make_tokens(base_url, folder, pairs)
+            print(f"  tokens made in {time.perf_counter() - started:.1f} s (not part of the figures)")
+            config = daemon_config(folder, base_url, pairs, receive=True)
+            config.write_text(config.read_text().replace('data_dir = "data"\n',
+                                                         'data_dir = "data"\nsettle_seconds = 0\n', 1))
+            daemon = Daemon(config)
+            counting[0] = True
+            sim_cpu = time.process_time()
+            connect = await daemon.start(companies, timeout=1800)
+            sim_cpu = time.process_time() - sim_cpu
+            total = sum(counts.values())
+            print(f"  all connected in {connect:.1f} s with {total} requests ({total / companies:.2f} per company), "
+                  f"{sum(refused.values())} x 429 {dict(refused) if refused else ''}; CPU meanwhile: daemon "
+                  f"{daemon.cpu_seconds():.1f} s, simulator {sim_cpu:.1f} s")
+            for op, n in counts.most_common():
+                print(f"      {n:6d}  {op}")
+            async with aiohttp.ClientSession() as http, http.get(base_url[:-3] + "/sim/ratelimits") as resp:
+                tally = await resp.json()
+            print(f"  simulator: {tally.get('tooManyRequests')} x 429, {tally.get('requestsDuringBlock')} requests "
+                  f"sent into a block, longest Retry-After {tally.get('longestRetryAfter')} s")
+            await asyncio.sleep(10)        # the first inbox cycles and start-up work end
+            counts.clear()
+            spy = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(daemon.pid), "-r", "1000",
+                "-f", "raw", "-o", PYSPY, "-d", str(int(seconds)), stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL) if PYSPY else None
+            cpu0 = daemon.cpu_seconds()
+            started = time.perf_counter()
+            await asyncio.sleep(seconds)
+            cpu = daemon.cpu_seconds() - cpu0
+            elapsed = time.perf_counter() - started
+            if spy is not None:
+                await spy.wait()
+            print(f"  idle over {elapsed:.0f} s: {cpu / elapsed * 100:.3f} % of a core ({cpu:.2f} s CPU), RSS "
+                  f"{daemon.status('VmRSS') / 1024:.0f} MB, {daemon.status('Threads')} threads, "
+                  f"{sum(counts.values())} requests to KSeF {dict(counts) if counts else ''} "
+                  f"(load average {os.getloadavg()[0]:.2f})")
+            last, nip = pairs[-1]
+            outbox = folder / "data" / last / "outbox"
+            invoices = write_invoices(folder, drops, "DROP", nip=nip)
+            noticed = []
+            for n, data in enumerate(invoices):
+                staged = folder / f"drop-{n}.xml"
+                staged.write_bytes(data)
+                target = outbox / f"drop-{n}.xml"
+                begun = time.perf_counter()
+                staged.rename(target)
+                while target.exists() and time.perf_counter() - begun < 60:
+                    await asyncio.sleep(0.002)
+                noticed.append(time.perf_counter() - begun)
+                await asyncio.sleep(1.5)
+            await daemon.stop()      # before its folders are removed
+            if os.environ.get("KSEFD_BENCH_LOG"):         # FILE: the daemon's log is kept there
+                Path(os.environ["KSEFD_BENCH_LOG"]).write_bytes(daemon.log.read_bytes())
+            print(f"  drop into the last company's outbox taken after: median "
+                  f"{statistics.median(noticed) * 1000:.0f} ms, max {max(noticed) * 1000:.0f} ms ({drops} drops)")
+    finally:
+        if daemon is not None:
+            await daemon.stop()
+        await server.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    for companies in (int(c) for c in args.companies.split(",")):
+        await run(companies, args.idle_seconds, args.drops)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--companies", default="100,1000")
+    parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--drops", type=int, default=5)
+    asyncio.run(main(parser.parse_args()))
