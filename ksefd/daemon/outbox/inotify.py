@@ -12,33 +12,17 @@ way files are found there.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-# <sys/inotify.h>
-IN_MODIFY = 0x002
-IN_ATTRIB = 0x004
-IN_CLOSE_WRITE = 0x008
-IN_MOVED_TO = 0x080
-IN_CREATE = 0x100
-IN_DELETE_SELF = 0x400
-IN_MOVE_SELF = 0x800
-IN_UNMOUNT = 0x2000
-IN_Q_OVERFLOW = 0x4000
-IN_IGNORED = 0x8000
-IN_ONLYDIR = 0x01000000
-IN_NONBLOCK = os.O_NONBLOCK
-IN_CLOEXEC = 0o2000000
+from inotify_simple import INotify, flags
 
 # A file appears (created or renamed in), is written, closed or touched; the folder itself goes away.
-WATCH_MASK = (IN_CREATE | IN_MOVED_TO | IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF
-              | IN_ONLYDIR)
-GONE = IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
-_HEADER = struct.Struct("iIII")     # wd, mask, cookie, len (struct inotify_event)
+WATCH_MASK = (flags.CREATE | flags.MOVED_TO | flags.MODIFY | flags.CLOSE_WRITE | flags.ATTRIB | flags.DELETE_SELF
+              | flags.MOVE_SELF | flags.ONLYDIR)
+GONE = flags.IGNORED | flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT
+IN_Q_OVERFLOW = int(flags.Q_OVERFLOW)
 
 # File systems whose changes all go through this kernel (so inotify sees them); anything else, network
 # shares and FUSE above all, is not trusted and keeps the rescan.
@@ -47,39 +31,27 @@ LOCAL_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs",
 
 
 class Inotify:
-    """An inotify instance: `add(folder)` -> watch descriptor, `fd` for `loop.add_reader`, `read()` -> events."""
+    """An inotify instance (inotify_simple, a plain wrapper of the system calls): `add(folder)` -> watch
+    descriptor, `fd` for `loop.add_reader`, `read()` -> the events waiting, without blocking."""
 
     def __init__(self) -> None:
-        name = ctypes.util.find_library("c") or "libc.so.6"
-        self._libc = ctypes.CDLL(name, use_errno=True)
-        self.fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if self.fd < 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"inotify_init1: {os.strerror(errno)}")
+        self._inotify = INotify(nonblocking=True)
+        self.fd = self._inotify.fileno()
 
     def add(self, folder: Path) -> int:
-        wd = int(self._libc.inotify_add_watch(self.fd, os.fsencode(folder), WATCH_MASK))
-        if wd < 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"inotify_add_watch {folder}: {os.strerror(errno)}")
-        return wd
+        return int(self._inotify.add_watch(os.fsencode(folder), WATCH_MASK))
 
     def read(self) -> Iterator[tuple[int, int, str]]:
         """(watch descriptor, mask, file name) of every event waiting; nothing when none is."""
         try:
-            data = os.read(self.fd, 65536)
+            events = self._inotify.read(timeout=0)
         except BlockingIOError:
             return
-        offset = 0
-        while offset + _HEADER.size <= len(data):
-            wd, mask, _cookie, length = _HEADER.unpack_from(data, offset)
-            offset += _HEADER.size
-            name = os.fsdecode(data[offset:offset + length].rstrip(b"\0"))
-            offset += length
-            yield wd, mask, name
+        for event in events:
+            yield event.wd, event.mask, event.name
 
     def close(self) -> None:
-        os.close(self.fd)
+        self._inotify.close()
 
 
 def _mounts() -> list[tuple[str, str]]:
