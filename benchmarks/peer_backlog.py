@@ -68,6 +68,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE = ["-m", "cProfile", "-o", os.environ["KSEFD_BENCH_PROFILE"]] if os.environ.get("KSEFD_BENCH_PROFILE") else []
 # KSEFD_BENCH_PYSPY=FILE: py-spy samples every thread of the daemon into FILE (collapsed stacks)
 PYSPY = os.environ.get("KSEFD_BENCH_PYSPY")
+# KSEFD_BENCH_LOG=FILE: the daemon's JSON log of the last drain is copied there (its timeline: where the wall goes)
+KEEP_LOG = os.environ.get("KSEFD_BENCH_LOG")
 
 
 # --- the peer: ksef-client 0.20.0 as an integrator would drive it ---------------------------------------
@@ -327,6 +329,8 @@ async def ksefd_drain(base_url: str, token: str, folder: Path, invoices: list[by
                 "rss_mb": daemon.status("VmHWM") / 1024}
     finally:
         await daemon.stop()
+        if KEEP_LOG:
+            Path(KEEP_LOG).write_bytes(daemon.log.read_bytes())
 
 
 async def new_token(base_url: str, nip: str = NIP) -> str:

@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from ksefd import spool
+from ksefd import spool, spool_group
 from ksefd.config import Company
 from ksefd.store import InvoiceRow
 
@@ -122,15 +122,29 @@ class OutboxFiles:
     # `sync=False` (a group of results, e.g. a batch): each file is still written temp + fsync + rename, and
     # the caller makes the renames durable with one `sync_sent()` before it records them in SQLite.
 
-    def write_sent(self, file_name: str, data: bytes, *, sync: bool = True, row: InvoiceRow | None = None) -> str:
+    def write_sent(self, file_name: str, data: bytes, *, sync: bool = True, row: InvoiceRow | None = None,
+                   source_synced: bool = False) -> str:
         """sent/NAME.xml with the exact bytes; returns the stem chosen (NAME or NAME-2, ...). `row`: the invoice
-        whose working copy holds `data`; it becomes sent/NAME.xml by a hard link where it can (spool.link_new)."""
+        whose working copy holds `data`; it becomes sent/NAME.xml by a hard link where it can (spool.link_new;
+        `source_synced`: its bytes were made durable with the group's, spool_group.flush)."""
         source = Path(row.work_path) if row is not None and row.work_path else None
-        path = spool.write_unique(self.folders.sent, file_name, data, sync_dir=sync, source=source)
+        path = spool.write_unique(self.folders.sent, file_name, data, sync_dir=sync, source=source,
+                                  source_synced=source_synced)
         return spool.split_name(path.name)[0]
 
     def write_ksef_json(self, stem: str, record: dict[str, Any], *, sync: bool = True) -> None:
         spool.write_json(self.folders.sent / f"{stem}.ksef.json", record, sync_dir=sync)
+
+    def stage_ksef_json(self, stem: str, record: dict[str, Any]) -> spool_group.Staged:
+        """NAME.ksef.json of a group: its temp, placed with the group's (spool_group.place)."""
+        return spool_group.stage(self.folders.sent / f"{stem}.ksef.json", spool.json_bytes(record), replace=True)
+
+    def stage_upo(self, stem: str, xml: bytes) -> spool_group.Staged | None:
+        """NAME.upo.xml of a group (None: written before a crash, kept as it is, as write_upo does)."""
+        path = self.folders.sent / f"{stem}.upo.xml"
+        if path.exists():
+            return None
+        return spool_group.stage(path, xml, replace=False)
 
     def write_upo(self, stem: str, xml: bytes, *, sync: bool = True) -> None:
         path = self.folders.sent / f"{stem}.upo.xml"
