@@ -50,6 +50,7 @@ S = InvoiceState
 T = SessionState
 UPO_DOWNLOADS = 8
 UPO_GROUPS = 2
+OPEN = (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)      # a batch's invoices whose results are due
 RESULT_GROUP = 250          # invoices whose result files share one directory fsync and one commit
 CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or can never be closed
 # Status polls after close: KSeF processes ~1 000 invoices a second, so a 1.5x back-off to 5 s left a finished
@@ -61,6 +62,12 @@ POLL = BatchOptions(poll_first=0.2, poll_factor=1.25, poll_max=1.0, invoice_page
 def entry_name(row: InvoiceRow) -> str:
     """The invoice's name inside the archive (KSeF echoes it as invoiceFileName): unique and readable."""
     return f"{row.id:08d}_{row.file_name}"
+
+
+def entry_id(name: str | None) -> int | None:
+    """The invoice id an archive name (`entry_name`) carries; None for a name ksefd did not make."""
+    number, underscore, _ = (name or "").partition("_")
+    return int(number) if underscore and number.isascii() and number.isdigit() else None
 
 
 class BatchRunner:
@@ -171,17 +178,34 @@ class BatchRunner:
         return await self.track(session)
 
     async def track(self, session: SessionRow) -> Failure | None:
+        """The session's results a page of KSeF's list at a time (PROTOCOL.md §4.5, continuation tokens): each
+        page's invoices are read by the ids their archive names carry (`entry_name`) and finished before the
+        next page is asked for, so nothing proportional to the batch's size is held (a 10 000 backlog held its
+        whole list and every row twice). Invoices no page named are matched by hash among the entries whose
+        names matched nothing (normally none), else handled as not processed."""
         try:
             status = await self.sender.wait(session.reference)
-            listed = await self.connection.context.sessions.invoices(session.reference, page_size=1000)
         except KsefError as exc:
             return classify_for_company(exc)
-        rows = [r for r in await self.store.invoices.in_session(session.id)
-                if r.state in (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)]
-        await self._results(session, rows, listed, status)
-        remaining = [r for r in await self.store.invoices.in_session(session.id)
-                     if r.state in (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)]
-        if not remaining:
+        handled: set[int] = set()
+        unmatched: list[SessionInvoice] = []
+        try:
+            async for page in self.connection.context.sessions.invoice_pages(session.reference,
+                                                                             page_size=POLL.invoice_page_size):
+                named = {i: item for item in page.invoices if (i := entry_id(item.invoice_file_name)) is not None}
+                rows = [r for r in await self.store.invoices.get_many(list(named))
+                        if r.session_id == session.id and r.state in OPEN and r.id not in handled]
+                mine = {r.id for r in rows}
+                unmatched += [item for i, item in named.items() if i not in mine]
+                unmatched += [item for item in page.invoices if entry_id(item.invoice_file_name) is None]
+                handled |= mine
+                await self._results(session, rows, [named[r.id] for r in rows], status)
+        except KsefError as exc:
+            return classify_for_company(exc)
+        rest = [i for i in await self.store.invoices.ids_in_session(session.id, OPEN) if i not in handled]
+        if rest:
+            await self._results(session, await self.store.invoices.get_many(rest), unmatched, status)
+        if not await self.store.invoices.ids_in_session(session.id, OPEN):
             await self._session_done(session, status)
         return None
 
