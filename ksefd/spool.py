@@ -277,14 +277,15 @@ def unique_stem(directory: Path, stem: str, suffix: str, data: bytes,
     """`stem`, or `stem-2`, `stem-3`, ... : the first whose `stem+suffix` is absent (or holds these
     very bytes: a repeat after a crash) and that has no companion file of an earlier invoice."""
     companions = tuple(companions)
+    folder = os.fspath(directory)       # plain strings: a Path per look was a large share of a batch's CPU
     number = 1
     while True:
         candidate = stem if number == 1 else f"{stem}-{number}"
-        primary = directory / (candidate + suffix)
-        if primary.exists():
-            if same_content(primary, data):
+        primary = os.path.join(folder, candidate + suffix)
+        if os.path.exists(primary):
+            if same_content(Path(primary), data):
                 return candidate
-        elif not any((directory / (candidate + c)).exists() for c in companions):
+        elif not any(os.path.exists(os.path.join(folder, candidate + c)) for c in companions):
             return candidate
         number += 1
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ksefd import spool
+from ksefd import heap, spool
 from ksefd.config import Company
 from ksefd.ksef import (
     IN_PROGRESS,
@@ -109,14 +109,22 @@ class BatchRunner:
         except (BatchBuildError, OSError) as exc:
             shutil.rmtree(workdir, ignore_errors=True)
             return await self._failed(rows, rows[0].state, KsefError(f"the batch archive could not be built: {exc}"))
+        del invoices
         try:
-            return await self._open_upload_close(rows, prepared, offline_mode)
+            outcome = await self._open_upload_close(rows, prepared, offline_mode)
         finally:
             prepared.cleanup()
             shutil.rmtree(workdir, ignore_errors=True)
+        del prepared
+        if isinstance(outcome, SessionRow):
+            # Uploaded and CLOSING: followed to its results with nothing of the send held (its manifest and the
+            # rows as they were: a 10 000 batch's copies). No await since the send let go of it, so a resume
+            # cannot take it meanwhile.
+            return await self.close_and_track(outcome)
+        return outcome
 
     async def _open_upload_close(self, rows: list[InvoiceRow], prepared: PreparedBatch,
-                                 offline_mode: bool) -> Failure | None:
+                                 offline_mode: bool) -> Failure | SessionRow | None:
         sender = self.sender
         try:
             opened = await sender.open(prepared, offline_mode=offline_mode)
@@ -132,21 +140,23 @@ class BatchRunner:
             self.active.discard(session.id)
 
     async def _upload_close(self, rows: list[InvoiceRow], prepared: PreparedBatch, opened: OpenedBatch,
-                            session: SessionRow) -> Failure | None:
+                            session: SessionRow) -> Failure | SessionRow | None:
+        """Returns the session once it is CLOSING (the caller follows it), or what a failed upload gives."""
         sender = self.sender
-        submitted = await self.ledger.move_many(
-            [r.id for r in rows], rows[0].state, S.SUBMITTING, show={"sessionReferenceNumber": opened.reference_number},
+        ids = [r.id for r in rows]
+        await self.ledger.move_many(
+            ids, rows[0].state, S.SUBMITTING, show={"sessionReferenceNumber": opened.reference_number},
             session_id=session.id, mode="batch", next_attempt_at=None, detail={"session": opened.reference_number})
         self.log.info("outbox.batch_opened", session=opened.reference_number, invoices=len(rows),
                           parts=len(prepared.parts))
+        heap.give_back()            # the archive's building and the step's rows (ksefd.heap)
         try:
             await sender.upload(prepared, opened)
         except KsefError as exc:
-            failure = await self._failed(submitted, S.SUBMITTING, exc)
+            failure = await self._failed(await self.store.invoices.get_many(ids), S.SUBMITTING, exc)
             await self.store.sessions.transition(session.id, T.OPEN, T.ABANDONED, detail={"error": str(exc)})
             return failure
-        session = await self.store.sessions.transition(session.id, T.OPEN, T.CLOSING)
-        return await self._close_and_track(session)
+        return await self.store.sessions.transition(session.id, T.OPEN, T.CLOSING)
 
     # --- closing and results (also after a restart) ------------------------------------------------------
 
@@ -200,6 +210,8 @@ class BatchRunner:
                 unmatched += [item for item in page.invoices if entry_id(item.invoice_file_name) is None]
                 handled |= mine
                 await self._results(session, rows, [named[r.id] for r in rows], status)
+                del rows, named
+                heap.give_back()        # the page's rows, answers and file work (ksefd.heap)
         except KsefError as exc:
             return classify_for_company(exc)
         rest = [i for i in await self.store.invoices.ids_in_session(session.id, OPEN) if i not in handled]

@@ -90,9 +90,18 @@ class OutboxFiles:
 
     @staticmethod
     def discard_work(row: InvoiceRow) -> None:
-        """The working copy, once its bytes are safe in sent/ or rejected/ (it is ksefd's own copy)."""
-        if row.work_path:
-            OutboxFiles.discard_path(Path(row.work_path))
+        """The working copy, once its bytes are safe in sent/ or rejected/ (it is ksefd's own copy). Plain
+        strings, and no look for a name sidecar where the name was not shortened (none was written): this runs
+        for every invoice of a batch."""
+        if not row.work_path:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(row.work_path)
+        folder, name = os.path.split(row.work_path)
+        token, _, rest = name.partition(".")
+        if rest != row.file_name:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, f".{token}{NAME_SIDECAR}"))
 
     @staticmethod
     def discard_path(work: Path) -> None:
@@ -141,10 +150,9 @@ class OutboxFiles:
 
     def stage_upo(self, stem: str, xml: bytes) -> spool_group.Staged | None:
         """NAME.upo.xml of a group (None: written before a crash, kept as it is, as write_upo does)."""
-        path = self.folders.sent / f"{stem}.upo.xml"
-        if path.exists():
+        if self.has_upo(stem):
             return None
-        return spool_group.stage(path, xml, replace=False)
+        return spool_group.stage(self.folders.sent / f"{stem}.upo.xml", xml, replace=False)
 
     def write_upo(self, stem: str, xml: bytes, *, sync: bool = True) -> None:
         path = self.folders.sent / f"{stem}.upo.xml"
@@ -193,7 +201,7 @@ class OutboxFiles:
         spool.fsync_directory(self.folders.sent)
 
     def has_upo(self, stem: str) -> bool:
-        return (self.folders.sent / f"{stem}.upo.xml").exists()
+        return os.path.exists(os.path.join(self.folders.sent, f"{stem}.upo.xml"))
 
     def write_rejected(self, file_name: str, data: bytes, error: dict[str, Any]) -> str:
         path = spool.write_unique(self.folders.rejected, file_name, data)
@@ -223,16 +231,22 @@ class OutboxFiles:
     def state_path(self, file_name: str) -> Path:
         return self.folders.outbox / (spool.bounded_stem(spool.split_name(file_name)[0]) + STATE_SUFFIX)
 
+    def _state_name(self, file_name: str) -> str:
+        return os.path.join(self.folders.outbox, spool.bounded_stem(spool.split_name(file_name)[0]) + STATE_SUFFIX)
+
     def write_state(self, row: InvoiceRow, state: str, message: str, extra: dict[str, Any] | None = None) -> None:
         body = {"invoiceId": row.id, "file": row.file_name, "state": state, "message": message,
                 "invoiceHash": row.sha256, "claimedAt": row.created_at.isoformat(), **(extra or {})}
-        path = self.state_path(row.file_name)
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.ksefd.tmp")
+        path = self._state_name(row.file_name)          # strings: thousands of these in a large batch
+        folder, name = os.path.split(path)
+        temp = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.ksefd.tmp")
         try:
-            temp.write_bytes(spool.json_bytes(body))
+            with open(temp, "wb") as sink:
+                sink.write(spool.json_bytes(body))
             os.replace(temp, path)
         except OSError:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
             raise
 
     def finished(self, rows: list[InvoiceRow]) -> None:
@@ -243,7 +257,9 @@ class OutboxFiles:
 
     def clear_state(self, row: InvoiceRow) -> None:
         """Remove NAME.state.json if it still describes this invoice (a newer one may reuse the name)."""
-        path = self.state_path(row.file_name)
+        path = self._state_name(row.file_name)
         with contextlib.suppress(FileNotFoundError, ValueError, OSError):
-            if json.loads(path.read_bytes()).get("invoiceId") == row.id:
-                path.unlink()
+            with open(path, "rb") as source:
+                body = source.read()
+            if json.loads(body).get("invoiceId") == row.id:
+                os.unlink(path)
