@@ -14,8 +14,9 @@ anywhere leaves at most temps (removed at the next start, spool.remove_stale_tem
 yet recorded, which the next round writes again with the same bytes (a no-op).
 
 The flush is Linux's syncfs(2): every dirty page and inode of that file system written and waited for, in one
-call (its errors are reported since Linux 5.8). Elsewhere, or where it cannot be called, each file is fsynced
-and the directory after, as before.
+call (its errors are reported since Linux 5.8). It also waits for other programs' dirty pages on that file
+system, so it is used for groups of FLUSH_FROM files or more only. Smaller groups, other platforms, or where
+it cannot be called: each file is fsynced and the directory after, as before.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import spool
+
+FLUSH_FROM = 16         # files in a group from which one flush replaces an fsync each (worth_flushing)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -66,9 +69,15 @@ def flush(directories: Iterable[Path]) -> bool:
     return True
 
 
+def worth_flushing(count: int) -> bool:
+    """A flush waits for every dirty page of the file system, other programs' too, so it pays only for a group
+    of files; a few (an online invoice's results) are fsynced one by one, each a fraction of a millisecond."""
+    return count >= FLUSH_FROM
+
+
 def sync_data(paths: Sequence[Path]) -> None:
-    """The bytes of `paths` durable: one flush of their file systems, else an fsync of each."""
-    if not paths or flush(p.parent for p in paths):
+    """The bytes of `paths` durable: one flush of their file systems for a group, else an fsync of each."""
+    if not paths or (worth_flushing(len(paths)) and flush(p.parent for p in paths)):
         return
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
@@ -78,10 +87,10 @@ def sync_data(paths: Sequence[Path]) -> None:
             os.close(fd)
 
 
-def sync_names(directory: Path) -> None:
-    """The renames and links made in `directory` durable (and, with syncfs, every other change on its file
-    system too: the modes of files linked in, say)."""
-    if not flush([directory]):
+def sync_names(directory: Path, count: int) -> None:
+    """The renames and links of `count` files made in `directory` durable (and, with a flush, every other change
+    on its file system too: the modes of files linked in, say)."""
+    if not (worth_flushing(count) and flush([directory])):
         spool.fsync_directory(directory)
 
 
@@ -123,7 +132,7 @@ def place(staged: Sequence[Staged]) -> list[bool]:
         for item in staged:
             item.temp.unlink(missing_ok=True)
     for directory in dict.fromkeys(s.path.parent for s in staged):
-        sync_names(directory)
+        sync_names(directory, len(staged))
     if conflict is not None:
         raise conflict
     return results

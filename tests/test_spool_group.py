@@ -63,3 +63,15 @@ def test_without_syncfs_each_file_is_fsynced_then_the_folder(tmp_path: Path, mon
     assert spool_group.place([spool_group.stage(tmp_path / f"{n}.json", b"{}", replace=True) for n in range(5)]) \
         == [True] * 5
     assert len(fsyncs) == 5 + 1 and temps(tmp_path) == []
+
+
+def test_a_small_group_is_fsynced_file_by_file_without_a_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush waits for other programs' dirty pages too: an online invoice's few files are never worth one."""
+    flushes: list[int] = []
+    monkeypatch.setattr(spool_group, "_syncfs", lambda fd: flushes.append(fd) or 0)
+    fsyncs: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real(fd))[1])
+    count = spool_group.FLUSH_FROM - 1
+    spool_group.place([spool_group.stage(tmp_path / f"{n}.upo.xml", b"<UPO/>", replace=False) for n in range(count)])
+    assert (flushes, len(fsyncs)) == ([], count + 1)

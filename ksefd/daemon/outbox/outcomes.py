@@ -155,7 +155,8 @@ class Outcomes:
         # durable at once, each linked into sent/ (no fsync of its own), the NAME.ksef.json temps made durable at
         # once and renamed into place, then the names (spool_group.place). Where the platform cannot flush a
         # file system, each working copy is fsynced as it is linked, as before.
-        synced = spool_group.flush([self.files.work_dir])      # the working copies (ksefd's own folder)
+        # the working copies (ksefd's own folder)
+        synced = spool_group.worth_flushing(len(items)) and spool_group.flush([self.files.work_dir])
 
         def one(item: tuple[InvoiceRow, SessionInvoice]
                 ) -> tuple[InvoiceRow, SessionInvoice, str, spool_group.Staged] | None:
@@ -174,7 +175,14 @@ class Outcomes:
         # A few writers at once: the links and temps are system calls that overlap. Two invoices reusing one
         # name cannot clobber each other: write_unique creates with link(), and retries a taken stem.
         with ThreadPoolExecutor(WRITERS) as pool:
-            written = [w for w in pool.map(one, items) if w is not None]
+            futures = [pool.submit(one, item) for item in items]
+        try:
+            written = [w for w in (f.result() for f in futures) if w is not None]
+        except BaseException:       # one failed: the others' temps are not left behind
+            for future in futures:
+                if future.exception() is None and (done := future.result()) is not None:
+                    done[3].temp.unlink(missing_ok=True)
+            raise
         spool_group.place([staged for *_, staged in written])
         return [(row, invoice, stem) for row, invoice, stem, _ in written]
 
