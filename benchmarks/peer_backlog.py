@@ -36,6 +36,15 @@ ab1c295 ("before") and branch perf ("after"), each run a few minutes apart:
     backlog 10 000 (ksefd alone)      64.5 s, 3.24 ms, 173 MB   42.7 s, 2.43 ms, 173 MB, 0 x 429
     idle, 100 companies               0.32 % of a core, 91 MB, 10 threads, 0 requests (after: 0.73 %,
                                       91 MB, 10 threads, 0 requests; nothing on the idle path changed)
+
+Measured 2026-12-07 00:45-00:48 UTC, branch perf-backlog (group flushes, paged batch results, heap given back)
+then main (ff6d364) right after it, same machine, load average 3.1-3.7 (7.3 at the end of main's big run):
+                                      main                      perf-backlog
+    backlog 1 000, ratio to the peer  1.34x (5.31 s / 3.45 s)   1.40x (4.73 s / 3.39 s)  (runs: 1.16-1.58x
+                                                                and 0.87-1.62x: the ratio is within the noise)
+    ksefd CPU per invoice (backlog)   3.33 ms (1.67-1.79 kernel) 2.29 ms (0.42-1.04 kernel)  (peer 1.03-1.24)
+    ksefd peak RSS (backlog 1 000)    105 MB                    103 MB
+    backlog 10 000 (ksefd alone)      63.1 s, 2.77 ms, 179 MB   39.5 s, 1.80 ms, 161 MB, 0 x 429
 """
 
 # ruff: noqa: ASYNC109, ASYNC240 - a benchmark driver: its file checks and timeouts are the measurement
