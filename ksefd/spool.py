@@ -189,9 +189,10 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_temp(directory: Path, name: str, data: bytes, mode: int = SHARED_FILE) -> Path:
+def write_temp(directory: Path, name: str, data: bytes, mode: int = SHARED_FILE, *, sync: bool = True) -> Path:
     """A fresh dot-file temp in `directory` holding `data`, fsynced (O_EXCL: never someone else's file),
-    created with `mode` (the final file keeps it: it is renamed or linked into place).
+    created with `mode` (the final file keeps it: it is renamed or linked into place). `sync=False`: not
+    fsynced; the caller makes a group of temps durable at once (spool_group.sync_data) before placing them.
 
     `remove_stale_temps` knows its name, so one left behind by a crash is cleaned up at the next start.
     """
@@ -201,7 +202,8 @@ def write_temp(directory: Path, name: str, data: bytes, mode: int = SHARED_FILE)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         temp.unlink(missing_ok=True)
@@ -235,6 +237,16 @@ def write_new(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = SHA
     """Create `path` atomically without ever replacing another file. True if written, False if the
     same bytes were already there; `SpoolConflict` if different bytes are. `sync_dir` as in write_atomic."""
     temp = write_temp(path.parent, path.name, data, mode)
+    if not place_new(temp, path, data):
+        return False
+    if sync_dir:
+        fsync_directory(path.parent)
+    return True
+
+
+def place_new(temp: Path, path: Path, data: bytes) -> bool:
+    """The durable temp holding `data` becomes `path` unless `path` exists (write_new's rules: True if placed,
+    False if the same bytes were there, SpoolConflict for others); the temp is gone afterwards either way."""
     try:
         try:
             os.link(temp, path)   # atomic create-if-absent
@@ -246,8 +258,6 @@ def write_new(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = SHA
             _place_without_link(temp, path, data)   # file systems without hard links (FAT, some shares)
     finally:
         temp.unlink(missing_ok=True)
-    if sync_dir:
-        fsync_directory(path.parent)
     return True
 
 
@@ -267,24 +277,25 @@ def unique_stem(directory: Path, stem: str, suffix: str, data: bytes,
     """`stem`, or `stem-2`, `stem-3`, ... : the first whose `stem+suffix` is absent (or holds these
     very bytes: a repeat after a crash) and that has no companion file of an earlier invoice."""
     companions = tuple(companions)
+    folder = os.fspath(directory)       # plain strings: a Path per look was a large share of a batch's CPU
     number = 1
     while True:
         candidate = stem if number == 1 else f"{stem}-{number}"
-        primary = directory / (candidate + suffix)
-        if primary.exists():
-            if same_content(primary, data):
+        primary = os.path.join(folder, candidate + suffix)
+        if os.path.exists(primary):
+            if same_content(Path(primary), data):
                 return candidate
-        elif not any((directory / (candidate + c)).exists() for c in companions):
+        elif not any(os.path.exists(os.path.join(folder, candidate + c)) for c in companions):
             return candidate
         number += 1
 
 
 def write_unique(directory: Path, name: str, data: bytes,
                  companions: Iterable[str] = (".ksef.json", ".upo.xml", ".error.json"), *,
-                 sync_dir: bool = True, source: Path | None = None) -> Path:
+                 sync_dir: bool = True, source: Path | None = None, source_synced: bool = False) -> Path:
     """Write `data` as `directory/name`, or as `NAME-2.xml`... if that name holds another invoice. A stem
     longer than STEM_MAX_BYTES is shortened (`bounded_stem`). `source`: a file of ksefd's own holding exactly
-    `data`, linked into place if it can be (`link_new`)."""
+    `data`, linked into place if it can be (`link_new`; `source_synced` as there)."""
     stem, suffix = split_name(name)
     stem = bounded_stem(stem)
     companions = tuple(companions)
@@ -292,18 +303,20 @@ def write_unique(directory: Path, name: str, data: bytes,
         path = directory / (unique_stem(directory, stem, suffix, data, companions) + suffix)
         with contextlib.suppress(SpoolConflict):   # someone took the name meanwhile: pick again
             if source is not None:
-                link_new(path, data, source, sync_dir=sync_dir)
+                link_new(path, data, source, sync_dir=sync_dir, source_synced=source_synced)
             else:
                 write_new(path, data, sync_dir=sync_dir)
             return path
 
 
-def link_new(path: Path, data: bytes, source: Path, *, sync_dir: bool = True, mode: int = SHARED_FILE) -> bool:
+def link_new(path: Path, data: bytes, source: Path, *, sync_dir: bool = True, mode: int = SHARED_FILE,
+             source_synced: bool = False) -> bool:
     """`write_new`, but by a hard link of `source` (a private, never-modified file ksefd owns that holds exactly
     `data`, e.g. a claimed invoice): the bytes are made durable with one fsync of `source` instead of being
     copied into a temp file, fsynced, linked and the temp removed. Where a link cannot be made (another
     owner, another file system, no hard links, Windows), it falls back to `write_new`. The same guarantees:
-    never replaces another file; the same bytes already there -> False."""
+    never replaces another file; the same bytes already there -> False. `source_synced`: the caller has made
+    the source's bytes durable already (a group's sources at once, spool_group.sync_data), so no fsync here."""
     if os.name == "nt":
         return write_new(path, data, sync_dir=sync_dir, mode=mode)
     try:
@@ -316,7 +329,8 @@ def link_new(path: Path, data: bytes, source: Path, *, sync_dir: bool = True, mo
             return write_new(path, data, sync_dir=sync_dir, mode=mode)
         if stat.S_IMODE(info.st_mode) != mode:
             os.fchmod(fd, mode)      # the ERP-facing mode; the source sits in a 0700 folder anyway
-        os.fsync(fd)
+        if not source_synced:
+            os.fsync(fd)
     finally:
         os.close(fd)
     try:

@@ -399,6 +399,13 @@ class InvoiceRepo:
     async def in_session(self, session_id: int) -> list[InvoiceRow]:
         return await self._select("WHERE session_id = ? ORDER BY id", (session_id,))
 
+    async def ids_in_session(self, session_id: int, states: Iterable[InvoiceState]) -> list[int]:
+        """The ids of a session's invoices in `states` (a large batch's rows are read a page at a time)."""
+        values = [s.value for s in states]
+        return [int(r[0]) for r in await self._db.fetch_all(
+            f"SELECT id FROM invoices WHERE session_id = ? AND state IN ({', '.join('?' * len(values))}) ORDER BY id",
+            (session_id, *values))]
+
     async def count_in_session(self, session_id: int) -> int:
         row = await self._db.fetch_one("SELECT COUNT(*) FROM invoices WHERE session_id = ?", (session_id,))
         return int(row[0]) if row else 0

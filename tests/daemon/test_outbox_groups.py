@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
-from tests.daemon.support import drain, drop, invoice, one_company, read_json, sim_records
+from ksefd import spool_group
+from ksefd.daemon.outbox import batch
+from ksefd.store import InvoiceState
+from ksefd.store.invoices import InvoiceRepo
+from tests.daemon.support import drain, drop, invoice, invoice_rows, one_company, read_json, sim_records
 
 
 async def test_the_same_bytes_twice_in_one_drop_are_sent_once(sim_factory: Any, http: aiohttp.ClientSession,
@@ -30,3 +37,51 @@ async def test_the_same_bytes_twice_in_one_drop_are_sent_once(sim_factory: Any, 
     assert record["redrop"] is True and record["ksefNumber"] == read_json(
         folders.sent / f"{'a' if copy == 'b' else 'b'}.ksef.json")["ksefNumber"]
     assert (folders.sent / f"{copy}.xml").read_bytes() == data and not list(folders.rejected.iterdir())
+
+
+async def test_a_batchs_results_cost_a_few_flushes_not_an_fsync_per_file(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sent/NAME.xml, NAME.ksef.json and NAME.upo.xml of a group are made durable together (spool_group): with
+    an fsync each, a batch of N cost 3N of them (most of a large backlog's time in the kernel, issue #16)."""
+    sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
+    outbox = config.companies[0].folders.outbox
+    count = 40
+    for n in range(count):
+        drop(outbox, f"g{n:02d}.xml", invoice(f"GROUP/FSYNC/{n}"))
+    fsyncs: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real(fd))[1])
+    await drain(config)
+    sent = config.companies[0].folders.sent
+    assert len(list(sent.glob("*.upo.xml"))) == count and len(list(sent.glob("*.ksef.json"))) == count
+    assert len(sim_records(sim)) == count
+    if spool_group.flush([tmp_path]):        # Linux: a few flushes per group; elsewhere an fsync per file as before
+        assert len(fsyncs) < count, len(fsyncs)
+
+
+async def test_a_batchs_results_are_read_and_finished_a_page_at_a_time(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KSeF's list of a batch's invoices is followed page by page and each page's rows are read by the ids in
+    their archive names, so a large batch never holds its whole list and all its rows at once (issue #16)."""
+    monkeypatch.setattr(batch, "POLL", dataclasses.replace(batch.POLL, invoice_page_size=10))   # KSeF's least
+    read: list[int] = []
+    real = InvoiceRepo.get_many
+
+    async def counting(self: InvoiceRepo, ids: Any) -> Any:
+        ids = list(ids)
+        read.append(len(ids))
+        return await real(self, ids)
+
+    monkeypatch.setattr(InvoiceRepo, "get_many", counting)
+    sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
+    outbox = config.companies[0].folders.outbox
+    count = 35
+    for n in range(count):
+        drop(outbox, f"p{n:02d}.xml", invoice(f"GROUP/PAGE/{n}"))
+    await drain(config)
+    sent = config.companies[0].folders.sent
+    assert len(list(sent.glob("*.upo.xml"))) == count and len(sim_records(sim)) == count
+    numbers = {read_json(p)["ksefNumber"] for p in sent.glob("*.ksef.json")}
+    assert len(numbers) == count
+    assert read and max(read) <= 10
+    assert {r.state for r in await invoice_rows(config, "acme")} == {InvoiceState.DONE}

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ksefd import spool
+from ksefd import heap, spool
 from ksefd.config import Company
 from ksefd.i18n import _
 from ksefd.ksef import (
@@ -51,6 +51,7 @@ S = InvoiceState
 T = SessionState
 UPO_DOWNLOADS = 8
 UPO_GROUPS = 2
+OPEN = (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)      # a batch's invoices whose results are due
 RESULT_GROUP = 250          # invoices whose result files share one directory fsync and one commit
 CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or can never be closed
 # Status polls after close: KSeF processes ~1 000 invoices a second, so a 1.5x back-off to 5 s left a finished
@@ -62,6 +63,12 @@ POLL = BatchOptions(poll_first=0.2, poll_factor=1.25, poll_max=1.0, invoice_page
 def entry_name(row: InvoiceRow) -> str:
     """The invoice's name inside the archive (KSeF echoes it as invoiceFileName): unique and readable."""
     return f"{row.id:08d}_{row.file_name}"
+
+
+def entry_id(name: str | None) -> int | None:
+    """The invoice id an archive name (`entry_name`) carries; None for a name ksefd did not make."""
+    number, underscore, _ = (name or "").partition("_")
+    return int(number) if underscore and number.isascii() and number.isdigit() else None
 
 
 class BatchRunner:
@@ -103,14 +110,22 @@ class BatchRunner:
         except (BatchBuildError, OSError) as exc:
             shutil.rmtree(workdir, ignore_errors=True)
             return await self._failed(rows, rows[0].state, KsefError(f"the batch archive could not be built: {exc}"))
+        del invoices
         try:
-            return await self._open_upload_close(rows, prepared, offline_mode)
+            outcome = await self._open_upload_close(rows, prepared, offline_mode)
         finally:
             prepared.cleanup()
             shutil.rmtree(workdir, ignore_errors=True)
+        del prepared
+        if isinstance(outcome, SessionRow):
+            # Uploaded and CLOSING: followed to its results with nothing of the send held (its manifest and the
+            # rows as they were: a 10 000 batch's copies). No await since the send let go of it, so a resume
+            # cannot take it meanwhile.
+            return await self.close_and_track(outcome)
+        return outcome
 
     async def _open_upload_close(self, rows: list[InvoiceRow], prepared: PreparedBatch,
-                                 offline_mode: bool) -> Failure | None:
+                                 offline_mode: bool) -> Failure | SessionRow | None:
         sender = self.sender
         try:
             opened = await sender.open(prepared, offline_mode=offline_mode)
@@ -126,21 +141,23 @@ class BatchRunner:
             self.active.discard(session.id)
 
     async def _upload_close(self, rows: list[InvoiceRow], prepared: PreparedBatch, opened: OpenedBatch,
-                            session: SessionRow) -> Failure | None:
+                            session: SessionRow) -> Failure | SessionRow | None:
+        """Returns the session once it is CLOSING (the caller follows it), or what a failed upload gives."""
         sender = self.sender
-        submitted = await self.ledger.move_many(
-            [r.id for r in rows], rows[0].state, S.SUBMITTING, show={"sessionReferenceNumber": opened.reference_number},
+        ids = [r.id for r in rows]
+        await self.ledger.move_many(
+            ids, rows[0].state, S.SUBMITTING, show={"sessionReferenceNumber": opened.reference_number},
             session_id=session.id, mode="batch", next_attempt_at=None, detail={"session": opened.reference_number})
         self.log.info("outbox.batch_opened", session=opened.reference_number, invoices=len(rows),
                           parts=len(prepared.parts))
+        heap.give_back()            # the archive's building and the step's rows (ksefd.heap)
         try:
             await sender.upload(prepared, opened)
         except KsefError as exc:
-            failure = await self._failed(submitted, S.SUBMITTING, exc)
+            failure = await self._failed(await self.store.invoices.get_many(ids), S.SUBMITTING, exc)
             await self.store.sessions.transition(session.id, T.OPEN, T.ABANDONED, detail={"error": str(exc)})
             return failure
-        session = await self.store.sessions.transition(session.id, T.OPEN, T.CLOSING)
-        return await self._close_and_track(session)
+        return await self.store.sessions.transition(session.id, T.OPEN, T.CLOSING)
 
     # --- closing and results (also after a restart) ------------------------------------------------------
 
@@ -172,17 +189,36 @@ class BatchRunner:
         return await self.track(session)
 
     async def track(self, session: SessionRow) -> Failure | None:
+        """The session's results a page of KSeF's list at a time (PROTOCOL.md §4.5, continuation tokens): each
+        page's invoices are read by the ids their archive names carry (`entry_name`) and finished before the
+        next page is asked for, so nothing proportional to the batch's size is held (a 10 000 backlog held its
+        whole list and every row twice). Invoices no page named are matched by hash among the entries whose
+        names matched nothing (normally none), else handled as not processed."""
         try:
             status = await self.sender.wait(session.reference)
-            listed = await self.connection.context.sessions.invoices(session.reference, page_size=1000)
         except KsefError as exc:
             return classify_for_company(exc)
-        rows = [r for r in await self.store.invoices.in_session(session.id)
-                if r.state in (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)]
-        await self._results(session, rows, listed, status)
-        remaining = [r for r in await self.store.invoices.in_session(session.id)
-                     if r.state in (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)]
-        if not remaining:
+        handled: set[int] = set()
+        unmatched: list[SessionInvoice] = []
+        try:
+            async for page in self.connection.context.sessions.invoice_pages(session.reference,
+                                                                             page_size=POLL.invoice_page_size):
+                named = {i: item for item in page.invoices if (i := entry_id(item.invoice_file_name)) is not None}
+                rows = [r for r in await self.store.invoices.get_many(list(named))
+                        if r.session_id == session.id and r.state in OPEN and r.id not in handled]
+                mine = {r.id for r in rows}
+                unmatched += [item for i, item in named.items() if i not in mine]
+                unmatched += [item for item in page.invoices if entry_id(item.invoice_file_name) is None]
+                handled |= mine
+                await self._results(session, rows, [named[r.id] for r in rows], status)
+                del rows, named
+                heap.give_back()        # the page's rows, answers and file work (ksefd.heap)
+        except KsefError as exc:
+            return classify_for_company(exc)
+        rest = [i for i in await self.store.invoices.ids_in_session(session.id, OPEN) if i not in handled]
+        if rest:
+            await self._results(session, await self.store.invoices.get_many(rest), unmatched, status)
+        if not await self.store.invoices.ids_in_session(session.id, OPEN):
             await self._session_done(session, status)
         return None
 

@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from ksefd import spool
+from ksefd import spool, spool_group
 from ksefd.config import Company
 from ksefd.store import InvoiceRow
 
@@ -90,9 +90,18 @@ class OutboxFiles:
 
     @staticmethod
     def discard_work(row: InvoiceRow) -> None:
-        """The working copy, once its bytes are safe in sent/ or rejected/ (it is ksefd's own copy)."""
-        if row.work_path:
-            OutboxFiles.discard_path(Path(row.work_path))
+        """The working copy, once its bytes are safe in sent/ or rejected/ (it is ksefd's own copy). Plain
+        strings, and no look for a name sidecar where the name was not shortened (none was written): this runs
+        for every invoice of a batch."""
+        if not row.work_path:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(row.work_path)
+        folder, name = os.path.split(row.work_path)
+        token, _, rest = name.partition(".")
+        if rest != row.file_name:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, f".{token}{NAME_SIDECAR}"))
 
     @staticmethod
     def discard_path(work: Path) -> None:
@@ -122,15 +131,28 @@ class OutboxFiles:
     # `sync=False` (a group of results, e.g. a batch): each file is still written temp + fsync + rename, and
     # the caller makes the renames durable with one `sync_sent()` before it records them in SQLite.
 
-    def write_sent(self, file_name: str, data: bytes, *, sync: bool = True, row: InvoiceRow | None = None) -> str:
+    def write_sent(self, file_name: str, data: bytes, *, sync: bool = True, row: InvoiceRow | None = None,
+                   source_synced: bool = False) -> str:
         """sent/NAME.xml with the exact bytes; returns the stem chosen (NAME or NAME-2, ...). `row`: the invoice
-        whose working copy holds `data`; it becomes sent/NAME.xml by a hard link where it can (spool.link_new)."""
+        whose working copy holds `data`; it becomes sent/NAME.xml by a hard link where it can (spool.link_new;
+        `source_synced`: its bytes were made durable with the group's, spool_group.flush)."""
         source = Path(row.work_path) if row is not None and row.work_path else None
-        path = spool.write_unique(self.folders.sent, file_name, data, sync_dir=sync, source=source)
+        path = spool.write_unique(self.folders.sent, file_name, data, sync_dir=sync, source=source,
+                                  source_synced=source_synced)
         return spool.split_name(path.name)[0]
 
     def write_ksef_json(self, stem: str, record: dict[str, Any], *, sync: bool = True) -> None:
         spool.write_json(self.folders.sent / f"{stem}.ksef.json", record, sync_dir=sync)
+
+    def stage_ksef_json(self, stem: str, record: dict[str, Any]) -> spool_group.Staged:
+        """NAME.ksef.json of a group: its temp, placed with the group's (spool_group.place)."""
+        return spool_group.stage(self.folders.sent / f"{stem}.ksef.json", spool.json_bytes(record), replace=True)
+
+    def stage_upo(self, stem: str, xml: bytes) -> spool_group.Staged | None:
+        """NAME.upo.xml of a group (None: written before a crash, kept as it is, as write_upo does)."""
+        if self.has_upo(stem):
+            return None
+        return spool_group.stage(self.folders.sent / f"{stem}.upo.xml", xml, replace=False)
 
     def write_upo(self, stem: str, xml: bytes, *, sync: bool = True) -> None:
         path = self.folders.sent / f"{stem}.upo.xml"
@@ -179,7 +201,7 @@ class OutboxFiles:
         spool.fsync_directory(self.folders.sent)
 
     def has_upo(self, stem: str) -> bool:
-        return (self.folders.sent / f"{stem}.upo.xml").exists()
+        return os.path.exists(os.path.join(self.folders.sent, f"{stem}.upo.xml"))
 
     def write_rejected(self, file_name: str, data: bytes, error: dict[str, Any]) -> str:
         path = spool.write_unique(self.folders.rejected, file_name, data)
@@ -209,16 +231,22 @@ class OutboxFiles:
     def state_path(self, file_name: str) -> Path:
         return self.folders.outbox / (spool.bounded_stem(spool.split_name(file_name)[0]) + STATE_SUFFIX)
 
+    def _state_name(self, file_name: str) -> str:
+        return os.path.join(self.folders.outbox, spool.bounded_stem(spool.split_name(file_name)[0]) + STATE_SUFFIX)
+
     def write_state(self, row: InvoiceRow, state: str, message: str, extra: dict[str, Any] | None = None) -> None:
         body = {"invoiceId": row.id, "file": row.file_name, "state": state, "message": message,
                 "invoiceHash": row.sha256, "claimedAt": row.created_at.isoformat(), **(extra or {})}
-        path = self.state_path(row.file_name)
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.ksefd.tmp")
+        path = self._state_name(row.file_name)          # strings: thousands of these in a large batch
+        folder, name = os.path.split(path)
+        temp = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.ksefd.tmp")
         try:
-            temp.write_bytes(spool.json_bytes(body))
+            with open(temp, "wb") as sink:
+                sink.write(spool.json_bytes(body))
             os.replace(temp, path)
         except OSError:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
             raise
 
     def finished(self, rows: list[InvoiceRow]) -> None:
@@ -229,7 +257,9 @@ class OutboxFiles:
 
     def clear_state(self, row: InvoiceRow) -> None:
         """Remove NAME.state.json if it still describes this invoice (a newer one may reuse the name)."""
-        path = self.state_path(row.file_name)
+        path = self._state_name(row.file_name)
         with contextlib.suppress(FileNotFoundError, ValueError, OSError):
-            if json.loads(path.read_bytes()).get("invoiceId") == row.id:
-                path.unlink()
+            with open(path, "rb") as source:
+                body = source.read()
+            if json.loads(body).get("invoiceId") == row.id:
+                os.unlink(path)

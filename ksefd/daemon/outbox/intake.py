@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ksefd import spool
+from ksefd import heap, spool
 from ksefd.clock import Clock, warsaw_today
 from ksefd.config import Company
 from ksefd.i18n import N_, _
@@ -176,6 +176,7 @@ class Intake:
             self.stability.forget(path)
         claimed = await asyncio.to_thread(self._read_all, taken)     # one thread hop for the chunk, not one per file
         await self._process(claimed)
+        heap.give_back()     # the chunk's bytes and parsed trees, freed in worker threads' arenas (ksefd.heap)
         return len(claimed)
 
     def _told_before(self, path: Path) -> bool:

@@ -16,9 +16,10 @@ import datetime as dt
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ksefd import spool
+from ksefd import spool, spool_group
 from ksefd.config import Company
 from ksefd.i18n import N_, _
 from ksefd.ksef import KsefError, KsefException, SessionInvoice, qr
@@ -155,25 +156,40 @@ class Outcomes:
 
     def _write_accepted(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow,
                         records: dict[int, OfflineInvoice]) -> list[tuple[InvoiceRow, SessionInvoice, str]]:
-        def one(item: tuple[InvoiceRow, SessionInvoice]) -> tuple[InvoiceRow, SessionInvoice, str] | None:
+        # A few flushes for the group, not ~2 fsyncs per invoice (spool_group): the working copies' bytes made
+        # durable at once, each linked into sent/ (no fsync of its own), the NAME.ksef.json temps made durable at
+        # once and renamed into place, then the names (spool_group.place). Where the platform cannot flush a
+        # file system, each working copy is fsynced as it is linked, as before.
+        # the working copies (ksefd's own folder)
+        synced = spool_group.worth_flushing(len(items)) and spool_group.flush([self.files.work_dir])
+
+        def one(item: tuple[InvoiceRow, SessionInvoice]
+                ) -> tuple[InvoiceRow, SessionInvoice, str, spool_group.Staged] | None:
             row, invoice = item
             data = self.files.read_work(row)
             if data is None:
                 self.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name, path=row.work_path)
                 return None
-            stem = self.files.write_sent(row.file_name, data, sync=False, row=row)
+            mine = synced and Path(row.work_path or "").parent == self.files.work_dir
+            stem = self.files.write_sent(row.file_name, data, sync=False, row=row, source_synced=mine)
             more = self.offline_accepted(row, records.get(row.id), stem, invoice) if row.offline else None
-            self.files.write_ksef_json(stem, self.ksef_record(row, invoice, session.reference, session.kind, more),
-                                           sync=False)
-            return row, invoice, stem
+            staged = self.files.stage_ksef_json(stem, self.ksef_record(row, invoice, session.reference, session.kind,
+                                                                       more))
+            return row, invoice, stem, staged
 
-        # A few writers at once: each file's fsync waits on the disk, and those waits overlap. Two invoices
-        # reusing one name cannot clobber each other: write_unique creates with link(), and retries a taken stem.
+        # A few writers at once: the links and temps are system calls that overlap. Two invoices reusing one
+        # name cannot clobber each other: write_unique creates with link(), and retries a taken stem.
         with ThreadPoolExecutor(WRITERS) as pool:
-            written = [w for w in pool.map(one, items) if w is not None]
-        if written:
-            self.files.sync_sent()
-        return written
+            futures = [pool.submit(one, item) for item in items]
+        try:
+            written = [w for w in (f.result() for f in futures) if w is not None]
+        except BaseException:       # one failed: the others' temps are not left behind
+            for future in futures:
+                if future.exception() is None and (done := future.result()) is not None:
+                    done[3].temp.unlink(missing_ok=True)
+            raise
+        spool_group.place([staged for *_, staged in written])
+        return [(row, invoice, stem) for row, invoice, stem, _ in written]
 
     def offline_accepted(self, row: InvoiceRow, record: OfflineInvoice | None, stem: str,
                          invoice: SessionInvoice) -> dict[str, Any]:
@@ -220,14 +236,14 @@ class Outcomes:
 
     async def save_upos(self, items: list[tuple[InvoiceRow, bytes]]) -> None:
         """`save_upo` for a group: the files (one directory fsync), then SQLite (one commit)."""
-        def one(item: tuple[InvoiceRow, bytes]) -> None:
-            assert item[0].result_name is not None
-            self.files.write_upo(item[0].result_name, item[1], sync=False)
-
-        def write_all() -> None:
-            with ThreadPoolExecutor(WRITERS) as pool:
-                list(pool.map(one, items))
-            self.files.sync_sent()
+        def write_all() -> None:    # the temps, one flush, each linked into place, one flush (spool_group)
+            staged = []
+            for row, xml in items:
+                assert row.result_name is not None
+                one = self.files.stage_upo(row.result_name, xml)
+                if one is not None:
+                    staged.append(one)
+            spool_group.place(staged)
 
         if not items:
             return
