@@ -198,7 +198,7 @@ async def test_by_default_the_first_run_receives_from_the_first_day_of_the_previ
         first = [e for e in logs if e["event"] == "inbox.first_window"]
         assert len(first) == 1 and first[0]["start_local"] == boundary.isoformat()
         assert await receiving_since(b.store, "buyer") == boundary.astimezone(dt.UTC).isoformat()
-        shown = await _company(b.store, "buyer", b.company.nip, False, True, now)
+        shown = await _company(b.store, "buyer", b.company.nip, False, True, now, "en")
         text = render(DaemonStatus(False, None, None, [shown], language="en"))
         assert f"receiving: invoices since {when(boundary)}" in text        # Warsaw time, for people
     finally:
