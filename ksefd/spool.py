@@ -189,9 +189,10 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_temp(directory: Path, name: str, data: bytes, mode: int = SHARED_FILE) -> Path:
+def write_temp(directory: Path, name: str, data: bytes, mode: int = SHARED_FILE, *, sync: bool = True) -> Path:
     """A fresh dot-file temp in `directory` holding `data`, fsynced (O_EXCL: never someone else's file),
-    created with `mode` (the final file keeps it: it is renamed or linked into place).
+    created with `mode` (the final file keeps it: it is renamed or linked into place). `sync=False`: not
+    fsynced; the caller makes a group of temps durable at once (spool_group.sync_data) before placing them.
 
     `remove_stale_temps` knows its name, so one left behind by a crash is cleaned up at the next start.
     """
@@ -201,7 +202,8 @@ def write_temp(directory: Path, name: str, data: bytes, mode: int = SHARED_FILE)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         temp.unlink(missing_ok=True)

@@ -15,10 +15,12 @@ import hashlib
 import json
 import tarfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
+
+import msgspec
 
 from .batch_archive import CHUNK, TAR_GZ, ZIP
 from .crypto import SymmetricKey, b64
@@ -74,6 +76,37 @@ def decrypt_part(encrypted: bytes, key: SymmetricKey, target: Path, *, part_hash
         raise ProtocolError(f"export part {target.name} decrypts to {size} bytes, KSeF declared {part_size}")
     if part_hash is not None and b64(sha.digest()) != part_hash:
         raise ProtocolError(f"export part {target.name} decrypts to bytes whose SHA-256 differs from partHash")
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size, base64 SHA-256) of a file, read in chunks (a downloaded encrypted part)."""
+    sha, size = hashlib.sha256(), 0
+    with path.open("rb") as source:
+        while chunk := source.read(CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, b64(sha.digest())
+
+
+def decrypt_file(source: Path, key: SymmetricKey, sink: BinaryIO, *, name: str, part_hash: str | None = None,
+                 part_size: int | None = None) -> int:
+    """Decrypt the encrypted part in `source` chunk by chunk, appending the plaintext to `sink` (the joined
+    archive: each part is its own CBC stream, the plaintexts joined in ordinalNumber order make the archive);
+    checks the plaintext's size and hash when KSeF declared them. Memory: one chunk. Returns the size."""
+    stream, sha, size = key.decryptor(), hashlib.sha256(), 0
+    with source.open("rb") as encrypted:
+        while chunk := encrypted.read(CHUNK):
+            piece = stream.update(chunk)
+            sha.update(piece)
+            size += sink.write(piece)
+    tail = stream.finalize()
+    sha.update(tail)
+    size += sink.write(tail)
+    if part_size is not None and size != part_size:
+        raise ProtocolError(f"export part {name} decrypts to {size} bytes, KSeF declared {part_size}")
+    if part_hash is not None and b64(sha.digest()) != part_hash:
+        raise ProtocolError(f"export part {name} decrypts to bytes whose SHA-256 differs from partHash")
+    return size
 
 
 def join_parts(parts: list[Path], target: Path) -> int:
@@ -132,6 +165,79 @@ class ExportedInvoice:
     metadata: dict[str, Any] | None        # its InvoiceMetadata from _metadata.json (None if missing)
 
 
+class _Listing(msgspec.Struct):
+    invoices: list[msgspec.Raw]
+
+
+class _Named(msgspec.Struct):
+    ksefNumber: Any = None
+
+
+class MetadataIndex:
+    """`_metadata.json` of one package kept as its bytes (about 0.7 kB per invoice, where the decoded dicts
+    took 3 kB): each InvoiceMetadata is decoded only when its invoice is delivered. Per package, never per
+    backlog: a package holds at most 10 000 invoices (PROTOCOL.md §6.4)."""
+
+    def __init__(self, entries: list[msgspec.Raw], numbers: list[str]) -> None:
+        self._entries = entries
+        self._at = {number: position for position, number in enumerate(numbers)}
+        self.numbers = numbers                # in _metadata.json order, duplicates kept
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, ksef_number: object) -> bool:
+        return ksef_number in self._at
+
+    def get(self, ksef_number: str) -> dict[str, Any] | None:
+        position = self._at.get(ksef_number)
+        return None if position is None else _decoded(self._entries[position])
+
+    def all(self) -> list[dict[str, Any]]:
+        return [_decoded(raw) for raw in self._entries]
+
+
+def _decoded(raw: msgspec.Raw) -> dict[str, Any]:
+    value = msgspec.json.decode(raw)
+    if not isinstance(value, dict):
+        raise ProtocolError(f"the export's {METADATA_NAME} lists something that is not an InvoiceMetadata object")
+    return value
+
+
+def _metadata_bytes(archive: Path, compression: str) -> bytes:
+    if compression == ZIP:     # straight to the member: opening every member on the way costs 10 000 seeks
+        with zipfile.ZipFile(archive) as package:
+            try:
+                info = package.getinfo(METADATA_NAME)
+            except KeyError:
+                info = None
+            if info is not None and not info.is_dir():
+                with package.open(info) as stream:
+                    return _read_capped(stream, MAX_METADATA_BYTES, METADATA_NAME)
+    else:
+        for name, stream in _members(archive, compression):
+            if name == METADATA_NAME:
+                return _read_capped(stream, MAX_METADATA_BYTES, name)
+    raise ProtocolError(f"the export archive has no {METADATA_NAME}")
+
+
+def read_metadata_index(archive: Path, compression: str) -> MetadataIndex:
+    """`_metadata.json` of the archive (always present since 27.10.2025, §6.3), every KSeF number checked."""
+    try:
+        listing = msgspec.json.decode(_metadata_bytes(archive, compression), type=_Listing)
+        named = [msgspec.json.decode(raw, type=_Named) for raw in listing.invoices]
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"the export's {METADATA_NAME} is not valid JSON with an invoices list of "
+                            f"InvoiceMetadata objects: {exc}") from exc
+    numbers = [check_ksef_number(item.ksefNumber) for item in named]
+    return MetadataIndex(listing.invoices, numbers)
+
+
+def invoices_in(archive: Path, compression: str, index: MetadataIndex) -> Iterator[ExportedInvoice]:
+    """As `iter_invoices`, with the metadata of each invoice decoded from `index` when it is reached."""
+    return _verified(archive, compression, index.get)
+
+
 def read_metadata(archive: Path, compression: str) -> list[dict[str, Any]]:
     """`_metadata.json` of the archive (always present since 27.10.2025, §6.3)."""
     for name, stream in _members(archive, compression):
@@ -153,6 +259,11 @@ def iter_invoices(archive: Path, compression: str, metadata: list[dict[str, Any]
     """The invoices of the archive one at a time (memory: one invoice), each verified:
     the name must be `{valid KSeF number}.xml` and the bytes must match the metadata's invoiceHash."""
     by_number = {item["ksefNumber"]: item for item in metadata}
+    return _verified(archive, compression, by_number.get)
+
+
+def _verified(archive: Path, compression: str, lookup: Callable[[str], dict[str, Any] | None]
+              ) -> Iterator[ExportedInvoice]:
     for name, stream in _members(archive, compression):
         if name == METADATA_NAME:
             continue
@@ -160,7 +271,7 @@ def iter_invoices(archive: Path, compression: str, metadata: list[dict[str, Any]
             raise ProtocolError(f"unexpected file {name!r} in the export archive")
         number = check_ksef_number(name[:-4])
         xml = _read_capped(stream, MAX_INVOICE_BYTES, name)
-        meta = by_number.get(number)
+        meta = lookup(number)
         if meta is not None and meta.get("invoiceHash") != b64(hashlib.sha256(xml).digest()):
             raise ProtocolError(f"invoice {number} in the export does not match its invoiceHash in {METADATA_NAME}")
         yield ExportedInvoice(number, xml, meta)

@@ -156,7 +156,6 @@ async def export_metadata(p: Pipeline, subject_type: str, filters: dict[str, Any
 
 
 async def _deliver_package(p: Pipeline, subject_type: str, package: ExportPackage) -> DeliveryReport:
-    described = {str(m["ksefNumber"]): m for m in package.metadata}
     in_archive: set[str] = set()
 
     def received() -> Iterator[ReceivedInvoice]:
@@ -168,13 +167,14 @@ async def _deliver_package(p: Pipeline, subject_type: str, package: ExportPackag
             yield ReceivedInvoice(invoice.ksef_number, invoice.xml, invoice.metadata)
 
     report = await p.deliver(subject_type, received())
-    missing = [meta for number, meta in described.items() if number not in in_archive]
-    if missing:
+    missing_numbers = dict.fromkeys(n for n in package.index.numbers if n not in in_archive)
+    if missing_numbers:
         log.warning("inbox.package_incomplete", company=p.company, export=package.reference_number,
-                    missing=len(missing))
-        if len(missing) > p.small_gap:
-            raise ProtocolError(f"export {package.reference_number} lacks {len(missing)} invoices its "
+                    missing=len(missing_numbers))
+        if len(missing_numbers) > p.small_gap:
+            raise ProtocolError(f"export {package.reference_number} lacks {len(missing_numbers)} invoices its "
                                 "_metadata.json lists; the window will be exported again")
+        missing = [meta for meta in map(package.index.get, missing_numbers) if meta is not None]
         report.add(await fetch_singles(p, subject_type, missing))
     return report
 
