@@ -114,7 +114,7 @@ class ExportPackage:
     info: ExportPackageInfo
     compression: str
     archive: Path
-    index: MetadataIndex                 # _metadata.json, each entry decoded when asked for
+    index: MetadataIndex                 # _metadata.json spilled beside the archive, each entry read when asked for
     filters: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -131,12 +131,13 @@ class ExportPackage:
                                date_range.get("to"))
 
     def cleanup(self) -> None:
+        self.index.close()
         self.archive.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    poll_first: float = 1.0
+    poll_first: float = 0.5          # a 10 000-invoice package may be ready within a second: see it then
     poll_factor: float = 1.5
     poll_max: float = 10.0           # status is 10/s, 60/min, 600/h: one poll every 6 s on average is fine
     wait_budget: float = 3600.0

@@ -11,8 +11,10 @@ from the high-water mark.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
+import os
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -174,30 +176,50 @@ class _Named(msgspec.Struct):
 
 
 class MetadataIndex:
-    """`_metadata.json` of one package kept as its bytes (about 0.7 kB per invoice, where the decoded dicts
-    took 3 kB): each InvoiceMetadata is decoded only when its invoice is delivered. Per package, never per
-    backlog: a package holds at most 10 000 invoices (PROTOCOL.md §6.4)."""
+    """`_metadata.json` of one package, spilled to a file beside the archive: each InvoiceMetadata is read back
+    and decoded only when its invoice is delivered. In memory only the KSeF numbers and where each entry lies
+    (the decoded list took 3 kB per invoice, 30 MB for a package of 10 000, PROTOCOL.md §6.4)."""
 
-    def __init__(self, entries: list[msgspec.Raw], numbers: list[str]) -> None:
-        self._entries = entries
-        self._at = {number: position for position, number in enumerate(numbers)}
-        self.numbers = numbers                # in _metadata.json order, duplicates kept
+    def __init__(self, path: Path, spans: array.array[int], numbers: list[str]) -> None:
+        self.path = path
+        self._spans = spans                   # start, size of entry i at 2i, 2i + 1
+        self._at = {number: position for position, number in enumerate(numbers)}   # the last one wins
+        self._count = len(numbers)
+        self._fd: int | None = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._count
 
     def __contains__(self, ksef_number: object) -> bool:
         return ksef_number in self._at
 
+    @property
+    def numbers(self) -> list[str]:
+        """Every KSeF number listed, once each."""
+        return list(self._at)
+
     def get(self, ksef_number: str) -> dict[str, Any] | None:
         position = self._at.get(ksef_number)
-        return None if position is None else _decoded(self._entries[position])
+        return None if position is None else self._entry(position)
 
     def all(self) -> list[dict[str, Any]]:
-        return [_decoded(raw) for raw in self._entries]
+        return [self._entry(position) for position in range(self._count)]
+
+    def _entry(self, position: int) -> dict[str, Any]:
+        if self._fd is None:
+            raise ValueError("the export package was cleaned up")
+        start, size = self._spans[2 * position], self._spans[2 * position + 1]
+        return _decoded(os.pread(self._fd, size, start))
+
+    def close(self) -> None:
+        """Close and remove the spilled file (ExportPackage.cleanup)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.path.unlink(missing_ok=True)
 
 
-def _decoded(raw: msgspec.Raw) -> dict[str, Any]:
+def _decoded(raw: bytes) -> dict[str, Any]:
     value = msgspec.json.decode(raw)
     if not isinstance(value, dict):
         raise ProtocolError(f"the export's {METADATA_NAME} lists something that is not an InvoiceMetadata object")
@@ -222,15 +244,22 @@ def _metadata_bytes(archive: Path, compression: str) -> bytes:
 
 
 def read_metadata_index(archive: Path, compression: str) -> MetadataIndex:
-    """`_metadata.json` of the archive (always present since 27.10.2025, §6.3), every KSeF number checked."""
+    """`_metadata.json` of the archive (always present since 27.10.2025, §6.3), every KSeF number checked,
+    its entries spilled to `<archive>.metadata` (removed by MetadataIndex.close)."""
     try:
         listing = msgspec.json.decode(_metadata_bytes(archive, compression), type=_Listing)
-        named = [msgspec.json.decode(raw, type=_Named) for raw in listing.invoices]
+        numbers = [check_ksef_number(msgspec.json.decode(raw, type=_Named).ksefNumber) for raw in listing.invoices]
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"the export's {METADATA_NAME} is not valid JSON with an invoices list of "
                             f"InvoiceMetadata objects: {exc}") from exc
-    numbers = [check_ksef_number(item.ksefNumber) for item in named]
-    return MetadataIndex(listing.invoices, numbers)
+    spill = archive.with_name(archive.name + ".metadata")
+    spans, offset = array.array("q"), 0
+    with spill.open("wb") as sink:
+        for raw in listing.invoices:
+            size = sink.write(memoryview(raw))
+            spans += array.array("q", (offset, size))
+            offset += size
+    return MetadataIndex(spill, spans, numbers)
 
 
 def invoices_in(archive: Path, compression: str, index: MetadataIndex) -> Iterator[ExportedInvoice]:

@@ -2,7 +2,8 @@
 
 * A package whose parts are each larger than every chunk of the stream (the HTTP body piece written to disk,
   the decryption chunk) and larger than a delivery chunk arrives intact: every invoice byte for byte, each
-  once, and nothing of the package is left in the work folder.
+  once, with its _metadata.json spilled to disk beside the archive, and nothing of the package is left in
+  the work folder afterwards.
 * A crash after a package is downloaded and before its first file is written, and one after all its files are
   durable and recorded but before the checkpoint moves: the next run exports the same window again, writes
   nothing twice (even for the files the ERP already took away) and loses nothing.
@@ -80,7 +81,9 @@ async def test_a_package_larger_than_every_chunk_arrives_intact(
             package = await original(*args)
             downloads.append(len(package.info.parts))
             assert package.archive.stat().st_size > 4 * 4096              # many decryption chunks
-            assert [p.name for p in workdir.iterdir()] == [package.archive.name]  # encrypted parts gone
+            assert sorted(p.name for p in workdir.iterdir()) == [            # encrypted parts gone
+                package.archive.name, package.index.path.name]                 # _metadata.json spilled
+            assert package.index.get(package.index.numbers[0]) is not None
             return package
 
         exporter.download = download                 # type: ignore[method-assign]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import json
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -47,7 +46,8 @@ from . import flush
 
 log = structlog.get_logger("ksefd.daemon.inbox")
 
-CHUNK = 500                 # invoices staged, recorded and placed together (a few MB in memory)
+CHUNK = 500                 # invoices staged, recorded and placed together (a few MB in memory) ...
+CHUNK_BYTES = 4_000_000     # ... or fewer, once their XML holds this many bytes
 STAGED_NAMESPACE = "inbox_staged"
 
 
@@ -317,4 +317,13 @@ class Deliverer:
 
 
 def _take(source: Iterator[ReceivedInvoice], count: int) -> list[ReceivedInvoice]:
-    return list(itertools.islice(source, count))
+    """The next chunk: `count` invoices, fewer once they hold CHUNK_BYTES (invoices with attachments are
+    up to 3 MB each, PROTOCOL.md §5: a chunk's memory stays bounded by bytes, not only by count)."""
+    batch: list[ReceivedInvoice] = []
+    size = 0
+    for invoice in source:
+        batch.append(invoice)
+        size += len(invoice.xml)
+        if len(batch) >= count or size >= CHUNK_BYTES:
+            break
+    return batch
