@@ -86,7 +86,7 @@ async def test_a_package_larger_than_every_chunk_arrives_intact(
             assert package.index.get(package.index.numbers[0]) is not None
             return package
 
-        exporter.download = download                 # type: ignore[method-assign]
+        exporter.download = download                 # type: ignore[method-assign,assignment]
         report = await worker.run_cycle()
         assert not report.failures and downloads and downloads[0] > 1    # several parts of 40 kB, each > chunks
         assert len(sent) > delivery.CHUNK                                  # more than one delivery chunk
