@@ -80,7 +80,7 @@ def sync_data(paths: Sequence[Path]) -> None:
     if not paths or (worth_flushing(len(paths)) and flush(p.parent for p in paths)):
         return
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))    # Windows commits a writable handle only
         try:
             os.fsync(fd)
         finally:

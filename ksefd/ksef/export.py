@@ -26,16 +26,17 @@ import structlog
 from .auth import AuthSession
 from .batch_archive import COMPRESSION_TYPES, ZIP
 from .clock import Sleep, poll, real_sleep
-from .crypto import SYMMETRIC_KEY_ENCRYPTION, PublicKey, PublicKeys, SymmetricKey, sha256_b64
+from .crypto import SYMMETRIC_KEY_ENCRYPTION, PublicKey, PublicKeys, SymmetricKey
 from .errors import KsefError, ProtocolError
 from .export_package import (
     ExportedInvoice,
+    MetadataIndex,
     archive_compression,
-    decrypt_part,
-    iter_invoices,
-    join_parts,
+    decrypt_file,
+    file_digest,
+    invoices_in,
     next_checkpoint,
-    read_metadata,
+    read_metadata_index,
 )
 from .models import Model, StatusInfo
 
@@ -107,17 +108,22 @@ class StartedExport:
 
 @dataclass
 class ExportPackage:
-    """A downloaded, decrypted and joined package in `workdir`, ready to be read."""
+    """A downloaded, decrypted and joined package in `workdir`, ready to be read member by member."""
 
     reference_number: str
     info: ExportPackageInfo
     compression: str
     archive: Path
-    metadata: list[dict[str, Any]]
+    index: MetadataIndex                 # _metadata.json spilled beside the archive, each entry read when asked for
     filters: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def metadata(self) -> list[dict[str, Any]]:
+        """Every InvoiceMetadata of `_metadata.json`, decoded (a metadata-only export, the reconciliation)."""
+        return self.index.all()
+
     def invoices(self) -> Iterator[ExportedInvoice]:
-        return iter_invoices(self.archive, self.compression, self.metadata)
+        return invoices_in(self.archive, self.compression, self.index)
 
     def next_checkpoint(self) -> str:
         date_range = self.filters.get("dateRange", {})
@@ -125,16 +131,17 @@ class ExportPackage:
                                date_range.get("to"))
 
     def cleanup(self) -> None:
+        self.index.close()
         self.archive.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    poll_first: float = 1.0
+    poll_first: float = 0.5          # a 10 000-invoice package may be ready within a second: see it then
     poll_factor: float = 1.5
     poll_max: float = 10.0           # status is 10/s, 60/min, 600/h: one poll every 6 s on average is fine
     wait_budget: float = 3600.0
-    download_concurrency: int = 2    # parts are up to 50 MB each and held in memory while decrypted
+    download_concurrency: int = 2    # parts (up to 50 MB each) are streamed to disk, then decrypted in order
 
 
 class Exporter:
@@ -196,7 +203,9 @@ class Exporter:
         return status
 
     async def download(self, started: StartedExport, status: ExportStatus, workdir: Path) -> ExportPackage:
-        """Download every part (no token), decrypt each, join in ordinalNumber order, read _metadata.json."""
+        """Download every part (no token) to a file, then decrypt them in ordinalNumber order into one
+        archive and index its _metadata.json. Nothing of the package is held in memory but that index
+        (parts are up to 50 MB, a package 10 000 invoices): the parts go through disk chunk by chunk."""
         info = status.package
         if info is None:
             raise ProtocolError(f"export {started.reference_number} has no package to download")
@@ -206,43 +215,52 @@ class Exporter:
         if [p.ordinal_number for p in parts] != list(range(1, len(parts) + 1)):
             raise ProtocolError(f"export {started.reference_number} lists parts {[p.ordinal_number for p in parts]}")
         limit = asyncio.Semaphore(max(1, self.options.download_concurrency))
-        plain = [workdir / f"{started.reference_number}-{p.ordinal_number:03d}.part" for p in parts]
+        encrypted = [workdir / f"{started.reference_number}-{p.ordinal_number:03d}.aes" for p in parts]
 
         async def one(part: ExportPart, target: Path) -> None:
             async with limit:
-                encrypted = await self._fetch_part(part)
-                await asyncio.to_thread(decrypt_part, encrypted, started.key, target, part_hash=part.part_hash,
-                                        part_size=part.part_size)
+                await self._fetch_part(part, target)
 
         archive = workdir / f"{started.reference_number}.{'zip' if started.compression == ZIP else 'tar.gz'}"
         try:
             try:
                 async with asyncio.TaskGroup() as group:
-                    for part, target in zip(parts, plain, strict=True):
+                    for part, target in zip(parts, encrypted, strict=True):
                         group.create_task(one(part, target))
             except ExceptionGroup as failed:
                 raise failed.exceptions[0] from failed
-            await asyncio.to_thread(join_parts, plain, archive)
+            await asyncio.to_thread(_decrypt_all, parts, encrypted, started.key, archive)
         finally:
-            for path in plain:
+            for path in encrypted:
                 path.unlink(missing_ok=True)
         compression = archive_compression(archive, info.compression_type, started.compression)
-        metadata = await asyncio.to_thread(read_metadata, archive, compression)
+        index = await asyncio.to_thread(read_metadata_index, archive, compression)
         log.info("ksef.export_downloaded", export=started.reference_number, parts=len(parts),
                  invoices=info.invoice_count, truncated=info.is_truncated)
-        return ExportPackage(started.reference_number, info, compression, archive, metadata, started.filters)
+        return ExportPackage(started.reference_number, info, compression, archive, index, started.filters)
 
-    async def _fetch_part(self, part: ExportPart) -> bytes:
+    async def _fetch_part(self, part: ExportPart, target: Path) -> None:
+        """The encrypted part into `target`, checked against its declared size and hash (two tries)."""
         for attempt in (1, 2):
-            response = await self.auth.transport.presigned(part.method or "GET", part.url, expect=(200,))
-            body = response.body
+            with target.open("w+b") as sink:
+                response = await self.auth.transport.presigned(part.method or "GET", part.url, expect=(200,),
+                                                               into=sink)
+            size, digest = await asyncio.to_thread(file_digest, target)
             header = response.headers.get("x-ms-meta-hash") or response.headers.get("X-Ms-Meta-Hash")
-            digest = sha256_b64(body)
-            if len(body) == part.encrypted_part_size and digest == part.encrypted_part_hash and (
+            if size == part.encrypted_part_size and digest == part.encrypted_part_hash and (
                     not header or header.strip() == digest):
-                return body
-            log.warning("ksef.export_part_damaged", part=part.ordinal_number, attempt=attempt, size=len(body))
+                return
+            log.warning("ksef.export_part_damaged", part=part.ordinal_number, attempt=attempt, size=size)
         error = ProtocolError(f"export part {part.ordinal_number} ({part.part_name}) does not match its declared "
                               "encrypted size or hash after two downloads")
         error.retryable = True
         raise error
+
+
+def _decrypt_all(parts: list[ExportPart], encrypted: list[Path], key: SymmetricKey, archive: Path) -> None:
+    """Join the decrypted parts, in ordinalNumber order, into `archive` (a worker thread)."""
+    with archive.open("wb") as sink:
+        for part, source in zip(parts, encrypted, strict=True):
+            decrypt_file(source, key, sink, name=part.part_name, part_hash=part.part_hash,
+                         part_size=part.part_size)
+            source.unlink()            # its plaintext is in the archive: free the disk at once

@@ -11,14 +11,18 @@ from the high-water mark.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
+import os
 import tarfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
+
+import msgspec
 
 from .batch_archive import CHUNK, TAR_GZ, ZIP
 from .crypto import SymmetricKey, b64
@@ -74,6 +78,37 @@ def decrypt_part(encrypted: bytes, key: SymmetricKey, target: Path, *, part_hash
         raise ProtocolError(f"export part {target.name} decrypts to {size} bytes, KSeF declared {part_size}")
     if part_hash is not None and b64(sha.digest()) != part_hash:
         raise ProtocolError(f"export part {target.name} decrypts to bytes whose SHA-256 differs from partHash")
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size, base64 SHA-256) of a file, read in chunks (a downloaded encrypted part)."""
+    sha, size = hashlib.sha256(), 0
+    with path.open("rb") as source:
+        while chunk := source.read(CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, b64(sha.digest())
+
+
+def decrypt_file(source: Path, key: SymmetricKey, sink: BinaryIO, *, name: str, part_hash: str | None = None,
+                 part_size: int | None = None) -> int:
+    """Decrypt the encrypted part in `source` chunk by chunk, appending the plaintext to `sink` (the joined
+    archive: each part is its own CBC stream, the plaintexts joined in ordinalNumber order make the archive);
+    checks the plaintext's size and hash when KSeF declared them. Memory: one chunk. Returns the size."""
+    stream, sha, size = key.decryptor(), hashlib.sha256(), 0
+    with source.open("rb") as encrypted:
+        while chunk := encrypted.read(CHUNK):
+            piece = stream.update(chunk)
+            sha.update(piece)
+            size += sink.write(piece)
+    tail = stream.finalize()
+    sha.update(tail)
+    size += sink.write(tail)
+    if part_size is not None and size != part_size:
+        raise ProtocolError(f"export part {name} decrypts to {size} bytes, KSeF declared {part_size}")
+    if part_hash is not None and b64(sha.digest()) != part_hash:
+        raise ProtocolError(f"export part {name} decrypts to bytes whose SHA-256 differs from partHash")
+    return size
 
 
 def join_parts(parts: list[Path], target: Path) -> int:
@@ -132,6 +167,106 @@ class ExportedInvoice:
     metadata: dict[str, Any] | None        # its InvoiceMetadata from _metadata.json (None if missing)
 
 
+class _Listing(msgspec.Struct):
+    invoices: list[msgspec.Raw]
+
+
+class _Named(msgspec.Struct):
+    ksefNumber: Any = None
+
+
+class MetadataIndex:
+    """`_metadata.json` of one package, spilled to a file beside the archive: each InvoiceMetadata is read back
+    and decoded only when its invoice is delivered. In memory only the KSeF numbers and where each entry lies
+    (the decoded list took 3 kB per invoice, 30 MB for a package of 10 000, PROTOCOL.md §6.4)."""
+
+    def __init__(self, path: Path, spans: array.array[int], numbers: list[str]) -> None:
+        self.path = path
+        self._spans = spans                   # start, size of entry i at 2i, 2i + 1
+        self._at = {number: position for position, number in enumerate(numbers)}   # the last one wins
+        self._count = len(numbers)
+        self._fd: int | None = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, ksef_number: object) -> bool:
+        return ksef_number in self._at
+
+    @property
+    def numbers(self) -> list[str]:
+        """Every KSeF number listed, once each."""
+        return list(self._at)
+
+    def get(self, ksef_number: str) -> dict[str, Any] | None:
+        position = self._at.get(ksef_number)
+        return None if position is None else self._entry(position)
+
+    def all(self) -> list[dict[str, Any]]:
+        return [self._entry(position) for position in range(self._count)]
+
+    def _entry(self, position: int) -> dict[str, Any]:
+        if self._fd is None:
+            raise ValueError("the export package was cleaned up")
+        start, size = self._spans[2 * position], self._spans[2 * position + 1]
+        return _decoded(os.pread(self._fd, size, start))
+
+    def close(self) -> None:
+        """Close and remove the spilled file (ExportPackage.cleanup)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.path.unlink(missing_ok=True)
+
+
+def _decoded(raw: bytes) -> dict[str, Any]:
+    value = msgspec.json.decode(raw)
+    if not isinstance(value, dict):
+        raise ProtocolError(f"the export's {METADATA_NAME} lists something that is not an InvoiceMetadata object")
+    return value
+
+
+def _metadata_bytes(archive: Path, compression: str) -> bytes:
+    if compression == ZIP:     # straight to the member: opening every member on the way costs 10 000 seeks
+        with zipfile.ZipFile(archive) as package:
+            try:
+                info = package.getinfo(METADATA_NAME)
+            except KeyError:
+                info = None
+            if info is not None and not info.is_dir():
+                with package.open(info) as stream:
+                    return _read_capped(stream, MAX_METADATA_BYTES, METADATA_NAME)
+    else:
+        for name, stream in _members(archive, compression):
+            if name == METADATA_NAME:
+                return _read_capped(stream, MAX_METADATA_BYTES, name)
+    raise ProtocolError(f"the export archive has no {METADATA_NAME}")
+
+
+def read_metadata_index(archive: Path, compression: str) -> MetadataIndex:
+    """`_metadata.json` of the archive (always present since 27.10.2025, §6.3), every KSeF number checked,
+    its entries spilled to `<archive>.metadata` (removed by MetadataIndex.close)."""
+    try:
+        listing = msgspec.json.decode(_metadata_bytes(archive, compression), type=_Listing)
+        numbers = [check_ksef_number(msgspec.json.decode(raw, type=_Named).ksefNumber) for raw in listing.invoices]
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"the export's {METADATA_NAME} is not valid JSON with an invoices list of "
+                            f"InvoiceMetadata objects: {exc}") from exc
+    spill = archive.with_name(archive.name + ".metadata")
+    spans, offset = array.array("q"), 0
+    with spill.open("wb") as sink:
+        for raw in listing.invoices:
+            size = sink.write(memoryview(raw))
+            spans += array.array("q", (offset, size))
+            offset += size
+    return MetadataIndex(spill, spans, numbers)
+
+
+def invoices_in(archive: Path, compression: str, index: MetadataIndex) -> Iterator[ExportedInvoice]:
+    """As `iter_invoices`, with the metadata of each invoice decoded from `index` when it is reached."""
+    return _verified(archive, compression, index.get)
+
+
 def read_metadata(archive: Path, compression: str) -> list[dict[str, Any]]:
     """`_metadata.json` of the archive (always present since 27.10.2025, §6.3)."""
     for name, stream in _members(archive, compression):
@@ -153,6 +288,11 @@ def iter_invoices(archive: Path, compression: str, metadata: list[dict[str, Any]
     """The invoices of the archive one at a time (memory: one invoice), each verified:
     the name must be `{valid KSeF number}.xml` and the bytes must match the metadata's invoiceHash."""
     by_number = {item["ksefNumber"]: item for item in metadata}
+    return _verified(archive, compression, by_number.get)
+
+
+def _verified(archive: Path, compression: str, lookup: Callable[[str], dict[str, Any] | None]
+              ) -> Iterator[ExportedInvoice]:
     for name, stream in _members(archive, compression):
         if name == METADATA_NAME:
             continue
@@ -160,7 +300,7 @@ def iter_invoices(archive: Path, compression: str, metadata: list[dict[str, Any]
             raise ProtocolError(f"unexpected file {name!r} in the export archive")
         number = check_ksef_number(name[:-4])
         xml = _read_capped(stream, MAX_INVOICE_BYTES, name)
-        meta = by_number.get(number)
+        meta = lookup(number)
         if meta is not None and meta.get("invoiceHash") != b64(hashlib.sha256(xml).digest()):
             raise ProtocolError(f"invoice {number} in the export does not match its invoiceHash in {METADATA_NAME}")
         yield ExportedInvoice(number, xml, meta)

@@ -55,7 +55,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -73,6 +73,7 @@ log = structlog.get_logger("ksefd.ksef")
 USER_AGENT = "ksefd/0.1"
 _STREAM_ABOVE = 512 * 1024
 SEND_KEEPALIVE_SECONDS = 3.0    # idle keep-alive connections for sends are closed after this (see above)
+_STREAM_CHUNK = 256 * 1024     # `presigned(into=...)` writes the body in pieces of this size
 
 
 @dataclass(frozen=True)
@@ -260,12 +261,16 @@ class Transport:
 
     async def presigned(self, method: str, url: str, *, body: bytes | None = None,
                         headers: Mapping[str, str] | None = None, expect: Collection[int] = (200, 201),
-                        retry: RetryPolicy | None = None, time_limit: float = 600.0) -> Response:
+                        retry: RetryPolicy | None = None, time_limit: float = 600.0,
+                        into: BinaryIO | None = None) -> Response:
         """A call to a pre-signed storage URL (UPO, batch part upload, export part): never a Bearer header,
-        not rate limited (PROTOCOL.md §1, §7), replay-safe (the same bytes to the same URL)."""
+        not rate limited (PROTOCOL.md §1, §7), replay-safe (the same bytes to the same URL).
+
+        `into`: an expected answer's body is streamed into this file (rewound and truncated for each attempt)
+        instead of memory, and the returned Response has an empty body (an export part may be 50 MB)."""
         host = urlsplit(url).netloc
         call = _Call(method.upper(), url, f"presigned:{host}", "", "", dict(headers or {}), body, None, True,
-                     frozenset(expect), time_limit)
+                     frozenset(expect), time_limit, into=into)
         return await self._with_retries(call, retry or self.retry)
 
     async def _with_retries(self, call: _Call, policy: RetryPolicy) -> Response:
@@ -355,7 +360,10 @@ class Transport:
             async with session.request(call.method, call.url, data=data, headers=call.headers,
                                        params=call.query, allow_redirects=False,
                                        timeout=aiohttp.ClientTimeout(total=call.timeout, connect=15)) as resp:
-                body = await resp.read()
+                if call.into is not None and resp.status in call.expect:
+                    body = await _stream_into(resp, call.into)
+                else:
+                    body = await resp.read()
                 result = Response(resp.status, CIMultiDict(resp.headers), body, resp.content_type)
         except aiohttp.ClientConnectorError as exc:
             self._observe(call, None, started)
@@ -397,6 +405,17 @@ class _Call:
     expect: frozenset[int]
     timeout: float
     bearer_source: BearerSource | None = None
+    into: BinaryIO | None = None
+
+
+async def _stream_into(resp: aiohttp.ClientResponse, sink: BinaryIO) -> bytes:
+    """The body into `sink` from its start, chunk by chunk (page-cache writes: short enough for the loop)."""
+    sink.seek(0)
+    sink.truncate()
+    async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
+        sink.write(chunk)
+    sink.flush()
+    return b""
 
 
 class _NotSent(Exception):

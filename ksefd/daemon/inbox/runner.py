@@ -55,7 +55,7 @@ async def run_inbox(runtime: Runtime, company: Company, connection: CompanyConne
                              on_login_failure=login_failed)
         if runtime.once:
             try:
-                report = await worker.run_cycle(force=True)
+                report = await worker.run_cycle(force=True, numbers=False)
             except Exception as error:        # one company's receiving never takes the daemon down
                 log.error("inbox.cycle_crashed", company=company.name, error=repr(error),
                           where=traceback.format_exc(limit=-3))

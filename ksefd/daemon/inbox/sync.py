@@ -8,7 +8,10 @@ small gaps (§6.2: 64 per hour, "for low volume only").
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ctypes
+import functools
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +125,7 @@ async def export_package(p: Pipeline, subject_type: str, filters: dict[str, Any]
         next_from, more = _next_window(package, filters)
     finally:
         package.cleanup()
+        release_freed_memory()
     if package.info.is_truncated:
         p.metrics.packages_truncated += 1
     _check_progress(date_from, next_from, package)
@@ -149,14 +153,14 @@ async def export_metadata(p: Pipeline, subject_type: str, filters: dict[str, Any
         raise
     try:
         next_from, more = _next_window(package, filters)
+        metadata = package.metadata
     finally:
         package.cleanup()
     _check_progress(date_from, next_from, package)
-    return package.metadata, next_from, more
+    return metadata, next_from, more
 
 
 async def _deliver_package(p: Pipeline, subject_type: str, package: ExportPackage) -> DeliveryReport:
-    described = {str(m["ksefNumber"]): m for m in package.metadata}
     in_archive: set[str] = set()
 
     def received() -> Iterator[ReceivedInvoice]:
@@ -168,13 +172,14 @@ async def _deliver_package(p: Pipeline, subject_type: str, package: ExportPackag
             yield ReceivedInvoice(invoice.ksef_number, invoice.xml, invoice.metadata)
 
     report = await p.deliver(subject_type, received())
-    missing = [meta for number, meta in described.items() if number not in in_archive]
-    if missing:
+    missing_numbers = dict.fromkeys(n for n in package.index.numbers if n not in in_archive)
+    if missing_numbers:
         log.warning("inbox.package_incomplete", company=p.company, export=package.reference_number,
-                    missing=len(missing))
-        if len(missing) > p.small_gap:
-            raise ProtocolError(f"export {package.reference_number} lacks {len(missing)} invoices its "
+                    missing=len(missing_numbers))
+        if len(missing_numbers) > p.small_gap:
+            raise ProtocolError(f"export {package.reference_number} lacks {len(missing_numbers)} invoices its "
                                 "_metadata.json lists; the window will be exported again")
+        missing = [meta for meta in map(package.index.get, missing_numbers) if meta is not None]
         report.add(await fetch_singles(p, subject_type, missing))
     return report
 
@@ -213,6 +218,25 @@ def _check_progress(date_from: str, next_from: str, package: ExportPackage) -> N
     if after == before and package.info.is_truncated:
         raise ProtocolError(f"export {package.reference_number} is truncated at its own start {date_from}: more "
                             "invoices share one permanentStorageDate than a package holds")
+
+
+def release_freed_memory() -> None:
+    """Give the pages a package's objects freed back to the system (glibc keeps them in its heaps, one per
+    thread that touched the package, and a backfill's RSS would ratchet up package by package)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):        # not glibc (musl has no malloc_trim)
+        return None
+    return function
 
 
 def _clean(workdir: Path) -> None:

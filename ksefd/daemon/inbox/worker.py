@@ -77,7 +77,8 @@ class _Stopped(Exception):
 
 @dataclass
 class CycleReport:
-    delivered: list[str] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)     # KSeF numbers, unless run_cycle(numbers=False)
+    delivered_count: int = 0
     packages: int = 0
     failures: dict[str, str] = field(default_factory=dict)          # subject type -> error
     reconciled: list[ReconcileReport] = field(default_factory=list)
@@ -121,6 +122,7 @@ class InboxWorker:
         self.status = StatusBook(company.name, store.kv, clock.now)
         self._anchor = clock.now()          # the first reconciliation is the first `reconcile_at` after start
         self._started = False
+        self._list_numbers = True
         self._crashing = LastingFailure(log.bind(company=company.name), "inbox.cycle_crashed")
 
     @property
@@ -148,7 +150,7 @@ class InboxWorker:
             await self.startup()
             while not stop.is_set():
                 try:
-                    await self.run_cycle()
+                    await self.run_cycle(numbers=False)
                     self._crashing.cleared()
                 except _Stopped:
                     break
@@ -160,11 +162,14 @@ class InboxWorker:
         finally:
             self._stop = None
 
-    async def run_cycle(self, *, force: bool = False) -> CycleReport:
+    async def run_cycle(self, *, force: bool = False, numbers: bool = True) -> CycleReport:
         """Every due subject type until caught up (one package per subject type in turn), then the
-        reconciliation if it is due. `force` ignores the cadence (not a pending 429 or backoff)."""
+        reconciliation if it is due. `force` ignores the cadence (not a pending 429 or backoff).
+        `numbers=False`: the report counts the delivered invoices without listing them (a backfill of
+        50 000 would otherwise keep every KSeF number in memory until the cycle ends)."""
         await self.startup()
         report = CycleReport()
+        self._list_numbers = numbers
         now = self.clock.now()
         started = {s.name: now for s in self.subjects.values() if await self._due(s, now, force)}
         pending = list(started)
@@ -207,7 +212,9 @@ class InboxWorker:
                 await self._on_login_failure(failure)
             return False
         report.packages += 0 if result.caught_up else 1
-        report.delivered += result.report.delivered
+        report.delivered_count += len(result.report.delivered)
+        if self._list_numbers:
+            report.delivered += result.report.delivered
         subject.backoff.reset()
         subject.retry_at = None
         self.status.clear_error(subject.name)
