@@ -121,8 +121,9 @@ async def test_a_crash_loop_while_receiving_never_sends_into_a_block(
     receive = true, killed ten times within 20 s while its export runs, then drained: every invoice delivered
     once, and nothing arrived at KSeF during a block. Each run starts an export (invoiceExport: 8/s, 16/min,
     20/h on PRD) and reads its limits (`other`: 30/min, shared with this test's own token requests in the
-    buyer's context), so the budget is spent fast."""
-    sim = await sim_factory(config=SimConfig(limits_profile="production", hwm_lag_s=1))
+    buyer's context), so the budget is spent fast. Each export stays in status 100 for 1.5 s, longer than a run
+    lives, so every run is killed during its export however fast the daemon has become."""
+    sim = await sim_factory(config=SimConfig(limits_profile="production", hwm_lag_s=1, export_delay_s=1.5))
     clock = SystemClock()
     sent = {s.ksef_number: s.xml for s in await send_batches(http, sim.base_url, clock, tmp_path, RECEIVED)}
     await asyncio.sleep(1.2)                                     # the HWM passes the last invoice
