@@ -39,7 +39,7 @@ from ksefd.ksef import (
 )
 
 from .permission_words import missing_permission_text
-from .words import Words, dump, english, render, say
+from .words import Words, dump, english, of_error, render, say
 
 Verdict = Literal["transient", "hold", "reject"]
 LASTING_LOG_INTERVAL = 300.0      # seconds between repeats of a failure that lasts
@@ -81,11 +81,11 @@ def classify(exc: BaseException) -> Failure:
     """The one classification of failures for the outbox and the inbox. The values are the client's own
     words (English, as in the log); the sentence around them is in the reader's language."""
     if isinstance(exc, CredentialsError):
-        return worded("hold", "credentials", say(N_("the credentials cannot be used: {error}"), error=str(exc)))
+        return worded("hold", "credentials", say(N_("the credentials cannot be used: {error}"), error=of_error(exc)))
     if isinstance(exc, AuthenticationFailed):
         if exc.retryable:
             return Failure("transient", "authentication", str(exc))
-        return worded("hold", "authentication-failed", say(N_("KSeF refused the login: {error}"), error=str(exc)))
+        return worded("hold", "authentication-failed", say(N_("KSeF refused the login: {error}"), error=of_error(exc)))
     if isinstance(exc, Forbidden):
         if exc.reason_code == "missing-permissions":
             words, needed = missing_permission_text(exc.required_permissions, exc.present_permissions, exc.detail)

@@ -29,6 +29,20 @@ def say(message: str, /, **values: str | Words) -> Words:
     return ((message, values),)
 
 
+def of_error(exc: BaseException) -> str | Words:
+    """A client error's own words (`ksefd.ksef` errors made from words keep them in `words`), to be nested
+    as a value and shown in the reader's language; any other error's English text."""
+    words: Words = getattr(exc, "words", ())
+    return words or str(exc)
+
+
+def error_text(exc: BaseException, language: str | None = None) -> str:
+    """An error for people, in `language` (default: the current one): a client error made from words is
+    translated; any other is its own text."""
+    said = of_error(exc)
+    return said if isinstance(said, str) else render(said, language)
+
+
 def render(words: Words, language: str | None = None) -> str:
     """The parts in `language` (default: the current one), joined by a space."""
     out = []

@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .texts import Words, english
+
 # 400 exception codes after which the same request may succeed later or after a client-side fix that the
 # client library applies itself (re-fetch keys, open another session): PROTOCOL.md §6.2, §6.3, §2.1, §14.3.
 RETRYABLE_CODES = frozenset({21165, 21182, 21184, 21470})
@@ -58,11 +60,16 @@ CODE_HINTS: dict[int, str] = {
 
 
 class KsefError(Exception):
-    """Base of every error raised by ksefd.ksef."""
+    """Base of every error raised by ksefd.ksef. Made from words (texts.py), it keeps them in `words` for the
+    reader's language; `str()` and `message` are English either way (logs)."""
 
     retryable: bool = False
+    words: Words = ()
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str | Words) -> None:
+        if not isinstance(message, str):
+            self.words = message
+            message = english(message)
         super().__init__(message)
         self.message = message
 
@@ -76,7 +83,7 @@ class TransportError(KsefError):
 
     retryable = True
 
-    def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
+    def __init__(self, message: str | Words, *, method: str = "", url: str = "") -> None:
         super().__init__(message)
         self.method = method
         self.url = url
@@ -235,7 +242,7 @@ class ProtocolError(KsefError):
 class AuthenticationFailed(KsefError):
     """The authentication operation ended with status.code >= 400 (PROTOCOL.md §3.4). `message` says what to do."""
 
-    def __init__(self, message: str, *, code: int, description: str, details: list[str], context: str,
+    def __init__(self, message: str | Words, *, code: int, description: str, details: list[str], context: str,
                  reference_number: str = "") -> None:
         super().__init__(message)
         self.code = code
