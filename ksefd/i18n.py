@@ -16,6 +16,7 @@ import ast
 import contextlib
 import gettext
 import io
+import os
 import struct
 from collections.abc import Iterator
 from functools import cache
@@ -112,6 +113,18 @@ def using(language: str) -> Iterator[None]:
         yield
     finally:
         use(before)
+
+
+def from_environment(environ: dict[str, str] | None = None) -> Language:
+    """The language before any config is read (`ksefd --help`, commands without a config): KSEFD_LANGUAGE if
+    set, else the locale (LC_ALL, LC_MESSAGES, LANG: the first one set, as POSIX orders them) English when it
+    starts with "en", else Polish, the default."""
+    env = os.environ if environ is None else environ
+    for key in ("KSEFD_LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = env.get(key, "").strip().lower()
+        if value:
+            return "en" if value.startswith("en") else DEFAULT
+    return DEFAULT
 
 
 def current() -> Language:
