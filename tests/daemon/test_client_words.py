@@ -74,3 +74,18 @@ async def test_a_malformed_token_file_is_shown_in_the_config_language(
     else:
         assert "the KSeF token is malformed" in err and ENGLISH_SENTENCE in err
         assert "the KSeF token is malformed" in out and "błędną" not in out
+
+
+def test_a_refused_login_is_said_in_polish_with_ksefs_own_words_kept() -> None:
+    from ksefd.ksef import AuthenticationFailed, environment
+    from ksefd.ksef.auth_messages import explain
+    words = explain(450, "Uwierzytelnianie zakończone niepowodzeniem", ["Nieprawidłowy token"],
+                    context="nip-5265877635", identity="token", environment=environment("prod"))
+    exc = AuthenticationFailed(words, code=450, description="", details=[], context="nip-5265877635")
+    assert str(exc).startswith("KSeF did not accept the token (wrong token) for PROD")
+    polish = error_text(exc, "pl")
+    assert polish.startswith("KSeF nie przyjął tokenu (błędny token) dla PROD")
+    assert "tokeny z DEMO i TEST nie działają na PROD" in polish
+    assert polish.endswith("[KSeF 450: Uwierzytelnianie zakończone niepowodzeniem - Nieprawidłowy token]")
+    assert classify(exc).text("pl").startswith("KSeF odmówił logowania: KSeF nie przyjął tokenu")
+    assert "Check that it was copied whole" not in classify(exc).text("pl")
