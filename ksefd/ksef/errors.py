@@ -107,7 +107,7 @@ class OutcomeUnknown(TransportError):
     (DESIGN.md "in_doubt").
     """
 
-    def __init__(self, message: str, *, method: str = "", url: str = "", session_reference: str | None = None,
+    def __init__(self, message: str | Words, *, method: str = "", url: str = "", session_reference: str | None = None,
                  invoice_hash: str | None = None) -> None:
         super().__init__(message, method=method, url=url)
         self.session_reference = session_reference
