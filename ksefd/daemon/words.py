@@ -36,6 +36,12 @@ def of_error(exc: BaseException) -> str | Words:
     return words or str(exc)
 
 
+def stored_error(exc: BaseException, limit: int = 500) -> str:
+    """An error to keep in the store and show later with `shown` (in the language of that moment)."""
+    said = of_error(exc)
+    return said[:limit] if isinstance(said, str) else dump(said)
+
+
 def error_text(exc: BaseException, language: str | None = None) -> str:
     """An error for people, in `language` (default: the current one): a client error made from words is
     translated; any other is its own text."""

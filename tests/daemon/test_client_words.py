@@ -89,3 +89,13 @@ def test_a_refused_login_is_said_in_polish_with_ksefs_own_words_kept() -> None:
     assert polish.endswith("[KSeF 450: Uwierzytelnianie zakończone niepowodzeniem - Nieprawidłowy token]")
     assert classify(exc).text("pl").startswith("KSeF odmówił logowania: KSeF nie przyjął tokenu")
     assert "Check that it was copied whole" not in classify(exc).text("pl")
+
+
+def test_a_stored_client_error_is_shown_later_in_the_language_of_that_moment(tmp_path: Path) -> None:
+    from ksefd.daemon.words import shown, stored_error
+    with pytest.raises(CredentialsError) as caught:
+        key_files.read_password(tmp_path / "missing.pass")
+    kept = stored_error(caught.value)                  # what a certificate renewal keeps as its last error
+    assert shown(kept, "pl").startswith(f"nie można odczytać pliku hasła {tmp_path / 'missing.pass'}")
+    assert shown(kept, "en") == str(caught.value)
+    assert stored_error(ValueError("x" * 600)) == "x" * 500                # plain text as before
