@@ -84,7 +84,7 @@ def classify(exc: BaseException) -> Failure:
         return worded("hold", "credentials", say(N_("the credentials cannot be used: {error}"), error=of_error(exc)))
     if isinstance(exc, AuthenticationFailed):
         if exc.retryable:
-            return Failure("transient", "authentication", str(exc))
+            return Failure("transient", "authentication", str(exc), words=exc.words)
         return worded("hold", "authentication-failed", say(N_("KSeF refused the login: {error}"), error=of_error(exc)))
     if isinstance(exc, Forbidden):
         if exc.reason_code == "missing-permissions":
@@ -111,8 +111,8 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, ApiError) and exc.status == 404:
         return worded("hold", "wrong-url", say(N_("{error} - check [ksef] base_url / environment in the config"),
                                                error=str(exc)))
-    if isinstance(exc, KsefError):
-        return Failure("transient", type(exc).__name__, str(exc))
+    if isinstance(exc, KsefError):        # its own words, if the client gave them (a connection failure)
+        return Failure("transient", type(exc).__name__, str(exc), words=exc.words)
     if isinstance(exc, OSError):
         return Failure("transient", "os-error", f"{type(exc).__name__}: {exc}")
     return Failure("transient", "unexpected", f"{type(exc).__name__}: {exc}")

@@ -99,3 +99,18 @@ def test_a_stored_client_error_is_shown_later_in_the_language_of_that_moment(tmp
     assert shown(kept, "pl").startswith(f"nie można odczytać pliku hasła {tmp_path / 'missing.pass'}")
     assert shown(kept, "en") == str(caught.value)
     assert stored_error(ValueError("x" * 600)) == "x" * 500                # plain text as before
+
+
+async def test_a_refused_connection_is_said_in_polish_and_logged_in_english() -> None:
+    from ksefd.ksef import TransportError
+    from ksefd.ksef.transport import NO_RETRY, Transport
+    transport = Transport("http://127.0.0.1:9/v2", retry=NO_RETRY, timeout=5)     # nothing listens on port 9
+    try:
+        with pytest.raises(TransportError) as caught:
+            await transport.request("GET", "/security/public-key-certificates", expect=(200,))
+    finally:
+        await transport.close()
+    failure = classify(caught.value)
+    assert failure.verdict == "transient" and failure.message.startswith("cannot connect for GET")
+    assert failure.text("pl").startswith("nie można połączyć się dla GET /security/public-key-certificates")
+    assert failure.text("en") == failure.message
