@@ -92,7 +92,7 @@ def classify(exc: BaseException) -> Failure:
             return worded("hold", "missing-permission", words, needed_permission=needed,
                           present_permissions=tuple(exc.present_permissions))
         return worded("hold", exc.reason_code or "forbidden",
-                      say(N_("KSeF refused the request (403): {error}"), error=str(exc)))
+                      say(N_("KSeF refused the request (403): {error}"), error=of_error(exc)))
     if isinstance(exc, Unauthorized):
         return worded("hold", "unauthorized", say(N_("KSeF does not accept the credentials (401) even after a new "
                                                      "login: {error}"), error=exc.detail))
@@ -110,7 +110,7 @@ def classify(exc: BaseException) -> Failure:
         return Failure("reject", f"ksef-{exc.code}", str(exc))
     if isinstance(exc, ApiError) and exc.status == 404:
         return worded("hold", "wrong-url", say(N_("{error} - check [ksef] base_url / environment in the config"),
-                                               error=str(exc)))
+                                               error=of_error(exc)))
     if isinstance(exc, KsefError):        # its own words, if the client gave them (a connection failure)
         return Failure("transient", type(exc).__name__, str(exc), words=exc.words)
     if isinstance(exc, OSError):

@@ -26,7 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .texts import Words, english
+from ksefd.i18n import N_
+
+from .texts import Words, english, said
 
 # 400 exception codes after which the same request may succeed later or after a client-side fix that the
 # client library applies itself (re-fetch keys, open another session): PROTOCOL.md §6.2, §6.3, §2.1, §14.3.
@@ -133,10 +135,11 @@ class RateLimited(KsefError):
 class ApiError(KsefError):
     """An HTTP error answer other than 400/401/403/410/429/5xx (e.g. 404 from a wrong base URL)."""
 
-    def __init__(self, status: int, detail: str, *, method: str = "", url: str = "") -> None:
-        super().__init__(f"KSeF answered {method} {url} with HTTP {status}: {detail}")
+    def __init__(self, status: int, detail: str | Words, *, method: str = "", url: str = "") -> None:
+        super().__init__(said(N_("KSeF answered {method} {url} with HTTP {status}: {detail}"), method=method,
+                              url=url, status=str(status), detail=detail))
         self.status = status
-        self.detail = detail
+        self.detail = detail if isinstance(detail, str) else english(detail)
         self.method = method
         self.url = url
 
@@ -211,24 +214,28 @@ class Forbidden(ApiError):
         return [str(p) for p in self.security.get("presentPermissions") or []]
 
 
-def _forbidden_text(detail: str, reason: str, security: dict[str, Any]) -> str:
+def _forbidden_text(detail: str, reason: str, security: dict[str, Any]) -> Words:
     if reason == "missing-permissions":
         required = ", ".join(security.get("requiredAnyOfPermissions") or []) or "(not stated)"
         present = ", ".join(security.get("presentPermissions") or []) or "none"
-        return (f"missing permissions: the operation needs one of {required}; the credentials hold {present}. "
-                f"Grant the permission in this context (or create a KSeF token that has it). KSeF: {detail}")
+        return said(N_("missing permissions: the operation needs one of {required}; the credentials hold {present}. "
+                       "Grant the permission in this context (or create a KSeF token that has it). KSeF: {detail}"),
+                    required=required, present=present, detail=detail)
     if reason == "ip-not-allowed":
-        return (f"the authorisation policy does not allow calls from IP {security.get('clientIp', '?')}; "
-                f"KSeF: {detail}")
+        return said(N_("the authorisation policy does not allow calls from IP {ip}; KSeF: {detail}"),
+                    ip=str(security.get("clientIp", "?")), detail=detail)
     if reason == "auth-method-not-allowed":
-        return (f"this operation is not allowed for authentication method "
-                f"{security.get('authenticationMethodCategory', '?')} (e.g. it needs a XAdES login); KSeF: {detail}")
+        return said(N_("this operation is not allowed for authentication method {method} (e.g. it needs a XAdES "
+                       "login); KSeF: {detail}"), method=str(security.get("authenticationMethodCategory", "?")),
+                    detail=detail)
     if reason == "context-type-not-allowed":
-        return f"not allowed in a {security.get('contextIdentifierType', '?')} context; KSeF: {detail}"
+        return said(N_("not allowed in a {type} context; KSeF: {detail}"),
+                    type=str(security.get("contextIdentifierType", "?")), detail=detail)
     if reason == "security-service-blocked":
-        return (f"blocked by KSeF's security service (incident {security.get('incidentId', '?')}, IP "
-                f"{security.get('clientIp', '?')}); KSeF: {detail}")
-    return f"{reason or 'forbidden'}: {detail}"
+        return said(N_("blocked by KSeF's security service (incident {incident}, IP {ip}); KSeF: {detail}"),
+                    incident=str(security.get("incidentId", "?")), ip=str(security.get("clientIp", "?")),
+                    detail=detail)
+    return said(N_("{reason}: {detail}"), reason=reason or "forbidden", detail=detail)
 
 
 class Gone(ApiError):

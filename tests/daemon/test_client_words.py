@@ -114,3 +114,15 @@ async def test_a_refused_connection_is_said_in_polish_and_logged_in_english() ->
     assert failure.verdict == "transient" and failure.message.startswith("cannot connect for GET")
     assert failure.text("pl").startswith("nie można połączyć się dla GET /security/public-key-certificates")
     assert failure.text("en") == failure.message
+
+
+def test_a_403_reason_is_said_in_polish_with_ksefs_detail_kept() -> None:
+    from ksefd.ksef import Forbidden
+    exc = Forbidden("Brak dostępu", "ip-not-allowed", {"clientIp": "203.0.113.7"}, method="POST", url="/x")
+    assert str(exc) == ("KSeF answered POST /x with HTTP 403: the authorisation policy does not allow calls from "
+                        "IP 203.0.113.7; KSeF: Brak dostępu")
+    failure = classify(exc)
+    assert failure.verdict == "hold"
+    assert failure.text("pl") == ("KSeF odmówił wykonania żądania (403): KSeF odpowiedział na POST /x kodem HTTP 403: "
+                                  "polityka "
+                                  "autoryzacji nie pozwala na wywołania z adresu IP 203.0.113.7; KSeF: Brak dostępu")
