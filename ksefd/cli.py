@@ -156,9 +156,8 @@ def _certificate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ksefd", description=_("KSeF (API 2.0) daemon for file-based ERPs"),
-        epilog=_("Language: the config's [daemon] language once a config is read; before that (this help, "
-                 "commands without a config) KSEFD_LANGUAGE=pl|en, else English when LANG/LC_ALL/LC_MESSAGES "
-                 "starts with \"en\", else Polish."))
+        epilog=_("Language: the config's [daemon] language (Polish where there is no config); this help: "
+                 "KSEFD_LANGUAGE=pl|en, else English when LANG/LC_ALL/LC_MESSAGES starts with \"en\", else Polish."))
     parser.add_argument("--version", action="version", version=f"ksefd {__version__}")
     parser.add_argument("--log-format", choices=["auto", "console", "json", "journal"], default=None,
                         help=_("log format (default: the config's log_format, else auto)"))
@@ -416,9 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    i18n.use(i18n.from_environment())      # no config read yet: --help speaks the environment's language
+    # No config read yet: --help (and argparse's own errors) speak the environment's language; everything after
+    # that speaks the config's, and Polish, the default, where there is none (issue #14 point 1).
+    i18n.use(i18n.from_environment())
     parser = build_parser()
     args = parser.parse_args(argv)
+    i18n.use(i18n.DEFAULT)
     if args.command == "sim" and args.sim_command == "taxpayer":
         configure_logging(args.log_format or "console", logging.WARNING)
         return asyncio.run(_sim_taxpayer(args))

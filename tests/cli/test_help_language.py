@@ -40,3 +40,13 @@ def test_help_is_polish_by_default_and_english_with_an_english_locale() -> None:
 ])
 def test_the_language_before_a_config_is_read(environ: dict[str, str], language: str) -> None:
     assert i18n.from_environment(environ) == language
+
+
+def test_only_the_help_follows_the_locale_a_command_without_a_config_speaks_polish() -> None:
+    """The config's `language` decides what ksefd says (Polish by default); the locale only picks --help's."""
+    if sys.platform == "win32":
+        pytest.skip("on Windows `ksefd service` talks to the Service Control Manager")
+    clean = {k: v for k, v in os.environ.items() if k not in ("KSEFD_LANGUAGE", "LANG", "LC_ALL", "LC_MESSAGES")}
+    done = subprocess.run([sys.executable, "-m", "ksefd", "service", "install"], cwd=ROOT, capture_output=True,
+                          text=True, env={**clean, "LANG": "en_US.UTF-8"}, timeout=60, check=False)
+    assert done.returncode == 2 and "w Linuksie zainstaluj jednostkę systemd" in done.stderr
