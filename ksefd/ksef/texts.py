@@ -9,25 +9,13 @@ translated, or nested words). `KsefError(words)` keeps them in `exc.words` and i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Union
+from ksefd.i18n import Words, render, say
 
-from ksefd import i18n
+__all__ = ["Words", "english", "said"]
 
-Part = tuple[str, Mapping[str, Union[str, "Words"]]]
-Words = tuple[Part, ...]
-
-
-def said(message: str, /, **values: str | Words) -> Words:
-    """One message id (English, marked with N_ where it is written) and its values."""
-    return ((message, values),)
+said = say
 
 
 def english(words: Words) -> str:
     """The words in English: the exception's `str`, for logs."""
-    out = []
-    for message, values in words:
-        filled = {k: v if isinstance(v, str) else english(v) for k, v in values.items()}
-        text = i18n.translate(message, "en")
-        out.append(text.format(**filled) if filled else text)
-    return " ".join(out)
+    return render(words, "en")
