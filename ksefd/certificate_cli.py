@@ -28,6 +28,7 @@ from ksefd.daemon.certificate_files import (
     login_credentials,
     new_paths,
 )
+from ksefd.daemon.words import error_text
 from ksefd.i18n import _
 from ksefd.ksef import (
     CertificateCredentials,
@@ -112,7 +113,7 @@ async def enroll_command(config: Config, company_name: str, kind: str, *, update
     try:
         client, context = _context(company, login)
     except KsefError as exc:
-        _err(exc.message)
+        _err(error_text(exc))
         return 1
     try:
         manager = context.certificates()
@@ -139,7 +140,7 @@ async def enroll_command(config: Config, company_name: str, kind: str, *, update
         issued = await manager.collect(serial, key, certificate_type, f"ksefd {company.name} {certificate_type}")
         key_files.write_certificate(paths.certificate, issued.certificate)
     except KsefError as exc:
-        _err(exc.message)
+        _err(error_text(exc))
         return 1
     finally:
         await client.close()
@@ -195,12 +196,12 @@ async def list_command(config: Config, company_name: str, *, login: LoginFiles |
     try:
         client, context = _context(company, login)
     except KsefError as exc:
-        _err(exc.message)
+        _err(error_text(exc))
         return 1
     try:
         found = await context.certificates().query()
     except KsefError as exc:
-        _err(exc.message)
+        _err(error_text(exc))
         return 1
     finally:
         await client.close()
@@ -225,7 +226,7 @@ async def revoke_command(config: Config, company_name: str, serial: str, *, reas
     try:
         client, context = _context(company, login)
     except KsefError as exc:
-        _err(exc.message)
+        _err(error_text(exc))
         return 1
     try:
         await context.certificates().revoke(serial, reason)
@@ -234,7 +235,7 @@ async def revoke_command(config: Config, company_name: str, serial: str, *, reas
                message=exc.message))
         return 1
     except KsefError as exc:
-        _err(exc.message)
+        _err(error_text(exc))
         return 1
     finally:
         await client.close()

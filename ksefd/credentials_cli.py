@@ -22,16 +22,16 @@ from ksefd.i18n import _
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("credentials", help="store a company's KSeF token so that only the service reads it")
+    parser = sub.add_parser("credentials", help=_("store a company's KSeF token so that only the service reads it"))
     commands = parser.add_subparsers(dest="credentials_command", required=True)
-    p = commands.add_parser("set", help="read a token on standard input (not echoed), check it with a KSeF "
-                                        "login, store it encrypted (systemd-creds, DPAPI) or in a 0600 file")
-    p.add_argument("-c", "--config", type=Path, required=True, help="the config file of the daemon")
-    p.add_argument("company", metavar="COMPANY", help="the company's name in the config")
+    p = commands.add_parser("set", help=_("read a token on standard input (not echoed), check it with a KSeF "
+                                          "login, store it encrypted (systemd-creds, DPAPI) or in a 0600 file"))
+    p.add_argument("-c", "--config", type=Path, required=True, help=_("the config file of the daemon"))
+    p.add_argument("company", metavar="COMPANY", help=_("the company's name in the config"))
     p.add_argument("--store", choices=["auto", "systemd", "file", "dpapi"], default="auto",
-                   help="auto (default): DPAPI on Windows, systemd-creds when run as root where systemd has it, "
-                        "else a file only its owner can read")
-    p.add_argument("--no-verify", action="store_true", help="store without logging in to KSeF first")
+                   help=_("auto (default): DPAPI on Windows, systemd-creds when run as root where systemd has it, "
+                          "else a file only its owner can read"))
+    p.add_argument("--no-verify", action="store_true", help=_("store without logging in to KSeF first"))
 
 
 def read_token(stdin: TextIO, company: str) -> str:

@@ -16,11 +16,12 @@ import ast
 import contextlib
 import gettext
 import io
+import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 Language = Literal["pl", "en"]
 LANGUAGES: tuple[Language, ...] = ("pl", "en")
@@ -114,6 +115,18 @@ def using(language: str) -> Iterator[None]:
         use(before)
 
 
+def from_environment(environ: dict[str, str] | None = None) -> Language:
+    """The language before any config is read (`ksefd --help`, commands without a config): KSEFD_LANGUAGE if
+    set, else the locale (LC_ALL, LC_MESSAGES, LANG: the first one set, as POSIX orders them) English when it
+    starts with "en", else Polish, the default."""
+    env = os.environ if environ is None else environ
+    for key in ("KSEFD_LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = env.get(key, "").strip().lower()
+        if value:
+            return "en" if value.startswith("en") else DEFAULT
+    return DEFAULT
+
+
 def current() -> Language:
     return _current
 
@@ -145,3 +158,26 @@ def _(message: str, /, **values: Any) -> str:
     """`message` in the current language, with `{name}` placeholders filled from `values`."""
     text = translations(_current).gettext(message)
     return text.format(**values) if values else text
+
+
+# A text kept as message ids with their values, so that it can be put into words later, in any language: a
+# client error (ksefd.ksef.texts) whose `str` stays English for the logs, a hold reason stored for `ksefd status`
+# (ksefd.daemon.words). A value is a plain string (KSeF's or the system's own words, a NIP, a path: never
+# translated) or nested words (a part of the sentence that is itself a message id, translated too).
+Part = tuple[str, Mapping[str, Union[str, "Words"]]]
+Words = tuple[Part, ...]
+
+
+def say(message: str, /, **values: str | Words) -> Words:
+    """One message id (English, marked with N_ where it is written) and its values."""
+    return ((message, values),)
+
+
+def render(words: Words, language: str | None = None) -> str:
+    """The parts in `language` (default: the current one), joined by a space."""
+    out = []
+    for message, values in words:
+        filled = {k: v if isinstance(v, str) else render(v, language) for k, v in values.items()}
+        text = translate(message, language)
+        out.append(text.format(**filled) if filled else text)
+    return " ".join(out)

@@ -51,6 +51,7 @@ from ksefd.store import Renewal, Store
 
 from .certificate_files import login_credentials, offline_credentials
 from .certificate_switch import CertificateFiles, next_path, remove_next, switch
+from .words import shown, stored_error
 
 log = structlog.get_logger("ksefd.daemon.certificate_renewal")
 
@@ -138,7 +139,7 @@ class CertificateRenewer:
                             certificate=str(target.files[0].certificate), error=str(exc))
                 existing = await self.store.certificates.find(target.credentials.fingerprint, target.certificate_type)
                 if existing is not None:
-                    row = await self.store.certificates.update(existing.id, last_error=str(exc)[:500],
+                    row = await self.store.certificates.update(existing.id, last_error=stored_error(exc),
                                                                attempts=existing.attempts + 1,
                                                                next_attempt_at=self.clock.now() + RETRY)
                 else:
@@ -333,7 +334,7 @@ def describe(row: Renewal, now: dt.datetime) -> str:
     if row.last_error:
         retry = _(", next try {time}", time=f"{row.next_attempt_at.astimezone(WARSAW):%d.%m.%Y %H:%M}") \
             if row.next_attempt_at and row.next_attempt_at > now else ""
-        text += _("; last error: {error}{retry}", error=row.last_error, retry=retry)
+        text += _("; last error: {error}{retry}", error=shown(row.last_error), retry=retry)
     return text
 
 

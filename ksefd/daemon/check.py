@@ -49,6 +49,7 @@ from ksefd.store import Store
 from .check_local import certificate_fix, check_credentials, check_folders, check_general
 from .check_report import CheckReport, CompanyCheck
 from .status_text import WEB_APP
+from .words import error_text
 
 log = structlog.get_logger("ksefd.daemon.check")
 
@@ -135,7 +136,7 @@ async def _probe_ksef(report: CheckReport, client: KsefClient, clock: Clock) -> 
                                                   retry=PROBE_RETRY, time_limit=30)
     except KsefError as exc:
         report.add("error", "ksef", _("KSeF {environment} at {url} does not answer: {error}",
-                                      environment=env.label, url=env.api_url, error=exc),
+                                      environment=env.label, url=env.api_url, error=error_text(exc)),
                    _("check this machine's internet connection, proxy and firewall (HTTPS to the KSeF host must be "
                      "allowed), and base_url in the config; KSeF's status is on Latarnia and the MF website"))
         return False
@@ -168,7 +169,7 @@ async def _probe_latarnia(report: CheckReport, env: Environment, url: str) -> No
     try:
         body = (await transport.request("GET", "/status", expect=(200,))).json()
     except KsefError as exc:
-        report.add("warning", "latarnia", _("Latarnia {url} does not answer: {error}", url=url, error=exc),
+        report.add("warning", "latarnia", _("Latarnia {url} does not answer: {error}", url=url, error=error_text(exc)),
                    _("not needed for sending; check the firewall if ksefd should see KSeF's announced failures"))
         return
     finally:
@@ -203,10 +204,10 @@ async def check_company(company: Company, target: _Target, clock: Clock) -> Comp
     try:
         await ctx.authenticate()
     except AuthenticationFailed as exc:
-        row.add("error", "auth", exc.message, _auth_fix(exc.code, company, credentials))
+        row.add("error", "auth", error_text(exc), _auth_fix(exc.code, company, credentials))
         return row
     except KsefError as exc:
-        row.add("error", "auth", _("login into NIP {nip} failed: {error}", nip=company.nip, error=exc),
+        row.add("error", "auth", _("login into NIP {nip} failed: {error}", nip=company.nip, error=error_text(exc)),
                 _("retry later; if it persists, check the connection and KSeF's status (Latarnia)"))
         return row
     row.authenticated = True
@@ -258,7 +259,7 @@ async def _judge_permissions(row: CompanyCheck, company: Company, ctx: KsefConte
     try:
         mine = await personal_permissions(ctx)
     except KsefError as exc:
-        row.add("warning", "permissions", _("could not list the permissions: {error}", error=exc))
+        row.add("warning", "permissions", _("could not list the permissions: {error}", error=error_text(exc)))
     else:
         held = mine.held
         row.owner_permissions = None if mine.owner is None else list(mine.owner)
@@ -271,7 +272,8 @@ async def _judge_permissions(row: CompanyCheck, company: Company, ctx: KsefConte
         try:
             scope = frozenset((await token_permissions(ctx, credentials.reference_number)).permissions)
         except KsefError as exc:
-            row.add("warning", "permissions", _("could not read the token's permissions: {error}", error=exc))
+            row.add("warning", "permissions", _("could not read the token's permissions: {error}",
+                                                error=error_text(exc)))
         else:
             # A token may do what it was generated with, while its author still holds it (PROTOCOL.md §9.1).
             effective = scope & held if held else scope

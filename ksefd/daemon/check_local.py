@@ -16,6 +16,7 @@ from ksefd.store.migrations import MIGRATIONS
 
 from .check_report import CheckReport, CompanyCheck
 from .connection import load_credentials
+from .words import error_text
 
 # PROTOCOL.md §9.1 and §15: the regulation ends KSeF-token login on 31.12.2026; from 1.1.2027 certificates.
 TOKEN_LOGIN_LAST_DAY = dt.date(2026, 12, 31)
@@ -141,7 +142,8 @@ def check_credentials(row: CompanyCheck, company: Company, today: dt.date) -> Cr
     try:
         credentials = load_credentials(company)
     except CredentialsError as exc:
-        row.add("error", "credentials", str(exc), _("fix the file named above; see config.example.toml for the keys"))
+        row.add("error", "credentials", error_text(exc),
+                _("fix the file named above; see config.example.toml for the keys"))
         return None
     if isinstance(credentials, KsefToken):
         return _judge_token(row, company, credentials, today)

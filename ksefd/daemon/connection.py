@@ -30,6 +30,7 @@ from pathlib import Path
 import structlog
 
 from ksefd.config import Company
+from ksefd.i18n import N_
 from ksefd.ksef import (
     ContextIdentifier,
     ContextLimits,
@@ -51,6 +52,7 @@ from .failures import Backoff, Failure, LastingFailure, classify
 from .resume import take_resume_request
 from .runtime import Runtime
 from .token_cleaning import note_token_cleaning
+from .words import of_error, say
 
 log = structlog.get_logger("ksefd.daemon.credentials")
 
@@ -77,36 +79,41 @@ def credential_fingerprint(company: Company) -> Fingerprint:
 
 
 def _read_text(path: Path, what: str) -> str:
+    """`what` is a message id (N_)."""
     try:
         return read_secret_text(path)          # a `.dpapi` token (Windows, `ksefd credentials set`) is decrypted
     except OSError as exc:
-        raise CredentialsError(f"cannot read the {what} {path}: {exc.strerror or exc}; check the path and that "
-                               f"ksefd may read it") from exc
+        raise CredentialsError(say(N_("cannot read the {what} {path}: {error}; check the path and that ksefd may "
+                                      "read it"), what=say(what), path=str(path),
+                                   error=str(exc.strerror or exc))) from exc
     except UnicodeDecodeError as exc:
-        raise CredentialsError(f"the {what} {path} is not text (UTF-8); save the token as plain text") from exc
+        raise CredentialsError(say(N_("the {what} {path} is not text (UTF-8); save the token as plain text"),
+                                   what=say(what), path=str(path))) from exc
 
 
 def load_credentials(company: Company) -> Credentials:
     files = company.credentials
     if files.token_file is not None:
-        text = _read_text(files.token_file, "token file")
+        text = _read_text(files.token_file, N_("token file"))
         note_token_cleaning(company.name, files.token_file, text)
         try:
             return KsefToken.parse(text)
         except CredentialsError as exc:
-            raise CredentialsError(f"{files.token_file}: {exc}") from exc
+            raise CredentialsError(say(N_("{file}: {error}"), file=str(files.token_file), error=of_error(exc))) from exc
     if files.certificate is not None:
         password: bytes | None = None
         if files.private_key_password_file is not None:
             try:
                 password = files.private_key_password_file.read_bytes()
             except OSError as exc:
-                raise CredentialsError(f"cannot read the password file {files.private_key_password_file}: "
-                                       f"{exc.strerror or exc}") from exc
+                raise CredentialsError(say(N_("cannot read the password file {path}: {error}"),
+                                           path=str(files.private_key_password_file),
+                                           error=str(exc.strerror or exc))) from exc
         if files.certificate.suffix.lower() in _PKCS12:
             return load_pkcs12(files.certificate, password)
         return load_certificate(files.certificate, files.private_key, password)
-    raise CredentialsError(f"company {company.name} has neither token_file nor certificate; add one to the config")
+    raise CredentialsError(say(N_("company {company} has neither token_file nor certificate; add one to the config"),
+                               company=company.name))
 
 
 @dataclass

@@ -37,6 +37,7 @@ from ksefd.i18n import _
 from ksefd.ksef import ContextIdentifier, CredentialsError, KsefClient, KsefError, KsefToken, key_files
 
 from . import dpapi
+from .words import error_text
 
 Store = Literal["auto", "systemd", "file", "dpapi"]
 CREDENTIALS_FOLDER = "credentials"
@@ -127,7 +128,7 @@ def clean_token(text: str, company: Target) -> KsefToken:
     try:
         token = KsefToken.parse(text)
     except CredentialsError as exc:
-        raise CredentialStoreError(str(exc)) from None        # it says how to paste the token
+        raise CredentialStoreError(error_text(exc)) from None        # it says how to paste the token
     if token.context_part.lower() != f"nip-{company.nip}":
         raise CredentialStoreError(_("this token was issued for {issued_for}, the company {company} is NIP {nip}: "
                                      "generate the token in the context of NIP {nip}", issued_for=token.context_part,
@@ -144,7 +145,7 @@ async def verify(company: Target, token: KsefToken) -> None:
             raise CredentialStoreError(_("KSeF refused the token ({kind}): {error}; check that the token is active "
                                          "in the taxpayer's application (Aplikacja Podatnika) and belongs to KSeF "
                                          "{environment} (or store it anyway with --no-verify)",
-                                         kind=type(exc).__name__, error=exc,
+                                         kind=type(exc).__name__, error=error_text(exc),
                                          environment=company.environment.upper())) from None
 
 

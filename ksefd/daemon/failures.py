@@ -39,7 +39,7 @@ from ksefd.ksef import (
 )
 
 from .permission_words import missing_permission_text
-from .words import Words, dump, english, render, say
+from .words import Words, dump, english, of_error, render, say
 
 Verdict = Literal["transient", "hold", "reject"]
 LASTING_LOG_INTERVAL = 300.0      # seconds between repeats of a failure that lasts
@@ -81,18 +81,18 @@ def classify(exc: BaseException) -> Failure:
     """The one classification of failures for the outbox and the inbox. The values are the client's own
     words (English, as in the log); the sentence around them is in the reader's language."""
     if isinstance(exc, CredentialsError):
-        return worded("hold", "credentials", say(N_("the credentials cannot be used: {error}"), error=str(exc)))
+        return worded("hold", "credentials", say(N_("the credentials cannot be used: {error}"), error=of_error(exc)))
     if isinstance(exc, AuthenticationFailed):
         if exc.retryable:
-            return Failure("transient", "authentication", str(exc))
-        return worded("hold", "authentication-failed", say(N_("KSeF refused the login: {error}"), error=str(exc)))
+            return Failure("transient", "authentication", str(exc), words=exc.words)
+        return worded("hold", "authentication-failed", say(N_("KSeF refused the login: {error}"), error=of_error(exc)))
     if isinstance(exc, Forbidden):
         if exc.reason_code == "missing-permissions":
             words, needed = missing_permission_text(exc.required_permissions, exc.present_permissions, exc.detail)
             return worded("hold", "missing-permission", words, needed_permission=needed,
                           present_permissions=tuple(exc.present_permissions))
         return worded("hold", exc.reason_code or "forbidden",
-                      say(N_("KSeF refused the request (403): {error}"), error=str(exc)))
+                      say(N_("KSeF refused the request (403): {error}"), error=of_error(exc)))
     if isinstance(exc, Unauthorized):
         return worded("hold", "unauthorized", say(N_("KSeF does not accept the credentials (401) even after a new "
                                                      "login: {error}"), error=exc.detail))
@@ -110,9 +110,9 @@ def classify(exc: BaseException) -> Failure:
         return Failure("reject", f"ksef-{exc.code}", str(exc))
     if isinstance(exc, ApiError) and exc.status == 404:
         return worded("hold", "wrong-url", say(N_("{error} - check [ksef] base_url / environment in the config"),
-                                               error=str(exc)))
-    if isinstance(exc, KsefError):
-        return Failure("transient", type(exc).__name__, str(exc))
+                                               error=of_error(exc)))
+    if isinstance(exc, KsefError):        # its own words, if the client gave them (a connection failure)
+        return Failure("transient", type(exc).__name__, str(exc), words=exc.words)
     if isinstance(exc, OSError):
         return Failure("transient", "os-error", f"{type(exc).__name__}: {exc}")
     return Failure("transient", "unexpected", f"{type(exc).__name__}: {exc}")

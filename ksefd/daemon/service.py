@@ -115,9 +115,10 @@ async def _startup(config: Config, clock: Clock, once: bool) -> Runtime:
     try:
         store = await Store.open(config.state_db, clock, private_folder=config.state_db.parent != config.data_dir)
     except sqlite3.DatabaseError as error:     # not SQLite, damaged, or a disk error under it
-        raise StartupProblem("[daemon] state_db", config.state_db, f"cannot be used as the state database "
-                             f"({error})", "If the disk is full, free space; if the file is not ksefd's state "
-                             "database, point state_db elsewhere.") from None
+        raise StartupProblem("[daemon] state_db", config.state_db,
+                             _("cannot be used as the state database ({reason})", reason=str(error)),
+                             _("If the disk is full, free space; if the file is not ksefd's state database, point "
+                               "state_db elsewhere.")) from None
     limiter = RateLimiter(now=lambda: clock.now().timestamp(), sleep=clock.sleep,
                           journal=store.rate_limits)    # every grant committed before its request (issue #10)
     await limiter.load()

@@ -15,28 +15,32 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
-from ksefd import i18n
+from ksefd.i18n import Words, render, say
 
-Part = tuple[str, Mapping[str, Union[str, "Words"]]]
-Words = tuple[Part, ...]
+__all__ = ["MARK", "Words", "dump", "english", "error_text", "of_error", "render", "say", "shown", "stored_error"]
 MARK = "ksefd-words"          # the key that tells a stored reason in this form from plain text
 
 
-def say(message: str, /, **values: str | Words) -> Words:
-    """One message id (English, marked with N_ where it is written) and its values."""
-    return ((message, values),)
+def of_error(exc: BaseException) -> str | Words:
+    """A client error's own words (`ksefd.ksef` errors made from words keep them in `words`), to be nested
+    as a value and shown in the reader's language; any other error's English text."""
+    words: Words = getattr(exc, "words", ())
+    return words or str(exc)
 
 
-def render(words: Words, language: str | None = None) -> str:
-    """The parts in `language` (default: the current one), joined by a space."""
-    out = []
-    for message, values in words:
-        filled = {k: v if isinstance(v, str) else render(v, language) for k, v in values.items()}
-        text = i18n.translate(message, language)
-        out.append(text.format(**filled) if filled else text)
-    return " ".join(out)
+def stored_error(exc: BaseException, limit: int = 500) -> str:
+    """An error to keep in the store and show later with `shown` (in the language of that moment)."""
+    said = of_error(exc)
+    return said[:limit] if isinstance(said, str) else dump(said)
+
+
+def error_text(exc: BaseException, language: str | None = None) -> str:
+    """An error for people, in `language` (default: the current one): a client error made from words is
+    translated; any other is its own text."""
+    said = of_error(exc)
+    return said if isinstance(said, str) else render(said, language)
 
 
 def english(words: Words) -> str:

@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from ksefd.i18n import N_
+
 from . import auth_messages, xades
 from .clock import Clock, Sleep, SystemClock, aware, poll, real_sleep
 from .credentials import CertificateCredentials, KsefToken
@@ -44,6 +46,7 @@ from .models import (
     RefreshedAccessToken,
     StatusInfo,
 )
+from .texts import said
 from .transport import Response, Transport
 
 log = structlog.get_logger("ksefd.ksef.auth")
@@ -66,10 +69,12 @@ class ContextIdentifier:
 
     def __post_init__(self) -> None:
         if self.type not in _CONTEXT_PATTERNS:
-            raise KsefError(f"context type {self.type!r} is unknown; use one of {', '.join(_CONTEXT_PATTERNS)}")
+            raise KsefError(said(N_("context type {type} is unknown; use one of {types}"), type=repr(self.type),
+                                 types=", ".join(_CONTEXT_PATTERNS)))
         pattern, shape = _CONTEXT_PATTERNS[self.type]
         if not pattern.match(self.value):
-            raise KsefError(f"{self.type} context {self.value!r} is malformed: expected {shape}")
+            raise KsefError(said(N_("{type} context {value} is malformed: expected {shape}"), type=self.type,
+                                 value=repr(self.value), shape=shape))
 
     @classmethod
     def nip(cls, value: str) -> ContextIdentifier:

@@ -24,7 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from ksefd.i18n import N_
+
 from .errors import CredentialsError
+from .texts import Words, said
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -49,7 +52,7 @@ class KsefToken:
         token = clean_token_text(text)
         problem = token_problem(token)
         if problem:
-            raise CredentialsError(f"the KSeF token is malformed: {problem}")
+            raise CredentialsError(said(N_("the KSeF token is malformed: {problem}"), problem=problem))
         return cls(token)
 
     @property
@@ -67,33 +70,37 @@ class KsefToken:
     __str__ = __repr__
 
 
-def token_problem(token: str) -> str | None:
-    """What is wrong with a cleaned token, in words, or None."""
+def token_problem(token: str) -> Words | None:
+    """What is wrong with a cleaned token, in words (texts.py), or None."""
     if not token:
-        return "it is empty"
+        return said(N_("it is empty"))
     for position, ch in enumerate(token, 1):
         if not (ch.isascii() and ch.isprintable()):
             name = unicodedata.name(ch, "unnamed character")
-            return (f"it contains {name} (U+{ord(ch):04X}) at position {position}; a KSeF token has only "
-                    f"letters, digits, '-' and '|'")
+            return said(N_("it contains {name} ({code}) at position {position}; a KSeF token has only letters, "
+                           "digits, '-' and '|'"), name=name, code=f"U+{ord(ch):04X}", position=str(position))
     parts = token.split("|")
     if len(parts) != 3:
-        return (f"the token has {len(parts)} part{'s' if len(parts) != 1 else ''} separated by '|', expected 3 "
-                f"(reference number|context|secret, e.g. 20251010-EC-…|nip-5265877635|<64 hex digits>); "
-                f"copy the whole token as KSeF showed it")
+        count = said(N_("1 part")) if len(parts) == 1 else said(N_("{count} parts"), count=str(len(parts)))
+        return said(N_("the token has {parts} separated by '|', expected 3 (reference number|context|secret, e.g. "
+                       "20251010-EC-…|nip-5265877635|<64 hex digits>); copy the whole token as KSeF showed it"),
+                    parts=count)
     reference, context, secret = parts
     if not _REFERENCE.match(reference):
-        return (f"the first part {_shown(reference)} is not a KSeF reference number "
-                f"(YYYYMMDD-EC-XXXXXXXXXX-XXXXXXXXXX-XX)")
+        return said(N_("the first part {part} is not a KSeF reference number (YYYYMMDD-EC-XXXXXXXXXX-XXXXXXXXXX-XX)"),
+                    part=_shown(reference))
     if not _CONTEXT_PART.match(context):
-        return f"the second part {_shown(context)} is not a context such as 'nip-5265877635'"
+        return said(N_("the second part {part} is not a context such as 'nip-5265877635'"), part=_shown(context))
     if not _SECRET.match(secret):
         if len(secret) != 64:
-            return f"the third part (the secret) has {len(secret)} characters, expected 64 hexadecimal digits"
+            return said(N_("the third part (the secret) has {count} characters, expected 64 hexadecimal digits"),
+                        count=str(len(secret)))
         bad = next(ch for ch in secret if ch not in "0123456789abcdefABCDEF")
-        return f"the third part (the secret) contains {bad!r}, expected only hexadecimal digits 0-9 a-f"
+        return said(N_("the third part (the secret) contains {character}, expected only hexadecimal digits 0-9 "
+                       "a-f"), character=repr(bad))
     if len(token) > MAX_TOKEN_LENGTH:
-        return f"it is {len(token)} characters long, at most {MAX_TOKEN_LENGTH} expected"
+        return said(N_("it is {count} characters long, at most {most} expected"), count=str(len(token)),
+                    most=str(MAX_TOKEN_LENGTH))
     return None
 
 
@@ -146,11 +153,12 @@ class CertificateCredentials:
     def check_valid(self, now: dt.datetime) -> None:
         cert = self.certificate
         if now < cert.not_valid_before_utc:
-            raise CredentialsError(f"the certificate {self.source} is not valid before "
-                                   f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+            raise CredentialsError(said(N_("the certificate {source} is not valid before {time} UTC"),
+                                        source=self.source, time=f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M}"))
         if now > cert.not_valid_after_utc:
-            raise CredentialsError(f"the certificate {self.source} expired on {cert.not_valid_after_utc:%Y-%m-%d} "
-                                   f"UTC; request a new KSeF certificate (they last about 2 years)")
+            raise CredentialsError(said(N_("the certificate {source} expired on {date} UTC; request a new KSeF "
+                                           "certificate (they last about 2 years)"), source=self.source,
+                                        date=f"{cert.not_valid_after_utc:%Y-%m-%d}"))
 
 
 def _password_bytes(password: str | bytes | None) -> bytes | None:
@@ -179,16 +187,19 @@ def load_private_key(data: bytes, password: str | bytes | None, name: str = "the
             break
         except TypeError as exc:
             if candidate is None:
-                raise CredentialsError(f"the private key in {name} is encrypted; give its password") from exc
+                raise CredentialsError(said(N_("the private key in {name} is encrypted; give its password"),
+                                            name=name)) from exc
             key = loader(data, password=None)      # a password for an unencrypted key: not an error
             break
         except ValueError as exc:
             error = exc
     else:
         if secret is not None and _looks_encrypted(data, is_pem):
-            raise CredentialsError(f"wrong password for the private key in {name}: it could not be decrypted "
-                                   f"(check the password file; the file may also be damaged)") from error
-        raise CredentialsError(f"cannot read a private key from {name}: it is not a PEM or DER private key") from error
+            raise CredentialsError(said(N_("wrong password for the private key in {name}: it could not be "
+                                           "decrypted (check the password file; the file may also be damaged)"),
+                                        name=name)) from error
+        raise CredentialsError(said(N_("cannot read a private key from {name}: it is not a PEM or DER private key"),
+                                    name=name)) from error
     return _check_key(key, name)
 
 
@@ -207,13 +218,16 @@ def _looks_encrypted(data: bytes, is_pem: bool) -> bool:
 def _check_key(key: object, name: str) -> PrivateKey:
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < 2048:
-            raise CredentialsError(f"the RSA key in {name} has {key.key_size} bits; KSeF requires at least 2048")
+            raise CredentialsError(said(N_("the RSA key in {name} has {bits} bits; KSeF requires at least 2048"),
+                                        name=name, bits=str(key.key_size)))
         return key
     if isinstance(key, ec.EllipticCurvePrivateKey):
         if key.curve.key_size < 256:
-            raise CredentialsError(f"the EC key in {name} has {key.curve.key_size} bits; KSeF requires at least 256")
+            raise CredentialsError(said(N_("the EC key in {name} has {bits} bits; KSeF requires at least 256"),
+                                        name=name, bits=str(key.curve.key_size)))
         return key
-    raise CredentialsError(f"the key in {name} is {type(key).__name__}; KSeF accepts RSA or EC keys")
+    raise CredentialsError(said(N_("the key in {name} is {kind}; KSeF accepts RSA or EC keys"), name=name,
+                                kind=type(key).__name__))
 
 
 def load_certificates(data: bytes, name: str = "the certificate file") -> list[x509.Certificate]:
@@ -224,8 +238,8 @@ def load_certificates(data: bytes, name: str = "the certificate file") -> list[x
         else:
             found = [x509.load_der_x509_certificate(data)]
     except ValueError as exc:
-        raise CredentialsError(f"cannot read a certificate from {name}: it is not a PEM or DER X.509 "
-                               f"certificate") from exc
+        raise CredentialsError(said(N_("cannot read a certificate from {name}: it is not a PEM or DER X.509 "
+                                       "certificate"), name=name)) from exc
     return found
 
 
@@ -242,8 +256,8 @@ def pair(certificates: list[x509.Certificate], key: PrivateKey, source: str) -> 
         if _spki(cert.public_key()) == own:
             chain = tuple(c for i, c in enumerate(certificates) if i != index)
             return CertificateCredentials(cert, key, chain, source)
-    raise CredentialsError(f"the private key does not belong to the certificate ({source}); use the .key file "
-                           f"saved together with this certificate")
+    raise CredentialsError(said(N_("the private key does not belong to the certificate ({source}); use the .key "
+                                   "file saved together with this certificate"), source=source))
 
 
 def certificate_from_bytes(cert_data: bytes, key_data: bytes, password: str | bytes | None = None, *,
@@ -254,25 +268,26 @@ def certificate_from_bytes(cert_data: bytes, key_data: bytes, password: str | by
     return pair(certificates, key, f"{cert_name} + {key_name}")
 
 
-def _read(path: str | Path, what: str) -> bytes:
+def _read(path: str | Path, what: Words) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise CredentialsError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
+        raise CredentialsError(said(N_("cannot read the {what} {path}: {error}"), what=what, path=str(path),
+                                    error=str(exc.strerror or exc))) from exc
 
 
 def load_certificate(cert_path: str | Path, key_path: str | Path | None = None,
                      password: str | bytes | None = None) -> CertificateCredentials:
     """A certificate file and its private key file (or one PEM holding both when `key_path` is None)."""
-    cert_data = _read(cert_path, "certificate file")
-    key_data = cert_data if key_path is None else _read(key_path, "private key file")
+    cert_data = _read(cert_path, said(N_("certificate file")))
+    key_data = cert_data if key_path is None else _read(key_path, said(N_("private key file")))
     return certificate_from_bytes(cert_data, key_data, password, cert_name=str(cert_path),
                                   key_name=str(key_path or cert_path))
 
 
 def load_pkcs12(path: str | Path, password: str | bytes | None = None) -> CertificateCredentials:
     """A PKCS#12 (.p12/.pfx) file with the certificate and its private key."""
-    data = _read(path, "PKCS#12 file")
+    data = _read(path, said(N_("PKCS#12 file")))
     secret = _password_bytes(password)
     error: Exception | None = None
     for candidate in _candidate_passwords(secret):
@@ -282,8 +297,10 @@ def load_pkcs12(path: str | Path, password: str | bytes | None = None) -> Certif
         except ValueError as exc:
             error = exc
     else:
-        hint = "a password is needed" if secret is None else "wrong password"
-        raise CredentialsError(f"cannot open the PKCS#12 file {path}: {hint} (or the file is damaged)") from error
+        hint = said(N_("a password is needed")) if secret is None else said(N_("wrong password"))
+        raise CredentialsError(said(N_("cannot open the PKCS#12 file {path}: {hint} (or the file is damaged)"),
+                                    path=str(path), hint=hint)) from error
     if key is None or cert is None:
-        raise CredentialsError(f"the PKCS#12 file {path} holds no {'private key' if key is None else 'certificate'}")
+        missing = said(N_("private key")) if key is None else said(N_("certificate"))
+        raise CredentialsError(said(N_("the PKCS#12 file {path} holds no {what}"), path=str(path), what=missing))
     return pair([cert, *extra], _check_key(key, str(path)), str(path))

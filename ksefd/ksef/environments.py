@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ksefd.i18n import N_
+
 from .errors import KsefError
+from .texts import said
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ def custom(base_url: str, qr_url: str = TEST.qr_url) -> Environment:
     """A custom base URL (e.g. the simulator's `http://127.0.0.1:PORT/v2`); QR links default to TEST's host."""
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise KsefError(f"base_url {base_url!r} is not an http(s) URL; expected e.g. http://127.0.0.1:8080/v2")
+        raise KsefError(said(N_("base_url {url} is not an http(s) URL; expected e.g. http://127.0.0.1:8080/v2"),
+                             url=repr(base_url)))
     return Environment("custom", base_url.rstrip("/"), qr_url.rstrip("/"))
 
 
@@ -47,7 +51,7 @@ def environment(name: str, base_url: str | None = None) -> Environment:
     aliases = {"prd": "prod", "production": "prod", "te": "test", "tr": "demo"}
     key = aliases.get(key, key)
     if key not in ENVIRONMENTS:
-        raise KsefError(f"unknown KSeF environment {name!r}; use one of test, demo, prod")
+        raise KsefError(said(N_("unknown KSeF environment {name}; use one of test, demo, prod"), name=repr(name)))
     known = ENVIRONMENTS[key]
     if base_url:
         return Environment(known.name, custom(base_url).api_url, known.qr_url, known.status_url)

@@ -26,6 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ksefd.i18n import N_
+
+from .texts import Words, english, said
+
 # 400 exception codes after which the same request may succeed later or after a client-side fix that the
 # client library applies itself (re-fetch keys, open another session): PROTOCOL.md §6.2, §6.3, §2.1, §14.3.
 RETRYABLE_CODES = frozenset({21165, 21182, 21184, 21470})
@@ -58,11 +62,16 @@ CODE_HINTS: dict[int, str] = {
 
 
 class KsefError(Exception):
-    """Base of every error raised by ksefd.ksef."""
+    """Base of every error raised by ksefd.ksef. Made from words (texts.py), it keeps them in `words` for the
+    reader's language; `str()` and `message` are English either way (logs)."""
 
     retryable: bool = False
+    words: Words = ()
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str | Words) -> None:
+        if not isinstance(message, str):
+            self.words = message
+            message = english(message)
         super().__init__(message)
         self.message = message
 
@@ -76,7 +85,7 @@ class TransportError(KsefError):
 
     retryable = True
 
-    def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
+    def __init__(self, message: str | Words, *, method: str = "", url: str = "") -> None:
         super().__init__(message)
         self.method = method
         self.url = url
@@ -100,7 +109,7 @@ class OutcomeUnknown(TransportError):
     (DESIGN.md "in_doubt").
     """
 
-    def __init__(self, message: str, *, method: str = "", url: str = "", session_reference: str | None = None,
+    def __init__(self, message: str | Words, *, method: str = "", url: str = "", session_reference: str | None = None,
                  invoice_hash: str | None = None) -> None:
         super().__init__(message, method=method, url=url)
         self.session_reference = session_reference
@@ -126,10 +135,11 @@ class RateLimited(KsefError):
 class ApiError(KsefError):
     """An HTTP error answer other than 400/401/403/410/429/5xx (e.g. 404 from a wrong base URL)."""
 
-    def __init__(self, status: int, detail: str, *, method: str = "", url: str = "") -> None:
-        super().__init__(f"KSeF answered {method} {url} with HTTP {status}: {detail}")
+    def __init__(self, status: int, detail: str | Words, *, method: str = "", url: str = "") -> None:
+        super().__init__(said(N_("KSeF answered {method} {url} with HTTP {status}: {detail}"), method=method,
+                              url=url, status=str(status), detail=detail))
         self.status = status
-        self.detail = detail
+        self.detail = detail if isinstance(detail, str) else english(detail)
         self.method = method
         self.url = url
 
@@ -204,24 +214,28 @@ class Forbidden(ApiError):
         return [str(p) for p in self.security.get("presentPermissions") or []]
 
 
-def _forbidden_text(detail: str, reason: str, security: dict[str, Any]) -> str:
+def _forbidden_text(detail: str, reason: str, security: dict[str, Any]) -> Words:
     if reason == "missing-permissions":
         required = ", ".join(security.get("requiredAnyOfPermissions") or []) or "(not stated)"
         present = ", ".join(security.get("presentPermissions") or []) or "none"
-        return (f"missing permissions: the operation needs one of {required}; the credentials hold {present}. "
-                f"Grant the permission in this context (or create a KSeF token that has it). KSeF: {detail}")
+        return said(N_("missing permissions: the operation needs one of {required}; the credentials hold {present}. "
+                       "Grant the permission in this context (or create a KSeF token that has it). KSeF: {detail}"),
+                    required=required, present=present, detail=detail)
     if reason == "ip-not-allowed":
-        return (f"the authorisation policy does not allow calls from IP {security.get('clientIp', '?')}; "
-                f"KSeF: {detail}")
+        return said(N_("the authorisation policy does not allow calls from IP {ip}; KSeF: {detail}"),
+                    ip=str(security.get("clientIp", "?")), detail=detail)
     if reason == "auth-method-not-allowed":
-        return (f"this operation is not allowed for authentication method "
-                f"{security.get('authenticationMethodCategory', '?')} (e.g. it needs a XAdES login); KSeF: {detail}")
+        return said(N_("this operation is not allowed for authentication method {method} (e.g. it needs a XAdES "
+                       "login); KSeF: {detail}"), method=str(security.get("authenticationMethodCategory", "?")),
+                    detail=detail)
     if reason == "context-type-not-allowed":
-        return f"not allowed in a {security.get('contextIdentifierType', '?')} context; KSeF: {detail}"
+        return said(N_("not allowed in a {type} context; KSeF: {detail}"),
+                    type=str(security.get("contextIdentifierType", "?")), detail=detail)
     if reason == "security-service-blocked":
-        return (f"blocked by KSeF's security service (incident {security.get('incidentId', '?')}, IP "
-                f"{security.get('clientIp', '?')}); KSeF: {detail}")
-    return f"{reason or 'forbidden'}: {detail}"
+        return said(N_("blocked by KSeF's security service (incident {incident}, IP {ip}); KSeF: {detail}"),
+                    incident=str(security.get("incidentId", "?")), ip=str(security.get("clientIp", "?")),
+                    detail=detail)
+    return said(N_("{reason}: {detail}"), reason=reason or "forbidden", detail=detail)
 
 
 class Gone(ApiError):
@@ -235,7 +249,7 @@ class ProtocolError(KsefError):
 class AuthenticationFailed(KsefError):
     """The authentication operation ended with status.code >= 400 (PROTOCOL.md §3.4). `message` says what to do."""
 
-    def __init__(self, message: str, *, code: int, description: str, details: list[str], context: str,
+    def __init__(self, message: str | Words, *, code: int, description: str, details: list[str], context: str,
                  reference_number: str = "") -> None:
         super().__init__(message)
         self.code = code

@@ -15,7 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from ksefd.i18n import N_
+
 from .errors import CredentialsError
+from .texts import said
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -49,9 +52,11 @@ def read_password(path: Path) -> bytes:
     try:
         data = Path(path).read_bytes().rstrip(b"\r\n")
     except OSError as exc:
-        raise CredentialsError(f"cannot read the password file {path}: {exc.strerror or exc}") from exc
+        raise CredentialsError(said(N_("cannot read the password file {path}: {error}"), path=str(path),
+                                    error=str(exc.strerror or exc))) from exc
     if not data:
-        raise CredentialsError(f"the password file {path} is empty; put the private key's password in it")
+        raise CredentialsError(said(N_("the password file {path} is empty; put the private key's password in it"),
+                                    path=str(path)))
     return data
 
 
@@ -66,7 +71,7 @@ def ensure_password_file(path: Path) -> bytes:
 def encrypted_key_pem(key: PrivateKey, password: bytes) -> bytes:
     """PKCS#8 PEM encrypted with the best algorithm `cryptography` offers (PBES2, AES-256-CBC)."""
     if not password:
-        raise CredentialsError("a private key is never written unencrypted: the password is empty")
+        raise CredentialsError(said(N_("a private key is never written unencrypted: the password is empty")))
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.BestAvailableEncryption(password))
 

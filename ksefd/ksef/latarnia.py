@@ -16,8 +16,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from ksefd.i18n import N_
+
 from .environments import ENVIRONMENTS
 from .errors import KsefError
+from .texts import said
 
 STATUSES = ("AVAILABLE", "MAINTENANCE", "FAILURE", "TOTAL_FAILURE")
 TIMEOUT = aiohttp.ClientTimeout(total=15)
@@ -92,24 +95,26 @@ class LatarniaClient:
         try:
             async with self._session.get(self.url + path, timeout=TIMEOUT) as response:
                 if response.status != 200:
-                    raise LatarniaUnavailable(f"Latarnia {self.url}{path} answered HTTP {response.status}")
+                    raise LatarniaUnavailable(said(N_("Latarnia {url} answered HTTP {status}"), url=self.url + path,
+                                                   status=str(response.status)))
                 return await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise LatarniaUnavailable(f"Latarnia {self.url}{path} cannot be read: {type(exc).__name__}: {exc}") \
-                from None
+            raise LatarniaUnavailable(said(N_("Latarnia {url} cannot be read: {error}"), url=self.url + path,
+                                           error=f"{type(exc).__name__}: {exc}")) from None
 
     async def status(self) -> LatarniaStatus:
         body = await self._get("/status")
         status = body.get("status") if isinstance(body, dict) else None
         if status not in STATUSES:
-            raise LatarniaUnavailable(f"Latarnia {self.url}/status gave an unknown status {status!r}")
+            raise LatarniaUnavailable(said(N_("Latarnia {url} gave an unknown status {status}"),
+                                           url=f"{self.url}/status", status=repr(status)))
         raw = body.get("messages") if isinstance(body.get("messages"), list) else []
         return LatarniaStatus(str(status), [m for m in map(parse_message, raw) if m is not None])
 
     async def messages(self) -> list[Message]:
         body = await self._get("/messages")
         if not isinstance(body, list):
-            raise LatarniaUnavailable(f"Latarnia {self.url}/messages did not give a list")
+            raise LatarniaUnavailable(said(N_("Latarnia {url} did not give a list"), url=f"{self.url}/messages"))
         return [m for m in map(parse_message, body) if m is not None]
 
     async def reachable(self, url: str) -> bool:

@@ -63,11 +63,14 @@ import msgspec
 import structlog
 from multidict import CIMultiDict
 
+from ksefd.i18n import N_
+
 from .clock import Sleep, real_sleep
 from .errors import OutcomeUnknown, RateLimited, ServerError, TransportError, UnreadableRequest
 from .ratelimit_journal import Grant
 from .responses import Response as Response
 from .responses import error_from_response
+from .texts import said
 
 log = structlog.get_logger("ksefd.ksef")
 USER_AGENT = "ksefd/0.1"
@@ -288,10 +291,12 @@ class Transport:
                 continue
             except _MaybeSent as exc:
                 if not call.replay_safe:
-                    raise OutcomeUnknown(f"{call.method} {call.template}: {exc.reason}; KSeF may or may not have "
-                                         f"processed it", method=call.method, url=call.template) from exc.__cause__
+                    raise OutcomeUnknown(said(N_("{method} {path}: {reason}; KSeF may or may not have processed it"),
+                                              method=call.method, path=call.template, reason=exc.reason),
+                                         method=call.method, url=call.template) from exc.__cause__
                 if last:
-                    raise TransportError(f"{call.method} {call.template} failed: {exc.reason}",
+                    raise TransportError(said(N_("{method} {path} failed: {reason}"), method=call.method,
+                                              path=call.template, reason=exc.reason),
                                          method=call.method, url=call.template) from exc.__cause__
                 await self.sleep(policy.backoff(attempt))
                 continue
@@ -368,7 +373,8 @@ class Transport:
         except aiohttp.ClientConnectorError as exc:
             self._observe(call, None, started)
             log.warning("ksef.connect_failed", path=call.template, attempt=attempt, error=type(exc).__name__)
-            raise _NotSent(TransportError(f"cannot connect for {call.method} {call.template}: {_scrubbed(exc)}",
+            raise _NotSent(TransportError(said(N_("cannot connect for {method} {path}: {reason}"), method=call.method,
+                                               path=call.template, reason=_scrubbed(exc)),
                                           method=call.method, url=call.template)) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._observe(call, None, started)

@@ -75,7 +75,8 @@ async def test_a_hold_from_the_last_run_is_re_examined_at_start_up_not_after_hol
     drop(config.companies[0].folders.outbox, "FV-1.xml", invoice("HOLD/START/1"))
     await drain(config)
     shown = await _status_text(path)
-    assert (await _hold(path)) is not None and "malformed" in shown and "WSTRZYMANA od" in shown
+    assert (await _hold(path)) is not None and "błędną postać" in shown and "WSTRZYMANA od" in shown
+    assert "malformed" not in shown and "copy the whole token" not in shown      # the client's words in Polish too
     assert [r.state for r in await invoice_rows(config, "acme")] in ([S.HELD], [S.QUEUED])   # not sent
     token.write_text(good, encoding="utf-8")                 # the person fixes the token, then restarts
     await drain(config)

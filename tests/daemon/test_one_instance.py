@@ -98,7 +98,7 @@ async def test_a_state_database_that_is_not_one_stops_the_start_with_exit_78(tmp
     (tmp_path / "state.sqlite3").write_bytes(b"an invoice saved here by mistake " * 200)
     code, _, err = await _ksefd("run", "-c", str(path))
     assert code == 78, err
-    assert "cannot be used as the state database" in err and "Traceback" not in err
+    assert "nie może być użyty jako baza stanu" in err and "zwolnij miejsce" in err and "Traceback" not in err
 
 
 def test_a_full_disk_and_a_denied_folder_are_named_with_their_fix(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from ksefd.ksef.client import KsefClient
 from ksefd.ksef.credentials import CertificateCredentials, KsefToken
 from ksefd.ksef.environments import DEMO, PROD, TEST
 from ksefd.ksef.errors import AuthenticationFailed, AuthenticationPending, CredentialsError, Forbidden, KsefError
+from ksefd.ksef.texts import english
 from ksefd.ksef.transport import RetryPolicy
 from ksefd.sim.clock import ManualClock
 from ksefd.sim.config import SimConfig
@@ -311,7 +312,8 @@ async def test_450_inactive_token(sim_factory: Callable[..., Any], http: aiohttp
     (550, [], TEST, "it will be retried"),
 ])
 def test_auth_failure_messages(code: int, details: list[str], env: Any, expected: str) -> None:
-    text = explain(code, "Opis KSeF", details, context="Nip 5265877635", identity="Nip 5265877635", environment=env)
+    text = english(explain(code, "Opis KSeF", details, context="Nip 5265877635", identity="Nip 5265877635",
+                           environment=env))                          # message ids (texts.py), English for logs
     assert expected in text
     assert f"[KSeF {code}: Opis KSeF" in text                          # KSeF's own words are kept
 
