@@ -459,6 +459,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     i18n.use(config.language)      # what people read from here on ([daemon] language, issue #14)
     level = getattr(logging, config.log_level.upper())
+    if args.command != "run":       # a report for people (check, status, ...): log lines only for what went wrong
+        level = max(level, logging.WARNING)
     configure_logging(args.log_format or config.log_format, level)
     if args.command == "run":
         return asyncio.run(_run_daemon(config, args.once))

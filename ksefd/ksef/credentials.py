@@ -81,6 +81,7 @@ def token_problem(token: str) -> Words | None:
                            "digits, '-' and '|'"), name=name, code=f"U+{ord(ch):04X}", position=str(position))
     parts = token.split("|")
     if len(parts) != 3:
+        # Two ids for English (1 part, N parts); Polish says "składa się z 1 części" / "z 2 części" for both.
         count = said(N_("1 part")) if len(parts) == 1 else said(N_("{count} parts"), count=str(len(parts)))
         return said(N_("the token has {parts} separated by '|', expected 3 (reference number|context|secret, e.g. "
                        "20251010-EC-…|nip-5265877635|<64 hex digits>); copy the whole token as KSeF showed it"),

@@ -35,7 +35,7 @@ def test_a_client_error_keeps_english_for_the_log_and_its_words_for_people() -> 
         KsefToken.parse("20251010-EC-0000000000-0000000000-00")      # no '|' at all
     exc = caught.value
     assert str(exc) == exc.message and ENGLISH_SENTENCE in str(exc)   # the JSON log stays English
-    assert "token KSeF ma błędną postać: token ma 1 część" in error_text(exc, "pl")
+    assert "token KSeF ma błędną postać: token składa się z 1 części" in error_text(exc, "pl")
     assert ENGLISH_SENTENCE not in error_text(exc, "pl")
     assert error_text(exc, "en") == str(exc)
     failure = classify(exc)

@@ -106,3 +106,19 @@ async def test_latarnia_url_in_the_config_wins(sim: Any, http: aiohttp.ClientSes
     [seen] = [f for f in report.findings if f.topic == "latarnia"]
     assert seen.level == "warning" and "http://127.0.0.1:9" in seen.message
     assert ("nie odpowiada" if language == "pl" else "does not answer") in seen.message
+
+
+async def test_a_report_command_logs_only_what_went_wrong(sim: Any, http: aiohttp.ClientSession,
+                                                          tmp_path: Path) -> None:
+    """`ksefd check` logs in to KSeF: its info lines (ksef.authenticated, ...) would sit among the report on a
+    terminal; only warnings and errors are logged beside a report."""
+    import asyncio
+    import sys
+
+    config = await two_companies(sim, http, tmp_path)
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "ksefd", "check", "-c", str(config),
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                   stdin=asyncio.subprocess.DEVNULL)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert "[KSeF]" in out.decode()
+    assert "ksef.authenticated" not in err.decode() and '"level": "info"' not in err.decode()
