@@ -12,12 +12,13 @@ from the high-water mark.
 from __future__ import annotations
 
 import array
+import functools
 import hashlib
 import json
 import os
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -64,20 +65,10 @@ def next_checkpoint(package: Mapping[str, Any], date_type: str = "PermanentStora
 
 def decrypt_part(encrypted: bytes, key: SymmetricKey, target: Path, *, part_hash: str | None = None,
                  part_size: int | None = None) -> None:
-    """Decrypt one part into `target`, checking the plaintext's size and hash when KSeF declared them."""
-    stream, sha, size = key.decryptor(), hashlib.sha256(), 0
+    """Decrypt one part held in memory into `target` (decrypt_file's checks)."""
     with target.open("wb") as sink:
-        for start in range(0, len(encrypted), CHUNK):
-            piece = stream.update(encrypted[start:start + CHUNK])
-            sha.update(piece)
-            size += sink.write(piece)
-        tail = stream.finalize()
-        sha.update(tail)
-        size += sink.write(tail)
-    if part_size is not None and size != part_size:
-        raise ProtocolError(f"export part {target.name} decrypts to {size} bytes, KSeF declared {part_size}")
-    if part_hash is not None and b64(sha.digest()) != part_hash:
-        raise ProtocolError(f"export part {target.name} decrypts to bytes whose SHA-256 differs from partHash")
+        _decrypt((encrypted[start:start + CHUNK] for start in range(0, len(encrypted), CHUNK)), key, sink,
+                 name=target.name, part_hash=part_hash, part_size=part_size)
 
 
 def file_digest(path: Path) -> tuple[int, str]:
@@ -95,12 +86,20 @@ def decrypt_file(source: Path, key: SymmetricKey, sink: BinaryIO, *, name: str, 
     """Decrypt the encrypted part in `source` chunk by chunk, appending the plaintext to `sink` (the joined
     archive: each part is its own CBC stream, the plaintexts joined in ordinalNumber order make the archive);
     checks the plaintext's size and hash when KSeF declared them. Memory: one chunk. Returns the size."""
-    stream, sha, size = key.decryptor(), hashlib.sha256(), 0
     with source.open("rb") as encrypted:
-        while chunk := encrypted.read(CHUNK):
-            piece = stream.update(chunk)
-            sha.update(piece)
-            size += sink.write(piece)
+        return _decrypt(iter(functools.partial(encrypted.read, CHUNK), b""), key, sink, name=name,
+                        part_hash=part_hash, part_size=part_size)
+
+
+def _decrypt(chunks: Iterable[bytes], key: SymmetricKey, sink: BinaryIO, *, name: str, part_hash: str | None,
+             part_size: int | None) -> int:
+    """One part's CBC stream decrypted piece by piece into `sink`; its plaintext size and SHA-256 checked
+    against what KSeF declared (PROTOCOL.md, exports)."""
+    stream, sha, size = key.decryptor(), hashlib.sha256(), 0
+    for chunk in chunks:
+        piece = stream.update(chunk)
+        sha.update(piece)
+        size += sink.write(piece)
     tail = stream.finalize()
     sha.update(tail)
     size += sink.write(tail)
