@@ -438,8 +438,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         configure_logging(args.log_format or "auto")
         return asyncio.run(_run_sim(args))
     if args.command == "demo":
-        # The live summary is the demo's output; log lines only for warnings and errors.
-        configure_logging(args.log_format or "console", logging.WARNING)
+        # The live summary is the demo's output; log lines only for warnings and errors. The demo itself says
+        # the credential advice in the reader's language, so the daemon's English log line of it is left out.
+        configure_logging(args.log_format or "console", logging.WARNING,
+                          drop_events=frozenset({"credentials.expiring"}))
         return asyncio.run(_run_demo(args))
     if args.command == "service":
         from ksefd.winservice import main as service_main

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ksefd.clock import warsaw_date
 from ksefd.config import load_config
+from ksefd.daemon.credential_expiry import warnings
 from ksefd.daemon.runtime import Runtime
 from ksefd.daemon.service import serve
 from ksefd.daemon.state_words import state_label
@@ -186,7 +187,11 @@ async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.E
         to_buyer = sum(1 for _, has_nip in names if has_nip)
         print(_("Dropped {count} invoices into {outbox} ({seller}, NIP {seller_nip} -> {buyer}, NIP {buyer_nip}); "
                 "Ctrl+C stops.", count=len(names), outbox=config.companies[0].folders.outbox, seller=seller.name,
-                seller_nip=seller.nip, buyer=buyer.name, buyer_nip=buyer.nip) + "\n", file=out)
+                seller_nip=seller.nip, buyer=buyer.name, buyer_nip=buyer.nip), file=out)
+        # What `ksefd status` would warn about (the demo logs in with KSeF tokens, which end with 2026).
+        for warning in warnings(config, today):
+            print(_("  WARNING {warning}", warning=warning), file=out)
+        print(file=out)
         summary = LiveSummary(out)
         waiting = InboxWait(out, buyer.name, to_buyer)
         summary.before_line = waiting.end_line

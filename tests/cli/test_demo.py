@@ -19,6 +19,9 @@ def test_demo_sends_invoices_and_the_buyer_receives_them(tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 of 3 invoices accepted by KSeF with a UPO" in result.stdout
     assert "3 of the 3 addressed to NIP 1111111111 delivered" in result.stdout
+    # The credential advice in the reader's words, not the daemon's English log line beside the live summary.
+    assert "WARNING abc-agd logs in with a KSeF token: token login end" in result.stdout
+    assert "credentials.expiring" not in result.stdout + result.stderr
     sent = tmp_path / "data" / "abc-agd" / "sent"
     numbers = set()
     for receipt in sorted(sent.glob("*.ksef.json")):
