@@ -20,7 +20,7 @@ Uniqueness, and why:
   send one invoice as two companies, a shared inbox would mix their purchases.
 """
 
-from .load import load_config, parse_config
+from .load import is_loopback, load_config, parse_config
 from .model import (
     Company,
     Config,
@@ -36,5 +36,5 @@ from .model import (
 
 __all__ = [
     "Company", "Config", "ConfigError", "Credentials", "Environment", "Folders", "ReceivingOptions",
-    "SendingOptions", "SubjectType", "load_config", "nip_is_valid", "parse_config",
+    "SendingOptions", "SubjectType", "is_loopback", "load_config", "nip_is_valid", "parse_config",
 ]

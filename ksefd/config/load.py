@@ -280,7 +280,7 @@ class _Builder:
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
             self.problem(path, value, N_('is not HOST:PORT; e.g. "127.0.0.1:9464" (port 0: a free port, logged)'))
             return None
-        if not _is_loopback(host):
+        if not is_loopback(host):
             self.problem(path, value, N_("listens beyond this machine; the status page has no login: use "
                                          "127.0.0.1 (or ::1, localhost) and publish it through a reverse proxy if "
                                          "needed"))
@@ -292,7 +292,7 @@ class _Builder:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             self.problem(path, url, N_("is not an http(s) URL; e.g. \"http://127.0.0.1:8080/v2\" for the "
                                        "simulator"))
-        elif parts.scheme == "http" and not _is_loopback(parts.hostname):
+        elif parts.scheme == "http" and not is_loopback(parts.hostname):
             self.problem(path, url, N_("uses plain http to another machine; tokens would travel unencrypted: "
                                        "use https (plain http is allowed only for 127.0.0.1/localhost)"))
 
@@ -456,7 +456,8 @@ def _lookup(raw: Any, where: str) -> Any:
     return node
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """localhost or a loopback address: where plain http is allowed (tokens never leave the machine)."""
     if host == "localhost":
         return True
     try:

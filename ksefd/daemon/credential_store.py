@@ -21,7 +21,6 @@ of `systemd-creds` (it goes through its standard input).
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
-from ksefd.config import Environment, nip_is_valid
+from ksefd.config import Environment, is_loopback, nip_is_valid
 from ksefd.i18n import _
 from ksefd.ksef import ContextIdentifier, CredentialsError, KsefClient, KsefError, KsefToken, key_files
 
@@ -105,7 +104,7 @@ def read_target(config_path: Path, company: str) -> Target:
     base_url = entry.get("base_url") or ksef.get("base_url")
     if base_url is not None:
         parts = urlsplit(str(base_url))
-        if parts.scheme != "https" and not (parts.scheme == "http" and _loopback(parts.hostname or "")):
+        if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname or "")):
             raise CredentialStoreError(_("{config}: base_url {url} is not https: the token would travel "
                                          "unencrypted; use https (plain http only for 127.0.0.1)", config=source,
                                          url=base_url))
@@ -113,14 +112,6 @@ def read_target(config_path: Path, company: str) -> Target:
     return Target(company, nip, cast(Environment, environment), None if base_url is None else str(base_url),
                   None if token_file is None else str(token_file), source.parent)
 
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def clean_token(text: str, company: Target) -> KsefToken:
