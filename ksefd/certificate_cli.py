@@ -102,19 +102,28 @@ def _company(config: Config, name: str) -> Company | None:
         return None
 
 
-async def enroll_command(config: Config, company_name: str, kind: str, *, update_config: bool = False,
-                         key_type: str = "ec", login: LoginFiles | None = None, out: Printer = print,
-                         out_dir: Path | None = None) -> int:
-    company = _company(config, company_name)
+def _open(config: Config, name: str, login: LoginFiles | None) -> tuple[Company, KsefClient, KsefContext] | int:
+    """The company and a client logged in as it, or the exit code after saying why not (2: no such company)."""
+    company = _company(config, name)
     if company is None:
         return 2
-    certificate_type = TYPES[kind]
-    base_dir = config.source.parent if config.source else Path.cwd()
     try:
         client, context = _context(company, login)
     except KsefError as exc:
         _err(error_text(exc))
         return 1
+    return company, client, context
+
+
+async def enroll_command(config: Config, company_name: str, kind: str, *, update_config: bool = False,
+                         key_type: str = "ec", login: LoginFiles | None = None, out: Printer = print,
+                         out_dir: Path | None = None) -> int:
+    opened = _open(config, company_name, login)
+    if isinstance(opened, int):
+        return opened
+    company, client, context = opened
+    certificate_type = TYPES[kind]
+    base_dir = config.source.parent if config.source else Path.cwd()
     try:
         manager = context.certificates()
         limits = await manager.limits()
@@ -190,14 +199,10 @@ def _serial_of(path: Path | None) -> str | None:
 
 async def list_command(config: Config, company_name: str, *, login: LoginFiles | None = None,
                        out: Printer = print) -> int:
-    company = _company(config, company_name)
-    if company is None:
-        return 2
-    try:
-        client, context = _context(company, login)
-    except KsefError as exc:
-        _err(error_text(exc))
-        return 1
+    opened = _open(config, company_name, login)
+    if isinstance(opened, int):
+        return opened
+    company, client, context = opened
     try:
         found = await context.certificates().query()
     except KsefError as exc:
@@ -219,15 +224,11 @@ async def list_command(config: Config, company_name: str, *, login: LoginFiles |
 
 async def revoke_command(config: Config, company_name: str, serial: str, *, reason: str = "Unspecified",
                          login: LoginFiles | None = None, out: Printer = print) -> int:
-    company = _company(config, company_name)
-    if company is None:
-        return 2
+    opened = _open(config, company_name, login)
+    if isinstance(opened, int):
+        return opened
+    company, client, context = opened
     serial = serial.strip().upper()
-    try:
-        client, context = _context(company, login)
-    except KsefError as exc:
-        _err(error_text(exc))
-        return 1
     try:
         await context.certificates().revoke(serial, reason)
     except Forbidden as exc:
