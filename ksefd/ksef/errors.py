@@ -36,28 +36,28 @@ RETRYABLE_CODES = frozenset({21165, 21182, 21184, 21470})
 # API 2.9.0 (PROTOCOL.md §15): "Nieczytelna treść." KSeF could not read the request body (not JSON, not UTF-8).
 UNREADABLE_BODY = 21001
 
-# Human hints for the codes a daemon meets most (PROTOCOL.md §10.2).
+# Human hints for the codes a daemon meets most (PROTOCOL.md §10.2); message ids, shown in the reader's language.
 CODE_HINTS: dict[int, str] = {
-    21001: "KSeF could not read the request body (not valid JSON or XML, or not UTF-8): a ksefd bug or a body "
-           "damaged on the way (a proxy?); it is not retried - report it with the log",
-    9105: "the XAdES signature does not verify; check that the key belongs to the certificate",
-    21115: "KSeF rejected the certificate (expired, wrong type, or not accepted in this environment)",
-    21117: "the certificate's identifier does not fit the context type",
-    21401: "the signed AuthTokenRequest does not match its XSD",
-    21111: "the auth challenge was wrong, used or older than 10 minutes; start a new authentication",
-    21155: "the session reached its invoice limit; open a new session",
-    21165: "the invoice is processed but not yet available; try again later",
-    21173: "no session with that reference number in this context",
-    21178: "the UPO is not available (yet); try again later",
-    21180: "the session is closed or expired; open a new session",
-    21182: "too many exports are running in this context; wait for one to finish",
-    21184: "the session is temporarily unavailable; open a new session and send the invoice there",
-    21301: "the tokens were already redeemed, or the KSeF token was revoked; authenticate again",
-    21402: "invoiceSize or encryptedInvoiceSize does not match the content",
-    21403: "invoiceHash or encryptedInvoiceHash does not match the content",
-    21405: "the request failed KSeF's input validation (see details)",
-    21418: "the continuation token is malformed; restart the listing",
-    21470: "the public key id is unknown or withdrawn; re-fetch /security/public-key-certificates",
+    21001: N_("KSeF could not read the request body (not valid JSON or XML, or not UTF-8): a ksefd bug or a body "
+           "damaged on the way (a proxy?); it is not retried - report it with the log"),
+    9105: N_("the XAdES signature does not verify; check that the key belongs to the certificate"),
+    21115: N_("KSeF rejected the certificate (expired, wrong type, or not accepted in this environment)"),
+    21117: N_("the certificate's identifier does not fit the context type"),
+    21401: N_("the signed AuthTokenRequest does not match its XSD"),
+    21111: N_("the auth challenge was wrong, used or older than 10 minutes; start a new authentication"),
+    21155: N_("the session reached its invoice limit; open a new session"),
+    21165: N_("the invoice is processed but not yet available; try again later"),
+    21173: N_("no session with that reference number in this context"),
+    21178: N_("the UPO is not available (yet); try again later"),
+    21180: N_("the session is closed or expired; open a new session"),
+    21182: N_("too many exports are running in this context; wait for one to finish"),
+    21184: N_("the session is temporarily unavailable; open a new session and send the invoice there"),
+    21301: N_("the tokens were already redeemed, or the KSeF token was revoked; authenticate again"),
+    21402: N_("invoiceSize or encryptedInvoiceSize does not match the content"),
+    21403: N_("invoiceHash or encryptedInvoiceHash does not match the content"),
+    21405: N_("the request failed KSeF's input validation (see details)"),
+    21418: N_("the continuation token is malformed; restart the listing"),
+    21470: N_("the public key id is unknown or withdrawn; re-fetch /security/public-key-certificates"),
 }
 
 
@@ -95,8 +95,9 @@ class ServerError(TransportError):
     """HTTP 5xx; `excerpt` is the start of the body as text (an HTML page from a proxy, or empty)."""
 
     def __init__(self, status: int, excerpt: str, *, method: str = "", url: str = "") -> None:
-        shown = excerpt or "empty body"
-        super().__init__(f"KSeF answered {method} {url} with HTTP {status} ({shown})", method=method, url=url)
+        shown: str | Words = excerpt or said(N_("empty body"))
+        super().__init__(said(N_("KSeF answered {method} {url} with HTTP {status} ({excerpt})"), method=method,
+                              url=url, status=str(status), excerpt=shown), method=method, url=url)
         self.status = status
         self.excerpt = excerpt
 
@@ -123,9 +124,15 @@ class RateLimited(KsefError):
 
     def __init__(self, retry_after: float, *, group: str = "", context: str = "", details: list[str] | None = None
                  ) -> None:
-        where = f" for {group}" + (f" in context {context}" if context else "") if group else ""
-        super().__init__(f"KSeF rate limit reached{where}; retry after {retry_after:g} s"
-                         + (f" ({'; '.join(details)})" if details else ""))
+        words = said(N_("KSeF rate limit reached; retry after {seconds} s"), seconds=f"{retry_after:g}")
+        if group:
+            words = (said(N_("KSeF rate limit reached for {group} in context {context}; retry after {seconds} s"),
+                          group=group, context=context, seconds=f"{retry_after:g}") if context else
+                     said(N_("KSeF rate limit reached for {group}; retry after {seconds} s"), group=group,
+                          seconds=f"{retry_after:g}"))
+        if details:
+            words = said(N_("{reason} ({details})"), reason=words, details="; ".join(details))
+        super().__init__(words)
         self.retry_after = retry_after
         self.group = group
         self.context = context
@@ -151,9 +158,16 @@ class ExceptionDetail:
     details: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        hint = CODE_HINTS.get(self.code)
+        return english(self.words())
+
+    def words(self) -> Words:
+        """KSeF's own code, description and details as they came; ksefd's hint in the reader's language."""
         extra = f" [{'; '.join(self.details)}]" if self.details else ""
-        return f"{self.code} {self.description}{extra}" + (f" ({hint})" if hint else "")
+        said_by_ksef = f"{self.code} {self.description}{extra}"
+        hint = CODE_HINTS.get(self.code)
+        if hint is None:
+            return said(N_("{ksef}"), ksef=said_by_ksef)
+        return said(N_("{ksef} ({hint})"), ksef=said_by_ksef, hint=said(hint))
 
 
 class KsefException(ApiError):
@@ -162,7 +176,10 @@ class KsefException(ApiError):
     def __init__(self, errors: list[ExceptionDetail], *, method: str = "", url: str = "") -> None:
         if not errors:
             errors = [ExceptionDetail(0, "Bad Request without exception details")]
-        super().__init__(400, "; ".join(e.text() for e in errors), method=method, url=url)
+        detail: Words = errors[0].words()
+        for more in errors[1:]:
+            detail = said(N_("{first}; {then}"), first=detail, then=more.words())
+        super().__init__(400, detail, method=method, url=url)
         self.errors = errors
         self.retryable = any(e.code in RETRYABLE_CODES for e in errors)
 

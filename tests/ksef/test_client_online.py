@@ -13,6 +13,7 @@ import structlog.testing
 from lxml import etree
 
 from ksefd.clock import warsaw_date
+from ksefd.i18n import render
 from ksefd.ksef.client import KsefContext
 from ksefd.ksef.crypto import sha256_b64
 from ksefd.ksef.errors import KsefException, OutcomeUnknown
@@ -206,6 +207,22 @@ async def test_a_send_refused_with_21184_by_every_session_gives_up_after_session
     assert caught.value.code == 21184 and caught.value.retryable          # the daemon defers it
     opened = [e["session"] for e in logs if e["event"] == "ksef.online_opened"]
     assert len(opened) == 3 == len(set(opened))
+
+
+async def test_a_ksef_exception_gives_ksefs_words_as_they_came_and_ksefds_hint_in_the_readers_language(
+        sim_factory: Any, token_context: Callable[..., Any]) -> None:
+    sim = await sim_factory(config=SimConfig(limits_profile="off", faults="unavailable=1"))
+    ctx = await token_context(sim, online_options=OnlineOptions(session_attempts=1))
+    with pytest.raises(KsefException) as caught:
+        await ctx.online().send(invoice(660))
+    exc = caught.value
+    english_hint = "the session is temporarily unavailable; open a new session and send the invoice there"
+    assert english_hint in str(exc) and "21184" in str(exc)           # the log stays English
+    polish = render(exc.words, "pl")
+    assert polish.startswith("KSeF odpowiedział na POST ") and "kodem HTTP 400: 21184 " in polish
+    assert "(sesja jest chwilowo niedostępna; otwórz nową sesję i wyślij fakturę w niej)" in polish
+    assert english_hint not in polish
+    assert render(exc.words, "en") == str(exc)
 
 
 async def test_concurrent_sends_share_sessions_within_the_cap(

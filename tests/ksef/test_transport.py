@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from ksefd.i18n import render
 from ksefd.ksef.errors import (
     Forbidden,
     Gone,
@@ -156,8 +157,9 @@ async def test_5xx_html_and_empty_bodies_become_server_errors(upstream: Any, mak
     assert caught.value.status == 502 and caught.value.retryable
     assert "502 Bad Gateway nginx" in str(caught.value) and "<" not in caught.value.excerpt
     up.script = [raw(503, "", "text/plain")] * 3
-    with pytest.raises(ServerError, match=r"HTTP 503 \(empty body\)"):
+    with pytest.raises(ServerError, match=r"HTTP 503 \(empty body\)") as caught:
         await session_list(make_transport(base, sleep=Sleeps()))
+    assert "kodem HTTP 503 (pusta treść)" in render(caught.value.words, "pl")      # for people, in their words
 
 
 async def test_invoice_send_is_never_reposted_after_a_lost_answer(upstream: Any, make_transport: Any) -> None:
@@ -235,6 +237,8 @@ async def test_long_retry_after_is_raised_for_the_caller_to_schedule(upstream: A
         await make_transport(base, sleep=Sleeps()).request("POST", "/invoices/exports", json=EXPORT_BODY,
                                                            bearer=BEARER)
     assert caught.value.retry_after == 600 and caught.value.group == "invoiceExport"
+    assert str(caught.value) == "KSeF rate limit reached for invoiceExport; retry after 600 s"
+    assert render(caught.value.words, "pl") == "osiągnięto limit zapytań KSeF dla invoiceExport; ponowienie za 600 s"
 
 
 async def test_ksef_error_bodies_are_parsed(upstream: Any, make_transport: Any) -> None:
