@@ -53,10 +53,11 @@ log = structlog.get_logger("ksefd.ksef.auth")
 Credentials = KsefToken | CertificateCredentials
 
 _CONTEXT_PATTERNS = {
-    "Nip": (re.compile(r"^\d{10}$"), "10 digits"),
-    "InternalId": (re.compile(r"^\d{10}-\d{5}$"), "NIP-5 digits, e.g. 5265877635-12345"),
-    "NipVatUe": (re.compile(r"^\d{10}-[A-Z]{2}[0-9A-Za-z+*]{2,12}$"), "NIP-EU VAT number, e.g. 5265877635-DE123456789"),
-    "PeppolId": (re.compile(r"^P[A-Z]{2}\d{6}$"), "P + 2 letters + 6 digits, e.g. PPL123456"),
+    "Nip": (re.compile(r"^\d{10}$"), N_("10 digits")),
+    "InternalId": (re.compile(r"^\d{10}-\d{5}$"), N_("NIP-5 digits, e.g. 5265877635-12345")),
+    "NipVatUe": (re.compile(r"^\d{10}-[A-Z]{2}[0-9A-Za-z+*]{2,12}$"),
+                 N_("NIP-EU VAT number, e.g. 5265877635-DE123456789")),
+    "PeppolId": (re.compile(r"^P[A-Z]{2}\d{6}$"), N_("P + 2 letters + 6 digits, e.g. PPL123456")),
 }
 # 400 codes of redeem/refresh after which only a new authentication helps (PROTOCOL.md §3.5).
 _REAUTH_CODES = frozenset({21301, 21304, 21308})
@@ -74,7 +75,7 @@ class ContextIdentifier:
         pattern, shape = _CONTEXT_PATTERNS[self.type]
         if not pattern.match(self.value):
             raise KsefError(said(N_("{type} context {value} is malformed: expected {shape}"), type=self.type,
-                                 value=repr(self.value), shape=shape))
+                                 value=repr(self.value), shape=said(shape)))
 
     @classmethod
     def nip(cls, value: str) -> ContextIdentifier:

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ksefd.i18n import render
 from ksefd.ksef.auth import AuthOptions, ContextIdentifier, Tokens
 from ksefd.ksef.auth_messages import explain
 from ksefd.ksef.client import KsefClient
@@ -266,8 +267,9 @@ def test_context_identifier_validation() -> None:
     assert ContextIdentifier.parse("5265877635").key == "Nip:5265877635"
     assert ContextIdentifier("InternalId", "5265877635-12345").as_json() == {"type": "InternalId",
                                                                               "value": "5265877635-12345"}
-    with pytest.raises(KsefError, match="Nip context '526587763' is malformed: expected 10 digits"):
+    with pytest.raises(KsefError, match="Nip context '526587763' is malformed: expected 10 digits") as caught:
         ContextIdentifier.nip("526587763")
+    assert render(caught.value.words, "pl").endswith("ma błędną postać: oczekiwano 10 cyfr")     # in their words
     with pytest.raises(KsefError, match="context type 'Pesel' is unknown"):
         ContextIdentifier("Pesel", "12345678901")
 
