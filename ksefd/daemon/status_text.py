@@ -9,7 +9,7 @@ import datetime as dt
 from typing import Any
 
 from ksefd.clock import WARSAW
-from ksefd.i18n import _
+from ksefd.i18n import N_, _, translate
 
 # The taxpayer's web application (Aplikacja Podatnika) per environment, where permissions are granted and
 # tokens generated (PROTOCOL.md §0, the environments table).
@@ -118,6 +118,13 @@ def next_inbox_cycle(document: dict[str, Any] | None, cycle_minutes: float) -> d
     return min(found) if found else None
 
 
+# The config's subject types (receiving.subject_types) as an accountant says them (PROTOCOL.md §6.1:
+# Subject1 = the seller's view, Subject2 = the buyer's, Subject3 = a third party's, SubjectAuthorized = an
+# authorised entity's).
+SUBJECT_WORDS = {"Subject1": N_("as the seller"), "Subject2": N_("as the buyer"), "Subject3": N_("as a third party"),
+                 "SubjectAuthorized": N_("as an authorised entity")}
+
+
 def inbox_lines(document: dict[str, Any] | None, now: dt.datetime) -> list[str]:
     if document is None:
         return [_("  inbox: its first cycle has not run yet (it runs when the daemon starts)")]
@@ -125,7 +132,8 @@ def inbox_lines(document: dict[str, Any] | None, now: dt.datetime) -> list[str]:
     lines = [_("  inbox: {total} delivered in all, {recent} since the daemon started",
                total=document.get("deliveredTotal", 0), recent=metrics.get("delivered", 0))]
     for name, subject in sorted(document.get("subjects", {}).items()):
-        lines.append(_("    {subject}: invoices up to {checkpoint}, last cycle {cycle}", subject=name,
+        lines.append(_("    {subject} ({code}): invoices up to {checkpoint}, last cycle {cycle}",
+                       subject=translate(SUBJECT_WORDS[name]) if name in SUBJECT_WORDS else name, code=name,
                        checkpoint=when(subject.get("checkpoint"), _("none yet")),
                        cycle=when(subject.get("lastCycleAt"), _("not yet"))))
         error = subject.get("error")

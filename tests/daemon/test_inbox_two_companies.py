@@ -102,4 +102,4 @@ async def test_the_buyers_inbox_receives_exactly_what_the_seller_sent(
         status = await read_inbox_status(store, "buyer")
         assert status is not None and status["subjects"]["Subject2"]["checkpoint"] is not None
         shown = render(await gather(store, config, clock))              # `ksefd status`
-    assert "dostarczono łącznie 8" in shown and "Subject2: faktury do" in shown       # Polish by default
+    assert "dostarczono łącznie 8" in shown and "jako nabywca (Subject2): faktury do" in shown       # Polish by default

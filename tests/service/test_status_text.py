@@ -100,7 +100,7 @@ async def test_status_answers_in_warsaw_time_without_none(tmp_path: Path) -> Non
     assert buyer.startswith("(NIP 1111111111, KSeF PRODUCTION, receives only)")
     assert "queued" not in buyer and "accepted" not in buyer and "sending" not in buyer
     assert "receiving: invoices since 01.11.2026 00:00:00; next inbox cycle 06.12.2026 22:25:30 (in 10 min)" in buyer
-    assert "Subject2: invoices up to 06.12.2026 22:10:23, last cycle 06.12.2026 22:10:30" in buyer
+    assert "as the buyer (Subject2): invoices up to 06.12.2026 22:10:23, last cycle 06.12.2026 22:10:30" in buyer
     assert "\noff: switched off (enabled = false in the config)" in text
     document = json.loads(to_json_text(status))                     # files and JSON: ISO 8601 with offsets
     shown_buyer = next(c for c in document["companies"] if c["name"] == "buyer")
