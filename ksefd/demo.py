@@ -27,7 +27,7 @@ from ksefd.daemon.runtime import Runtime
 from ksefd.daemon.service import serve
 from ksefd.daemon.state_words import state_label
 from ksefd.demo_setup import offline_certificate, prepare_companies, write_config
-from ksefd.i18n import _, current
+from ksefd.i18n import _, counted, current
 from ksefd.samples import has_attachment, make_invoice, sample_bytes, sample_names
 from ksefd.sim.app import create_app
 from ksefd.sim.config import SimConfig
@@ -185,9 +185,9 @@ async def run_demo(*, count: int, once: bool, keep: Path | None, stop: asyncio.E
         today = warsaw_date(dt.datetime.now(dt.UTC))
         names = drop_invoices(config.companies[0].folders.outbox, seller.nip, buyer.nip, today, count)
         to_buyer = sum(1 for _, has_nip in names if has_nip)
-        print(_("Dropped {count} invoices into {outbox} ({seller}, NIP {seller_nip} -> {buyer}, NIP {buyer_nip}); "
-                "Ctrl+C stops.", count=len(names), outbox=config.companies[0].folders.outbox, seller=seller.name,
-                seller_nip=seller.nip, buyer=buyer.name, buyer_nip=buyer.nip), file=out)
+        print(_("Dropped {invoices} into {outbox} ({seller}, NIP {seller_nip} -> {buyer}, NIP {buyer_nip}); "
+                "Ctrl+C stops.", invoices=counted(len(names), "invoice"), outbox=config.companies[0].folders.outbox,
+                seller=seller.name, seller_nip=seller.nip, buyer=buyer.name, buyer_nip=buyer.nip), file=out)
         # What `ksefd status` would warn about (the demo logs in with KSeF tokens, which end with 2026).
         for warning in warnings(config, today):
             print(_("  WARNING {warning}", warning=warning), file=out)

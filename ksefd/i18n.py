@@ -160,6 +160,26 @@ def _(message: str, /, **values: Any) -> str:
     return text.format(**values) if values else text
 
 
+# Counted nouns: Polish has three forms (1 dzień / 2-4 dni / 5+ dni; 1 fakturę / 2-4 faktury / 5+ faktur, and 12-14
+# as 5+), English two; the catalogues carry no plural forms (see parse_po), so the few nouns ksefd counts in a
+# sentence live here, in the case their sentences need (Polish accusative: "wrzucono 1 fakturę", "za 1 dzień").
+_COUNTED: dict[str, dict[str, tuple[str, str, str]]] = {
+    "day": {"en": ("{n} day", "{n} days", "{n} days"), "pl": ("{n} dzień", "{n} dni", "{n} dni")},
+    "invoice": {"en": ("{n} invoice", "{n} invoices", "{n} invoices"),
+                "pl": ("{n} fakturę", "{n} faktury", "{n} faktur")},
+}
+
+
+def counted(n: int, noun: str, language: str | None = None) -> str:
+    """`n` and the noun in the form that number needs, e.g. counted(22, "invoice") -> "22 faktury"."""
+    language = language or _current
+    forms = _COUNTED[noun]["en" if language == "en" else "pl"]
+    if n == 1:
+        return forms[0].format(n=n)
+    few = language != "en" and n % 10 in (2, 3, 4) and n % 100 not in (12, 13, 14)
+    return (forms[1] if few else forms[2]).format(n=n)
+
+
 # A text kept as message ids with their values, so that it can be put into words later, in any language: a
 # client error (ksefd.ksef.texts) whose `str` stays English for the logs, a hold reason stored for `ksefd status`
 # (ksefd.daemon.words). A value is a plain string (KSeF's or the system's own words, a NIP, a path: never

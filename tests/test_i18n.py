@@ -67,3 +67,13 @@ def test_a_message_defined_twice_is_refused_as_msgfmt_does() -> None:
     text = 'msgid "a"\nmsgstr "x"\n\nmsgid "a"\nmsgstr "y"\n'
     with pytest.raises(ValueError, match="defined twice"):
         i18n.parse_po(text)
+
+
+def test_counted_nouns_take_the_form_their_number_needs() -> None:
+    from ksefd.i18n import counted
+    assert [counted(n, "invoice", "pl") for n in (1, 2, 4, 5, 12, 14, 21, 22, 112, 0)] == [
+        "1 fakturę", "2 faktury", "4 faktury", "5 faktur", "12 faktur", "14 faktur", "21 faktur", "22 faktury",
+        "112 faktur", "0 faktur"]
+    assert [counted(n, "day", "pl") for n in (1, 2, 5, 24)] == ["1 dzień", "2 dni", "5 dni", "24 dni"]
+    assert [counted(n, "day", "en") for n in (1, 2, 0)] == ["1 day", "2 days", "0 days"]
+    assert counted(3, "invoice", "en") == "3 invoices" and counted(1, "invoice", "en") == "1 invoice"

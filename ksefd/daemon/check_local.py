@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from ksefd.config import Company, Config
-from ksefd.i18n import _
+from ksefd.i18n import _, counted
 from ksefd.ksef import CertificateCredentials, Credentials, CredentialsError, KsefToken
 from ksefd.store.migrations import MIGRATIONS
 
@@ -164,7 +164,8 @@ def _judge_token(row: CompanyCheck, company: Company, token: KsefToken, today: d
     if row.days_left < 0:
         text = _("logs in with a KSeF token: token login ended on 31.12.2026")
     else:
-        text = _("logs in with a KSeF token: token login ends on 31.12.2026, in {days} days", days=row.days_left)
+        text = _("logs in with a KSeF token: token login ends on 31.12.2026, in {days}",
+                 days=counted(row.days_left, "day"))
     row.add("warning", "expiry", text, token_fix())
     return token
 
@@ -195,6 +196,6 @@ def _judge_certificate(row: CompanyCheck, company: Company, cert: CertificateCre
                 _("wait until then, or use the certificate that is valid now"))
         return None
     if row.days_left <= CERTIFICATE_WARNING_DAYS:
-        row.add("warning", "expiry", _("the certificate {file} expires on {date} (in {days} days)", file=cert.source,
-                                       date=day(not_after), days=row.days_left), certificate_fix())
+        row.add("warning", "expiry", _("the certificate {file} expires on {date} (in {days})", file=cert.source,
+                                       date=day(not_after), days=counted(row.days_left, "day")), certificate_fix())
     return cert

@@ -22,7 +22,7 @@ import structlog
 from ksefd import i18n
 from ksefd.clock import Clock, warsaw_date
 from ksefd.config import Company, Config
-from ksefd.i18n import _
+from ksefd.i18n import _, counted
 from ksefd.ksef import CredentialsError, load_certificates, load_pkcs12
 
 from .check_local import CERTIFICATE_WARNING_DAYS, TOKEN_LOGIN_LAST_DAY
@@ -52,18 +52,19 @@ class Expiry:
                 return _("{company} logs in with a KSeF token: token login ended on {date}. Move "
                          "it to a KSeF certificate (`ksefd certificate enroll`, see {doc})", company=self.company,
                          date=last_day, doc=CERTIFICATES_DOC)
-            return _("{company} logs in with a KSeF token: token login ends on {date} (in {days} days). Move it to "
+            return _("{company} logs in with a KSeF token: token login ends on {date} (in {days}). Move it to "
                      "a KSeF certificate (`ksefd certificate enroll`, see {doc})", company=self.company,
-                     date=last_day, days=days, doc=CERTIFICATES_DOC)
+                     date=last_day, days=counted(days, "day"), doc=CERTIFICATES_DOC)
         if days > CERTIFICATE_WARNING_DAYS:
             return None
         if days < 0:
             return _("{company}: the KSeF certificate {file} expired on {date}. Renew it (`ksefd certificate "
                      "enroll`, see {doc}); ksefd picks up the new files at its next login, no restart needed",
                      company=self.company, file=self.source, date=last_day, doc=CERTIFICATES_DOC)
-        return _("{company}: the KSeF certificate {file} expires on {date} (in {days} days). Renew it (`ksefd "
+        return _("{company}: the KSeF certificate {file} expires on {date} (in {days}). Renew it (`ksefd "
                  "certificate enroll`, see {doc}); ksefd picks up the new files at its next login, no restart "
-                 "needed", company=self.company, file=self.source, date=last_day, days=days, doc=CERTIFICATES_DOC)
+                 "needed", company=self.company, file=self.source, date=last_day, days=counted(days, "day"),
+                 doc=CERTIFICATES_DOC)
 
 
 _cache: dict[tuple[Path, int], dt.date] = {}

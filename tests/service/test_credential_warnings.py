@@ -102,11 +102,12 @@ async def test_the_daemon_warns_at_start_and_status_lists_the_token_company(
                                           else "acme logs in with a KSeF token")
                 continue
             section = text[text.index("\n\nDane logowania" if language == "pl" else "\n\nCredentials"):]
+            left = i18n.counted(days, "day", language)
             if language == "pl":
                 assert section.strip().splitlines()[1:] == [
-                    f"  UWAGA acme loguje się tokenem KSeF: logowanie tokenem kończy się 31.12.2026 (za {days} dni). "
+                    f"  UWAGA acme loguje się tokenem KSeF: logowanie tokenem kończy się 31.12.2026 (za {left}). "
                     "Przenieś firmę na certyfikat KSeF (`ksefd certificate enroll`, zob. docs/certificates.md)"]
             else:
                 assert section.strip().splitlines()[1:] == [
-                    f"  WARNING acme logs in with a KSeF token: token login ends on 31.12.2026 (in {days} days). "
+                    f"  WARNING acme logs in with a KSeF token: token login ends on 31.12.2026 (in {left}). "
                     "Move it to a KSeF certificate (`ksefd certificate enroll`, see docs/certificates.md)"]
