@@ -108,9 +108,10 @@ class RateLimitJournal:
         return {str(r[0])[len(LIMITS_PREFIX):]: str(r[1]) for r in rows}
 
     async def record(self, grants: Sequence[NewGrant], answers: Sequence[tuple[int, float]],
-                     blocks: Mapping[str, float]) -> list[int]:
+                     blocks: Mapping[str, float], voids: Sequence[int] = ()) -> list[int]:
         """One transaction, no fsync (see the module docstring); old grants pruned about once a minute. The new
-        rows' ids are allocated under the write lock (BEGIN IMMEDIATE), so they follow on without a gap."""
+        rows' ids are allocated under the write lock (BEGIN IMMEDIATE), so they follow on without a gap.
+        `voids`: spare rows never used (ksef/ratelimit_journal.py), deleted."""
         now = self._now().timestamp()
         ids: list[int] = []
         async with self._db.transaction(synced=False) as conn:
@@ -124,6 +125,8 @@ class RateLimitJournal:
             if answers:
                 await conn.executemany("UPDATE rate_grants SET answered = max(coalesce(answered, 0), ?) WHERE id = ?",
                                        [(at, row_id) for row_id, at in answers])
+            if voids:
+                await conn.executemany("DELETE FROM rate_grants WHERE id = ?", [(v,) for v in voids])
             for context, until in blocks.items():
                 await conn.execute("INSERT INTO rate_blocks (context, until) VALUES (?, ?) ON CONFLICT (context) "
                                    "DO UPDATE SET until = max(until, excluded.until)", (context, until))
