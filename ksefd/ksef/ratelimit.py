@@ -316,7 +316,8 @@ class RateLimiter:
         """A clean stop: everything queued (answer times too) is committed and the run is marked as ended
         cleanly."""
         if self._commit is not None and self._journal is not None:
-            self._commit.release_spares()
+            await self._commit.flush()          # spares being written land in the pool first...
+            self._commit.release_spares()       # ...so that none is left behind
             await self._commit.flush()
             await self._journal.stop_run()
 
@@ -324,10 +325,11 @@ class RateLimiter:
         """The previous run did not stop cleanly. Which requests can it have sent without a surviving row?
 
         * Same boot (a kill -9, a crash, the OOM killer): none. Each request was sent only after its grant
-          had committed, and a committed SQLite transaction in WAL mode survives the death of the process
-          even with synchronous=NORMAL; only the OS crashing or the power failing can undo it. So the record
-          is complete; only the requests in flight at the end are uncertain in time, and `load` already
-          counts them from now. Nothing more is presumed: a crash loop does not slow the company down.
+          (or the spare row it took) had committed, and a committed SQLite transaction in WAL mode survives
+          the death of the process even with synchronous=NORMAL; only the OS crashing or the power failing can
+          undo it. So the record is complete (spares left unused count as requests: a few too many); only
+          the requests in flight at the end are uncertain in time, and `load` already counts them from now.
+          Nothing more is presumed: a crash loop does not slow the company down.
         * Another boot, or we cannot tell: the last commits may be lost (WAL with synchronous=NORMAL, though
           every synchronous=FULL commit of the daemon's invoice state syncs them too). The crash came before
           this boot began, so up to then presume the worst for the short windows: every (context, group)

@@ -4,7 +4,8 @@ per grant in `rate_grants`, one per running 429 block in `rate_blocks`, and in t
 
 A grant is committed before its request is sent, with synchronous=NORMAL (`Database.transaction(synced=
 False)`): in WAL mode that survives a kill -9 without an fsync per request; the limiter batches grants
-taken at once into one transaction. The run marker keeps the boot identity, so the next start knows
+taken at once into one transaction, and a burst of one group commits a few spare rows ahead (deleted again
+when unused, ksef/ratelimit_journal.py). The run marker keeps the boot identity, so the next start knows
 whether only the process died (every committed row survived) or the machine went down (the last
 unsynced commits may be gone); ksef/ratelimit.py decides what to presume then.
 """
