@@ -221,7 +221,8 @@ async def _process(world: World, ref: str, queued_at: float) -> None:
         _accept(world, record)
         prepare = world.services.get("prepare_invoice_upo")     # sessions_query.register
         if prepare is not None and record["sessionType"] == "Online" and record["status"]["code"] == 200:
-            prepare(record)
+            # Right after, not before the verdict shows: a client sees its status exactly when it did before.
+            asyncio.get_running_loop().call_soon(prepare, record)
     else:
         _decided(world, record, verdict)
 
