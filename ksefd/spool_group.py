@@ -16,7 +16,10 @@ yet recorded, which the next round writes again with the same bytes (a no-op).
 The flush is Linux's syncfs(2): every dirty page and inode of that file system written and waited for, in one
 call (its errors are reported since Linux 5.8). It also waits for other programs' dirty pages on that file
 system, so it is used for groups of FLUSH_FROM files or more only. Smaller groups, other platforms, or where
-it cannot be called: each file is fsynced and the directory after, as before.
+it cannot be called: each file is fsynced and the directory after, as before, but the files of a group at
+once, from a few threads: on ext4 fsyncs that overlap share one journal commit (3 files: ~2 ms instead of
+~12 ms one after the other, measured on the 2-core machine, issue #16), and each still waits for nothing but
+its own file.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import ctypes
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import spool
 
 FLUSH_FROM = 16         # files in a group from which one flush replaces an fsync each (worth_flushing)
+SYNCERS = 8             # threads fsyncing a group's files at once (sync_data), only while it runs
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -79,12 +84,20 @@ def sync_data(paths: Sequence[Path]) -> None:
     """The bytes of `paths` durable: one flush of their file systems for a group, else an fsync of each."""
     if not paths or (worth_flushing(len(paths)) and flush(p.parent for p in paths)):
         return
-    for path in paths:
-        fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))    # Windows commits a writable handle only
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    if len(paths) == 1:
+        _fsync(paths[0])
+        return
+    with ThreadPoolExecutor(min(SYNCERS, len(paths)), thread_name_prefix="ksefd-fsync") as pool:
+        for _ in pool.map(_fsync, paths):        # the first error is raised, once every fsync has ended
+            pass
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))    # Windows commits a writable handle only
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sync_names(directory: Path, count: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,19 @@ def test_a_small_group_is_fsynced_file_by_file_without_a_flush(tmp_path: Path, m
     count = spool_group.FLUSH_FROM - 1
     spool_group.place([spool_group.stage(tmp_path / f"{n}.upo.xml", b"<UPO/>", replace=False) for n in range(count)])
     assert (flushes, len(fsyncs)) == ([], count + 1)
+
+
+def test_the_fsyncs_of_a_small_group_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On ext4 fsyncs that run at the same time share a journal commit: an online invoice's ksef.json and UPO
+    cost about one commit, not one each (issue #16). Each fsync here waits until a second one runs beside it;
+    one after the other, the first would wait in vain."""
+    together = threading.Barrier(2, timeout=5)
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        together.wait()
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(spool_group, "_syncfs", None)
+    spool_group.sync_data([spool_group.stage(tmp_path / f"{n}.json", b"{}", replace=True).temp for n in range(2)])

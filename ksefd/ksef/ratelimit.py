@@ -13,7 +13,8 @@ really sleep.
 
 Durability (issue #10 point 1): with a `LimiterJournal` (ksefd.store implements it over SQLite), every
 grant and every block is committed before the request it allows is sent (ratelimit_journal.py), so a
-daemon killed and restarted at once knows its windows and blocks exactly.
+daemon killed and restarted at once knows its windows and blocks (exactly, or with a few requests too many:
+the spare rows a burst commits ahead, ratelimit_journal.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import structlog
 from .clock import Sleep
 from .errors import ProtocolError
 from .ratelimit_flight import InFlight
-from .ratelimit_journal import Grant, GrantRow, GroupCommit, LimiterJournal, PreviousRun
+from .ratelimit_journal import SPARE_TTL_S, Grant, GrantRow, GroupCommit, LimiterJournal, PreviousRun
 from .ratelimit_limits import HOUR, MINUTE, PRODUCTION_LIMITS, GroupLimits, parse_rate_limits
 
 if TYPE_CHECKING:
@@ -49,6 +50,11 @@ PER_IP_IN_FLIGHT = 8          # of those, at most this many on the way at once (
 # arrival stamp, so only the few calls in flight need a margin (for their latency jitter), and a 429 there
 # costs one call (ratelimit_flight.py). 1 000 companies log in at ~55/s instead of 48/s (issue #16 point 4).
 PER_IP_MARGIN = 0.1
+# Spare rows (ratelimit_journal.py): a grant that finds none commits up to this many rows of its group at once,
+# doubling from 1 while each reservation is used up within SPARE_RENEW_S of the last one; never more than the
+# group's windows (and the global one) have room for now, so a kill -9 over-counts at most that many.
+SPARE_MOST = 16
+SPARE_RENEW_S = 1.0
 
 
 async def adopt_server_limits(limiter: RateLimiter, auth: AuthSession) -> dict[str, GroupLimits]:
@@ -90,6 +96,14 @@ class _Bucket:
         if cut:
             del self.stamps[:cut]
 
+    def room(self, now: float, windows: tuple[tuple[float, int], ...], margin: float) -> int:
+        """Requests that still fit in every window now (SPARE_MOST when none limits them)."""
+        free = SPARE_MOST
+        for length, limit in windows:
+            in_window = len(self.stamps) - bisect.bisect_right(self.stamps, now - length - margin)
+            free = min(free, limit - in_window)
+        return max(0, free)
+
     def wait(self, now: float, windows: tuple[tuple[float, int], ...], margin: float) -> float:
         """Seconds until one more request fits in every window (each widened by `margin`)."""
         longest = 0.0
@@ -122,6 +136,7 @@ class RateLimiter:
         self._journal = journal
         self._commit = GroupCommit(journal) if journal is not None else None
         self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._spare_sizes: dict[tuple[str, str], tuple[int, float]] = {}   # (size, when) of the last reservation
         self._blocks: dict[str, float] = {}
         self._presumed_full_at: float | None = None
         self._flight = InFlight(PER_IP_IN_FLIGHT, blocked=lambda: not self.ready(PER_IP_CONTEXT, "anonymous"))
@@ -170,7 +185,7 @@ class RateLimiter:
                         log.debug("ratelimit.wait", context=context, group=group, seconds=round(wait, 3))
                         await self._sleep(wait)
                     grant = self._grant(context, group)
-                if self._commit is not None:
+                if self._commit is not None and grant.id is None:     # a spare row is committed already
                     await self._commit.flush()
             except BaseException:
                 if per_ip:
@@ -269,7 +284,8 @@ class RateLimiter:
         await self._take_in(journal, self._now())
 
     async def _take_in(self, journal: LimiterJournal, now: float) -> tuple[list[GrantRow], list[tuple[int, float]]]:
-        grants = await journal.grants_since(now - HOUR - self._margin)
+        # A used spare row keeps its commit time until its answer is written: read that much further back.
+        grants = await journal.grants_since(now - HOUR - self._margin - SPARE_TTL_S)
         unanswered: list[tuple[int, float]] = []
         for row, context, group, at, answered in grants:
             if answered is None:
@@ -300,6 +316,8 @@ class RateLimiter:
         """A clean stop: everything queued (answer times too) is committed and the run is marked as ended
         cleanly."""
         if self._commit is not None and self._journal is not None:
+            await self._commit.flush()          # spares being written land in the pool first...
+            self._commit.release_spares()       # ...so that none is left behind
             await self._commit.flush()
             await self._journal.stop_run()
 
@@ -307,10 +325,11 @@ class RateLimiter:
         """The previous run did not stop cleanly. Which requests can it have sent without a surviving row?
 
         * Same boot (a kill -9, a crash, the OOM killer): none. Each request was sent only after its grant
-          had committed, and a committed SQLite transaction in WAL mode survives the death of the process
-          even with synchronous=NORMAL; only the OS crashing or the power failing can undo it. So the record
-          is complete; only the requests in flight at the end are uncertain in time, and `load` already
-          counts them from now. Nothing more is presumed: a crash loop does not slow the company down.
+          (or the spare row it took) had committed, and a committed SQLite transaction in WAL mode survives
+          the death of the process even with synchronous=NORMAL; only the OS crashing or the power failing can
+          undo it. So the record is complete (spares left unused count as requests: a few too many); only
+          the requests in flight at the end are uncertain in time, and `load` already counts them from now.
+          Nothing more is presumed: a crash loop does not slow the company down.
         * Another boot, or we cannot tell: the last commits may be lost (WAL with synchronous=NORMAL, though
           every synchronous=FULL commit of the daemon's invoice state syncs them too). The crash came before
           this boot began, so up to then presume the worst for the short windows: every (context, group)
@@ -364,9 +383,25 @@ class RateLimiter:
         grant = Grant(context, group, self._now())
         self._bucket(context, group).record(grant.at)
         self._count_globally(group, grant.at)
-        if self._commit is not None:
-            self._commit.queue_grant(grant)
+        if self._commit is not None and not self._commit.take_spare(grant, grant.at):
+            self._commit.queue_grant(grant, self._spares_wanted(context, group, grant.at))
         return grant
+
+    def _spares_wanted(self, context: str, group: str, now: float) -> int:
+        """How many spare rows to commit with this grant (SPARE_MOST): none for a lone request, more while a
+        burst uses them up, never more than fit in the windows beside this one."""
+        assert self._commit is not None
+        key = (context, group)
+        if self._commit.reserving.get(key):
+            return 0        # a reservation is being written; grants meanwhile share its commit
+        size, last = self._spare_sizes.get(key, (1, float("-inf")))
+        size = min(SPARE_MOST, size * 2) if now - last <= SPARE_RENEW_S else 1
+        self._spare_sizes[key] = (size, now)
+        room = self._bucket(context, group).room(now, self.limits_for(context, group).windows(), self._margin)
+        if self._uses_global(group):
+            room = min(room, self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP).room(
+                now, self._defaults[GLOBAL_GROUP].windows(), self._margin))
+        return max(0, min(size - 1, room))
 
     def _restamp(self, grant: Grant, new: float) -> None:
         if new <= grant.at:

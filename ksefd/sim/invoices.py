@@ -219,6 +219,10 @@ async def _process(world: World, ref: str, queued_at: float) -> None:
     await _sleep_until(queued_at + 2 * delay)
     if verdict["code"] == 200:
         _accept(world, record)
+        prepare = world.services.get("prepare_invoice_upo")     # sessions_query.register
+        if prepare is not None and record["sessionType"] == "Online" and record["status"]["code"] == 200:
+            # Right after, not before the verdict shows: a client sees its status exactly when it did before.
+            asyncio.get_running_loop().call_soon(prepare, record)
     else:
         _decided(world, record, verdict)
 

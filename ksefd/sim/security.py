@@ -20,6 +20,7 @@ from .errors import Forbidden, Unauthorized
 from .store import Store
 
 ISSUER = "ksef-api-ti"
+VERIFIED_KEPT = 4096        # tokens whose signature was checked, kept (TokenIssuer.verify)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class TokenIssuer:
             rec = {"secret": secrets.token_hex(32)}
             store.put("sim_meta", "jwt", rec)
         self._secret: str = rec["secret"]
+        # A token's signature and audience were checked once: the same string verifies the same way every time,
+        # so a cache changes nothing a client can see. Type and expiry are checked on every call (the clock moves).
+        # Every API call checks its bearer twice (rate-limit middleware, then the handler): a fifth of the
+        # simulator's CPU per online invoice (issue #16).
+        self._verified: dict[str, dict[str, Any]] = {}
 
     def issue(self, token_type: str, lifetime: dt.timedelta, claims: dict[str, Any]) -> tuple[str, dt.datetime]:
         now = self._clock.now()
@@ -56,13 +62,19 @@ class TokenIssuer:
 
     def verify(self, token: str, token_type: str) -> dict[str, Any]:
         """Decode and check signature, type and expiry against the simulator's clock."""
-        try:
-            # Times are checked against the simulator's clock below, never the wall clock (ManualClock tests).
-            payload: dict[str, Any] = jwt.decode(
-                token, self._secret, algorithms=["HS256"], audience=ISSUER,
-                options={"verify_exp": False, "verify_iat": False, "verify_nbf": False})
-        except jwt.PyJWTError as exc:
-            raise Unauthorized("Nieprawidłowy token.") from exc
+        payload = self._verified.get(token)
+        if payload is None:
+            try:
+                # Times are checked against the simulator's clock below, never the wall clock (ManualClock tests).
+                payload = jwt.decode(
+                    token, self._secret, algorithms=["HS256"], audience=ISSUER,
+                    options={"verify_exp": False, "verify_iat": False, "verify_nbf": False})
+            except jwt.PyJWTError as exc:
+                raise Unauthorized("Nieprawidłowy token.") from exc
+            if len(self._verified) >= VERIFIED_KEPT:
+                self._verified.clear()
+            self._verified[token] = payload
+        payload = dict(payload)         # callers may not change the cached claims
         if payload.get("token-type") != token_type:
             raise Unauthorized(f"Wymagany jest token typu {token_type}.")
         if payload["exp"] <= self._clock.now().timestamp():

@@ -4,7 +4,8 @@ per grant in `rate_grants`, one per running 429 block in `rate_blocks`, and in t
 
 A grant is committed before its request is sent, with synchronous=NORMAL (`Database.transaction(synced=
 False)`): in WAL mode that survives a kill -9 without an fsync per request; the limiter batches grants
-taken at once into one transaction. The run marker keeps the boot identity, so the next start knows
+taken at once into one transaction, and a burst of one group commits a few spare rows ahead (deleted again
+when unused, ksef/ratelimit_journal.py). The run marker keeps the boot identity, so the next start knows
 whether only the process died (every committed row survived) or the machine went down (the last
 unsynced commits may be gone); ksef/ratelimit.py decides what to presume then.
 """
@@ -108,9 +109,10 @@ class RateLimitJournal:
         return {str(r[0])[len(LIMITS_PREFIX):]: str(r[1]) for r in rows}
 
     async def record(self, grants: Sequence[NewGrant], answers: Sequence[tuple[int, float]],
-                     blocks: Mapping[str, float]) -> list[int]:
+                     blocks: Mapping[str, float], voids: Sequence[int] = ()) -> list[int]:
         """One transaction, no fsync (see the module docstring); old grants pruned about once a minute. The new
-        rows' ids are allocated under the write lock (BEGIN IMMEDIATE), so they follow on without a gap."""
+        rows' ids are allocated under the write lock (BEGIN IMMEDIATE), so they follow on without a gap.
+        `voids`: spare rows never used (ksef/ratelimit_journal.py), deleted."""
         now = self._now().timestamp()
         ids: list[int] = []
         async with self._db.transaction(synced=False) as conn:
@@ -124,6 +126,8 @@ class RateLimitJournal:
             if answers:
                 await conn.executemany("UPDATE rate_grants SET answered = max(coalesce(answered, 0), ?) WHERE id = ?",
                                        [(at, row_id) for row_id, at in answers])
+            if voids:
+                await conn.executemany("DELETE FROM rate_grants WHERE id = ?", [(v,) for v in voids])
             for context, until in blocks.items():
                 await conn.execute("INSERT INTO rate_blocks (context, until) VALUES (?, ?) ON CONFLICT (context) "
                                    "DO UPDATE SET until = max(until, excluded.until)", (context, until))

@@ -219,3 +219,15 @@ async def test_production_name_has_no_suffix(sim_factory: Any, http: aiohttp.Cli
     for signature in root.findall(f"{{{DS}}}Signature"):
         root.remove(signature)
     assert etree.XMLSchema(etree.parse(str(XSD))).validate(root)     # valid as it stands on PRD
+
+
+async def test_an_online_invoice_s_upo_is_signed_when_it_is_accepted_not_at_the_first_download(
+        sim: Any, http: aiohttp.ClientSession) -> None:
+    """Issue #16: the client asks for the UPO right after the status says 200, and signing it (about a third of
+    the simulator's CPU per online invoice) sat on that round trip. The bytes are those a download gives."""
+    online, (first, second) = await _session_with_two(sim, http, await access_token(http, sim.base_url, NIP))
+    ready = sim.world.store.get_blob(f"upo/invoice/{first['referenceNumber']}")
+    assert ready is not None and sim.world.store.get_blob(f"upo/invoice/{second['referenceNumber']}") is not None
+    by_ref, _ = await online.get_bytes(f"/sessions/{online.reference}/invoices/{first['referenceNumber']}/upo")
+    assert by_ref == ready
+    verify_signature(by_ref)

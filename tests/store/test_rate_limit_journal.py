@@ -212,12 +212,12 @@ class SlowJournal:
         return getattr(self.inner, name)
 
     async def record(self, grants: Sequence[tuple[str, str, float]], answers: Sequence[tuple[int, float]],
-                     blocks: Mapping[str, float]) -> list[int]:
+                     blocks: Mapping[str, float], voids: Sequence[int] = ()) -> list[int]:
         self.writing.set()
         await self.go.wait()
         self.clock.busy += 1
         try:
-            return await self.inner.record(grants, answers, blocks)
+            return await self.inner.record(grants, answers, blocks, voids)
         finally:
             self.clock.busy -= 1
 
@@ -277,3 +277,55 @@ async def test_a_positive_global_limit_survives_a_restart_for_every_context(star
     second: Daemon = await start()  # type: ignore[misc]
     assert second.limiter.limits_for("Nip:3333333333", "global") == GroupLimits(2, None, None)
     assert second.limiter.delay("Nip:3333333333", "sessionMisc") == pytest.approx(1.0)
+
+
+UNLIMITED = {**PRODUCTION_LIMITS, "invoiceStatus": GroupLimits(None, None, None)}
+
+
+async def test_a_burst_of_one_group_commits_spare_rows_ahead_not_one_row_per_request(
+        start: Callable[..., object], db_path: Path) -> None:
+    """Issue #16 goal 5: an online trickle asks ~100 times a second; each request waited for its own commit."""
+    daemon: Daemon = await start()  # type: ignore[misc]
+    daemon.limiter.set_limits(A, UNLIMITED)
+    for _ in range(100):
+        daemon.limiter.answered(await daemon.limiter.acquire(A, "invoiceStatus"))
+    assert daemon.limiter.transactions <= 12            # 1, 2, 4, 8, then 16 rows a commit
+    used = rows(db_path, "SELECT count(*) FROM rate_grants WHERE answered IS NOT NULL")[0][0]
+    assert used >= 100 - 16                              # all but the last commit's rows carry their answers
+
+
+async def test_spares_left_at_a_kill_count_as_requests_and_a_clean_stop_deletes_them(
+        start: Callable[..., object], db_path: Path) -> None:
+    """A spare row whose request was never sent only counts one request too many after a kill -9 (never one too
+    few: every request sent had its row committed first); a clean stop leaves none behind."""
+    first: Daemon = await start()  # type: ignore[misc]
+    clock: VirtualClock = start.clock  # type: ignore[attr-defined]
+    for _ in range(5):                                   # invoiceSend 10/s: rows 1, 2 + 1, 4 + 3 spare -> 7
+        first.limiter.answered(await first.limiter.acquire(A, "invoiceSend"))
+    committed = len(rows(db_path, "SELECT * FROM rate_grants"))
+    assert 5 < committed <= 10                           # spares, but never more than the second window holds
+    second: Daemon = await start()  # type: ignore[misc]                 # kill -9: no close()
+    assert len(second.limiter.granted(A, "invoiceSend")) == committed   # the unused ones count, from now
+    assert second.limiter.delay(A, "invoiceSend") == pytest.approx(0.0)  # still within 10/s
+    for _ in range(3):
+        second.limiter.answered(await second.limiter.acquire(A, "invoiceSend"))
+    await second.limiter.close()
+    third: Daemon = await start()  # type: ignore[misc]
+    assert len(third.limiter.granted(A, "invoiceSend")) == committed + 3
+    assert rows(db_path, "SELECT count(*) FROM rate_grants WHERE answered IS NULL") == [(0,)]
+    assert clock.now() == START.timestamp()              # the virtual clock never had to wait
+
+
+async def test_a_spare_row_unused_for_a_while_is_deleted_not_used(start: Callable[..., object],
+                                                                  db_path: Path) -> None:
+    daemon: Daemon = await start()  # type: ignore[misc]
+    clock: VirtualClock = start.clock  # type: ignore[attr-defined]
+    daemon.limiter.set_limits(A, UNLIMITED)
+    for _ in range(2):                                   # the second commits one spare
+        daemon.limiter.answered(await daemon.limiter.acquire(A, "invoiceStatus"))
+    spare = rows(db_path, "SELECT max(id) FROM rate_grants")[0][0]
+    clock.t += 5                                         # older than SPARE_TTL_S
+    before = daemon.limiter.transactions
+    late = await daemon.limiter.acquire(A, "invoiceStatus")
+    assert late.id != spare and daemon.limiter.transactions == before + 1
+    assert rows(db_path, f"SELECT count(*) FROM rate_grants WHERE id = {spare}") == [(0,)]
