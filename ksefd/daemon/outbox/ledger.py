@@ -102,6 +102,11 @@ class Ledger:
         self._wake(to_state)
         return moved
 
+    async def show_many(self, rows: list[InvoiceRow], extra: dict[str, Any] | None = None) -> None:
+        """Rewrite many invoices' state files in a worker thread (after a `move_many(state_files=False)`)."""
+        if rows:
+            await self._show_many(rows, extra)
+
     def show(self, row: InvoiceRow, extra: dict[str, Any] | None = None) -> None:
         """Rewrite the invoice's state file (informational; a failure to write it is logged, not fatal)."""
         self._write_state(row, extra, self.now())

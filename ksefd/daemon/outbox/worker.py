@@ -3,7 +3,8 @@
 context and rate-limit windows, so one company's backlog never starves another's trickle.
 
 Sending policy: with `batch_threshold` or more invoices waiting, batch sessions of at most
-`batch_max_invoices` (and the context's cap); below it, the online session. An invoice with an
+`batch_max_invoices` (and the context's cap), in pieces of about BATCH_PIECE (`batch_sizes`); below it, the
+online session. An invoice with an
 attachment always goes by batch (online sessions refuse attachments, PROTOCOL.md §4.2). Online sends are
 started only while the client's rate limiter would let them through at once, so invoices do not sit in
 SUBMITTING for an hour behind `invoiceSend` (180/h); the backlog then grows into a batch instead.
@@ -52,6 +53,13 @@ S = InvoiceState
 T = SessionState
 ONLINE_CONCURRENCY = 10     # online sends at once: as many as KSeF takes in a second (invoiceSend 10/s, PROTOCOL.md §7)
 BATCHES_AT_ONCE = 2
+# A backlog goes in pieces of about this many invoices, so that KSeF processes one piece while ksefd builds the
+# next one and stores the results of the one before (a 10 000 batch at once: all of its rows, events and state
+# files in one step, KSeF idle meanwhile, then ksefd idle while KSeF works). Opening a batch session is limited
+# to 20 a minute and 60 an hour (batchSession, PROTOCOL.md §7): a backlog larger than BATCH_PIECES pieces goes
+# in BATCH_PIECES larger ones (up to the cap), so a backlog costs at most a few more sessions than it used to.
+BATCH_PIECE = 2_500
+BATCH_PIECES = 4
 LOOP_RETRY_SECONDS = 5.0
 IDLE_LOOK_SECONDS = 300.0      # with nothing to do, a loop still looks this often (a safety net for a missed wake-up)
 SEND_WAIT_AT_MOST = 2.0        # seconds the limiter may make an online send wait before we prefer to wait here
@@ -267,9 +275,9 @@ class OutboxWorker:
             return max(0.2, self.limiter.delay(self.connection.context.context.key, "invoiceSend"))
         if verdict.down:            # an announced outage in which KSeF answers: new invoices are issued offline
             return LOOP_RETRY_SECONDS
-        cap = self._batch_cap()
         now = self.clock.now()
         waiting = await self.store.invoices.due_count(self.company.name, S.QUEUED, now)
+        cap = piece_size(self._batch_cap(), waiting - len(self._reserved))
         if self.intake.busy and waiting - len(self._reserved) < cap:
             return 0.2               # a drop is still being claimed: see the whole backlog before choosing
         async with self.offline.lock:
@@ -283,10 +291,11 @@ class OutboxWorker:
             attachments = [r for r in queued if r.has_attachment]
             plain = [r for r in queued if not r.has_attachment]
             by_batch = attachments + (plain if len(plain) >= self.company.sending.batch_threshold else [])
-            for start in range(0, len(by_batch), cap):
+            for size in batch_sizes(len(by_batch), cap, whole_only=self.intake.busy):
                 if sum(1 for t in self._tasks if t.get_name() == "batch") >= BATCHES_AT_ONCE:
                     break
-                self._start(self._batch(by_batch[start:start + cap]), "batch", by_batch[start:start + cap])
+                self._start(self._batch(by_batch[:size]), "batch", by_batch[:size])
+                by_batch = by_batch[size:]
             online = [] if len(plain) >= self.company.sending.batch_threshold else plain
             self._reserved |= {r.id for r in online}       # the desk leaves them alone from now on
         await self._send_online(online)
@@ -461,3 +470,21 @@ class OutboxWorker:
                 self.idle.clear()
                 self.ledger.dispatch_due.set()              # look again; the loop reports when it is idle
 
+
+def piece_size(cap: int, waiting: int) -> int:
+    """How many invoices one batch session takes from a backlog of `waiting`: BATCH_PIECE, more when the backlog
+    is larger than BATCH_PIECES pieces (so it costs at most BATCH_PIECES sessions), never more than `cap`."""
+    return max(1, min(cap, max(BATCH_PIECE, -(-waiting // BATCH_PIECES))))
+
+
+def batch_sizes(count: int, piece: int, *, whole_only: bool = False) -> list[int]:
+    """`count` invoices in the fewest sessions of at most `piece`, of even sizes (2 600 with pieces of 2 500:
+    1 300 and 1 300, not 2 500 and a session for 100). `whole_only` (files are still being claimed): full
+    pieces only; the rest waits for the invoices still coming."""
+    if whole_only:
+        return [piece] * (count // piece)
+    if count <= 0:
+        return []
+    sessions = -(-count // piece)
+    size, extra = divmod(count, sessions)
+    return [size + 1] * extra + [size] * (sessions - extra)
