@@ -150,7 +150,7 @@ class BatchRunner:
         sender = self.sender
         ids = [r.id for r in rows]
         submitted = await self.ledger.move_many(
-            ids, rows[0].state, S.SUBMITTING, state_files=False,
+            ids, rows[0].state, S.SUBMITTING, state_files=False, known=rows if rows[0].state == S.QUEUED else None,
             session_id=session.id, mode="batch", next_attempt_at=None, detail={"session": opened.reference_number})
         self.log.info("outbox.batch_opened", session=opened.reference_number, invoices=len(rows),
                           parts=len(prepared.parts))
@@ -243,7 +243,7 @@ class BatchRunner:
         waiting = [r for r in rows if r.state == S.SUBMITTING and found[r.id] is not None]
         if waiting:
             moved = await self.ledger.move_many([r.id for r in waiting], S.SUBMITTING, S.PROCESSING,
-                                                state_files=False)
+                                                state_files=False, known=waiting)
             by_id = {m.id: m for m in moved}            # a dict: a scan per row was quadratic (10 000: ~5 s)
             rows = [by_id.get(r.id, r) for r in rows]
         accepted: list[tuple[InvoiceRow, str, str | None]] = []

@@ -349,7 +349,7 @@ class Intake:
                 await self._finish_row(row, item)
         good = [r for r, i in zip(rows, items, strict=True) if i.checked is not None]
         if good:
-            await self.ledger.move_many([r.id for r in good], S.CLAIMED, S.QUEUED, through=S.CHECKED)
+            await self.ledger.move_many([r.id for r in good], S.CLAIMED, S.QUEUED, through=S.CHECKED, known=good)
 
     @staticmethod
     def _facts(item: _Claimed) -> dict[str, Any]:
