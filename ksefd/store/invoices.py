@@ -130,10 +130,17 @@ def _read_back(value: Any) -> Any:
     return value
 
 
-def _as_written(row: InvoiceRow, state: InvoiceState, now: dt.datetime, fields: dict[str, Any]) -> InvoiceRow:
-    """`row` after an UPDATE to `state` with `fields` at `now`, as a read of it would give it."""
-    return dataclasses.replace(row, state=state, updated_at=dt.datetime.fromisoformat(db_time(now)),
-                               **{name: _read_back(value) for name, value in fields.items()})
+def _as_written(rows: Sequence[InvoiceRow], state: InvoiceState, now: dt.datetime,
+                fields: Sequence[dict[str, Any]]) -> list[InvoiceRow]:
+    """`rows` after an UPDATE to `state` at `now`, each with its `fields` (one dict for all, or one each), as a
+    read of them would give them."""
+    updated = dt.datetime.fromisoformat(db_time(now))
+    if len(fields) == 1:
+        read = {name: _read_back(value) for name, value in fields[0].items()}
+        return [dataclasses.replace(row, state=state, updated_at=updated, **read) for row in rows]
+    return [dataclasses.replace(row, state=state, updated_at=updated,
+                                **{name: _read_back(value) for name, value in one.items()})
+            for row, one in zip(rows, fields, strict=True)]
 
 
 class InvoiceRepo:
@@ -255,7 +262,7 @@ class InvoiceRepo:
                     raise StateConflict("invoice", invoice_ids[0], [from_state], to_state.value)
                 if last:
                     rows = (await self._get_many(conn, invoice_ids) if known is None
-                            else [_as_written(r, to_state, now, fields) for r in known])
+                            else _as_written(known, to_state, now, [fields]))
                     sessions = {r.id: r.session_id for r in rows}
                     companies = {r.id: r.company for r in rows}
             events_rows = [
@@ -297,7 +304,7 @@ class InvoiceRepo:
             if known is None:
                 rows = await self._get_many(conn, ids)
             else:
-                rows = [_as_written(r, to_state, now, c.fields) for r, c in zip(known, changes, strict=True)]
+                rows = _as_written(known, to_state, now, [c.fields for c in changes])
             await events.record_many(conn, [
                 dict(at=now, kind="invoice", company=r.company, invoice_id=r.id, session_id=r.session_id,
                      from_state=from_state, to_state=to_state, detail=c.detail)
