@@ -408,6 +408,12 @@ class InvoiceRepo:
             found = await self._get_many(conn, ids, missing_ok=True)
         return found
 
+    async def due_ids(self, company: str, state: InvoiceState, now: dt.datetime) -> list[int]:
+        """The ids of `due` (one state), oldest first: the dispatcher's look, without loading rows."""
+        return [int(r[0]) for r in await self._db.fetch_all(
+            "SELECT id FROM invoices WHERE company = ? AND state = ? AND (next_attempt_at IS NULL OR "
+            "next_attempt_at <= ?) ORDER BY id", (company, state.value, db_time(now)))]
+
     async def due_count(self, company: str, state: InvoiceState, now: dt.datetime) -> int:
         row = await self._db.fetch_one(
             "SELECT COUNT(*) FROM invoices WHERE company = ? AND state = ? AND (next_attempt_at IS NULL OR "

@@ -3,6 +3,8 @@ next (issue #16 goal 2); each invoice still in exactly one session, once."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -82,3 +84,38 @@ async def test_a_drop_still_landing_while_intake_looks_again_goes_by_batch(
     records = sim_records(sim)
     assert len(records) == 25 and {r["sessionType"] for r in records} == {"Batch"}, Counter(
         r["sessionType"] for r in records)
+
+
+async def test_the_next_piece_starts_when_a_batch_ends_while_the_other_is_still_running(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two batches at once: when the first ends, the third piece goes at once, not when the second ends too
+    (the invoices of running batches were counted as waiting ones, which hid the next piece)."""
+    from ksefd.daemon.outbox.batch import BatchRunner
+
+    monkeypatch.setattr(worker, "BATCH_PIECE", 10)
+    sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
+    outbox = config.companies[0].folders.outbox
+    for n in range(30):
+        drop(outbox, f"q{n:02d}.xml", invoice(f"PIECE/NEXT/{n}"))
+    real = BatchRunner.close_and_track
+    sessions: list[int] = []
+    third = asyncio.Event()
+    held: list[bool] = []
+
+    async def close_and_track(self: BatchRunner, session: Any, submitted: Any = None) -> Any:
+        if session.id not in sessions:
+            sessions.append(session.id)
+            if len(sessions) == 3:
+                third.set()
+            if len(sessions) == 2:       # KSeF is slow with the second batch: the third must not wait for it
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(third.wait(), 10)
+                held.append(third.is_set())
+        return await real(self, session, submitted)
+
+    monkeypatch.setattr(BatchRunner, "close_and_track", close_and_track)
+    await drain(config)
+    assert held == [True]
+    records = sim_records(sim)
+    assert len(records) == 30 and len({r["invoiceHash"] for r in records}) == 30
+    assert len(Counter(r["sessionReferenceNumber"] for r in records)) == 3
