@@ -290,8 +290,10 @@ class OutboxWorker:
             # Intake may have queued a technical correction or an outbox/offline/ request since the first look:
             # those are the desk's (§8.4), never plain online sends.
             await self.offline.issue_special()
-            free = await self._free_queued(now)
-            queued = await self.store.invoices.get_many(free[:100_000]) if free else []
+            queued = []
+            if await self._free_queued(now):
+                queued = [r for r in await self.store.invoices.due(self.company.name, [S.QUEUED], now,
+                                                                   limit=100_000) if r.id not in self._reserved]
             attachments = [r for r in queued if r.has_attachment]
             plain = [r for r in queued if not r.has_attachment]
             by_batch = attachments + (plain if len(plain) >= self.company.sending.batch_threshold else [])
