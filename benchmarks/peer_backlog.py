@@ -70,6 +70,9 @@ for the 1 000, load average 2.0-5.3 (other engineers' tests and benchmarks runni
       of which user / kernel          1.1-1.3 / 0.3-1.6 ms      1.05-1.12 / 0.45-1.5 ms
     backlog 10 000 (ksefd alone)      57.8 s, 1.88 ms, 139 MB   40.7 s, 1.64 ms, 120 MB (before the dispatcher fix)
                                       60.5 s, 1.78 ms, 133 MB   32.9 s, 1.66 ms, 117 MB, 0 x 429
+A third pair at 03:39-03:43 (load average 2.1-6.3): main 1.09x, 1.57 ms (0.34-1.10 kernel; one of its three runs
+sent 34 invoices online, 30 a minute: 60.5 s), perf-cpu 1.18x, 2.45 ms (1.23-1.50 kernel); 10 000: main 55.2 s,
+1.85 ms, 135 MB, perf-cpu 51.9 s, 1.95 ms, 120 MB, 0 x 429 (load 5.9-6.3 during these two).
 The kernel share swings from run to run with the other programs' disk writes (syncfs waits for and writes their
 dirty pages too); an fsync per file instead measured 1.21-1.27 ms of kernel time in every run.
 """
