@@ -100,3 +100,35 @@ async def test_transition_steps_walks_several_states_in_one_all_or_nothing_commi
     first = await store.invoices.get(ids[0])
     assert first is not None and first.state == S.QUEUED          # nothing of the failed walk stayed
     assert len(await store.events.for_invoice(ids[0])) == 3
+
+
+async def test_moves_built_from_the_callers_rows_equal_the_rows_read_back(store: Store, clock: ManualClock) -> None:
+    """`known=` (issue #16): the answer is built, not read back, and must be exactly what a read gives: times in
+    UTC as stored, JSON as it comes back, the audit the same."""
+    import datetime as dt
+
+    from ksefd.store import StoreError
+
+    session = await store.sessions.add("acme", "batch", "REF-1", opened_at=clock.now())
+    rows = await store.invoices.add_many("acme", [
+        NewInvoice(f"FV{n}.xml", HASHES[n], 1, None, {"work_path": f"/w/{n}"}) for n in range(3)])
+    ids = [r.id for r in rows]
+    clock.advance(1.234567)
+    later = dt.datetime(2026, 3, 2, 12, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    built = await store.invoices.transition_steps(ids, [S.CLAIMED, S.CHECKED, S.QUEUED], known=rows,
+                                                  next_attempt_at=later, last_error={"b": [1, "x"], "a": None})
+    assert built == await store.invoices.get_many(ids)
+    moved = await store.invoices.transition_steps(ids, [S.QUEUED, S.SUBMITTING], known=built,
+                                                  session_id=session.id, mode="batch", next_attempt_at=None)
+    assert moved == await store.invoices.get_many(ids)
+    moved = await store.invoices.transition_steps(ids, [S.SUBMITTING, S.PROCESSING], known=moved)
+    accepted = await store.invoices.transition_each(
+        [Change(i, {"ksef_number": f"K{i}", "result_name": f"FV{i}", "status_code": 200}) for i in ids],
+        S.PROCESSING, S.ACCEPTED, known=moved)
+    assert accepted == await store.invoices.get_many(ids)
+    assert [e.session_id for e in await store.events.for_invoice(ids[0])][-1] == session.id
+    with pytest.raises(StoreError):       # not the rows moved, in their order and state
+        await store.invoices.transition_steps(ids[::-1], [S.ACCEPTED, S.UPO_SAVED], known=accepted)
+    with pytest.raises(StoreError):
+        await store.invoices.transition_steps(ids, [S.ACCEPTED, S.UPO_SAVED], known=moved)
+    assert {r.state for r in await store.invoices.get_many(ids)} == {S.ACCEPTED}

@@ -34,6 +34,7 @@ class OutboxFiles:
     def __init__(self, company: Company, work_dir: Path) -> None:
         self.company = company
         self.folders = company.folders
+        self._outbox = str(company.folders.outbox)      # state file names are built by the thousand
         self.work_dir = work_dir
 
     def prepare(self) -> None:
@@ -232,7 +233,7 @@ class OutboxFiles:
         return self.folders.outbox / (spool.bounded_stem(spool.split_name(file_name)[0]) + STATE_SUFFIX)
 
     def _state_name(self, file_name: str) -> str:
-        return os.path.join(self.folders.outbox, spool.bounded_stem(spool.split_name(file_name)[0]) + STATE_SUFFIX)
+        return os.path.join(self._outbox, spool.bounded_stem(spool.split_name(file_name)[0]) + STATE_SUFFIX)
 
     def write_state(self, row: InvoiceRow, state: str, message: str, extra: dict[str, Any] | None = None) -> None:
         body = {"invoiceId": row.id, "file": row.file_name, "state": state, "message": message,

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from inotify_simple import INotify, flags
 
-# A file appears (created or renamed in), is written, closed or touched; the folder itself goes away.
-WATCH_MASK = (flags.CREATE | flags.MOVED_TO | flags.MODIFY | flags.CLOSE_WRITE | flags.ATTRIB | flags.DELETE_SELF
+# A file appears (created or renamed in), is closed after writing or touched; the folder itself goes away. Not
+# each write (IN_MODIFY): its writer's close follows (intake rescans a file still open every settle_seconds / 2),
+# and most of those events were ksefd's own NAME.state.json writes, read and dropped by the thousand.
+WATCH_MASK = (flags.CREATE | flags.MOVED_TO | flags.CLOSE_WRITE | flags.ATTRIB | flags.DELETE_SELF
               | flags.MOVE_SELF | flags.ONLYDIR)
 GONE = flags.IGNORED | flags.DELETE_SELF | flags.MOVE_SELF | flags.UNMOUNT
 IN_Q_OVERFLOW = int(flags.Q_OVERFLOW)

@@ -92,7 +92,7 @@ class Intake:
         self.stability = spool.StabilityTracker(clock, settle_seconds)
         self.poke = asyncio.Event()
         self.pending = 0            # candidates seen but not yet stable
-        self.busy = False           # a chunk is being claimed and checked (the dispatcher waits to see it whole)
+        self.busy = False           # looking, claiming, checking (the dispatcher waits to see a drop whole)
         self.redrops_waiting = 0    # re-drops waiting for their original to finish
         # Entries refused and left in the outbox (they could not be moved): name -> what they were when told,
         # so that each is told once, not at every scan (refusals.py).
@@ -140,7 +140,18 @@ class Intake:
                 stop_watch.set()
 
     async def scan_once(self) -> int:
-        """Look at the outbox once; claim, check and queue every finished file. Returns how many."""
+        """Look at the outbox once; claim, check and queue every finished file. Returns how many.
+
+        Busy from the look itself: while an ERP is still renaming a large drop in, the first look sees only the
+        first few dozen files, and the dispatcher must not send those online (30 a minute, PROTOCOL.md §7) in
+        the moment between that look and the next one, which finds the rest (a 10 000 drop sent 34 online)."""
+        self.busy = True
+        try:
+            return await self._scan_once()
+        finally:
+            self.busy = False
+
+    async def _scan_once(self) -> int:
         odd: list[tuple[Path, str]] = []
         try:
             candidates = await asyncio.to_thread(spool.scan, self.outbox, odd)
@@ -158,12 +169,8 @@ class Intake:
         stable = [p for p in candidates if self.stability.is_stable(p)]
         self.pending = len(candidates) - len(stable)
         done = 0
-        self.busy = bool(stable)
-        try:
-            for start in range(0, len(stable), CHUNK):
-                done += await self._take([p for p in stable[start:start + CHUNK]])
-        finally:
-            self.busy = False
+        for start in range(0, len(stable), CHUNK):
+            done += await self._take([p for p in stable[start:start + CHUNK]])
         if done:
             self.log.info("outbox.intake", claimed=done, waiting_to_settle=self.pending)
         return done
@@ -342,7 +349,7 @@ class Intake:
                 await self._finish_row(row, item)
         good = [r for r, i in zip(rows, items, strict=True) if i.checked is not None]
         if good:
-            await self.ledger.move_many([r.id for r in good], S.CLAIMED, S.QUEUED, through=S.CHECKED)
+            await self.ledger.move_many([r.id for r in good], S.CLAIMED, S.QUEUED, through=S.CHECKED, known=good)
 
     @staticmethod
     def _facts(item: _Claimed) -> dict[str, Any]:

@@ -81,26 +81,36 @@ class Ledger:
 
     async def move_many(self, ids: Sequence[int], from_state: InvoiceState, to_state: InvoiceState, *,
                         show: dict[str, Any] | None = None, state_files: bool = True,
-                        through: InvoiceState | None = None, **fields: Any) -> list[InvoiceRow]:
+                        through: InvoiceState | None = None, known: Sequence[InvoiceRow] | None = None,
+                        **fields: Any) -> list[InvoiceRow]:
         """A group in one commit; their state files are written in a worker thread (thousands of small file
         replacements must not stall the event loop). `state_files=False`: the caller finishes them at once.
-        `through`: a step on the way, taken in the same commit (e.g. CLAIMED -> CHECKED -> QUEUED)."""
+        `through`: a step on the way, taken in the same commit (e.g. CLAIMED -> CHECKED -> QUEUED).
+        `known`: the rows of `ids` as the caller has them, fresh (only its task writes them): the moved rows
+        are built from them instead of read back."""
         if not ids:
             return []
         states = [from_state, through, to_state] if through is not None else [from_state, to_state]
-        moved = await self.store.invoices.transition_steps(list(ids), states, **fields)
+        moved = await self.store.invoices.transition_steps(list(ids), states, known=_fresh(known, from_state),
+                                                           **fields)
         if state_files:
             await self._show_many(moved, show)
         self._wake(to_state)
         return moved
 
     async def move_each(self, changes: Sequence[Change], from_state: InvoiceState,
-                        to_state: InvoiceState) -> list[InvoiceRow]:
+                        to_state: InvoiceState, *, known: Sequence[InvoiceRow] | None = None) -> list[InvoiceRow]:
         """A group with fields of their own, in one commit; state files left as they are (the caller finishes
-        the group at once, e.g. a batch's accepted invoices whose UPOs follow)."""
-        moved = await self.store.invoices.transition_each(changes, from_state, to_state)
+        the group at once, e.g. a batch's accepted invoices whose UPOs follow). `known`: as for move_many."""
+        moved = await self.store.invoices.transition_each(changes, from_state, to_state,
+                                                          known=_fresh(known, from_state))
         self._wake(to_state)
         return moved
+
+    async def show_many(self, rows: list[InvoiceRow], extra: dict[str, Any] | None = None) -> None:
+        """Rewrite many invoices' state files in a worker thread (after a `move_many(state_files=False)`)."""
+        if rows:
+            await self._show_many(rows, extra)
 
     def show(self, row: InvoiceRow, extra: dict[str, Any] | None = None) -> None:
         """Rewrite the invoice's state file (informational; a failure to write it is logged, not fatal)."""
@@ -171,14 +181,16 @@ class Ledger:
         the state files and working copies go."""
         if not rows:
             return []
-        return await self.done([r.id for r in rows], S.ACCEPTED)
+        return await self.done([r.id for r in rows], S.ACCEPTED, known=rows)
 
-    async def done(self, ids: Sequence[int], from_state: InvoiceState = S.UPO_SAVED) -> list[InvoiceRow]:
-        """UPO_SAVED -> DONE (e.g. after a crash between the two steps); from ACCEPTED both steps in one commit."""
+    async def done(self, ids: Sequence[int], from_state: InvoiceState = S.UPO_SAVED, *,
+                   known: Sequence[InvoiceRow] | None = None) -> list[InvoiceRow]:
+        """UPO_SAVED -> DONE (e.g. after a crash between the two steps); from ACCEPTED both steps in one commit.
+        `known`: as for move_many (only the ids, names and working paths of the finished rows are used)."""
         if not ids:
             return []
         steps = [S.ACCEPTED, S.UPO_SAVED, S.DONE] if from_state == S.ACCEPTED else [from_state, S.DONE]
-        done = await self.store.invoices.transition_steps(list(ids), steps)
+        done = await self.store.invoices.transition_steps(list(ids), steps, known=_fresh(known, from_state))
         await asyncio.to_thread(self.files.finished, done)
         self._wake(S.DONE)
         return done
@@ -267,3 +279,8 @@ class Ledger:
             self.files.write_state(row, str(row.state), message, {**info, **(extra or {})})
         except OSError as exc:
             self.log.warning("outbox.state_file_failed", file=row.file_name, invoice=row.id, error=str(exc))
+
+
+def _fresh(known: Sequence[InvoiceRow] | None, state: InvoiceState) -> Sequence[InvoiceRow] | None:
+    """`known` when every row is in `state` (else None: the store reads the rows back)."""
+    return known if known is not None and all(r.state == state for r in known) else None

@@ -145,7 +145,7 @@ class Outcomes:
         rows = await self.ledger.move_each([
             Change(row.id, {"ksef_number": invoice.ksef_number, "result_name": stem, "status_code": 200},
                    {"ksefNumber": invoice.ksef_number, "session": session.reference})
-            for row, invoice, stem in written], S.PROCESSING, S.ACCEPTED)
+            for row, invoice, stem in written], S.PROCESSING, S.ACCEPTED, known=[row for row, _, _ in written])
         for row in rows:
             self.log.info("outbox.accepted", file=row.file_name, invoice=row.id, ksef_number=row.ksef_number,
                               sent_as=row.result_name)

@@ -3,7 +3,8 @@
 context and rate-limit windows, so one company's backlog never starves another's trickle.
 
 Sending policy: with `batch_threshold` or more invoices waiting, batch sessions of at most
-`batch_max_invoices` (and the context's cap); below it, the online session. An invoice with an
+`batch_max_invoices` (and the context's cap), in pieces of about BATCH_PIECE (`batch_sizes`); below it, the
+online session. An invoice with an
 attachment always goes by batch (online sessions refuse attachments, PROTOCOL.md §4.2). Online sends are
 started only while the client's rate limiter would let them through at once, so invoices do not sit in
 SUBMITTING for an hour behind `invoiceSend` (180/h); the backlog then grows into a batch instead.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import shutil
 import traceback
 from pathlib import Path
@@ -52,6 +54,13 @@ S = InvoiceState
 T = SessionState
 ONLINE_CONCURRENCY = 10     # online sends at once: as many as KSeF takes in a second (invoiceSend 10/s, PROTOCOL.md §7)
 BATCHES_AT_ONCE = 2
+# A backlog goes in pieces of about this many invoices, so that KSeF processes one piece while ksefd builds the
+# next one and stores the results of the one before (a 10 000 batch at once: all of its rows, events and state
+# files in one step, KSeF idle meanwhile, then ksefd idle while KSeF works). Opening a batch session is limited
+# to 20 a minute and 60 an hour (batchSession, PROTOCOL.md §7): a backlog larger than BATCH_PIECES pieces goes
+# in BATCH_PIECES larger ones (up to the cap), so a backlog costs at most a few more sessions than it used to.
+BATCH_PIECE = 2_500
+BATCH_PIECES = 4
 LOOP_RETRY_SECONDS = 5.0
 IDLE_LOOK_SECONDS = 300.0      # with nothing to do, a loop still looks this often (a safety net for a missed wake-up)
 SEND_WAIT_AT_MOST = 2.0        # seconds the limiter may make an online send wait before we prefer to wait here
@@ -267,30 +276,43 @@ class OutboxWorker:
             return max(0.2, self.limiter.delay(self.connection.context.context.key, "invoiceSend"))
         if verdict.down:            # an announced outage in which KSeF answers: new invoices are issued offline
             return LOOP_RETRY_SECONDS
-        cap = self._batch_cap()
         now = self.clock.now()
-        waiting = await self.store.invoices.due_count(self.company.name, S.QUEUED, now)
-        if self.intake.busy and waiting - len(self._reserved) < cap:
+        # The waiting invoices no task holds, by id. `_reserved` also holds the invoices of running batches,
+        # no longer QUEUED: a count of QUEUED minus len(_reserved) hid a backlog's next piece until another
+        # batch ended (with pieces: ~8 s of a 10 000 backlog).
+        waiting = len(await self._free_queued(now))
+        cap = piece_size(self._batch_cap(), waiting)
+        if self.intake.busy and waiting < cap:
             return 0.2               # a drop is still being claimed: see the whole backlog before choosing
+        if waiting >= self.company.sending.batch_threshold and self._batches_running() >= BATCHES_AT_ONCE:
+            return await self._idle([], draining)    # a batch slot frees: its task's end wakes this loop
         async with self.offline.lock:
             # Intake may have queued a technical correction or an outbox/offline/ request since the first look:
             # those are the desk's (§8.4), never plain online sends.
             await self.offline.issue_special()
             queued = []
-            if waiting > len(self._reserved):
+            if await self._free_queued(now):
                 queued = [r for r in await self.store.invoices.due(self.company.name, [S.QUEUED], now,
                                                                    limit=100_000) if r.id not in self._reserved]
             attachments = [r for r in queued if r.has_attachment]
             plain = [r for r in queued if not r.has_attachment]
             by_batch = attachments + (plain if len(plain) >= self.company.sending.batch_threshold else [])
-            for start in range(0, len(by_batch), cap):
-                if sum(1 for t in self._tasks if t.get_name() == "batch") >= BATCHES_AT_ONCE:
+            for size in batch_sizes(len(by_batch), cap, whole_only=self.intake.busy):
+                if self._batches_running() >= BATCHES_AT_ONCE:
                     break
-                self._start(self._batch(by_batch[start:start + cap]), "batch", by_batch[start:start + cap])
+                self._start(self._batch(by_batch[:size]), "batch", by_batch[:size])
+                by_batch = by_batch[size:]
             online = [] if len(plain) >= self.company.sending.batch_threshold else plain
             self._reserved |= {r.id for r in online}       # the desk leaves them alone from now on
         await self._send_online(online)
         return await self._idle(queued, draining)
+
+    async def _free_queued(self, now: dt.datetime) -> list[int]:
+        return [i for i in await self.store.invoices.due_ids(self.company.name, S.QUEUED, now)
+                if i not in self._reserved]
+
+    def _batches_running(self) -> int:
+        return sum(1 for t in self._tasks if t.get_name() == "batch")
 
     async def _send_offline(self) -> bool:
         """OFFLINE invoices, oldest deadline first, with offlineMode (PROTOCOL.md §8.2): technical corrections
@@ -461,3 +483,21 @@ class OutboxWorker:
                 self.idle.clear()
                 self.ledger.dispatch_due.set()              # look again; the loop reports when it is idle
 
+
+def piece_size(cap: int, waiting: int) -> int:
+    """How many invoices one batch session takes from a backlog of `waiting`: BATCH_PIECE, more when the backlog
+    is larger than BATCH_PIECES pieces (so it costs at most BATCH_PIECES sessions), never more than `cap`."""
+    return max(1, min(cap, max(BATCH_PIECE, -(-waiting // BATCH_PIECES))))
+
+
+def batch_sizes(count: int, piece: int, *, whole_only: bool = False) -> list[int]:
+    """`count` invoices in the fewest sessions of at most `piece`, of even sizes (2 600 with pieces of 2 500:
+    1 300 and 1 300, not 2 500 and a session for 100). `whole_only` (files are still being claimed): full
+    pieces only; the rest waits for the invoices still coming."""
+    if whole_only:
+        return [piece] * (count // piece)
+    if count <= 0:
+        return []
+    sessions = -(-count // piece)
+    size, extra = divmod(count, sessions)
+    return [size + 1] * extra + [size] * (sessions - extra)
