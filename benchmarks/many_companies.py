@@ -62,6 +62,7 @@ from ksefd.sim.app import create_app
 from ksefd.sim.config import SimConfig
 from tests.support.ksef_auth import _json, self_signed_certificate, xades_login
 
+TIMELINE = os.environ.get("KSEFD_BENCH_TIMELINE")   # FILE: every request of the connect phase, one a line
 PYSPY = os.environ.get("KSEFD_BENCH_PYSPY")   # FILE: py-spy samples the idle daemon into it (collapsed stacks)
 TOKEN_IPS = 25          # loopback addresses the tokens are made from (each has its own 60/s public window)
 
@@ -95,6 +96,7 @@ async def run(companies: int, seconds: float, drops: int) -> None:
     counts: Counter[str] = Counter()
     refused: Counter[str] = Counter()
     counting = [False]
+    timeline: list[tuple[float, float, str, int]] = []   # (arrived, answered, operation, status) per request
 
     @web.middleware
     async def count(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -103,6 +105,7 @@ async def run(companies: int, seconds: float, drops: int) -> None:
         resource = request.match_info.route.resource
         name = f"{request.method} {resource.canonical if resource else request.path}"
         counts[name] += 1
+        arrived = time.perf_counter()
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -111,6 +114,8 @@ async def run(companies: int, seconds: float, drops: int) -> None:
             raise
         if response.status == 429:
             refused[name] += 1
+        if TIMELINE:
+            timeline.append((arrived, time.perf_counter(), name, response.status))
         return response
 
     app = create_app(SimConfig(limits_profile="production"))
@@ -142,6 +147,9 @@ async def run(companies: int, seconds: float, drops: int) -> None:
                   f"{daemon.cpu_seconds():.1f} s, simulator {sim_cpu:.1f} s")
             for op, n in counts.most_common():
                 print(f"      {n:6d}  {op}")
+            if TIMELINE:
+                Path(TIMELINE).write_text("".join(f"{a - started:.4f} {b - started:.4f} {status} {op}\n"
+                                                  for a, b, op, status in timeline))
             async with aiohttp.ClientSession() as http, http.get(base_url[:-3] + "/sim/ratelimits") as resp:
                 tally = await resp.json()
             print(f"  simulator: {tally.get('tooManyRequests')} x 429, {tally.get('requestsDuringBlock')} requests "
