@@ -49,7 +49,7 @@ from .outbox.watch import OutboxWatcher
 from .outbox.worker import OutboxWorker
 from .reload import watch_reloads
 from .runtime import Runtime
-from .status import gather
+from .status import HEARTBEAT_STALE, gather
 from .words import shown
 
 log = structlog.get_logger("ksefd.daemon")
@@ -64,7 +64,9 @@ def _prepare(worker: OutboxWorker) -> None:
     except OSError as exc:      # the worker's own start tries again (and says so); the others go on
         log.error("outbox.folders_unusable", company=worker.company.name, error=str(exc))
 
-HEARTBEAT_SECONDS = 5.0
+# Its readers (`ksefd status`, `ksefd reload`, /healthz, the metrics) call it stale after HEARTBEAT_STALE (30 s):
+# a beat every 10 s leaves room for two missed ones, and wakes an idle daemon half as often as every 5 s.
+HEARTBEAT_SECONDS = HEARTBEAT_STALE.total_seconds() / 3
 RENEWAL_CHECK_SECONDS = 86_400.0   # KSeF certificates due for renewal: looked at start-up, then daily (issue #13)
 EXPIRY_WARNING_SECONDS = 86_400.0  # credential end warnings: at start-up, then daily (issue #12 point 7)
 PROGRESS_SECONDS = 0.2

@@ -116,3 +116,13 @@ def test_one_line_summary_for_systemctl_status() -> None:
     assert one_line(status) == "2 companies: 4 queued, 2 in KSeF, 10 accepted and 2 rejected today; on hold: beta"
     many = DaemonStatus(True, None, 1, [company(f"c{i}", True) for i in range(8)])
     assert one_line(many).endswith("on hold: c0, c1, c2, c3, c4 and 3 more")
+
+
+def test_an_idle_daemon_is_woken_rarely_by_its_own_signs_of_life() -> None:
+    """Issue #16 point 4: the systemd STATUS line is read from the database company by company (~200 ms of CPU
+    for 100 companies), so about once a minute, not every 10 s; the heartbeat every 10 s, a third of the age at
+    which its readers call it stale (not every 5 s)."""
+    from ksefd.daemon.service import HEARTBEAT_SECONDS
+    from ksefd.daemon.status import HEARTBEAT_STALE
+    assert notify.STATUS_EVERY_SECONDS >= 60
+    assert HEARTBEAT_SECONDS == 10 and HEARTBEAT_STALE.total_seconds() >= HEARTBEAT_SECONDS * 3
