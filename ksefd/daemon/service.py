@@ -43,13 +43,13 @@ from .credential_expiry import warn_daily
 from .inbox.runner import run_inbox
 from .instance import InstanceLock, StartupProblem, check_writable
 from .lifecycle import every, guarded
-from .notify_status import one_line
+from .notify_status import summary
 from .outbox.sending_off import return_unsent
 from .outbox.watch import OutboxWatcher
 from .outbox.worker import OutboxWorker
 from .reload import watch_reloads
 from .runtime import Runtime
-from .status import HEARTBEAT_STALE, gather
+from .status import HEARTBEAT_STALE
 from .words import shown
 
 log = structlog.get_logger("ksefd.daemon")
@@ -297,7 +297,7 @@ class Daemon:
         self.connections.pop(name, None)
 
     async def _summary(self) -> str:
-        return one_line(await gather(self.runtime.store, self.runtime.config, self.runtime.clock))
+        return await summary(self.runtime.store, self.runtime.config, self.runtime.clock)
 
     async def main_loop(self, stop: asyncio.Event, on_progress: Progress | None) -> None:
         """Until `stop`; in drain mode also until every worker reports that it is idle and receiving is done."""
