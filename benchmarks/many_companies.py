@@ -47,6 +47,7 @@ Measured 2026-12-07 03:12-03:34, back to back with this script: main at 71a635f 
          drop taken (last outbox)  median 4 ms, max 53 ms               median 2 ms, max 5 ms
     1000: all connected            80.6 s, 7 943 requests, 0 x 429      76.8 s, 8 067 requests, 0 x 429
                                    (89.6 and 95.7 s at load 3-5)        (77.0, 79.8, 80.4 s at load 3-6)
+                                   another pair at load 4.7-5.8: 89.2 s 79.2 s
          start-up (first request)  5.0 s                                4.3 s
          public calls              75.6 s, in phases (all challenges,   72.5 s, 55/s, each login finished
                                    then all tokens, ...)                before the next ones are opened
