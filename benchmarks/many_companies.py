@@ -16,7 +16,9 @@ config, send and receive on for every company, except `settle_seconds = 0` so th
 The tokens are made before the daemon starts, from other loopback addresses (127.0.0.2...) so that their
 public calls do not count in the daemon's per-IP window (KSeF counts public operations per IP, PROTOCOL.md
 §7); the daemon itself uses 127.0.0.1. KSEFD_BENCH_PYSPY=FILE samples the idle daemon with py-spy (collapsed
-stacks), KSEFD_BENCH_LOG=FILE keeps the daemon's log, KSEFD_BENCH_PROFILE=FILE runs it under cProfile.
+stacks), KSEFD_BENCH_LOG=FILE keeps the daemon's log, KSEFD_BENCH_PROFILE=FILE runs it under cProfile,
+KSEFD_BENCH_TIMELINE=FILE writes every request of the connect phase as the simulator saw it ("arrived answered
+status operation", seconds), to count the public calls per second.
 
 Measured 2026-12-07 on the shared 2-core machine, one after the other with this script: main at ff6d364
 ("before") and branch perf-many ("after"), --idle-seconds 120 --drops 5 (load average 9.0 -> 5.8 during
@@ -35,6 +37,26 @@ Measured 2026-12-07 on the shared 2-core machine, one after the other with this 
          RSS, threads              159 MB, 10                           140 MB, 8
          requests while idle       0                                    0
          drop taken (last outbox)  median 88 ms, max 100 ms             median 3 ms, max 7 ms
+
+Measured 2026-12-07 03:12-03:34, back to back with this script: main at 71a635f ("before") and branch perf-many2
+("after"), --idle-seconds 120 (100) / 60 (1000), load average 1.2-4.8:
+                                   before                               after
+    100: all connected             9.1 s, 762 requests, 0 x 429         8.2 s, 796 requests, 0 x 429
+         idle, % of a core         0.058 % (0.07 s CPU in 120 s)        0.017 % (0.02 s CPU in 120 s)
+         RSS, threads              77 MB, 8                             76 MB, 8
+         drop taken (last outbox)  median 4 ms, max 53 ms               median 2 ms, max 5 ms
+    1000: all connected            80.6 s, 7 943 requests, 0 x 429      76.8 s, 8 067 requests, 0 x 429
+                                   (89.6 and 95.7 s at load 3-5)        (77.0, 79.8, 80.4 s at load 3-6)
+                                   another pair at load 4.7-5.8: 89.2 s 79.2 s
+         start-up (first request)  5.0 s                                4.3 s
+         public calls              75.6 s, in phases (all challenges,   72.5 s, 55/s, each login finished
+                                   then all tokens, ...)                before the next ones are opened
+         idle, % of a core         0.067 % (0.04 s CPU in 60 s)         0.033 % (0.02 s CPU in 60 s)
+         RSS, threads              142 MB, 8                            141 MB, 8
+The simulator is not the bottleneck: it answers a public call in 0.1-0.8 ms (median; ksef-token with its RSA-OAEP
+decryption 0.8 ms, p90 2 ms) and used 6.7-9.3 s of CPU for the whole connect phase. Four public calls per login
+(challenge, token, one status read, redeem) are the least a KSeF-token login needs; 4 000 of them at 60/s are
+66.7 s, at the pacing's 60 per 1.05 s 70 s.
 """
 
 # ruff: noqa: ASYNC110, ASYNC240 - a benchmark driver: polling the outbox is the measurement
@@ -62,6 +84,7 @@ from ksefd.sim.app import create_app
 from ksefd.sim.config import SimConfig
 from tests.support.ksef_auth import _json, self_signed_certificate, xades_login
 
+TIMELINE = os.environ.get("KSEFD_BENCH_TIMELINE")   # FILE: every request of the connect phase, one a line
 PYSPY = os.environ.get("KSEFD_BENCH_PYSPY")   # FILE: py-spy samples the idle daemon into it (collapsed stacks)
 TOKEN_IPS = 25          # loopback addresses the tokens are made from (each has its own 60/s public window)
 
@@ -95,6 +118,7 @@ async def run(companies: int, seconds: float, drops: int) -> None:
     counts: Counter[str] = Counter()
     refused: Counter[str] = Counter()
     counting = [False]
+    timeline: list[tuple[float, float, str, int]] = []   # (arrived, answered, operation, status) per request
 
     @web.middleware
     async def count(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -103,6 +127,7 @@ async def run(companies: int, seconds: float, drops: int) -> None:
         resource = request.match_info.route.resource
         name = f"{request.method} {resource.canonical if resource else request.path}"
         counts[name] += 1
+        arrived = time.perf_counter()
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -111,6 +136,8 @@ async def run(companies: int, seconds: float, drops: int) -> None:
             raise
         if response.status == 429:
             refused[name] += 1
+        if TIMELINE:
+            timeline.append((arrived, time.perf_counter(), name, response.status))
         return response
 
     app = create_app(SimConfig(limits_profile="production"))
@@ -142,6 +169,9 @@ async def run(companies: int, seconds: float, drops: int) -> None:
                   f"{daemon.cpu_seconds():.1f} s, simulator {sim_cpu:.1f} s")
             for op, n in counts.most_common():
                 print(f"      {n:6d}  {op}")
+            if TIMELINE:
+                Path(TIMELINE).write_text("".join(f"{a - started:.4f} {b - started:.4f} {status} {op}\n"
+                                                  for a, b, op, status in timeline))
             async with aiohttp.ClientSession() as http, http.get(base_url[:-3] + "/sim/ratelimits") as resp:
                 tally = await resp.json()
             print(f"  simulator: {tally.get('tooManyRequests')} x 429, {tally.get('requestsDuringBlock')} requests "

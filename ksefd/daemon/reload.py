@@ -4,7 +4,9 @@ Asked for in two ways that end in the same place:
 * SIGHUP (`systemctl reload ksefd`, `kill -HUP`): `ReloadSignal` sets the daemon's reload event;
 * `ksefd reload -c CONFIG`, on every platform (a Windows service gets no SIGHUP): the command writes a request
   into the state database (kv namespace `control`), which both already open, as `ksefd resume` does
-  (resume.py); the daemon looks for it every `RELOAD_LOOK_SECONDS` and writes back the outcome.
+  (resume.py), then writes STATE_DB.reload; on Linux that file's inotify event wakes the daemon (no polling,
+  reload_nudge.py), elsewhere the daemon looks for the request every `RELOAD_LOOK_SECONDS`; it writes back
+  the outcome.
 
 Applying: an invalid new config is refused with the same messages as at start, and the running one stays.
 Otherwise, companies are compared by name: a removed one (or one switched off with `enabled = false`) is
@@ -37,6 +39,7 @@ from ksefd.store import Store
 from .connection import CompanyConnection, Fingerprint, credential_fingerprint
 from .outbox.sending_off import return_unsent
 from .outbox.worker import OutboxWorker
+from .reload_nudge import nudge, open_nudge
 from .runtime import Runtime
 
 log = structlog.get_logger("ksefd.daemon")
@@ -184,31 +187,42 @@ class Reloader:
 
 
 async def watch_reloads(daemon: Reloadable, requested: asyncio.Event, stop: asyncio.Event) -> None:
-    """Until `stop`: reload when `requested` is set (SIGHUP) or `ksefd reload` left a request."""
+    """Until `stop`: reload when `requested` is set (SIGHUP) or `ksefd reload` left a request (seen at once when
+    its nudge wakes us, reload_nudge.py; by looking every RELOAD_LOOK_SECONDS where there is no such watch)."""
     reloader = Reloader(daemon)
     store = daemon.runtime.store
-    while not stop.is_set():
-        waiter = asyncio.ensure_future(requested.wait())
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, timeout=RELOAD_LOOK_SECONDS, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (waiter, stopper):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if stop.is_set():
-            return
-        asked = await store.kv.get(CONTROL_NAMESPACE, REQUEST_KEY)
-        if not requested.is_set() and asked is None:
-            continue
-        requested.clear()
-        if asked is not None:
-            await store.kv.delete(CONTROL_NAMESPACE, REQUEST_KEY)
-        outcome = await reloader.reload()
-        await store.kv.put(CONTROL_NAMESPACE, RESULT_KEY, json.dumps({
-            "requestedAt": asked, "at": daemon.runtime.clock.now().isoformat(), "ok": outcome.ok,
-            "message": outcome.message}, ensure_ascii=False))
+    watch = open_nudge(store.path)
+    look: float | None = RELOAD_LOOK_SECONDS      # the first look also finds a request left before the start
+    try:
+        while not stop.is_set():
+            waiters = [asyncio.ensure_future(requested.wait()), asyncio.ensure_future(stop.wait())]
+            if watch is not None:
+                waiters.append(asyncio.ensure_future(watch.event.wait()))
+            try:
+                await asyncio.wait(waiters, timeout=look, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waiters:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if stop.is_set():
+                return
+            if watch is not None:
+                watch.event.clear()
+                look = None
+            asked = await store.kv.get(CONTROL_NAMESPACE, REQUEST_KEY)
+            if not requested.is_set() and asked is None:
+                continue
+            requested.clear()
+            if asked is not None:
+                await store.kv.delete(CONTROL_NAMESPACE, REQUEST_KEY)
+            outcome = await reloader.reload()
+            await store.kv.put(CONTROL_NAMESPACE, RESULT_KEY, json.dumps({
+                "requestedAt": asked, "at": daemon.runtime.clock.now().isoformat(), "ok": outcome.ok,
+                "message": outcome.message}, ensure_ascii=False))
+    finally:
+        if watch is not None:
+            watch.close()
 
 
 async def request_reload(store: Store, now: dt.datetime, *, daemon_running: bool, wait_seconds: float = 20.0,
@@ -216,6 +230,7 @@ async def request_reload(store: Store, now: dt.datetime, *, daemon_running: bool
     """`ksefd reload`: leave the request, wait for the running daemon's answer (real time: another process)."""
     asked = now.isoformat()
     await store.kv.put(CONTROL_NAMESPACE, REQUEST_KEY, asked)
+    await asyncio.to_thread(nudge, store.path, asked)       # after the row: the woken daemon finds it
     if not daemon_running:
         return ReloadOutcome(True, _("no daemon is running: the request waits, and `ksefd run` reads the config at "
                                      "its start anyway"))

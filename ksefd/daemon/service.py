@@ -43,13 +43,13 @@ from .credential_expiry import warn_daily
 from .inbox.runner import run_inbox
 from .instance import InstanceLock, StartupProblem, check_writable
 from .lifecycle import every, guarded
-from .notify_status import one_line
+from .notify_status import summary
 from .outbox.sending_off import return_unsent
 from .outbox.watch import OutboxWatcher
 from .outbox.worker import OutboxWorker
 from .reload import watch_reloads
 from .runtime import Runtime
-from .status import gather
+from .status import HEARTBEAT_STALE
 from .words import shown
 
 log = structlog.get_logger("ksefd.daemon")
@@ -64,7 +64,9 @@ def _prepare(worker: OutboxWorker) -> None:
     except OSError as exc:      # the worker's own start tries again (and says so); the others go on
         log.error("outbox.folders_unusable", company=worker.company.name, error=str(exc))
 
-HEARTBEAT_SECONDS = 5.0
+# Its readers (`ksefd status`, `ksefd reload`, /healthz, the metrics) call it stale after HEARTBEAT_STALE (30 s):
+# a beat every 10 s leaves room for two missed ones, and wakes an idle daemon half as often as every 5 s.
+HEARTBEAT_SECONDS = HEARTBEAT_STALE.total_seconds() / 3
 RENEWAL_CHECK_SECONDS = 86_400.0   # KSeF certificates due for renewal: looked at start-up, then daily (issue #13)
 EXPIRY_WARNING_SECONDS = 86_400.0  # credential end warnings: at start-up, then daily (issue #12 point 7)
 PROGRESS_SECONDS = 0.2
@@ -295,7 +297,7 @@ class Daemon:
         self.connections.pop(name, None)
 
     async def _summary(self) -> str:
-        return one_line(await gather(self.runtime.store, self.runtime.config, self.runtime.clock))
+        return await summary(self.runtime.store, self.runtime.config, self.runtime.clock)
 
     async def main_loop(self, stop: asyncio.Event, on_progress: Progress | None) -> None:
         """Until `stop`; in drain mode also until every worker reports that it is idle and receiving is done."""

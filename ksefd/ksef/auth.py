@@ -46,6 +46,7 @@ from .models import (
     RefreshedAccessToken,
     StatusInfo,
 )
+from .ratelimit_flight import continuing
 from .texts import said
 from .transport import Response, Transport
 
@@ -179,9 +180,11 @@ class Authenticator:
                                             lambda key: self._start_with_token(context, credentials, key))
         else:
             init = await self._start_with_certificate(context, credentials)
-        await self._wait(init, context, credentials)
-        response = await self.transport.request("POST", "/auth/token/redeem", bearer=init.authentication_token.token,
-                                                replay_safe=False, expect=(200,))
+        with continuing():       # before other logins' challenges: this company connects sooner (issue #16)
+            await self._wait(init, context, credentials)
+            response = await self.transport.request("POST", "/auth/token/redeem",
+                                                    bearer=init.authentication_token.token, replay_safe=False,
+                                                    expect=(200,))
         redeemed = response.decode(AuthenticationTokens)
         log.info("ksef.authenticated", context=context.key, reference=init.reference_number,
                  credential=credential_id(credentials))
@@ -202,8 +205,9 @@ class Authenticator:
         if self.options.allowed_ips:
             body["authorizationPolicy"] = {"allowedIps": _allowed_ips_json(self.options.allowed_ips)}
         # Not replayed once it may have reached KSeF (the challenge is single-use); `authenticate` starts over.
-        response = await self.transport.request("POST", "/auth/ksef-token", json=body, replay_safe=False,
-                                                expect=(202,))
+        with continuing():
+            response = await self.transport.request("POST", "/auth/ksef-token", json=body, replay_safe=False,
+                                                    expect=(202,))
         return response.decode(AuthenticationInit)
 
     async def _start_with_certificate(self, context: ContextIdentifier, credentials: CertificateCredentials
@@ -216,9 +220,10 @@ class Authenticator:
         query = None
         if self.options.verify_certificate_chain is not None:
             query = {"verifyCertificateChain": "true" if self.options.verify_certificate_chain else "false"}
-        response = await self.transport.request("POST", "/auth/xades-signature", body=signed, query=query,
-                                                content_type="application/xml", replay_safe=False,
-                                                expect=(202,))
+        with continuing():
+            response = await self.transport.request("POST", "/auth/xades-signature", body=signed, query=query,
+                                                    content_type="application/xml", replay_safe=False,
+                                                    expect=(202,))
         return response.decode(AuthenticationInit)
 
     async def _wait(self, init: AuthenticationInit, context: ContextIdentifier, credentials: Credentials) -> None:

@@ -22,9 +22,19 @@ import aiohttp
 import pytest
 
 from ksefd import i18n
-from ksefd.daemon.instance import StartupProblem, _fix, _reason, check_folder
+from ksefd.daemon.instance import StartupProblem, _fix, _reason, check_folder, check_writable
 from ksefd.sim.config import SimConfig
-from tests.daemon.support import ROOT, SELLER, start_daemon, token_file, wait_logged, write_config
+from tests.daemon.support import (
+    BUYER,
+    OTHER,
+    ROOT,
+    SELLER,
+    load,
+    start_daemon,
+    token_file,
+    wait_logged,
+    write_config,
+)
 
 
 async def _ksefd(*args: str, limit: float = 60) -> tuple[int, str, str]:
@@ -136,3 +146,20 @@ def _token(folder: Path) -> Path:
     path = folder / "acme.token"
     path.write_text("unused\n", encoding="utf-8")
     return path
+
+
+def test_the_start_up_probe_is_fsynced_once_per_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #16 point 4: 1 000 companies have 4 000 folders; an fsync in each delayed the first login by ~4 s.
+    A full disk is a property of the file system, so the first folder of each is probed with an fsync."""
+    companies = []
+    for n, nip in enumerate((SELLER, BUYER, OTHER)):
+        (tmp_path / f"t{n}.token").write_text("token\n", encoding="utf-8")
+        companies.append({"name": f"c{n}", "nip": nip, "token_file": str(tmp_path / f"t{n}.token"), "receive": True})
+    config = load(write_config(tmp_path, "http://127.0.0.1:9/v2", companies))
+    fsyncs: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real(fd))[1])
+    check_writable(config)
+    assert (tmp_path / "data" / "c2" / "outbox").is_dir() and (tmp_path / "data" / "c2" / "inbox").is_dir()
+    assert len(fsyncs) == 1, fsyncs
+    assert not list(tmp_path.rglob(".ksefd-write-test-*"))
