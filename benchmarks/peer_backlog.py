@@ -489,8 +489,9 @@ async def idle(companies: int, seconds: float) -> None:
     await server.start_server()
     base_url = f"http://127.0.0.1:{server.port}/v2"
     daemon: Daemon | None = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="ksefd-idle-") as name:
+    # The daemon stops before its folder is removed (it used to be removed under the running daemon).
+    with tempfile.TemporaryDirectory(prefix="ksefd-idle-") as name:
+        try:
             folder = Path(name)
             pairs = [(f"c{n:04d}", nip_with_checksum(526_000_000 + n * 97)) for n in range(companies)]
             for company, nip in pairs:      # ~5 public calls each, kept under KSeF's 60/s per IP
@@ -518,10 +519,10 @@ async def idle(companies: int, seconds: float) -> None:
             print(f"  idle over {elapsed:.0f} s: {cpu / elapsed * 100:.3f} % of a core, RSS "
                   f"{daemon.status('VmRSS') / 1024:.0f} MB, {daemon.status('Threads')} threads, "
                   f"{sum(counts.values())} requests to KSeF {dict(counts) if counts else ''}")
-    finally:
-        if daemon is not None:
-            await daemon.stop()
-        await server.close()
+        finally:
+            if daemon is not None:
+                await daemon.stop()
+            await server.close()
 
 
 async def main(args: argparse.Namespace) -> None:
