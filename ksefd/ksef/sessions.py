@@ -106,5 +106,5 @@ class SessionQueries:
 
     async def download_presigned_upo(self, url: str) -> bytes:
         """A UPO from a pre-signed `upoDownloadUrl` / `downloadUrl`: no token, not rate limited."""
-        response = await self.auth.transport.presigned_get(url, expect=(200,))
+        response = await self.auth.transport.presigned("GET", url, expect=(200,))
         return check_hash(response, "UPO download")

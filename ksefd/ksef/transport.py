@@ -65,10 +65,8 @@ from multidict import CIMultiDict
 
 from ksefd.i18n import N_
 
-from . import light_get
 from .clock import Sleep, real_sleep
 from .errors import OutcomeUnknown, RateLimited, ServerError, TransportError, UnreadableRequest
-from .light_get import LightGet
 from .ratelimit_journal import Grant
 from .responses import Response as Response
 from .responses import error_from_response
@@ -202,7 +200,6 @@ class Transport:
         self._session = session
         self._owns_session = session is None
         self._fresh: aiohttp.ClientSession | None = None
-        self._light: LightGet | None = None
         self.observers: list[RequestObserver] = []
 
     async def close(self) -> None:
@@ -210,10 +207,7 @@ class Transport:
             await self._session.close()
         if self._fresh is not None:
             await self._fresh.close()
-        if self._light is not None:
-            await self._light.close()
         self._session = self._fresh = None
-        self._light = None
 
     async def __aenter__(self) -> Transport:
         return self
@@ -280,16 +274,6 @@ class Transport:
         host = urlsplit(url).netloc
         call = _Call(method.upper(), url, f"presigned:{host}", "", "", dict(headers or {}), body, None, True,
                      frozenset(expect), time_limit, into=into)
-        return await self._with_retries(call, retry or self.retry)
-
-    async def presigned_get(self, url: str, *, expect: Collection[int] = (200,),
-                            retry: RetryPolicy | None = None, time_limit: float = 600.0) -> Response:
-        """`presigned("GET", url)` for a small body (a UPO), through light_get.py: a backlog fetches one per
-        invoice, and through aiohttp each cost ~3x the CPU. With a session given to the constructor (tests,
-        custom connectors) aiohttp is used as for every other call."""
-        host = urlsplit(url).netloc
-        call = _Call("GET", url, f"presigned:{host}", "", "", {}, None, None, True, frozenset(expect), time_limit,
-                     light=self._owns_session)
         return await self._with_retries(call, retry or self.retry)
 
     async def _with_retries(self, call: _Call, policy: RetryPolicy) -> Response:
@@ -371,8 +355,6 @@ class Transport:
             self.gate.answered(grant)
 
     async def _send_once(self, call: _Call, attempt: int) -> Response:
-        if call.light:
-            return await self._send_light(call, attempt)
         session = self._pooled() if call.replay_safe else self._sending()
         started = time.monotonic()
         # aiohttp warns that big raw bytes bodies block the loop; a fresh BytesIO per attempt streams them.
@@ -404,26 +386,6 @@ class Transport:
                   ms=round((time.monotonic() - started) * 1000, 1))
         return result
 
-    async def _send_light(self, call: _Call, attempt: int) -> Response:
-        """`_send_once` through light_get.py (presigned_get): the same failures, the same observers."""
-        if self._light is None:
-            self._light = LightGet(USER_AGENT)
-        started = time.monotonic()
-        try:
-            result = await self._light.get(call.url, call.timeout)
-        except light_get.NotSent as exc:
-            self._observe(call, None, started)
-            log.warning("ksef.connect_failed", path=call.template, attempt=attempt, error=type(exc.__cause__).__name__)
-            raise _NotSent(TransportError(said(N_("cannot connect for {method} {path}: {reason}"), method=call.method,
-                                               path=call.template, reason=str(exc)),
-                                          method=call.method, url=call.template)) from exc
-        except light_get.MaybeSent as exc:
-            self._observe(call, None, started)
-            log.warning("ksef.request_failed", path=call.template, attempt=attempt, reason=str(exc))
-            raise _MaybeSent(str(exc)) from exc
-        self._observe(call, result.status, started)
-        return result
-
     def _observe(self, call: _Call, status: int | None, started: float) -> None:
         if not self.observers:
             return
@@ -450,7 +412,6 @@ class _Call:
     timeout: float
     bearer_source: BearerSource | None = None
     into: BinaryIO | None = None
-    light: bool = False             # a small GET through light_get.py (presigned_get)
 
 
 async def _stream_into(resp: aiohttp.ClientResponse, sink: BinaryIO) -> bytes:
