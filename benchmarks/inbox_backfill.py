@@ -189,8 +189,8 @@ async def report(folder: Path, count: int, seeded: float, daemon: dict[str, floa
     print(f"daemon wall time                {wall:.1f} s  ({count / wall:.0f} invoices/s, process start to exit)")
     print(f"daemon CPU                      {daemon['cpu']:.1f} s (user {daemon['user']:.1f}, sys {daemon['sys']:.1f}; "
           f"{daemon['cpu'] / count * 1000:.2f} ms per invoice)")
-    print(f"daemon peak RSS                 {daemon['peak']:.0f} MiB (its VmHWM; a process that only imports "
-          f"the same modules: {imports_mb:.0f} MiB)")
+    print(f"daemon peak RSS                 {daemon['peak']:.0f} MiB = {daemon['peak'] * 1.048576:.0f} MB (its VmHWM; "
+          f"a process that only imports the same modules: {imports_mb:.0f} MiB)")
     print(f"simulator CPU meanwhile         {daemon['sim_cpu']:.1f} s")
     print(f"simulator floor                 {floor:.1f} s for {packages} packages (export, poll 0.2 s, download)")
     print(f"daemon / floor                  {wall / floor:.2f}x")

@@ -102,6 +102,7 @@ def freeze_startup_objects() -> None:
 
 
 async def _run_daemon(config: Config, once: bool) -> int:
+    from ksefd import heap
     from ksefd.daemon.instance import AlreadyRunning, StartupProblem
     from ksefd.daemon.lifecycle import ShutdownSignals
     from ksefd.daemon.reload import ReloadSignal
@@ -109,6 +110,7 @@ async def _run_daemon(config: Config, once: bool) -> int:
     from ksefd.invoice import SchemaUnavailable
 
     freeze_startup_objects()
+    heap.fix_mmap_threshold()       # big buffers go back to the system when freed (ksefd.heap, issue #16)
     stop, force, reload = asyncio.Event(), asyncio.Event(), asyncio.Event()
     try:
         # A first signal drains, a second one forces (DESIGN.md convention 2); SIGHUP reloads the config.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import sys
 import threading
 from pathlib import Path
@@ -34,3 +36,31 @@ def test_what_a_worker_thread_freed_is_given_back() -> None:
     assert heap.give_back() is True
     assert before - rss_kb() > 20_000, "less than 20 MB of ~85 MB freed came back"
     assert len(kept) == 1875
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def mapped_blocks() -> int:
+    """How many allocations glibc serves from their own mapping right now (mallinfo2().hblks)."""
+    function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    function.restype = _MallInfo2
+    return int(function().hblks)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"),
+                    reason="glibc's mallopt and mallinfo2")
+def test_a_megabyte_buffer_gets_its_own_mapping_after_a_bigger_one_was_freed() -> None:
+    """Without the fixed threshold, freeing an 8 MB block lifts glibc's threshold to 8 MB, and the 1 MB buffers
+    that follow come from the heap, where they stay mapped after they are freed."""
+    assert heap.fix_mmap_threshold()
+    big = bytearray(8 << 20)
+    del big
+    before = mapped_blocks()
+    buffer = bytearray(1 << 20)
+    assert mapped_blocks() == before + 1
+    del buffer
+    assert mapped_blocks() == before

@@ -63,7 +63,7 @@ from .errors import (
     Unauthorized,
     UnreadableRequest,
 )
-from .export import Exporter, ExportFailed, ExportOptions, ExportPackage
+from .export import Exporter, ExportFailed, ExportOptions, ExportPackage, StartedExport
 from .export_package import next_checkpoint
 from .latarnia import LatarniaClient, LatarniaStatus, LatarniaUnavailable, Message, default_url
 from .models import ContextLimits, SessionInvoice, SessionStatus
@@ -137,6 +137,7 @@ __all__ = [
     "ServerError",
     "SessionInvoice",
     "SessionStatus",
+    "StartedExport",
     "Transport",
     "TransportError",
     "Unauthorized",

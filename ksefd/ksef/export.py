@@ -15,6 +15,7 @@ ends badly raises ExportFailed with KSeF's code (420: nothing after the HWM yet;
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import structlog
 from .auth import AuthSession
 from .batch_archive import COMPRESSION_TYPES, ZIP
 from .clock import Sleep, poll, real_sleep
-from .crypto import SYMMETRIC_KEY_ENCRYPTION, PublicKey, PublicKeys, SymmetricKey
+from .crypto import SYMMETRIC_KEY_ENCRYPTION, PublicKey, PublicKeys, SymmetricKey, b64
 from .errors import KsefError, ProtocolError
 from .export_package import (
     ExportedInvoice,
@@ -105,6 +106,17 @@ class StartedExport:
     def __repr__(self) -> str:
         return f"StartedExport({self.reference_number}, {self.compression})"
 
+    def to_record(self) -> dict[str, Any]:
+        """What a restarted process needs to download this export instead of starting another (the key too:
+        keep the record where the decrypted invoices may be, never in a log)."""
+        return {"referenceNumber": self.reference_number, "key": b64(self.key.key), "iv": b64(self.key.iv),
+                "compression": self.compression, "filters": self.filters}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> StartedExport:
+        key = SymmetricKey(base64.b64decode(record["key"]), base64.b64decode(record["iv"]))
+        return cls(str(record["referenceNumber"]), key, str(record["compression"]), dict(record["filters"]))
+
 
 @dataclass
 class ExportPackage:
@@ -155,6 +167,10 @@ class Exporter:
     async def export(self, filters: Mapping[str, Any], workdir: Path, *, compression: str = ZIP,
                      only_metadata: bool = False) -> ExportPackage:
         started = await self.start(filters, compression=compression, only_metadata=only_metadata)
+        return await self.fetch(started, workdir)
+
+    async def fetch(self, started: StartedExport, workdir: Path) -> ExportPackage:
+        """Wait for an export started earlier (perhaps by a process since killed) and download it."""
         status = await self.wait(started.reference_number)
         return await self.download(started, status, workdir)
 

@@ -12,6 +12,7 @@ from the high-water mark.
 from __future__ import annotations
 
 import array
+import contextlib
 import functools
 import hashlib
 import json
@@ -28,6 +29,7 @@ import msgspec
 from .batch_archive import CHUNK, TAR_GZ, ZIP
 from .crypto import SymmetricKey, b64
 from .errors import ProtocolError
+from .export_metadata import spill_entries
 from .receiving import check_ksef_number, day_start, instant_text, parse_instant
 
 METADATA_NAME = "_metadata.json"
@@ -225,7 +227,8 @@ def _decoded(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def _metadata_bytes(archive: Path, compression: str) -> bytes:
+@contextlib.contextmanager
+def _metadata_stream(archive: Path, compression: str) -> Iterator[IO[bytes]]:
     if compression == ZIP:     # straight to the member: opening every member on the way costs 10 000 seeks
         with zipfile.ZipFile(archive) as package:
             try:
@@ -234,24 +237,33 @@ def _metadata_bytes(archive: Path, compression: str) -> bytes:
                 info = None
             if info is not None and not info.is_dir():
                 with package.open(info) as stream:
-                    return _read_capped(stream, MAX_METADATA_BYTES, METADATA_NAME)
+                    yield stream
+                    return
     else:
         for name, stream in _members(archive, compression):
             if name == METADATA_NAME:
-                return _read_capped(stream, MAX_METADATA_BYTES, name)
+                yield stream
+                return
     raise ProtocolError(f"the export archive has no {METADATA_NAME}")
 
 
 def read_metadata_index(archive: Path, compression: str) -> MetadataIndex:
     """`_metadata.json` of the archive (always present since 27.10.2025, §6.3), every KSeF number checked,
-    its entries spilled to `<archive>.metadata` (removed by MetadataIndex.close)."""
+    its entries spilled to `<archive>.metadata` (removed by MetadataIndex.close) while it is read
+    (export_metadata.py); a listing laid out otherwise is read whole."""
+    spill = archive.with_name(archive.name + ".metadata")
+    with _metadata_stream(archive, compression) as stream, spill.open("wb") as sink:
+        found = spill_entries(stream, sink, MAX_METADATA_BYTES, METADATA_NAME)
+    if found is not None:
+        return MetadataIndex(spill, *found)
+    with _metadata_stream(archive, compression) as stream:
+        whole = _read_capped(stream, MAX_METADATA_BYTES, METADATA_NAME)
     try:
-        listing = msgspec.json.decode(_metadata_bytes(archive, compression), type=_Listing)
+        listing = msgspec.json.decode(whole, type=_Listing)
         numbers = [check_ksef_number(msgspec.json.decode(raw, type=_Named).ksefNumber) for raw in listing.invoices]
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"the export's {METADATA_NAME} is not valid JSON with an invoices list of "
                             f"InvoiceMetadata objects: {exc}") from exc
-    spill = archive.with_name(archive.name + ".metadata")
     spans, offset = array.array("q"), 0
     with spill.open("wb") as sink:
         for raw in listing.invoices:

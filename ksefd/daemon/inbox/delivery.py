@@ -18,7 +18,7 @@ moment. A chunk of invoices goes through four durable steps:
 2. note the staged temps (kv namespace `inbox_staged`), then record the invoices as delivered
    (`inbox_delivered`): from here on no export will ever write them again;
 3. rename the temps into place (atomic) and fsync the folders;
-4. clear the note.
+4. clear the note (once the last chunk of a delivery is placed: the next chunk's note replaces it).
 
 After a crash, `recover` finishes step 3 for every noted invoice: a temp still there is renamed into place;
 a temp gone means its rename happened (the ERP may even have taken the file already). So nothing is lost,
@@ -270,6 +270,11 @@ class Deliverer:
         source = iter(invoices)
         while batch := await asyncio.to_thread(_take, source, self.chunk):
             report.add(await self._deliver_chunk(batch))
+        if report.delivered:
+            # Step 4 once for all chunks: each chunk's note replaces the one before (the same key), and a
+            # note whose files are all placed is harmless (`recover` finds their temps gone and records them
+            # again, which changes nothing): one commit per package instead of one per chunk.
+            await self.book.clear(self.subject_type)
         return report
 
     async def _fresh(self, batch: list[ReceivedInvoice]) -> list[ReceivedInvoice]:
@@ -299,7 +304,6 @@ class Deliverer:
             await self.book.note(self.subject_type, [s for _, s in staged], deliveries)
             await self.repo.record_delivered(self.company, deliveries)
             await asyncio.to_thread(self.folder.place_many, [s for _, s in staged])
-            await self.book.clear(self.subject_type)
             self._seen.update(i.ksef_number for i, _ in staged)
             report.delivered = [i.ksef_number for i, _ in staged]
             log.info("inbox.delivered", company=self.company, subject=self.subject_type, count=len(staged),

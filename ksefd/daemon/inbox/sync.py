@@ -8,6 +8,7 @@ small gaps (§6.2: 64 per hour, "for low volume only").
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import functools
 import sys
@@ -26,14 +27,18 @@ from ksefd.ksef import (
     ExportPackage,
     ProtocolError,
     Receiver,
+    StartedExport,
+    format_instant,
     next_checkpoint,
     parse_instant,
+    query_filters,
 )
 from ksefd.store import Store
 
 from .delivery import Deliverer, DeliveryReport, InboxFolder, ReceivedInvoice, StagingBook, recover
 from .hooks import InvoiceHooks
 from .schedule import HourlyBudget
+from .started import StartedExports
 
 log = structlog.get_logger("ksefd.daemon.inbox")
 
@@ -76,6 +81,10 @@ class Pipeline:
     small_gap: int = SMALL_GAP
 
     @property
+    def started(self) -> StartedExports:
+        return StartedExports(self.store.kv, self.company)
+
+    @property
     def staging(self) -> StagingBook:
         return StagingBook(self.store.kv, self.company)
 
@@ -107,32 +116,86 @@ class PackageResult:
     caught_up: bool = False      # `from` was after the HWM: nothing new is final yet
 
 
-async def export_package(p: Pipeline, subject_type: str, filters: dict[str, Any]) -> PackageResult:
-    """Export one package of `filters`' window, deliver it, and say where the next window starts (§6.4 step 3)."""
+async def export_package(p: Pipeline, subject_type: str, filters: dict[str, Any], *,
+                         prestart: bool = False) -> PackageResult:
+    """Export one package of `filters`' window, deliver it, and say where the next window starts (§6.4 step 3).
+
+    The export is recorded until its package is delivered, and one recorded earlier for exactly this window
+    (pre-started, or started by a process since killed) is used instead of a new one (started.py).
+    `prestart`: once this package is downloaded and is truncated, start the next window's export at once, so
+    that KSeF builds it while this one is delivered (the caller exports that window next)."""
     date_from = str(filters["dateRange"]["from"])
-    await p.budget.spend("export")
-    p.metrics.exports += 1
     _clean(p.workdir)
     try:
-        package = await p.exporter.export(filters, p.workdir, compression=p.compression)
+        started, package = await _obtain(p, subject_type, filters)
     except ExportFailed as failed:
         if failed.code == FROM_AFTER_HWM:
             log.info("inbox.nothing_final_yet", company=p.company, subject=subject_type, date_from=date_from)
             return PackageResult(date_from, False, 0, DeliveryReport(), caught_up=True)
         raise
+    following: asyncio.Task[None] | None = None
     try:
-        report = await _deliver_package(p, subject_type, package)
         next_from, more = _next_window(package, filters)
+        if prestart and more and parse_instant(next_from) > parse_instant(date_from):
+            following = asyncio.create_task(_prestart(p, subject_type, next_from))
+        report = await _deliver_package(p, subject_type, package)
     finally:
         package.cleanup()
         release_freed_memory()
+        if following is not None:
+            await following           # a POST in flight: its record must be written before this returns
+    await p.started.drop(subject_type, started)
+    _check_progress(date_from, next_from, package)
     if package.info.is_truncated:
         p.metrics.packages_truncated += 1
-    _check_progress(date_from, next_from, package)
     log.info("inbox.package_done", company=p.company, subject=subject_type, export=package.reference_number,
              invoices=package.info.invoice_count, delivered=len(report.delivered), skipped=report.skipped,
              truncated=package.info.is_truncated, next_from=next_from)
     return PackageResult(next_from, more, package.info.invoice_count, report)
+
+
+async def _start(p: Pipeline, subject_type: str, filters: dict[str, Any]) -> StartedExport:
+    """A new export of `filters`, counted in the hourly budget and recorded as soon as KSeF answers."""
+    await p.budget.spend("export")
+    p.metrics.exports += 1
+    started = await p.exporter.start(filters, compression=p.compression)
+    await p.started.keep(subject_type, started)
+    return started
+
+
+async def _obtain(p: Pipeline, subject_type: str, filters: dict[str, Any]) -> tuple[StartedExport, ExportPackage]:
+    """The package of `filters`: from the recorded export of this window if there is one and it can still be
+    downloaded, else from a new export. A failed export's record is removed (the next attempt starts anew)."""
+    recorded = await p.started.find(subject_type, filters)
+    if recorded is not None:
+        log.info("inbox.recorded_export_used", company=p.company, subject=subject_type,
+                 export=recorded.reference_number)
+        try:
+            return recorded, await p.exporter.fetch(recorded, p.workdir)
+        except Exception as error:          # expired, failed, or its parts gone: start a new one
+            log.info("inbox.recorded_export_unusable", company=p.company, subject=subject_type,
+                     export=recorded.reference_number, error=f"{type(error).__name__}: {error}")
+            await p.started.drop(subject_type, recorded)
+            _clean(p.workdir)
+    started = await _start(p, subject_type, filters)
+    try:
+        return started, await p.exporter.fetch(started, p.workdir)
+    except Exception:
+        await p.started.drop(subject_type, started)
+        raise
+
+
+async def _prestart(p: Pipeline, subject_type: str, next_from: str) -> None:
+    """Start the export of the window after this package (exactly the filters worker._step will build from
+    the checkpoint), unless it is recorded already or the hourly budget has no call left right now."""
+    filters = query_filters(subject_type, format_instant(parse_instant(next_from)), None, now=p.clock.now())
+    if p.budget.wait_seconds() > 0 or await p.started.has(subject_type, filters):
+        return
+    try:
+        await _start(p, subject_type, filters)
+    except Exception as error:             # the next step starts it itself
+        log.info("inbox.prestart_failed", company=p.company, subject=subject_type,
+                 error=f"{type(error).__name__}: {error}")
 
 
 async def export_metadata(p: Pipeline, subject_type: str, filters: dict[str, Any]

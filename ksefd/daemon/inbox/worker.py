@@ -200,7 +200,7 @@ class InboxWorker:
         try:
             date_from = await self._window_start(subject.name)
             filters = query_filters(subject.name, date_from, None, now=self.clock.now())
-            result = await export_package(self.pipeline, subject.name, filters)
+            result = await export_package(self.pipeline, subject.name, filters, prestart=True)
             if not result.caught_up:
                 await self.store.inbox.advance(self.company.name, subject.name, parse_instant(result.next_from))
         except _Stopped:
