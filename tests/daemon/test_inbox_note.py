@@ -86,3 +86,28 @@ async def test_a_kill_after_a_placed_chunk_writes_nothing_twice(tmp_path: Path) 
         assert await book.pending() == {}
     finally:
         await store.close()
+
+
+async def test_a_chunk_whose_renames_failed_is_placed_before_the_next_delivery(tmp_path: Path) -> None:
+    """A rename that fails after the chunk was noted and recorded (here a folder holds one invoice's name; an
+    operator making the inbox read-only would do the same): the next delivery in the same run must not replace
+    that note, or the chunk's temps would be removed as garbage at the next start and never delivered."""
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    store = await open_store(tmp_path / "state.sqlite3", clock)
+    try:
+        folder = InboxFolder(tmp_path / "inbox")
+        folder.prepare()
+        book = StagingBook(store.kv, "buyer")
+        first, later = invoices()[:2 * CHUNK], invoices()[2 * CHUNK:]
+        blocker = folder.xml_path(first[CHUNK + 3].ksef_number)
+        blocker.mkdir()                                        # the rename into this name fails
+        with pytest.raises(OSError):
+            await Deliverer("buyer", "Subject2", folder, store.inbox, book, chunk=CHUNK).deliver(first)
+        blocker.rmdir()                                        # the operator clears it; the daemon goes on
+        await Deliverer("buyer", "Subject2", folder, store.inbox, book, chunk=CHUNK).deliver(later)
+        await recover(book, store.inbox)                       # a restart: what is noted is finished,
+        folder.prepare()                                       # unnoted temps are removed as garbage
+        assert inbox_files(folder.root) == {i.ksef_number: i.xml for i in invoices()}
+        assert await book.pending() == {}
+    finally:
+        await store.close()

@@ -267,6 +267,11 @@ class Deliverer:
         """Deliver every invoice not delivered before. `invoices` may be a lazy iterator reading an archive:
         it is advanced in a worker thread, one chunk at a time."""
         report = DeliveryReport()
+        # A chunk of an earlier attempt in this run whose renames failed (the inbox made read-only, a name
+        # taken by a folder) is still in its note, recorded as delivered: place it first, before this
+        # delivery's note replaces that one and its temps are taken for garbage at the next start.
+        if self.subject_type in await self.book.pending():
+            await recover(self.book, self.repo)
         source = iter(invoices)
         while batch := await asyncio.to_thread(_take, source, self.chunk):
             report.add(await self._deliver_chunk(batch))
