@@ -13,36 +13,26 @@ import ctypes
 import ctypes.util
 import sys
 from collections.abc import Callable
+from typing import Any, cast
 
 
-def _load() -> Callable[[int], int] | None:
+def _glibc(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
+    """A glibc function, or None elsewhere (not Linux, or musl)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):      # not glibc
         return None
-    function.argtypes = [ctypes.c_size_t]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
-    return function
+    return cast(Callable[..., int], function)
 
 
-_malloc_trim = _load()
+_malloc_trim = _glibc("malloc_trim", [ctypes.c_size_t])
 
 M_MMAP_THRESHOLD = -3            # glibc's mallopt parameter (malloc.h)
 MMAP_THRESHOLD = 256 * 1024
-
-
-def _load_mallopt() -> Callable[[int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):      # not glibc
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
 
 
 def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
@@ -52,7 +42,7 @@ def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
     megabyte buffers of a long job (an export package read and decrypted piece by piece) come from the heaps,
     where they stay mapped and fragment them: a 50 000-invoice backfill peaked 4 MiB higher. A fixed
     threshold (mallopt, M_MMAP_THRESHOLD) turns that off. True if there was a way to (glibc)."""
-    mallopt = _load_mallopt()
+    mallopt = _glibc("mallopt", [ctypes.c_int, ctypes.c_int])
     return mallopt is not None and mallopt(M_MMAP_THRESHOLD, size) == 1
 
 

@@ -25,7 +25,7 @@ import msgspec
 import structlog
 
 from .auth import AuthSession
-from .batch_archive import COMPRESSION_TYPES, ZIP
+from .batch_archive import COMPRESSION_TYPES, ZIP, hash_file
 from .clock import Sleep, poll, real_sleep
 from .crypto import SYMMETRIC_KEY_ENCRYPTION, PublicKey, PublicKeys, SymmetricKey, b64
 from .errors import KsefError, ProtocolError
@@ -34,7 +34,6 @@ from .export_package import (
     MetadataIndex,
     archive_compression,
     decrypt_file,
-    file_digest,
     invoices_in,
     next_checkpoint,
     read_metadata_index,
@@ -261,7 +260,7 @@ class Exporter:
             with target.open("w+b") as sink:
                 response = await self.auth.transport.presigned(part.method or "GET", part.url, expect=(200,),
                                                                into=sink)
-            size, digest = await asyncio.to_thread(file_digest, target)
+            size, digest = await asyncio.to_thread(hash_file, target)
             header = response.headers.get("x-ms-meta-hash") or response.headers.get("X-Ms-Meta-Hash")
             if size == part.encrypted_part_size and digest == part.encrypted_part_hash and (
                     not header or header.strip() == digest):

@@ -73,16 +73,6 @@ def decrypt_part(encrypted: bytes, key: SymmetricKey, target: Path, *, part_hash
                  name=target.name, part_hash=part_hash, part_size=part_size)
 
 
-def file_digest(path: Path) -> tuple[int, str]:
-    """(size, base64 SHA-256) of a file, read in chunks (a downloaded encrypted part)."""
-    sha, size = hashlib.sha256(), 0
-    with path.open("rb") as source:
-        while chunk := source.read(CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-    return size, b64(sha.digest())
-
-
 def decrypt_file(source: Path, key: SymmetricKey, sink: BinaryIO, *, name: str, part_hash: str | None = None,
                  part_size: int | None = None) -> int:
     """Decrypt the encrypted part in `source` chunk by chunk, appending the plaintext to `sink` (the joined
