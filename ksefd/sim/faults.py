@@ -40,6 +40,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ksefd.i18n import _
+
 from . import waiting
 from .clock import iso, parse_iso
 from .spec import API_PREFIX
@@ -106,8 +108,9 @@ def parse(spec: str, now: dt.datetime) -> Settings:
         name, sep, value = item.partition("=")
         name = name.strip().lower()
         if not sep or name not in SWITCHES:
-            raise ValueError(f"fault switch {item!r} is not known; use NAME=VALUE with NAME one of "
-                             f"{', '.join(SWITCHES)} (README: Simulator fault switches)")
+            # A start-up error read by the person who typed the switches: in their language (issue #14)
+            raise ValueError(_("fault switch {item!r} is not known; use NAME=VALUE with NAME one of {names} "
+                               "(README: Simulator fault switches)", item=item, names=", ".join(SWITCHES)))
         if name == "seed":
             settings.seed = _number(name, value, int)
         elif name == "outage":
@@ -115,12 +118,14 @@ def parse(spec: str, now: dt.datetime) -> Settings:
         elif name in PROBABILITIES:
             share = _number(name, value, float)
             if not 0.0 <= share <= 1.0:
-                raise ValueError(f"fault switch {name}={value}: a share must be between 0 and 1")
+                raise ValueError(_("fault switch {name}={value}: a share must be between 0 and 1 (e.g. 0.1 for "
+                                   "one request in ten)", name=name, value=value))
             setattr(settings, PROBABILITIES[name], share)
         else:
             seconds = _number(name, value, float)
             if seconds < 0:
-                raise ValueError(f"fault switch {name}={value}: seconds cannot be negative")
+                raise ValueError(_("fault switch {name}={value}: seconds cannot be negative", name=name,
+                                   value=value))
             setattr(settings, SECONDS[name], seconds)
     return settings
 
@@ -129,19 +134,21 @@ def _number(name: str, value: str, kind: type[int] | type[float]) -> Any:
     try:
         return kind(value.strip())
     except ValueError:
-        raise ValueError(f"fault switch {name}={value!r}: expected a {kind.__name__}") from None
+        expected = _("a whole number") if kind is int else _("a number (e.g. 0.5)")
+        raise ValueError(_("fault switch {name}={value!r}: expected {expected}", name=name, value=value,
+                           expected=expected)) from None
 
 
 def _outage(value: str, now: dt.datetime) -> Outage:
     parts = value.split(":")
     if len(parts) not in (2, 3):
-        raise ValueError(f"fault switch outage={value!r}: expected START:DURATION[:KIND] in seconds, "
-                         "e.g. outage=0:600:MAINTENANCE")
+        raise ValueError(_("fault switch outage={value!r}: expected START:DURATION[:KIND] in seconds, "
+                           "e.g. outage=0:600:MAINTENANCE", value=value))
     start, duration = (_number("outage", p, float) for p in parts[:2])
     kind = parts[2].strip().upper() if len(parts) == 3 else "FAILURE"
     if kind not in KINDS or duration <= 0:
-        raise ValueError(f"fault switch outage={value!r}: KIND must be one of {', '.join(KINDS)} and "
-                         "DURATION positive")
+        raise ValueError(_("fault switch outage={value!r}: KIND must be one of {kinds} and DURATION positive",
+                           value=value, kinds=", ".join(KINDS)))
     begin = now + dt.timedelta(seconds=start)
     return Outage(begin, begin + dt.timedelta(seconds=duration), kind, published=min(now, begin))
 

@@ -49,7 +49,7 @@ async def test_no_faults_by_default_and_bad_switches_are_refused(sim_factory: An
         current = await expect(resp, 200)
     assert current["5xx"] == 0 and current["drop"] == 0 and current["outages"] == []
     async with http.post(f"{sim.root_url}/sim/faults", json={"spec": "5xx=2"}) as resp:
-        assert resp.status == 400 and "between 0 and 1" in (await resp.json())["error"]
+        assert resp.status == 400 and "między 0 a 1" in (await resp.json())["error"]     # the reader's language
     async with http.post(f"{sim.root_url}/sim/faults", json={"spec": "explode=1"}) as resp:
         assert resp.status == 400 and "5xx" in (await resp.json())["error"]
     with pytest.raises(ValueError, match="outage"):
@@ -60,6 +60,15 @@ def test_the_cli_refuses_a_bad_switch_with_exit_code_78() -> None:
     result = subprocess.run([sys.executable, "-m", "ksefd", "sim", "--port", "0", "--faults", "5xx=lots"],
                             capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 78 and "--faults" in result.stderr and "5xx" in result.stderr
+    # in the reader's language (Polish by default, issue #14), naming the switch and what it expects
+    assert "przełącznik awarii 5xx='lots': oczekiwano liczby (np. 0.5)" in result.stderr
+
+
+def test_a_bad_switch_is_explained_in_english_when_asked() -> None:
+    from ksefd import i18n
+    from ksefd.sim import faults
+    with i18n.using("en"), pytest.raises(ValueError, match="a share must be between 0 and 1"):
+        faults.parse("drop=1.5", dt.datetime(2026, 12, 7, tzinfo=dt.UTC))
 
 
 async def test_share_of_5xx_with_html_pages_repeatable_by_seed(sim_factory: Any, http: aiohttp.ClientSession) -> None:
