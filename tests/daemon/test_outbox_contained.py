@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from ksefd import spool
 from ksefd.daemon.service import serve
 from ksefd.store import InvoiceState
 from tests.daemon.support import drop, invoice, invoice_rows, one_company
@@ -62,3 +64,46 @@ async def test_intake_failing_while_a_send_is_on_the_wire_leaves_the_send_alone(
     events = [e["event"] for e in logs]
     assert "outbox.intake_failed" in events and "outbox.intake_failed.cleared" in events
     assert "daemon.task_failed" not in events
+
+
+@pytest.mark.timeout(90)
+async def test_files_claimed_just_before_the_outbox_went_go_on_when_it_is_back(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The working folder lives in the outbox (a rename on one file system): files claimed just before the
+    ERP's share went away come back with it, without rows; they go on then, not only after a restart."""
+    _sim, _, config = await one_company(sim_factory, http, tmp_path)
+    outbox = config.companies[0].folders.outbox
+    aside = outbox.with_name("outbox-aside")
+    real_fsync_directory = spool.fsync_directory
+    gone: list[Path] = []
+
+    def share_lost_after_the_renames(path: Path) -> None:
+        claimed = not (outbox / "CLAIMED.xml").exists()
+        if path == outbox and claimed and not gone:    # the claim's renames are done; now the share goes away
+            gone.append(outbox.rename(aside))
+        real_fsync_directory(path)                     # a real fsync of a folder that is no longer there
+
+    monkeypatch.setattr(spool, "fsync_directory", share_lost_after_the_renames)
+    drop(outbox, "CLAIMED.xml", invoice("CONTAINED/4"))
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        daemon = asyncio.create_task(serve(config, stop))
+        try:
+            async with asyncio.timeout(20):
+                while "outbox.intake_failed" not in [e["event"] for e in logs]:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            assert gone and list((aside / ".ksefd").glob("*CLAIMED.xml"))    # claimed, then the share went
+            while aside.exists():                          # the share comes back (over what intake recreated)
+                shutil.rmtree(outbox, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    aside.rename(outbox)
+            drop(outbox, "NEXT.xml", invoice("CONTAINED/5"))   # the ERP goes on dropping
+            await _until(config, {S.DONE}, count=2)        # without a restart: the claimed file got its row too
+        finally:
+            stop.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(daemon, 30)
+    assert "outbox.orphans_adopted" in [e["event"] for e in logs]
+    rows = await invoice_rows(config, "acme")
+    assert sorted((r.file_name, r.state) for r in rows) == [("CLAIMED.xml", S.DONE), ("NEXT.xml", S.DONE)]
+    assert (config.companies[0].folders.sent / "CLAIMED.xml").exists()

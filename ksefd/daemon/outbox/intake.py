@@ -111,6 +111,7 @@ class Intake:
         except Exception as exc:   # e.g. an unreadable orphan: logged, the loop below tries the outbox anyway
             failing.failed(error=repr(exc), where=traceback.format_exc(limit=-3))
         stop_watch = asyncio.Event()
+        orphans_possible, outbox_seen = False, await asyncio.to_thread(_identity, self.outbox)
         async with asyncio.TaskGroup() as group:
             if watcher is None:
                 watcher = OutboxWatcher()
@@ -123,10 +124,19 @@ class Intake:
                     # lasts and when it clears; the chunk's claimed files are checked again.
                     try:
                         await self.scan_once()
+                        # Files claimed just before a failure (the ERP's share gone between the renames and the
+                        # folder's fsync) wait without rows in the working folder, which lives in the outbox
+                        # (runtime.work_dir) and comes back with it: adopted after a failure and whenever the
+                        # outbox is another folder than at the last look, not only at the next start.
+                        seen = await asyncio.to_thread(_identity, self.outbox)
+                        if orphans_possible or seen != outbox_seen:
+                            await self.adopt_orphans()
+                            orphans_possible, outbox_seen = False, seen
                         await self.settle_redrops()
                         failing.cleared()
                     except Exception as exc:
                         failing.failed(error=repr(exc), where=traceback.format_exc(limit=-3))
+                        orphans_possible = True
                         self.pending = 0
                         with contextlib.suppress(Exception):
                             await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED))
@@ -449,6 +459,15 @@ class Intake:
         taken = [r for r in rows if r.id != exclude and r.state in ACCEPTED_STATES and r.sha256 != item.sha256]
         if taken:
             item.checked, item.rejection = None, _duplicate_number(item, c, taken[0])
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """Which folder is at `folder` (device, inode): a share mounted again or a folder put back is another one."""
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _utf8(name: str) -> bool:
