@@ -20,7 +20,8 @@ Uniqueness, and why:
   send one invoice as two companies, a shared inbox would mix their purchases.
 """
 
-from .load import is_loopback, load_config, parse_config
+from .field_checks import is_loopback
+from .load import load_config, parse_config
 from .model import (
     Company,
     Config,
