@@ -58,6 +58,11 @@ CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or
 # session unseen for up to a few seconds. Capped at 1 s, a 10 000-invoice session (~11 s) costs ~15 polls of
 # sessionMisc (120/min, 1200/h per context, PROTOCOL.md §14): a small share even with a batch every few minutes.
 POLL = BatchOptions(poll_first=0.2, poll_factor=1.25, poll_max=1.0, invoice_page_size=1000)
+# A closed batch's invoices get SUBMITTING state files only once KSeF has worked on it this long (wall seconds).
+# Until then their files still say QUEUED: an older state, as a crash may leave (files.py), and the batch's
+# results remove them. Written at once, a backlog created a new file per invoice that lived a second or two:
+# on ext4 a file's creation is its largest kernel cost (10-300 us measured on the 2-core machine, issue #16).
+SHOW_AFTER = 2.0
 
 
 def entry_name(row: InvoiceRow) -> str:
@@ -195,20 +200,37 @@ class BatchRunner:
                 return classify_for_company(exc)
             session = await self.store.sessions.transition(session.id, T.CLOSING, T.CLOSED,
                                                            closed_at=self.ledger.now())
-        await self.ledger.show_many(submitted, shown)
-        del submitted
-        return await self.track(session)
+        return await self.track(session, (submitted, shown) if submitted else None)
 
-    async def track(self, session: SessionRow) -> Failure | None:
+    async def _wait(self, session: SessionRow, show: tuple[list[InvoiceRow], dict[str, Any]] | None
+                    ) -> SessionStatus:
+        """KSeF's processing of the closed session; `show`: the invoices whose state files say SUBMITTING once
+        it takes longer than SHOW_AFTER (before any result is handled, so never after an invoice's end)."""
+        waiting = asyncio.ensure_future(self.sender.wait(session.reference))
+        try:
+            if show is not None and not (await asyncio.wait({waiting}, timeout=SHOW_AFTER))[0]:
+                await self.ledger.show_many(*show)
+                show = None
+            return await waiting
+        except KsefError:
+            if show is not None:            # the session waits for a later round: its files say so meanwhile
+                await self.ledger.show_many(*show)
+            raise
+        finally:
+            waiting.cancel()        # cancelled meanwhile: the poll stops with us (a no-op once it is done)
+
+    async def track(self, session: SessionRow, show: tuple[list[InvoiceRow], dict[str, Any]] | None = None
+                    ) -> Failure | None:
         """The session's results a page of KSeF's list at a time (PROTOCOL.md §4.5, continuation tokens): each
         page's invoices are read by the ids their archive names carry (`entry_name`) and finished before the
         next page is asked for, so nothing proportional to the batch's size is held (a 10 000 backlog held its
         whole list and every row twice). Invoices no page named are matched by hash among the entries whose
         names matched nothing (normally none), else handled as not processed."""
         try:
-            status = await self.sender.wait(session.reference)
+            status = await self._wait(session, show)
         except KsefError as exc:
             return classify_for_company(exc)
+        del show
         handled: set[int] = set()
         unmatched: list[SessionInvoice] = []
         try:
