@@ -85,3 +85,25 @@ async def test_a_batchs_results_are_read_and_finished_a_page_at_a_time(
     assert len(numbers) == count
     assert read and max(read) <= 10
     assert {r.state for r in await invoice_rows(config, "acme")} == {InvoiceState.DONE}
+
+
+async def test_a_groups_result_files_and_upos_share_three_flushes(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch group's UPOs are fetched first and written with its other result files (outcomes.accept_many):
+    the working copies, the temps and the names, three syncfs for the group, not five (issue #16)."""
+    if not spool_group.flush([tmp_path]):
+        pytest.skip("no syncfs on this platform: each file is fsynced")
+    sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
+    outbox = config.companies[0].folders.outbox
+    count = 40                  # one group (batch.RESULT_GROUP), worth flushing (spool_group.FLUSH_FROM)
+    for n in range(count):
+        drop(outbox, f"u{n:02d}.xml", invoice(f"GROUP/UPO/{n}"))
+    flushes: list[int] = []
+    real = spool_group._syncfs
+    assert real is not None
+    monkeypatch.setattr(spool_group, "_syncfs", lambda fd: (flushes.append(fd), real(fd))[1])
+    await drain(config)
+    sent = config.companies[0].folders.sent
+    assert len(list(sent.glob("*.upo.xml"))) == count and len(list(sent.glob("*.ksef.json"))) == count
+    assert {r.state for r in await invoice_rows(config, "acme")} == {InvoiceState.DONE}
+    assert len(flushes) == 3, len(flushes)

@@ -292,19 +292,41 @@ class BatchRunner:
         if saved:
             await self.ledger.done([r.id for r in saved])
         await self._upos(accepted)
-        # Group by group: result files (one directory fsync), one commit, then the group's UPOs, so a large
-        # batch costs a few fsyncs per group on top of each file's own, and results appear progressively. A
-        # pipeline: while one group's files are written (disk), the UPOs of the groups before it are fetched
-        # (network) and stored; at most UPO_GROUPS groups wait for UPOs, so memory stays bounded.
+        # Group by group: the group's UPOs fetched, then all its result files written together (three flushes
+        # of the file system, outcomes.accept_many) and its commits, so results appear progressively. A
+        # pipeline: while one group's files are written (disk), the next group's UPOs are fetched (network);
+        # at most UPO_GROUPS groups at once, so memory stays bounded.
         async with asyncio.TaskGroup() as group:
-            fetching: list[asyncio.Task[None]] = []
+            running: list[asyncio.Task[None]] = []
             for start in range(0, len(plain), RESULT_GROUP):
-                done_group = await self.outcomes.accept_many(plain[start:start + RESULT_GROUP], session)
-                if len(fetching) >= UPO_GROUPS:
-                    await fetching.pop(0)
-                fetching.append(group.create_task(self._upos([(d.row, d.session_reference, d.upo_url)
-                                                              for d in done_group])))
+                if len(running) >= UPO_GROUPS:
+                    await running.pop(0)
+                running.append(group.create_task(self._accept_group(plain[start:start + RESULT_GROUP], session)))
         self.outcomes.forget_listings()
+
+    async def _accept_group(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow) -> None:
+        """A group of invoices KSeF accepted: their UPOs fetched first (by the links in KSeF's list), then every
+        result file at once and DONE (outcomes.accept_many). One whose UPO could not be fetched is left
+        ACCEPTED, with its state file saying so; the next round fetches it (the ACCEPTED path of `_results`)."""
+        limit = self._upo_limit
+        upos: dict[int, bytes] = {}
+
+        async def one(row: InvoiceRow, invoice: SessionInvoice) -> None:
+            async with limit:
+                try:
+                    upos[row.id] = await self.outcomes.fetch_upo(row, session.reference, invoice.upo_download_url,
+                                                                 invoice.ksef_number)
+                except KsefError as exc:
+                    self.log.warning("outbox.upo_failed", file=row.file_name, invoice=row.id, error=str(exc))
+
+        async with asyncio.TaskGroup() as group:
+            for row, invoice in items:
+                group.create_task(one(row, invoice))
+        accepted = await self.outcomes.accept_many(items, session, upos)
+        for item in accepted:
+            if not item.upo_saved:
+                self.ledger.show(item.row, {"ksefNumber": item.row.ksef_number})
+        await self.outcomes.finish([item.row for item in accepted if item.upo_saved])
 
     async def _upos(self, accepted: list[tuple[InvoiceRow, str, str | None]]) -> None:
         for start in range(0, len(accepted), RESULT_GROUP):
