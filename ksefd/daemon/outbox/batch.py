@@ -89,6 +89,7 @@ class BatchRunner:
         self.log = log
         self.active: set[int] = set()        # batch sessions a task is handling now
         self._upo_limit = asyncio.Semaphore(UPO_DOWNLOADS)   # shared by the groups of the pipeline
+        self._fetch_turn = asyncio.Lock()                     # one group's UPOs fetched at a time (_accept_group)
         # What each open saw, for the availability monitor (None: KSeF answered). Set by the worker.
         self.observe: Callable[[Failure | None], None] = lambda failure: None
 
@@ -310,18 +311,20 @@ class BatchRunner:
         ACCEPTED, with its state file saying so; the next round fetches it (the ACCEPTED path of `_results`)."""
         limit = self._upo_limit
         upos: dict[int, bytes] = {}
+        left = iter(items)
 
-        async def one(row: InvoiceRow, invoice: SessionInvoice) -> None:
-            async with limit:
-                try:
-                    upos[row.id] = await self.outcomes.fetch_upo(row, session.reference, invoice.upo_download_url,
-                                                                 invoice.ksef_number)
-                except KsefError as exc:
-                    self.log.warning("outbox.upo_failed", file=row.file_name, invoice=row.id, error=str(exc))
+        async def fetcher() -> None:        # a few fetchers through the group, not a task per invoice
+            for row, invoice in left:
+                async with limit:
+                    try:
+                        upos[row.id] = await self.outcomes.fetch_upo(row, session.reference,
+                                                                     invoice.upo_download_url, invoice.ksef_number)
+                    except KsefError as exc:
+                        self.log.warning("outbox.upo_failed", file=row.file_name, invoice=row.id, error=str(exc))
 
-        async with asyncio.TaskGroup() as group:
-            for row, invoice in items:
-                group.create_task(one(row, invoice))
+        async with self._fetch_turn, asyncio.TaskGroup() as group:    # in turn: the next group's UPOs come
+            for _ in range(min(UPO_DOWNLOADS, len(items))):           # while this one's files are written
+                group.create_task(fetcher())
         accepted = await self.outcomes.accept_many(items, session, upos)
         for item in accepted:
             if not item.upo_saved:
