@@ -60,7 +60,9 @@ CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or
 POLL = BatchOptions(poll_first=0.2, poll_factor=1.25, poll_max=1.0, invoice_page_size=1000)
 # A closed batch's invoices get SUBMITTING state files only once KSeF has worked on it this long (wall seconds).
 # Until then their files still say QUEUED: an older state, as a crash may leave (files.py), and the batch's
-# results remove them. Written at once, a backlog created a new file per invoice that lived a second or two:
+# results remove them. The state file is informational (DESIGN.md, the folder contract: the ERP reads the state
+# of an invoice that waits); SQLite holds the SUBMITTING step, committed before the upload, as before.
+# Written at once, a backlog created a new file per invoice that lived a second or two:
 # on ext4 a file's creation is its largest kernel cost (10-300 us measured on the 2-core machine, issue #16).
 SHOW_AFTER = 2.0
 

@@ -149,10 +149,13 @@ class Outcomes:
 
         `upos` (invoice id -> UPO fetched already): each one's NAME.upo.xml is written with its other result
         files, in the same flushes (3 syncfs for the group instead of 5, issue #16), and kept in SQLite right
-        after the ACCEPTED commit; those come back `upo_saved`, for the caller to `finish`. A UPO on disk is
-        KSeF's own confirmation of the KSeF number that NAME.ksef.json holds already, so having it before the
-        ACCEPTED step says nothing the database will not: a crash before the commit leaves the invoice
-        PROCESSING, the next round asks KSeF again and finds the same files (a UPO there is kept as it is)."""
+        after the ACCEPTED commit; those come back `upo_saved`, for the caller to `finish`. Durability (DESIGN.md,
+        "An outbox invoice's life"; PROTOCOL.md §4.5): fetching a UPO is a read of what KSeF holds, sends
+        nothing, and may be repeated, so it needs no step persisted before it. A UPO on disk is KSeF's own
+        confirmation of the KSeF number NAME.ksef.json already holds, so having it before the ACCEPTED commit
+        says nothing the database will not: a crash or power cut before the commit leaves the invoice
+        PROCESSING (never sent again: exactly once), the next round asks KSeF again and finds the same files
+        (a UPO there is kept as it is). The files are durable before any commit names them (spool_group)."""
         offline = [row.id for row, _ in items if row.offline]
         records = {r.invoice_id: r for r in await self.ledger.store.offline.of_company(self.company.name, offline)} \
             if offline else {}
