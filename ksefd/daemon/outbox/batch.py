@@ -63,7 +63,7 @@ POLL = BatchOptions(poll_first=0.2, poll_factor=1.25, poll_max=1.0, invoice_page
 # results remove them. The state file is informational (DESIGN.md, the folder contract: the ERP reads the state
 # of an invoice that waits); SQLite holds the SUBMITTING step, committed before the upload, as before.
 # Written at once, a backlog created a new file per invoice that lived a second or two:
-# on ext4 a file's creation is its largest kernel cost (10-300 us measured on the 2-core machine, issue #16).
+# on ext4 a file's creation is its largest kernel cost (2-300 us measured on the shared 2-core machine, issue #16).
 SHOW_AFTER = 2.0
 
 
