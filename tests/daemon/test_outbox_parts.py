@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,17 @@ async def test_a_finished_invoice_removes_only_its_own_state_file_whatever_its_s
         files.clear_state(rows[2])
         assert (company.folders.outbox / "FV-2.state.json").exists()
     await ledger.finish([])
+
+
+async def test_show_many_stops_writing_state_files_once_told(tmp_path: Path) -> None:
+    """A batch's late SUBMITTING state files are written beside the wait for its results and stopped when the
+    results come (batch.BatchRunner._wait): the rest keep their older state, none is written after."""
+    company = _company(tmp_path)
+    store, _, ledger = await _ledger(tmp_path, company, ManualClock(dt.datetime(2026, 12, 6, tzinfo=dt.UTC)))
+    async with store:
+        rows = [await store.invoices.add("acme", f"FV-{n}.xml", f"hash{n}", 10) for n in range(2)]
+        stop = threading.Event()
+        await ledger.show_many(rows[:1], stop=stop)
+        stop.set()
+        await ledger.show_many(rows[1:], stop=stop)
+        assert _state(company, "FV-0")["state"] == "claimed" and _state(company, "FV-1") is None

@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import secrets
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -210,17 +211,23 @@ class BatchRunner:
         """KSeF's processing of the closed session; `show`: the invoices whose state files say SUBMITTING once
         it takes longer than SHOW_AFTER (before any result is handled, so never after an invoice's end)."""
         waiting = asyncio.ensure_future(self.sender.wait(session.reference))
+        stop = threading.Event()
+        showing: asyncio.Future[None] | None = None
         try:
             if show is not None and not (await asyncio.wait({waiting}, timeout=SHOW_AFTER))[0]:
-                await self.ledger.show_many(*show)
-                show = None
-            return await waiting
-        except KsefError:
-            if show is not None:            # the session waits for a later round: its files say so meanwhile
-                await self.ledger.show_many(*show)
-            raise
+                # Beside the wait, not before it: the results need not wait for a thousand state files.
+                showing = asyncio.ensure_future(self.ledger.show_many(*show, stop=stop))
+            try:
+                return await waiting
+            except KsefError:       # the session waits for a later round: its files say so meanwhile
+                if show is not None:
+                    await (showing or self.ledger.show_many(*show))
+                raise
         finally:
             waiting.cancel()        # cancelled meanwhile: the poll stops with us (a no-op once it is done)
+            stop.set()              # the rest keep QUEUED: no state file is written once results are handled
+            if showing is not None:
+                await showing
 
     async def track(self, session: SessionRow, show: tuple[list[InvoiceRow], dict[str, Any]] | None = None
                     ) -> Failure | None:
