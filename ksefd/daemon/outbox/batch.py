@@ -51,7 +51,7 @@ from .outcomes import Outcomes
 S = InvoiceState
 T = SessionState
 UPO_DOWNLOADS = 8
-UPO_GROUPS = 2
+UPO_GROUPS = 4            # groups of a page in flight (_results): one fetching its UPOs, the others writing
 OPEN = (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)      # a batch's invoices whose results are due
 RESULT_GROUP = 250          # invoices whose result files share one directory fsync and one commit
 CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or can never be closed
