@@ -90,9 +90,10 @@ two pairs of `--runs 3` one right after the other, load average 3.7-6.5 (other e
 System calls per 1 000 invoices (`KSEFD_BENCH_STRACE`, one run each): 214 000 -> 158 000; futex 86 000 -> 59 000;
 epoll_wait 7 600 -> 4 800; syncfs 20 -> 11; fdatasync 26 -> 25; unlink 4 500 -> 2 000; rename 3 900 -> 2 900; files
 created 4 -> 3 per invoice (the QUEUED state file, NAME.ksef.json's and NAME.upo.xml's temps). The kernel share is
-mostly those creations: on this machine creating a file costs 2-300 us of kernel time depending on the moment and
-the load (an os.open(O_CREAT) loop, /tmp and /work alike), while a rename, link or unlink costs 3-15 us; syncfs
-itself costs ~10 us per file flushed. That, more than syncfs, is why the kernel share swings from run to run.
+mostly those creations: on this machine creating a file costs 2-300 us of kernel time depending on the folder and
+the moment (an os.open(O_CREAT) loop: 86-300 us in /tmp and /var/tmp, 2-43 us in /work in the same minutes), while a
+rename, link or unlink costs 3-15 us and syncfs ~10 us per file flushed. That, more than syncfs, is why the kernel
+share swings from run to run.
 """
 
 # ruff: noqa: ASYNC109, ASYNC240 - a benchmark driver: its file checks and timeouts are the measurement
