@@ -78,6 +78,22 @@ dirty pages too); an fsync per file instead measured 1.21-1.27 ms of kernel time
 light_get.py (a hand-written HTTP/1.1 GET for the UPOs) was taken out again when merged: it saved ~60 us of CPU
 per UPO (47 against 107-113 us through aiohttp, 2 000 GETs of 4 kB, load 0.7-1.1), ~4 % of a backlog invoice's
 CPU, for an HTTP parser of our own; the same client on the h11 library cost what aiohttp costs (104-117 us).
+
+Measured 2026-12-07 06:21-06:25 UTC, main c4921ab ("before") then branch perf-cpu3 (late SUBMITTING state files,
+UPOs written with a group's other result files, writer threads by slices, rows built without dataclasses.replace),
+two pairs of `--runs 3` one right after the other, load average 3.7-6.5 (other engineers' work running):
+                                      before                    perf-cpu3
+    backlog 1 000, ratio to the peer  1.00x, 1.21x              0.93x, 1.07x
+    ksefd CPU per invoice (backlog)   2.31, 1.93 ms             1.85, 1.63 ms   (median of the 6 runs: 2.12 / 1.80)
+      of which user (6-run median)    1.20 ms (1.10-1.23)       1.01 ms (0.91-1.10)
+      of which kernel                 0.92 ms (0.34-1.21)       0.79 ms (0.39-1.05)
+System calls per 1 000 invoices (`KSEFD_BENCH_STRACE`, one run each): 214 000 -> 158 000; futex 86 000 -> 59 000;
+epoll_wait 7 600 -> 4 800; syncfs 20 -> 11; fdatasync 26 -> 25; unlink 4 500 -> 2 000; rename 3 900 -> 2 900; files
+created 4 -> 3 per invoice (the QUEUED state file, NAME.ksef.json's and NAME.upo.xml's temps). The kernel share is
+mostly those creations: on this machine creating a file costs 2-300 us of kernel time depending on the folder and
+the moment (an os.open(O_CREAT) loop: 86-300 us in /tmp and /var/tmp, 2-43 us in /work in the same minutes), while a
+rename, link or unlink costs 3-15 us and syncfs ~10 us per file flushed. That, more than syncfs, is why the kernel
+share swings from run to run.
 """
 
 # ruff: noqa: ASYNC109, ASYNC240 - a benchmark driver: its file checks and timeouts are the measurement

@@ -137,13 +137,14 @@ def place(staged: Sequence[Staged]) -> list[bool]:
                 results.append(True)
                 continue
             try:
-                results.append(spool.place_new(item.temp, item.path, item.data))
+                results.append(spool.place_new(item.temp, item.path, item.data))   # its temp is gone after
             except spool.SpoolConflict as exc:
                 conflict = conflict or exc
                 results.append(False)
-    finally:
+    except BaseException:   # the temps not yet placed (placed ones are gone: no unlink each, issue #16)
         for item in staged:
             item.temp.unlink(missing_ok=True)
+        raise
     for directory in dict.fromkeys(s.path.parent for s in staged):
         sync_names(directory, len(staged))
     if conflict is not None:

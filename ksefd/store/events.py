@@ -38,12 +38,30 @@ async def record(conn: aiosqlite.Connection, *, at: dt.datetime, kind: str, comp
 
 async def record_many(conn: aiosqlite.Connection, items: list[dict[str, Any]]) -> None:
     """Write many events (keyword sets as for `record`) inside the caller's transaction."""
+    # A group's events share their time and often one detail object: each written as text once, not once per
+    # event (a batch of 2 500 dumped the same detail 2 500 times, issue #16).
+    times: dict[Any, str] = {}
+    details: dict[int, tuple[Any, Any]] = {}     # id(detail) -> (detail, its text): the object kept alive
+
+    def text(detail: Any) -> Any:
+        if detail is None:
+            return None
+        known = details.get(id(detail))
+        if known is None:
+            known = details[id(detail)] = (detail, db_value(detail))
+        return known[1]
+
+    def at(value: Any) -> str:
+        found = times.get(value)
+        if found is None:
+            found = times[value] = db_time(value)
+        return found
+
     await conn.executemany(
         "INSERT INTO events (at, company, kind, invoice_id, session_id, from_state, to_state, detail) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(db_time(e["at"]), e.get("company"), e["kind"], e.get("invoice_id"), e.get("session_id"),
-          db_value(e.get("from_state")), db_value(e.get("to_state")),
-          db_value(e["detail"]) if e.get("detail") is not None else None) for e in items])
+        [(at(e["at"]), e.get("company"), e["kind"], e.get("invoice_id"), e.get("session_id"),
+          db_value(e.get("from_state")), db_value(e.get("to_state")), text(e.get("detail"))) for e in items])
 
 
 def _row(row: aiosqlite.Row) -> Event:

@@ -12,6 +12,8 @@ import pytest
 
 from ksefd import spool_group
 from ksefd.daemon.outbox import batch
+from ksefd.daemon.outbox.outcomes import Outcomes
+from ksefd.ksef import TransportError
 from ksefd.store import InvoiceState
 from ksefd.store.invoices import InvoiceRepo
 from tests.daemon.support import drain, drop, invoice, invoice_rows, one_company, read_json, sim_records
@@ -85,3 +87,63 @@ async def test_a_batchs_results_are_read_and_finished_a_page_at_a_time(
     assert len(numbers) == count
     assert read and max(read) <= 10
     assert {r.state for r in await invoice_rows(config, "acme")} == {InvoiceState.DONE}
+
+
+async def test_a_groups_result_files_and_upos_share_three_flushes(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch group's UPOs are fetched first and written with its other result files (outcomes.accept_many):
+    the working copies, the temps and the names, three syncfs for the group, not five (issue #16)."""
+    if not spool_group.flush([tmp_path]):
+        pytest.skip("no syncfs on this platform: each file is fsynced")
+    _, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
+    outbox = config.companies[0].folders.outbox
+    count = 40                  # one group (batch.RESULT_GROUP), worth flushing (spool_group.FLUSH_FROM)
+    for n in range(count):
+        drop(outbox, f"u{n:02d}.xml", invoice(f"GROUP/UPO/{n}"))
+    flushes: list[int] = []
+    real = spool_group._syncfs
+    assert real is not None
+    monkeypatch.setattr(spool_group, "_syncfs", lambda fd: (flushes.append(fd), real(fd))[1])
+    await drain(config)
+    sent = config.companies[0].folders.sent
+    assert len(list(sent.glob("*.upo.xml"))) == count and len(list(sent.glob("*.ksef.json"))) == count
+    assert {r.state for r in await invoice_rows(config, "acme")} == {InvoiceState.DONE}
+    assert len(flushes) == 3, len(flushes)
+
+
+async def test_an_invoice_whose_upo_fails_in_its_group_stays_accepted_and_gets_it_later(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group's UPOs come first (batch.BatchRunner._accept_group): one that cannot be fetched leaves its
+    invoice ACCEPTED with its sent/ files and a state file saying so; a later round fetches it. Every other
+    invoice of the group is DONE with its UPO meanwhile."""
+    sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
+    outbox = config.companies[0].folders.outbox
+    count = 20
+    for n in range(count):
+        drop(outbox, f"f{n:02d}.xml", invoice(f"GROUP/UPOFAIL/{n}"))
+    real = Outcomes.fetch_upo
+    failed: dict[int, int] = {}
+    seen_accepted: list[Any] = []
+
+    async def fetch_upo(self: Outcomes, row: Any, session_reference: str, url: str | None,
+                        ksef_number: str | None = None) -> bytes:
+        if row.file_name in ("f03.xml", "f11.xml") and not failed.get(row.id):
+            failed[row.id] = 1
+            return await _fail(self, row)
+        if failed.get(row.id) == 1:         # the second try: what its invoice looked like meanwhile
+            failed[row.id] = 2
+            seen_accepted.append(((await self.ledger.store.invoices.get_many([row.id]))[0].state,
+                                  read_json(outbox / f"{row.file_name[:-4]}.state.json")["state"],
+                                  (config.companies[0].folders.sent / f"{row.file_name[:-4]}.ksef.json").exists()))
+        return await real(self, row, session_reference, url, ksef_number)
+
+    async def _fail(self: Outcomes, row: Any) -> bytes:
+        raise TransportError("GET storage: the test's failure", method="GET", url="storage")
+
+    monkeypatch.setattr(Outcomes, "fetch_upo", fetch_upo)
+    await drain(config)
+    sent = config.companies[0].folders.sent
+    assert len(list(sent.glob("*.upo.xml"))) == count and len(list(sent.glob("*.ksef.json"))) == count
+    assert {r.state for r in await invoice_rows(config, "acme")} == {InvoiceState.DONE}
+    assert seen_accepted == [(InvoiceState.ACCEPTED, "accepted", True)] * 2
+    assert not list(outbox.glob("*.state.json")) and len(sim_records(sim)) == count

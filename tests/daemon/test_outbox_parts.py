@@ -4,8 +4,10 @@ channel, each with real SQLite, real folders and, for the channel, the simulator
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +162,37 @@ async def test_intake_cleans_up_what_a_crash_left_of_a_finished_re_drop(tmp_path
         await intake.adopt_orphans()
         await intake.clear_stale_states()
         assert not work.exists() and _state(company, "AGAIN") is None
+
+
+async def test_a_finished_invoice_removes_only_its_own_state_file_whatever_its_size(tmp_path: Path) -> None:
+    """clear_state reads the file with os.read (issue #16): one of more than a read's worth (a long error) is
+    still recognised; another invoice's file under the same name and a file that is no JSON stay."""
+    company = _company(tmp_path)
+    store, files, ledger = await _ledger(tmp_path, company, ManualClock(dt.datetime(2026, 12, 6, tzinfo=dt.UTC)))
+    async with store:
+        rows = [await store.invoices.add("acme", f"FV-{n}.xml", f"hash{n}", 10) for n in range(3)]
+        for row in rows:
+            files.write_state(row, "queued", "waiting", {"lastError": {"details": ["x" * 40_000]}})
+        assert (company.folders.outbox / "FV-0.state.json").stat().st_size > 40_000
+        files.clear_state(rows[0])
+        assert _state(company, "FV-0") is None
+        files.clear_state(dataclasses.replace(rows[2], file_name="FV-1.xml"))     # same name, another invoice
+        assert _state(company, "FV-1")["invoiceId"] == rows[1].id
+        (company.folders.outbox / "FV-2.state.json").write_bytes(b"{not json")
+        files.clear_state(rows[2])
+        assert (company.folders.outbox / "FV-2.state.json").exists()
+    await ledger.finish([])
+
+
+async def test_show_many_stops_writing_state_files_once_told(tmp_path: Path) -> None:
+    """A batch's late SUBMITTING state files are written beside the wait for its results and stopped when the
+    results come (batch.BatchRunner._wait): the rest keep their older state, none is written after."""
+    company = _company(tmp_path)
+    store, _, ledger = await _ledger(tmp_path, company, ManualClock(dt.datetime(2026, 12, 6, tzinfo=dt.UTC)))
+    async with store:
+        rows = [await store.invoices.add("acme", f"FV-{n}.xml", f"hash{n}", 10) for n in range(2)]
+        stop = threading.Event()
+        await ledger.show_many(rows[:1], stop=stop)
+        stop.set()
+        await ledger.show_many(rows[1:], stop=stop)
+        assert _state(company, "FV-0")["state"] == "claimed" and _state(company, "FV-1") is None

@@ -132,3 +132,17 @@ async def test_moves_built_from_the_callers_rows_equal_the_rows_read_back(store:
     with pytest.raises(StoreError):
         await store.invoices.transition_steps(ids, [S.ACCEPTED, S.UPO_SAVED], known=moved)
     assert {r.state for r in await store.invoices.get_many(ids)} == {S.ACCEPTED}
+
+
+async def test_rows_built_from_known_ones_equal_rows_read_back_and_events_keep_their_details(store: Store) -> None:
+    """transition_steps with `known` builds the moved rows without dataclasses.replace (invoices._changed) and
+    writes a shared detail once (events.record_many): the same rows and audit as reading them back gives."""
+    rows = await store.invoices.add_many("acme", [NewInvoice(f"FV{n}.xml", HASHES[n], 1) for n in range(3)])
+    ids = [r.id for r in rows]
+    built = await store.invoices.transition_steps(ids, [S.CLAIMED, S.CHECKED, S.QUEUED], known=rows,
+                                                  detail={"why": "łódź"}, attempts=2, mode="batch")
+    assert built == await store.invoices.get_many(ids)
+    assert [type(r) for r in built] == [type(rows[0])] * 3 and built[0] != rows[0] and rows[0].state == S.CLAIMED
+    for i in ids:
+        assert [(e.to_state, e.detail) for e in await store.events.for_invoice(i)][1:] == [
+            ("checked", {"why": "łódź"}), ("queued", {"why": "łódź"})]

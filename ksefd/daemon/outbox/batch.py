@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import secrets
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ from .outcomes import Outcomes
 S = InvoiceState
 T = SessionState
 UPO_DOWNLOADS = 8
-UPO_GROUPS = 2
+UPO_GROUPS = 4            # groups of a page in flight (_results): one fetching its UPOs, the others writing
 OPEN = (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)      # a batch's invoices whose results are due
 RESULT_GROUP = 250          # invoices whose result files share one directory fsync and one commit
 CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or can never be closed
@@ -58,6 +59,13 @@ CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or
 # session unseen for up to a few seconds. Capped at 1 s, a 10 000-invoice session (~11 s) costs ~15 polls of
 # sessionMisc (120/min, 1200/h per context, PROTOCOL.md §14): a small share even with a batch every few minutes.
 POLL = BatchOptions(poll_first=0.2, poll_factor=1.25, poll_max=1.0, invoice_page_size=1000)
+# A closed batch's invoices get SUBMITTING state files only once KSeF has worked on it this long (wall seconds).
+# Until then their files still say QUEUED: an older state, as a crash may leave (files.py), and the batch's
+# results remove them. The state file is informational (DESIGN.md, the folder contract: the ERP reads the state
+# of an invoice that waits); SQLite holds the SUBMITTING step, committed before the upload, as before.
+# Written at once, a backlog created a new file per invoice that lived a second or two:
+# on ext4 a file's creation is its largest kernel cost (2-300 us measured on the shared 2-core machine, issue #16).
+SHOW_AFTER = 2.0
 
 
 def entry_name(row: InvoiceRow) -> str:
@@ -84,6 +92,7 @@ class BatchRunner:
         self.log = log
         self.active: set[int] = set()        # batch sessions a task is handling now
         self._upo_limit = asyncio.Semaphore(UPO_DOWNLOADS)   # shared by the groups of the pipeline
+        self._fetch_turn = asyncio.Lock()                     # one group's UPOs fetched at a time (_accept_group)
         # What each open saw, for the availability monitor (None: KSeF answered). Set by the worker.
         self.observe: Callable[[Failure | None], None] = lambda failure: None
 
@@ -195,20 +204,44 @@ class BatchRunner:
                 return classify_for_company(exc)
             session = await self.store.sessions.transition(session.id, T.CLOSING, T.CLOSED,
                                                            closed_at=self.ledger.now())
-        await self.ledger.show_many(submitted, shown)
-        del submitted
-        return await self.track(session)
+        return await self.track(session, (submitted, shown) if submitted else None)
 
-    async def track(self, session: SessionRow) -> Failure | None:
+    async def _wait(self, session: SessionRow, show: tuple[list[InvoiceRow], dict[str, Any]] | None
+                    ) -> SessionStatus:
+        """KSeF's processing of the closed session; `show`: the invoices whose state files say SUBMITTING once
+        it takes longer than SHOW_AFTER, written beside the wait and stopped when it ends (before any result is
+        handled, so never after an invoice's end). Holds the rows meanwhile (a piece: 2 500, ~2 MB)."""
+        waiting = asyncio.ensure_future(self.sender.wait(session.reference))
+        stop = threading.Event()
+        showing: asyncio.Future[None] | None = None
+        try:
+            if show is not None and not (await asyncio.wait({waiting}, timeout=SHOW_AFTER))[0]:
+                # Beside the wait, not before it: the results need not wait for a thousand state files.
+                showing = asyncio.ensure_future(self.ledger.show_many(*show, stop=stop))
+            try:
+                return await waiting
+            except KsefError:       # the session waits for a later round: its files say so meanwhile
+                if show is not None:
+                    await (showing or self.ledger.show_many(*show))
+                raise
+        finally:
+            waiting.cancel()        # cancelled meanwhile: the poll stops with us (a no-op once it is done)
+            stop.set()              # the rest keep QUEUED: no state file is written once results are handled
+            if showing is not None:
+                await showing
+
+    async def track(self, session: SessionRow, show: tuple[list[InvoiceRow], dict[str, Any]] | None = None
+                    ) -> Failure | None:
         """The session's results a page of KSeF's list at a time (PROTOCOL.md §4.5, continuation tokens): each
         page's invoices are read by the ids their archive names carry (`entry_name`) and finished before the
         next page is asked for, so nothing proportional to the batch's size is held (a 10 000 backlog held its
         whole list and every row twice). Invoices no page named are matched by hash among the entries whose
         names matched nothing (normally none), else handled as not processed."""
         try:
-            status = await self.sender.wait(session.reference)
+            status = await self._wait(session, show)
         except KsefError as exc:
             return classify_for_company(exc)
+        del show
         handled: set[int] = set()
         unmatched: list[SessionInvoice] = []
         try:
@@ -270,19 +303,43 @@ class BatchRunner:
         if saved:
             await self.ledger.done([r.id for r in saved])
         await self._upos(accepted)
-        # Group by group: result files (one directory fsync), one commit, then the group's UPOs, so a large
-        # batch costs a few fsyncs per group on top of each file's own, and results appear progressively. A
-        # pipeline: while one group's files are written (disk), the UPOs of the groups before it are fetched
-        # (network) and stored; at most UPO_GROUPS groups wait for UPOs, so memory stays bounded.
+        # Group by group: the group's UPOs fetched, then all its result files written together (three flushes
+        # of the file system, outcomes.accept_many) and its commits, so results appear progressively. A
+        # pipeline: while one group's files are written (disk), the next group's UPOs are fetched (network);
+        # at most UPO_GROUPS groups at once, so memory stays bounded.
         async with asyncio.TaskGroup() as group:
-            fetching: list[asyncio.Task[None]] = []
+            running: list[asyncio.Task[None]] = []
             for start in range(0, len(plain), RESULT_GROUP):
-                done_group = await self.outcomes.accept_many(plain[start:start + RESULT_GROUP], session)
-                if len(fetching) >= UPO_GROUPS:
-                    await fetching.pop(0)
-                fetching.append(group.create_task(self._upos([(d.row, d.session_reference, d.upo_url)
-                                                              for d in done_group])))
+                if len(running) >= UPO_GROUPS:
+                    await running.pop(0)
+                running.append(group.create_task(self._accept_group(plain[start:start + RESULT_GROUP], session)))
         self.outcomes.forget_listings()
+
+    async def _accept_group(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow) -> None:
+        """A group of invoices KSeF accepted: their UPOs fetched first (by the links in KSeF's list), then every
+        result file at once and DONE (outcomes.accept_many). One whose UPO could not be fetched is left
+        ACCEPTED, with its state file saying so; the next round fetches it (the ACCEPTED path of `_results`)."""
+        limit = self._upo_limit
+        upos: dict[int, bytes] = {}
+        left = iter(items)
+
+        async def fetcher() -> None:        # a few fetchers through the group, not a task per invoice
+            for row, invoice in left:
+                async with limit:
+                    try:
+                        upos[row.id] = await self.outcomes.fetch_upo(row, session.reference,
+                                                                     invoice.upo_download_url, invoice.ksef_number)
+                    except KsefError as exc:
+                        self.log.warning("outbox.upo_failed", file=row.file_name, invoice=row.id, error=str(exc))
+
+        async with self._fetch_turn, asyncio.TaskGroup() as group:    # in turn: the next group's UPOs come
+            for _ in range(min(UPO_DOWNLOADS, len(items))):           # while this one's files are written
+                group.create_task(fetcher())
+        accepted = await self.outcomes.accept_many(items, session, upos)
+        for item in accepted:
+            if not item.upo_saved:
+                self.ledger.show(item.row, {"ksefNumber": item.row.ksef_number})
+        await self.outcomes.finish([item.row for item in accepted if item.upo_saved])
 
     async def _upos(self, accepted: list[tuple[InvoiceRow, str, str | None]]) -> None:
         for start in range(0, len(accepted), RESULT_GROUP):

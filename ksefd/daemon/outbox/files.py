@@ -20,6 +20,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ksefd import spool, spool_group
 from ksefd.config import Company
 from ksefd.store import InvoiceRow
@@ -27,6 +29,7 @@ from ksefd.store import InvoiceRow
 from ..error_text import localize
 
 STATE_SUFFIX = ".state.json"
+STATE_READ = 16384         # a state file is a few hundred bytes (a long error: a few kB); more is read on
 NAME_SIDECAR = ".name"      # .<16 hex>.name in the claim folder: the whole name of a shortened working file
 
 
@@ -242,8 +245,14 @@ class OutboxFiles:
         folder, name = os.path.split(path)
         temp = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.ksefd.tmp")
         try:
-            with open(temp, "wb") as sink:
-                sink.write(spool.json_bytes(body))
+            # os.open, not open(): a buffered file's fstat, ioctl and lseek are half the system calls here
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            try:
+                view = memoryview(spool.json_bytes(body))
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
             os.replace(temp, path)
         except OSError:
             with contextlib.suppress(FileNotFoundError):
@@ -259,8 +268,15 @@ class OutboxFiles:
     def clear_state(self, row: InvoiceRow) -> None:
         """Remove NAME.state.json if it still describes this invoice (a newer one may reuse the name)."""
         path = self._state_name(row.file_name)
-        with contextlib.suppress(FileNotFoundError, ValueError, OSError):
-            with open(path, "rb") as source:
-                body = source.read()
-            if json.loads(body).get("invoiceId") == row.id:
+        with contextlib.suppress(FileNotFoundError, ValueError, OSError, msgspec.DecodeError):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                body = more = os.read(fd, STATE_READ)
+                while len(more) == STATE_READ:
+                    more = os.read(fd, STATE_READ)
+                    body += more
+            finally:
+                os.close(fd)
+            found = msgspec.json.decode(body)
+            if isinstance(found, dict) and found.get("invoiceId") == row.id:
                 os.unlink(path)

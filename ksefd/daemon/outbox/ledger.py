@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -107,10 +108,12 @@ class Ledger:
         self._wake(to_state)
         return moved
 
-    async def show_many(self, rows: list[InvoiceRow], extra: dict[str, Any] | None = None) -> None:
-        """Rewrite many invoices' state files in a worker thread (after a `move_many(state_files=False)`)."""
+    async def show_many(self, rows: list[InvoiceRow], extra: dict[str, Any] | None = None, *,
+                        stop: threading.Event | None = None) -> None:
+        """Rewrite many invoices' state files in a worker thread (after a `move_many(state_files=False)`).
+        `stop`: once set, the rest are left as they are (the file being written is finished first)."""
         if rows:
-            await self._show_many(rows, extra)
+            await self._show_many(rows, extra, stop)
 
     def show(self, row: InvoiceRow, extra: dict[str, Any] | None = None) -> None:
         """Rewrite the invoice's state file (informational; a failure to write it is logged, not fatal)."""
@@ -257,11 +260,14 @@ class Ledger:
         if state in TRACKER_STATES:
             self.track_due.set()
 
-    async def _show_many(self, rows: list[InvoiceRow], extra: dict[str, Any] | None) -> None:
+    async def _show_many(self, rows: list[InvoiceRow], extra: dict[str, Any] | None,
+                         stop: threading.Event | None = None) -> None:
         now = self.now()
 
         def write_all() -> None:
             for row in rows:
+                if stop is not None and stop.is_set():
+                    return
                 self._write_state(row, extra, now)
 
         await asyncio.to_thread(write_all)

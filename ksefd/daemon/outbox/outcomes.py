@@ -60,6 +60,15 @@ class Accepted:
     row: InvoiceRow
     session_reference: str
     upo_url: str | None
+    upo_saved: bool = False     # its UPO is written and kept already (accept_many with `upos`): only `finish` left
+
+
+def _unlink_temps(done: list[Any]) -> None:
+    """The temps staged by `Outcomes._write_accepted`'s items so far (an error stops the group)."""
+    for item in done:
+        if item is not None:
+            for staged in item[3]:
+                staged.temp.unlink(missing_ok=True)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -132,39 +141,55 @@ class Outcomes:
                       sent_as=stem)
         return accepted
 
-    async def accept_many(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow) -> list[Accepted]:
+    async def accept_many(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow,
+                          upos: dict[int, bytes] | None = None) -> list[Accepted]:
         """`accept` for a group of one session's invoices (a batch): every file written (temp + fsync + rename),
         the sent/ directory fsynced once, then all of them ACCEPTED in one commit. A crash before the commit
-        leaves them PROCESSING, and the next round rewrites the same bytes onto the same stems."""
+        leaves them PROCESSING, and the next round rewrites the same bytes onto the same stems.
+
+        `upos` (invoice id -> UPO fetched already): each one's NAME.upo.xml is written with its other result
+        files, in the same flushes (3 syncfs for the group instead of 5, issue #16), and kept in SQLite right
+        after the ACCEPTED commit; those come back `upo_saved`, for the caller to `finish`. Durability (DESIGN.md,
+        "An outbox invoice's life"; PROTOCOL.md §4.5): fetching a UPO is a read of what KSeF holds, sends
+        nothing, and may be repeated, so it needs no step persisted before it. A UPO on disk is KSeF's own
+        confirmation of the KSeF number NAME.ksef.json already holds, so having it before the ACCEPTED commit
+        says nothing the database will not: a crash or power cut before the commit leaves the invoice
+        PROCESSING (never sent again: exactly once), the next round asks KSeF again and finds the same files
+        (a UPO there is kept as it is). The files are durable before any commit names them (spool_group)."""
         offline = [row.id for row, _ in items if row.offline]
         records = {r.invoice_id: r for r in await self.ledger.store.offline.of_company(self.company.name, offline)} \
             if offline else {}
-        written = await asyncio.to_thread(self._write_accepted, items, session, records)
+        written = await asyncio.to_thread(self._write_accepted, items, session, records, upos or {})
         if not written:
             return []
         rows = await self.ledger.move_each([
             Change(row.id, {"ksef_number": invoice.ksef_number, "result_name": stem, "status_code": 200},
                    {"ksefNumber": invoice.ksef_number, "session": session.reference})
-            for row, invoice, stem in written], S.PROCESSING, S.ACCEPTED, known=[row for row, _, _ in written])
+            for row, invoice, stem, _ in written], S.PROCESSING, S.ACCEPTED, known=[w[0] for w in written])
         for row in rows:
             self.log.info("outbox.accepted", file=row.file_name, invoice=row.id, ksef_number=row.ksef_number,
                               sent_as=row.result_name)
+        saved = [(row.session_id, row.ksef_number, xml, row.id)
+                 for row, (*_, xml) in zip(rows, written, strict=True) if xml is not None]
+        if saved:
+            await self.ledger.store.sessions.save_upos(saved)   # type: ignore[arg-type]   # set by ACCEPTED
         # No state file rewrite here: the group's UPOs follow at once and its state files are then removed;
-        # an invoice whose UPO cannot be fetched gets its ACCEPTED state file then (batch.BatchRunner._upo_group).
-        return [Accepted(row, session.reference, invoice.upo_download_url)
-                for row, (_, invoice, _) in zip(rows, written, strict=True)]
+        # an invoice whose UPO cannot be fetched gets its ACCEPTED state file then (batch.BatchRunner).
+        return [Accepted(row, session.reference, invoice.upo_download_url, upo_saved=xml is not None)
+                for row, (_, invoice, _, xml) in zip(rows, written, strict=True)]
 
     def _write_accepted(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow,
-                        records: dict[int, OfflineInvoice]) -> list[tuple[InvoiceRow, SessionInvoice, str]]:
+                        records: dict[int, OfflineInvoice], upos: dict[int, bytes]
+                        ) -> list[tuple[InvoiceRow, SessionInvoice, str, bytes | None]]:
         # A few flushes for the group, not ~2 fsyncs per invoice (spool_group): the working copies' bytes made
-        # durable at once, each linked into sent/ (no fsync of its own), the NAME.ksef.json temps made durable at
-        # once and renamed into place, then the names (spool_group.place). Where the platform cannot flush a
-        # file system, each working copy is fsynced as it is linked, as before.
+        # durable at once, each linked into sent/ (no fsync of its own), the NAME.ksef.json (and NAME.upo.xml)
+        # temps made durable at once and put in place, then the names (spool_group.place). Where the platform
+        # cannot flush a file system, each working copy is fsynced as it is linked, as before.
         # the working copies (ksefd's own folder)
         synced = spool_group.worth_flushing(len(items)) and spool_group.flush([self.files.work_dir])
+        Written = tuple[InvoiceRow, SessionInvoice, str, list[spool_group.Staged], bytes | None]
 
-        def one(item: tuple[InvoiceRow, SessionInvoice]
-                ) -> tuple[InvoiceRow, SessionInvoice, str, spool_group.Staged] | None:
+        def one(item: tuple[InvoiceRow, SessionInvoice]) -> Written | None:
             row, invoice = item
             data = self.files.read_work(row)
             if data is None:
@@ -173,23 +198,42 @@ class Outcomes:
             mine = synced and Path(row.work_path or "").parent == self.files.work_dir
             stem = self.files.write_sent(row.file_name, data, sync=False, row=row, source_synced=mine)
             more = self.offline_accepted(row, records.get(row.id), stem, invoice) if row.offline else None
-            staged = self.files.stage_ksef_json(stem, self.ksef_record(row, invoice, session.reference, session.kind,
-                                                                       more))
-            return row, invoice, stem, staged
+            staged = [self.files.stage_ksef_json(stem, self.ksef_record(row, invoice, session.reference,
+                                                                        session.kind, more))]
+            xml = upos.get(row.id)
+            if xml is not None:
+                there = self.files.read_sent(stem, ".upo.xml")     # written before a crash: kept as it is
+                if there is None:
+                    staged.append(spool_group.stage(self.files.folders.sent / f"{stem}.upo.xml", xml, replace=False))
+                xml = there or xml
+            return row, invoice, stem, staged, xml
 
-        # A few writers at once: the links and temps are system calls that overlap. Two invoices reusing one
-        # name cannot clobber each other: write_unique creates with link(), and retries a taken stem.
+        def some(chunk: list[tuple[InvoiceRow, SessionInvoice]]) -> list[Written | None]:
+            done: list[Written | None] = []
+            try:
+                for item in chunk:
+                    done.append(one(item))
+            except BaseException:       # this chunk's temps are not left behind
+                _unlink_temps(done)
+                raise
+            return done
+
+        # A few writers at once: the links and temps are system calls that overlap. A slice of the group each,
+        # not a task per invoice (a future, a lock and a wake-up each: ~5 % of a backlog's CPU, issue #16).
+        # Two invoices reusing one name cannot clobber each other: write_unique creates with link(), and
+        # retries a taken stem.
+        size = -(-len(items) // WRITERS)
         with ThreadPoolExecutor(WRITERS) as pool:
-            futures = [pool.submit(one, item) for item in items]
+            futures = [pool.submit(some, items[start:start + size]) for start in range(0, len(items), size)]
         try:
-            written = [w for w in (f.result() for f in futures) if w is not None]
+            written = [w for f in futures for w in f.result() if w is not None]
         except BaseException:       # one failed: the others' temps are not left behind
             for future in futures:
-                if future.exception() is None and (done := future.result()) is not None:
-                    done[3].temp.unlink(missing_ok=True)
+                if future.exception() is None:
+                    _unlink_temps(future.result())
             raise
-        spool_group.place([staged for *_, staged in written])
-        return [(row, invoice, stem) for row, invoice, stem, _ in written]
+        spool_group.place([staged for *_, group, _ in written for staged in group])
+        return [(row, invoice, stem, xml) for row, invoice, stem, _, xml in written]
 
     def offline_accepted(self, row: InvoiceRow, record: OfflineInvoice | None, stem: str,
                          invoice: SessionInvoice) -> dict[str, Any]:
@@ -254,15 +298,18 @@ class Outcomes:
             upos.append((row.session_id, row.ksef_number, xml, row.id))
         await self.ledger.store.sessions.save_upos(upos)
 
-    async def fetch_upo(self, row: InvoiceRow, session_reference: str, url: str | None) -> bytes:
+    async def fetch_upo(self, row: InvoiceRow, session_reference: str, url: str | None,
+                        ksef_number: str | None = None) -> bytes:
+        """`ksef_number`: the invoice's, where the row does not hold it yet (before its ACCEPTED step)."""
         sessions = self.connection.context.sessions
         if url:
             try:
                 return await sessions.download_presigned_upo(url)
             except KsefError as exc:    # the link expired or storage failed: the API endpoint still has it
                 self.log.info("outbox.upo_link_failed", file=row.file_name, invoice=row.id, error=str(exc))
-        assert row.ksef_number is not None
-        return await sessions.invoice_upo_by_ksef_number(session_reference, row.ksef_number)
+        number = ksef_number or row.ksef_number
+        assert number is not None
+        return await sessions.invoice_upo_by_ksef_number(session_reference, number)
 
     def upo_session(self, row: InvoiceRow, fallback: str) -> str:
         """Where an ACCEPTED invoice's UPO is, after a restart: the session its NAME.ksef.json names."""
