@@ -53,7 +53,7 @@ from .watch import OutboxWatcher
 S = InvoiceState
 T = SessionState
 ONLINE_CONCURRENCY = 10     # online sends at once: as many as KSeF takes in a second (invoiceSend 10/s, PROTOCOL.md §7)
-BATCHES_AT_ONCE = 2
+BATCHES_AT_ONCE = 2         # batch sessions being built and uploaded at once; a closed one leaves its slot (_batch)
 # A backlog goes in pieces of about this many invoices, so that KSeF processes one piece while ksefd builds the
 # next one and stores the results of the one before (a 10 000 batch at once: all of its rows, events and state
 # files in one step, KSeF idle meanwhile, then ksefd idle while KSeF works). Opening a batch session is limited
@@ -335,7 +335,7 @@ class OutboxWorker:
         by_batch = attachments + (rest if len(rest) >= self.company.sending.batch_threshold else [])
         cap = self._batch_cap()
         for start in range(0, len(by_batch), cap):
-            if sum(1 for t in self._tasks if t.get_name() == "batch") >= BATCHES_AT_ONCE:
+            if self._batches_running() >= BATCHES_AT_ONCE:
                 break
             group = by_batch[start:start + cap]
             self._start(self._batch(group, offline_mode=True), "batch", group)
@@ -373,7 +373,18 @@ class OutboxWorker:
             self._online.release()
 
     async def _batch(self, rows: list[InvoiceRow], *, offline_mode: bool = False) -> None:
-        failure = await self.batches.send(rows, offline_mode=offline_mode)
+        task = asyncio.current_task()
+
+        def closed() -> None:
+            # The session is closed: KSeF processes it on its own, and the task only waits for and stores its
+            # results (batch.RESULTS_AT_ONCE at a time). Its slot goes to the backlog's next piece now, so KSeF
+            # gets that piece while this one's results are read (with the results inside the slot, KSeF sat
+            # idle ~10 s of a 10 000 backlog). The task's invoices stay reserved until it ends.
+            if task is not None:
+                task.set_name("batch-results")
+            self.ledger.dispatch_due.set()
+
+        failure = await self.batches.send(rows, offline_mode=offline_mode, closed=closed)
         if failure is not None:
             await self.connection.hold(failure)
 
