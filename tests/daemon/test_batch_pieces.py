@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from ksefd import spool
-from ksefd.daemon.outbox import worker
-from ksefd.daemon.outbox.worker import batch_sizes, piece_size
+from ksefd.daemon.outbox import pieces
+from ksefd.daemon.outbox.pieces import batch_sizes, piece_size
 from ksefd.store import InvoiceState
 from tests.daemon.support import drain, drop, invoice, invoice_rows, one_company, sim_records
 
@@ -26,6 +26,8 @@ def test_piece_sizes() -> None:
     assert piece_size(10_000, 20_000) == 5_000               # larger: still four sessions, not eight
     assert piece_size(10_000, 100_000) == 10_000             # never above KSeF's cap (PROTOCOL.md §5)
     assert piece_size(800, 10_000) == 800                    # nor above the configured one
+    assert piece_size(10_000, 10_000, first=True) == 1_000   # a drop still landing: KSeF starts on a small one
+    assert piece_size(500, 10_000, first=True) == 500
     assert batch_sizes(2_600, 2_500) == [1_300, 1_300]       # even, not 2 500 and a session for 100
     assert batch_sizes(10_000, 2_500) == [2_500] * 4
     assert batch_sizes(5_001, 2_500) == [1_667, 1_667, 1_667]
@@ -35,7 +37,7 @@ def test_piece_sizes() -> None:
 
 async def test_a_backlog_larger_than_a_piece_goes_in_several_sessions_each_invoice_once(
         sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker, "BATCH_PIECE", 20)
+    monkeypatch.setattr(pieces, "BATCH_PIECE", 20)
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     count = 50
@@ -92,7 +94,7 @@ async def test_the_next_piece_starts_when_a_batch_ends_while_the_other_is_still_
     (the invoices of running batches were counted as waiting ones, which hid the next piece)."""
     from ksefd.daemon.outbox.batch import BatchRunner
 
-    monkeypatch.setattr(worker, "BATCH_PIECE", 10)
+    monkeypatch.setattr(pieces, "BATCH_PIECE", 10)
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     for n in range(30):
@@ -129,7 +131,7 @@ async def test_a_closed_batch_leaves_its_slot_to_the_next_piece_while_its_result
     from ksefd.daemon.outbox.batch import BatchRunner
     from ksefd.ksef import BatchSender
 
-    monkeypatch.setattr(worker, "BATCH_PIECE", 10)
+    monkeypatch.setattr(pieces, "BATCH_PIECE", 10)
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     for n in range(30):
@@ -160,3 +162,34 @@ async def test_a_closed_batch_leaves_its_slot_to_the_next_piece_while_its_result
     assert len(records) == 30 and len({r["invoiceHash"] for r in records}) == 30
     rows = await invoice_rows(config, "acme")
     assert {r.state for r in rows} == {InvoiceState.DONE}
+
+
+async def test_the_first_piece_of_a_drop_still_being_claimed_is_small(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KSeF gets a small first piece as soon as the intake has claimed it, not a full piece once the intake has
+    claimed that many; the pieces after it are of the usual size."""
+    from ksefd.daemon.outbox import intake
+
+    monkeypatch.setattr(pieces, "FIRST_PIECE", 5)
+    monkeypatch.setattr(pieces, "BATCH_PIECE", 20)
+    monkeypatch.setattr(intake, "CHUNK", 10)
+    real_take = intake.Intake._take
+    chunks: list[int] = []
+
+    async def take(self: intake.Intake, paths: list[Path]) -> int:
+        chunks.append(len(paths))
+        if len(chunks) > 1:
+            await asyncio.sleep(0.3)        # a slow disk: the dispatcher looks while the drop is still claimed
+        return await real_take(self, paths)
+
+    monkeypatch.setattr(intake.Intake, "_take", take)
+    sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
+    outbox = config.companies[0].folders.outbox
+    for n in range(45):
+        drop(outbox, f"f{n:02d}.xml", invoice(f"PIECE/FIRST/{n}"))
+    await drain(config)
+    records = sim_records(sim)
+    assert len(records) == 45 and len({r["invoiceHash"] for r in records}) == 45
+    per_session = Counter(r.session_id for r in await invoice_rows(config, "acme"))
+    assert per_session[min(per_session, key=lambda i: i or 0)] == 5, per_session      # the first one opened
+    assert max(per_session.values()) <= 20 and sum(per_session.values()) == 45

@@ -51,7 +51,7 @@ S = InvoiceState
 T = SessionState
 P = TypeVar("P")
 UPO_DOWNLOADS = 8
-UPO_GROUPS = 2
+UPO_GROUPS = 3             # groups of a session's results in flight at once (UpoPipeline)
 # Sessions whose results are read at once (one company). A session's slot in the worker ends at its close
 # (KSeF processes while we wait), so a backlog's later pieces are closed while earlier ones' results are still
 # being read; the results go session by session in the order of closing (an asyncio.Semaphore is FIFO).
@@ -205,9 +205,9 @@ class BatchRunner:
                 return classify_for_company(exc)
             session = await self.store.sessions.transition(session.id, T.CLOSING, T.CLOSED,
                                                            closed_at=self.ledger.now())
+        closed()                # before the state files: the next piece need not wait for 2 500 of them
         await self.ledger.show_many(submitted, shown)
         del submitted
-        closed()
         async with self._reading:
             return await self.track(session)
 
@@ -301,12 +301,19 @@ class BatchRunner:
         await self._upos(accepted)
         # Group by group: result files (one directory fsync), one commit, then the group's UPOs, so a large
         # batch costs a few fsyncs per group on top of each file's own, and results appear progressively. A
-        # pipeline: while one group's files are written (disk), the UPOs of the groups before it are fetched
-        # (network) and stored; at most UPO_GROUPS groups wait for UPOs, so memory stays bounded.
+        # pipeline of whole groups (UpoPipeline): while one group's files are written (disk), the UPOs of
+        # another are fetched (network) and a third's stored; the groups are independent invoices, each with
+        # its own files and commits. A group's files used to be written one group after another, which was
+        # most of a large batch's results time on a busy disk (the UPO downloads waited for them).
         for start in range(0, len(plain), RESULT_GROUP):
-            done_group = await self.outcomes.accept_many(plain[start:start + RESULT_GROUP], session)
-            await upos.add(self._upos([(d.row, d.session_reference, d.upo_url) for d in done_group]))
+            await upos.add(self._group(plain[start:start + RESULT_GROUP], session))
         self.outcomes.forget_listings()
+
+    async def _group(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow) -> None:
+        """One group of accepted invoices: their result files and ACCEPTED, then their UPOs and DONE."""
+        done = await self.outcomes.accept_many(items, session)
+        del items
+        await self._upos([(d.row, d.session_reference, d.upo_url) for d in done])
 
     async def _upos(self, accepted: list[tuple[InvoiceRow, str, str | None]]) -> None:
         for start in range(0, len(accepted), RESULT_GROUP):
@@ -393,8 +400,8 @@ class BatchRunner:
 
 
 class UpoPipeline:
-    """The groups of one session's results whose UPOs are being fetched and stored: at most UPO_GROUPS at once
-    (adding one more waits for the oldest), so memory stays bounded whatever the session's size."""
+    """The groups of one session's results being stored (files, UPOs): at most UPO_GROUPS at once (adding one
+    more waits for the oldest), so memory stays bounded whatever the session's size."""
 
     def __init__(self, group: asyncio.TaskGroup) -> None:
         self.group = group
