@@ -10,13 +10,18 @@ Prints, each a median of --runs runs where it is a ratio:
   number, UPO to disk) against ksefd with every invoice online (`batch_threshold` above M);
 * drop -> KSeF number: p50 and p99 over D sequential drops (default 100) into a running daemon, default
   config (settle_seconds = 2 included: a file renamed in is taken at once);
-* big (only when asked): ksefd alone draining 10 000 invoices, production limits: wall, CPU, peak RSS, 429s;
+* big (only when asked): ksefd alone draining 10 000 invoices, production limits: wall, CPU, peak RSS, 429s,
+  the simulator's CPU in that time; before it, on a simulator of its own, the simulator's floor for the same
+  invoices (batch_floor.py: --floor-sessions sessions closed at once, every UPO fetched 8 at a time, no fsync)
+  and ksefd's wall as a ratio of it. `--daemon-root DIR` runs the daemon of another checkout (DIR/.venv), so
+  one benchmark measures "before" and "after" alike;
 * idle: C companies (default 100, send and receive on) connected and nothing to do: the daemon's CPU % of
   one core over S seconds (default 60), RSS, thread count, and the requests it sent to the simulator in
   that window (the simulator runs in this process for that part, with a counting middleware).
 
     .venv/bin/python benchmarks/peer_backlog.py [--only backlog,online,latency,idle,big] [--runs 3]
         [--invoices 1000] [--online 200] [--drops 100] [--companies 100] [--idle-seconds 60] [--big 10000]
+        [--floor-sessions 4] [--daemon-root DIR]
 
 The peer runs in its own process too (`--peer batch|online`), so both CPU figures are one process's own.
 Needs the optional dependency: `pip install -e '.[bench]'` (ksef-client 0.20.0). ksef-client refuses
@@ -75,6 +80,19 @@ sent 34 invoices online, 30 a minute: 60.5 s), perf-cpu 1.18x, 2.45 ms (1.23-1.5
 1.85 ms, 135 MB, perf-cpu 51.9 s, 1.95 ms, 120 MB, 0 x 429 (load 5.9-6.3 during these two).
 The kernel share swings from run to run with the other programs' disk writes (syncfs waits for and writes their
 dirty pages too); an fsync per file instead measured 1.21-1.27 ms of kernel time in every run.
+10 000 backlog beside the simulator's floor (`--only big`, batch_floor.py, 4 sessions), 2026-12-07 06:23-06:41 UTC,
+main c4921ab ("before", `--daemon-root /work/wt/before`) then branch perf-big3 right after it, 5 pairs, load
+average 3.3-7.9 (other engineers' tests and benchmarks; the floor alone swung 21.0-36.7 s):
+                                      before                    perf-big3
+    10 000, ksefd wall (5 runs)       34.2-46.3 s, median 41.3  29.9-52.8 s, median 38.8
+    ksefd / floor (same pair)         1.15-1.97x, median 1.50x  1.25-2.51x, median 1.32x
+    ksefd CPU per invoice             1.75-2.37 ms, median 1.78 1.71-2.51 ms, median 2.15
+    peak RSS                          98-106 MB                 106-111 MB
+    429s                              0                         0
+The floor: the simulator's CPU is 19-22 s for 10 000 (processing ~1 ms an invoice, then a batch UPO signed at
+its first download, ~1 ms more), all on one event loop; with ksefd it is the same 20-23 s. Before, pieces 3 and 4
+waited for a batch slot until pieces 1 and 2 had all their UPOs (4.7 and 12 s after the intake had claimed them).
+
 light_get.py (a hand-written HTTP/1.1 GET for the UPOs) was taken out again when merged: it saved ~60 us of CPU
 per UPO (47 against 107-113 us through aiohttp, 2 000 GETs of 4 kB, load 0.7-1.1), ~4 % of a backlog invoice's
 CPU, for an HTTP parser of our own; the same client on the h11 library cost what aiohttp costs (104-117 us).
