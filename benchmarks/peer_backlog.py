@@ -10,13 +10,18 @@ Prints, each a median of --runs runs where it is a ratio:
   number, UPO to disk) against ksefd with every invoice online (`batch_threshold` above M);
 * drop -> KSeF number: p50 and p99 over D sequential drops (default 100) into a running daemon, default
   config (settle_seconds = 2 included: a file renamed in is taken at once);
-* big (only when asked): ksefd alone draining 10 000 invoices, production limits: wall, CPU, peak RSS, 429s;
+* big (only when asked): ksefd alone draining 10 000 invoices, production limits: wall, CPU, peak RSS, 429s,
+  the simulator's CPU in that time; before it, on a simulator of its own, the simulator's floor for the same
+  invoices (batch_floor.py: --floor-sessions sessions closed at once, every UPO fetched 8 at a time, no fsync)
+  and ksefd's wall as a ratio of it. `--daemon-root DIR` runs the daemon of another checkout (DIR/.venv), so
+  one benchmark measures "before" and "after" alike;
 * idle: C companies (default 100, send and receive on) connected and nothing to do: the daemon's CPU % of
   one core over S seconds (default 60), RSS, thread count, and the requests it sent to the simulator in
   that window (the simulator runs in this process for that part, with a counting middleware).
 
     .venv/bin/python benchmarks/peer_backlog.py [--only backlog,online,latency,idle,big] [--runs 3]
         [--invoices 1000] [--online 200] [--drops 100] [--companies 100] [--idle-seconds 60] [--big 10000]
+        [--floor-sessions 4] [--daemon-root DIR]
 
 The peer runs in its own process too (`--peer batch|online`), so both CPU figures are one process's own.
 Needs the optional dependency: `pip install -e '.[bench]'` (ksef-client 0.20.0). ksef-client refuses
@@ -75,6 +80,19 @@ sent 34 invoices online, 30 a minute: 60.5 s), perf-cpu 1.18x, 2.45 ms (1.23-1.5
 1.85 ms, 135 MB, perf-cpu 51.9 s, 1.95 ms, 120 MB, 0 x 429 (load 5.9-6.3 during these two).
 The kernel share swings from run to run with the other programs' disk writes (syncfs waits for and writes their
 dirty pages too); an fsync per file instead measured 1.21-1.27 ms of kernel time in every run.
+10 000 backlog beside the simulator's floor (`--only big`, batch_floor.py, 4 sessions), 2026-12-07 06:23-06:41 UTC,
+main c4921ab ("before", `--daemon-root /work/wt/before`) then branch perf-big3 right after it, 5 pairs, load
+average 3.3-7.9 (other engineers' tests and benchmarks; the floor alone swung 21.0-36.7 s):
+                                      before                    perf-big3
+    10 000, ksefd wall (5 runs)       34.2-46.3 s, median 41.3  29.9-52.8 s, median 38.8
+    ksefd / floor (same pair)         1.15-1.97x, median 1.50x  1.25-2.51x, median 1.32x
+    ksefd CPU per invoice             1.75-2.37 ms, median 1.78 1.71-2.51 ms, median 2.15
+    peak RSS                          98-106 MB                 106-111 MB
+    429s                              0                         0
+The floor: the simulator's CPU is 19-22 s for 10 000 (processing ~1 ms an invoice, then a batch UPO signed at
+its first download, ~1 ms more), all on one event loop; with ksefd it is the same 20-23 s. Before, pieces 3 and 4
+waited for a batch slot until pieces 1 and 2 had all their UPOs (4.7 and 12 s after the intake had claimed them).
+
 light_get.py (a hand-written HTTP/1.1 GET for the UPOs) was taken out again when merged: it saved ~60 us of CPU
 per UPO (47 against 107-113 us through aiohttp, 2 000 GETs of 4 kB, load 0.7-1.1), ~4 % of a backlog invoice's
 CPU, for an HTTP parser of our own; the same client on the h11 library cost what aiohttp costs (104-117 us).
@@ -128,6 +146,12 @@ PROFILE = ["-m", "cProfile", "-o", os.environ["KSEFD_BENCH_PROFILE"]] if os.envi
 PYSPY = os.environ.get("KSEFD_BENCH_PYSPY")
 # KSEFD_BENCH_LOG=FILE: the daemon's JSON log of the last drain is copied there (its timeline: where the wall goes)
 KEEP_LOG = os.environ.get("KSEFD_BENCH_LOG")
+# KSEFD_BENCH_TIMELINE=FILE: a drain's timeline there: every ~0.25 s the UPOs on disk and the CPU seconds of the
+# daemon and of the simulator so far, with the daemon's batch events between them (who waits on whom)
+TIMELINE = os.environ.get("KSEFD_BENCH_TIMELINE")
+# The daemon's checkout (--daemon-root): `python -m ksefd run` from there with its own venv, so one benchmark
+# measures a "before" checkout's daemon and this one's on the same footing
+DAEMON_ROOT = [ROOT]
 
 
 # --- the peer: ksef-client 0.20.0 as an integrator would drive it ---------------------------------------
@@ -299,10 +323,12 @@ class Daemon:
 
     async def start(self, companies: int, timeout: float = 300) -> float:
         started = time.perf_counter()
+        root = DAEMON_ROOT[0]
+        python = root / ".venv" / "bin" / "python" if root != ROOT else Path(sys.executable)
         with self.log.open("wb") as sink:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, *PROFILE, "-m", "ksefd", "--log-format", "json", "run", "-c", str(self.config),
-                cwd=ROOT, stdout=sink, stderr=sink)
+                str(python), *PROFILE, "-m", "ksefd", "--log-format", "json", "run", "-c", str(self.config),
+                cwd=root, stdout=sink, stderr=sink)
         while time.perf_counter() - started < timeout:
             text = self.log.read_text(errors="replace")
             if text.count('"daemon.connected"') >= companies:
@@ -341,17 +367,61 @@ class Daemon:
                 await self.proc.wait()
 
 
-async def wait_for_files(folder: Path, suffix: str, count: int, timeout: float) -> None:
-    deadline = time.perf_counter() + timeout
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+async def wait_for_files(folder: Path, suffix: str, count: int, timeout: float,
+                         sample: list[tuple[float, int, float, float]] | None = None,
+                         pids: tuple[int, int] = (0, 0)) -> None:
+    """Until `count` files ending in `suffix` are in `folder`. Looks every 0.05 s: a listing of sent/ near the
+    end of a 10 000 backlog (30 000 names) costs ~10 ms, so looking every 0.01 s took up to half a core of
+    the two the daemon and the simulator share. `sample`: (seconds, files, daemon CPU, simulator CPU) appended
+    every ~0.25 s."""
+    started = time.perf_counter()
+    deadline = started + timeout
+    looks = 0
     while time.perf_counter() < deadline:
-        if folder.is_dir() and sum(1 for n in os.listdir(folder) if n.endswith(suffix)) >= count:
+        found = sum(1 for n in os.listdir(folder) if n.endswith(suffix)) if folder.is_dir() else 0
+        if sample is not None and (looks % 5 == 0 or found >= count):
+            sample.append((time.perf_counter() - started, found, proc_cpu(pids[0]), proc_cpu(pids[1])))
+        if found >= count:
             return
-        await asyncio.sleep(0.01)
+        looks += 1
+        await asyncio.sleep(0.05)
     raise RuntimeError(f"{count} {suffix} files not in {folder} after {timeout} s")
 
 
+def write_timeline(path: Path, sample: list[tuple[float, int, float, float]], log: Path, started: float) -> None:
+    """The samples and the daemon's batch and intake events, in time order, as text (KSEFD_BENCH_TIMELINE).
+    `started`: the drop's wall-clock time (time.time()), the zero of both."""
+    rows: list[tuple[float, str]] = []
+    last = (0.0, 0, sample[0][2] if sample else 0.0, sample[0][3] if sample else 0.0)
+    for t, found, daemon, sim in sample:
+        dt_ = max(t - last[0], 1e-9)
+        rows.append((t, f"{found:6d} UPOs  daemon {daemon - sample[0][2]:6.2f} s CPU ({(daemon - last[2]) / dt_:4.0%})"
+                        f"  sim {sim - sample[0][3]:6.2f} s CPU ({(sim - last[3]) / dt_:4.0%})"))
+        last = (t, found, daemon, sim)
+    keep = ("batch", "intake", "rate_limited", "pieces")
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        name = str(event.get("event", ""))
+        if not any(k in name for k in keep) or "timestamp" not in event:
+            continue
+        at = dt.datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp() - started
+        detail = {k: v for k, v in event.items() if k in ("session", "invoices", "claimed", "code", "ok", "parts")}
+        rows.append((at, f"    {name} {json.dumps(detail)}"))
+    rows.sort(key=lambda r: r[0])
+    path.write_text("".join(f"{t:7.2f}  {text}\n" for t, text in rows))
+
+
 async def ksefd_drain(base_url: str, token: str, folder: Path, invoices: list[bytes], *,
-                      extra_sending: str = "") -> dict[str, float]:
+                      extra_sending: str = "", sim_pid: int = 0) -> dict[str, float]:
     """The daemon connected and idle; every invoice renamed into the outbox; until every UPO is in sent/."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "acme.token").write_text(token)
@@ -364,7 +434,9 @@ async def ksefd_drain(base_url: str, token: str, folder: Path, invoices: list[by
         for n, data in enumerate(invoices):     # written first, renamed in together: the drop is the rename
             (staging / f"FV-{n:05d}.xml").write_bytes(data)
         user0, sys0 = daemon.cpu_split()
-        started = time.perf_counter()
+        sim0 = proc_cpu(sim_pid) if sim_pid else 0.0
+        sample: list[tuple[float, int, float, float]] | None = [] if TIMELINE and sim_pid else None
+        started, dropped = time.perf_counter(), time.time()
         for n in range(len(invoices)):
             (staging / f"FV-{n:05d}.xml").rename(outbox / f"FV-{n:05d}.xml")
         gil = ["--gil"] if os.environ.get("KSEFD_BENCH_GIL") else []      # only the thread holding the GIL
@@ -377,18 +449,22 @@ async def ksefd_drain(base_url: str, token: str, folder: Path, invoices: list[by
                 "strace", "-c", "-f", "-p", str(daemon.pid), "-o", os.environ["KSEFD_BENCH_STRACE"],
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             await asyncio.sleep(0.5)
-        await wait_for_files(sent, ".upo.xml", len(invoices), timeout=600)
+        await wait_for_files(sent, ".upo.xml", len(invoices), timeout=600, sample=sample,
+                             pids=(daemon.pid, sim_pid))
         if spy is not None:
             spy.send_signal(2)
             await spy.wait()
         wall = time.perf_counter() - started
         user, system = daemon.cpu_split()
         return {"wall": wall, "cpu_ms": (user - user0 + system - sys0) * 1000, "sys_ms": (system - sys0) * 1000,
-                "rss_mb": daemon.status("VmHWM") / 1024}
+                "rss_mb": daemon.status("VmHWM") / 1024,
+                "sim_cpu": proc_cpu(sim_pid) - sim0 if sim_pid else 0.0}
     finally:
         await daemon.stop()
         if KEEP_LOG:
             Path(KEEP_LOG).write_bytes(daemon.log.read_bytes())
+        if sample:
+            write_timeline(Path(str(TIMELINE)), sample, daemon.log, dropped)
 
 
 async def new_token(base_url: str, nip: str = NIP) -> str:
@@ -437,20 +513,56 @@ async def compare(limits: str, count: int, runs: int, mode: str, extra_sending: 
     print(f"  ksefd / peer         {median(ratios):7.2f}x wall (median of {runs} runs, each on one simulator)")
 
 
-async def big_backlog(count: int) -> None:
-    """ksefd alone: `count` invoices (default 10 000), production limits, default config; 429s from its log."""
+async def batch_floor(count: int, sessions: int) -> dict[str, float]:
+    """The simulator's floor for `count` batch invoices (benchmarks/batch_floor.py in its own process, on a
+    simulator of its own, production limits): wall, when the last piece was processed, the simulator's CPU."""
+    with tempfile.TemporaryDirectory(prefix="ksefd-floor-") as name:
+        folder = Path(name)
+        sim, base_url = await start_simulator("--limits", "production", log=folder / "sim.log")
+        try:
+            token = await new_token(base_url)
+            (folder / "in").mkdir()
+            for n, data in enumerate(write_invoices(folder, count, "FLOOR")):
+                (folder / "in" / f"FV-{n:05d}.xml").write_bytes(data)
+            sim0 = proc_cpu(sim.pid)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(Path(__file__).with_name("batch_floor.py")), "--base-url", base_url, "--token",
+                token, "--dir", str(folder), "--sessions", str(sessions), stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+            stdout, stderr = await proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"the floor driver failed ({proc.returncode}): {stderr.decode()[-2000:]}")
+            result = dict(json.loads(stdout.decode().strip().splitlines()[-1]))
+            result["sim_cpu"] = proc_cpu(sim.pid) - sim0
+            result["limited"] = stderr.decode(errors="replace").count('"ksef.rate_limited"')
+        finally:
+            sim.terminate()
+            await sim.wait()
+    return result
+
+
+async def big_backlog(count: int, floor_sessions: int) -> None:
+    """ksefd alone: `count` invoices (default 10 000), production limits, default config; 429s from its log.
+    Right before it, on a simulator of its own, the simulator's floor for the same count (batch_floor.py)."""
+    f = await batch_floor(count, floor_sessions) if floor_sessions else None
+    if f is not None:
+        print(f"  simulator floor       {f['wall']:7.2f} s  ({floor_sessions} sessions closed at "
+              f"{f['closed']:.2f} s, the last processed at {f['processed']:.2f} s; simulator CPU "
+              f"{f['sim_cpu']:.2f} s, driver CPU {f['cpu_ms'] / 1000:.2f} s, {f['limited']:.0f} x 429)", flush=True)
     with tempfile.TemporaryDirectory(prefix="ksefd-big-") as name:
         folder = Path(name)
         sim, base_url = await start_simulator("--limits", "production", log=folder / "sim.log")
         try:
             k = await ksefd_drain(base_url, await new_token(base_url), folder / "ksefd",
-                                  write_invoices(folder, count, "BIG"))
+                                  write_invoices(folder, count, "BIG"), sim_pid=sim.pid)
             limited = (folder / "ksefd" / "daemon.log").read_text().count('"ksef.rate_limited"')
         finally:
             sim.terminate()
             await sim.wait()
     print(f"  ksefd {count} invoices  {k['wall']:7.2f} s  {k['cpu_ms'] / count:5.2f} ms CPU/invoice  "
-          f"{k['rss_mb']:4.0f} MB peak RSS  {limited} x 429")
+          f"{k['rss_mb']:4.0f} MB peak RSS  {limited} x 429  (simulator CPU {k['sim_cpu']:.2f} s)")
+    if f is not None:
+        print(f"  ksefd / floor         {k['wall'] / f['wall']:7.2f}x wall")
 
 
 async def latency(drops: int) -> None:
@@ -555,7 +667,7 @@ async def main(args: argparse.Namespace) -> None:
         await compare("off", args.online, args.runs, "online", f"batch_threshold = {args.online + 1}")
     if "big" in parts:
         print(f"backlog of {args.big} invoices, production limits, ksefd only")
-        await big_backlog(args.big)
+        await big_backlog(args.big, args.floor_sessions)
     if "latency" in parts:
         await latency(args.drops)
     if "idle" in parts:
@@ -571,6 +683,10 @@ if __name__ == "__main__":
     parser.add_argument("--online", type=int, default=200)
     parser.add_argument("--drops", type=int, default=100)
     parser.add_argument("--big", type=int, default=10_000, help="invoices for --only big")
+    parser.add_argument("--floor-sessions", type=int, default=4,
+                        help="--only big: the simulator's floor in this many sessions (0: no floor)")
+    parser.add_argument("--daemon-root", type=Path, default=ROOT,
+                        help="the checkout whose `ksefd run` is measured (its .venv), e.g. a 'before' worktree")
     parser.add_argument("--companies", type=int, default=100)
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--peer", choices=["batch", "online"])
@@ -578,6 +694,7 @@ if __name__ == "__main__":
     parser.add_argument("--token")
     parser.add_argument("--dir", type=Path)
     args = parser.parse_args()
+    DAEMON_ROOT[0] = args.daemon_root.resolve()
     if args.peer:
         peer_main(args.peer, args.base_url, args.token, args.dir)
     else:

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from ksefd import spool
-from ksefd.daemon.outbox import worker
-from ksefd.daemon.outbox.worker import batch_sizes, piece_size
+from ksefd.daemon.outbox import pieces
+from ksefd.daemon.outbox.pieces import batch_sizes, piece_size
 from ksefd.store import InvoiceState
 from tests.daemon.support import drain, drop, invoice, invoice_rows, one_company, sim_records
 
@@ -35,7 +35,7 @@ def test_piece_sizes() -> None:
 
 async def test_a_backlog_larger_than_a_piece_goes_in_several_sessions_each_invoice_once(
         sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker, "BATCH_PIECE", 20)
+    monkeypatch.setattr(pieces, "BATCH_PIECE", 20)
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     count = 50
@@ -92,7 +92,7 @@ async def test_the_next_piece_starts_when_a_batch_ends_while_the_other_is_still_
     (the invoices of running batches were counted as waiting ones, which hid the next piece)."""
     from ksefd.daemon.outbox.batch import BatchRunner
 
-    monkeypatch.setattr(worker, "BATCH_PIECE", 10)
+    monkeypatch.setattr(pieces, "BATCH_PIECE", 10)
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     for n in range(30):
@@ -102,7 +102,7 @@ async def test_the_next_piece_starts_when_a_batch_ends_while_the_other_is_still_
     third = asyncio.Event()
     held: list[bool] = []
 
-    async def close_and_track(self: BatchRunner, session: Any, submitted: Any = None) -> Any:
+    async def close_and_track(self: BatchRunner, session: Any, submitted: Any = None, **kwargs: Any) -> Any:
         if session.id not in sessions:
             sessions.append(session.id)
             if len(sessions) == 3:
@@ -111,7 +111,7 @@ async def test_the_next_piece_starts_when_a_batch_ends_while_the_other_is_still_
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(third.wait(), 10)
                 held.append(third.is_set())
-        return await real(self, session, submitted)
+        return await real(self, session, submitted, **kwargs)
 
     monkeypatch.setattr(BatchRunner, "close_and_track", close_and_track)
     await drain(config)
@@ -119,3 +119,45 @@ async def test_the_next_piece_starts_when_a_batch_ends_while_the_other_is_still_
     records = sim_records(sim)
     assert len(records) == 30 and len({r["invoiceHash"] for r in records}) == 30
     assert len(Counter(r["sessionReferenceNumber"] for r in records)) == 3
+
+
+async def test_a_closed_batch_leaves_its_slot_to_the_next_piece_while_its_results_are_read(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two batch slots: once a piece is closed KSeF works on it alone, so the third piece is built, uploaded and
+    closed while the first two pieces' results are still being read (their slots used to last until the last
+    UPO: KSeF sat idle meanwhile)."""
+    from ksefd.daemon.outbox.batch import BatchRunner
+    from ksefd.ksef import BatchSender
+
+    monkeypatch.setattr(pieces, "BATCH_PIECE", 10)
+    sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
+    outbox = config.companies[0].folders.outbox
+    for n in range(30):
+        drop(outbox, f"r{n:02d}.xml", invoice(f"PIECE/SLOT/{n}"))
+    real_close, real_track = BatchSender.close, BatchRunner.track
+    closes: list[str] = []
+    third = asyncio.Event()
+    held: list[bool] = []
+
+    async def close(self: BatchSender, reference: str) -> None:
+        await real_close(self, reference)
+        closes.append(reference)
+        if len(closes) == 3:
+            third.set()
+
+    async def track(self: BatchRunner, session: Any, show: Any = None) -> Any:
+        if len(held) < 2:            # the first two pieces' results wait until a third piece is closed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(third.wait(), 10)
+            held.append(third.is_set())
+        return await real_track(self, session, show)
+
+    monkeypatch.setattr(BatchSender, "close", close)
+    monkeypatch.setattr(BatchRunner, "track", track)
+    await drain(config)
+    assert held == [True, True]
+    records = sim_records(sim)
+    assert len(records) == 30 and len({r["invoiceHash"] for r in records}) == 30
+    rows = await invoice_rows(config, "acme")
+    assert {r.state for r in rows} == {InvoiceState.DONE}
+

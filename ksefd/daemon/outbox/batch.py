@@ -19,9 +19,9 @@ import dataclasses
 import secrets
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ksefd import heap, spool
 from ksefd.config import Company
@@ -50,8 +50,13 @@ from .outcomes import Outcomes
 
 S = InvoiceState
 T = SessionState
+P = TypeVar("P")
 UPO_DOWNLOADS = 8
 UPO_GROUPS = 4            # groups of a page in flight (_results): one fetching its UPOs, the others writing
+# Sessions whose results are read at once (one company). A session's slot in the worker ends at its close
+# (KSeF processes while we wait), so a backlog's later pieces are closed while earlier ones' results are still
+# being read; the results go session by session in the order of closing (an asyncio.Semaphore is FIFO).
+RESULTS_AT_ONCE = 2
 OPEN = (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)      # a batch's invoices whose results are due
 RESULT_GROUP = 250          # invoices whose result files share one directory fsync and one commit
 CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or can never be closed
@@ -93,6 +98,7 @@ class BatchRunner:
         self.active: set[int] = set()        # batch sessions a task is handling now
         self._upo_limit = asyncio.Semaphore(UPO_DOWNLOADS)   # shared by the groups of the pipeline
         self._fetch_turn = asyncio.Lock()                     # one group's UPOs fetched at a time (_accept_group)
+        self._reading = asyncio.Semaphore(RESULTS_AT_ONCE)   # sessions whose results are read
         # What each open saw, for the availability monitor (None: KSeF answered). Set by the worker.
         self.observe: Callable[[Failure | None], None] = lambda failure: None
 
@@ -106,10 +112,12 @@ class BatchRunner:
 
     # --- a new batch --------------------------------------------------------------------------------
 
-    async def send(self, rows: list[InvoiceRow], *, offline_mode: bool = False) -> Failure | None:
+    async def send(self, rows: list[InvoiceRow], *, offline_mode: bool = False,
+                   closed: Callable[[], None] = lambda: None) -> Failure | None:
         """Send QUEUED invoices (or OFFLINE ones, `offline_mode`: the session's offlineMode applies to all of
         them, so the two never share a session, PROTOCOL.md §8.2) in one batch session. Returns a Failure
-        when the company must go on hold."""
+        when the company must go on hold. `closed` is called once the session is closed (KSeF processes it
+        from then on; the caller may start the next one) and before its results are waited for."""
         spool.ensure_private_dir(self.work_dir)        # archives hold plain invoices: only ksefd reads them
         workdir = self.work_dir / secrets.token_hex(6)
         try:
@@ -131,7 +139,7 @@ class BatchRunner:
             # are now, for their state files. No await since the send let go of it, so a resume cannot take it
             # meanwhile.
             session, submitted = outcome
-            return await self.close_and_track(session, submitted)
+            return await self.close_and_track(session, submitted, closed=closed)
         return outcome
 
     async def _open_upload_close(self, rows: list[InvoiceRow], prepared: PreparedBatch, offline_mode: bool
@@ -174,19 +182,21 @@ class BatchRunner:
 
     # --- closing and results (also after a restart) ------------------------------------------------------
 
-    async def close_and_track(self, session: SessionRow, submitted: list[InvoiceRow] | None = None
-                              ) -> Failure | None:
+    async def close_and_track(self, session: SessionRow, submitted: list[InvoiceRow] | None = None, *,
+                              closed: Callable[[], None] = lambda: None) -> Failure | None:
         """Finish a batch session from its state in SQLite; one task per session at a time. `submitted`: the
-        invoices just uploaded, whose state files are written once the close is sent (KSeF works meanwhile)."""
+        invoices just uploaded, whose state files are written once the close is sent (KSeF works meanwhile).
+        `closed`: see `send`."""
         if session.id in self.active:
             return None
         self.active.add(session.id)
         try:
-            return await self._close_and_track(session, submitted or [])
+            return await self._close_and_track(session, submitted or [], closed)
         finally:
             self.active.discard(session.id)
 
-    async def _close_and_track(self, session: SessionRow, submitted: list[InvoiceRow]) -> Failure | None:
+    async def _close_and_track(self, session: SessionRow, submitted: list[InvoiceRow],
+                               closed: Callable[[], None]) -> Failure | None:
         shown = {"sessionReferenceNumber": session.reference}
         if session.state == T.CLOSING:
             try:
@@ -204,7 +214,9 @@ class BatchRunner:
                 return classify_for_company(exc)
             session = await self.store.sessions.transition(session.id, T.CLOSING, T.CLOSED,
                                                            closed_at=self.ledger.now())
-        return await self.track(session, (submitted, shown) if submitted else None)
+        closed()                # the next piece need not wait for this one's results (perf-big3)
+        async with self._reading:
+            return await self.track(session, (submitted, shown) if submitted else None)
 
     async def _wait(self, session: SessionRow, show: tuple[list[InvoiceRow], dict[str, Any]] | None
                     ) -> SessionStatus:
@@ -233,10 +245,12 @@ class BatchRunner:
     async def track(self, session: SessionRow, show: tuple[list[InvoiceRow], dict[str, Any]] | None = None
                     ) -> Failure | None:
         """The session's results a page of KSeF's list at a time (PROTOCOL.md §4.5, continuation tokens): each
-        page's invoices are read by the ids their archive names carry (`entry_name`) and finished before the
-        next page is asked for, so nothing proportional to the batch's size is held (a 10 000 backlog held its
-        whole list and every row twice). Invoices no page named are matched by hash among the entries whose
-        names matched nothing (normally none), else handled as not processed."""
+        page's invoices are read by the ids their archive names carry (`entry_name`), so nothing proportional to
+        the batch's size is held (a 10 000 backlog held its whole list and every row twice). One pipeline runs
+        across the pages: KSeF lists the next page while this one's files are written, and the UPOs of a page's
+        last groups are fetched while the next page's first groups are stored (the pipeline used to drain at
+        every page). Invoices no page named are matched by hash among the entries whose names matched nothing
+        (normally none), else handled as not processed."""
         try:
             status = await self._wait(session, show)
         except KsefError as exc:
@@ -244,30 +258,45 @@ class BatchRunner:
         del show
         handled: set[int] = set()
         unmatched: list[SessionInvoice] = []
+        failed: KsefError | None = None
+        pages = self.connection.context.sessions.invoice_pages(session.reference, page_size=POLL.invoice_page_size)
+        ahead = asyncio.ensure_future(_next_page(pages))
         try:
-            async for page in self.connection.context.sessions.invoice_pages(session.reference,
-                                                                             page_size=POLL.invoice_page_size):
-                named = {i: item for item in page.invoices if (i := entry_id(item.invoice_file_name)) is not None}
-                rows = [r for r in await self.store.invoices.get_many(list(named))
-                        if r.session_id == session.id and r.state in OPEN and r.id not in handled]
-                mine = {r.id for r in rows}
-                unmatched += [item for i, item in named.items() if i not in mine]
-                unmatched += [item for item in page.invoices if entry_id(item.invoice_file_name) is None]
-                handled |= mine
-                await self._results(session, rows, [named[r.id] for r in rows], status)
-                del rows, named
-                heap.give_back()        # the page's rows, answers and file work (ksefd.heap)
-        except KsefError as exc:
-            return classify_for_company(exc)
-        rest = [i for i in await self.store.invoices.ids_in_session(session.id, OPEN) if i not in handled]
-        if rest:
-            await self._results(session, await self.store.invoices.get_many(rest), unmatched, status)
+            async with asyncio.TaskGroup() as group:
+                upos = UpoPipeline(group)
+                while True:
+                    page = await ahead
+                    if page is None or isinstance(page, KsefError):
+                        failed = page
+                        break
+                    ahead = asyncio.ensure_future(_next_page(pages))
+                    named = {i: item for item in page.invoices if (i := entry_id(item.invoice_file_name)) is not None}
+                    rows = [r for r in await self.store.invoices.get_many(list(named))
+                            if r.session_id == session.id and r.state in OPEN and r.id not in handled]
+                    mine = {r.id for r in rows}
+                    unmatched += [item for i, item in named.items() if i not in mine]
+                    unmatched += [item for item in page.invoices if entry_id(item.invoice_file_name) is None]
+                    handled |= mine
+                    await self._results(session, rows, [named[r.id] for r in rows], status, upos)
+                    del rows, named, page
+                    heap.give_back()        # the page's rows, answers and file work (ksefd.heap)
+                if failed is None:
+                    rest = [i for i in await self.store.invoices.ids_in_session(session.id, OPEN) if i not in handled]
+                    if rest:
+                        await self._results(session, await self.store.invoices.get_many(rest), unmatched, status,
+                                            upos)
+        finally:
+            if not ahead.done():
+                ahead.cancel()
+                await asyncio.wait([ahead])
+        if failed is not None:
+            return classify_for_company(failed)
         if not await self.store.invoices.ids_in_session(session.id, OPEN):
             await self._session_done(session, status)
         return None
 
     async def _results(self, session: SessionRow, rows: list[InvoiceRow], listed: list[SessionInvoice],
-                       status: SessionStatus) -> None:
+                       status: SessionStatus, upos: UpoPipeline) -> None:
         by_name = {i.invoice_file_name: i for i in listed if i.invoice_file_name}
         by_hash: dict[str, SessionInvoice] = {}
         for item in listed:
@@ -305,14 +334,11 @@ class BatchRunner:
         await self._upos(accepted)
         # Group by group: the group's UPOs fetched, then all its result files written together (three flushes
         # of the file system, outcomes.accept_many) and its commits, so results appear progressively. A
-        # pipeline: while one group's files are written (disk), the next group's UPOs are fetched (network);
-        # at most UPO_GROUPS groups at once, so memory stays bounded.
-        async with asyncio.TaskGroup() as group:
-            running: list[asyncio.Task[None]] = []
-            for start in range(0, len(plain), RESULT_GROUP):
-                if len(running) >= UPO_GROUPS:
-                    await running.pop(0)
-                running.append(group.create_task(self._accept_group(plain[start:start + RESULT_GROUP], session)))
+        # pipeline of whole groups across the pages of KSeF's list (UpoPipeline): while one group's UPOs are
+        # fetched (network, one group at a time), the groups before it write their files (disk); at most
+        # UPO_GROUPS groups at once, so memory stays bounded.
+        for start in range(0, len(plain), RESULT_GROUP):
+            await upos.add(self._accept_group(plain[start:start + RESULT_GROUP], session))
         self.outcomes.forget_listings()
 
     async def _accept_group(self, items: list[tuple[InvoiceRow, SessionInvoice]], session: SessionRow) -> None:
@@ -423,6 +449,29 @@ class BatchRunner:
                                    attempts=attempts, next_attempt_at=next_attempt(
                                        self.ledger.now(), self.company.sending, attempts, failure.retry_after))
         return failure if failure.verdict == "hold" else None
+
+
+class UpoPipeline:
+    """The groups of one session's results being stored (files, UPOs): at most UPO_GROUPS at once (adding one
+    more waits for the oldest), so memory stays bounded whatever the session's size."""
+
+    def __init__(self, group: asyncio.TaskGroup) -> None:
+        self.group = group
+        self.fetching: list[asyncio.Task[None]] = []
+
+    async def add(self, work: Coroutine[Any, Any, None]) -> None:
+        if len(self.fetching) >= UPO_GROUPS:
+            await self.fetching.pop(0)
+        self.fetching.append(self.group.create_task(work))
+
+
+async def _next_page(pages: AsyncIterator[P]) -> P | KsefError | None:
+    """The next page of a session's list, None after the last; a KsefError is returned, not raised (the caller
+    reads it ahead in a task of its own and stops at it)."""
+    try:
+        return await anext(pages, None)
+    except KsefError as exc:
+        return exc
 
 
 def classify_for_company(exc: KsefError) -> Failure | None:

@@ -3,7 +3,7 @@
 context and rate-limit windows, so one company's backlog never starves another's trickle.
 
 Sending policy: with `batch_threshold` or more invoices waiting, batch sessions of at most
-`batch_max_invoices` (and the context's cap), in pieces of about BATCH_PIECE (`batch_sizes`); below it, the
+`batch_max_invoices` (and the context's cap), in pieces (pieces.py); below it, the
 online session. An invoice with an
 attachment always goes by batch (online sessions refuse attachments, PROTOCOL.md §4.2). Online sends are
 started only while the client's rate limiter would let them through at once, so invoices do not sit in
@@ -47,20 +47,14 @@ from .offline import OfflineDesk
 from .offline_files import OfflineFiles
 from .online import OnlineChannel
 from .outcomes import Outcomes
+from .pieces import batch_sizes, piece_size
 from .tracker import Tracker
 from .watch import OutboxWatcher
 
 S = InvoiceState
 T = SessionState
 ONLINE_CONCURRENCY = 10     # online sends at once: as many as KSeF takes in a second (invoiceSend 10/s, PROTOCOL.md §7)
-BATCHES_AT_ONCE = 2
-# A backlog goes in pieces of about this many invoices, so that KSeF processes one piece while ksefd builds the
-# next one and stores the results of the one before (a 10 000 batch at once: all of its rows, events and state
-# files in one step, KSeF idle meanwhile, then ksefd idle while KSeF works). Opening a batch session is limited
-# to 20 a minute and 60 an hour (batchSession, PROTOCOL.md §7): a backlog larger than BATCH_PIECES pieces goes
-# in BATCH_PIECES larger ones (up to the cap), so a backlog costs at most a few more sessions than it used to.
-BATCH_PIECE = 2_500
-BATCH_PIECES = 4
+BATCHES_AT_ONCE = 2         # batch sessions being built and uploaded at once; a closed one leaves its slot (_batch)
 LOOP_RETRY_SECONDS = 5.0
 IDLE_LOOK_SECONDS = 300.0      # with nothing to do, a loop still looks this often (a safety net for a missed wake-up)
 SEND_WAIT_AT_MOST = 2.0        # seconds the limiter may make an online send wait before we prefer to wait here
@@ -335,7 +329,7 @@ class OutboxWorker:
         by_batch = attachments + (rest if len(rest) >= self.company.sending.batch_threshold else [])
         cap = self._batch_cap()
         for start in range(0, len(by_batch), cap):
-            if sum(1 for t in self._tasks if t.get_name() == "batch") >= BATCHES_AT_ONCE:
+            if self._batches_running() >= BATCHES_AT_ONCE:
                 break
             group = by_batch[start:start + cap]
             self._start(self._batch(group, offline_mode=True), "batch", group)
@@ -373,7 +367,18 @@ class OutboxWorker:
             self._online.release()
 
     async def _batch(self, rows: list[InvoiceRow], *, offline_mode: bool = False) -> None:
-        failure = await self.batches.send(rows, offline_mode=offline_mode)
+        task = asyncio.current_task()
+
+        def closed() -> None:
+            # The session is closed: KSeF processes it on its own, and the task only waits for and stores its
+            # results (batch.RESULTS_AT_ONCE at a time). Its slot goes to the backlog's next piece now, so KSeF
+            # gets that piece while this one's results are read (with the results inside the slot, KSeF sat
+            # idle ~10 s of a 10 000 backlog). The task's invoices stay reserved until it ends.
+            if task is not None:
+                task.set_name("batch-results")
+            self.ledger.dispatch_due.set()
+
+        failure = await self.batches.send(rows, offline_mode=offline_mode, closed=closed)
         if failure is not None:
             await self.connection.hold(failure)
 
@@ -483,21 +488,3 @@ class OutboxWorker:
                 self.idle.clear()
                 self.ledger.dispatch_due.set()              # look again; the loop reports when it is idle
 
-
-def piece_size(cap: int, waiting: int) -> int:
-    """How many invoices one batch session takes from a backlog of `waiting`: BATCH_PIECE, more when the backlog
-    is larger than BATCH_PIECES pieces (so it costs at most BATCH_PIECES sessions), never more than `cap`."""
-    return max(1, min(cap, max(BATCH_PIECE, -(-waiting // BATCH_PIECES))))
-
-
-def batch_sizes(count: int, piece: int, *, whole_only: bool = False) -> list[int]:
-    """`count` invoices in the fewest sessions of at most `piece`, of even sizes (2 600 with pieces of 2 500:
-    1 300 and 1 300, not 2 500 and a session for 100). `whole_only` (files are still being claimed): full
-    pieces only; the rest waits for the invoices still coming."""
-    if whole_only:
-        return [piece] * (count // piece)
-    if count <= 0:
-        return []
-    sessions = -(-count // piece)
-    size, extra = divmod(count, sessions)
-    return [size + 1] * extra + [size] * (sessions - extra)
