@@ -440,12 +440,12 @@ class RateLimiter:
         size = min(SPARE_MOST, size * 2) if now - last <= SPARE_RENEW_S else 1
         self._spare_sizes[key] = (size, now)
         if context == PER_IP_CONTEXT:
-            # Not capped by the room in the window now: public calls at the per-IP limit keep their 1 s window
-            # full, so each would wait for a commit of its own, behind the daemon's other SQLite work (1 000
-            # logins, issue #16 point 4). Spares are used within SPARE_TTL_S or deleted; after a kill -9 the
-            # unused ones (at most SPARE_MOST) count as public calls made at the restart: its first public
-            # calls wait at most a second.
-            room = SPARE_MOST
+            # Neither doubled up from 1 nor capped by the room in the window now: public calls at the per-IP
+            # limit keep their 1 s window full, so each would wait for a commit of its own, and at start-up
+            # five small commits came first, each behind the start-up SQLite work of 1 000 companies (issue #16
+            # point 4). Spares are used within SPARE_TTL_S or deleted (a lone refresh's 15 with the next write);
+            # after a kill -9 the unused ones (at most SPARE_MOST) count as public calls made at the restart.
+            size = room = SPARE_MOST
         else:
             room = self._bucket(context, group).room(now, self.limits_for(context, group).windows(), self._margin)
         if self._uses_global(group):

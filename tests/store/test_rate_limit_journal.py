@@ -313,6 +313,19 @@ async def test_public_calls_at_the_per_ip_limit_share_commits(start: Callable[..
     assert rows(db_path, "SELECT count(*) FROM rate_grants") == [(240,)]   # the spares left were deleted
 
 
+async def test_the_first_public_calls_commit_a_full_set_of_spares(start: Callable[..., object]) -> None:
+    """At start-up the first logins' public calls doubled their spares from 1 (five commits for 31 calls), each
+    commit behind the start-up SQLite work of 1 000 companies (issue #16 point 4); a company's groups still do."""
+    daemon: Daemon = await start()  # type: ignore[misc]
+    for _ in range(20):
+        daemon.limiter.answered(await daemon.limiter.acquire("", "anonymous"))
+    assert daemon.limiter.transactions == 2                 # 1 + 15 spares, then 1 + 15 more
+    daemon.limiter.set_limits(A, UNLIMITED)
+    for _ in range(20):
+        daemon.limiter.answered(await daemon.limiter.acquire(A, "invoiceStatus"))
+    assert daemon.limiter.transactions == 2 + 5             # 1, 2, 4, 8, 16 rows
+
+
 async def test_spares_left_at_a_kill_count_as_requests_and_a_clean_stop_deletes_them(
         start: Callable[..., object], db_path: Path) -> None:
     """A spare row whose request was never sent only counts one request too many after a kill -9 (never one too
