@@ -58,6 +58,20 @@ The simulator is not the bottleneck: it answers a public call in 0.1-0.8 ms (med
 decryption 0.8 ms, p90 2 ms) and used 6.7-9.3 s of CPU for the whole connect phase. Four public calls per login
 (challenge, token, one status read, redeem) are the least a KSeF-token login needs; 4 000 of them at 60/s are
 66.7 s, at the pacing's 60 per 1.05 s 70 s.
+
+Measured 2026-12-07 06:18-06:47, back to back with this script (the same script for both, the daemon from main
+c4921ab "before" and branch perf-connect3 "after"), 1000 companies, --idle-seconds 60; p1/p2 with the exact per-IP
+windows only, p3/p4 also with the public calls' spare journal rows:
+                       before (load)                                 after (load)
+    all connected      75.6 (3.8) 80.8 (5.2) 76.7 (4.6) 74.7 (2.0)   72.1 (4.1) 72.5 (7.2) 71.8 (2.6) 72.6 (1.1) s
+    public calls span  71.1 72.5 70.8 70.8 s (60 calls: mean 1.058-   68.6 68.6 67.8 67.7 s (mean 1.029 1.031, then
+                       1.086 s, p90 1.064-1.143 s)                   1.021 1.022 s; p90 1.026 s)
+    first request      4.4 8.2 5.8 3.9 s after launch                3.4 3.8 3.9 4.8 s
+    requests, 429s     7.99-8.06 per company, 0 x 429                8.03-8.05 per company, 0 x 429
+    idle               0.033-0.067 %, 143 MB, 8 threads              0.017-0.050 %, 143-144 MB, 8 threads
+The public calls now run at the floor the limits allow (4 000 at 60 per 1.016 s = 67.7 s); what is left above
+~71 s is the start-up before the first request (imports ~1 s, config 0.2 s, the folder probes 0.4-1.4 s, the
+daemon's and the workers' set-up for 1 000 companies).
 """
 
 # ruff: noqa: ASYNC110, ASYNC240 - a benchmark driver: polling the outbox is the measurement
