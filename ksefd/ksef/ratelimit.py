@@ -55,7 +55,8 @@ PER_IP_IN_FLIGHT = 8          # of those, at most this many on the way at once (
 PER_IP_MARGIN = 0.016
 # Spare rows (ratelimit_journal.py): a grant that finds none commits up to this many rows of its group at once,
 # doubling from 1 while each reservation is used up within SPARE_RENEW_S of the last one; never more than the
-# group's windows (and the global one) have room for now, so a kill -9 over-counts at most that many.
+# group's windows (and the global one) have room for now, so a kill -9 over-counts at most that many. Public calls
+# (per IP) reserve SPARE_MOST at once, whatever their window holds (`_spares_wanted`, issue #16 point 4).
 SPARE_MOST = 16
 SPARE_RENEW_S = 1.0
 ANSWER_LOOK_S = 0.05    # a window full of calls still on the way: look again this soon (an answer makes room)
