@@ -329,9 +329,15 @@ class Daemon:
             self.proc = await asyncio.create_subprocess_exec(
                 str(python), *PROFILE, "-m", "ksefd", "--log-format", "json", "run", "-c", str(self.config),
                 cwd=root, stdout=sink, stderr=sink)
+        seen, read, tail = 0, 0, b""
         while time.perf_counter() - started < timeout:
-            text = self.log.read_text(errors="replace")
-            if text.count('"daemon.connected"') >= companies:
+            with self.log.open("rb") as log:      # only what was added (1 000 companies log megabytes)
+                log.seek(read)
+                chunk = tail + log.read()
+            read += len(chunk) - len(tail)
+            lines, _, tail = chunk.rpartition(b"\n")
+            seen += lines.count(b'"daemon.connected"')
+            if seen >= companies:
                 return time.perf_counter() - started
             if self.proc.returncode is not None:
                 break

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 def _prepare(worker: OutboxWorker) -> None:
     try:
         worker.files.prepare()
+        worker.folders_prepared = True      # its first run need not do it again
     except OSError as exc:      # the worker's own start tries again (and says so); the others go on
         log.error("outbox.folders_unusable", company=worker.company.name, error=str(exc))
 

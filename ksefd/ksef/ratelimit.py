@@ -46,16 +46,20 @@ GLOBAL_CONTEXT = "*"          # `global` is per IP across every context (§14.5)
 FALLBACK_GROUP = "other"      # "everything else that is protected" (§7)
 PER_IP_CONTEXT = ""           # unauthenticated calls (the transport's context ""): KSeF counts them per IP (§7)
 PER_IP_IN_FLIGHT = 8          # of those, at most this many on the way at once (ratelimit_flight.py)
-# ... and their windows are widened less: an answered call's stamp is its answer time, never earlier than KSeF's
-# arrival stamp, so only the few calls in flight need a margin (for their latency jitter), and a 429 there
-# costs one call (ratelimit_flight.py). 1 000 companies log in at ~57/s instead of 48/s (issue #16 point 4). The
-# stamp being no earlier than KSeF's, a window of exactly 1 s would do; 0.05 s covers the few calls on the way.
-PER_IP_MARGIN = 0.05
+# ... and their windows are exact (issue #16 point 4: 1 000 logins are 4 000 public calls, 66.7 s at 60/s): a call
+# still on the way counts in every window until its answer is in (`_Bucket.open`; it may reach KSeF at any moment
+# before that), and an answered call counts from its answer time, which is no earlier than KSeF's arrival stamp.
+# A call sent 1 s after that stamp so reaches KSeF more than 1 s after the older one, whatever the latency. The
+# margin is only for the clocks: KSeF's stamps may be as coarse as a Windows timer tick (15.6 ms), and ours may be
+# slewed by NTP (at most 0.5 ms a second). 60 per 1.016 s instead of 60 per 1.05 s: 67.7 s for 4 000, not 70 s.
+PER_IP_MARGIN = 0.016
 # Spare rows (ratelimit_journal.py): a grant that finds none commits up to this many rows of its group at once,
 # doubling from 1 while each reservation is used up within SPARE_RENEW_S of the last one; never more than the
-# group's windows (and the global one) have room for now, so a kill -9 over-counts at most that many.
+# group's windows (and the global one) have room for now, so a kill -9 over-counts at most that many. Public calls
+# (per IP) reserve SPARE_MOST at once, whatever their window holds (`_spares_wanted`, issue #16 point 4).
 SPARE_MOST = 16
 SPARE_RENEW_S = 1.0
+ANSWER_LOOK_S = 0.05    # a window full of calls still on the way: look again this soon (an answer makes room)
 
 
 async def adopt_server_limits(limiter: RateLimiter, auth: AuthSession) -> dict[str, GroupLimits]:
@@ -73,10 +77,12 @@ async def adopt_server_limits(limiter: RateLimiter, auth: AuthSession) -> dict[s
 class _Bucket:
     """Grant times of one (context, group), ascending, pruned to the longest window."""
 
-    __slots__ = ("lock", "stamps")
+    __slots__ = ("lock", "open", "stamps")
 
     def __init__(self) -> None:
         self.stamps: list[float] = []
+        # Stamps (also in `stamps`) of the per-IP calls on the way: they count in every window until answered.
+        self.open: list[float] = []
         self.lock = asyncio.Lock()    # FIFO: callers of one group are served in arrival order
 
     def record(self, at: float) -> None:
@@ -85,12 +91,22 @@ class _Bucket:
         else:   # the wall clock stepped back; keep the list sorted
             bisect.insort(self.stamps, at)
 
-    def move(self, old: float, new: float) -> None:
-        """Re-date one grant (to when its request really left; see `RateLimiter.acquire`)."""
+    def move(self, old: float, new: float, *, still_open: bool = False) -> None:
+        """Re-date one grant (to when its request really left, or was answered; see `RateLimiter.acquire`)."""
         at = bisect.bisect_left(self.stamps, old)
         if at < len(self.stamps) and self.stamps[at] == old:
             del self.stamps[at]
         self.record(new)
+        if self.close(old) and still_open:
+            bisect.insort(self.open, new)
+
+    def close(self, stamp: float) -> bool:
+        """The call stamped `stamp` is no longer on the way (True if it was)."""
+        at = bisect.bisect_left(self.open, stamp)
+        if at < len(self.open) and self.open[at] == stamp:
+            del self.open[at]
+            return True
+        return False
 
     def prune(self, now: float, keep: float) -> None:
         cut = bisect.bisect_right(self.stamps, now - keep)
@@ -106,18 +122,36 @@ class _Bucket:
         return max(0, free)
 
     def wait(self, now: float, windows: tuple[tuple[float, int], ...], margin: float) -> float:
-        """Seconds until one more request fits in every window (each widened by `margin`)."""
+        """Seconds until one more request fits in every window (each widened by `margin`). A call on the way
+        (`open`) counts in every window until it is answered: when only answers can make room, a short look
+        again (`ANSWER_LOOK_S`)."""
         longest = 0.0
         for length, limit in windows:
             span = length + margin
             if limit <= 0:
                 return HOUR        # a zero limit: nothing may pass; look again later
-            in_window = len(self.stamps) - bisect.bisect_right(self.stamps, now - span)
+            cut = bisect.bisect_right(self.stamps, now - span)
+            # Calls on the way stamped before the window still count (they may reach KSeF at any moment).
+            in_window = len(self.stamps) - cut + bisect.bisect_right(self.open, now - span)
             if in_window >= limit:
-                # The request `limit` places from the newest must leave the window first.
-                oldest_that_must_leave = self.stamps[len(self.stamps) - limit]
-                longest = max(longest, oldest_that_must_leave + span - now)
+                leaves = self._leaves(cut, in_window - limit + 1, now - span)
+                longest = max(longest, ANSWER_LOOK_S if leaves is None else leaves + span - now)
         return longest
+
+    def _leaves(self, cut: int, need: int, since: float) -> float | None:
+        """The stamp of the `need`-th answered call, oldest first, from `stamps[cut:]`; None if too few."""
+        if not self.open:
+            return self.stamps[cut + need - 1] if cut + need - 1 < len(self.stamps) else None
+        skip = [t for t in self.open if t > since]      # in `stamps[cut:]`, but they leave only once answered
+        for at in range(cut, len(self.stamps)):
+            stamp = self.stamps[at]
+            if skip and stamp in skip:
+                skip.remove(stamp)
+                continue
+            need -= 1
+            if need == 0:
+                return stamp
+        return None
 
 
 class RateLimiter:
@@ -179,6 +213,7 @@ class RateLimiter:
             per_ip = context == PER_IP_CONTEXT
             if per_ip:        # a place among the public calls in flight (issue #16 point 4), given back by `answered`
                 await self._flight.enter()
+            grant: Grant | None = None
             try:
                 bucket = self._bucket(context, group)
                 async with bucket.lock:
@@ -190,12 +225,14 @@ class RateLimiter:
                     await self._commit.flush()
             except BaseException:
                 if per_ip:
+                    if grant is not None:       # never sent: it stays counted, but not as on the way
+                        bucket.close(grant.at)
                     self._flight.leave()
                 raise
             if self.ready(context, group):
                 # KSeF stamps a request when it arrives; the commit took a moment, so count it from now (a later
                 # stamp only frees its slot later).
-                self._restamp(grant, self._now())
+                self._restamp(grant, self._now(), still_open=per_ip)
                 return grant
             # A 429 arrived while this caller waited for the lock, a slot or the commit: the request must not
             # go into the block (it would lengthen it, §7). The grant stays counted; wait for the block's end.
@@ -206,6 +243,8 @@ class RateLimiter:
     def answered(self, grant: Grant) -> None:
         """The request's answer (or failure) is in: KSeF counted it at the latest now. Its slot is counted from
         now, here and, with the journal's next write, after a restart."""
+        if grant.context == PER_IP_CONTEXT:       # no longer on the way: counted from its answer from now on
+            self._bucket(grant.context, grant.group).close(grant.at)
         self._restamp(grant, self._now())
         if self._commit is not None:
             self._commit.queue_answer(grant)
@@ -382,7 +421,10 @@ class RateLimiter:
 
     def _grant(self, context: str, group: str) -> Grant:
         grant = Grant(context, group, self._now())
-        self._bucket(context, group).record(grant.at)
+        bucket = self._bucket(context, group)
+        bucket.record(grant.at)
+        if context == PER_IP_CONTEXT:
+            bisect.insort(bucket.open, grant.at)
         self._count_globally(group, grant.at)
         if self._commit is not None and not self._commit.take_spare(grant, grant.at):
             self._commit.queue_grant(grant, self._spares_wanted(context, group, grant.at))
@@ -398,16 +440,24 @@ class RateLimiter:
         size, last = self._spare_sizes.get(key, (1, float("-inf")))
         size = min(SPARE_MOST, size * 2) if now - last <= SPARE_RENEW_S else 1
         self._spare_sizes[key] = (size, now)
-        room = self._bucket(context, group).room(now, self.limits_for(context, group).windows(), self._margin)
+        if context == PER_IP_CONTEXT:
+            # Neither doubled up from 1 nor capped by the room in the window now: public calls at the per-IP
+            # limit keep their 1 s window full, so each would wait for a commit of its own, and at start-up
+            # five small commits came first, each behind the start-up SQLite work of 1 000 companies (issue #16
+            # point 4). Spares are used within SPARE_TTL_S or deleted (a lone refresh's 15 with the next write);
+            # after a kill -9 the unused ones (at most SPARE_MOST) count as public calls made at the restart.
+            size = room = SPARE_MOST
+        else:
+            room = self._bucket(context, group).room(now, self.limits_for(context, group).windows(), self._margin)
         if self._uses_global(group):
             room = min(room, self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP).room(
                 now, self._defaults[GLOBAL_GROUP].windows(), self._margin))
         return max(0, min(size - 1, room))
 
-    def _restamp(self, grant: Grant, new: float) -> None:
+    def _restamp(self, grant: Grant, new: float, *, still_open: bool = False) -> None:
         if new <= grant.at:
             return
-        self._bucket(grant.context, grant.group).move(grant.at, new)
+        self._bucket(grant.context, grant.group).move(grant.at, new, still_open=still_open)
         if self._uses_global(grant.group):
             self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP).move(grant.at, new)
         grant.at = new

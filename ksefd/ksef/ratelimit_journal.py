@@ -15,7 +15,8 @@ What the record protects is that no request KSeF may have counted is missing fro
 committed row whose request was never sent only counts one request too many (a spare left at a kill is read
 as a request in flight and counted from the restart, RateLimiter.load), which can slow the next run a
 little but never lets it exceed a limit. RateLimiter decides how many (never more than the windows have
-room for, doubling only while the previous spares were used up at once); a spare not used within
+room for, doubling only while the previous spares were used up at once; the public calls, counted per IP,
+take SPARE_MOST at once); a spare not used within
 SPARE_TTL_S, and every spare at a clean stop, is deleted again (`voids`), so only a kill over-counts.
 """
 

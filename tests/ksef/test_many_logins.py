@@ -18,6 +18,7 @@ from ksefd.ksef import RateLimiter
 from ksefd.ksef.auth import AuthOptions, ContextIdentifier
 from ksefd.ksef.client import KsefClient
 from ksefd.ksef.credentials import KsefToken
+from ksefd.ksef.ratelimit import PER_IP_MARGIN, PRODUCTION_LIMITS, GroupLimits
 from ksefd.ksef.ratelimit_flight import FRESH_SECONDS, InFlight, continuing
 from ksefd.sim.app import create_app
 from ksefd.sim.config import SimConfig
@@ -160,8 +161,9 @@ async def test_one_public_call_at_a_time_until_one_passes() -> None:
 
 
 async def test_public_calls_are_paced_closer_to_the_per_ip_limit_than_a_contexts_calls() -> None:
-    """60/s per IP for the public calls, widened by 0.05 s (an answered call is stamped no earlier than KSeF
-    stamped it); a context's groups keep the full margin. 1 000 logins x 4 public calls: ~70 s, not ~83 s."""
+    """60/s per IP for the public calls, counted from each answer (no earlier than KSeF stamped the call) and
+    widened only by PER_IP_MARGIN for the clocks; a context's groups keep the full margin. 1 000 logins x 4 public
+    calls: ~68 s, not ~70 s (0.05 s) or ~83 s (0.25 s)."""
     clock = VirtualClock()
     limiter = RateLimiter(now=clock.now, sleep=clock.sleep)      # the default margin, 0.25 s
     start = clock.now()
@@ -174,10 +176,40 @@ async def test_public_calls_are_paced_closer_to_the_per_ip_limit_than_a_contexts
         return times
 
     public = await clock.drive(calls("", "anonymous", 181))
-    assert public[:60] == [0.0] * 60 and public[60] == 1.05 and public[120] == 2.1 and public[180] == 3.15
+    assert PER_IP_MARGIN == 0.016
+    assert public[:60] == [0.0] * 60 and public[60] == 1.016 and public[120] == 2.032 and public[180] == 3.048
     status = await clock.drive(calls("5265877635", "invoiceStatus", 31))          # 30/s
     assert round(status[30] - status[0], 3) == 1.25
 
+
+async def test_a_public_call_on_the_way_counts_in_every_window_until_its_answer() -> None:
+    """A call not yet answered may reach KSeF at any moment, so it is not let out of the window at its send time
+    plus a margin (a slow one would then arrive beside the calls sent after it: a 429 from the per-IP limit):
+    it counts until its answer, and from then on the next call waits a second from that answer."""
+    clock = VirtualClock()
+    limiter = RateLimiter({**PRODUCTION_LIMITS, "anonymous": GroupLimits.of(2, -1, -1)}, now=clock.now,
+                          sleep=clock.sleep)
+    start = clock.now()
+
+    async def scenario() -> list[float]:
+        limiter.answered(await limiter.acquire("", "anonymous"))
+        slow = await limiter.acquire("", "anonymous")             # on the way ...
+        other = await limiter.acquire("", "anonymous")            # ... when this one goes, a second after the first
+        granted = [round(clock.now() - start, 3)]
+
+        async def answer_late() -> None:
+            await clock.sleep(3.0 - (clock.now() - start))
+            limiter.answered(slow)                                  # 3 s after its send
+
+        late = asyncio.create_task(answer_late())
+        limiter.answered(await limiter.acquire("", "anonymous"))   # both earlier ones on the way: it must wait
+        granted.append(round(clock.now() - start, 3))
+        await late
+        limiter.answered(other)
+        return granted
+
+    granted = await clock.drive(scenario())
+    assert granted == [1.016, 4.016]      # without the rule: [1.016, 1.016], beside two calls still on the way
 
 async def test_a_login_under_way_goes_before_the_next_logins_challenge(counting_sim: CountingSim) -> None:
     """Served in arrival order, many logins went through in phases (every challenge, then every token, ...) and

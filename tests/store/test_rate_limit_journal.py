@@ -294,6 +294,38 @@ async def test_a_burst_of_one_group_commits_spare_rows_ahead_not_one_row_per_req
     assert used >= 100 - 16                              # all but the last commit's rows carry their answers
 
 
+async def test_public_calls_at_the_per_ip_limit_share_commits(start: Callable[..., object], db_path: Path) -> None:
+    """1 000 logins are 4 000 public calls at 60/s (issue #16 point 4): the per-IP window stays full, and spares
+    capped by the room in it made every call wait for a commit of its own behind the daemon's other SQLite work."""
+    daemon: Daemon = await start()  # type: ignore[misc]
+    clock: VirtualClock = start.clock  # type: ignore[attr-defined]
+
+    async def calls() -> None:
+        for _ in range(240):
+            grant = await daemon.limiter.acquire("", "anonymous")
+            await clock.sleep(0.004)                      # its answer: the window's stamps lie apart, as on a wire
+            daemon.limiter.answered(grant)
+
+    await clock.drive(calls())
+    assert clock.now() - START.timestamp() > 3.0                           # still 60 a second
+    assert daemon.limiter.transactions <= 240 // 16 + 8                    # before: one a call past the first 60
+    await daemon.limiter.close()
+    assert rows(db_path, "SELECT count(*) FROM rate_grants") == [(240,)]   # the spares left were deleted
+
+
+async def test_the_first_public_calls_commit_a_full_set_of_spares(start: Callable[..., object]) -> None:
+    """At start-up the first logins' public calls doubled their spares from 1 (five commits for 31 calls), each
+    commit behind the start-up SQLite work of 1 000 companies (issue #16 point 4); a company's groups still do."""
+    daemon: Daemon = await start()  # type: ignore[misc]
+    for _ in range(20):
+        daemon.limiter.answered(await daemon.limiter.acquire("", "anonymous"))
+    assert daemon.limiter.transactions == 2                 # 1 + 15 spares, then 1 + 15 more
+    daemon.limiter.set_limits(A, UNLIMITED)
+    for _ in range(20):
+        daemon.limiter.answered(await daemon.limiter.acquire(A, "invoiceStatus"))
+    assert daemon.limiter.transactions == 2 + 5             # 1, 2, 4, 8, 16 rows
+
+
 async def test_spares_left_at_a_kill_count_as_requests_and_a_clean_stop_deletes_them(
         start: Callable[..., object], db_path: Path) -> None:
     """A spare row whose request was never sent only counts one request too many after a kill -9 (never one too

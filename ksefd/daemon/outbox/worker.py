@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import shutil
 import traceback
 from pathlib import Path
@@ -77,6 +78,7 @@ class OutboxWorker:
         self.batch_dir = batch_dir
         self.once = once
         self.watcher = watcher            # the daemon's one watcher of every outbox (None: intake watches its own)
+        self.folders_prepared = False     # set by Daemon.start, which prepares every outbox before the watcher
         self.log = structlog.get_logger("ksefd.daemon.outbox").bind(company=company.name)
         self.files = OutboxFiles(company, work_dir)
         self.ledger = Ledger(company.name, store, self.files, clock.now, self.log)
@@ -132,9 +134,13 @@ class OutboxWorker:
         # Started again by `guarded` after a failure: what the cancelled tasks left (a send cut after its
         # intent was recorded, an OPEN batch) is recovered again before anything new is sent.
         self._recovered = False
-        self.files.prepare()
+        if not self.folders_prepared:   # Daemon.start prepared them a moment ago (issue #16: 1 000 outboxes)
+            self.files.prepare()
+        self.folders_prepared = False   # started again by `guarded`: prepared again
         # Archives of batches a previous run was building: never closed, so never needed (batch.py).
-        await asyncio.to_thread(shutil.rmtree, self.batch_dir, True)
+        # Usually there is none: one stat instead of a thread hop for each of 1 000 companies at start.
+        if os.path.lexists(self.batch_dir):  # noqa: ASYNC240
+            await asyncio.to_thread(shutil.rmtree, self.batch_dir, True)
         async with asyncio.TaskGroup() as group:
             self._group = group
             group.create_task(self.intake.run(draining, self.watcher), name=f"intake:{self.company.name}")
