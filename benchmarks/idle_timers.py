@@ -21,8 +21,9 @@ Measured 2026-12-07 on main c4921ab (before issue #16's third idle round), 100 c
         (2 036), offline desk (938) and batch resume (289) looked at the state database: their safety net for a
         missed wake-up (IDLE_LOOK_SECONDS, 300 s then) cost ~65 SQLite round trips per company; the offline desk
         and intake did the same every 15 min (the rescan of an inotify-watched outbox).
-Both are gone on branch perf-idle3: the safety nets once an hour, the heartbeat one statement (see
-peer_backlog.py / many_companies.py for the daemon's CPU with and without).
+Branch perf-idle3 (load 0.7): 60 s, 15 wake-ups (0.25/s): the heartbeat 12 (its timer and one round trip), the
+clean-up 1, a one-off timer 1, this script's own 1; the safety nets once an hour, the heartbeat one statement (the
+daemon's CPU with and without: many_companies.py's docstring).
 """
 
 from __future__ import annotations
