@@ -54,6 +54,25 @@ Measured 2026-12-07 03:12-03:34, back to back with this script: main at 71a635f 
                                    then all tokens, ...)                before the next ones are opened
          idle, % of a core         0.067 % (0.04 s CPU in 60 s)         0.033 % (0.02 s CPU in 60 s)
          RSS, threads              142 MB, 8                            141 MB, 8
+Idle, measured 2026-12-07 06:05-06:50 back to back: main c4921ab ("before") and branch perf-idle3 ("after"), the
+daemon's exact CPU time (clock_getcpuclockid, not /proc ticks) over the window starting 10 s after the last login,
+wake-ups counted with strace -f (a blocking epoll_wait or futex wait that returned), load average 1.5-7.5:
+                                   before                               after
+    100, 120 s (peer_backlog.py    0.016 %, 0.017 % (3 runs, ticks      0.013 %, 0.015 %; 76-77 MB, 8 threads,
+         --only idle)              0.008-0.017 %); 76-77 MB, 8 threads  0 requests
+         wake-ups                  1.07/s (loop 51, SQLite thread 72)   0.41/s (loop 27, SQLite thread 21)
+    100, 340 s (the window holds   0.134 % (0.45 s CPU)                 0.011 % (0.04 s CPU)
+         the 300 s safety net)
+    1000, first 116 s              0.032 %                              0.034 %
+    1000, 340 s                    1.52 % (5.13 s CPU), 143 MB, 8 thr.  0.031 % (0.10 s CPU), 143 MB, 8 threads
+         drop taken (last outbox)  median 5 ms, max 9 ms                median 7 ms, max 8 ms
+         all connected             74.5 s, 0 x 429                      75.2 s, 0 x 429
+What the 340 s windows show: every company's dispatcher, tracker and offline desk looked at the state database
+300 s after its login (their safety net for a missed wake-up), ~65 SQLite round trips per company; now once an hour
+(runtime.IDLE_LOOK_SECONDS). A 120 s window from 10 s after the logins never held that burst. What is left while
+idle is the heartbeat (every 10 s, one statement) and, once after the last inbox cycle, aiohttp's connector clean-up
+(benchmarks/idle_timers.py lists them).
+
 The simulator is not the bottleneck: it answers a public call in 0.1-0.8 ms (median; ksef-token with its RSA-OAEP
 decryption 0.8 ms, p90 2 ms) and used 6.7-9.3 s of CPU for the whole connect phase. Four public calls per login
 (challenge, token, one status read, redeem) are the least a KSeF-token login needs; 4 000 of them at 60/s are

@@ -36,7 +36,7 @@ from ksefd.store import InvoiceRow, InvoiceState, OfflineInvoice, Store
 
 from ..availability import KsefAvailability, Verdict
 from ..failures import LastingFailure
-from ..runtime import wait_for
+from ..runtime import IDLE_LOOK_SECONDS, wait_for
 from .deadlines import OFFLINE24, TOTAL_FAILURE, Deadline, deadline, elapsed_share
 from .ledger import Ledger
 from .offline_files import MODE_LABELS, OfflineFiles, Signer, load_signer, signer_version
@@ -174,9 +174,10 @@ class OfflineDesk:
         await self._special()
 
     async def issue_due(self) -> float:
-        """Issue what must be issued now; returns when to look again (an unreachable KSeF's waiting time).
-        Called with `lock` held."""
-        wait = 300.0
+        """Issue what must be issued now; returns when to look again (an unreachable KSeF's waiting time; with
+        KSeF available, only the safety net: an outage wakes the desk through `offline_due`). Called with `lock`
+        held."""
+        wait = IDLE_LOOK_SECONDS
         await self._special()
         if self.policy != "auto":
             return wait

@@ -6,8 +6,8 @@ Here one watcher follows all outboxes and pokes the intake of the company whose 
 inotify read on the event loop itself (inotify.py: no thread, no wake-up while nothing happens), elsewhere
 (or when inotify cannot be had) one `watchfiles.awatch`. Intake still rescans every
 `rescan_interval_seconds` where changes may go unreported (network shares, FUSE, the watchfiles fallback);
-an outbox on a local file system that inotify watches is rescanned only every TRUSTED_RESCAN_SECONDS, as a
-safety net (`rescan_interval`).
+an outbox on a local file system that inotify watches is rescanned only every TRUSTED_RESCAN_SECONDS (an
+hour), as a safety net (`rescan_interval`).
 """
 
 from __future__ import annotations
@@ -21,10 +21,15 @@ import structlog
 
 from ksefd import spool
 
+from ..runtime import IDLE_LOOK_SECONDS
+
 log = structlog.get_logger("ksefd.daemon.outbox")
 
 STEP_MS = 50            # how long the watcher gathers events before it reports them (and looks at `stop`)
-TRUSTED_RESCAN_SECONDS = 900.0   # an outbox inotify watches on a local file system: the rescan is a safety net
+# An outbox (or outbox/offline/) inotify watches on a local file system: the rescan is only a safety net, as
+# rare as the company loops' own (runtime.IDLE_LOOK_SECONDS); every 15 min it woke each company's intake and
+# offline desk, which looked at the state database (issue #16 point 4).
+TRUSTED_RESCAN_SECONDS = IDLE_LOOK_SECONDS
 
 
 class OutboxWatcher:

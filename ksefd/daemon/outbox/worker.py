@@ -39,7 +39,7 @@ from ksefd.store import InvoiceRow, InvoiceState, SessionState, Store
 from ..availability import KsefAvailability, Verdict
 from ..connection import CompanyConnection
 from ..failures import Failure, LastingFailure
-from ..runtime import Runtime, wait_for
+from ..runtime import IDLE_LOOK_SECONDS, Runtime, wait_for
 from .batch import BatchRunner
 from .files import OutboxFiles
 from .intake import Intake
@@ -57,7 +57,6 @@ T = SessionState
 ONLINE_CONCURRENCY = 10     # online sends at once: as many as KSeF takes in a second (invoiceSend 10/s, PROTOCOL.md §7)
 BATCHES_AT_ONCE = 2         # batch sessions being built and uploaded at once; a closed one leaves its slot (_batch)
 LOOP_RETRY_SECONDS = 5.0
-IDLE_LOOK_SECONDS = 300.0      # with nothing to do, a loop still looks this often (a safety net for a missed wake-up)
 SEND_WAIT_AT_MOST = 2.0        # seconds the limiter may make an online send wait before we prefer to wait here
 SETTLED_CHECK_SECONDS = 0.2    # real time: drain mode confirms "nothing to do" this long after it was seen ...
 SETTLED_ROUNDS = 3             # ... this many times in a row (files may be landing)
