@@ -55,8 +55,10 @@ UPO_DOWNLOADS = 8
 UPO_GROUPS = 4            # groups of a page in flight (_results): one fetching its UPOs, the others writing
 # Sessions whose results are read at once (one company). A session's slot in the worker ends at its close
 # (KSeF processes while we wait), so a backlog's later pieces are closed while earlier ones' results are still
-# being read; the results go session by session in the order of closing (an asyncio.Semaphore is FIFO).
-RESULTS_AT_ONCE = 2
+# being read; the results go session by session in the order of closing (an asyncio.Semaphore is FIFO). One at
+# a time: two at once competed for the same CPU and disk (10 000 backlog, 6 alternating runs on a quiet machine:
+# median 24.9 s and 1.73 ms per invoice with one, 25.9 s and 1.82 ms with two; simulator floor 18.2-19.1 s).
+RESULTS_AT_ONCE = 1
 OPEN = (S.SUBMITTING, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED)      # a batch's invoices whose results are due
 RESULT_GROUP = 250          # invoices whose result files share one directory fsync and one commit
 CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or can never be closed
