@@ -43,6 +43,7 @@ from .credential_expiry import warn_daily
 from .inbox.runner import run_inbox
 from .instance import InstanceLock, StartupProblem, check_writable
 from .lifecycle import every, guarded
+from .limit_waits import held_by_company
 from .notify_status import summary
 from .outbox.sending_off import return_unsent
 from .outbox.watch import OutboxWatcher
@@ -187,7 +188,7 @@ class Daemon:
         async def beat() -> None:
             await runtime.store.heartbeat.beat("daemon", {
                 "version": __version__, "uptimeSeconds": round(time.time() - started),
-                "companies": [c.name for c in runtime.config.companies]})
+                "heldByLimits": held_by_company(runtime.limiter, runtime.config.companies)})
 
         self.tasks.append(group.create_task(every(HEARTBEAT_SECONDS, beat, draining, "heartbeat"), name="heartbeat"))
         for worker in self.workers:     # issue #11: Latarnia polls, shared by the companies of each KSeF target

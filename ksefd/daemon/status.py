@@ -20,6 +20,8 @@ from ksefd.store import IN_KSEF_STATES, InvoiceState, Store
 
 from .certificate_renewal import renewal_lines
 from .inbox.status import read_inbox_status, receiving_since
+from .limit_waits import limit_wait_lines
+from .state_words import state_label
 from .status_text import (
     availability_lines,
     environment_text,
@@ -64,6 +66,7 @@ class CompanyStatus:
     ksef_url: str | None = None                  # None: the environment's official address
     availability: dict[str, Any] | None = None   # KSeF/Latarnia as the daemon recorded it (kv `availability`)
     next_inbox_cycle: str | None = None          # when the inbox looks at KSeF next (None: before its first)
+    held_by_limits: dict[str, Any] | None = None  # what KSeF's rate limits hold back now (limit_waits.py)
 
 
 @dataclass
@@ -101,6 +104,9 @@ async def gather(store: Store, config: Config, clock: Clock) -> DaemonStatus:
     beat = next((b for b in await store.heartbeat.read() if b.component == "daemon"), None)
     running = beat is not None and clock.now() - beat.at < HEARTBEAT_STALE and not (
         isinstance(beat.detail, dict) and beat.detail.get("stopped"))
+    held = beat.detail.get("heldByLimits") if running and beat is not None and isinstance(beat.detail, dict) else None
+    for found in companies:
+        found.held_by_limits = held.get(found.name) if isinstance(held, dict) else None
     return DaemonStatus(running, beat.at.isoformat() if beat else None, beat.pid if beat else None, companies,
                         await renewal_lines(store, clock.now()), str(config.source) if config.source else None,
                         list(config.switched_off), clock.now().isoformat(), config.language)
@@ -199,6 +205,7 @@ def _render(status: DaemonStatus) -> str:
                            queued=c.queued, in_ksef=c.in_ksef, accepted_today=c.accepted_today,
                            accepted_total=c.accepted_total, rejected_today=c.rejected_today,
                            rejected_total=c.rejected_total))
+            lines += limit_wait_lines(c.held_by_limits, now)
         elif c.returned or c.queued:
             lines.append(_("  sending is off (send = false in the config): files in outbox/ are left there unsent")
                          + (_("; {count} claimed file(s) were put back into outbox/", count=c.returned)
@@ -208,7 +215,7 @@ def _render(status: DaemonStatus) -> str:
                            count=c.redrops))
         if c.oldest_waiting:
             lines.append(_("  oldest waiting: {file} ({state} since {since})", file=c.oldest_waiting["file"],
-                           state=c.oldest_waiting["state"], since=when(c.oldest_waiting["since"])))
+                           state=state_label(c.oldest_waiting["state"]), since=when(c.oldest_waiting["since"])))
         if c.last_error:
             e = c.last_error
             code = f"{e['code']}: " if e.get("code") else ""

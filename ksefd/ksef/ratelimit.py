@@ -173,6 +173,7 @@ class RateLimiter:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._spare_sizes: dict[tuple[str, str], tuple[int, float]] = {}   # (size, when) of the last reservation
         self._blocks: dict[str, float] = {}
+        self._asking: dict[tuple[str, str], int] = {}     # callers inside `acquire`, not yet granted (`held_back`)
         self._presumed_full_at: float | None = None
         self._flight = InFlight(PER_IP_IN_FLIGHT, blocked=lambda: not self.ready(PER_IP_CONTEXT, "anonymous"))
 
@@ -209,6 +210,16 @@ class RateLimiter:
         """Wait until a request of `group` in `context` fits every window and no block runs, count it, and
         return once that count is durable (the request may then be sent). Call `answered` with the result
         when the request's answer or failure is in."""
+        key = (context, group)
+        self._asking[key] = self._asking.get(key, 0) + 1
+        try:
+            return await self._acquire(context, group)
+        finally:
+            self._asking[key] -= 1
+            if not self._asking[key]:
+                del self._asking[key]
+
+    async def _acquire(self, context: str, group: str) -> Grant:
         while True:
             per_ip = context == PER_IP_CONTEXT
             if per_ip:        # a place among the public calls in flight (issue #16 point 4), given back by `answered`
@@ -289,6 +300,17 @@ class RateLimiter:
         if global_windows and group != GLOBAL_GROUP:
             wait = max(wait, self._bucket(GLOBAL_CONTEXT, GLOBAL_GROUP).wait(now, global_windows, self._margin))
         return wait if wait > 0 else 0.0
+
+    def held_back(self) -> dict[str, dict[str, tuple[int, float]]]:
+        """Requests waiting now for room in KSeF's windows (or for a block's end), by context and group: how
+        many, and when the next of them may go (`now` seconds). For `ksefd status`: an invoice in SUBMITTING
+        whose send waits here is not in KSeF yet (issue #16)."""
+        found: dict[str, dict[str, tuple[int, float]]] = {}
+        now = self._now()
+        for (context, group), count in list(self._asking.items()):
+            if (wait := self.delay(context, group)) > 0:
+                found.setdefault(context, {})[group] = (count, now + wait)
+        return found
 
     def granted(self, context: str, group: str) -> list[float]:
         """Grant times still inside the hour window (for status pages and tests)."""
