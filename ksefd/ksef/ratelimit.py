@@ -33,6 +33,7 @@ from .errors import ProtocolError
 from .ratelimit_flight import InFlight
 from .ratelimit_journal import SPARE_TTL_S, Grant, GrantRow, GroupCommit, LimiterJournal, PreviousRun
 from .ratelimit_limits import HOUR, MINUTE, PRODUCTION_LIMITS, GroupLimits, parse_rate_limits
+from .ratelimit_windows import SPARE_MOST, Bucket
 
 if TYPE_CHECKING:
     from .auth import AuthSession
@@ -47,19 +48,17 @@ FALLBACK_GROUP = "other"      # "everything else that is protected" (§7)
 PER_IP_CONTEXT = ""           # unauthenticated calls (the transport's context ""): KSeF counts them per IP (§7)
 PER_IP_IN_FLIGHT = 8          # of those, at most this many on the way at once (ratelimit_flight.py)
 # ... and their windows are exact (issue #16 point 4: 1 000 logins are 4 000 public calls, 66.7 s at 60/s): a call
-# still on the way counts in every window until its answer is in (`_Bucket.open`; it may reach KSeF at any moment
+# still on the way counts in every window until its answer is in (`Bucket.open`; it may reach KSeF at any moment
 # before that), and an answered call counts from its answer time, which is no earlier than KSeF's arrival stamp.
 # A call sent 1 s after that stamp so reaches KSeF more than 1 s after the older one, whatever the latency. The
 # margin is only for the clocks: KSeF's stamps may be as coarse as a Windows timer tick (15.6 ms), and ours may be
 # slewed by NTP (at most 0.5 ms a second). 60 per 1.016 s instead of 60 per 1.05 s: 67.7 s for 4 000, not 70 s.
 PER_IP_MARGIN = 0.016
-# Spare rows (ratelimit_journal.py): a grant that finds none commits up to this many rows of its group at once,
-# doubling from 1 while each reservation is used up within SPARE_RENEW_S of the last one; never more than the
-# group's windows (and the global one) have room for now, so a kill -9 over-counts at most that many. Public calls
-# (per IP) reserve SPARE_MOST at once, whatever their window holds (`_spares_wanted`, issue #16 point 4).
-SPARE_MOST = 16
+# Spare rows (ratelimit_journal.py): a grant that finds none commits up to SPARE_MOST (ratelimit_windows.py) rows of
+# its group at once, doubling from 1 while each reservation is used up within SPARE_RENEW_S of the last one; never
+# more than the group's windows (and the global one) have room for now, so a kill -9 over-counts at most that many.
+# Public calls (per IP) reserve SPARE_MOST at once, whatever their window holds (`_spares_wanted`, issue #16 point 4).
 SPARE_RENEW_S = 1.0
-ANSWER_LOOK_S = 0.05    # a window full of calls still on the way: look again this soon (an answer makes room)
 
 
 async def adopt_server_limits(limiter: RateLimiter, auth: AuthSession) -> dict[str, GroupLimits]:
@@ -72,86 +71,6 @@ async def adopt_server_limits(limiter: RateLimiter, auth: AuthSession) -> dict[s
     parsed = limiter.apply_rate_limits_body(auth.context.key, body)
     await limiter.save_limits(auth.context.key)
     return parsed
-
-
-class _Bucket:
-    """Grant times of one (context, group), ascending, pruned to the longest window."""
-
-    __slots__ = ("lock", "open", "stamps")
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-        # Stamps (also in `stamps`) of the per-IP calls on the way: they count in every window until answered.
-        self.open: list[float] = []
-        self.lock = asyncio.Lock()    # FIFO: callers of one group are served in arrival order
-
-    def record(self, at: float) -> None:
-        if not self.stamps or at >= self.stamps[-1]:
-            self.stamps.append(at)
-        else:   # the wall clock stepped back; keep the list sorted
-            bisect.insort(self.stamps, at)
-
-    def move(self, old: float, new: float, *, still_open: bool = False) -> None:
-        """Re-date one grant (to when its request really left, or was answered; see `RateLimiter.acquire`)."""
-        at = bisect.bisect_left(self.stamps, old)
-        if at < len(self.stamps) and self.stamps[at] == old:
-            del self.stamps[at]
-        self.record(new)
-        if self.close(old) and still_open:
-            bisect.insort(self.open, new)
-
-    def close(self, stamp: float) -> bool:
-        """The call stamped `stamp` is no longer on the way (True if it was)."""
-        at = bisect.bisect_left(self.open, stamp)
-        if at < len(self.open) and self.open[at] == stamp:
-            del self.open[at]
-            return True
-        return False
-
-    def prune(self, now: float, keep: float) -> None:
-        cut = bisect.bisect_right(self.stamps, now - keep)
-        if cut:
-            del self.stamps[:cut]
-
-    def room(self, now: float, windows: tuple[tuple[float, int], ...], margin: float) -> int:
-        """Requests that still fit in every window now (SPARE_MOST when none limits them)."""
-        free = SPARE_MOST
-        for length, limit in windows:
-            in_window = len(self.stamps) - bisect.bisect_right(self.stamps, now - length - margin)
-            free = min(free, limit - in_window)
-        return max(0, free)
-
-    def wait(self, now: float, windows: tuple[tuple[float, int], ...], margin: float) -> float:
-        """Seconds until one more request fits in every window (each widened by `margin`). A call on the way
-        (`open`) counts in every window until it is answered: when only answers can make room, a short look
-        again (`ANSWER_LOOK_S`)."""
-        longest = 0.0
-        for length, limit in windows:
-            span = length + margin
-            if limit <= 0:
-                return HOUR        # a zero limit: nothing may pass; look again later
-            cut = bisect.bisect_right(self.stamps, now - span)
-            # Calls on the way stamped before the window still count (they may reach KSeF at any moment).
-            in_window = len(self.stamps) - cut + bisect.bisect_right(self.open, now - span)
-            if in_window >= limit:
-                leaves = self._leaves(cut, in_window - limit + 1, now - span)
-                longest = max(longest, ANSWER_LOOK_S if leaves is None else leaves + span - now)
-        return longest
-
-    def _leaves(self, cut: int, need: int, since: float) -> float | None:
-        """The stamp of the `need`-th answered call, oldest first, from `stamps[cut:]`; None if too few."""
-        if not self.open:
-            return self.stamps[cut + need - 1] if cut + need - 1 < len(self.stamps) else None
-        skip = [t for t in self.open if t > since]      # in `stamps[cut:]`, but they leave only once answered
-        for at in range(cut, len(self.stamps)):
-            stamp = self.stamps[at]
-            if skip and stamp in skip:
-                skip.remove(stamp)
-                continue
-            need -= 1
-            if need == 0:
-                return stamp
-        return None
 
 
 class RateLimiter:
@@ -170,7 +89,7 @@ class RateLimiter:
         self._margin = margin
         self._journal = journal
         self._commit = GroupCommit(journal) if journal is not None else None
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._buckets: dict[tuple[str, str], Bucket] = {}
         self._spare_sizes: dict[tuple[str, str], tuple[int, float]] = {}   # (size, when) of the last reservation
         self._blocks: dict[str, float] = {}
         self._asking: dict[tuple[str, str], int] = {}     # callers inside `acquire`, not yet granted (`held_back`)
@@ -409,7 +328,7 @@ class RateLimiter:
         log.warning("ratelimit.unclean_stop", presumed=True, short_windows_full_at=at,
                     reason="the machine restarted or cannot tell; the last grants may be lost")
 
-    def _presume_full(self, context: str, group: str, bucket: _Bucket) -> None:
+    def _presume_full(self, context: str, group: str, bucket: Bucket) -> None:
         at = self._presumed_full_at
         if at is None or context == GLOBAL_CONTEXT or at <= self._now() - HOUR - self._margin:
             return
@@ -422,11 +341,11 @@ class RateLimiter:
     def _block_end(self, context: str) -> float:
         return max(self._blocks.get(context, 0.0), self._blocks.get(GLOBAL_CONTEXT, 0.0))
 
-    def _bucket(self, context: str, group: str) -> _Bucket:
+    def _bucket(self, context: str, group: str) -> Bucket:
         key = (context, group)
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket()
+            bucket = self._buckets[key] = Bucket()
             self._presume_full(context, group, bucket)
         return bucket
 
