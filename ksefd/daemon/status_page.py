@@ -23,6 +23,7 @@ from ksefd.store import InvoiceState, Store
 
 from .credential_expiry import credential_expiry
 from .inbox.status import render_lines as inbox_lines
+from .limit_waits import limit_wait_lines
 from .state_words import state_label
 from .status import WAITING, CompanyStatus, DaemonStatus, gather
 
@@ -123,6 +124,7 @@ async def company_page(store: Store, config: Config, clock: Clock, company: Comp
     body = [f"<p><a href=\"/\">&larr; {_e(_('all companies'))}</a></p><h1>{_e(c.name)}</h1>",
             f"<p>NIP {_e(c.nip)}, {_e(mode)}, KSeF: {_e(_connection_words(connected))}</p>", _running(status),
             _warning(company, clock), _hold(c), f"<h2>{_e(_('Today'))}</h2>", counts]
+    body += [f"<p>{_e(line.strip())}</p>" for line in limit_wait_lines(c.held_by_limits, clock.now())]
     waiting = await store.invoices.in_state(company.name, *WAITING, limit=SHOWN_WAITING)
     body += [f"<h2>{_e(_('Queued'))}</h2>", _table(
         [_("file"), _("state"), _("since"), _("attempts"), _("next attempt"), _("why"), _("invoice")],

@@ -11,10 +11,12 @@ from typing import Any
 
 import aiohttp
 
+from ksefd import i18n
 from ksefd.clock import ManualClock
 from ksefd.daemon import service
 from ksefd.daemon.service import serve
 from ksefd.daemon.status import gather, render
+from ksefd.daemon.status_page import company_page
 from ksefd.i18n import counted
 from ksefd.ksef import RateLimiter
 from ksefd.sim.config import SimConfig
@@ -80,6 +82,10 @@ async def test_status_says_which_invoices_wait_for_the_limit_and_when_they_go(
         assert "(za " in waits[0] and " s)" in waits[0], waits        # e.g. "07.12.2026 09:31:05 (za 52 s)"
         assert all(s != S.DONE for s in (await states())[30:])          # nothing of them left early
         assert "najdłużej czeka: FV-30.xml (wysyłana od " in text, text            # the state in words, not a code
+        async with await Store.open(config.state_db) as store:
+            with i18n.using("pl"):                                       # the status page says it too
+                page = await company_page(store, config, clock, config.companies[0], "connected")
+        assert f"<p>{waits[0].strip()}</p>" in page.replace("&#x27;", "'"), page
         for _ in range(600):                     # the window frees: they go by themselves
             await asyncio.sleep(0.02)
             clock.advance(0.5)
