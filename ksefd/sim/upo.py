@@ -12,6 +12,7 @@ simulator's own "Ministerstwo Finansów" key, kept in the store so UPOs stay ver
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ def receiver_name(environment: str) -> str:
     return MF_NAME + ENVIRONMENT_SUFFIX.get(environment.upper(), "")
 
 
+@functools.lru_cache(maxsize=1024)      # a batch's invoices share their invoicingDate (the opening time)
 def _local(text: str) -> str:
     """KSeF's UPO dates: Warsaw local time, milliseconds, explicit offset (samples/upo)."""
     when = parse_iso(text).astimezone(WARSAW)
