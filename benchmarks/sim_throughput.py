@@ -2,7 +2,8 @@
 
 Starts `python -m ksefd sim --port 0 --limits off` in a subprocess, authenticates the way a user does
 (KSeF token), opens one online session and sends N distinct invoices (variants of an official sample)
-with a few requests in flight, then waits until every invoice has its verdict.
+with a few requests in flight, then waits until every invoice has its verdict. Also prints the simulator's
+own CPU per invoice over that window (/proc/PID/stat), the figure issue #16 follows for the online path.
 
     .venv/bin/python benchmarks/sim_throughput.py [--invoices 500] [--concurrency 8] [--state]
 """
