@@ -63,6 +63,7 @@ log = structlog.get_logger("ksefd.sim.invoices")
 
 INSPECT_AHEAD = 31      # files checked ahead in one worker-thread hop (their verdicts still come one by one)
 
+
 def resume(world: World) -> None:
     """After a restart (--state): requeue undecided invoices and finish sessions left closing."""
     index = _index(world)
