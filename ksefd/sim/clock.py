@@ -39,7 +39,8 @@ class ManualClock:
 def iso(when: dt.datetime) -> str:
     """KSeF style: ISO-8601, 7 fractional digits, explicit offset (PROTOCOL.md §1)."""
     when = when.astimezone(dt.UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond:06d}0+00:00"
+    return (f"{when.year:04d}-{when.month:02d}-{when.day:02d}T{when.hour:02d}:{when.minute:02d}:{when.second:02d}."
+            f"{when.microsecond:06d}0+00:00")
 
 
 def parse_iso(text: str) -> dt.datetime:

@@ -9,13 +9,24 @@ import secrets
 from .clock import WARSAW
 
 
-def crc8(data: bytes) -> int:
-    """CRC-8, polynomial 0x07, init 0x00, no reflection, no final XOR (PROTOCOL.md §4.7)."""
+def crc8_bitwise(data: bytes) -> int:
+    """CRC-8, polynomial 0x07, init 0x00, no reflection, no final XOR (PROTOCOL.md §4.7), bit by bit."""
     crc = 0
     for byte in data:
         crc ^= byte
         for _ in range(8):
             crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+_CRC8_TABLE = tuple(crc8_bitwise(bytes([n])) for n in range(256))
+
+
+def crc8(data: bytes) -> int:
+    """The same CRC-8, a byte at a time from a table (two per accepted invoice: its EE and KSeF numbers)."""
+    crc = 0
+    for byte in data:
+        crc = _CRC8_TABLE[crc ^ byte]
     return crc
 
 

@@ -51,6 +51,7 @@ class Index:
     queue: deque[tuple[str, float]] = field(default_factory=deque)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     worker: asyncio.Task[None] | None = None
+    inspected: dict[str, Any] = field(default_factory=dict)    # ref -> invoices._inspect's answer, judged next
     last_storage: dt.datetime = field(default_factory=lambda: dt.datetime.min.replace(tzinfo=dt.UTC))
 
     def add(self, rec: dict[str, Any]) -> None:

@@ -5,13 +5,14 @@ One UPO per accepted invoice, and per closed session one UPO page per 10 000 acc
 (`OpisPotwierdzenia` paging). Root `Potwierdzenie` in `http://upo.schematy.mf.gov.pl/KSeF/v4-3`,
 elements in the XSD's order; `NazwaPodmiotuPrzyjmujacego` carries the TE suffix on the test
 environment exactly as MF's TEST does (which the XSD's fixed value rejects; samples/upo show it).
-Signed XAdES enveloped (signxml) with the simulator's own "Ministerstwo Finansów" key, kept in the
-store so UPOs stay verifiable after a restart.
+Signed XAdES enveloped (byte for byte as signxml signs, from a template: upo_signature.py) with the
+simulator's own "Ministerstwo Finansów" key, kept in the store so UPOs stay verifiable after a restart.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
-from signxml import methods
-from signxml.xades import XAdESSigner  # type: ignore[attr-defined]
 
 from .clock import WARSAW, parse_iso
 from .store import Store
+from .upo_signature import XadesTemplate
 
 NS = "http://upo.schematy.mf.gov.pl/KSeF/v4-3"
 PAGE_SIZE = 10_000          # `Dokument maxOccurs="10000"` in upo-v4-3.xsd
@@ -49,6 +49,7 @@ def receiver_name(environment: str) -> str:
     return MF_NAME + ENVIRONMENT_SUFFIX.get(environment.upper(), "")
 
 
+@functools.lru_cache(maxsize=1024)      # a batch's invoices share their invoicingDate (the opening time)
 def _local(text: str) -> str:
     """KSeF's UPO dates: Warsaw local time, milliseconds, explicit offset (samples/upo)."""
     when = parse_iso(text).astimezone(WARSAW)
@@ -120,12 +121,10 @@ class UpoSigner:
         self._key = loaded
         self.certificate_pem: str = rec["certificatePem"]
         self._cert = x509.load_pem_x509_certificate(self.certificate_pem.encode("ascii"))
+        self._template = XadesTemplate(self._key, self._cert)
 
     def sign(self, root: etree._Element) -> bytes:
-        signer = XAdESSigner(method=methods.enveloped, signature_algorithm="rsa-sha256", digest_algorithm="sha256")
-        signed = signer.sign(root, key=self._key, cert=[self._cert])
-        data: bytes = etree.tostring(signed, xml_declaration=True, encoding="utf-8")
-        return data
+        return self._template.sign(root)
 
 
 def pages(total: int, page_size: int = PAGE_SIZE) -> list[Page]:
