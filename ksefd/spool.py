@@ -226,6 +226,19 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = 
     return path
 
 
+def read_bytes(path: str | Path) -> bytes:
+    """A whole file's bytes by os.open/os.read: Path.read_bytes's buffered file adds an fstat, an ioctl, an lseek
+    and an io object per file, for each of a backlog's invoices several times (issue #16)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def same_content(path: Path, data: bytes) -> bool:
     try:
         return path.stat().st_size == len(data) and path.read_bytes() == data

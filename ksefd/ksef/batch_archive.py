@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import io
+import os
 import tarfile
 import time
 import zipfile
@@ -102,8 +103,15 @@ def _check_name(name: str, seen: set[str]) -> None:
 
 
 def _content(invoice: BatchInvoice) -> bytes:
-    if isinstance(invoice.content, Path):
-        return invoice.content.read_bytes()
+    if isinstance(invoice.content, Path):     # os-level: no buffered file object per invoice (issue #16)
+        fd = os.open(invoice.content, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            chunks = []
+            while chunk := os.read(fd, CHUNK):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
     return invoice.content
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ksefd import spool, spool_group
@@ -106,10 +106,10 @@ class Outcomes:
     # --- accepted -------------------------------------------------------------------------------
 
     def ksef_record(self, row: InvoiceRow, invoice: SessionInvoice, session_reference: str, kind: str,
-                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                    extra: dict[str, Any] | None = None, *, qr_host: str | None = None) -> dict[str, Any]:
         link = None
         if row.seller_nip and row.issue_date:
-            link = qr.invoice_link(self.connection.qr_host, row.seller_nip, row.issue_date, row.sha256)
+            link = qr.invoice_link(qr_host or self.connection.qr_host, row.seller_nip, row.issue_date, row.sha256)
         return {
             "file": row.file_name, "ksefNumber": invoice.ksef_number, "invoiceNumber": row.invoice_number,
             "invoiceType": row.invoice_type, "sellerNip": row.seller_nip,
@@ -187,6 +187,7 @@ class Outcomes:
         # cannot flush a file system, each working copy is fsynced as it is linked, as before.
         # the working copies (ksefd's own folder)
         synced = spool_group.worth_flushing(len(items)) and spool_group.flush([self.files.work_dir])
+        work_dir, qr_host = self.files.work_dir_name, self.connection.qr_host     # once for the group
         Written = tuple[InvoiceRow, SessionInvoice, str, list[spool_group.Staged], bytes | None]
 
         def one(item: tuple[InvoiceRow, SessionInvoice]) -> Written | None:
@@ -195,11 +196,11 @@ class Outcomes:
             if data is None:
                 self.log.error("outbox.work_file_missing", invoice=row.id, file=row.file_name, path=row.work_path)
                 return None
-            mine = synced and Path(row.work_path or "").parent == self.files.work_dir
+            mine = synced and os.path.dirname(row.work_path or "") == work_dir     # strings: per invoice
             stem = self.files.write_sent(row.file_name, data, sync=False, row=row, source_synced=mine)
             more = self.offline_accepted(row, records.get(row.id), stem, invoice) if row.offline else None
             staged = [self.files.stage_ksef_json(stem, self.ksef_record(row, invoice, session.reference,
-                                                                        session.kind, more))]
+                                                                        session.kind, more, qr_host=qr_host))]
             xml = upos.get(row.id)
             if xml is not None:
                 there = self.files.read_sent(stem, ".upo.xml")     # written before a crash: kept as it is
