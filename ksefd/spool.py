@@ -238,7 +238,9 @@ def read_bytes(path: str | Path) -> bytes:
 
 def read_fd(fd: int, size: int) -> bytes:
     """The rest of an open file whose size is `size`: asked for size + 1 bytes, then read on to the end (a file
-    that grew meanwhile is read whole): a buffer of the file's size, not of 1 MiB, for a file of a few kB."""
+    that grew meanwhile is read whole). Not in 1 MiB reads: the daemon serves every block of 256 KiB or more from
+    a mapping of its own (heap.fix_mmap_threshold), so each such buffer for a file of a few kB was an mmap, an
+    mremap to shrink it and a munmap, with its page faults: about three per invoice read (issue #16)."""
     chunks = []
     want = size + 1
     while chunk := os.read(fd, want):
