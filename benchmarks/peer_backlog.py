@@ -112,6 +112,19 @@ mostly those creations: on this machine creating a file costs 2-300 us of kernel
 the moment (an os.open(O_CREAT) loop: 86-300 us in /tmp and /var/tmp, 2-43 us in /work in the same minutes), while a
 rename, link or unlink costs 3-15 us and syncfs ~10 us per file flushed. That, more than syncfs, is why the kernel
 share swings from run to run.
+
+Measured 2026-12-07 08:47-09:08 UTC, main 2c1fda4 ("before", --daemon-root) against branch perf-cpu4 (QUEUED state
+files only after 2 s, SUBMITTING ones timed from the close, files read at their size, two result writers), sets of
+`--runs 3` one right after the other, load average 1.0-3.5: ksefd CPU per backlog invoice, median of 15 runs before
+1.64 ms (1.12-2.25), of 21 runs after 1.45 ms (1.29-1.84; the final code alone, 9 runs: 1.46); user time about
+0.95 -> 0.85 ms, the rest kernel, which swings 0.24-1.14 ms for the same code. perf showed why: a file's creation on
+this machine's ext4 goes through find_inode_bit -> recently_deleted (inodes freed in the last minutes are skipped,
+one inode-table block lookup each), ~12 % of the daemon's CPU, so its cost depends on what anyone deleted on the
+file system just before (the benchmark's own clean-up of the previous run among them). ksefd now creates 2 files
+per invoice (NAME.ksef.json's and NAME.upo.xml's temps) and frees none (was 3 created, 1 freed: the state file).
+strace per 1 000: futex 104 000 -> 79 000 (under strace), rename 2 681 -> 1 714, mremap 1 652 -> 615. 10 000
+backlog (`--only big`): before 24.71 s, 1.29 ms, 112 MB; after 24.01 s (22.83 s with two writers), 1.27 ms,
+112-116 MB, 0 x 429; simulator floor 18.3-19.2 s.
 """
 
 # ruff: noqa: ASYNC109, ASYNC240 - a benchmark driver: its file checks and timeouts are the measurement

@@ -226,6 +226,32 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = 
     return path
 
 
+def read_bytes(path: str | Path) -> bytes:
+    """A whole file's bytes by os.open/os.read: Path.read_bytes's buffered file adds an ioctl, an lseek and an io
+    object per file, for each of a backlog's invoices several times (issue #16)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        return read_fd(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def read_fd(fd: int, size: int) -> bytes:
+    """The rest of an open file whose size is `size`: asked for size + 1 bytes, then read on to the end (a file
+    that grew meanwhile is read whole). Not in 1 MiB reads: the daemon serves every block of 256 KiB or more from
+    a mapping of its own (heap.fix_mmap_threshold), so each such buffer for a file of a few kB was an mmap, an
+    mremap to shrink it and a munmap, with its page faults: about three per invoice read (issue #16)."""
+    chunks = []
+    want = size + 1
+    while chunk := os.read(fd, want):
+        chunks.append(chunk)
+        want = READ_ON
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+READ_ON = 1 << 16        # read_fd's reads past the size the file had when it was opened
+
+
 def same_content(path: Path, data: bytes) -> bool:
     try:
         return path.stat().st_size == len(data) and path.read_bytes() == data

@@ -242,3 +242,13 @@ def test_writers_cannot_tell_for_a_missing_file_or_a_link(tmp_path: Path) -> Non
     (tmp_path / "real.xml").write_bytes(b"x")
     (tmp_path / "link.xml").symlink_to(tmp_path / "real.xml")
     assert writers.open_for_writing(tmp_path / "link.xml") is None      # links are never followed
+
+
+def test_read_bytes_reads_a_whole_file_of_any_size(tmp_path: Path) -> None:
+    """spool.read_bytes (os-level, for a backlog's many reads): empty, one chunk, several chunks, a missing file."""
+    for size in (0, 10, (1 << 20) + 3):
+        data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        (tmp_path / "f").write_bytes(data)
+        assert spool.read_bytes(tmp_path / "f") == data and spool.read_bytes(str(tmp_path / "f")) == data
+    with pytest.raises(FileNotFoundError):
+        spool.read_bytes(tmp_path / "missing")

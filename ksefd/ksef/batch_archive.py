@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import io
+import os
 import tarfile
 import time
 import zipfile
@@ -103,7 +104,16 @@ def _check_name(name: str, seen: set[str]) -> None:
 
 def _content(invoice: BatchInvoice) -> bytes:
     if isinstance(invoice.content, Path):
-        return invoice.content.read_bytes()
+        # os-level, the file's size (+1, to see its end) at once: no buffered file object per invoice (issue #16)
+        fd = os.open(invoice.content, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            chunks, want = [], os.fstat(fd).st_size + 1
+            while chunk := os.read(fd, want):
+                chunks.append(chunk)
+                want = CHUNK
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        finally:
+            os.close(fd)
     return invoice.content
 
 

@@ -1,5 +1,6 @@
 """A closed batch's invoices say SUBMITTING in their state files only once KSeF takes longer than
-batch.SHOW_AFTER: a batch done sooner creates no state file per invoice that lives a second (issue #16)."""
+batch.SHOW_AFTER: a batch done sooner creates no state file per invoice that lives a second (issue #16). The same
+for QUEUED (ledger.SHOW_QUEUED_AFTER): a backlog taken into a batch at once never gets a state file at all."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ksefd.daemon.outbox import batch
+from ksefd.daemon.outbox import batch, ledger
 from ksefd.sim.config import SimConfig
 from ksefd.store import InvoiceState
 from tests.daemon.support import SELLER, drain, drop, invoice, invoice_rows, load, token_file, write_config
@@ -53,6 +54,7 @@ async def _states_seen(sim_factory: Any, http: aiohttp.ClientSession, folder: Pa
 async def test_a_batch_done_before_show_after_leaves_its_state_files_queued(
         sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(batch, "SHOW_AFTER", 30.0)
+    monkeypatch.setattr(ledger, "SHOW_QUEUED_AFTER", 0.0)
     seen = await _states_seen(sim_factory, http, tmp_path)
     assert "queued" in seen and "submitting" not in seen, seen
 
@@ -62,3 +64,10 @@ async def test_a_batch_ksef_works_on_longer_says_submitting_meanwhile(
     monkeypatch.setattr(batch, "SHOW_AFTER", 0.1)
     seen = await _states_seen(sim_factory, http, tmp_path)
     assert "submitting" in seen, seen
+
+
+async def test_a_backlog_taken_into_a_batch_at_once_never_says_queued(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch, "SHOW_AFTER", 30.0)       # QUEUED's own delay as by default (2 s)
+    seen = await _states_seen(sim_factory, http, tmp_path)
+    assert seen == set(), seen

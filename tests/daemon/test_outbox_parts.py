@@ -110,7 +110,9 @@ async def test_intake_alone_claims_checks_and_queues_or_rejects(tmp_path: Path) 
         assert rows["GOOD.xml"].state == S.QUEUED and rows["GOOD.xml"].invoice_number == "PARTS/1"
         assert rows["WRONG-SELLER.xml"].state == S.REJECTED
         assert (company.folders.rejected / "WRONG-SELLER.error.json").exists()
-        assert _state(company, "GOOD")["state"] == "queued" and ledger.dispatch_due.is_set()
+        assert _state(company, "GOOD") is None and ledger.dispatch_due.is_set()   # written once it has waited
+        await ledger.show_owed()                                                   # (ledger.SHOW_QUEUED_AFTER)
+        assert _state(company, "GOOD")["state"] == "queued"
         assert sorted(p.name for p in company.folders.outbox.iterdir()) == [".ksefd", "GOOD.state.json"]
 
 

@@ -18,7 +18,6 @@ import asyncio
 import dataclasses
 import secrets
 import shutil
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +46,7 @@ from ..failures import Failure, classify, next_attempt
 from .files import OutboxFiles
 from .ledger import Ledger
 from .outcomes import Outcomes
+from .showing import LateShow
 
 S = InvoiceState
 T = SessionState
@@ -66,12 +66,11 @@ CLOSE_GONE = frozenset({21208, 21205, 21157})     # the session was cancelled or
 # session unseen for up to a few seconds. Capped at 1 s, a 10 000-invoice session (~11 s) costs ~15 polls of
 # sessionMisc (120/min, 1200/h per context, PROTOCOL.md §14): a small share even with a batch every few minutes.
 POLL = BatchOptions(poll_first=0.2, poll_factor=1.25, poll_max=1.0, invoice_page_size=1000)
-# A closed batch's invoices get SUBMITTING state files only once KSeF has worked on it this long (wall seconds).
-# Until then their files still say QUEUED: an older state, as a crash may leave (files.py), and the batch's
-# results remove them. The state file is informational (DESIGN.md, the folder contract: the ERP reads the state
-# of an invoice that waits); SQLite holds the SUBMITTING step, committed before the upload, as before.
-# Written at once, a backlog created a new file per invoice that lived a second or two:
-# on ext4 a file's creation is its largest kernel cost (2-300 us measured on the shared 2-core machine, issue #16).
+# A closed batch's invoices get SUBMITTING state files only once KSeF has had it this long (wall seconds, from
+# the close; showing.py). Until then their files say QUEUED if they had waited long enough to get one
+# (ledger.SHOW_QUEUED_AFTER), else there is none yet: an older state, as a crash may leave (files.py), and the
+# batch's results remove them. The state file is informational (DESIGN.md, the folder contract: the ERP reads the
+# state of an invoice that waits); SQLite holds the SUBMITTING step, committed before the upload, as before.
 SHOW_AFTER = 2.0
 
 
@@ -217,35 +216,32 @@ class BatchRunner:
             session = await self.store.sessions.transition(session.id, T.CLOSING, T.CLOSED,
                                                            closed_at=self.ledger.now())
         closed()                # the next piece need not wait for this one's results (perf-big3)
-        async with self._reading:
-            return await self.track(session, (submitted, shown) if submitted else None)
-
-    async def _wait(self, session: SessionRow, show: tuple[list[InvoiceRow], dict[str, Any]] | None
-                    ) -> SessionStatus:
-        """KSeF's processing of the closed session; `show`: the invoices whose state files say SUBMITTING once
-        it takes longer than SHOW_AFTER, written beside the wait and stopped when it ends (before any result is
-        handled, so never after an invoice's end). Holds the rows meanwhile (a piece: 2 500, ~2 MB)."""
-        waiting = asyncio.ensure_future(self.sender.wait(session.reference))
-        stop = threading.Event()
-        showing: asyncio.Future[None] | None = None
+        # From the close on, also while the piece waits for its turn to be read (showing.py).
+        late = LateShow(self.ledger, submitted, shown, SHOW_AFTER) if submitted else None
         try:
-            if show is not None and not (await asyncio.wait({waiting}, timeout=SHOW_AFTER))[0]:
-                # Beside the wait, not before it: the results need not wait for a thousand state files.
-                showing = asyncio.ensure_future(self.ledger.show_many(*show, stop=stop))
+            async with self._reading:
+                return await self.track(session, late)
+        finally:
+            if late is not None:
+                await late.stop()
+
+    async def _wait(self, session: SessionRow, late: LateShow | None) -> SessionStatus:
+        """KSeF's processing of the closed session; `late`: the invoices' SUBMITTING state files, stopped when
+        the wait ends (before any result is handled, so never after an invoice's end)."""
+        waiting = asyncio.ensure_future(self.sender.wait(session.reference))
+        try:
             try:
                 return await waiting
             except KsefError:       # the session waits for a later round: its files say so meanwhile
-                if show is not None:
-                    await (showing or self.ledger.show_many(*show))
+                if late is not None:
+                    await late.show_all()
                 raise
         finally:
             waiting.cancel()        # cancelled meanwhile: the poll stops with us (a no-op once it is done)
-            stop.set()              # the rest keep QUEUED: no state file is written once results are handled
-            if showing is not None:
-                await showing
+            if late is not None:    # the rest keep what they said: no state file once results are handled
+                await late.stop()
 
-    async def track(self, session: SessionRow, show: tuple[list[InvoiceRow], dict[str, Any]] | None = None
-                    ) -> Failure | None:
+    async def track(self, session: SessionRow, late: LateShow | None = None) -> Failure | None:
         """The session's results a page of KSeF's list at a time (PROTOCOL.md §4.5, continuation tokens): each
         page's invoices are read by the ids their archive names carry (`entry_name`), so nothing proportional to
         the batch's size is held (a 10 000 backlog held its whole list and every row twice). One pipeline runs
@@ -254,10 +250,9 @@ class BatchRunner:
         every page). Invoices no page named are matched by hash among the entries whose names matched nothing
         (normally none), else handled as not processed."""
         try:
-            status = await self._wait(session, show)
+            status = await self._wait(session, late)
         except KsefError as exc:
             return classify_for_company(exc)
-        del show
         handled: set[int] = set()
         unmatched: list[SessionInvoice] = []
         failed: KsefError | None = None

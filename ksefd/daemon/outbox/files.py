@@ -38,6 +38,8 @@ class OutboxFiles:
         self.company = company
         self.folders = company.folders
         self._outbox = str(company.folders.outbox)      # state file names are built by the thousand
+        self._sent = str(company.folders.sent)
+        self.work_dir_name = str(work_dir)
         self.work_dir = work_dir
 
     def prepare(self) -> None:
@@ -88,7 +90,7 @@ class OutboxFiles:
         if row.work_path is None:
             return None
         try:
-            return Path(row.work_path).read_bytes()
+            return spool.read_bytes(row.work_path)
         except FileNotFoundError:
             return None
 
@@ -179,7 +181,7 @@ class OutboxFiles:
 
     def read_sent(self, stem: str, ending: str) -> bytes | None:
         try:
-            return (self.folders.sent / f"{stem}{ending}").read_bytes()
+            return spool.read_bytes(os.path.join(self._sent, f"{stem}{ending}"))
         except FileNotFoundError:
             return None
 

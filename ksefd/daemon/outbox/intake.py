@@ -105,7 +105,9 @@ class Intake:
         pokes this intake (watch.py); without it, this intake watches its own outbox."""
         failing = LastingFailure(self.log, "outbox.intake_failed")
         try:
-            await self.recheck(await self.store.invoices.in_state(self.company.name, S.CLAIMED, S.CHECKED))
+            rows = await self.store.invoices.in_state(self.company.name, S.CLAIMED, S.CHECKED, S.QUEUED)
+            self.ledger.show_later([r for r in rows if r.state == S.QUEUED])   # owed when a kill -9 came (ledger)
+            await self.recheck([r for r in rows if r.state != S.QUEUED])
             await self.adopt_orphans()
             await self.clear_stale_states()
         except Exception as exc:   # e.g. an unreadable orphan: logged, the loop below tries the outbox anyway
@@ -275,9 +277,6 @@ class Intake:
         refusal, never the chunk's (issue #15)."""
         return [_read_claimed(work, path.name) for path, work in taken]
 
-    async def _read(self, work: Path, name: str) -> _Claimed:
-        return await asyncio.to_thread(_read_claimed, work, name)
-
     async def adopt_orphans(self) -> None:
         """Working files without a row: claimed just before a crash. They continue as if just dropped; a
         working file whose invoice is already finished (crash before it was discarded) is discarded."""
@@ -294,7 +293,8 @@ class Intake:
                 path.unlink(missing_ok=True)
         if orphans:
             self.log.info("outbox.orphans_adopted", count=len(orphans))
-            await self._process([await self._read(p, self.files.original_name(p)) for p in orphans])
+            await self._process([await asyncio.to_thread(_read_claimed, p, self.files.original_name(p))
+                                 for p in orphans])
 
     async def clear_stale_states(self) -> None:
         """State files of invoices that finished just before a crash (the row was, the file not yet, updated)."""
@@ -359,7 +359,8 @@ class Intake:
                 await self._finish_row(row, item)
         good = [r for r, i in zip(rows, items, strict=True) if i.checked is not None]
         if good:
-            await self.ledger.move_many([r.id for r in good], S.CLAIMED, S.QUEUED, through=S.CHECKED, known=good)
+            await self.ledger.move_many([r.id for r in good], S.CLAIMED, S.QUEUED, through=S.CHECKED, known=good,
+                                        show_later=True)
 
     @staticmethod
     def _facts(item: _Claimed) -> dict[str, Any]:

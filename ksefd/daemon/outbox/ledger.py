@@ -6,7 +6,8 @@ writes an invoice's state itself. Each move is:
 
 1. the checked transition in SQLite (store/states.py refuses any step not in INVOICE_TRANSITIONS, and a
    stale `from` state raises StateConflict instead of overwriting);
-2. the invoice's `outbox/NAME.state.json` rewritten for the ERP (removed once the invoice is finished);
+2. the invoice's `outbox/NAME.state.json` rewritten for the ERP (removed once the invoice is finished); a new
+   invoice's QUEUED file only once it has waited SHOW_QUEUED_AFTER (`show_later`);
 3. a wake-up of the loop that acts next: the dispatcher for invoices waiting to be sent, the tracker for
    invoices KSeF is working on.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from ksefd.i18n import N_, _, translate
@@ -47,6 +48,12 @@ DISPATCHER_STATES = frozenset({S.QUEUED, S.DEFERRED, S.REJECTED, S.DONE, S.OFFLI
 # States an invoice may be issued offline from (the offline desk looks after a move into one of them).
 OFFLINE_DESK_STATES = frozenset({S.QUEUED, S.DEFERRED, S.HELD})
 TRACKER_STATES = frozenset({S.IN_DOUBT, S.PROCESSING, S.ACCEPTED, S.UPO_SAVED})
+# A new invoice's QUEUED state file is written only once it has waited this long (seconds): a backlog's invoices
+# are taken into a batch at once, and a state file per invoice that lived a second was a file created and
+# removed for nothing (on ext4 a creation is its largest kernel cost, 2-300 us, issue #16). The file is
+# informational (DESIGN.md, the folder contract: the ERP reads the state of an invoice that waits), as for a
+# batch's SUBMITTING files (batch.SHOW_AFTER); SQLite holds the step, committed at once as before.
+SHOW_QUEUED_AFTER = 2.0
 
 
 class Ledger:
@@ -60,6 +67,12 @@ class Ledger:
         self.dispatch_due = asyncio.Event()      # the dispatcher has something to look at
         self.track_due = asyncio.Event()         # the tracker has something to look at
         self.offline_due = asyncio.Event()       # the offline desk has something to look at (offline.py)
+        # QUEUED state files owed (`show_later`): invoice id -> its row. An entry leaves only under the lock,
+        # once its file is written (`_write_owed`) or once a move takes the invoice (`_claim`), so no owed
+        # file can land after a later state's file or after the invoice's end removed it.
+        self._owed: dict[int, InvoiceRow] = {}
+        self._owed_lock = threading.Lock()
+        self._owed_writes: set[asyncio.Future[None]] = set()
 
     # --- moves --------------------------------------------------------------------------------------
 
@@ -67,6 +80,7 @@ class Ledger:
                    from_state: InvoiceState | None = None, state_file: bool = True, **fields: Any) -> InvoiceRow:
         """One invoice from `from_state` (default: the row's) to `to_state`; `show` adds to its state file
         (`state_file=False`: a step the next one follows at once, so the file is written once)."""
+        self._claim([row.id])
         moved = await self.store.invoices.transition(row.id, from_state or row.state, to_state, **fields)
         if state_file:
             self._after([moved], show)
@@ -76,6 +90,7 @@ class Ledger:
 
     async def update(self, row: InvoiceRow, *, show: dict[str, Any] | None = None, **fields: Any) -> InvoiceRow:
         """Change an invoice's fields without a step (e.g. moved to a new session while SUBMITTING)."""
+        self._claim([row.id])
         updated = await self.store.invoices.update(row.id, row.state, **fields)
         self._after([updated], show)
         return updated
@@ -83,18 +98,22 @@ class Ledger:
     async def move_many(self, ids: Sequence[int], from_state: InvoiceState, to_state: InvoiceState, *,
                         show: dict[str, Any] | None = None, state_files: bool = True,
                         through: InvoiceState | None = None, known: Sequence[InvoiceRow] | None = None,
-                        **fields: Any) -> list[InvoiceRow]:
+                        show_later: bool = False, **fields: Any) -> list[InvoiceRow]:
         """A group in one commit; their state files are written in a worker thread (thousands of small file
         replacements must not stall the event loop). `state_files=False`: the caller finishes them at once.
         `through`: a step on the way, taken in the same commit (e.g. CLAIMED -> CHECKED -> QUEUED).
         `known`: the rows of `ids` as the caller has them, fresh (only its task writes them): the moved rows
-        are built from them instead of read back."""
+        are built from them instead of read back. `show_later`: their state files only if they still wait
+        SHOW_QUEUED_AFTER from now (a new invoice's QUEUED; `show_later`)."""
         if not ids:
             return []
+        self._claim(ids)
         states = [from_state, through, to_state] if through is not None else [from_state, to_state]
         moved = await self.store.invoices.transition_steps(list(ids), states, known=_fresh(known, from_state),
                                                            **fields)
-        if state_files:
+        if state_files and show_later and show is None:
+            self.show_later(moved)
+        elif state_files:
             await self._show_many(moved, show)
         self._wake(to_state)
         return moved
@@ -103,6 +122,7 @@ class Ledger:
                         to_state: InvoiceState, *, known: Sequence[InvoiceRow] | None = None) -> list[InvoiceRow]:
         """A group with fields of their own, in one commit; state files left as they are (the caller finishes
         the group at once, e.g. a batch's accepted invoices whose UPOs follow). `known`: as for move_many."""
+        self._claim(c.invoice_id for c in changes)
         moved = await self.store.invoices.transition_each(changes, from_state, to_state,
                                                           known=_fresh(known, from_state))
         self._wake(to_state)
@@ -112,11 +132,13 @@ class Ledger:
                         stop: threading.Event | None = None) -> None:
         """Rewrite many invoices' state files in a worker thread (after a `move_many(state_files=False)`).
         `stop`: once set, the rest are left as they are (the file being written is finished first)."""
+        self._claim(r.id for r in rows)
         if rows:
             await self._show_many(rows, extra, stop)
 
     def show(self, row: InvoiceRow, extra: dict[str, Any] | None = None) -> None:
         """Rewrite the invoice's state file (informational; a failure to write it is logged, not fatal)."""
+        self._claim([row.id])
         self._write_state(row, extra, self.now())
 
     # --- endings --------------------------------------------------------------------------------------
@@ -125,6 +147,7 @@ class Ledger:
                      from_state: InvoiceState | None = None) -> InvoiceRow:
         """rejected/NAME.xml (the bytes as received) + NAME.error.json first, then REJECTED in SQLite; a crash
         in between rewrites the same bytes at the next attempt."""
+        self._claim([row.id])
         data = self.files.read_work(row)
         stem = self.files.write_rejected(row.file_name, data if data is not None else b"", error)
         fields: dict[str, Any] = {"last_error": error, "result_name": stem}
@@ -144,6 +167,7 @@ class Ledger:
         goes to sent/ under the re-drop's own name (the bytes, the original's UPO, a NAME.ksef.json with
         `"redrop": true` pointing at the original), then CLAIMED -> REDROP. The stem is recorded in the row
         first, so a crash in the middle writes the same files again under the same stem."""
+        self._claim([row.id])
         stem = row.result_name or self.files.redrop_stem(row.file_name, original.result_name)
         if row.result_name is None:
             row = await self.store.invoices.update(row.id, row.state, result_name=stem)
@@ -172,6 +196,7 @@ class Ledger:
         """Sending was switched off: the claimed file goes back to outbox/ with its bytes untouched (a rename),
         then the row becomes RETURNED (never sent). A crash in between: the next start finds the row still
         waiting and its working file gone, and only marks it."""
+        self._claim([row.id])
         name = await asyncio.to_thread(self.files.give_back, row)
         returned = await self.store.invoices.transition(row.id, row.state, S.RETURNED, result_name=name,
                                                         detail={"reason": "send = false", "file": name})
@@ -192,6 +217,7 @@ class Ledger:
         `known`: as for move_many (only the ids, names and working paths of the finished rows are used)."""
         if not ids:
             return []
+        self._claim(ids)
         steps = [S.ACCEPTED, S.UPO_SAVED, S.DONE] if from_state == S.ACCEPTED else [from_state, S.DONE]
         done = await self.store.invoices.transition_steps(list(ids), steps, known=_fresh(known, from_state))
         await asyncio.to_thread(self.files.finished, done)
@@ -240,6 +266,51 @@ class Ledger:
         ids = await self.store.invoices.ids_in(self.company, [S.HELD])
         await self.move_many(ids, S.HELD, S.QUEUED, detail={"hold": "released"})
         return len(ids)
+
+    # --- QUEUED state files written late (SHOW_QUEUED_AFTER) ---------------------------------------------
+
+    def show_later(self, rows: Sequence[InvoiceRow]) -> None:
+        """These waiting invoices' state files, written once SHOW_QUEUED_AFTER has passed, for those no move
+        has taken meanwhile (a move writes or removes the file itself). Lost with a kill -9: the next start
+        owes them again (Intake.run), and `show_owed` writes what is still owed at a graceful stop."""
+        if not rows:
+            return
+        for row in rows:
+            self._owed[row.id] = row
+        ids = [row.id for row in rows]
+        asyncio.get_running_loop().call_later(SHOW_QUEUED_AFTER, self._show_due, ids)
+
+    def _show_due(self, ids: list[int]) -> None:
+        ids = [i for i in ids if i in self._owed]
+        if ids:
+            writing = asyncio.ensure_future(asyncio.to_thread(self._write_owed, ids, self.now()))
+            self._owed_writes.add(writing)
+            writing.add_done_callback(self._owed_writes.discard)
+
+    async def show_owed(self) -> None:
+        """A graceful stop: every state file still owed is written now (the invoices wait for the next start)."""
+        if self._owed:
+            await asyncio.to_thread(self._write_owed, list(self._owed), self.now())
+        if self._owed_writes:
+            await asyncio.wait(set(self._owed_writes))
+
+    def _write_owed(self, ids: list[int], now: dt.datetime) -> None:
+        for invoice_id in ids:
+            with self._owed_lock:
+                row = self._owed.get(invoice_id)
+                if row is not None:
+                    self._write_state(row, None, now)
+                    del self._owed[invoice_id]
+
+    def _claim(self, ids: Iterable[int]) -> None:
+        """These invoices' state files are the caller's from now on: their owed QUEUED files are dropped, and
+        one being written meanwhile is finished first (the lock: held only for one file), so it never lands after
+        what the caller writes or removes. Nothing owed (the usual case): nothing to do."""
+        if not self._owed:
+            return
+        with self._owed_lock:
+            for invoice_id in ids:
+                self._owed.pop(invoice_id, None)
 
     # --- internals ------------------------------------------------------------------------------------
 

@@ -49,12 +49,10 @@ def read_claimed(path: Path) -> bytes:
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     fd = os.open(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):       # swapped between lstat and open
-            raise NotAFile(spool.entry_kind(os.fstat(fd).st_mode))
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):       # swapped between lstat and open
+            raise NotAFile(spool.entry_kind(opened.st_mode))
+        return spool.read_fd(fd, opened.st_size)   # not in 1 MiB reads: each was an mmap of its own (read_fd)
     finally:
         os.close(fd)
 

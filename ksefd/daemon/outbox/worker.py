@@ -147,6 +147,7 @@ class OutboxWorker:
             group.create_task(self._track_loop(draining), name=f"track:{self.company.name}")
             group.create_task(self.offline.run(draining), name=f"offline:{self.company.name}")
         self._group = None
+        await self.ledger.show_owed()
 
     def wake(self) -> None:
         """Look at everything again now (e.g. at the start of the drain)."""
