@@ -164,3 +164,36 @@ async def test_concurrent_sends_share_commits_and_a_conflict_fails_only_its_own(
         moved = await asyncio.gather(*(group.move(Change(i, {"invoice_ref": f"R{i}"})) for i in ids[:3]))
         assert [r.invoice_ref for r in moved] == [f"R{i}" for i in ids[:3]] and group.commits == 2
         assert ledger.track_due.is_set()
+
+
+async def test_intents_and_answers_share_one_commit(tmp_path: Path) -> None:
+    """grouped.py, issue #16 goal 5: one committer carries both online steps, so the answers of some sends and the
+    intents of others arriving meanwhile go in ONE transaction (it was one each: two commits per round); rows
+    given as `known` are not read back, and each comes back in its own new state."""
+    clock = ManualClock(T0)
+    store = await Store.open(tmp_path / "state.sqlite3", clock)
+    async with store:
+        (tmp_path / "acme.token").write_text("unused\n")
+        company = load(write_config(tmp_path, "http://127.0.0.1:9/v2", [
+            {"name": "acme", "nip": SELLER, "token_file": "acme.token"}])).companies[0]
+        ledger = Ledger("acme", store, OutboxFiles(company, tmp_path / "work"), clock.now, LOG)
+        rows = []
+        for n in range(7):
+            row = await store.invoices.add("acme", f"FV-{n}.xml", f"h{n}", 1)
+            rows.extend(await store.invoices.transition_steps([row.id], [S.CLAIMED, S.CHECKED, S.QUEUED]))
+        sent = await store.invoices.transition_each([Change(r.id, {"mode": "online"}) for r in rows[:3]],
+                                                     S.QUEUED, S.SUBMITTING)
+        group = GroupedMove(ledger)
+        first = group.move(Change(rows[6].id, {"attempts": 1}), step=(S.QUEUED, S.SUBMITTING), known=rows[6])
+        moved = await asyncio.gather(first, *(
+            group.move(Change(r.id, {"invoice_ref": f"R{r.id}"}), step=(S.SUBMITTING, S.PROCESSING), known=r)
+            for r in sent), *(group.move(Change(r.id, {"attempts": 1}), step=(S.QUEUED, S.SUBMITTING), known=r)
+                              for r in rows[3:6]))
+        assert group.commits == 2          # the first alone, then three answers and three intents together
+        assert [r.state for r in moved] == [S.SUBMITTING] + [S.PROCESSING] * 3 + [S.SUBMITTING] * 3
+        assert [r.invoice_ref for r in moved[1:4]] == [f"R{r.id}" for r in sent]
+        stored = {r.id: r for r in await store.invoices.get_many([r.id for r in rows])}
+        assert [stored[r.id].state for r in moved] == [r.state for r in moved]
+        assert [stored[r.id].attempts for r in moved] == [r.attempts for r in moved] == [1, 0, 0, 0, 1, 1, 1]
+        with pytest.raises(ValueError):
+            await group.move(Change(rows[0].id))           # no step given, none set for the group
