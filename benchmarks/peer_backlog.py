@@ -8,6 +8,8 @@ Prints, each a median of --runs runs where it is a ratio:
   peak RSS (VmHWM);
 * online: M invoices (default 200), limits off: the peer sending one at a time (send, wait for the KSeF
   number, UPO to disk) against ksefd with every invoice online (`batch_threshold` above M);
+  `--processing-delay S` gives the simulator that `--processing-delay` (an online invoice then takes about 2 S
+  in statuses 100/150), to see the ratio when KSeF takes time per invoice (0, the default: the goal's figure);
 * drop -> KSeF number: p50 and p99 over D sequential drops (default 100) into a running daemon, default
   config (settle_seconds = 2 included: a file renamed in is taken at once);
 * big (only when asked): ksefd alone draining 10 000 invoices, production limits: wall, CPU, peak RSS, 429s,
@@ -20,8 +22,8 @@ Prints, each a median of --runs runs where it is a ratio:
   that window (the simulator runs in this process for that part, with a counting middleware).
 
     .venv/bin/python benchmarks/peer_backlog.py [--only backlog,online,latency,idle,big] [--runs 3]
-        [--invoices 1000] [--online 200] [--drops 100] [--companies 100] [--idle-seconds 60] [--big 10000]
-        [--floor-sessions 4] [--daemon-root DIR]
+        [--invoices 1000] [--online 200] [--processing-delay S] [--drops 100] [--companies 100]
+        [--idle-seconds 60] [--big 10000] [--floor-sessions 4] [--daemon-root DIR]
 
 The peer runs in its own process too (`--peer batch|online`), so both CPU figures are one process's own.
 Needs the optional dependency: `pip install -e '.[bench]'` (ksef-client 0.20.0). ksef-client refuses
@@ -482,14 +484,16 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-async def compare(limits: str, count: int, runs: int, mode: str, extra_sending: str) -> None:
+async def compare(limits: str, count: int, runs: int, mode: str, extra_sending: str,
+                  sim_options: tuple[str, ...] = ()) -> None:
     peer: list[dict[str, float]] = []
     ours: list[dict[str, float]] = []
     ratios: list[float] = []
     for run in range(runs):
         with tempfile.TemporaryDirectory(prefix="ksefd-peer-") as name:
             folder = Path(name)
-            sim, any_url = await start_simulator("--limits", limits, "--host", "0.0.0.0", log=folder / "sim.log")
+            sim, any_url = await start_simulator("--limits", limits, "--host", "0.0.0.0", *sim_options,
+                                                 log=folder / "sim.log")
             base_url = any_url.replace("0.0.0.0", "127.0.0.1")          # ksefd: plain http on loopback only
             try:
                 token = await new_token(base_url)
@@ -669,8 +673,10 @@ async def main(args: argparse.Namespace) -> None:
         print(f"backlog: {args.invoices} invoices, batch, production limits, every UPO on disk")
         await compare("production", args.invoices, args.runs, "batch", "")
     if "online" in parts:
-        print(f"online: {args.online} invoices, limits off, peer one at a time, ksefd all online")
-        await compare("off", args.online, args.runs, "online", f"batch_threshold = {args.online + 1}")
+        delay = f", KSeF's processing delay {args.processing_delay:g} s" if args.processing_delay else ""
+        print(f"online: {args.online} invoices, limits off, peer one at a time, ksefd all online{delay}")
+        await compare("off", args.online, args.runs, "online", f"batch_threshold = {args.online + 1}",
+                      ("--processing-delay", str(args.processing_delay)) if args.processing_delay else ())
     if "big" in parts:
         print(f"backlog of {args.big} invoices, production limits, ksefd only")
         await big_backlog(args.big, args.floor_sessions)
@@ -687,6 +693,9 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--invoices", type=int, default=1000)
     parser.add_argument("--online", type=int, default=200)
+    parser.add_argument("--processing-delay", type=float, default=0.0, metavar="S",
+                        help="--only online: the simulator's --processing-delay (seconds an invoice waits in "
+                             "status 100/150 before its verdict; 0, the default: none, the goal's figure)")
     parser.add_argument("--drops", type=int, default=100)
     parser.add_argument("--big", type=int, default=10_000, help="invoices for --only big")
     parser.add_argument("--floor-sessions", type=int, default=4,
