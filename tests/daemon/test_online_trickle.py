@@ -197,3 +197,53 @@ async def test_intents_and_answers_share_one_commit(tmp_path: Path) -> None:
         assert [stored[r.id].attempts for r in moved] == [r.attempts for r in moved] == [1, 0, 0, 0, 1, 1, 1]
         with pytest.raises(ValueError):
             await group.move(Change(rows[0].id))           # no step given, none set for the group
+
+
+async def test_answered_invoices_results_and_upos_are_placed_in_one_pass(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tracker.poll_processing, issue #16 goal 5: the UPOs fetched from the answers' links are written with the
+    group's NAME.ksef.json and sent/ copies, in one placing of the files (it was two: the UPOs in a second pass,
+    two more flushes and a thread hop per group), and the invoices are DONE with every result file."""
+    from ksefd import spool_group
+    _, _, config = await one_company(sim_factory, http, tmp_path)
+    company = config.companies[0]
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    store = await Store.open(tmp_path / "state.sqlite3", clock)
+    files = OutboxFiles(company, company.folders.outbox / ".ksefd")
+    files.prepare()
+    ledger = Ledger(company.name, store, files, clock.now, LOG)
+    system = SystemClock()
+    runtime = Runtime(config, store, system, RateLimiter(now=lambda: system.now().timestamp(), sleep=system.sleep))
+    placed: list[int] = []
+    real_place = spool_group.place
+
+    def place(staged: Any) -> list[bool]:
+        placed.append(len(staged))
+        return real_place(staged)
+
+    try:
+        connection = CompanyConnection(runtime, company)
+        assert await connection.ready() is None
+        outcomes = Outcomes(company, ledger, files, connection, LOG)
+        channel = OnlineChannel(company, ledger, outcomes, files, connection, LOG)
+        tracker = Tracker(company.name, ledger, outcomes, channel, connection, LOG)
+        ids = []
+        for number in range(3):
+            work = files.new_work_path(f"FV-{number}.xml")
+            work.write_bytes(invoice(f"ONEPASS/{number}"))
+            row = await store.invoices.add("acme", f"FV-{number}.xml", f"h{number}", 1, work_path=str(work))
+            row = await ledger.move(await ledger.move(row, S.CHECKED), S.QUEUED)
+            assert await channel.send(row) is None
+            ids.append(row.id)
+        clock.advance(START)
+        monkeypatch.setattr(spool_group, "place", place)
+        assert await tracker.step() is None
+        assert placed == [6]                 # 3 x (NAME.ksef.json + NAME.upo.xml), once
+        assert [r.state for r in await store.invoices.get_many(ids)] == [S.DONE] * 3
+        sent = company.folders.sent
+        assert len(list(sent.glob("FV-*.upo.xml"))) == len(list(sent.glob("FV-*.ksef.json"))) == 3
+        assert len(await store.sessions.upos((await store.invoices.get_many(ids))[0].session_id or 0)) == 3
+        await channel.close_current("test")
+    finally:
+        await runtime.close_clients()
+        await store.close()
