@@ -235,6 +235,7 @@ async def test_answered_invoices_results_and_upos_are_placed_in_one_pass(
             row = await ledger.move(await ledger.move(row, S.CHECKED), S.QUEUED)
             assert await channel.send(row) is None
             ids.append(row.id)
+        assert channel.steps.commits == 6         # each send's intent and answer, through the one committer
         clock.advance(START)
         monkeypatch.setattr(spool_group, "place", place)
         assert await tracker.step() is None

@@ -59,7 +59,7 @@ class OnlineChannel:
         self._sender: OnlineSender | None = None
         # Concurrent sends' steps, intents and answers alike, share commits (grouped.py); no state file for
         # either (module docstring).
-        self._steps = GroupedMove(ledger)
+        self.steps = GroupedMove(ledger)
         # What each send saw, for the availability monitor (None: KSeF answered). Set by the worker.
         self.observe: Callable[[Failure | None], None] = lambda failure: None
 
@@ -101,7 +101,7 @@ class OnlineChannel:
                 # No state file for SUBMITTING and PROCESSING (module docstring): both usually last milliseconds,
                 # and rewriting NAME.state.json twice per invoice on the event loop was a fifth of the trickle's
                 # time (issue #16).
-                current[0] = await self._steps.move(Change(
+                current[0] = await self.steps.move(Change(
                     current[0].id, {"session_id": session_row.id, "mode": "online", "attempts": row.attempts + 1,
                                     "next_attempt_at": None}, {"session": session.reference_number}),
                     step=(current[0].state, S.SUBMITTING), known=current[0])
@@ -127,7 +127,7 @@ class OnlineChannel:
                 self.in_flight[session_id] -= 1
             self.last_used = self.ledger.now()
         self.observe(None)
-        await self._steps.move(Change(current[0].id, {"invoice_ref": sent.reference_number, "status_code": 100},
+        await self.steps.move(Change(current[0].id, {"invoice_ref": sent.reference_number, "status_code": 100},
                                       {"reference": sent.reference_number}),
                                step=(S.SUBMITTING, S.PROCESSING), known=current[0])
         return None
