@@ -59,6 +59,23 @@ send, about five status questions (at once, then after 0.2, 0.4 ... s, so result
 NAME.state.json rewritten twice on the event loop, a commit per step per invoice, four sends at once, and full
 GC passes over the start-up objects.
 
+Online, perf-online4 against main 2c1fda4 ("before", `--daemon-root`), 2026-12-07 08:57-09:05 UTC, load average
+1.6-3.4 (others' work running). Two pairs of `--only online,latency --runs 3` (after, before, before, after):
+online 200 ksefd CPU 3.05 / 3.40 ms after, 2.95 / 3.05 ms before (ratio to the peer 0.45x, 0.42x against 0.28x,
+0.40x): at 200 invoices (0.6 s of CPU) the noise is larger than the change. Drop -> KSeF number p50 / p99: 31 / 241
+and 43 / 231 ms after, 33 / 234 and 34 / 233 ms before. 600 invoices, ksefd alone, 5 alternations: 2.95 against
+3.20 ms CPU per invoice (medians; lower in each of the 5 pairs). System calls per invoice (`KSEFD_BENCH_STRACE`, 600,
+one run each): 272 against 380; futex 118 against 198, fdatasync 0.5 against 0.8, the event loop's self-pipe
+wake-ups about 5 against 8. SQLite round trips of the sends' two steps: 2.0 per invoice against 5.0 (one committer
+for intents and answers, rows not read back). What is left per online invoice: the rate limiter's journal (about
+2 SQLite round trips, 7 per flush with the two PRAGMA synchronous switches), the QUEUED state file written at intake
+and removed at the end (about 0.4 ms, mostly kernel: perf-cpu4 shows it after 2 s), three HTTP requests (send,
+status, UPO; about 0.2 ms each in aiohttp and the transport).
+`--processing-delay` (KSeF takes that long twice per invoice before its verdict; extra information, not the goal's
+figure), one run each, after: 0.1 s: peer 44.32 s, ksefd 1.18 s (0.03x), ksefd 2.70 ms CPU per invoice (before in the
+next run: 1.17 s, 3.15 ms); 0.5 s: peer 203.52 s, ksefd 1.97 s (0.01x), 4.05 ms (more status questions and the
+"in KSeF" state files of invoices that take longer).
+
 Measured 2026-12-07 00:45-00:48 UTC, branch perf-backlog (group flushes, paged batch results, heap given back)
 then main (ff6d364) right after it, same machine, load average 3.1-3.7 (7.3 at the end of main's big run):
                                       main                      perf-backlog
