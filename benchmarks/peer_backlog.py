@@ -8,6 +8,8 @@ Prints, each a median of --runs runs where it is a ratio:
   peak RSS (VmHWM);
 * online: M invoices (default 200), limits off: the peer sending one at a time (send, wait for the KSeF
   number, UPO to disk) against ksefd with every invoice online (`batch_threshold` above M);
+  `--processing-delay S` gives the simulator that `--processing-delay` (an online invoice then takes about 2 S
+  in statuses 100/150), to see the ratio when KSeF takes time per invoice (0, the default: the goal's figure);
 * drop -> KSeF number: p50 and p99 over D sequential drops (default 100) into a running daemon, default
   config (settle_seconds = 2 included: a file renamed in is taken at once);
 * big (only when asked): ksefd alone draining 10 000 invoices, production limits: wall, CPU, peak RSS, 429s,
@@ -20,8 +22,8 @@ Prints, each a median of --runs runs where it is a ratio:
   that window (the simulator runs in this process for that part, with a counting middleware).
 
     .venv/bin/python benchmarks/peer_backlog.py [--only backlog,online,latency,idle,big] [--runs 3]
-        [--invoices 1000] [--online 200] [--drops 100] [--companies 100] [--idle-seconds 60] [--big 10000]
-        [--floor-sessions 4] [--daemon-root DIR]
+        [--invoices 1000] [--online 200] [--processing-delay S] [--drops 100] [--companies 100]
+        [--idle-seconds 60] [--big 10000] [--floor-sessions 4] [--daemon-root DIR]
 
 The peer runs in its own process too (`--peer batch|online`), so both CPU figures are one process's own.
 Needs the optional dependency: `pip install -e '.[bench]'` (ksef-client 0.20.0). ksef-client refuses
@@ -56,6 +58,23 @@ script) while ksefd stayed at 3.2-3.5 s. ksefd's own costs per online invoice we
 send, about five status questions (at once, then after 0.2, 0.4 ... s, so results came in clumps every ~0.45 s),
 NAME.state.json rewritten twice on the event loop, a commit per step per invoice, four sends at once, and full
 GC passes over the start-up objects.
+
+Online, perf-online4 against main 2c1fda4 ("before", `--daemon-root`), 2026-12-07 08:57-09:05 UTC, load average
+1.6-3.4 (others' work running). Two pairs of `--only online,latency --runs 3` (after, before, before, after):
+online 200 ksefd CPU 3.05 / 3.40 ms after, 2.95 / 3.05 ms before (ratio to the peer 0.45x, 0.42x against 0.28x,
+0.40x): at 200 invoices (0.6 s of CPU) the noise is larger than the change. Drop -> KSeF number p50 / p99: 31 / 241
+and 43 / 231 ms after, 33 / 234 and 34 / 233 ms before. 600 invoices, ksefd alone, 5 alternations: 2.95 against
+3.20 ms CPU per invoice (medians; lower in each of the 5 pairs). System calls per invoice (`KSEFD_BENCH_STRACE`, 600,
+one run each): 272 against 380; futex 118 against 198, fdatasync 0.5 against 0.8, the event loop's self-pipe
+wake-ups about 5 against 8. SQLite round trips of the sends' two steps: 2.0 per invoice against 5.0 (one committer
+for intents and answers, rows not read back). What is left per online invoice: the rate limiter's journal (about
+2 SQLite round trips, 7 per flush with the two PRAGMA synchronous switches), the QUEUED state file written at intake
+and removed at the end (about 0.4 ms, mostly kernel: perf-cpu4 shows it after 2 s), three HTTP requests (send,
+status, UPO; about 0.2 ms each in aiohttp and the transport).
+`--processing-delay` (KSeF takes that long twice per invoice before its verdict; extra information, not the goal's
+figure), one run each, after: 0.1 s: peer 44.32 s, ksefd 1.18 s (0.03x), ksefd 2.70 ms CPU per invoice (before in the
+next run: 1.17 s, 3.15 ms); 0.5 s: peer 203.52 s, ksefd 1.97 s (0.01x), 4.05 ms (more status questions and the
+"in KSeF" state files of invoices that take longer).
 
 Measured 2026-12-07 00:45-00:48 UTC, branch perf-backlog (group flushes, paged batch results, heap given back)
 then main (ff6d364) right after it, same machine, load average 3.1-3.7 (7.3 at the end of main's big run):
@@ -495,14 +514,16 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-async def compare(limits: str, count: int, runs: int, mode: str, extra_sending: str) -> None:
+async def compare(limits: str, count: int, runs: int, mode: str, extra_sending: str,
+                  sim_options: tuple[str, ...] = ()) -> None:
     peer: list[dict[str, float]] = []
     ours: list[dict[str, float]] = []
     ratios: list[float] = []
     for run in range(runs):
         with tempfile.TemporaryDirectory(prefix="ksefd-peer-") as name:
             folder = Path(name)
-            sim, any_url = await start_simulator("--limits", limits, "--host", "0.0.0.0", log=folder / "sim.log")
+            sim, any_url = await start_simulator("--limits", limits, "--host", "0.0.0.0", *sim_options,
+                                                 log=folder / "sim.log")
             base_url = any_url.replace("0.0.0.0", "127.0.0.1")          # ksefd: plain http on loopback only
             try:
                 token = await new_token(base_url)
@@ -682,8 +703,10 @@ async def main(args: argparse.Namespace) -> None:
         print(f"backlog: {args.invoices} invoices, batch, production limits, every UPO on disk")
         await compare("production", args.invoices, args.runs, "batch", "")
     if "online" in parts:
-        print(f"online: {args.online} invoices, limits off, peer one at a time, ksefd all online")
-        await compare("off", args.online, args.runs, "online", f"batch_threshold = {args.online + 1}")
+        delay = f", KSeF's processing delay {args.processing_delay:g} s" if args.processing_delay else ""
+        print(f"online: {args.online} invoices, limits off, peer one at a time, ksefd all online{delay}")
+        await compare("off", args.online, args.runs, "online", f"batch_threshold = {args.online + 1}",
+                      ("--processing-delay", str(args.processing_delay)) if args.processing_delay else ())
     if "big" in parts:
         print(f"backlog of {args.big} invoices, production limits, ksefd only")
         await big_backlog(args.big, args.floor_sessions)
@@ -700,6 +723,9 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--invoices", type=int, default=1000)
     parser.add_argument("--online", type=int, default=200)
+    parser.add_argument("--processing-delay", type=float, default=0.0, metavar="S",
+                        help="--only online: the simulator's --processing-delay (seconds an invoice waits in "
+                             "status 100/150 before its verdict; 0, the default: none, the goal's figure)")
     parser.add_argument("--drops", type=int, default=100)
     parser.add_argument("--big", type=int, default=10_000, help="invoices for --only big")
     parser.add_argument("--floor-sessions", type=int, default=4,

@@ -294,38 +294,49 @@ class InvoiceRepo:
         """Like `transition_many`, but each invoice with its own fields and audit detail (e.g. every
         accepted invoice of a batch with its KSeF number): all or nothing, one commit. `known`: as for
         `transition_steps`."""
-        if to_state not in INVOICE_TRANSITIONS[from_state]:
-            raise IllegalTransition(f"an invoice cannot go from {from_state} to {to_state}")
-        ids = [c.invoice_id for c in changes]
-        _check_known(known, ids, from_state)
+        return (await self.transition_groups([(changes, from_state, to_state, known)]))[0]
+
+    async def transition_groups(self, groups: Sequence[tuple[Sequence[Change], InvoiceState, InvoiceState,
+                                                            Sequence[InvoiceRow] | None]]) -> list[list[InvoiceRow]]:
+        """Several `transition_each` groups, each with its own step (changes, from, to, known), all or nothing
+        in ONE commit (issue #16: concurrent online sends' intents and answers share a commit, grouped.py)."""
+        ids = [c.invoice_id for changes, *_ in groups for c in changes]
         if len(set(ids)) != len(ids):
             raise StoreError("transition_each: an invoice id is listed twice")
+        for changes, from_state, to_state, known in groups:
+            if to_state not in INVOICE_TRANSITIONS[from_state]:
+                raise IllegalTransition(f"an invoice cannot go from {from_state} to {to_state}")
+            _check_known(known, [c.invoice_id for c in changes], from_state)
         now = self._now()
         at = db_time(now)
-        statements: dict[str, list[tuple[Any, ...]]] = {}     # one executemany per set of columns changed
-        for change in changes:
-            sets, values = assignments(change.fields, FIELDS, "invoice")
-            statements.setdefault(sets, []).append((to_state.value, at, *values, change.invoice_id,
-                                                    from_state.value))
+        answer: list[list[InvoiceRow]] = []
+        audit: list[dict[str, Any]] = []
         async with self._db.transaction() as conn:
-            for sets, params in statements.items():
-                cursor = await conn.executemany(
-                    f"UPDATE invoices SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?", params)
-                if cursor.rowcount != len(params):
-                    for *_, invoice_id, _ in params:   # name the first one that was not where the caller thought
-                        actual = await self._state(conn, invoice_id)
-                        if actual != to_state.value:
-                            raise StateConflict("invoice", invoice_id, [from_state], actual)
-                    raise StateConflict("invoice", params[0][-2], [from_state], to_state.value)
-            if known is None:
-                rows = await self._get_many(conn, ids)
-            else:
-                rows = _as_written(known, to_state, now, [c.fields for c in changes])
-            await events.record_many(conn, [
-                dict(at=now, kind="invoice", company=r.company, invoice_id=r.id, session_id=r.session_id,
-                     from_state=from_state, to_state=to_state, detail=c.detail)
-                for r, c in zip(rows, changes, strict=True)])
-        return rows
+            for changes, from_state, to_state, known in groups:
+                statements: dict[str, list[tuple[Any, ...]]] = {}     # one executemany per set of columns changed
+                for change in changes:
+                    sets, values = assignments(change.fields, FIELDS, "invoice")
+                    statements.setdefault(sets, []).append((to_state.value, at, *values, change.invoice_id,
+                                                            from_state.value))
+                for sets, params in statements.items():
+                    cursor = await conn.executemany(
+                        f"UPDATE invoices SET state = ?, updated_at = ?{sets} WHERE id = ? AND state = ?", params)
+                    if cursor.rowcount != len(params):
+                        for *_, invoice_id, _ in params:   # name the first one that was not where the caller thought
+                            actual = await self._state(conn, invoice_id)
+                            if actual != to_state.value:
+                                raise StateConflict("invoice", invoice_id, [from_state], actual)
+                        raise StateConflict("invoice", params[0][-2], [from_state], to_state.value)
+                if known is None:
+                    rows = await self._get_many(conn, [c.invoice_id for c in changes])
+                else:
+                    rows = _as_written(known, to_state, now, [c.fields for c in changes])
+                answer.append(rows)
+                audit.extend(dict(at=now, kind="invoice", company=r.company, invoice_id=r.id, session_id=r.session_id,
+                                  from_state=from_state, to_state=to_state, detail=c.detail)
+                             for r, c in zip(rows, changes, strict=True))
+            await events.record_many(conn, audit)
+        return answer
 
     async def update(self, invoice_id: int, state: InvoiceState, *, detail: Any = None,
                      **fields: Any) -> InvoiceRow:

@@ -164,3 +164,87 @@ async def test_concurrent_sends_share_commits_and_a_conflict_fails_only_its_own(
         moved = await asyncio.gather(*(group.move(Change(i, {"invoice_ref": f"R{i}"})) for i in ids[:3]))
         assert [r.invoice_ref for r in moved] == [f"R{i}" for i in ids[:3]] and group.commits == 2
         assert ledger.track_due.is_set()
+
+
+async def test_intents_and_answers_share_one_commit(tmp_path: Path) -> None:
+    """grouped.py, issue #16 goal 5: one committer carries both online steps, so the answers of some sends and the
+    intents of others arriving meanwhile go in ONE transaction (it was one each: two commits per round); rows
+    given as `known` are not read back, and each comes back in its own new state."""
+    clock = ManualClock(T0)
+    store = await Store.open(tmp_path / "state.sqlite3", clock)
+    async with store:
+        (tmp_path / "acme.token").write_text("unused\n")
+        company = load(write_config(tmp_path, "http://127.0.0.1:9/v2", [
+            {"name": "acme", "nip": SELLER, "token_file": "acme.token"}])).companies[0]
+        ledger = Ledger("acme", store, OutboxFiles(company, tmp_path / "work"), clock.now, LOG)
+        rows = []
+        for n in range(7):
+            row = await store.invoices.add("acme", f"FV-{n}.xml", f"h{n}", 1)
+            rows.extend(await store.invoices.transition_steps([row.id], [S.CLAIMED, S.CHECKED, S.QUEUED]))
+        sent = await store.invoices.transition_each([Change(r.id, {"mode": "online"}) for r in rows[:3]],
+                                                     S.QUEUED, S.SUBMITTING)
+        group = GroupedMove(ledger)
+        first = group.move(Change(rows[6].id, {"attempts": 1}), step=(S.QUEUED, S.SUBMITTING), known=rows[6])
+        moved = await asyncio.gather(first, *(
+            group.move(Change(r.id, {"invoice_ref": f"R{r.id}"}), step=(S.SUBMITTING, S.PROCESSING), known=r)
+            for r in sent), *(group.move(Change(r.id, {"attempts": 1}), step=(S.QUEUED, S.SUBMITTING), known=r)
+                              for r in rows[3:6]))
+        assert group.commits == 2          # the first alone, then three answers and three intents together
+        assert [r.state for r in moved] == [S.SUBMITTING] + [S.PROCESSING] * 3 + [S.SUBMITTING] * 3
+        assert [r.invoice_ref for r in moved[1:4]] == [f"R{r.id}" for r in sent]
+        stored = {r.id: r for r in await store.invoices.get_many([r.id for r in rows])}
+        assert [stored[r.id].state for r in moved] == [r.state for r in moved]
+        assert [stored[r.id].attempts for r in moved] == [r.attempts for r in moved] == [1, 0, 0, 0, 1, 1, 1]
+        with pytest.raises(ValueError):
+            await group.move(Change(rows[0].id))           # no step given, none set for the group
+
+
+async def test_answered_invoices_results_and_upos_are_placed_in_one_pass(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tracker.poll_processing, issue #16 goal 5: the UPOs fetched from the answers' links are written with the
+    group's NAME.ksef.json and sent/ copies, in one placing of the files (it was two: the UPOs in a second pass,
+    two more flushes and a thread hop per group), and the invoices are DONE with every result file."""
+    from ksefd import spool_group
+    _, _, config = await one_company(sim_factory, http, tmp_path)
+    company = config.companies[0]
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    store = await Store.open(tmp_path / "state.sqlite3", clock)
+    files = OutboxFiles(company, company.folders.outbox / ".ksefd")
+    files.prepare()
+    ledger = Ledger(company.name, store, files, clock.now, LOG)
+    system = SystemClock()
+    runtime = Runtime(config, store, system, RateLimiter(now=lambda: system.now().timestamp(), sleep=system.sleep))
+    placed: list[int] = []
+    real_place = spool_group.place
+
+    def place(staged: Any) -> list[bool]:
+        placed.append(len(staged))
+        return real_place(staged)
+
+    try:
+        connection = CompanyConnection(runtime, company)
+        assert await connection.ready() is None
+        outcomes = Outcomes(company, ledger, files, connection, LOG)
+        channel = OnlineChannel(company, ledger, outcomes, files, connection, LOG)
+        tracker = Tracker(company.name, ledger, outcomes, channel, connection, LOG)
+        ids = []
+        for number in range(3):
+            work = files.new_work_path(f"FV-{number}.xml")
+            work.write_bytes(invoice(f"ONEPASS/{number}"))
+            row = await store.invoices.add("acme", f"FV-{number}.xml", f"h{number}", 1, work_path=str(work))
+            row = await ledger.move(await ledger.move(row, S.CHECKED), S.QUEUED)
+            assert await channel.send(row) is None
+            ids.append(row.id)
+        assert channel.steps.commits == 6         # each send's intent and answer, through the one committer
+        clock.advance(START)
+        monkeypatch.setattr(spool_group, "place", place)
+        assert await tracker.step() is None
+        assert placed == [6]                 # 3 x (NAME.ksef.json + NAME.upo.xml), once
+        assert [r.state for r in await store.invoices.get_many(ids)] == [S.DONE] * 3
+        sent = company.folders.sent
+        assert len(list(sent.glob("FV-*.upo.xml"))) == len(list(sent.glob("FV-*.ksef.json"))) == 3
+        assert len(await store.sessions.upos((await store.invoices.get_many(ids))[0].session_id or 0)) == 3
+        await channel.close_current("test")
+    finally:
+        await runtime.close_clients()
+        await store.close()

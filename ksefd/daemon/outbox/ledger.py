@@ -128,6 +128,16 @@ class Ledger:
         self._wake(to_state)
         return moved
 
+    async def move_groups(self, groups: Sequence[tuple[Sequence[Change], InvoiceState, InvoiceState,
+                                                       Sequence[InvoiceRow] | None]]) -> list[list[InvoiceRow]]:
+        """Several `move_each` groups, each with its own step, in ONE commit (online sends, grouped.py)."""
+        moved = await self.store.invoices.transition_groups(
+            [(changes, from_state, to_state, _fresh(known, from_state)) for changes, from_state, to_state, known
+             in groups])
+        for group in groups:
+            self._wake(group[2])
+        return moved
+
     async def show_many(self, rows: list[InvoiceRow], extra: dict[str, Any] | None = None, *,
                         stop: threading.Event | None = None) -> None:
         """Rewrite many invoices' state files in a worker thread (after a `move_many(state_files=False)`).

@@ -57,9 +57,9 @@ class OnlineChannel:
         self._lock = asyncio.Lock()
         self._closing: set[int] = set()
         self._sender: OnlineSender | None = None
-        # Concurrent sends' steps share commits (grouped.py); no state file for either (module docstring).
-        self._submitting = {state: GroupedMove(ledger, state, S.SUBMITTING) for state in (S.QUEUED, S.OFFLINE)}
-        self._processing = GroupedMove(ledger, S.SUBMITTING, S.PROCESSING)
+        # Concurrent sends' steps, intents and answers alike, share commits (grouped.py); no state file for
+        # either (module docstring).
+        self.steps = GroupedMove(ledger)
         # What each send saw, for the availability monitor (None: KSeF answered). Set by the worker.
         self.observe: Callable[[Failure | None], None] = lambda failure: None
 
@@ -101,9 +101,10 @@ class OnlineChannel:
                 # No state file for SUBMITTING and PROCESSING (module docstring): both usually last milliseconds,
                 # and rewriting NAME.state.json twice per invoice on the event loop was a fifth of the trickle's
                 # time (issue #16).
-                current[0] = await self._submitting[current[0].state].move(Change(
+                current[0] = await self.steps.move(Change(
                     current[0].id, {"session_id": session_row.id, "mode": "online", "attempts": row.attempts + 1,
-                                    "next_attempt_at": None}, {"session": session.reference_number}))
+                                    "next_attempt_at": None}, {"session": session.reference_number}),
+                    step=(current[0].state, S.SUBMITTING), known=current[0])
             else:   # the client moved it to a new session (21184/21180/21155: not taken by the old one)
                 current[0] = await self.ledger.update(current[0], show=shown, session_id=session_row.id,
                                                       detail={"movedTo": session.reference_number})
@@ -126,8 +127,9 @@ class OnlineChannel:
                 self.in_flight[session_id] -= 1
             self.last_used = self.ledger.now()
         self.observe(None)
-        await self._processing.move(Change(current[0].id, {"invoice_ref": sent.reference_number, "status_code": 100},
-                                           {"reference": sent.reference_number}))
+        await self.steps.move(Change(current[0].id, {"invoice_ref": sent.reference_number, "status_code": 100},
+                                      {"reference": sent.reference_number}),
+                               step=(S.SUBMITTING, S.PROCESSING), known=current[0])
         return None
 
     async def _failed(self, row: InvoiceRow, exc: KsefError, corrected_hash: str | None = None) -> Failure | None:

@@ -142,9 +142,9 @@ class Tracker:
         self._polls.pop(-row.id, None)
 
     async def poll_processing(self) -> None:
-        """Every due PROCESSING invoice: its status (a few at once, POLL_CONCURRENCY), then the accepted ones
-        of a session as one group, as a batch's are (outcomes.accept_many: result files written in threads,
-        one fsync of sent/, one commit; then their UPOs fetched a few at once, one commit for them all). One
+        """Every due PROCESSING invoice: its status and its UPO from the answer's link (a few at once,
+        POLL_CONCURRENCY), then the accepted ones of a session as one group, as a batch's are
+        (outcomes.accept_many: result files and UPOs written in threads, one flush of the files, one commit). One
         at a time, a trickle of many invoices waited on each one's round trips and commits in turn. The first
         KsefError is raised once the rest is done, as step() expects."""
         ids = await self.store.invoices.ids_in(self.company, [S.PROCESSING], "online")
@@ -189,7 +189,13 @@ class Tracker:
             for session_id, items in accepted.items():
                 owner = await self.session(session_id)
                 assert owner is not None
-                await self._upos(await self.outcomes.accept_many(items, owner), upos)
+                # The UPOs fetched with the answers go with the other result files, in the same flushes and
+                # thread hop (outcomes.accept_many, as a batch's do; issue #16: a second pass was two more syncfs
+                # and a hop per group); only those missing are fetched again.
+                group = await self.outcomes.accept_many(items, owner, {row.id: upos[row.id] for row, _ in items
+                                                                       if row.id in upos})
+                await self.outcomes.finish([item.row for item in group if item.upo_saved])
+                await self._upos([item for item in group if not item.upo_saved])
         finally:
             self.outcomes.forget_listings()
         if errors:
@@ -233,6 +239,8 @@ class Tracker:
         """The UPOs of a group of accepted invoices; one commit for those fetched, the others stay ACCEPTED
         and finish_accepted tries them again later."""
         fetched: list[tuple[InvoiceRow, bytes]] = []
+        if not accepted:
+            return
 
         async def fetch(item: Accepted) -> None:
             try:
