@@ -519,29 +519,14 @@ async def compare(limits: str, count: int, runs: int, mode: str, extra_sending: 
     peer: list[dict[str, float]] = []
     ours: list[dict[str, float]] = []
     ratios: list[float] = []
-    for run in range(runs):
-        with tempfile.TemporaryDirectory(prefix="ksefd-peer-") as name:
-            folder = Path(name)
-            sim, any_url = await start_simulator("--limits", limits, "--host", "0.0.0.0", *sim_options,
-                                                 log=folder / "sim.log")
-            base_url = any_url.replace("0.0.0.0", "127.0.0.1")          # ksefd: plain http on loopback only
-            try:
-                token = await new_token(base_url)
-                invoices = write_invoices(folder, count, f"P{run}")
-                (folder / "peer" / "in").mkdir(parents=True)
-                for n, data in enumerate(invoices):
-                    (folder / "peer" / "in" / f"FV-{n:05d}.xml").write_bytes(data)
-                p = await run_peer(mode, any_url.replace("0.0.0.0", own_address()), token, folder / "peer")
-                k = await ksefd_drain(base_url, token, folder / "ksefd",
-                                      write_invoices(folder, count, f"K{run}"), extra_sending=extra_sending)
-            finally:
-                sim.terminate()
-                await sim.wait()
-        peer.append(p)
-        ours.append(k)
-        ratios.append(k["wall"] / p["wall"])
-        print(f"  run {run + 1}: peer {p['wall']:.2f} s, ksefd {k['wall']:.2f} s ({ratios[-1]:.2f}x), ksefd CPU "
-              f"{k['cpu_ms'] / count:.2f} ms/invoice ({k['sys_ms'] / count:.2f} in the kernel)", flush=True)
+    # Every run's files stay until the last run has ended: removing a run's ~5 000 files right before the next run
+    # made that run's file creations slow (ext4 skips inodes freed in the last ~30 s, reading each one's block:
+    # `recently_deleted`), so the kernel share grew run after run (0.28, 0.58, 1.10 ms per invoice) with the
+    # benchmark's own clean-up, which neither side does when it works.
+    with tempfile.TemporaryDirectory(prefix="ksefd-peer-") as kept:
+        for run in range(runs):
+            await _compare_once(Path(kept) / f"run{run}", run, limits, count, mode, extra_sending, sim_options,
+                                peer, ours, ratios)
 
     def m(rows: list[dict[str, float]], key: str) -> float:
         return median([r[key] for r in rows])
@@ -551,6 +536,32 @@ async def compare(limits: str, count: int, runs: int, mode: str, extra_sending: 
     print(f"  ksefd (run)          {m(ours, 'wall'):7.2f} s  {m(ours, 'cpu_ms') / count:5.2f} ms CPU/invoice  "
           f"{m(ours, 'rss_mb'):4.0f} MB peak RSS")
     print(f"  ksefd / peer         {median(ratios):7.2f}x wall (median of {runs} runs, each on one simulator)")
+
+
+async def _compare_once(folder: Path, run: int, limits: str, count: int, mode: str, extra_sending: str,
+                        sim_options: tuple[str, ...], peer: list[dict[str, float]], ours: list[dict[str, float]],
+                        ratios: list[float]) -> None:
+    folder.mkdir()
+    sim, any_url = await start_simulator("--limits", limits, "--host", "0.0.0.0", *sim_options,
+                                         log=folder / "sim.log")
+    base_url = any_url.replace("0.0.0.0", "127.0.0.1")          # ksefd: plain http on loopback only
+    try:
+        token = await new_token(base_url)
+        invoices = write_invoices(folder, count, f"P{run}")
+        (folder / "peer" / "in").mkdir(parents=True)
+        for n, data in enumerate(invoices):
+            (folder / "peer" / "in" / f"FV-{n:05d}.xml").write_bytes(data)
+        p = await run_peer(mode, any_url.replace("0.0.0.0", own_address()), token, folder / "peer")
+        k = await ksefd_drain(base_url, token, folder / "ksefd",
+                              write_invoices(folder, count, f"K{run}"), extra_sending=extra_sending)
+    finally:
+        sim.terminate()
+        await sim.wait()
+    peer.append(p)
+    ours.append(k)
+    ratios.append(k["wall"] / p["wall"])
+    print(f"  run {run + 1}: peer {p['wall']:.2f} s, ksefd {k['wall']:.2f} s ({ratios[-1]:.2f}x), ksefd CPU "
+          f"{k['cpu_ms'] / count:.2f} ms/invoice ({k['sys_ms'] / count:.2f} in the kernel)", flush=True)
 
 
 async def batch_floor(count: int, sessions: int) -> dict[str, float]:
