@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from ksefd import spool
-from ksefd.daemon.outbox import pieces
+from ksefd.daemon.outbox import intake, pieces
 from ksefd.daemon.outbox.pieces import batch_sizes, piece_size
 from ksefd.store import InvoiceState
 from tests.daemon.support import drain, drop, invoice, invoice_rows, one_company, sim_records
@@ -80,6 +80,40 @@ async def test_a_drop_still_landing_while_intake_looks_again_goes_by_batch(
         return found
 
     monkeypatch.setattr(spool, "scan", scan)
+    await drain(config)
+    records = sim_records(sim)
+    assert len(records) == 25 and {r["sessionType"] for r in records} == {"Batch"}, Counter(
+        r["sessionType"] for r in records)
+
+
+async def test_a_drop_that_landed_during_a_look_is_seen_whole_before_the_dispatcher_chooses(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rest of a drop lands while the intake is looking (after its listing): the watcher has told the intake
+    of it, but between that look and the next one the dispatcher must not take the part already queued for a
+    trickle and send it online (30 a minute in production): the intake is busy until it has looked again."""
+    sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=20)
+    outbox = config.companies[0].folders.outbox
+    for n in range(10):
+        drop(outbox, f"a{n:02d}.xml", invoice(f"TOLD/A/{n}"))
+    real_scan, real_identity = spool.scan, intake._identity
+    looks: list[int] = []
+
+    def scan(directory: Path, odd: list[tuple[Path, str]] | None = None) -> list[Path]:
+        found = real_scan(directory, odd)
+        if directory == outbox:
+            looks.append(1)
+            if len(looks) == 1:      # the rest lands just after the listing: the watcher sees it come
+                for n in range(15):
+                    drop(outbox, f"b{n:02d}.xml", invoice(f"TOLD/B/{n}"))
+        return found
+
+    def identity(folder: Path) -> tuple[int, int] | None:
+        if len(looks) == 1:
+            time.sleep(1.0)          # a slow moment between the two looks: the dispatcher runs meanwhile
+        return real_identity(folder)
+
+    monkeypatch.setattr(spool, "scan", scan)
+    monkeypatch.setattr(intake, "_identity", identity)
     await drain(config)
     records = sim_records(sim)
     assert len(records) == 25 and {r["sessionType"] for r in records} == {"Batch"}, Counter(

@@ -92,7 +92,7 @@ class Intake:
         self.stability = spool.StabilityTracker(clock, settle_seconds)
         self.poke = asyncio.Event()
         self.pending = 0            # candidates seen but not yet stable
-        self.busy = False           # looking, claiming, checking (the dispatcher waits to see a drop whole)
+        self._looking = False       # looking, claiming, checking (`busy`)
         self.redrops_waiting = 0    # re-drops waiting for their original to finish
         # Entries refused and left in the outbox (they could not be moved): name -> what they were when told,
         # so that each is told once, not at every scan (refusals.py).
@@ -157,11 +157,18 @@ class Intake:
         Busy from the look itself: while an ERP is still renaming a large drop in, the first look sees only the
         first few dozen files, and the dispatcher must not send those online (30 a minute, PROTOCOL.md §7) in
         the moment between that look and the next one, which finds the rest (a 10 000 drop sent 34 online)."""
-        self.busy = True
+        self._looking = True
         try:
             return await self._scan_once()
         finally:
-            self.busy = False
+            self._looking = False
+
+    @property
+    def busy(self) -> bool:
+        """Looking, claiming, checking, or told of new files since (the watcher's poke not taken yet): the
+        dispatcher waits to see a drop whole. Files renamed in during a look are the next look's, and between
+        the two the part already queued must not be sent online as a trickle (a 25-file drop went online)."""
+        return self._looking or self.poke.is_set()
 
     async def _scan_once(self) -> int:
         odd: list[tuple[Path, str]] = []
