@@ -6,7 +6,9 @@ how many online sends go at once (the daemon in drain mode)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from ksefd.daemon.runtime import Runtime
 from ksefd.ksef import SessionInvoice
 from ksefd.ksef.models import StatusInfo
 from ksefd.ksef.ratelimit import RateLimiter
-from ksefd.store import Change, InvoiceState, StateConflict, Store
+from ksefd.store import Change, InvoiceRow, InvoiceState, StateConflict, Store
 from tests.daemon.support import SELLER, drain, drop, invoice, load, one_company, write_config
 
 S = InvoiceState
@@ -135,9 +137,9 @@ async def test_up_to_ten_online_sends_go_at_once(sim_factory: Any, http: aiohttp
     assert len(list(config.companies[0].folders.sent.glob("*.upo.xml"))) == 24
 
 
-async def test_concurrent_sends_share_commits_and_a_conflict_fails_only_its_own(tmp_path: Path) -> None:
-    """grouped.py: steps arriving while a commit runs go together in the next one; an invoice another task moved
-    meanwhile fails alone."""
+@contextlib.asynccontextmanager
+async def _queued(tmp_path: Path, count: int) -> AsyncIterator[tuple[Store, Ledger, list[InvoiceRow]]]:
+    """A state database with `count` QUEUED invoices of one company and its ledger (no KSeF needed)."""
     clock = ManualClock(T0)
     store = await Store.open(tmp_path / "state.sqlite3", clock)
     async with store:
@@ -146,10 +148,17 @@ async def test_concurrent_sends_share_commits_and_a_conflict_fails_only_its_own(
             {"name": "acme", "nip": SELLER, "token_file": "acme.token"}])).companies[0]
         ledger = Ledger("acme", store, OutboxFiles(company, tmp_path / "work"), clock.now, LOG)
         rows = []
-        for n in range(6):
+        for n in range(count):
             row = await store.invoices.add("acme", f"FV-{n}.xml", f"h{n}", 1)
-            rows.append(await store.invoices.transition_steps([row.id], [S.CLAIMED, S.CHECKED, S.QUEUED]))
-        ids = [r[0].id for r in rows]
+            rows.extend(await store.invoices.transition_steps([row.id], [S.CLAIMED, S.CHECKED, S.QUEUED]))
+        yield store, ledger, rows
+
+
+async def test_concurrent_sends_share_commits_and_a_conflict_fails_only_its_own(tmp_path: Path) -> None:
+    """grouped.py: steps arriving while a commit runs go together in the next one; an invoice another task moved
+    meanwhile fails alone."""
+    async with _queued(tmp_path, 6) as (store, ledger, rows):
+        ids = [r.id for r in rows]
         await store.invoices.transition(ids[3], S.QUEUED, S.HELD)        # moved by another task meanwhile
         group = GroupedMove(ledger, S.QUEUED, S.SUBMITTING)
         results = await asyncio.gather(*(group.move(Change(i, {"mode": "online", "attempts": 1}, {"n": i}))
@@ -170,17 +179,7 @@ async def test_intents_and_answers_share_one_commit(tmp_path: Path) -> None:
     """grouped.py, issue #16 goal 5: one committer carries both online steps, so the answers of some sends and the
     intents of others arriving meanwhile go in ONE transaction (it was one each: two commits per round); rows
     given as `known` are not read back, and each comes back in its own new state."""
-    clock = ManualClock(T0)
-    store = await Store.open(tmp_path / "state.sqlite3", clock)
-    async with store:
-        (tmp_path / "acme.token").write_text("unused\n")
-        company = load(write_config(tmp_path, "http://127.0.0.1:9/v2", [
-            {"name": "acme", "nip": SELLER, "token_file": "acme.token"}])).companies[0]
-        ledger = Ledger("acme", store, OutboxFiles(company, tmp_path / "work"), clock.now, LOG)
-        rows = []
-        for n in range(7):
-            row = await store.invoices.add("acme", f"FV-{n}.xml", f"h{n}", 1)
-            rows.extend(await store.invoices.transition_steps([row.id], [S.CLAIMED, S.CHECKED, S.QUEUED]))
+    async with _queued(tmp_path, 7) as (store, ledger, rows):
         sent = await store.invoices.transition_each([Change(r.id, {"mode": "online"}) for r in rows[:3]],
                                                      S.QUEUED, S.SUBMITTING)
         group = GroupedMove(ledger)
