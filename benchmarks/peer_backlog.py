@@ -174,6 +174,9 @@ from tests.support.ksef_auth import create_ksef_token
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # KSEFD_BENCH_PROFILE=FILE: the daemon runs under cProfile and writes its profile there when stopped
 PROFILE = ["-m", "cProfile", "-o", os.environ["KSEFD_BENCH_PROFILE"]] if os.environ.get("KSEFD_BENCH_PROFILE") else []
+# KSEFD_BENCH_TRACEMALLOC=FILE: the daemon runs under tracemalloc; FILE gets what was alive at the traced peak
+if os.environ.get("KSEFD_BENCH_TRACEMALLOC"):
+    PROFILE = [str(Path(__file__).resolve().parent / "tracemalloc_peak.py"), os.environ["KSEFD_BENCH_TRACEMALLOC"]]
 # KSEFD_BENCH_PYSPY=FILE: py-spy samples every thread of the daemon into FILE (collapsed stacks)
 PYSPY = os.environ.get("KSEFD_BENCH_PYSPY")
 # KSEFD_BENCH_LOG=FILE: the daemon's JSON log of the last drain is copied there (its timeline: where the wall goes)
@@ -405,6 +408,14 @@ class Daemon:
                 await self.proc.wait()
 
 
+def proc_rss_mb(pid: int) -> float:
+    """Resident MB of process `pid` now (VmRSS): the timeline's memory column."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def proc_cpu(pid: int) -> float:
     """User + system CPU seconds of process `pid` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -412,7 +423,7 @@ def proc_cpu(pid: int) -> float:
 
 
 async def wait_for_files(folder: Path, suffix: str, count: int, timeout: float,
-                         sample: list[tuple[float, int, float, float]] | None = None,
+                         sample: list[tuple[float, int, float, float, float]] | None = None,
                          pids: tuple[int, int] = (0, 0)) -> None:
     """Until `count` files ending in `suffix` are in `folder`. Looks every 0.05 s: a listing of sent/ near the
     end of a 10 000 backlog (30 000 names) costs ~10 ms, so looking every 0.01 s took up to half a core of
@@ -424,7 +435,8 @@ async def wait_for_files(folder: Path, suffix: str, count: int, timeout: float,
     while time.perf_counter() < deadline:
         found = sum(1 for n in os.listdir(folder) if n.endswith(suffix)) if folder.is_dir() else 0
         if sample is not None and (looks % 5 == 0 or found >= count):
-            sample.append((time.perf_counter() - started, found, proc_cpu(pids[0]), proc_cpu(pids[1])))
+            sample.append((time.perf_counter() - started, found, proc_cpu(pids[0]), proc_cpu(pids[1]),
+                           proc_rss_mb(pids[0])))
         if found >= count:
             return
         looks += 1
@@ -432,16 +444,16 @@ async def wait_for_files(folder: Path, suffix: str, count: int, timeout: float,
     raise RuntimeError(f"{count} {suffix} files not in {folder} after {timeout} s")
 
 
-def write_timeline(path: Path, sample: list[tuple[float, int, float, float]], log: Path, started: float) -> None:
+def write_timeline(path: Path, sample: list[tuple[float, int, float, float, float]], log: Path, started: float) -> None:
     """The samples and the daemon's batch and intake events, in time order, as text (KSEFD_BENCH_TIMELINE).
     `started`: the drop's wall-clock time (time.time()), the zero of both."""
     rows: list[tuple[float, str]] = []
-    last = (0.0, 0, sample[0][2] if sample else 0.0, sample[0][3] if sample else 0.0)
-    for t, found, daemon, sim in sample:
+    last = (0.0, 0, sample[0][2] if sample else 0.0, sample[0][3] if sample else 0.0, 0.0)
+    for t, found, daemon, sim, rss in sample:
         dt_ = max(t - last[0], 1e-9)
         rows.append((t, f"{found:6d} UPOs  daemon {daemon - sample[0][2]:6.2f} s CPU ({(daemon - last[2]) / dt_:4.0%})"
-                        f"  sim {sim - sample[0][3]:6.2f} s CPU ({(sim - last[3]) / dt_:4.0%})"))
-        last = (t, found, daemon, sim)
+                        f"  sim {sim - sample[0][3]:6.2f} s CPU ({(sim - last[3]) / dt_:4.0%})  RSS {rss:5.1f} MB"))
+        last = (t, found, daemon, sim, rss)
     keep = ("batch", "intake", "rate_limited", "pieces")
     for line in log.read_text(errors="replace").splitlines():
         try:
@@ -473,7 +485,7 @@ async def ksefd_drain(base_url: str, token: str, folder: Path, invoices: list[by
             (staging / f"FV-{n:05d}.xml").write_bytes(data)
         user0, sys0 = daemon.cpu_split()
         sim0 = proc_cpu(sim_pid) if sim_pid else 0.0
-        sample: list[tuple[float, int, float, float]] | None = [] if TIMELINE and sim_pid else None
+        sample: list[tuple[float, int, float, float, float]] | None = [] if TIMELINE and sim_pid else None
         started, dropped = time.perf_counter(), time.time()
         for n in range(len(invoices)):
             (staging / f"FV-{n:05d}.xml").rename(outbox / f"FV-{n:05d}.xml")

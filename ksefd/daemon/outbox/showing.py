@@ -49,4 +49,4 @@ class LateShow:
         if not self.writing:
             self.task.cancel()
         await asyncio.wait({self.task})
-        self.rows = []
+        self.rows.clear()           # in place: the callers' frames that passed the list in hold it too

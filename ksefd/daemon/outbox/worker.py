@@ -290,22 +290,28 @@ class OutboxWorker:
             # Intake may have queued a technical correction or an outbox/offline/ request since the first look:
             # those are the desk's (§8.4), never plain online sends.
             await self.offline.issue_special()
-            queued = []
-            if await self._free_queued(now):
-                queued = [r for r in await self.store.invoices.due(self.company.name, [S.QUEUED], now,
-                                                                   limit=100_000) if r.id not in self._reserved]
-            attachments = [r for r in queued if r.has_attachment]
-            plain = [r for r in queued if not r.has_attachment]
+            # Ids and kinds first; rows only of the pieces started now (a 10 000 backlog's other pieces wait
+            # in SQLite, not in memory: issue #16, peak RSS).
+            queued = [k for k in await self.store.invoices.due_kinds(self.company.name, S.QUEUED, now)
+                      if k[0] not in self._reserved]
+            attachments = [i for i, attached in queued if attached]
+            plain = [i for i, attached in queued if not attached]
             by_batch = attachments + (plain if len(plain) >= self.company.sending.batch_threshold else [])
             for size in batch_sizes(len(by_batch), cap, whole_only=self.intake.busy):
                 if self._batches_running() >= BATCHES_AT_ONCE:
                     break
-                self._start(self._batch(by_batch[:size]), "batch", by_batch[:size])
+                piece = await self._queued_rows(by_batch[:size])
+                if piece:
+                    self._start(self._batch(piece), "batch", piece)
                 by_batch = by_batch[size:]
-            online = [] if len(plain) >= self.company.sending.batch_threshold else plain
+            online = [] if len(plain) >= self.company.sending.batch_threshold else await self._queued_rows(plain)
             self._reserved |= {r.id for r in online}       # the desk leaves them alone from now on
         await self._send_online(online)
         return await self._idle(queued, draining)
+
+    async def _queued_rows(self, ids: list[int]) -> list[InvoiceRow]:
+        """The rows of `ids` still QUEUED (under offline.lock nothing else takes them; the check is a guard)."""
+        return await self.store.invoices.still_in(ids, S.QUEUED)
 
     async def _free_queued(self, now: dt.datetime) -> list[int]:
         return [i for i in await self.store.invoices.due_ids(self.company.name, S.QUEUED, now)
@@ -444,7 +450,7 @@ class OutboxWorker:
 
         self._start(resume(), "batch-resume", [], wake=False)
 
-    async def _idle(self, queued: list[InvoiceRow], draining: asyncio.Event) -> float | None:
+    async def _idle(self, queued: list[tuple[int, bool]], draining: asyncio.Event) -> float | None:
         """When to look again (with nothing to do: when the ledger wakes the dispatcher, or after IDLE_LOOK_SECONDS);
         closes the online session when it has been idle long enough."""
         waits: list[float] = []
@@ -458,7 +464,7 @@ class OutboxWorker:
         upcoming = await self.store.invoices.next_attempt_at(self.company.name)
         if upcoming is not None:
             waits.append(max(0.0, (upcoming - self.clock.now()).total_seconds()))
-        if queued and any(not r.has_attachment for r in queued):
+        if queued and any(not attached for _, attached in queued):      # (id, has_attachment)
             waits.append(max(0.05, self.limiter.delay(self.connection.context.context.key, "invoiceSend")))
         return max(0.0, min(waits)) if waits else IDLE_LOOK_SECONDS
 
