@@ -2,7 +2,7 @@
 per grant in `rate_grants`, one per running 429 block in `rate_blocks`, and in the kv table (namespace
 `ratelimit`) the limits KSeF reported per context and a run marker that tells a clean stop from a crash.
 
-A grant is committed before its request is sent, with synchronous=NORMAL (`Database.transaction(synced=
+A grant is committed before its request is sent, with synchronous=NORMAL (`Database.transact(..., synced=
 False)`): in WAL mode that survives a kill -9 without an fsync per request; the limiter batches grants
 taken at once into one transaction, and a burst of one group commits a few spare rows ahead (deleted again
 when unused, ksef/ratelimit_journal.py). The run marker keeps the boot identity, so the next start knows
