@@ -2,7 +2,7 @@
 per grant in `rate_grants`, one per running 429 block in `rate_blocks`, and in the kv table (namespace
 `ratelimit`) the limits KSeF reported per context and a run marker that tells a clean stop from a crash.
 
-A grant is committed before its request is sent, with synchronous=NORMAL (`Database.transaction(synced=
+A grant is committed before its request is sent, with synchronous=NORMAL (`Database.transact(..., synced=
 False)`): in WAL mode that survives a kill -9 without an fsync per request; the limiter batches grants
 taken at once into one transaction, and a burst of one group commits a few spare rows ahead (deleted again
 when unused, ksef/ratelimit_journal.py). The run marker keeps the boot identity, so the next start knows
@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,27 +115,33 @@ class RateLimitJournal:
         rows' ids are allocated under the write lock (BEGIN IMMEDIATE), so they follow on without a gap.
         `voids`: spare rows never used (ksef/ratelimit_journal.py), deleted."""
         now = self._now().timestamp()
-        ids: list[int] = []
-        async with self._db.transaction(synced=False) as conn:
+        prune = now - self._pruned_at >= PRUNE_EVERY_S
+
+        def write(conn: sqlite3.Connection) -> list[int]:
+            ids: list[int] = []
             if grants:
-                async with conn.execute("SELECT coalesce(max(id), 0) FROM rate_grants") as cursor:
-                    row = await cursor.fetchone()
+                row = conn.execute("SELECT coalesce(max(id), 0) FROM rate_grants").fetchone()
                 first = int(row[0]) + 1 if row else 1
                 ids = list(range(first, first + len(grants)))
-                await conn.executemany("INSERT INTO rate_grants (id, context, grp, at) VALUES (?, ?, ?, ?)",
-                                       [(i, *g) for i, g in zip(ids, grants, strict=True)])
+                conn.executemany("INSERT INTO rate_grants (id, context, grp, at) VALUES (?, ?, ?, ?)",
+                                 [(i, *g) for i, g in zip(ids, grants, strict=True)])
             if answers:
-                await conn.executemany("UPDATE rate_grants SET answered = max(coalesce(answered, 0), ?) WHERE id = ?",
-                                       [(at, row_id) for row_id, at in answers])
+                conn.executemany("UPDATE rate_grants SET answered = max(coalesce(answered, 0), ?) WHERE id = ?",
+                                 [(at, row_id) for row_id, at in answers])
             if voids:
-                await conn.executemany("DELETE FROM rate_grants WHERE id = ?", [(v,) for v in voids])
+                conn.executemany("DELETE FROM rate_grants WHERE id = ?", [(v,) for v in voids])
             for context, until in blocks.items():
-                await conn.execute("INSERT INTO rate_blocks (context, until) VALUES (?, ?) ON CONFLICT (context) "
-                                   "DO UPDATE SET until = max(until, excluded.until)", (context, until))
-            if now - self._pruned_at >= PRUNE_EVERY_S:
-                await conn.execute("DELETE FROM rate_grants WHERE coalesce(answered, at) < ?", (now - KEEP_S,))
-                await conn.execute("DELETE FROM rate_blocks WHERE until < ?", (now,))
-                self._pruned_at = now
+                conn.execute("INSERT INTO rate_blocks (context, until) VALUES (?, ?) ON CONFLICT (context) "
+                             "DO UPDATE SET until = max(until, excluded.until)", (context, until))
+            if prune:
+                conn.execute("DELETE FROM rate_grants WHERE coalesce(answered, at) < ?", (now - KEEP_S,))
+                conn.execute("DELETE FROM rate_blocks WHERE until < ?", (now,))
+            return ids
+
+        # One round trip to the database thread for the whole transaction (Database.transact), not seven.
+        ids = await self._db.transact(write, synced=False)
+        if prune:
+            self._pruned_at = now
         return ids
 
     async def save_limits(self, context: str, text: str) -> None:

@@ -361,3 +361,42 @@ async def test_a_spare_row_unused_for_a_while_is_deleted_not_used(start: Callabl
     late = await daemon.limiter.acquire(A, "invoiceStatus")
     assert late.id != spare and daemon.limiter.transactions == before + 1
     assert rows(db_path, f"SELECT count(*) FROM rate_grants WHERE id = {spare}") == [(0,)]
+
+
+async def test_a_journal_write_is_one_round_trip_to_the_database_thread(start: Callable[..., object],
+                                                                       db_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #16: the grant's commit went to SQLite's thread and back seven times (two PRAGMA switches, BEGIN,
+    SELECT, INSERT, COMMIT...); now once, still committed (a second connection reads it) and still NORMAL
+    for the journal only."""
+    daemon: Daemon = await start()  # type: ignore[misc]
+    conn = daemon.store.db._conn
+    trips: list[object] = []
+    real = conn._execute
+
+    async def counted(fn: object, *args: object, **kwargs: object) -> object:
+        trips.append(fn)
+        return await real(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(conn, "_execute", counted)
+    t = START.timestamp()
+    ids = await daemon.journal.record([(A, "invoiceSend", t), (A, "invoiceSend", t + 1)], [], {B: t + 99})
+    assert len(trips) == 1
+    assert rows(db_path, "SELECT id, grp FROM rate_grants") == [(ids[0], "invoiceSend"), (ids[1], "invoiceSend")]
+    assert rows(db_path, "SELECT context, until FROM rate_blocks") == [(B, t + 99)]
+    monkeypatch.undo()
+    async with daemon.store.db.read() as read, read.execute("PRAGMA synchronous") as cursor:
+        assert (await cursor.fetchone())[0] == 2  # type: ignore[index]
+
+
+async def test_a_failed_journal_write_commits_nothing_and_leaves_synchronous_full(start: Callable[..., object],
+                                                                                  db_path: Path) -> None:
+    daemon: Daemon = await start()  # type: ignore[misc]
+    with pytest.raises(sqlite3.Error):
+        # The grant's INSERT runs, then the block's (NOT NULL `until`) fails: the whole transaction goes.
+        await daemon.journal.record([(A, "invoiceSend", START.timestamp())], [], {B: None})  # type: ignore[dict-item]
+    assert rows(db_path, "SELECT * FROM rate_grants") == []
+    async with daemon.store.db.read() as read, read.execute("PRAGMA synchronous") as cursor:
+        assert (await cursor.fetchone())[0] == 2  # type: ignore[index]
+    assert await daemon.journal.record([(A, "invoiceSend", START.timestamp())], [], {}) == [1]   # still usable
+    assert len(rows(db_path, "SELECT * FROM rate_grants")) == 1
