@@ -110,7 +110,8 @@ class Database:
 
         `work` must not block on anything but SQLite. If the caller is cancelled meanwhile, the transaction
         still ends on the thread (committed or rolled back) before any other statement of this database runs;
-        the caller just does not learn which."""
+        the caller just does not learn which. aiosqlite has no public way to run a function on its thread:
+        `_execute` and `_conn` are private, so pyproject.toml keeps aiosqlite below 0.23 (checked on 0.20-0.22)."""
         async with self._lock:
             return await self._conn._execute(_transacted, self._conn._conn, work, synced)  # type: ignore[no-untyped-call, no-any-return]
 
