@@ -108,6 +108,12 @@ def drop(outbox: Path, name: str, data: bytes) -> Path:
     return final
 
 
+def drop_many(outbox: Path, prefix: str, count: int, number: str) -> None:
+    """`count` invoices dropped as `drop` does: files PREFIX00.xml, PREFIX01.xml..., invoice numbers NUMBER/0..."""
+    for n in range(count):
+        drop(outbox, f"{prefix}{n:02d}.xml", invoice(f"{number}/{n}"))
+
+
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 

@@ -15,7 +15,7 @@ from ksefd.daemon.outbox import pieces
 from ksefd.daemon.outbox.batch import BatchRunner
 from ksefd.store import InvoiceState
 from ksefd.store.invoices import InvoiceRepo
-from tests.daemon.support import drain, drop, invoice, invoice_rows, one_company, sim_records
+from tests.daemon.support import drain, drop_many, invoice_rows, one_company, sim_records
 
 
 async def test_the_dispatcher_loads_the_rows_of_the_pieces_it_starts_only(
@@ -43,8 +43,7 @@ async def test_the_dispatcher_loads_the_rows_of_the_pieces_it_starts_only(
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     count = 40
-    for n in range(count):
-        drop(outbox, f"m{n:02d}.xml", invoice(f"MEM/ROWS/{n}"))
+    drop_many(outbox, "m", count, "MEM/ROWS")
     await drain(config)
     assert loaded and max(loaded) <= 10, loaded
     assert len(sim_records(sim)) == count
@@ -86,8 +85,7 @@ async def test_a_pieces_rows_are_let_go_once_uploaded_and_once_processed(
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     count = 30
-    for n in range(count):
-        drop(outbox, f"r{n:02d}.xml", invoice(f"MEM/HELD/{n}"))
+    drop_many(outbox, "r", count, "MEM/HELD")
     await drain(config)
     assert at_results and set(at_results) == {0}, at_results
     assert after_tracking and set(after_tracking) == {0}, after_tracking

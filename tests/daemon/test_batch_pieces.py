@@ -17,7 +17,7 @@ from ksefd import spool
 from ksefd.daemon.outbox import intake, pieces
 from ksefd.daemon.outbox.pieces import batch_sizes, piece_size
 from ksefd.store import InvoiceState
-from tests.daemon.support import drain, drop, invoice, invoice_rows, one_company, sim_records
+from tests.daemon.support import drain, drop_many, invoice_rows, one_company, sim_records
 
 
 def test_piece_sizes() -> None:
@@ -39,8 +39,7 @@ async def test_a_backlog_larger_than_a_piece_goes_in_several_sessions_each_invoi
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     count = 50
-    for n in range(count):
-        drop(outbox, f"p{n:02d}.xml", invoice(f"PIECE/{n}"))
+    drop_many(outbox, "p", count, "PIECE")
     await drain(config)
     records = sim_records(sim)
     assert len(records) == count and {r["sessionType"] for r in records} == {"Batch"}
@@ -62,8 +61,7 @@ async def test_a_drop_still_landing_while_intake_looks_again_goes_by_batch(
     production): the intake is busy from the moment it looks."""
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=20)
     outbox = config.companies[0].folders.outbox
-    for n in range(10):
-        drop(outbox, f"a{n:02d}.xml", invoice(f"LANDING/A/{n}"))
+    drop_many(outbox, "a", 10, "LANDING/A")
     real_scan = spool.scan
     looks: list[int] = []
 
@@ -75,8 +73,7 @@ async def test_a_drop_still_landing_while_intake_looks_again_goes_by_batch(
             time.sleep(1.0)          # a slow listing: the dispatcher runs meanwhile (and the login is done)
         found = real_scan(directory, odd)
         if len(looks) == 1:          # the rest of the drop lands just after the first look
-            for n in range(15):
-                drop(outbox, f"b{n:02d}.xml", invoice(f"LANDING/B/{n}"))
+            drop_many(outbox, "b", 15, "LANDING/B")
         return found
 
     monkeypatch.setattr(spool, "scan", scan)
@@ -93,8 +90,7 @@ async def test_a_drop_that_landed_during_a_look_is_seen_whole_before_the_dispatc
     trickle and send it online (30 a minute in production): the intake is busy until it has looked again."""
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=20)
     outbox = config.companies[0].folders.outbox
-    for n in range(10):
-        drop(outbox, f"a{n:02d}.xml", invoice(f"TOLD/A/{n}"))
+    drop_many(outbox, "a", 10, "TOLD/A")
     real_scan, real_identity = spool.scan, intake._identity
     looks: list[int] = []
 
@@ -103,8 +99,7 @@ async def test_a_drop_that_landed_during_a_look_is_seen_whole_before_the_dispatc
         if directory == outbox:
             looks.append(1)
             if len(looks) == 1:      # the rest lands just after the listing: the watcher sees it come
-                for n in range(15):
-                    drop(outbox, f"b{n:02d}.xml", invoice(f"TOLD/B/{n}"))
+                drop_many(outbox, "b", 15, "TOLD/B")
         return found
 
     def identity(folder: Path) -> tuple[int, int] | None:
@@ -129,8 +124,7 @@ async def test_the_next_piece_starts_when_a_batch_ends_while_the_other_is_still_
     monkeypatch.setattr(pieces, "BATCH_PIECE", 10)
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
-    for n in range(30):
-        drop(outbox, f"q{n:02d}.xml", invoice(f"PIECE/NEXT/{n}"))
+    drop_many(outbox, "q", 30, "PIECE/NEXT")
     real = BatchRunner.close_and_track
     sessions: list[int] = []
     third = asyncio.Event()
@@ -166,8 +160,7 @@ async def test_a_closed_batch_leaves_its_slot_to_the_next_piece_while_its_result
     monkeypatch.setattr(pieces, "BATCH_PIECE", 10)
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
-    for n in range(30):
-        drop(outbox, f"r{n:02d}.xml", invoice(f"PIECE/SLOT/{n}"))
+    drop_many(outbox, "r", 30, "PIECE/SLOT")
     real_close, real_track = BatchSender.close, BatchRunner.track
     closes: list[str] = []
     third = asyncio.Event()

@@ -17,7 +17,7 @@ from ksefd.daemon.outbox import batch
 from ksefd.daemon.outbox.outcomes import Outcomes
 from ksefd.ksef.sessions import SessionQueries
 from ksefd.store import InvoiceState
-from tests.daemon.support import drain, drop, invoice, invoice_rows, one_company, read_json, sim_records
+from tests.daemon.support import drain, drop_many, invoice_rows, one_company, read_json, sim_records
 
 
 async def test_the_next_page_is_listed_while_a_pages_upos_are_stored(
@@ -48,8 +48,7 @@ async def test_the_next_page_is_listed_while_a_pages_upos_are_stored(
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     count = 25
-    for n in range(count):
-        drop(outbox, f"l{n:02d}.xml", invoice(f"PIPE/PAGE/{n}"))
+    drop_many(outbox, "l", count, "PIPE/PAGE")
     await drain(config)
     assert held == [True]
     sent = config.companies[0].folders.sent

@@ -16,7 +16,7 @@ from ksefd.daemon.outbox.outcomes import Outcomes
 from ksefd.ksef import TransportError
 from ksefd.store import InvoiceState
 from ksefd.store.invoices import InvoiceRepo
-from tests.daemon.support import drain, drop, invoice, invoice_rows, one_company, read_json, sim_records
+from tests.daemon.support import drain, drop, drop_many, invoice, invoice_rows, one_company, read_json, sim_records
 
 
 async def test_the_same_bytes_twice_in_one_drop_are_sent_once(sim_factory: Any, http: aiohttp.ClientSession,
@@ -48,8 +48,7 @@ async def test_a_batchs_results_cost_a_few_flushes_not_an_fsync_per_file(
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     count = 40
-    for n in range(count):
-        drop(outbox, f"g{n:02d}.xml", invoice(f"GROUP/FSYNC/{n}"))
+    drop_many(outbox, "g", count, "GROUP/FSYNC")
     fsyncs: list[int] = []
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real(fd))[1])
@@ -78,8 +77,7 @@ async def test_a_batchs_results_are_read_and_finished_a_page_at_a_time(
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     count = 35
-    for n in range(count):
-        drop(outbox, f"p{n:02d}.xml", invoice(f"GROUP/PAGE/{n}"))
+    drop_many(outbox, "p", count, "GROUP/PAGE")
     await drain(config)
     sent = config.companies[0].folders.sent
     assert len(list(sent.glob("*.upo.xml"))) == count and len(sim_records(sim)) == count
@@ -98,8 +96,7 @@ async def test_a_groups_result_files_and_upos_share_three_flushes(
     _, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     count = 40                  # one group (batch.RESULT_GROUP), worth flushing (spool_group.FLUSH_FROM)
-    for n in range(count):
-        drop(outbox, f"u{n:02d}.xml", invoice(f"GROUP/UPO/{n}"))
+    drop_many(outbox, "u", count, "GROUP/UPO")
     flushes: list[int] = []
     real = spool_group._syncfs
     assert real is not None
@@ -119,8 +116,7 @@ async def test_an_invoice_whose_upo_fails_in_its_group_stays_accepted_and_gets_i
     sim, _, config = await one_company(sim_factory, http, tmp_path, batch_threshold=5)
     outbox = config.companies[0].folders.outbox
     count = 20
-    for n in range(count):
-        drop(outbox, f"f{n:02d}.xml", invoice(f"GROUP/UPOFAIL/{n}"))
+    drop_many(outbox, "f", count, "GROUP/UPOFAIL")
     real = Outcomes.fetch_upo
     failed: dict[int, int] = {}
     seen_accepted: list[Any] = []
