@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import structlog
 
 from ksefd.clock import ManualClock, SystemClock
+from ksefd.config import Config
 from ksefd.daemon.connection import CompanyConnection
 from ksefd.daemon.outbox.files import OutboxFiles
 from ksefd.daemon.outbox.grouped import GroupedMove
@@ -60,9 +62,28 @@ def test_the_first_wait_follows_ksefs_own_processing_time() -> None:
     assert timing.first()[0] <= MAX_POLL and again(MAX_POLL) == MAX_POLL
 
 
-async def test_a_sent_invoice_is_first_asked_about_when_ksef_usually_has_its_verdict(
-        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
-    sim, _, config = await one_company(sim_factory, http, tmp_path)
+@dataclass
+class _Online:
+    """One company's online channel and tracker on a manual clock, against a real simulator."""
+    clock: ManualClock
+    store: Store
+    ledger: Ledger
+    channel: OnlineChannel
+    tracker: Tracker
+    files: OutboxFiles
+
+    async def send(self, number: int, prefix: str) -> int:
+        """A QUEUED invoice made from the sample, sent online; its id."""
+        work = self.files.new_work_path(f"FV-{number}.xml")
+        work.write_bytes(invoice(f"{prefix}/{number}"))
+        row = await self.store.invoices.add("acme", f"FV-{number}.xml", f"h{number}", 1, work_path=str(work))
+        row = await self.ledger.move(await self.ledger.move(row, S.CHECKED), S.QUEUED)
+        assert await self.channel.send(row) is None
+        return row.id
+
+
+@contextlib.asynccontextmanager
+async def _online(config: Config, tmp_path: Path) -> AsyncIterator[_Online]:
     company = config.companies[0]
     clock = ManualClock(dt.datetime.now(dt.UTC))
     store = await Store.open(tmp_path / "state.sqlite3", clock)
@@ -71,53 +92,51 @@ async def test_a_sent_invoice_is_first_asked_about_when_ksef_usually_has_its_ver
     ledger = Ledger(company.name, store, files, clock.now, LOG)
     system = SystemClock()
     runtime = Runtime(config, store, system, RateLimiter(now=lambda: system.now().timestamp(), sleep=system.sleep))
-
-    async def status_requests() -> int:
-        async with http.get(f"{sim.root_url}/sim/connections") as response:
-            tally = await response.json()
-        return int(tally["operations"].get(STATUS, {}).get("requests", 0))
-
-    async def send(number: int) -> int:
-        work = files.new_work_path(f"FV-{number}.xml")
-        work.write_bytes(invoice(f"POLL/{number}"))
-        row = await store.invoices.add("acme", f"FV-{number}.xml", f"h{number}", 1, work_path=str(work))
-        row = await ledger.move(await ledger.move(row, S.CHECKED), S.QUEUED)
-        assert await channel.send(row) is None
-        return row.id
-
-    async def state(invoice_id: int) -> S:
-        row = await store.invoices.get(invoice_id)
-        assert row is not None
-        return row.state
-
     try:
         connection = CompanyConnection(runtime, company)
         assert await connection.ready() is None
         outcomes = Outcomes(company, ledger, files, connection, LOG)
         channel = OnlineChannel(company, ledger, outcomes, files, connection, LOG)
         tracker = Tracker(company.name, ledger, outcomes, channel, connection, LOG)
-
-        first = await send(1)
-        assert await tracker.step() is None
-        assert await status_requests() == 0 and await state(first) == S.PROCESSING    # not asked at once ...
-        assert tracker.next_wake() == START                                          # ... but after the guess
-        clock.advance(START)
-        assert await tracker.step() is None
-        assert await status_requests() == 1 and await state(first) == S.DONE
-        learned = tracker.processing_time.estimate
-        assert learned < START            # the simulator decides within milliseconds: the guess moves towards it
-
-        second = await send(2)
-        assert await tracker.step() is None and await status_requests() == 1
-        wait = tracker.next_wake()
-        assert wait is not None and wait == pytest.approx(max(0.01, learned), abs=1e-5) and wait < START
-        clock.advance(wait)
-        assert await tracker.step() is None
-        assert await status_requests() == 2 and await state(second) == S.DONE
+        yield _Online(clock, store, ledger, channel, tracker, files)
         await channel.close_current("test")
     finally:
         await runtime.close_clients()
         await store.close()
+
+
+async def test_a_sent_invoice_is_first_asked_about_when_ksef_usually_has_its_verdict(
+        sim_factory: Any, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    sim, _, config = await one_company(sim_factory, http, tmp_path)
+
+    async def status_requests() -> int:
+        async with http.get(f"{sim.root_url}/sim/connections") as response:
+            tally = await response.json()
+        return int(tally["operations"].get(STATUS, {}).get("requests", 0))
+
+    async with _online(config, tmp_path) as on:
+        async def state(invoice_id: int) -> S:
+            row = await on.store.invoices.get(invoice_id)
+            assert row is not None
+            return row.state
+
+        first = await on.send(1, "POLL")
+        assert await on.tracker.step() is None
+        assert await status_requests() == 0 and await state(first) == S.PROCESSING    # not asked at once ...
+        assert on.tracker.next_wake() == START                                       # ... but after the guess
+        on.clock.advance(START)
+        assert await on.tracker.step() is None
+        assert await status_requests() == 1 and await state(first) == S.DONE
+        learned = on.tracker.processing_time.estimate
+        assert learned < START            # the simulator decides within milliseconds: the guess moves towards it
+
+        second = await on.send(2, "POLL")
+        assert await on.tracker.step() is None and await status_requests() == 1
+        wait = on.tracker.next_wake()
+        assert wait is not None and wait == pytest.approx(max(0.01, learned), abs=1e-5) and wait < START
+        on.clock.advance(wait)
+        assert await on.tracker.step() is None
+        assert await status_requests() == 2 and await state(second) == S.DONE
 
 
 async def test_up_to_ten_online_sends_go_at_once(sim_factory: Any, http: aiohttp.ClientSession,
@@ -205,14 +224,6 @@ async def test_answered_invoices_results_and_upos_are_placed_in_one_pass(
     two more flushes and a thread hop per group), and the invoices are DONE with every result file."""
     from ksefd import spool_group
     _, _, config = await one_company(sim_factory, http, tmp_path)
-    company = config.companies[0]
-    clock = ManualClock(dt.datetime.now(dt.UTC))
-    store = await Store.open(tmp_path / "state.sqlite3", clock)
-    files = OutboxFiles(company, company.folders.outbox / ".ksefd")
-    files.prepare()
-    ledger = Ledger(company.name, store, files, clock.now, LOG)
-    system = SystemClock()
-    runtime = Runtime(config, store, system, RateLimiter(now=lambda: system.now().timestamp(), sleep=system.sleep))
     placed: list[int] = []
     real_place = spool_group.place
 
@@ -220,30 +231,14 @@ async def test_answered_invoices_results_and_upos_are_placed_in_one_pass(
         placed.append(len(staged))
         return real_place(staged)
 
-    try:
-        connection = CompanyConnection(runtime, company)
-        assert await connection.ready() is None
-        outcomes = Outcomes(company, ledger, files, connection, LOG)
-        channel = OnlineChannel(company, ledger, outcomes, files, connection, LOG)
-        tracker = Tracker(company.name, ledger, outcomes, channel, connection, LOG)
-        ids = []
-        for number in range(3):
-            work = files.new_work_path(f"FV-{number}.xml")
-            work.write_bytes(invoice(f"ONEPASS/{number}"))
-            row = await store.invoices.add("acme", f"FV-{number}.xml", f"h{number}", 1, work_path=str(work))
-            row = await ledger.move(await ledger.move(row, S.CHECKED), S.QUEUED)
-            assert await channel.send(row) is None
-            ids.append(row.id)
-        assert channel.steps.commits == 6         # each send's intent and answer, through the one committer
-        clock.advance(START)
+    async with _online(config, tmp_path) as on:
+        ids = [await on.send(number, "ONEPASS") for number in range(3)]
+        assert on.channel.steps.commits == 6         # each send's intent and answer, through the one committer
+        on.clock.advance(START)
         monkeypatch.setattr(spool_group, "place", place)
-        assert await tracker.step() is None
+        assert await on.tracker.step() is None
         assert placed == [6]                 # 3 x (NAME.ksef.json + NAME.upo.xml), once
-        assert [r.state for r in await store.invoices.get_many(ids)] == [S.DONE] * 3
-        sent = company.folders.sent
+        assert [r.state for r in await on.store.invoices.get_many(ids)] == [S.DONE] * 3
+        sent = config.companies[0].folders.sent
         assert len(list(sent.glob("FV-*.upo.xml"))) == len(list(sent.glob("FV-*.ksef.json"))) == 3
-        assert len(await store.sessions.upos((await store.invoices.get_many(ids))[0].session_id or 0)) == 3
-        await channel.close_current("test")
-    finally:
-        await runtime.close_clients()
-        await store.close()
+        assert len(await on.store.sessions.upos((await on.store.invoices.get_many(ids))[0].session_id or 0)) == 3
