@@ -159,6 +159,10 @@ def _changed(row: InvoiceRow, changes: dict[str, Any]) -> InvoiceRow:
     return new
 
 
+# One company's invoices in one state whose next attempt is due (company, state, now): the dispatcher's looks.
+_DUE = "company = ? AND state = ? AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+
+
 class InvoiceRepo:
     def __init__(self, db: Database, now: Callable[[], dt.datetime]) -> None:
         self._db = db
@@ -444,21 +448,18 @@ class InvoiceRepo:
     async def due_ids(self, company: str, state: InvoiceState, now: dt.datetime) -> list[int]:
         """The ids of `due` (one state), oldest first: the dispatcher's look, without loading rows."""
         return [int(r[0]) for r in await self._db.fetch_all(
-            "SELECT id FROM invoices WHERE company = ? AND state = ? AND (next_attempt_at IS NULL OR "
-            "next_attempt_at <= ?) ORDER BY id", (company, state.value, db_time(now)))]
+            f"SELECT id FROM invoices WHERE {_DUE} ORDER BY id", (company, state.value, db_time(now)))]
 
     async def due_kinds(self, company: str, state: InvoiceState, now: dt.datetime) -> list[tuple[int, bool]]:
         """(id, has_attachment) of `due` (one state), oldest first: enough to cut a backlog into batch pieces
         and online sends, whose rows are then loaded piece by piece (`get_many`), not all 10 000 at once
         (issue #16: the dispatcher's full load was ~8 MB of rows and tuples at the 10 000 backlog's peak)."""
         return [(int(r[0]), bool(r[1])) for r in await self._db.fetch_all(
-            "SELECT id, has_attachment FROM invoices WHERE company = ? AND state = ? AND (next_attempt_at IS NULL "
-            "OR next_attempt_at <= ?) ORDER BY id", (company, state.value, db_time(now)))]
+            f"SELECT id, has_attachment FROM invoices WHERE {_DUE} ORDER BY id", (company, state.value, db_time(now)))]
 
     async def due_count(self, company: str, state: InvoiceState, now: dt.datetime) -> int:
         row = await self._db.fetch_one(
-            "SELECT COUNT(*) FROM invoices WHERE company = ? AND state = ? AND (next_attempt_at IS NULL OR "
-            "next_attempt_at <= ?)", (company, state.value, db_time(now)))
+            f"SELECT COUNT(*) FROM invoices WHERE {_DUE}", (company, state.value, db_time(now)))
         return int(row[0]) if row else 0
 
     async def next_attempt_at(self, company: str) -> dt.datetime | None:
